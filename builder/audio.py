@@ -1,0 +1,113 @@
+"""Reading audio robustly: any rate, any channel count, any PCM width → float32 mono.
+
+Every failure is an :class:`AudioError` whose message is the reason that goes into
+``rejects.jsonl``; nothing here prints or exits, so one bad file never stops a build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+# Below this peak a block is digital silence (about -80 dBFS): it carries no emotion and
+# has no power to set an SNR against, so it is rejected rather than divided by.
+SILENCE_PEAK = 1e-4
+
+
+class AudioError(Exception):
+    """An input that cannot be used; ``str(e)`` is the reason, for rejects.jsonl."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def probe(path: str | Path) -> AudioInfo:
+    """Header only: frames, rate, channels. Raises AudioError for anything unreadable."""
+    try:
+        info = sf.info(str(path))
+    except FileNotFoundError:
+        raise AudioError("file not found") from None
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"not readable audio ({_short(e)})") from None
+    if info.frames <= 0:
+        raise AudioError("empty audio (0 frames)")
+    return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate),
+                     channels=int(info.channels))
+
+
+def read_mono(path: str | Path, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, int]:
+    """Samples ``[start, stop)`` at the file's own rate, downmixed to mono float32.
+
+    Raises AudioError for unreadable files and for NaN/Inf samples (which would otherwise
+    poison an image or a loss).
+    """
+    try:
+        data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except FileNotFoundError:
+        raise AudioError("file not found") from None
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise AudioError(f"not readable audio ({_short(e)})") from None
+    if data.size == 0:
+        raise AudioError("empty audio (0 frames)")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(mono).all():
+        raise AudioError("audio contains NaN or Inf samples")
+    return np.ascontiguousarray(mono, dtype=np.float32), int(sr)
+
+
+def resample(y: np.ndarray, sr_in: int, sr_out: int, length: int | None = None) -> np.ndarray:
+    """Resample with librosa (soxr), optionally fixing the output length exactly."""
+    if sr_in != sr_out:
+        import librosa  # imported here: ~0.5 s, and only other-rate inputs need it
+
+        y = librosa.resample(y, orig_sr=sr_in, target_sr=sr_out, res_type="soxr_hq")
+    if length is not None:
+        y = fix_length(y, length)
+    return y.astype(np.float32, copy=False)
+
+
+def fix_length(y: np.ndarray, length: int) -> np.ndarray:
+    if len(y) >= length:
+        return y[:length]
+    return np.pad(y, (0, length - len(y)))
+
+
+def read_block(path: str | Path, block: int, native_sr: int, block_seconds: float,
+               target_sr: int) -> np.ndarray:
+    """Block ``block`` of a file as exactly ``block_seconds * target_sr`` mono samples.
+
+    Only the block's own frames are read (seek), so a shard task's memory does not grow
+    with utterance length; a short last block (``keep_tail``) is zero-padded.
+    """
+    n_native = int(round(block_seconds * native_sr))
+    y, sr = read_mono(path, start=block * n_native, stop=(block + 1) * n_native)
+    return resample(y, sr, target_sr, length=int(round(block_seconds * target_sr)))
+
+
+def block_count(info: AudioInfo, block_seconds: float, keep_tail: bool) -> int:
+    n_native = int(round(block_seconds * info.sample_rate))
+    full, tail = divmod(info.frames, n_native)
+    return full + (1 if keep_tail and tail > 0 else 0)
+
+
+def block_peaks(path: str | Path, info: AudioInfo, block_seconds: float, n_blocks: int) -> list[float]:
+    """Peak |sample| of each block (read once, whole file), for the silence check."""
+    y, _ = read_mono(path)
+    n_native = int(round(block_seconds * info.sample_rate))
+    return [float(np.abs(y[b * n_native:(b + 1) * n_native]).max(initial=0.0))
+            for b in range(n_blocks)]
+
+
+def _short(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__

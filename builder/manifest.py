@@ -1,0 +1,120 @@
+"""The build's manifest: writing it, reading it, and checking shards against it.
+
+The manifest is the contract between the builder and every reader: a shard listed here is
+complete (its sample count and sha256 are recorded), and readers refuse shards that do not
+match it, since a tar cut at a file boundary otherwise reads as a valid, shorter shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from serwild.builder.shards import sha256_file
+
+from serwild.errors import UsageError
+
+FORMAT = "serwild-shards/1"
+MANIFEST = "manifest.json"
+
+
+def fingerprint(shards: list[dict], datasets: dict[str, Any]) -> str:
+    """sha256 over what defines the data (shard paths, counts, hashes, classes), not over
+    run details such as worker counts, so identical builds share a fingerprint."""
+    core = [[s["path"], s["count"], s["sha256"]] for s in sorted(shards, key=lambda s: s["path"])]
+    return hashlib.sha256(json.dumps([core, datasets], sort_keys=True).encode()).hexdigest()
+
+
+def counts_table(shards: list[dict]) -> dict[str, dict[str, dict[str, dict[str, int]]]]:
+    """dataset → split → condition → class → samples."""
+    table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(int))))
+    for s in shards:
+        for cls, n in s["class_counts"].items():
+            table[s["dataset"]][s["split"]][s["condition"]][cls] += n
+    return json.loads(json.dumps(table))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_manifest(build_dir: str | Path) -> dict:
+    path = Path(build_dir) / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"{path} not found: is {build_dir} a finished `serwild build` output?")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} is not readable JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise UsageError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def select_shards(manifest: dict, dataset: str, split: str, conditions: list[str] | None = None,
+                  folds: list[int] | None = None) -> list[dict]:
+    """The shard records of one dataset/split, optionally only some conditions and folds."""
+    if dataset not in manifest["datasets"]:
+        raise UsageError(f"dataset {dataset!r} is not in this build (built: {', '.join(manifest['datasets'])})")
+    built = set(manifest["conditions"])
+    missing = [c for c in conditions or [] if c not in built]
+    if missing:
+        raise UsageError(f"condition(s) {', '.join(missing)} not in this build (built: {', '.join(built)})")
+    return [s for s in manifest["shards"]
+            if s["dataset"] == dataset and s["split"] == split
+            and (conditions is None or s["condition"] in conditions)
+            and (folds is None or s["fold"] in folds)]
+
+
+def count_samples(path: str | Path) -> int:
+    """Distinct sample keys in a tar (members ``key.ext``); raises on a cut-off tar."""
+    keys = set()
+    with tarfile.open(path, "r") as tf:
+        for member in tf:
+            if member.isfile():
+                keys.add(member.name.split("/")[-1].split(".", 1)[0])
+    return len(keys)
+
+
+def check_shard(build_dir: str | Path, record: dict, full: bool = True) -> str | None:
+    """None if the shard matches its record, else one line saying what is wrong."""
+    path = Path(build_dir) / record["path"]
+    if not path.is_file():
+        return f"missing: {record['path']}"
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        return f"bad: {record['path']} has {size} bytes, manifest says {record['bytes']}"
+    if not full:
+        return None
+    if sha256_file(path) != record["sha256"]:
+        return f"bad: {record['path']} sha256 differs from the manifest"
+    try:
+        n = count_samples(path)
+    except (tarfile.TarError, OSError) as e:
+        return f"bad: {record['path']} is not a readable tar ({e})"
+    if n != record["count"]:
+        return f"bad: {record['path']} has {n} samples, manifest says {record['count']}"
+    return None
+
+
+def check_shards(build_dir: str | Path, records: list[dict], full: bool = True) -> list[str]:
+    """Problems with ``records`` (empty list: all good). full=False checks sizes only."""
+    return [p for r in records if (p := check_shard(build_dir, r, full)) is not None]
+
+
+def extra_shards(build_dir: str | Path, manifest: dict) -> list[str]:
+    """Tar files under the build dir that the manifest does not list."""
+    listed = {s["path"] for s in manifest["shards"]}
+    root = Path(build_dir)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.tar") if str(p.relative_to(root)) not in listed)

@@ -1,0 +1,204 @@
+"""Plan every output sample before anything is rendered.
+
+The driver decides, cheaply and deterministically, which block goes to which split, fold
+and shard, and which noise file and offset each noisy copy gets (from a seed per sample).
+A shard task is then a pure function of its :class:`ShardSpec`: the same inputs and seed
+give the same bytes whatever the number of workers, and a finished shard can be skipped
+on resume by comparing its spec digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from serwild.builder.corpus import DATASETS
+from serwild.builder.scan import NoiseFile, ScannedUtterance
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from serwild.config import Config, ConfigError
+
+PLAN_FORMAT = 1  # bump when a change to rendering or layout must invalidate old shards
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    key: str
+    dataset: str
+    label: str
+    class_index: int
+    utterance: str
+    speaker: str
+    session: str
+    path: str  # absolute audio path
+    source: str  # relative, for metadata
+    native_sr: int
+    block: int
+    condition: str
+    snr_db: float | None
+    noise: str | None  # noise file name, relative to noise.dir
+    noise_path: str | None
+    noise_offset: int | None  # in samples at the target rate
+    split: str
+    fold: int | None
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    path: str  # relative to the build dir
+    dataset: str
+    split: str
+    fold: int | None
+    condition: str
+    snr_db: float | None
+    samples: tuple[SampleSpec, ...]
+
+    def digest(self, render: dict) -> str:
+        """Changes whenever anything that shapes this shard's bytes changes."""
+        payload = {"format": PLAN_FORMAT, "render": render, "shard": asdict(self)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def condition_name(snr: float | None) -> str:
+    """``clean``, ``snr15``, ``snr7p5``: no dots, since WebDataset splits keys at the first."""
+    if snr is None:
+        return "clean"
+    text = f"{snr:g}".replace("-", "m").replace(".", "p")
+    return f"snr{text}"
+
+
+def seed_for(*parts: object) -> int:
+    """A stable per-item seed (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+# ----------------------------------------------------------------------------- splits
+
+Unit = tuple[str, int]  # (utterance id, block); block -1 stands for "every block"
+
+
+def assign_splits(utts: list[ScannedUtterance], cfg: Config) -> dict[tuple[str, int], tuple[str, int | None]]:
+    """(utterance, block) → (split, fold) for one dataset's utterances."""
+    sp = cfg.split
+    by_id = {s.utt.id: s for s in utts}
+    if sp.strategy == "block":
+        units = [(s.utt.id, b) for s in utts for b in s.blocks]
+    else:
+        units = [(s.utt.id, -1) for s in utts]
+    labels = [by_id[u].utt.label for u, _ in units]
+    if sp.strategy == "session":
+        test_sessions = set(sp.test_sessions)
+        is_test = [by_id[u].utt.session in test_sessions for u, _ in units]
+        if not any(is_test) or all(is_test):
+            present = sorted({s.utt.session for s in utts})
+            raise ConfigError(f"split.test_sessions {sp.test_sessions} must leave both a test and a "
+                              f"train part (sessions present: {', '.join(present)})")
+        train = [u for u, t in zip(units, is_test) if not t]
+        test = [u for u, t in zip(units, is_test) if t]
+    else:
+        train, test = _stratified_holdout(units, labels, sp.test_fraction, cfg.seed)
+    folds = _folds(train, by_id, cfg)
+    out: dict[tuple[str, int], tuple[str, int | None]] = {}
+    for unit, fold in zip(train, folds):
+        out[unit] = ("train", fold)
+    for unit in test:
+        out[unit] = ("test", None)
+    return out
+
+
+def _stratified_holdout(units: list[Unit], labels: list[str], fraction: float, seed: int):
+    try:
+        train, test = train_test_split(units, test_size=fraction, random_state=seed % 2**32,
+                                       stratify=labels)
+    except ValueError as e:  # a class too small to stratify: say so, then split at random
+        warnings.warn(f"split: cannot stratify ({e}); splitting at random", stacklevel=2)
+        train, test = train_test_split(units, test_size=fraction, random_state=seed % 2**32)
+    return sorted(train), sorted(test)
+
+
+def _folds(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config) -> list[int]:
+    k = cfg.split.folds
+    labels = [by_id[u].utt.label for u, _ in train]
+    if cfg.split.strategy == "session":
+        # Speaker-independent folds: no speaker in both a fold and the rest of the train part.
+        groups = [by_id[u].utt.speaker for u, _ in train]
+        if len(set(groups)) < k:
+            raise ConfigError(f"split.folds={k} but the train part has only {len(set(groups))} speakers "
+                              "(session split keeps speakers out of their own validation fold)")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.seed % 2**32)
+        splits = splitter.split(np.zeros(len(train)), labels, groups)
+    else:
+        if len(train) < k:
+            raise ConfigError(f"split.folds={k} but the train part has only {len(train)} units")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class")
+            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=cfg.seed % 2**32)
+            splits = list(splitter.split(np.zeros(len(train)), labels))
+    fold_of = [0] * len(train)
+    for fold, (_, val_idx) in enumerate(splits):
+        for i in val_idx:
+            fold_of[i] = fold
+    return fold_of
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def plan_shards(scanned: list[ScannedUtterance], noises: list[NoiseFile], cfg: Config) -> list[ShardSpec]:
+    """Every shard of the build, each with its samples fully decided."""
+    snrs: list[float | None] = [None, *cfg.snr_db]
+    block_len = int(round(cfg.audio.block_seconds * cfg.audio.sample_rate))
+    specs: list[ShardSpec] = []
+    for dataset in cfg.datasets:
+        classes = DATASETS[dataset]
+        utts = [s for s in scanned if s.utt.label in classes]
+        if not utts:
+            raise ConfigError(f"datasets: '{dataset}' has no usable utterance in this corpus")
+        split_of = assign_splits(utts, cfg)
+        groups: dict[tuple[str, int | None], list[tuple[ScannedUtterance, int]]] = defaultdict(list)
+        for s in utts:
+            for b in s.blocks:
+                split, fold = split_of.get((s.utt.id, b)) or split_of[(s.utt.id, -1)]
+                groups[(split, fold)].append((s, b))
+        for (split, fold), blocks in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            # One permutation per group, shared by all conditions: shard i of every condition
+            # holds the same blocks, and each shard mixes classes for streaming training.
+            rng = np.random.default_rng(seed_for(cfg.seed, dataset, split, fold))
+            order = rng.permutation(len(blocks))
+            n_shards = -(-len(blocks) // cfg.shard.max_samples)
+            for snr in snrs:
+                cond = condition_name(snr)
+                folder = f"{dataset}/{split}" + (f"/fold{fold}" if split == "train" else "")
+                for i, part in enumerate(np.array_split(order, n_shards)):
+                    samples = tuple(sorted(
+                        (_sample(blocks[j], dataset, classes, cond, snr, split, fold, noises, block_len, cfg)
+                         for j in part), key=lambda x: x.key))
+                    specs.append(ShardSpec(f"{folder}/{cond}-{i:06d}.tar", dataset, split, fold, cond,
+                                           snr, samples))
+    return specs
+
+
+def _sample(item: tuple[ScannedUtterance, int], dataset: str, classes: tuple[str, ...], cond: str,
+            snr: float | None, split: str, fold: int | None, noises: list[NoiseFile], block_len: int,
+            cfg: Config) -> SampleSpec:
+    s, b = item
+    u = s.utt
+    key = f"{u.id}_b{b:03d}_{cond}"
+    noise = offset = None
+    if snr is not None:
+        rng = np.random.default_rng(seed_for(cfg.seed, dataset, key))
+        nf = noises[int(rng.integers(len(noises)))]
+        # Training (and validation) blocks draw from the first part of each noise file, test
+        # blocks from the held-out last part, so test noise is never heard in training.
+        lo, hi = (0, nf.split_at - block_len) if split == "train" else (nf.split_at, nf.length - block_len)
+        offset = int(rng.integers(lo, hi + 1))
+        noise = nf
+    return SampleSpec(
+        key=key, dataset=dataset, label=u.label, class_index=classes.index(u.label), utterance=u.id,
+        speaker=u.speaker, session=u.session, path=u.path, source=u.source, native_sr=s.native_sr,
+        block=b, condition=cond, snr_db=snr, noise=noise.name if noise else None,
+        noise_path=noise.path if noise else None, noise_offset=offset, split=split, fold=fold)

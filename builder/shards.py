@@ -1,0 +1,117 @@
+"""One shard = one unit of work: ``build_shard(spec, ctx) -> ShardStats``, plain Python.
+
+Ray only wraps this function (see build.py); tests call it directly. The tar is written
+with webdataset's ``TarWriter`` (fixed mtime, owner and mode, members in key order, so a
+rebuild is byte-identical) into a temporary name that is fsync'ed and renamed: a shard
+either exists complete under its final name or not at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from serwild.builder import audio, augment, render
+from serwild.builder.config import AudioConfig
+from serwild.builder.corpus import Reject
+from serwild.builder.plan import SampleSpec, ShardSpec
+from serwild.builder.scan import load_noise
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    path: str
+    dataset: str
+    split: str
+    fold: int | None
+    condition: str
+    snr_db: float | None
+    count: int
+    class_counts: dict[str, int]
+    bytes: int
+    sha256: str
+    digest: str  # the plan digest this shard was built from (for resume)
+    rejects: list[dict] = field(default_factory=list)
+
+    def record(self) -> dict:
+        """The manifest's entry for this shard."""
+        d = asdict(self)
+        d.pop("rejects")
+        return d
+
+
+def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> ShardStats:
+    """Render every sample of ``spec`` and write ``out_dir/spec.path`` atomically."""
+    final = Path(out_dir) / spec.path
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    classes: Counter[str] = Counter()
+    rejects: list[Reject] = []
+    try:
+        with open(tmp, "wb") as f:
+            writer = wds.TarWriter(f, user="serwild", group="serwild", mode=0o444, mtime=0.0, encoder=False)
+            for s in spec.samples:  # already in key order
+                try:
+                    png, meta = render_sample(s, cfg)
+                except (audio.AudioError, ValueError) as e:
+                    rejects.append(Reject(s.utterance, f"{s.condition}: {e}", "render", s.path, s.block))
+                    continue
+                writer.write({"__key__": s.key, "png": png, "json": meta})
+                classes[s.label] += 1
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return ShardStats(
+        path=spec.path, dataset=spec.dataset, split=spec.split, fold=spec.fold, condition=spec.condition,
+        snr_db=spec.snr_db, count=sum(classes.values()), class_counts=dict(sorted(classes.items())),
+        bytes=final.stat().st_size, sha256=sha256_file(final), digest=spec.digest(asdict(cfg)),
+        rejects=[r.to_dict() for r in rejects])
+
+
+def render_sample(s: SampleSpec, cfg: AudioConfig) -> tuple[bytes, bytes]:
+    """One planned sample → (PNG bytes, JSON bytes)."""
+    y = audio.read_block(s.path, s.block, s.native_sr, cfg.block_seconds, cfg.sample_rate)
+    gain = None
+    if s.snr_db is not None:
+        assert s.noise_path is not None and s.noise_offset is not None
+        noise = _noise(s.noise_path, cfg.sample_rate)[s.noise_offset:s.noise_offset + len(y)]
+        y, gain = augment.mix_at_snr(y, audio.fix_length(noise, len(y)), s.snr_db)
+    y = augment.peak_normalise(y)
+    if not np.isfinite(y).all():  # guarantee 6: no NaN/Inf reaches an image
+        raise ValueError("non-finite samples after mixing")
+    png = render.render_png(y, cfg.n_fft, cfg.hop_length, cfg.top_db, cfg.colormap)
+    meta = {
+        "label": s.label, "class_index": s.class_index, "dataset": s.dataset, "utterance": s.utterance,
+        "speaker": s.speaker, "session": s.session, "source": s.source, "block": s.block,
+        "start_s": round(s.block * cfg.block_seconds, 6), "condition": s.condition, "snr_db": s.snr_db,
+        "noise": s.noise,
+        "noise_offset_s": None if s.noise_offset is None else round(s.noise_offset / cfg.sample_rate, 6),
+        "noise_gain": None if gain is None else round(gain, 8), "split": s.split, "fold": s.fold,
+    }
+    return png, json.dumps(meta, sort_keys=True).encode()
+
+
+@functools.lru_cache(maxsize=16)
+def _noise(path: str, sample_rate: int) -> np.ndarray:
+    # Noise files are few and reused by every noisy sample of a shard: decode each once per
+    # worker process (bounded: 16 files).
+    return load_noise(path, sample_rate)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

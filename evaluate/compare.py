@@ -1,0 +1,157 @@
+"""Compare evaluated runs: weighted F1 per test condition, one series per run.
+
+    serwild compare runs/clean-only runs/augmented [--out DIR] [--metric weighted_f1] [--unit block]
+
+Reads each run's ``report/metrics.json`` (written by ``serwild evaluate``; a report folder
+or a metrics.json path works too) and writes, into ``--out`` (default
+``<first run's parent>/compare_<run>_vs_<run>``):
+
+    compare.png   the paper's Figures 4/5: the metric per test condition, one bar per run
+    compare.md    the table (one column per run, then each run's difference to the first)
+    compare.json  the same numbers
+
+and prints the table. The first run is the baseline the differences are taken against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from serwild.errors import UsageError
+
+METRICS = {"weighted_f1": "weighted.f1", "wa": "wa", "ua": "ua", "macro_f1": "macro.f1",
+           "weighted_precision": "weighted.precision", "weighted_recall": "weighted.recall"}
+TITLES = {"weighted_f1": "weighted F1", "wa": "WA (accuracy)", "ua": "UA (macro recall)", "macro_f1": "macro F1",
+          "weighted_precision": "weighted precision", "weighted_recall": "weighted recall"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="two or more evaluated runs (run folders with report/metrics.json); the first is the baseline")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <parent of the first run>/compare_<a>_vs_<b>)")
+    p.add_argument("--metric", default="weighted_f1", choices=sorted(METRICS),
+                   help="what to compare (default: weighted_f1, the paper's Figures 4/5)")
+    p.add_argument("--unit", default="block", choices=["block", "utterance"],
+                   help="score per 1 s block (the paper's unit, default) or per utterance")
+
+
+def run(args: argparse.Namespace) -> int:
+    if len(args.runs) < 2:
+        raise UsageError("give at least two runs to compare")
+    out = compare_runs(args.runs, out=args.out, metric=args.metric, unit=args.unit)
+    print(f"\n{(out / 'compare.md').read_text().split(chr(10) + chr(10), 2)[1]}\n")
+    print(f"figure: {out / 'compare.png'}\ntable:  {out / 'compare.md'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- library
+
+
+def find_metrics(run: str | Path) -> Path:
+    """``run`` may be a run folder, its report folder, or a metrics.json file."""
+    p = Path(run)
+    for candidate in (p / "report" / "metrics.json", p / "metrics.json", p):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"run {run}: no report/metrics.json; evaluate it first "
+                     f"(serwild evaluate --checkpoint {p / 'best.pt'})")
+
+
+def load_metrics(run: str | Path) -> dict[str, Any]:
+    path = find_metrics(run)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"run {run}: {path} is not readable JSON ({e})") from None
+    if not isinstance(data, dict) or "conditions" not in data:
+        raise UsageError(f"run {run}: {path} is not a serwild evaluate report")
+    return data
+
+
+def run_names(runs: Sequence[str | Path]) -> list[str]:
+    """Series names: each run's folder name, made unique if two runs share one."""
+    names: list[str] = []
+    for r in runs:
+        p = Path(r).resolve()
+        if p.is_file():
+            p = p.parent
+        if p.name == "report":
+            p = p.parent
+        name, k = p.name, 2
+        while name in names:
+            name, k = f"{p.name} ({k})", k + 1
+        names.append(name)
+    return names
+
+
+def comparison(reports: Mapping[str, Mapping[str, Any]], metric: str = "weighted_f1",
+               unit: str = "block") -> dict[str, Any]:
+    """``{"conditions": [...], "labels": [...], "values": {run: [v or None]}}`` in condition order."""
+    from serwild.evaluate.report import condition_label, metric as get, order_conditions
+
+    snr: dict[str, float | None] = {}
+    for rep in reports.values():
+        for c, v in rep["conditions"].items():
+            snr.setdefault(c, v.get("snr_db"))
+    conds = order_conditions(snr)
+    values = {name: [get(rep["conditions"][c][unit], METRICS[metric]) if c in rep["conditions"] else None
+                     for c in conds] for name, rep in reports.items()}
+    return {"metric": metric, "unit": unit, "conditions": conds,
+            "labels": [condition_label(c, snr[c]) for c in conds], "values": values}
+
+
+def markdown_table(comp: Mapping[str, Any]) -> str:
+    """Rows = test conditions; one column per run, then each run minus the first (baseline)."""
+    names = list(comp["values"])
+    base = names[0]
+    head = ["Test condition"] + names + [f"Δ {n} − {base}" for n in names[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, label in enumerate(comp["labels"]):
+        vals = [comp["values"][n][i] for n in names]
+        cells = [label] + ["—" if v is None else f"{v:.3f}" for v in vals]
+        cells += ["—" if v is None or vals[0] is None else f"{v - vals[0]:+.3f}" for v in vals[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_runs(runs: Sequence[str | Path], out: str | Path | None = None, metric: str = "weighted_f1",
+                 unit: str = "block") -> Path:
+    """Write compare.png / compare.md / compare.json for ``runs``; returns the output folder."""
+    from serwild.evaluate.report import plot_series, protocol_line
+
+    if metric not in METRICS:
+        raise UsageError(f"unknown metric {metric!r} (choose from {', '.join(sorted(METRICS))})")
+    names = run_names(runs)
+    reports = {n: load_metrics(r) for n, r in zip(names, runs)}
+    datasets = {rep.get("dataset") for rep in reports.values()}
+    comp = comparison(reports, metric, unit)
+    out_dir = Path(out) if out is not None else default_out(runs, names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = TITLES[metric]
+    plot_series(out_dir / "compare.png", comp["labels"], comp["values"], title,
+                f"{title} per test condition ({'/'.join(sorted(map(str, datasets))).upper()}, per {unit})")
+    lines = [f"# Comparison: {title} per test condition (per {unit})", "", markdown_table(comp), "",
+             f"Baseline for the differences: {names[0]}."]
+    if len(datasets) > 1:
+        lines += ["", f"**Warning:** these runs were evaluated on different datasets ({', '.join(map(str, datasets))})."]
+    lines += ["", "## Runs", ""]
+    for name, r in zip(names, runs):
+        lines.append(f"- **{name}** (`{find_metrics(r)}`): " + protocol_line(reports[name]).replace("**Protocol:** ", ""))
+    lines += ["", "![comparison](compare.png)"]
+    (out_dir / "compare.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "compare.json").write_text(json.dumps(
+        {**comp, "runs": {n: str(find_metrics(r)) for n, r in zip(names, runs)}}, indent=2) + "\n")
+    return out_dir
+
+
+def default_out(runs: Sequence[str | Path], names: Sequence[str]) -> Path:
+    first = Path(runs[0]).resolve()
+    parent = first.parent if first.is_dir() else first.parent.parent
+    if first.name == "report" or first.is_file() and first.parent.name == "report":
+        parent = parent.parent
+    stem = "compare_" + "_vs_".join(n.replace(" ", "") for n in names)
+    return parent / (stem if len(stem) <= 100 else "compare")
