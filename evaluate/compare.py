@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if len(args.runs) < 2:
         raise UsageError("give at least two runs to compare")
     out = compare_runs(args.runs, out=args.out, metric=args.metric, unit=args.unit)
-    print(f"\n{(out / 'compare.md').read_text().split(chr(10) + chr(10), 2)[1]}\n")
+    comp = json.loads((out / "compare.json").read_text())
+    print(f"\n{TITLES[args.metric]} per test condition (per {args.unit}):\n\n{markdown_table(comp)}\n")
     print(f"figure: {out / 'compare.png'}\ntable:  {out / 'compare.md'}")
     return 0
 
@@ -72,15 +73,19 @@ def load_metrics(run: str | Path) -> dict[str, Any]:
     return data
 
 
+def run_dir(run: str | Path) -> Path:
+    """The run folder, whether ``run`` names it, its report folder or its metrics.json."""
+    p = Path(run).resolve()
+    if p.is_file():
+        p = p.parent
+    return p.parent if p.name == "report" else p
+
+
 def run_names(runs: Sequence[str | Path]) -> list[str]:
     """Series names: each run's folder name, made unique if two runs share one."""
     names: list[str] = []
     for r in runs:
-        p = Path(r).resolve()
-        if p.is_file():
-            p = p.parent
-        if p.name == "report":
-            p = p.parent
+        p = run_dir(r)
         name, k = p.name, 2
         while name in names:
             name, k = f"{p.name} ({k})", k + 1
@@ -91,7 +96,8 @@ def run_names(runs: Sequence[str | Path]) -> list[str]:
 def comparison(reports: Mapping[str, Mapping[str, Any]], metric: str = "weighted_f1",
                unit: str = "block") -> dict[str, Any]:
     """``{"conditions": [...], "labels": [...], "values": {run: [v or None]}}`` in condition order."""
-    from serwild.evaluate.report import condition_label, metric as get, order_conditions
+    from serwild.evaluate.report import condition_label, order_conditions
+    from serwild.evaluate.report import metric as get
 
     snr: dict[str, float | None] = {}
     for rep in reports.values():
@@ -137,10 +143,12 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path | None = None, metr
     lines = [f"# Comparison: {title} per test condition (per {unit})", "", markdown_table(comp), "",
              f"Baseline for the differences: {names[0]}."]
     if len(datasets) > 1:
-        lines += ["", f"**Warning:** these runs were evaluated on different datasets ({', '.join(map(str, datasets))})."]
+        lines += ["", "**Warning:** these runs were evaluated on different datasets "
+                  f"({', '.join(map(str, datasets))})."]
     lines += ["", "## Runs", ""]
     for name, r in zip(names, runs):
-        lines.append(f"- **{name}** (`{find_metrics(r)}`): " + protocol_line(reports[name]).replace("**Protocol:** ", ""))
+        what = protocol_line(reports[name]).replace("**Protocol:** ", "")
+        lines.append(f"- **{name}** (`{find_metrics(r)}`): {what}")
     lines += ["", "![comparison](compare.png)"]
     (out_dir / "compare.md").write_text("\n".join(lines) + "\n")
     (out_dir / "compare.json").write_text(json.dumps(
@@ -149,9 +157,5 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path | None = None, metr
 
 
 def default_out(runs: Sequence[str | Path], names: Sequence[str]) -> Path:
-    first = Path(runs[0]).resolve()
-    parent = first.parent if first.is_dir() else first.parent.parent
-    if first.name == "report" or first.is_file() and first.parent.name == "report":
-        parent = parent.parent
     stem = "compare_" + "_vs_".join(n.replace(" ", "") for n in names)
-    return parent / (stem if len(stem) <= 100 else "compare")
+    return run_dir(runs[0]).parent / (stem if len(stem) <= 100 else "compare")

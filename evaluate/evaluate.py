@@ -15,19 +15,18 @@ Writes the report folder (default ``<run dir>/report/``): see serwild.evaluate.r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from serwild.errors import UsageError
 
 REPORT_FORMAT = "serwild-report/1"
+EVAL_TIMEOUT_S = 1800  # collectives wait at most for the slowest rank's share of one condition
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,12 +86,14 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
     """
     import numpy as np
     import torch
+
     from serwild.builder.manifest import check_shards, load_manifest, select_shards
+    from serwild.config import config_from_resolved
     from serwild.evaluate import metrics, report
     from serwild.trainer.checkpoint import load_checkpoint
+    from serwild.trainer.data import shard_set
+    from serwild.trainer.distributed import all_gather_object, setup, teardown
     from serwild.trainer.model import model_from_checkpoint
-
-    from serwild.config import config_from_resolved
 
     ckpt_path = Path(checkpoint)
     if not ckpt_path.is_file():
@@ -124,36 +125,38 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
                              + "; ".join(problems))
         todo[cond] = records
 
-    with distributed(device) as (rank, world, dev):
-        model = model_from_checkpoint(ckpt).to(dev).eval()
+    d = setup(device, timeout_s=EVAL_TIMEOUT_S)
+    try:
+        model = model_from_checkpoint(ckpt).to(d.device).eval()
         conditions: dict[str, Any] = {}
         rows: list[dict] = []
         for cond, records in todo.items():
-            expected = sum(int(r["count"]) for r in records)
-            urls = [str(build_dir / r["path"]) for r in records]
-            local = _guarded(functools.partial(score_shards, model, urls, batch_size, num_workers, rank, world,
-                                               dev, expected, show=rank == 0, desc=cond))
-            merged = merge_parts(gather(local, world), cond, expected, records)
+            shard_set_ = shard_set(build_dir, records)
+            local = _guarded(d, functools.partial(score_shards, model, shard_set_, len(classes), batch_size,
+                                                  num_workers, d, desc=cond))
+            merged = merge_parts(all_gather_object(local, d), cond, shard_set_.samples, records)
             logits = merged["logits"]
             conditions[cond] = {
-                "snr_db": manifest["conditions"][cond], "shards": len(records), "samples": expected,
+                "snr_db": manifest["conditions"][cond], "shards": len(records), "samples": shard_set_.samples,
                 **metrics.condition_metrics(logits, merged["labels"], merged["utterances"], classes)}
             probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
             rows += [{"condition": cond, "utterance": u, "block": int(b), "true": int(t), "pred": int(p),
                       "probs": pr} for u, b, t, p, pr in zip(merged["utterances"], merged["blocks"],
                                                             merged["labels"], np.argmax(logits, 1), probs)]
-        if rank != 0:
+        if not d.is_main:
             return out_dir
         result = {
             "format": REPORT_FORMAT, "run": ckpt_path.parent.name, "checkpoint": str(ckpt_path),
             "shards": str(build_dir), "manifest_fingerprint": manifest.get("fingerprint"),
             "dataset": dataset, "classes": classes, "protocol": protocol(ckpt, cfg, manifest),
-            "world_size": world, "device": str(dev), "sha256_checked": check_sha256,
+            "world_size": d.world_size, "device": str(d.device), "sha256_checked": check_sha256,
             "serwild_version": _version(), "conditions": conditions,
         }
         report.write_report(result, out_dir, rows)
         (out_dir / "config.yaml").write_text(_yaml(ckpt["config"]))
         print(f"\n{report.metrics_table(result, 'block')}\n\nreport: {out_dir / 'report.md'}")
+    finally:
+        teardown(d)
     return out_dir
 
 
@@ -188,25 +191,28 @@ def protocol(ckpt: dict, cfg: Any, manifest: dict) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def score_shards(model: Any, urls: list[str], batch_size: int, num_workers: int, rank: int, world: int,
-                 device: Any, expected: int, show: bool = False, desc: str = "") -> dict[str, Any]:
-    """This rank's share of ``urls``: logits, labels and sample identities."""
+def score_shards(model: Any, shards: Any, num_classes: int, batch_size: int, num_workers: int, d: Any,
+                 desc: str = "") -> dict[str, Any]:
+    """This rank's share of ``shards`` (a trainer ShardSet): logits, labels and sample identities."""
     import numpy as np
     import torch
-    from serwild.trainer.data import make_eval_loader
     from tqdm import tqdm
 
-    loader = make_eval_loader(urls, batch_size, num_workers, rank=rank, world_size=world)
+    from serwild.trainer.data import make_eval_loader
+
+    loader = make_eval_loader(shards.urls, batch_size, num_workers, rank=d.rank, world_size=d.world_size,
+                              counts=shards.counts, num_classes=num_classes)
     logits, labels, utts, blocks = [], [], [], []
-    with torch.inference_mode(), tqdm(total=-(-expected // world), desc=f"evaluate {desc}", unit="blk",
-                                      disable=not show, leave=False) as bar:
+    total = -(-shards.samples // d.world_size)  # about this rank's share: shards are dealt to ranks
+    with torch.inference_mode(), tqdm(total=total, desc=f"evaluate {desc}", unit="blk",
+                                      disable=not d.is_main, leave=False) as bar:
         for images, y, metas in loader:
-            logits.append(model(images.to(device)).float().cpu().numpy())
+            logits.append(model(images.to(d.device)).float().cpu().numpy())
             labels.append(y.numpy())
             utts += [m["utterance"] for m in metas]
             blocks += [int(m["block"]) for m in metas]
             bar.update(len(metas))
-    return {"logits": np.concatenate(logits) if logits else np.zeros((0, 0), np.float32),
+    return {"logits": np.concatenate(logits) if logits else np.zeros((0, num_classes), np.float32),
             "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
             "utterances": utts, "blocks": blocks}
 
@@ -236,66 +242,15 @@ def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]
             "blocks": [blocks[i] for i in order]}
 
 
-def _guarded(fn: Any) -> dict[str, Any]:
+def _guarded(d: Any, fn: Any) -> dict[str, Any]:
     """Under DDP, a rank that fails must still join the gather (or the others would wait
     for it until the timeout): its failure travels as an ``error`` entry instead."""
-    if not _is_distributed():
+    if not d.distributed:
         return fn()
     try:
         return fn()
     except Exception as e:  # re-raised on every rank by merge_parts
-        return {"error": f"rank {_rank()}: {type(e).__name__}: {e}"}
-
-
-# ----------------------------------------------------------------------------- DDP plumbing
-
-
-@contextlib.contextmanager
-def distributed(device: str) -> Iterator[tuple[int, int, Any]]:
-    """(rank, world size, torch device), from torchrun's environment or a single process."""
-    from datetime import timedelta
-
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but torch sees no GPU")
-    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    try:
-        yield rank, world, dev
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def gather(obj: dict[str, Any], world: int) -> list[dict[str, Any]]:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, obj)
-    return parts
-
-
-def _is_distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank()
+        return {"error": f"rank {d.rank}: {e}"}
 
 
 def _version() -> str:

@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def add_config_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_config_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
     """``--config FILE`` and trailing ``key=value`` overrides, shared by build/train/demo."""
     p.add_argument("--config", required=required, metavar="FILE",
-                   help="YAML config (see configs/); the resolved copy is saved next to outputs")
+                   help="YAML config (see configs/; default: built-in defaults); the resolved copy is saved with outputs")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, values in YAML: split.strategy=session snr_db='[15,20]'")
 

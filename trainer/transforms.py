@@ -32,8 +32,9 @@ def resize_uint8(rgb: np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
     if rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {rgb.dtype}")
-    # np.array copies: decoders hand out read-only buffers, which torch warns about
-    x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).unsqueeze(0)
+    if not rgb.flags.writeable:  # decoders hand out read-only buffers, which torch warns about
+        rgb = np.array(rgb)
+    x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
     if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False,
                           antialias=False)

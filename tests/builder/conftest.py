@@ -82,7 +82,7 @@ def corpus_tree(tmp_path: Path) -> Path:
 def tree_config(tmp_path: Path, **over: object) -> Config:
     make_tree(tmp_path / "corpus")
     make_noise(tmp_path / "noise")
-    overrides = [f"corpus.kind=iemocap", f"corpus.root={tmp_path / 'corpus'}", f"noise.dir={tmp_path / 'noise'}",
+    overrides = ["corpus.kind=iemocap", f"corpus.root={tmp_path / 'corpus'}", f"noise.dir={tmp_path / 'noise'}",
                  f"out={tmp_path / 'shards'}", "shard.max_samples=40", "ray.num_cpus=2"]
     overrides += [f"{k}={v}" for k, v in over.items()]
     return load_config(None, overrides)

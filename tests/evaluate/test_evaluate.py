@@ -1,0 +1,163 @@
+"""`serwild evaluate`: every test sample of every condition scored exactly once, in one
+process and under a 2-process torchrun; bad shards and foreign checkpoints refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from conftest import TEST_SHARDS
+from serwild.builder.manifest import load_manifest
+from serwild.evaluate.evaluate import check_compatible, evaluate_checkpoint, merge_parts
+from serwild.trainer.checkpoint import load_checkpoint
+from serwild.trainer.model import model_from_checkpoint
+from serwild.trainer.transforms import image_transform
+
+from serwild.cli import main
+from serwild.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def one_process(build_and_checkpoint: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, ckpt = build_and_checkpoint
+    return evaluate_checkpoint(ckpt, out=tmp_path_factory.mktemp("report1"), batch_size=8, num_workers=0)
+
+
+def _predictions(report: Path) -> list[dict]:
+    with (report / "predictions.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_one_process_report(one_process: Path, build_and_checkpoint: tuple[Path, Path]) -> None:
+    build, _ = build_and_checkpoint
+    m = json.loads((one_process / "metrics.json").read_text())
+    assert list(m["conditions"]) == ["clean", "snr15", "snr40"]
+    assert m["world_size"] == 1 and m["dataset"] == "ahsn" and m["sha256_checked"] is True
+    assert m["protocol"]["train_conditions"] == ["clean", "snr15"] and m["protocol"]["pretrained"] == "none"
+    assert m["protocol"]["split_strategy"] == "utterance" and m["protocol"]["recipe"]["optimizer"] == "adam"
+    rows = _predictions(one_process)
+    for cond, (snr, sizes) in TEST_SHARDS.items():
+        c = m["conditions"][cond]
+        assert c["snr_db"] == snr and c["samples"] == sum(sizes) == c["block"]["n"]
+        mine = [r for r in rows if r["condition"] == cond]
+        assert len(mine) == sum(sizes)
+        assert len({(r["utterance"], r["block"]) for r in mine}) == sum(sizes)  # each sample once
+        assert c["utterance"]["n"] == len({r["utterance"] for r in mine})
+        assert sum(map(sum, c["block"]["confusion"])) == sum(sizes)
+        assert (one_process / f"confusion-{cond}.png").is_file()
+    md = (one_process / "report.md").read_text()
+    assert "| 15 dB | 7 |" in md and "| 40 dB | 7 |" in md and "| clean | 9 |" in md
+    assert (one_process / "weighted_f1.png").is_file() and (one_process / "config.yaml").is_file()
+
+
+def test_scores_match_an_independent_reading(one_process: Path, build_and_checkpoint: tuple[Path, Path]) -> None:
+    """Read the shards with plain webdataset, apply the shared transform, run the model:
+    the evaluator's predictions must be these."""
+    build, ckpt_path = build_and_checkpoint
+    model = model_from_checkpoint(load_checkpoint(ckpt_path))
+    manifest = load_manifest(build)
+    urls = [str(build / s["path"]) for s in manifest["shards"] if s["condition"] == "snr40"]
+    ds = wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "json")
+    images, metas = zip(*ds)
+    with torch.inference_mode():
+        probs = torch.softmax(model(torch.stack([image_transform(i) for i in images])), dim=1).numpy()
+    want = {(m["utterance"], str(m["block"])): p for m, p in zip(metas, probs)}
+    got = {(r["utterance"], r["block"]): r for r in _predictions(one_process) if r["condition"] == "snr40"}
+    assert set(got) == set(want)
+    classes = manifest["datasets"]["ahsn"]["classes"]
+    for k, p in want.items():
+        assert np.allclose([float(got[k][f"p_{c}"]) for c in classes], p, atol=2e-4)
+
+
+def test_two_process_torchrun_scores_each_sample_once(one_process: Path, build_and_checkpoint: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    """Odd sample counts, and snr15's single shard leaves rank 1 with nothing to read."""
+    _, ckpt = build_and_checkpoint
+    out = tmp_path / "report2"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "serwild", "evaluate", "--checkpoint", str(ckpt), "--nproc", "2",
+                           "--out", str(out), "--batch-size", "8", "--num-workers", "0", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((one_process / "metrics.json").read_text())
+    two = json.loads((out / "metrics.json").read_text())
+    assert two["world_size"] == 2
+    for cond in one["conditions"]:
+        a, b = one["conditions"][cond], two["conditions"][cond]
+        for unit in ("block", "utterance"):
+            assert b[unit]["n"] == a[unit]["n"]
+            assert b[unit]["confusion"] == a[unit]["confusion"]
+            assert b[unit]["weighted"] == pytest.approx(a[unit]["weighted"])
+    rows1, rows2 = _predictions(one_process), _predictions(out)
+    assert [(r["condition"], r["utterance"], r["block"], r["predicted"]) for r in rows1] == \
+        [(r["condition"], r["utterance"], r["block"], r["predicted"]) for r in rows2]
+
+
+def _copy(build: Path, tmp_path: Path) -> Path:
+    """A copy of the build to break (same manifest, so the checkpoint still matches it)."""
+    return Path(shutil.copytree(build, tmp_path / "shards"))
+
+
+def test_missing_test_shard_is_an_error_naming_it(build_and_checkpoint: tuple[Path, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    build, ckpt = _copy(build_and_checkpoint[0], tmp_path), build_and_checkpoint[1]
+    (build / "ahsn/test/snr40-000001.tar").unlink()
+    with pytest.raises(UsageError, match=r"missing: ahsn/test/snr40-000001\.tar"):
+        evaluate_checkpoint(ckpt, shards=build, out=tmp_path / "r", batch_size=8, num_workers=0)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--shards", str(build), "--out", str(tmp_path / "r")]) == 2
+    assert "snr40-000001.tar" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("sha256", [True, False])
+def test_truncated_test_shard_is_an_error_naming_it(build_and_checkpoint: tuple[Path, Path], tmp_path: Path,
+                                                    sha256: bool) -> None:
+    build, ckpt = _copy(build_and_checkpoint[0], tmp_path), build_and_checkpoint[1]
+    shard = build / "ahsn/test/clean-000000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match=r"clean-000000\.tar"):
+        evaluate_checkpoint(ckpt, shards=build, out=tmp_path / "r", batch_size=8, num_workers=0,
+                            check_sha256=sha256)
+
+
+def test_sample_count_and_duplicates_checked_after_gathering() -> None:
+    def part(utts: list[str], blocks: list[int]) -> dict:
+        return {"logits": np.zeros((len(utts), 4), np.float32), "labels": np.zeros(len(utts), np.int64),
+                "utterances": utts, "blocks": blocks}
+
+    records = [{"path": "ahsn/test/clean-000000.tar"}]
+    merged = merge_parts([part(["b", "a"], [0, 0]), part(["a"], [1]), part([], [])], "clean", 3, records)
+    assert list(zip(merged["utterances"], merged["blocks"])) == [("a", 0), ("a", 1), ("b", 0)]
+    with pytest.raises(UsageError, match="manifest lists 4 in ahsn/test/clean-000000.tar"):
+        merge_parts([part(["a", "b"], [0, 0]), part(["c"], [0])], "clean", 4, records)
+    with pytest.raises(UsageError, match="more than once"):
+        merge_parts([part(["a", "b"], [0, 0]), part(["a"], [0])], "clean", 3, records)
+    with pytest.raises(UsageError, match="rank 1: shard x is short"):
+        merge_parts([part(["a"], [0]), {"error": "rank 1: shard x is short"}], "clean", 2, records)
+
+
+def test_refuses_a_checkpoint_from_another_build(build_and_checkpoint: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    build, ckpt_path = build_and_checkpoint
+    manifest = load_manifest(build)
+    ckpt = load_checkpoint(ckpt_path)
+    check_compatible(ckpt, manifest, build, allow_other_build=False)  # its own build: fine
+    other = {**ckpt, "manifest_fingerprint": "0" * 64}
+    with pytest.raises(UsageError, match="different build"):
+        check_compatible(other, manifest, build, allow_other_build=False)
+    check_compatible(other, manifest, build, allow_other_build=True)
+    assert "warning" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="classes"):
+        check_compatible({**ckpt, "classes": ["ang", "exc", "sad", "neu"]}, manifest, build, allow_other_build=True)
+    with pytest.raises(UsageError, match="aesn"):
+        check_compatible({**ckpt, "dataset": "aesn"}, manifest, build, allow_other_build=True)

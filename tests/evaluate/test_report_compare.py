@@ -1,0 +1,117 @@
+"""Report folder and `serwild compare`, on metrics computed from made-up model outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from serwild.evaluate import compare, report
+from serwild.evaluate.metrics import condition_metrics
+
+from serwild.cli import main
+from serwild.errors import UsageError
+
+CLASSES = ["ang", "hap", "sad", "neu"]
+CONDITIONS = {"snr40": 40.0, "clean": None, "snr15": 15.0, "snr20": 20.0}
+
+
+def fake_result(run: str, skill: float, seed: int = 0) -> dict:
+    """A report dict as `serwild evaluate` builds it; accuracy falls with the SNR."""
+    rng = np.random.default_rng(seed)
+    conds = {}
+    for c, snr in CONDITIONS.items():
+        labels = rng.integers(0, 4, size=60)
+        utts = [f"Ses01F_impro01_F{i // 3:03d}" for i in range(60)]
+        labels = np.repeat(labels[::3], 3)  # 3 blocks per utterance, one label each
+        p_right = skill * (1.0 if snr is None else min(1.0, snr / 40.0))
+        logits = rng.normal(size=(60, 4))
+        logits[np.arange(60), labels] += 4.0 * (rng.random(60) < p_right)
+        conds[c] = {"snr_db": snr, "shards": 1, "samples": 60, **condition_metrics(logits, labels, utts, CLASSES)}
+    return {
+        "format": "serwild-report/1", "run": run, "checkpoint": f"runs/{run}/best.pt", "shards": "shards/demo",
+        "manifest_fingerprint": "ab" * 32, "dataset": "ahsn", "classes": CLASSES,
+        "protocol": {"dataset": "ahsn", "split_strategy": "utterance", "train_conditions": ["clean"], "fold": None,
+                     "pretrained": "none", "recipe": {"optimizer": "adam", "lr": 1e-4, "freeze": "none"},
+                     "epoch": 3},
+        "world_size": 1, "device": "cpu", "sha256_checked": True, "serwild_version": "0", "conditions": conds,
+    }
+
+
+def test_report_folder(tmp_path: Path) -> None:
+    result = fake_result("clean-only", 0.8)
+    rows = [{"condition": "clean", "utterance": "u0", "block": 0, "true": 1, "pred": 2,
+             "probs": [0.1, 0.2, 0.6, 0.1]}]
+    out = report.write_report(result, tmp_path / "report", rows)
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    md = (out / "report.md").read_text()
+    assert "**Protocol:** dataset AHSN" in md and "split `utterance`" in md and "pretrained `none`" in md
+    assert "optimizer=adam" in md and "trained on clean" in md and "all train folds" in md
+    # the paper's table shape: one row per test condition, clean first then rising SNR
+    block_table = md.split("## Per 1 s block")[1].split("## ")[0]
+    rows_md = [ln for ln in block_table.splitlines() if ln.startswith("| ") and "Test condition" not in ln]
+    assert [r.split("|")[1].strip() for r in rows_md] == ["clean", "15 dB", "20 dB", "40 dB"]
+    wf1 = result["conditions"]["snr15"]["block"]["weighted"]["f1"]
+    assert f"{wf1:.3f}" in rows_md[1]
+    assert "## Per utterance" in md
+    for c in CONDITIONS:
+        with Image.open(out / f"confusion-{c}.png") as im:
+            assert im.size[0] > 300
+    assert (out / "weighted_f1.png").stat().st_size > 1000
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert lines[0].startswith("condition,utterance,block,true,predicted,p_ang")
+    assert lines[1].startswith("clean,u0,0,hap,sad,0.1000")
+
+
+def _evaluated_run(root: Path, name: str, skill: float, seed: int) -> Path:
+    run = root / name
+    report.write_report(fake_result(name, skill, seed), run / "report")
+    return run
+
+
+def test_compare_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _evaluated_run(tmp_path / "runs", "clean-only", 0.3, 1)
+    b = _evaluated_run(tmp_path / "runs", "augmented", 0.9, 2)
+    assert main(["compare", str(a), str(b)]) == 0
+    out = tmp_path / "runs" / "compare_clean-only_vs_augmented"
+    printed = capsys.readouterr().out
+    comp = json.loads((out / "compare.json").read_text())
+    assert comp["labels"] == ["clean", "15 dB", "20 dB", "40 dB"]
+    for run_dir, name in ((a, "clean-only"), (b, "augmented")):
+        m = json.loads((run_dir / "report" / "metrics.json").read_text())
+        assert comp["values"][name] == [m["conditions"][c]["block"]["weighted"]["f1"] for c in comp["conditions"]]
+    table = compare.markdown_table(comp)
+    assert table in printed and table in (out / "compare.md").read_text()
+    delta = comp["values"]["augmented"][1] - comp["values"]["clean-only"][1]
+    assert f"| 15 dB | {comp['values']['clean-only'][1]:.3f} | {comp['values']['augmented'][1]:.3f} | {delta:+.3f} |" \
+        in table
+    with Image.open(out / "compare.png") as im:
+        assert im.size[0] > 300
+
+
+def test_compare_other_metric_unit_and_missing_condition(tmp_path: Path) -> None:
+    a = _evaluated_run(tmp_path, "a", 0.5, 1)
+    r = fake_result("b", 0.5, 3)
+    del r["conditions"]["snr20"]
+    report.write_report(r, tmp_path / "b" / "report")
+    out = compare.compare_runs([a / "report", tmp_path / "b" / "report" / "metrics.json"], out=tmp_path / "cmp",
+                               metric="ua", unit="utterance")
+    comp = json.loads((out / "compare.json").read_text())
+    assert list(comp["values"]) == ["a", "b"]
+    i20 = comp["conditions"].index("snr20")
+    assert comp["values"]["b"][i20] is None
+    assert comp["values"]["a"][0] == json.loads((a / "report" / "metrics.json").read_text())[
+        "conditions"]["clean"]["utterance"]["ua"]
+    assert "| 20 dB |" in (out / "compare.md").read_text() and "— |" in (out / "compare.md").read_text()
+
+
+def test_compare_missing_run_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _evaluated_run(tmp_path, "a", 0.5, 1)
+    (tmp_path / "never-evaluated").mkdir()
+    with pytest.raises(UsageError, match="never-evaluated"):
+        compare.compare_runs([a, tmp_path / "never-evaluated"])
+    assert main(["compare", str(a), str(tmp_path / "never-evaluated")]) == 2
+    assert "never-evaluated" in capsys.readouterr().err
+    assert main(["compare", str(a)]) == 2  # one run is nothing to compare

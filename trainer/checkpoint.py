@@ -1,0 +1,115 @@
+"""Checkpoints: written atomically by rank 0, read with ``weights_only=True``.
+
+A checkpoint (``runs/<name>/last.pt``, ``best.pt``) is a dict of plain data and tensors:
+
+=====================  ==================================================================
+key                    value
+=====================  ==================================================================
+``model``              the model's ``state_dict`` (no ``module.`` prefix)
+``optimizer``          the optimiser's ``state_dict``
+``scheduler``          the lr scheduler's ``state_dict`` (stepped once per epoch)
+``epoch``              completed epochs (resuming starts at this 0-based epoch)
+``rng``                one RNG-state dict per rank (python, numpy, torch, cuda)
+``config``             the resolved config (``serwild.config.to_dict``; recipe resolved)
+``classes``            class names, index order (the manifest's for ``dataset``)
+``dataset``            ``ahsn`` or ``aesn``
+``manifest_fingerprint``  the build's ``manifest["fingerprint"]``
+``shards``             the build folder the model was trained from
+``recipe``             the optimiser recipe actually used (:func:`recipe.describe`)
+``metrics``            the last validation metrics (``None`` without a validation fold)
+``arch``               ``"alexnet"``
+``serwild_version``    the serwild version that wrote it
+=====================  ==================================================================
+
+Rebuild the model with :func:`serwild.trainer.model.model_from_checkpoint`. Writes go to a
+temporary file in the same folder, are fsync'ed and renamed, so a kill never leaves a
+half-written ``last.pt`` behind (the previous one stays until the new one is complete).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serwild.errors import UsageError
+
+REQUIRED = ("model", "epoch", "config", "classes", "dataset", "manifest_fingerprint", "arch")
+
+
+def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint written by the trainer; one clear UsageError if it is missing or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle/zip errors, or objects weights_only refuses
+        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
+        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UsageError(f"{path} is not a serwild checkpoint (needs keys {', '.join(REQUIRED)}; has {have})")
+    if ckpt["arch"] != "alexnet":
+        raise UsageError(f"{path}: architecture {ckpt['arch']!r} is not supported (alexnet)")
+    return ckpt
+
+
+def check_compatible(ckpt: dict[str, Any], manifest: dict[str, Any], dataset: str, source: str) -> None:
+    """Refuse a checkpoint trained on other shards or another class set, naming the difference."""
+    classes = list(manifest["datasets"][dataset]["classes"])
+    if ckpt["dataset"] != dataset:
+        raise UsageError(f"{source} was trained on dataset {ckpt['dataset']!r}, not {dataset!r}")
+    if list(ckpt["classes"]) != classes:
+        raise UsageError(f"{source} was trained on classes {list(ckpt['classes'])}, but this build's "
+                         f"{dataset} classes are {classes}")
+    if ckpt["manifest_fingerprint"] != manifest["fingerprint"]:
+        raise UsageError(f"{source} was trained on another build of the shards (manifest fingerprint "
+                         f"{str(ckpt['manifest_fingerprint'])[:12]}…, this build {manifest['fingerprint'][:12]}…): "
+                         f"start a new run (another train.name) instead of resuming")
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states, as tensors and ints (loadable with weights_only=True)."""
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": list(random.getstate()[1]),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,79 @@
+"""Cross-validation summary: per-fold best validation scores → mean ± std and the best fold.
+
+``serwild train --cv`` trains ``<base>-fold{k}`` for every fold k, then writes
+``runs/<base>-cv/cv.json`` and ``cv.md`` and puts the best fold's ``best.pt`` there too (the
+paper tests "the best model" of its 5-fold cross-validation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from serwild.trainer.metrics import read_jsonl
+
+from serwild.errors import UsageError
+
+KEYS = ("accuracy", "ua", "weighted_f1", "macro_f1")
+
+
+def fold_result(run_dir: Path, metric: str) -> dict[str, Any]:
+    """The epoch of one fold's run with the best validation ``metric`` (what its best.pt holds)."""
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("val")]
+    if not records:
+        raise UsageError(f"{run_dir}/metrics.jsonl has no validated epoch: did this fold's training finish?")
+    best = records[0]
+    for r in records[1:]:  # first epoch wins ties, as in training (strictly better replaces)
+        if r["val"][metric] > best["val"][metric]:
+            best = r
+    return {"run": str(run_dir), "epoch": best["epoch"], "recipe": best.get("recipe"),
+            **{k: best["val"][k] for k in KEYS}}
+
+
+def summarise(runs_root: str | Path, base: str, folds: list[int], metric: str = "weighted_f1") -> dict[str, Any]:
+    """Read every fold's run, write ``<runs_root>/<base>-cv/{cv.json,cv.md,best.pt}``; return the summary."""
+    root = Path(runs_root)
+    per_fold = {k: fold_result(root / f"{base}-fold{k}", metric) for k in folds}
+    stats = {}
+    for key in KEYS:
+        values = [per_fold[k][key] for k in folds]
+        stats[key] = {"mean": statistics.fmean(values),
+                      "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    best_fold = max(folds, key=lambda k: (per_fold[k][metric], -k))
+    out = root / f"{base}-cv"
+    out.mkdir(parents=True, exist_ok=True)
+    src = root / f"{base}-fold{best_fold}" / "best.pt"
+    if src.is_file():
+        _link_or_copy(src, out / "best.pt")
+    summary = {"base": base, "folds": {str(k): v for k, v in per_fold.items()}, "metric": metric,
+               "mean_std": stats, "best_fold": best_fold, "best_checkpoint": str(out / "best.pt")}
+    (out / "cv.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "cv.md").write_text(markdown(summary))
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# {summary['base']}: {len(summary['folds'])}-fold cross-validation", "",
+             "Validation on the held-out fold, at each fold's best epoch by "
+             f"{summary['metric']}. UA = mean per-class recall.", "",
+             "| fold | epoch | accuracy (WA) | UA | weighted F1 | macro F1 |", "|---|---|---|---|---|---|"]
+    for k, r in summary["folds"].items():
+        mark = " **best**" if int(k) == summary["best_fold"] else ""
+        lines.append(f"| {k}{mark} | {r['epoch']} | " + " | ".join(f"{r[x]:.3f}" for x in KEYS) + " |")
+    ms = summary["mean_std"]
+    lines.append("| mean ± std | | " + " | ".join(f"{ms[x]['mean']:.3f} ± {ms[x]['std']:.3f}" for x in KEYS) + " |")
+    lines += ["", f"Best model: fold {summary['best_fold']} → `{summary['best_checkpoint']}`", ""]
+    return "\n".join(lines)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)

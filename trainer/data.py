@@ -1,0 +1,219 @@
+"""Streaming input: manifest → shard URLs → WebDataset pipelines for training and evaluation.
+
+Training (``make_train_loader``) reads *resampled* shards — every rank and worker draws
+shards at random, with replacement, from the whole list — and stops after exactly
+``num_batches`` batches. So every rank runs the same number of steps whatever the shard
+count (one shard for two ranks, three for two, odd sample counts): the DDP hangs of
+webdataset issues #188/#194/#225 cannot happen. Shards are shuffled as PNG bytes and only
+decoded after the shuffle buffer; images travel as uint8 and are normalised on the device.
+
+Evaluation (``make_eval_loader``) reads each sample exactly once: shards are dealt to
+ranks, then to workers; a rank with no shard yields nothing (and returns at once).
+
+Both refuse a short or corrupt shard: a tar error, a sample that is not a PNG + JSON pair,
+or a shard whose sample count differs from the manifest's raises instead of training or
+scoring on a silently shorter set (a tar cut at a member boundary reads as valid).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from serwild.trainer.transforms import normalise, resize_uint8
+
+from serwild.errors import UsageError
+
+
+class ShardError(UsageError):
+    """A shard that does not match the manifest (short, corrupt, wrong content)."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        # Re-raised from a DataLoader worker, the message is the whole worker traceback:
+        # keep its last line, the original one-line message.
+        if "Original Traceback" in text:
+            return text.strip().splitlines()[-1].split(": ", 1)[-1]
+        return text
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """Shard URLs with their manifest sample counts (what the count check compares with)."""
+
+    urls: list[str]
+    counts: list[int]
+
+    @property
+    def samples(self) -> int:
+        return sum(self.counts)
+
+
+def shard_set(build_dir: str | Path, records: Sequence[dict]) -> ShardSet:
+    """Manifest records (``select_shards``) → URLs under ``build_dir`` + their counts."""
+    root = Path(build_dir)
+    return ShardSet([str(root / r["path"]) for r in records], [int(r["count"]) for r in records])
+
+
+# ----------------------------------------------------------------------------- pipeline stages
+
+
+def read_shards(shards: Iterable[dict], expected: dict[str, int]) -> Iterator[dict]:
+    """Shard stream (``dict(url=…)``) → samples, raising ShardError when a shard read to its
+    end holds another number of samples than the manifest says.
+
+    Each shard is expanded on its own, so the same shard drawn twice in a row (resampling)
+    is still counted twice. A stream cut off mid-shard (``islice``/``with_epoch``) closes
+    this generator at a ``yield`` and never reaches that shard's check.
+    """
+    for shard in shards:
+        n = 0
+        for sample in wds.tarfile_samples([shard]):
+            n += 1
+            yield sample
+        url = shard["url"]
+        if url in expected and n != expected[url]:
+            raise ShardError(f"shard {url} holds {n} samples, the manifest says {expected[url]}: "
+                             f"it is short or corrupt (run `serwild verify` on the build)")
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes (palette or RGB) → (H, W, 3) uint8, as webdataset's ``rgb8`` would."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def decode_sample(sample: dict, num_classes: int) -> tuple[torch.Tensor, int, dict]:
+    """A raw sample → (uint8 image (3, 256, 256), class index, metadata)."""
+    key = sample.get("__key__")
+    if "png" not in sample or "json" not in sample:
+        raise ShardError(f"sample {key} in {sample.get('__url__')} lacks a png or json member "
+                         f"(has {sorted(k for k in sample if not k.startswith('__'))})")
+    meta = json.loads(sample["json"])
+    label = meta.get("class_index")
+    if not isinstance(label, int) or not 0 <= label < num_classes:
+        raise ShardError(f"sample {key} in {sample.get('__url__')}: class_index {label!r} is not in "
+                         f"0..{num_classes - 1}")
+    return resize_uint8(decode_png(sample["png"])), label, meta
+
+
+def collate_train(batch: list[tuple[torch.Tensor, int, dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch], dtype=torch.long)
+
+
+def collate_eval(batch: list[tuple[torch.Tensor, int, dict]]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    images = torch.stack([b[0] for b in batch])
+    return images, torch.tensor([b[1] for b in batch], dtype=torch.long), [b[2] for b in batch]
+
+
+class _Decode:
+    """A picklable map stage (DataLoader workers may be spawned, not forked)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def __call__(self, sample: dict) -> tuple[torch.Tensor, int, dict]:
+        return decode_sample(sample, self.num_classes)
+
+
+def _seed(*parts: int) -> int:
+    """A 31-bit seed from ints (``hash`` of ints is stable across processes, unlike of str)."""
+    return hash(tuple(parts)) & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def steps_per_epoch(samples_per_epoch: int, batch_per_rank: int, world_size: int) -> int:
+    """Batches every rank runs per epoch: enough for ``samples_per_epoch`` samples overall."""
+    return max(1, math.ceil(samples_per_epoch / (batch_per_rank * world_size)))
+
+
+def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_batches: int, *,
+                      seed: int, epoch: int, rank: int = 0, num_workers: int = 0,
+                      prefetch_factor: int = 4, shuffle_buffer: int = 1000,
+                      pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Exactly ``num_batches`` batches of ``batch_size`` (uint8 images (B,3,256,256), labels).
+
+    Shards are resampled with a seed from (seed, epoch, rank, worker): deterministic, so a
+    resumed run sees the same data order, and different on every rank and worker.
+    """
+    if not shards.urls:
+        raise UsageError("no training shards selected (check train.dataset, train.conditions, cv.fold)")
+    workers = max(0, num_workers)
+    per_worker = math.ceil(num_batches / max(1, workers))
+    pipeline = wds.DataPipeline(
+        # worker_seed: webdataset's default, rank * 1000 + worker (rank from torchrun's env)
+        wds.ResampledShards(shards.urls, seed=_seed(seed, epoch), deterministic=True),
+        wds.pipelinefilter(read_shards)(dict(zip(shards.urls, shards.counts))),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=_seed(seed, epoch, rank, 1)),
+        wds.map(_Decode(num_classes)),
+        wds.batched(batch_size, collation_fn=collate_train, partial=False),
+    ).with_epoch(per_worker)  # per worker; the loader below takes exactly num_batches in turn
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                           prefetch_factor=prefetch_factor if workers else None,
+                           persistent_workers=False, worker_init_fn=_worker_init)
+    return islice(iter(loader), num_batches)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Decoding is single-image work: one thread per worker avoids oversubscribing cores.
+    torch.set_num_threads(1)
+
+
+def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, rank: int = 0,
+                     world_size: int = 1, counts: Sequence[int] | None = None, num_classes: int = 1000,
+                     as_uint8: bool = False) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
+    """Every sample of ``urls`` exactly once across ranks: ``(images, labels, metas)`` batches.
+
+    Shards are dealt to ranks (``urls[rank::world_size]``), then to workers; no shuffling,
+    no resampling, last batch may be short. ``counts`` (the manifest's, per URL) turns on the
+    short-shard check; images are float and normalised unless ``as_uint8``. A rank with no
+    shard yields nothing. ``num_classes`` bounds the labels (the manifest's class count).
+    """
+    if counts is not None and len(counts) != len(urls):
+        raise ValueError("counts must give one count per url")
+    mine = list(urls)[rank::world_size]
+    if not mine:
+        return []
+    expected = dict(zip(urls, counts)) if counts is not None else {}
+    workers = min(max(0, num_workers), len(mine))
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(mine),
+        wds.split_by_worker,
+        wds.pipelinefilter(read_shards)(expected),
+        wds.map(_Decode(num_classes)),
+        wds.batched(batch_size, collation_fn=collate_eval, partial=True),
+    )
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers,
+                           prefetch_factor=2 if workers else None, worker_init_fn=_worker_init)
+    if as_uint8:
+        return loader
+    return _Normalised(loader)
+
+
+class _Normalised:
+    """Re-iterable wrapper turning uint8 image batches into normalised float batches."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
+        for images, labels, metas in self.loader:
+            yield normalise(images), labels, metas
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

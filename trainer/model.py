@@ -1,0 +1,123 @@
+"""torchvision AlexNet for spectrograms: weights, the replaced last layer, layer names.
+
+``pretrained`` is ``imagenet`` (torchvision's IMAGENET1K_V1 from the torch hub cache,
+downloaded once where there is a network), ``none`` (random init) or a path to a file
+holding an AlexNet ``state_dict`` (or a checkpoint with a ``model`` entry). The last layer
+(fc8) is always replaced by a fresh ``num_classes`` layer, so ImageNet's 1000-way head or
+another dataset's head never leaks in.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import AlexNet_Weights, alexnet
+
+from serwild.errors import UsageError
+
+# The paper's layer names → torchvision's module paths inside AlexNet.
+LAYER_MODULES = {
+    "conv1": "features.0", "conv2": "features.3", "conv3": "features.6", "conv4": "features.8",
+    "conv5": "features.10", "fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6",
+}
+NEW_LAYER = "fc8"
+DOWNLOAD_TIMEOUT_S = 20.0  # per socket operation: a dead network fails fast instead of hanging
+
+
+def imagenet_cache_path() -> Path:
+    """Where torch hub keeps (and torchvision looks for) the ImageNet AlexNet weights."""
+    url = AlexNet_Weights.IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def fetch_imagenet_weights(progress: bool = False) -> Path:
+    """The cached ImageNet weights file, downloading it first if needed (one clear error offline)."""
+    path = imagenet_cache_path()
+    if path.is_file():
+        return path
+    url = AlexNet_Weights.IMAGENET1K_V1.url
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True, map_location="cpu")
+    except Exception as e:  # URLError, timeouts, hash mismatch: all mean "no usable weights"
+        raise UsageError(
+            f"ImageNet AlexNet weights are not cached at {path} and could not be downloaded "
+            f"({type(e).__name__}: {e}). Download {url} to that path (or set TORCH_HOME), "
+            f"or pass train.pretrained=<path to an AlexNet state_dict>, or train.pretrained=none"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
+    if not path.is_file():
+        raise UsageError(f"downloaded ImageNet weights but cannot find them at {path}")
+    return path
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"pretrained weights file {path} does not exist "
+                         f"(train.pretrained is imagenet, none or a path)") from None
+    except Exception as e:
+        raise UsageError(f"cannot read pretrained weights {path}: {type(e).__name__}: {e}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # one of our checkpoints
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"{path} does not hold a state_dict (a dict of tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy every layer except fc8 from ``state`` into ``model``; anything missing is an error."""
+    head = LAYER_MODULES[NEW_LAYER] + "."
+    wanted = {k: v for k, v in state.items() if not k.startswith(head)}
+    result = model.load_state_dict(wanted, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head)]
+    if missing or result.unexpected_keys:
+        raise UsageError(f"{source} is not an AlexNet state_dict (missing {missing[:3]}, "
+                         f"unexpected {result.unexpected_keys[:3]})")
+
+
+def build_model(num_classes: int, pretrained: str = "none") -> nn.Module:
+    """AlexNet with a fresh ``num_classes``-way last layer; weights from ``pretrained``."""
+    if num_classes < 2:
+        raise UsageError(f"need at least 2 classes, got {num_classes}")
+    model = alexnet(weights=None)
+    if pretrained == "imagenet":
+        path = fetch_imagenet_weights()
+        load_backbone(model, _read_state_dict(path), f"ImageNet weights {path}")
+    elif pretrained != "none":
+        load_backbone(model, _read_state_dict(Path(pretrained)), f"pretrained file {pretrained}")
+    old = model.classifier[6]
+    model.classifier[6] = nn.Linear(old.in_features, num_classes)
+    return model
+
+
+def layer(model: nn.Module, name: str) -> nn.Module:
+    """The module of paper layer ``name`` (conv1 … fc8); works through a DDP wrapper."""
+    base = model.module if hasattr(model, "module") else model
+    return base.get_submodule(LAYER_MODULES[name])
+
+
+def layer_parameters(model: nn.Module, names: list[str]) -> Iterator[nn.Parameter]:
+    for name in names:
+        yield from layer(model, name).parameters()
+
+
+def freeze_layers(model: nn.Module, names: list[str]) -> None:
+    """requires_grad=False on these layers: no gradient, no optimiser step, no DDP all-reduce."""
+    for p in layer_parameters(model, names):
+        p.requires_grad_(False)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """The trained model of a loaded checkpoint (see serwild.trainer.checkpoint), in eval mode."""
+    model = build_model(len(ckpt["classes"]), pretrained="none")
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

@@ -1,0 +1,132 @@
+"""Before the first step: resolve the config, select and verify shards, prepare the run folder.
+
+Each check that only one rank performs (verifying sha256s, downloading weights, looking at
+the run folder) goes through :func:`agree`, so its verdict reaches every rank: all ranks
+fail together with the same message, and none is left waiting in a collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from serwild.builder.manifest import check_shards, load_manifest, select_shards
+from serwild.trainer.data import ShardSet, shard_set
+from serwild.trainer.distributed import Dist, all_gather_object
+from serwild.trainer.recipe import resolve_recipe
+
+from serwild.config import Config, replace
+from serwild.errors import UsageError
+
+T = TypeVar("T")
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.yaml")
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What a run reads: the build, its classes, training and validation shards."""
+
+    build_dir: Path
+    manifest: dict[str, Any]
+    classes: list[str]
+    train: ShardSet
+    val: ShardSet | None
+    samples_per_epoch: int
+    train_records: list[dict]
+    val_records: list[dict]
+
+
+def default_name(cfg: Config, fold: int | None) -> str:
+    base = cfg.train.name or f"{cfg.train.dataset}-{'+'.join(cfg.train.conditions)}"
+    return base if fold is None or cfg.train.name else f"{base}-fold{fold}"
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill in what the config leaves to defaults: the build folder, run name and recipe."""
+    train = resolve_recipe(cfg.train)
+    train = replace(train, shards=train.shards or cfg.out, name=default_name(cfg, cfg.cv.fold))
+    cv = replace(cfg.cv, val_conditions=cfg.cv.val_conditions or list(train.conditions))
+    return replace(cfg, train=train, cv=cv)
+
+
+def manifest_folds(manifest: dict[str, Any], dataset: str) -> list[int]:
+    return sorted({s["fold"] for s in manifest["shards"]
+                   if s["dataset"] == dataset and s["split"] == "train" and s["fold"] is not None})
+
+
+def plan_data(cfg: Config) -> DataPlan:
+    """Manifest → training (and validation) shards for ``cfg`` (resolved)."""
+    t = cfg.train
+    build = Path(t.shards or cfg.out)
+    manifest = load_manifest(build)
+    if t.dataset not in manifest["datasets"]:
+        raise UsageError(f"train.dataset {t.dataset!r} is not in {build} (built: {', '.join(manifest['datasets'])})")
+    classes = list(manifest["datasets"][t.dataset]["classes"])
+    folds = manifest_folds(manifest, t.dataset)
+    fold = cfg.cv.fold
+    if fold is not None and fold not in folds:
+        raise UsageError(f"cv.fold={fold} but {build} has training folds {folds}")
+    train_folds = [f for f in folds if f != fold]
+    train_records = select_shards(manifest, t.dataset, "train", list(t.conditions), train_folds)
+    val_records = (select_shards(manifest, t.dataset, "train", list(cfg.cv.val_conditions or t.conditions),
+                                 [fold]) if fold is not None else [])
+    if not train_records or sum(r["count"] for r in train_records) == 0:
+        raise UsageError(f"no training samples in {build} for dataset {t.dataset}, conditions "
+                         f"{list(t.conditions)}, folds {train_folds}")
+    if isinstance(t.samples_per_epoch, int):
+        samples = t.samples_per_epoch
+    elif t.samples_per_epoch == "clean":
+        samples = sum(r["count"] for r in select_shards(manifest, t.dataset, "train", ["clean"], train_folds))
+    else:
+        samples = sum(r["count"] for r in train_records)
+    return DataPlan(build, manifest, classes, shard_set(build, train_records),
+                    shard_set(build, val_records) if val_records else None, max(1, samples),
+                    train_records, val_records)
+
+
+def agree(d: Dist, fn: Callable[[], T], on: bool) -> list[T | None]:
+    """Run ``fn`` on the ranks where ``on``; a UsageError anywhere is raised on every rank.
+
+    Returns every rank's result (None where ``fn`` did not run), rank order.
+    """
+    result: Any = None
+    error: str | None = None
+    if on:
+        try:
+            result = fn()
+        except UsageError as e:
+            error = str(e)
+    gathered = all_gather_object((error, result), d)
+    errors = [e for e, _ in gathered if e]
+    if errors:
+        raise UsageError(errors[0])
+    return [r for _, r in gathered]
+
+
+def verify_shards(plan: DataPlan, level: str) -> None:
+    """check_shards against the manifest (sha256 + counts when ``full``, sizes when ``size``)."""
+    if level == "none":
+        return
+    problems = check_shards(plan.build_dir, plan.train_records + plan.val_records, full=(level == "full"))
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UsageError(f"{len(problems)} shard(s) do not match {plan.build_dir}/manifest.json: "
+                         f"{'; '.join(problems[:3])}{more}. Rebuild them (`serwild build` resumes) "
+                         f"or pass train.verify=none at your own risk")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from (None: start fresh), after checking what is there."""
+    last = run_dir / "last.pt"
+    if resume:
+        return last if last.is_file() else None
+    existing = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{run_dir} already holds a run ({', '.join(existing)}): pass --resume to "
+                         f"continue it, --overwrite to start again, or set train.name=<another name>")
+    for f in existing:
+        (run_dir / f).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
