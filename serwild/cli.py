@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 def add_config_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
     """``--config FILE`` and trailing ``key=value`` overrides, shared by build/train/demo."""
     p.add_argument("--config", required=required, metavar="FILE",
-                   help="YAML config (see configs/; default: built-in defaults); the resolved copy is saved with outputs")
+                   help="YAML config (see configs/; default: built-in defaults)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, values in YAML: split.strategy=session snr_db='[15,20]'")
 

@@ -1,0 +1,38 @@
+# The two commands a new user needs:
+#   make demo   set up .venv and run the end-to-end demo on the built-in synthetic corpus
+#   make test   set up .venv and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned: on this machine pip takes these from local disk (a CUDA build that
+# also runs on CPU); elsewhere override, e.g. make TORCH="torch torchvision" test
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/serwild demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_render.py
+	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_input.py
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf data runs shards/demo shards/tiny demo-out
