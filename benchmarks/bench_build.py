@@ -12,8 +12,8 @@ manifest; Ray start-up excluded and reported apart), then ``ray.shutdown()``. Bu
 different worker counts must agree byte for byte (the manifest fingerprint is compared).
 
 Peak memory per worker: a thread polls ``/proc`` every 0.2 s for the Ray worker processes
-that descend from this driver (``ray::…`` / ``default_worker.py``; other people's Ray
-clusters on the machine are not counted) and records each one's ``VmHWM``, the kernel's
+that descend from this driver (``ray::IDLE``, ``ray::build_shard`` …; not the raylet or
+Ray's agents, nor other people's Ray clusters on the machine) and records each one's ``VmHWM``, the kernel's
 own high-water mark of its resident set, so no peak between polls is missed. RSS counts
 shared library pages too (numpy, librosa, Ray's core), so it overstates what each worker
 adds.
@@ -45,7 +45,7 @@ def make_corpus(folder: Path, size: str, per_class: int) -> tuple[Path, Path, st
         print(f"note: synthetic corpus unavailable ({e}); "
               f"using tests/builder/conftest.make_tree(per_class={per_class})", file=sys.stderr)
     else:
-        write_synthetic_corpus(folder, size=size)
+        write_synthetic_corpus(folder, size=size, progress=False)
         return folder, folder / "noise", "iemocap", f"synthetic corpus, size '{size}'"
     sys.path.insert(0, str(REPO / "tests" / "builder"))
     from conftest import make_noise, make_tree  # type: ignore[import-not-found]
@@ -74,17 +74,20 @@ def _children() -> dict[int, list[int]]:
 
 
 def ray_workers(root: int) -> dict[int, str]:
-    """pid → command line of the Ray worker processes descending from ``root``."""
+    """pid → process title of the Ray *worker* processes descending from ``root`` (tasks run
+    there; the raylet, GCS and the dashboard/runtime-env agents are left out)."""
     kids, out, stack = _children(), {}, [root]
     while stack:
         for pid in kids.get(stack.pop(), []):
             stack.append(pid)
             try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if cmd.startswith("ray::") or "default_worker.py" in cmd:
-                out[pid] = cmd.strip()
+            titled = argv[0].startswith("ray::") and not argv[0].endswith("Agent")  # ray::IDLE, ray::build_shard
+            starting = len(argv) > 1 and argv[1].endswith("default_worker.py")  # before it sets its title
+            if titled or starting:
+                out[pid] = argv[0]
     return out
 
 
@@ -131,8 +134,8 @@ class PeakSampler(threading.Thread):
 
 def one_build(workers: int, corpus: Path, noise: Path, kind: str, out: Path, overrides: list[str]) -> dict:
     import ray
-
     from serwild.builder.build import run_build
+
     from serwild.config import load_config
 
     cfg = load_config(None, [f"corpus.kind={kind}", f"corpus.root={corpus}", f"noise.dir={noise}",
@@ -180,15 +183,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nwhole build, {what}; {os.cpu_count()} CPUs; overrides: {' '.join(args.overrides) or '-'}")
     print(f"{'workers':>7}{'ray start s':>12}{'build s':>9}{'samples':>9}{'shards':>7}{'samples/s':>11}"
-          f"{'speed-up':>9}{'peak RSS/worker MB':>30}{'load 1-min':>14}")
+          f"{'speed-up':>9}{'incl. start':>12}{'peak RSS/worker MB':>22}{'load 1-min':>14}")
     base = results[0]
     for r in results:
         peaks = ", ".join(f"{p:.0f}" for p in r["peaks_mb"]) or "?"
+        total, base_total = r["build_s"] + r["ray_start_s"], base["build_s"] + base["ray_start_s"]
         print(f"{r['workers']:>7}{r['ray_start_s']:>12.1f}{r['build_s']:>9.1f}{r['samples']:>9}{r['shards']:>7}"
-              f"{r['samples'] / r['build_s']:>11.1f}{base['build_s'] / r['build_s']:>8.2f}×{peaks:>30}"
-              f"{r['load_before']:>7.2f}→{r['load_after']:.2f}")
+              f"{r['samples'] / r['build_s']:>11.1f}{base['build_s'] / r['build_s']:>8.2f}×"
+              f"{base_total / total:>11.2f}×{peaks:>22}{r['load_before']:>7.2f}→{r['load_after']:.2f}")
     same = len({r["fingerprint"] for r in results}) == 1
-    print(f"identical shards at every worker count: {'yes' if same else 'NO'} (fingerprint {base['fingerprint'][:12]}…)")
+    print(f"identical shards at every worker count: {'yes' if same else 'NO'} "
+          f"(fingerprint {base['fingerprint'][:12]}…)")
     print("targets: speed-up ≥ 1.6× from 1 to 2 workers on 2 cores; peak RSS < 500 MB per worker")
     return 0 if same else 1
 

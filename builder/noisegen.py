@@ -2,7 +2,7 @@
 
 Four files, each a different way a room masks speech: ``babble`` (several overlapping
 synthetic talkers in a reverberant room, unintelligible), ``ventilation`` (mains hum, fan
-blade tones, pink air noise; 44.1 kHz), ``chairs_doors`` (scrapes, knocks, door slams and
+blade tones, rumbling air; 44.1 kHz), ``chairs_doors`` (scrapes, knocks, door slams and
 footsteps over a low background; 22.05 kHz) and ``classroom`` (all of it at once). The
 other sample rates exercise the builder's resampling. There is always a background: no
 1 s window is digital silence, so every noise segment has power to set an SNR with.
@@ -17,21 +17,23 @@ import numpy as np
 from serwild.builder import voice
 
 
-def pink(n: int, sr: int, rng: np.random.Generator, fmin: float = 20.0) -> np.ndarray:
-    """1/f (pink) noise of unit RMS, shaped in the frequency domain."""
+def colored(n: int, sr: int, rng: np.random.Generator, slope_db: float = -3.0, knee: float = 100.0,
+            top: float = 7000.0) -> np.ndarray:
+    """Noise of unit RMS whose power falls ``slope_db`` per octave above ``knee`` Hz and rolls
+    off above ``top`` Hz (-3 dB/octave is pink; rooms and fans are steeper, about -5)."""
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.fft.rfftfreq(n, 1.0 / sr)
-    spec /= np.sqrt(np.maximum(f, fmin))
+    gain = (1.0 + (f / knee) ** 2) ** (slope_db / 20.0 / 2.0 / np.log10(2.0))  # amplitude ∝ f^(slope/6)
+    spec *= gain / (1.0 + (f / top) ** 4) / (1.0 + (20.0 / np.maximum(f, 1.0)) ** 2)
     y = np.fft.irfft(spec, n)
     return y / max(float(np.std(y)), 1e-12)
 
 
-def bandpass(y: np.ndarray, sr: int, lo: float, hi: float) -> np.ndarray:
-    """A brick-wall band in the frequency domain (fine for noise, which has no phase to keep)."""
+def band(y: np.ndarray, sr: int, lo: float, hi: float) -> np.ndarray:
+    """A band-pass with gentle (4th-order-like) skirts, applied in the frequency domain."""
     spec = np.fft.rfft(y)
-    f = np.fft.rfftfreq(len(y), 1.0 / sr)
-    spec[(f < lo) | (f > hi)] = 0.0
-    return np.fft.irfft(spec, len(y))
+    f = np.maximum(np.fft.rfftfreq(len(y), 1.0 / sr), 1.0)
+    return np.fft.irfft(spec / (1.0 + (lo / f) ** 4) / (1.0 + (f / hi) ** 4), len(y))
 
 
 def reverb(y: np.ndarray, sr: int, rt60: float, wet: float, rng: np.random.Generator) -> np.ndarray:
@@ -63,14 +65,14 @@ def babble(seconds: float, rng: np.random.Generator, talkers: int = 6, sr: int =
             out[t:t + m] += gain * y[:m] / max(float(np.std(y)), 1e-12)
             t += m + int(rng.uniform(0.05, 0.8) * sr)
     out = reverb(out, sr, rt60=0.6, wet=0.5, rng=rng)
-    return out + 0.01 * float(np.std(out)) * pink(n, sr, rng)
+    return out + 0.01 * float(np.std(out)) * colored(n, sr, rng)
 
 
 def ventilation(seconds: float, rng: np.random.Generator, sr: int = 44100) -> np.ndarray:
-    """Air-handling noise: pink noise with a slow swell, mains hum, a fan's blade-pass tone."""
+    """Air-handling noise: rumbling air with a slow swell and some hiss, mains hum, a fan's tone."""
     n = int(seconds * sr)
     t = np.arange(n) / sr
-    air = bandpass(pink(n, sr, rng), sr, 30.0, 0.45 * sr)
+    air = colored(n, sr, rng, slope_db=-5.0, knee=150.0, top=6000.0) + 0.02 * colored(n, sr, rng, 0.0, 1e3)
     air *= 1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 2 * np.pi))
     mains = float(rng.choice([50.0, 60.0]))
     hum = sum(np.sin(2 * np.pi * mains * h * t + rng.uniform(0, 2 * np.pi)) / h**1.5 for h in range(1, 8))
@@ -82,9 +84,9 @@ def ventilation(seconds: float, rng: np.random.Generator, sr: int = 44100) -> np
 
 def transients(seconds: float, rng: np.random.Generator, sr: int = 22050, rate_hz: float = 0.5,
                background: float = 0.02) -> np.ndarray:
-    """Chair scrapes, door slams, knocks and footsteps at random times, over a low pink floor."""
+    """Chair scrapes, door slams, knocks and footsteps at random times, over a low room-tone floor."""
     n = int(seconds * sr)
-    out = background * pink(n, sr, rng)
+    out = background * colored(n, sr, rng, slope_db=-5.0, knee=120.0, top=5000.0)
     events: list[Callable[[int, np.random.Generator], np.ndarray]] = [_scrape, _door, _knocks, _steps]
     t = rng.exponential(1.0 / rate_hz)
     while t < seconds:
@@ -102,7 +104,7 @@ def _scrape(sr: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(n) / sr
     centre = rng.uniform(400, 1200) * (1.0 + rng.uniform(-0.4, 0.6) * t / t[-1])
     carrier = np.sin(2 * np.pi * np.cumsum(centre) / sr)
-    rough = bandpass(rng.standard_normal(n), sr, 200.0, 3500.0)
+    rough = band(rng.standard_normal(n), sr, 300.0, 3000.0)
     flutter = 0.5 + 0.5 * np.abs(np.sin(2 * np.pi * rng.uniform(15, 40) * t))
     env = np.sqrt(np.maximum(np.sin(np.pi * t / t[-1]), 0.0))
     y = (0.6 * carrier + rough / max(float(np.std(rough)), 1e-12)) * flutter * env
@@ -136,7 +138,7 @@ def _steps(sr: int, rng: np.random.Generator) -> np.ndarray:
     """Footsteps: soft low thumps about twice a second."""
     count, gap = int(rng.integers(3, 7)), int(rng.uniform(0.45, 0.6) * sr)
     t = np.arange(int(0.15 * sr)) / sr
-    step = bandpass(rng.standard_normal(len(t)), sr, 40.0, 600.0) * np.exp(-t / 0.03)
+    step = band(rng.standard_normal(len(t)), sr, 40.0, 600.0) * np.exp(-t / 0.03)
     out = np.zeros(gap * count + len(t))
     for i in range(count):
         out[i * gap:i * gap + len(t)] += step * rng.uniform(0.5, 1.0)

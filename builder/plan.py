@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from serwild.builder.corpus import DATASETS
 from serwild.builder.scan import NoiseFile, ScannedUtterance
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from serwild.config import Config, ConfigError
 
-PLAN_FORMAT = 1  # bump when a change to rendering or layout must invalidate old shards
+PLAN_FORMAT = 2  # bump when a change to rendering or layout must invalidate old shards
 
 
 @dataclass(frozen=True)
@@ -111,6 +110,8 @@ def assign_splits(utts: list[ScannedUtterance], cfg: Config) -> dict[tuple[str, 
 
 
 def _stratified_holdout(units: list[Unit], labels: list[str], fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split  # here: shard workers import this module too
+
     try:
         train, test = train_test_split(units, test_size=fraction, random_state=seed % 2**32,
                                        stratify=labels)
@@ -121,6 +122,8 @@ def _stratified_holdout(units: list[Unit], labels: list[str], fraction: float, s
 
 
 def _folds(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config) -> list[int]:
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     k = cfg.split.folds
     labels = [by_id[u].utt.label for u, _ in train]
     if cfg.split.strategy == "session":

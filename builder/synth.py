@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from serwild.builder import voice
 from serwild.builder.voice import stream
 
 from serwild.errors import UsageError
@@ -53,11 +55,11 @@ SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec({"ang": 12, "hap": 12, "exc": 12, "sad": 12, "neu": 13, "fru": 2, "sur": 1,
                       "fea": 1, "dis": 1, "oth": 1, "xxx": 2}, 6, 2.9, 0.3, 9, 12.0),
     # Imbalanced like IEMOCAP's improvised part (neu most, hap least): ~290 AHSN utterances.
-    "demo": SizeSpec({"ang": 48, "hap": 40, "exc": 88, "sad": 78, "neu": 130, "fru": 40, "sur": 6,
+    "demo": SizeSpec({"ang": 52, "hap": 44, "exc": 96, "sad": 84, "neu": 142, "fru": 40, "sur": 6,
                       "fea": 4, "dis": 2, "oth": 4, "xxx": 30}, 60, 2.9, 0.3, 30, 60.0),
     # IEMOCAP's improvised label counts; longer utterances to match its block counts.
     "full": SizeSpec({"ang": 289, "hap": 284, "exc": 663, "sad": 608, "neu": 1099, "fru": 500,
-                      "sur": 40, "fea": 20, "dis": 2, "oth": 10, "xxx": 300}, 800, 4.4, 0.22, 60, 300.0),
+                      "sur": 40, "fea": 20, "dis": 2, "oth": 10, "xxx": 300}, 800, 4.2, 0.22, 60, 300.0),
 }
 SCRIPTED_MIX = {"neu": 0.25, "fru": 0.2, "ang": 0.1, "sad": 0.1, "hap": 0.05, "exc": 0.1, "sur": 0.03,
                 "fea": 0.02, "oth": 0.01, "xxx": 0.14}
@@ -226,8 +228,11 @@ def _note(rng: np.random.Generator) -> str:
 
 
 def write_synthetic_corpus(out: Path, size: str = "demo", seed: int = 0, *, overwrite: bool = False,
-                           progress: bool | None = None) -> dict:
+                           progress: bool | None = None, workers: int | None = None) -> dict:
     """Write the corpus and noise under ``out``; returns the summary (also ``out/SYNTH.json``).
+
+    ``progress`` (default: not for tiny) shows tqdm bars; ``workers`` (default: all cores for
+    ``full``, else 1) renders utterances in parallel processes, with identical bytes.
 
     Everything is written into a sibling temp folder first and moved into place at the
     end, so an interrupted run never leaves a half corpus that a later build would use.
@@ -243,12 +248,16 @@ def write_synthetic_corpus(out: Path, size: str = "demo", seed: int = 0, *, over
         raise UsageError(f"{out} already holds a synthetic corpus; pass --force to replace it")
     if progress is None:
         progress = size != "tiny"
+    if workers is None:
+        workers = (os.cpu_count() or 1) if size == "full" else 1
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
     tmp = out.parent / f".{out.name}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)  # a previous run's leftovers: ours, by name
     utts = plan_corpus(size, seed)
     _write_labels(tmp, utts, seed)
-    _write_audio(tmp, utts, seed, progress)
+    _write_audio(tmp, utts, seed, progress, workers)
     noise = noisegen.write_noise(tmp / "noise", spec.noise_seconds, seed, progress=progress)
     summary = _summary(utts, noise, out, size, seed)
     # The file leaves out the root, so a corpus moved or written elsewhere is byte-identical.
@@ -268,20 +277,38 @@ def _write_labels(root: Path, utts: list[Utterance], seed: int) -> None:
         path.write_text(emo_evaluation(members, seed))
 
 
-def _write_audio(root: Path, utts: list[Utterance], seed: int, progress: bool) -> None:
-    import soundfile as sf
-    from serwild.builder import voice
+def _write_audio(root: Path, utts: list[Utterance], seed: int, progress: bool, workers: int) -> None:
+    """Render every utterance; with ``workers`` > 1 in worker processes (the bytes are the same:
+    each utterance's numbers come from its own seed, not from the order of work)."""
     from tqdm import tqdm
 
-    voices = {spk: voice.random_voice(spk[-1], stream(seed, "voice", spk))
-              for spk in sorted({u.speaker for u in utts})}
-    for u in tqdm(utts, desc="utterances", unit="utt", disable=not progress):
+    chunks = [utts[i:i + 16] for i in range(0, len(utts), 16)]
+    bar = tqdm(total=len(utts), desc="utterances", unit="utt", disable=not progress)
+    with bar:
+        if workers <= 1:
+            for chunk in chunks:
+                bar.update(_render(root, chunk, seed))
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            for done in pool.map(_render, [root] * len(chunks), chunks, [seed] * len(chunks)):
+                bar.update(done)
+
+
+def _render(root: Path, utts: list[Utterance], seed: int) -> int:
+    import soundfile as sf
+
+    for u in utts:
         rng = stream(seed, "audio", u.uid)
-        style = voice.utterance_style(u.label, rng)
-        y = voice.synthesize(u.n_samples, voices[u.speaker], style, rng)
+        spk = voice.random_voice(u.gender, stream(seed, "voice", u.speaker))
+        y = voice.synthesize(u.n_samples, spk, voice.utterance_style(u.label, rng), rng)
         path = root / u.wav
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(path, to_pcm16(y), SR, subtype="PCM_16")
+    return len(utts)
 
 
 def to_pcm16(y: np.ndarray) -> np.ndarray:
@@ -334,10 +361,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tiny (tests), demo (default; ~800 AHSN blocks) or full (IEMOCAP-sized)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
     p.add_argument("--force", action="store_true", help="replace a corpus already in --out")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes rendering audio (default: all cores for full, else 1); same bytes")
 
 
 def run(args: argparse.Namespace) -> int:
-    s = write_synthetic_corpus(Path(args.out), args.size, args.seed, overwrite=args.force)
+    s = write_synthetic_corpus(Path(args.out), args.size, args.seed, overwrite=args.force,
+                               workers=args.workers)
     print(format_summary(s))
     return 0
 

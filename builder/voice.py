@@ -97,11 +97,11 @@ NEUTRAL = Style()
 EMOTIONS: dict[str, Style] = {
     "neu": NEUTRAL,
     "ang": Style(f0_st=3.0, range_st=5.0, rate=1.12, pause=0.8, tilt_db=2.5, ta=0.5, oq=0.45,
-                 jitter=1.6, shimmer=1.5, breath=0.6, stress_db=8.0, force=1.6, articulation=1.1,
+                 jitter=1.6, shimmer=1.5, breath=0.6, stress_db=8.0, force=1.4, articulation=1.1,
                  f1=1.08, level_db=6.0),
     "hap": Style(f0_st=2.5, range_st=6.5, rate=1.03, pause=0.95, tilt_db=0.8, ta=0.85, oq=0.58,
                  jitter=0.9, breath=1.1, stress_db=5.5, force=1.1, f1=1.03, smile=1.06, level_db=2.0),
-    "exc": Style(f0_st=3.8, range_st=7.5, rate=1.12, pause=0.85, tilt_db=1.6, ta=0.7, oq=0.52,
+    "exc": Style(f0_st=3.0, range_st=7.0, rate=1.12, pause=0.85, tilt_db=1.6, ta=0.7, oq=0.52,
                  jitter=1.1, shimmer=1.2, breath=0.9, stress_db=7.0, force=1.3, articulation=1.05,
                  f1=1.06, smile=1.03, level_db=4.0),
     "sad": Style(f0_st=-2.0, range_st=1.5, rate=0.8, pause=1.5, tilt_db=-3.5, ta=2.0, oq=0.72,
@@ -138,7 +138,7 @@ def utterance_style(label: str, rng: np.random.Generator) -> Style:
         a, b = rng.choice(len(names), size=2, replace=False)
         target = blend(EMOTIONS[names[a]], EMOTIONS[names[b]], float(rng.uniform(0.3, 0.7)))
     style = blend(NEUTRAL, target, float(rng.uniform(0.35, 1.15)))
-    spread = {"f0_st": 1.2, "range_st": 0.8, "tilt_db": 1.0, "stress_db": 1.0, "level_db": 2.0}
+    spread = {"f0_st": 1.2, "range_st": 0.8, "tilt_db": 1.5, "stress_db": 1.0, "level_db": 2.0}
     changes = {}
     for f in dataclasses.fields(Style):
         v = getattr(style, f.name)
@@ -159,7 +159,7 @@ def random_voice(gender: str, rng: np.random.Generator) -> Voice:
         formant_scale=float(rng.uniform(1.12, 1.22) if female else rng.uniform(0.95, 1.04)),
         rate_sps=float(rng.uniform(3.8, 5.2)),
         breath=float(rng.uniform(0.03, 0.1) * (1.3 if female else 1.0)),
-        tilt_db=float(rng.normal(0.0, 1.0)),
+        tilt_db=float(rng.normal(0.0, 1.5)),
         ta_ms=float(rng.uniform(0.25, 0.45) * (1.15 if female else 1.0)),
         jitter=float(rng.uniform(0.005, 0.012)),
         shimmer=float(rng.uniform(0.03, 0.07)),

@@ -37,6 +37,7 @@ class FileResult:
     duration_s: float | None = None
     blocks: list[dict[str, Any]] = field(default_factory=list)  # block, start_s, label, probs
     skipped_blocks: list[int] = field(default_factory=list)  # silent blocks, not scored
+    tail_s: float = 0.0  # audio after the last whole block, dropped as the builder drops it
     label: str | None = None  # file level: argmax of the mean block logits
     probs: dict[str, float] | None = None
 
@@ -72,10 +73,10 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         import torch
-
-        from serwild.config import config_from_resolved
         from serwild.trainer.checkpoint import load_checkpoint
         from serwild.trainer.model import model_from_checkpoint
+
+        from serwild.config import config_from_resolved
 
         if not Path(checkpoint).is_file():
             raise UsageError(f"checkpoint {checkpoint} not found")
@@ -94,7 +95,6 @@ class Predictor:
         Raises AudioError with the reason a file cannot be scored.
         """
         import torch
-
         from serwild.builder import audio, augment, render
         from serwild.trainer.transforms import image_transform
 
@@ -114,6 +114,7 @@ class Predictor:
         if not usable:
             raise audio.AudioError("silent (every block below -80 dBFS)")
         res.skipped_blocks = [b for b in range(n_blocks) if b not in usable]
+        res.tail_s = round(max(0.0, info.seconds - n_blocks * a.block_seconds), 3)
         tensors = []
         for b in usable:
             # Exactly the builder's render_sample for a clean block.
@@ -128,7 +129,6 @@ class Predictor:
     def predict(self, path: str | Path, batch_size: int = 64) -> FileResult:
         """Score one file; never raises for a bad file (the reason goes into ``error``)."""
         import torch
-
         from serwild.builder.audio import AudioError
 
         try:
@@ -161,9 +161,7 @@ def predict_files(checkpoint: str | Path, files: list[str], device: str = "auto"
 def format_result(r: FileResult, classes: list[str]) -> str:
     """A readable table: one row per block, then the file's label."""
     skipped = f", {len(r.skipped_blocks)} silent block(s) skipped" if r.skipped_blocks else ""
-    assert r.duration_s is not None
-    tail = r.duration_s - (r.blocks[-1]["start_s"] + 1.0 if r.blocks else 0.0) if not r.skipped_blocks else 0.0
-    skipped += f", last {tail:.2f} s (under a block) not scored" if tail > 0.005 else ""
+    skipped += f", last {r.tail_s:.2f} s (under a block) not scored" if r.tail_s > 0.005 else ""
     lines = [f"{r.file}  ({r.duration_s:.2f} s, {r.sample_rate} Hz, {r.channels} ch; "
              f"{len(r.blocks)} block(s) scored{skipped})",
              "  block  start_s  " + "  ".join(f"{c:>5}" for c in classes) + "  label"]

@@ -71,6 +71,8 @@ def _short(v: Any) -> str:
         return f"{v:g}"
     if isinstance(v, (list, tuple)):
         return "[" + " ".join(_short(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "(" + " ".join(f"{k}={_short(x)}" for k, x in v.items()) + ")"
     return str(v)
 
 

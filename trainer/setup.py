@@ -121,6 +121,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     """The checkpoint to resume from (None: start fresh), after checking what is there."""
     last = run_dir / "last.pt"
     if resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
         return last if last.is_file() else None
     existing = [f for f in RUN_FILES if (run_dir / f).exists()]
     if existing and not overwrite:

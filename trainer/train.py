@@ -87,7 +87,7 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         _maybe_fault(epoch, batches, d.rank)
         images = images.to(d.device, non_blocking=True)
         labels = labels.to(d.device, non_blocking=True)
-        x = normalise(images)
+        x = normalise(images) if images.dtype == torch.uint8 else images
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(d, dtype):
@@ -124,7 +124,8 @@ def evaluate(model: nn.Module, loader: Any, d: Dist, num_classes: int, dtype: to
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for images, labels, _ in loader:
-        x = normalise(images.to(d.device, non_blocking=True))
+        images = images.to(d.device, non_blocking=True)
+        x = normalise(images) if images.dtype == torch.uint8 else images
         with autocast(d, dtype):
             preds = model(x).argmax(1)
         cm += confusion(labels, preds.cpu(), num_classes)
@@ -204,11 +205,12 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
            f"samples in {len(plan.train.urls)} shards, {steps} steps/epoch × {d.world_size} rank(s) × batch "
            f"{batch}, recipe {recipe['name']} (pretrained {t.pretrained}), device {d.device}, amp {dtype}")
     last_metrics = None
+    on_gpu = d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
     for epoch in range(start, t.epochs):
         lrs = [g["lr"] for g in optimizer.param_groups]
         loader = make_train_loader(plan.train, num_classes, batch, steps, seed=cfg.seed, epoch=epoch,
                                    rank=d.rank, num_workers=t.num_workers, prefetch_factor=t.prefetch_factor,
-                                   shuffle_buffer=t.shuffle_buffer, pin_memory=d.device.type == "cuda")
+                                   shuffle_buffer=t.shuffle_buffer, pin_memory=on_gpu, as_uint8=on_gpu)
         stats = train_one_epoch(ddp, loader, optimizer, scaler, dtype, d, cfg, epoch, steps)
         scheduler.step()
         totals = all_reduce_sum(torch.tensor([stats["loss_sum"].item(), float(stats["correct"].item()),
@@ -218,7 +220,8 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
         val = None
         if plan.val is not None:
             loader = make_eval_loader(plan.val.urls, batch, t.num_workers, d.rank, d.world_size,
-                                      counts=plan.val.counts, num_classes=num_classes, as_uint8=True)
+                                      counts=plan.val.counts, num_classes=num_classes, as_uint8=on_gpu,
+                                      pin_memory=on_gpu)
             val = scores(evaluate(model, loader, d, num_classes, dtype).numpy(), plan.classes)
         record = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(1.0, totals[2].item()),
                   "train_accuracy": totals[1].item() / max(1.0, totals[2].item()), "val": val,

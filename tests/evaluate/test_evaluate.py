@@ -118,16 +118,21 @@ def test_missing_test_shard_is_an_error_naming_it(build_and_checkpoint: tuple[Pa
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("sha256", [True, False])
-def test_truncated_test_shard_is_an_error_naming_it(build_and_checkpoint: tuple[Path, Path], tmp_path: Path,
-                                                    sha256: bool) -> None:
+@pytest.mark.parametrize("damage", ["truncated", "same-size corruption"])
+def test_damaged_test_shard_is_an_error_naming_it(build_and_checkpoint: tuple[Path, Path], tmp_path: Path,
+                                                  damage: str) -> None:
     build, ckpt = _copy(build_and_checkpoint[0], tmp_path), build_and_checkpoint[1]
     shard = build / "ahsn/test/clean-000000.tar"
-    data = shard.read_bytes()
-    shard.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UsageError, match=r"clean-000000\.tar"):
-        evaluate_checkpoint(ckpt, shards=build, out=tmp_path / "r", batch_size=8, num_workers=0,
-                            check_sha256=sha256)
+    data = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+        why = "bytes"
+    else:  # flip bytes inside a PNG: only the sha256 check can see it
+        data[2000:2016] = bytes(255 - x for x in data[2000:2016])
+        why = "sha256"
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match=rf"clean-000000\.tar.*{why}"):
+        evaluate_checkpoint(ckpt, shards=build, out=tmp_path / "r", batch_size=8, num_workers=0)
 
 
 def test_sample_count_and_duplicates_checked_after_gathering() -> None:

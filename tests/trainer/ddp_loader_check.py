@@ -1,0 +1,46 @@
+"""Run by test_ddp.py under ``torchrun --nproc_per_node=2``: the training and evaluation
+loaders on few shards (1 for 2 ranks, 3 for 2 ranks, odd sample counts).
+
+    torchrun --standalone --nproc_per_node=2 tests/trainer/ddp_loader_check.py SPEC.json OUT.json
+
+Each training step does an all-reduce, as DDP's gradient sync does: a rank with fewer
+batches than the other would leave it waiting there until the 60 s collective timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from serwild.trainer.data import ShardSet, make_eval_loader, make_train_loader
+from serwild.trainer.distributed import all_gather_object, all_reduce_sum, setup, teardown
+
+
+def main(spec_path: str, out_path: str) -> None:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    d = setup("cpu", timeout_s=60)
+    result = {}
+    try:
+        for name, case in spec["cases"].items():
+            shards = ShardSet(case["urls"], case["counts"])
+            steps = 0
+            for _images, _labels in make_train_loader(shards, 4, 3, spec["batches"], seed=0, epoch=0, rank=d.rank,
+                                                      num_workers=1, shuffle_buffer=8):
+                all_reduce_sum(torch.ones(1), d)
+                steps += 1
+            keys = []
+            for _, _, metas in make_eval_loader(shards.urls, 4, 1, d.rank, d.world_size, counts=shards.counts,
+                                                num_classes=4):
+                keys += [f"{m['utterance']}_b{m['block']:03d}_{m['condition']}" for m in metas]
+            result[name] = {"train_batches": all_gather_object(steps, d), "eval_keys": all_gather_object(keys, d)}
+    finally:
+        teardown(d)
+    if d.is_main:
+        with open(out_path, "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
