@@ -252,7 +252,7 @@ def write_synthetic_corpus(out: Path, size: str = "demo", seed: int = 0, *, over
         workers = (os.cpu_count() or 1) if size == "full" else 1
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
-    tmp = out.parent / f".{out.name}.partial"
+    tmp = out.resolve().parent / f".{out.resolve().name}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)  # a previous run's leftovers: ours, by name
     utts = plan_corpus(size, seed)
@@ -290,12 +290,16 @@ def _write_audio(root: Path, utts: list[Utterance], seed: int, progress: bool, w
                 bar.update(_render(root, chunk, seed))
             return
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            for done in pool.map(_render, [root] * len(chunks), chunks, [seed] * len(chunks)):
+        # Pool's exit terminates the workers, so Ctrl-C or an error stops at once (no queue drain).
+        with ctx.Pool(workers) as pool:
+            for done in pool.imap_unordered(_render_chunk, [(root, c, seed) for c in chunks]):
                 bar.update(done)
+
+
+def _render_chunk(job: tuple[Path, list[Utterance], int]) -> int:
+    return _render(*job)
 
 
 def _render(root: Path, utts: list[Utterance], seed: int) -> int:

@@ -16,7 +16,8 @@ key                    value
 ``manifest_fingerprint``  the build's ``manifest["fingerprint"]``
 ``shards``             the build folder the model was trained from
 ``recipe``             the optimiser recipe actually used (:func:`recipe.describe`)
-``metrics``            the last validation metrics (``None`` without a validation fold)
+``metrics``            this epoch's validation metrics (``None`` without a validation fold)
+``best``               ``{"metric", "score", "epoch"}``: the best validated epoch so far
 ``arch``               ``"alexnet"``
 ``serwild_version``    the serwild version that wrote it
 =====================  ==================================================================
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,25 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def link_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """``dst`` becomes the same file as ``src`` (a hard link, else a copy), atomically.
+
+    best.pt is last.pt of its epoch: linking costs no second write of ~0.5 GB, and the next
+    ``save_checkpoint`` of last.pt makes a new file, leaving best.pt's untouched.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
     finally:
         if tmp.exists():
             tmp.unlink()

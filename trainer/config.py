@@ -44,7 +44,7 @@ class TrainConfig:
     freeze: list[str] | None = None  # layers kept fixed (conv1…fc8); None: the recipe's choice
     best_metric: Literal["weighted_f1", "accuracy", "ua"] = "weighted_f1"
     num_workers: int = 2  # DataLoader workers per rank
-    prefetch_factor: int = 4  # batches each worker keeps ready
+    prefetch_factor: int = 2  # batches each worker keeps ready
     shuffle_buffer: int = 1000  # samples (PNG bytes, decoded after the shuffle)
     verify: Literal["full", "size", "none"] = "full"  # shards vs manifest before training (rank 0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -8,12 +8,11 @@ paper tests "the best model" of its 5-fold cross-validation).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
+from serwild.trainer.checkpoint import link_checkpoint
 from serwild.trainer.metrics import read_jsonl
 
 from serwild.errors import UsageError
@@ -48,7 +47,7 @@ def summarise(runs_root: str | Path, base: str, folds: list[int], metric: str = 
     out.mkdir(parents=True, exist_ok=True)
     src = root / f"{base}-fold{best_fold}" / "best.pt"
     if src.is_file():
-        _link_or_copy(src, out / "best.pt")
+        link_checkpoint(src, out / "best.pt")
     summary = {"base": base, "folds": {str(k): v for k, v in per_fold.items()}, "metric": metric,
                "mean_std": stats, "best_fold": best_fold, "best_checkpoint": str(out / "best.pt")}
     (out / "cv.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -66,14 +65,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {k}{mark} | {r['epoch']} | " + " | ".join(f"{r[x]:.3f}" for x in KEYS) + " |")
     ms = summary["mean_std"]
     lines.append("| mean ± std | | " + " | ".join(f"{ms[x]['mean']:.3f} ± {ms[x]['std']:.3f}" for x in KEYS) + " |")
-    lines += ["", f"Best model: fold {summary['best_fold']} → `{summary['best_checkpoint']}`", ""]
+    recipes = sorted({str(r.get("recipe")) for r in summary["folds"].values()})
+    lines += ["", f"Recipe: {', '.join(recipes)}. Best model: fold {summary['best_fold']} → "
+                  f"`{summary['best_checkpoint']}`", ""]
     return "\n".join(lines)
 
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        os.link(src, tmp)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)

@@ -163,7 +163,7 @@ def steps_per_epoch(samples_per_epoch: int, batch_per_rank: int, world_size: int
 
 def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_batches: int, *,
                       seed: int, epoch: int, rank: int = 0, num_workers: int = 0,
-                      prefetch_factor: int = 4, shuffle_buffer: int = 1000,
+                      prefetch_factor: int = 2, shuffle_buffer: int = 1000,
                       pin_memory: bool = False, as_uint8: bool = False
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Exactly ``num_batches`` batches of ``batch_size``: (images (B, 3, 256, 256), labels).

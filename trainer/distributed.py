@@ -56,12 +56,29 @@ def setup(device_preference: str = "auto", timeout_s: int = 600) -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = pick_device(device_preference, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s),
+                              **_attempt_store(rank, world, timeout_s)}
     if device.type == "cuda":
         torch.cuda.set_device(device)
         kwargs["device_id"] = device  # binds the NCCL communicator to this GPU up front
     dist.init_process_group(**kwargs)
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+
+
+def _attempt_store(rank: int, world: int, timeout_s: int) -> dict[str, Any]:
+    """A store private to this torchrun attempt, when the elastic agent hosts the store.
+
+    The agent keeps one TCPStore for all restarts, and torch (2.14 here) no longer prefixes
+    the keys per attempt: a restarted rank then reads the dead attempt's addresses and gloo
+    fails with "connectFullMesh … Connection refused" (reproduced with a 10-line script).
+    Prefixing with the restart count gives every attempt fresh keys.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}  # env:// (rank 0 hosts a fresh store each time) is fine as it is
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=timedelta(seconds=timeout_s))
+    return {"store": dist.PrefixStore(f"serwild/attempt_{attempt}", store), "rank": rank, "world_size": world}
 
 
 def teardown(d: Dist) -> None:

@@ -39,10 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="let torchrun restart the workers R times after a failure (they resume from last.pt)")
 
 
-def torchrun_command(config: str, overrides: list[str], nproc: int, max_restarts: int,
+def torchrun_command(config: str | None, overrides: list[str], nproc: int, max_restarts: int,
                      resume: bool, overwrite: bool) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--max-restarts={max_restarts}", "-m", "serwild.trainer", "--config", config, *overrides]
+           f"--max-restarts={max_restarts}", "-m", "serwild.trainer"]
+    cmd += ["--config", config] if config else []
+    cmd += overrides
     # A restarted worker must pick up last.pt, so restarts imply --resume (a fresh start when none).
     if resume or max_restarts > 0:
         cmd.append("--resume")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from serwild.trainer import checkpoint as ckpt_io
 from serwild.trainer.data import make_eval_loader, make_train_loader, seed_everything, steps_per_epoch
-from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, setup, teardown
+from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
 from serwild.trainer.metrics import append_jsonl, confusion, plot_curves, read_jsonl, scores
 from serwild.trainer.model import build_model, fetch_imagenet_weights
 from serwild.trainer.recipe import describe, make_optimizer, make_scheduler
@@ -168,6 +168,9 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
                f"{batch} per rank ({batch * d.world_size} in all)")
     steps = steps_per_epoch(plan.samples_per_epoch, batch, d.world_size)
 
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed 256 × 256 inputs: pick the fastest kernels once
+        torch.set_float32_matmul_precision("high")  # TF32 where AMP is off
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model(num_classes, t.pretrained)
     if t.channels_last and d.device.type == "cuda":
@@ -177,24 +180,13 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
     scheduler = make_scheduler(optimizer, t)
     start, best = 0, {"metric": t.best_metric, "score": None, "epoch": None}
     if resume_from is not None:
-        ck = ckpt_io.load_checkpoint(resume_from, map_location=d.device)
-        ckpt_io.check_compatible(ck, plan.manifest, t.dataset, str(resume_from))
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        start, best = int(ck["epoch"]), ck.get("best") or best
-        rng = ck.get("rng") or []
-        if len(rng) == d.world_size:
-            ckpt_io.set_rng_state(rng[d.rank])
-        else:  # another world size: fresh, but still deterministic, streams per rank
-            seed_everything(cfg.seed * 1000 + start * 100 + d.rank)
+        start, best = _restore(resume_from, plan, cfg, d, model, optimizer, scheduler)
         log(d, f"resuming {run_dir} after epoch {start} (lr {[g['lr'] for g in optimizer.param_groups]})")
+    else:
+        seed_everything(cfg.seed * 1000 + d.rank)  # dropout differs per rank
     if d.is_main:  # drop lines of epochs the checkpoint does not hold (a kill between the two writes)
         kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    else:
-        seed_everything(cfg.seed * 1000 + d.rank)  # dropout differs per rank
-    if d.is_main:
         dump_yaml(cfg, run_dir / "config.yaml")
     dtype = amp_dtype(t.amp, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
@@ -213,21 +205,14 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
                                    shuffle_buffer=t.shuffle_buffer, pin_memory=on_gpu, as_uint8=on_gpu)
         stats = train_one_epoch(ddp, loader, optimizer, scaler, dtype, d, cfg, epoch, steps)
         scheduler.step()
-        totals = all_reduce_sum(torch.tensor([stats["loss_sum"].item(), float(stats["correct"].item()),
-                                              float(stats["samples"])], dtype=torch.float64), d)
-        per_rank = all_gather_object(stats["batches"], d)
-        seconds = max(all_gather_object(stats["seconds"], d))
         val = None
         if plan.val is not None:
             loader = make_eval_loader(plan.val.urls, batch, t.num_workers, d.rank, d.world_size,
                                       counts=plan.val.counts, num_classes=num_classes, as_uint8=on_gpu,
                                       pin_memory=on_gpu)
             val = scores(evaluate(model, loader, d, num_classes, dtype).numpy(), plan.classes)
-        record = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(1.0, totals[2].item()),
-                  "train_accuracy": totals[1].item() / max(1.0, totals[2].item()), "val": val,
-                  "lr": lrs, "images_per_s": totals[2].item() / max(seconds, 1e-9), "seconds": seconds,
-                  "batches_per_rank": per_rank, "samples": int(totals[2].item()), "recipe": recipe["name"],
-                  "world_size": d.world_size}
+        record = {"epoch": epoch + 1, **_train_summary(stats, d), "val": val, "lr": lrs,
+                  "recipe": recipe["name"], "world_size": d.world_size}
         rng = all_gather_object(ckpt_io.rng_state(), d)
         improved = val is not None and (best["score"] is None or val[t.best_metric] > best["score"])
         if improved:
@@ -237,18 +222,53 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
             ck = _checkpoint(cfg, plan, model, optimizer, scheduler, epoch + 1, rng, val, best)
             ckpt_io.save_checkpoint(run_dir / "last.pt", ck)
             if improved or plan.val is None:  # no validation fold: best.pt is the latest model
-                ckpt_io.save_checkpoint(run_dir / "best.pt", ck)
+                ckpt_io.link_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
             v = (f"  val acc {val['accuracy']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}"
                  if val else "")
-            log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr "
-                   f"{', '.join(f'{x:.2g}' for x in lrs)}  {record['images_per_s']:.0f} img/s  {seconds:.1f} s")
+            lr = ", ".join(f"{x:.2g}" for x in lrs)
+            log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
+                   f"{record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s")
         last_metrics = val
+        # No rank starts the next epoch before last.pt is complete: a rank killed there can
+        # then only cost the epoch in progress.
+        barrier(d)
     return _finish(cfg, d, run_dir, best, last_metrics)
+
+
+def _train_summary(stats: dict[str, Any], d: Dist) -> dict[str, Any]:
+    """Loss, accuracy and speed over all ranks (collectives: every rank calls this)."""
+    totals = all_reduce_sum(torch.tensor([stats["loss_sum"].item(), float(stats["correct"].item()),
+                                          float(stats["samples"])], dtype=torch.float64), d).tolist()
+    seconds = max(all_gather_object(stats["seconds"], d))  # the slowest rank sets the pace
+    n = max(1.0, totals[2])
+    return {"train_loss": totals[0] / n, "train_accuracy": totals[1] / n, "images_per_s": totals[2] / seconds,
+            "seconds": seconds, "batches_per_rank": all_gather_object(stats["batches"], d),
+            "samples": int(totals[2])}
+
+
+def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, model: nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, dict]:
+    """Load last.pt into model, optimiser, scheduler and RNGs; (completed epochs, best so far)."""
+    ck = ckpt_io.load_checkpoint(path, map_location=d.device)
+    ckpt_io.check_compatible(ck, plan.manifest, cfg.train.dataset, str(path))
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    start = int(ck["epoch"])
+    rng = ck.get("rng") or []
+    if len(rng) == d.world_size:
+        ckpt_io.set_rng_state(rng[d.rank])
+    else:  # another world size: fresh, but still deterministic, streams per rank
+        seed_everything(cfg.seed * 1000 + start * 100 + d.rank)
+    best = ck.get("best") or {"metric": cfg.train.best_metric, "score": None, "epoch": None}
+    return start, best
 
 
 def _finish(cfg: Config, d: Dist, run_dir: Path, best: dict, val: dict | None) -> dict[str, Any]:
     records = read_jsonl(run_dir / "metrics.jsonl") if d.is_main else []
     if d.is_main and records:
         plot_curves(records, run_dir / "curves.png", f"{run_dir.name} ({records[-1]['recipe']} recipe)")
-        log(d, f"done: {run_dir}/best.pt (best {best['metric']} {best['score']} at epoch {best['epoch']})")
+        how = (f"best {best['metric']} {best['score']:.4f} at epoch {best['epoch']}" if best["epoch"]
+               else "no validation fold: the last epoch's model")
+        log(d, f"done: {run_dir}/best.pt ({how})")
     return {"run_dir": str(run_dir), "best": best, "last_val": val}

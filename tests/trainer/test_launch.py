@@ -1,0 +1,57 @@
+"""``serwild train``: the torchrun command line, early refusals, and the --cv fold loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import overrides
+from serwild.trainer import launch
+
+from serwild.cli import main as cli
+
+
+def test_torchrun_command() -> None:
+    cmd = launch.torchrun_command("c.yaml", ["train.epochs=1"], 2, 0, resume=False, overwrite=False)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc_per_node=2" in cmd
+    assert cmd[cmd.index("-m", 2):] == ["-m", "serwild.trainer", "--config", "c.yaml", "train.epochs=1"]
+    restarts = launch.torchrun_command(None, [], 1, 3, resume=False, overwrite=False)
+    assert "--max-restarts=3" in restarts and restarts[-1] == "--resume" and "--config" not in restarts
+
+
+def test_refusals_come_before_torchrun(tiny_build: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "launch", lambda cmd, nproc: pytest.fail("torchrun must not start"))
+    args = overrides(tiny_build, tmp_path)
+    assert cli(["train", "--resume", *args]) == 2
+    assert "nothing to continue" in capsys.readouterr().err
+    (tmp_path / "ahsn-clean").mkdir()
+    (tmp_path / "ahsn-clean" / "last.pt").write_bytes(b"x")
+    assert cli(["train", *args]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli(["train", "--cv", *args, "cv.fold=1"]) == 2
+    assert cli(["train", *overrides(tmp_path / "nothing", tmp_path)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_cv_trains_every_fold_then_summarises(tiny_build: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    launched = []
+
+    def fake_launch(cmd: list[str], nproc: int) -> int:  # stands in for torchrun: writes a fold's run
+        opts = dict(a.split("=", 1) for a in cmd if "=" in a and not a.startswith("--"))
+        fold, run = int(opts["cv.fold"]), tmp_path / opts["train.name"]
+        launched.append((fold, opts["train.name"], nproc))
+        run.mkdir()
+        f1 = 0.2 + 0.1 * fold * (fold % 2)
+        val = {"accuracy": f1, "ua": f1, "weighted_f1": f1, "macro_f1": f1}
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val": val, "recipe": "scratch"}) + "\n")
+        (run / "best.pt").write_bytes(str(fold).encode())
+        return 0
+
+    monkeypatch.setattr(launch, "launch", fake_launch)
+    assert cli(["train", "--cv", "--nproc", "2", *overrides(tiny_build, tmp_path)]) == 0
+    assert launched == [(k, f"ahsn-clean-fold{k}", 2) for k in range(5)]
+    summary = json.loads((tmp_path / "ahsn-clean-cv" / "cv.json").read_text())
+    assert summary["best_fold"] == 3 and (tmp_path / "ahsn-clean-cv" / "best.pt").read_bytes() == b"3"
