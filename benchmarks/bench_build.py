@@ -134,8 +134,8 @@ class PeakSampler(threading.Thread):
 
 def one_build(workers: int, corpus: Path, noise: Path, kind: str, out: Path, overrides: list[str]) -> dict:
     import ray
-    from serwild.builder.build import run_build
 
+    from serwild.builder.build import run_build
     from serwild.config import load_config
 
     cfg = load_config(None, [f"corpus.kind={kind}", f"corpus.root={corpus}", f"noise.dir={noise}",

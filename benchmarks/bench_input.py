@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
 
+    from torchvision import transforms
+
     from serwild.trainer.data import make_eval_loader
     from serwild.trainer.transforms import MEAN, STD
-    from torchvision import transforms
 
     torch.set_num_threads(1)  # per core: one thread in the timed process (and in each worker)
     build = Path(args.shards)

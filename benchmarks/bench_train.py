@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+
     from serwild.trainer.model import build_model
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as t:

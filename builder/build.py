@@ -23,7 +23,6 @@ from typing import Any
 
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject, read_corpus
-
 from serwild.config import Config, load_config
 from serwild.errors import UsageError
 

@@ -6,12 +6,11 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from serwild import __version__
 from serwild.builder.corpus import DATASETS, Reject
 from serwild.builder.manifest import FORMAT, counts_table, fingerprint
 from serwild.builder.plan import condition_name
 from serwild.builder.scan import ScannedUtterance
-
-from serwild import __version__
 from serwild.config import Config, to_dict
 
 PACKAGES = ("numpy", "librosa", "soundfile", "pillow", "matplotlib", "webdataset", "ray", "scikit-learn")

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from serwild.builder.config import CorpusConfig
-
 from serwild.errors import UsageError
 
 # The paper's two 4-class views of IEMOCAP; the order is the class index.

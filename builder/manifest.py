@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from serwild.builder.shards import sha256_file
-
 from serwild.errors import UsageError
 
 FORMAT = "serwild-shards/1"

@@ -16,9 +16,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from serwild.builder.corpus import DATASETS
 from serwild.builder.scan import NoiseFile, ScannedUtterance
-
 from serwild.config import Config, ConfigError
 
 PLAN_FORMAT = 2  # bump when a change to rendering or layout must invalidate old shards

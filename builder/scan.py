@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from serwild.builder import audio
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject, Utterance
-
 from serwild.errors import UsageError
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from serwild.builder import audio, augment, render
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from serwild.builder import voice
 from serwild.builder.voice import stream
-
 from serwild.errors import UsageError
 
 SR = 16000

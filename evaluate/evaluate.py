@@ -86,14 +86,14 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
     """
     import numpy as np
     import torch
+
     from serwild.builder.manifest import check_shards, load_manifest, select_shards
+    from serwild.config import config_from_resolved
     from serwild.evaluate import metrics, report
     from serwild.trainer.checkpoint import load_checkpoint
     from serwild.trainer.data import shard_set
     from serwild.trainer.distributed import all_gather_object, setup, teardown
     from serwild.trainer.model import model_from_checkpoint
-
-    from serwild.config import config_from_resolved
 
     ckpt_path = Path(checkpoint)
     if not ckpt_path.is_file():
@@ -196,8 +196,9 @@ def score_shards(model: Any, shards: Any, num_classes: int, batch_size: int, num
     """This rank's share of ``shards`` (a trainer ShardSet): logits, labels and sample identities."""
     import numpy as np
     import torch
-    from serwild.trainer.data import make_eval_loader
     from tqdm import tqdm
+
+    from serwild.trainer.data import make_eval_loader
 
     loader = make_eval_loader(shards.urls, batch_size, num_workers, rank=d.rank, world_size=d.world_size,
                               counts=shards.counts, num_classes=num_classes)

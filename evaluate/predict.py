@@ -73,10 +73,10 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         import torch
-        from serwild.trainer.checkpoint import load_checkpoint
-        from serwild.trainer.model import model_from_checkpoint
 
         from serwild.config import config_from_resolved
+        from serwild.trainer.checkpoint import load_checkpoint
+        from serwild.trainer.model import model_from_checkpoint
 
         if not Path(checkpoint).is_file():
             raise UsageError(f"checkpoint {checkpoint} not found")
@@ -95,6 +95,7 @@ class Predictor:
         Raises AudioError with the reason a file cannot be scored.
         """
         import torch
+
         from serwild.builder import audio, augment, render
         from serwild.trainer.transforms import image_transform
 
@@ -129,6 +130,7 @@ class Predictor:
     def predict(self, path: str | Path, batch_size: int = 64) -> FileResult:
         """Score one file; never raises for a bad file (the reason goes into ``error``)."""
         import torch
+
         from serwild.builder.audio import AudioError
 
         try:

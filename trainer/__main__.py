@@ -32,9 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from serwild.trainer.train import main as train_main
-
     from serwild.config import load_config
+    from serwild.trainer.train import main as train_main
 
     try:
         train_main(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)

@@ -12,10 +12,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from serwild.errors import UsageError
 from serwild.trainer.checkpoint import link_checkpoint
 from serwild.trainer.metrics import read_jsonl
-
-from serwild.errors import UsageError
 
 KEYS = ("accuracy", "ua", "weighted_f1", "macro_f1")
 

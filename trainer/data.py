@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from serwild.trainer.transforms import normalise, resize_uint8
 from torch.utils.data import default_collate
 
 from serwild.errors import UsageError
+from serwild.trainer.transforms import normalise, resize_uint8
 
 
 class ShardError(UsageError):

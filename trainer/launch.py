@@ -68,10 +68,9 @@ def launch(cmd: list[str], nproc: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from serwild.config import load_config
     from serwild.trainer.model import fetch_imagenet_weights
     from serwild.trainer.setup import manifest_folds, plan_data, resolve
-
-    from serwild.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     nproc = args.nproc or default_nproc()

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from serwild.trainer.config import LAYERS, TrainConfig
-from serwild.trainer.model import NEW_LAYER, freeze_layers, layer_parameters
 from torch import nn
 
 from serwild.config import replace
+from serwild.trainer.config import LAYERS, TrainConfig
+from serwild.trainer.model import NEW_LAYER, freeze_layers, layer_parameters
 
 PAPER_FROZEN = ["conv1", "conv2", "conv3", "conv4"]
 

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from serwild.builder.manifest import check_shards, load_manifest, select_shards
+from serwild.config import Config, replace
+from serwild.errors import UsageError
 from serwild.trainer.data import ShardSet, shard_set
 from serwild.trainer.distributed import Dist, all_gather_object
 from serwild.trainer.recipe import resolve_recipe
-
-from serwild.config import Config, replace
-from serwild.errors import UsageError
 
 T = TypeVar("T")
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.yaml")

@@ -19,6 +19,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from serwild import __version__
+from serwild.config import Config, dump_yaml, to_dict
+from serwild.errors import UsageError
 from serwild.trainer import checkpoint as ckpt_io
 from serwild.trainer.data import make_eval_loader, make_train_loader, seed_everything, steps_per_epoch
 from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
@@ -27,12 +33,6 @@ from serwild.trainer.model import build_model, fetch_imagenet_weights
 from serwild.trainer.recipe import describe, make_optimizer, make_scheduler
 from serwild.trainer.setup import DataPlan, agree, plan_data, prepare_run_dir, resolve, verify_shards
 from serwild.trainer.transforms import normalise
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-
-from serwild import __version__
-from serwild.config import Config, dump_yaml, to_dict
-from serwild.errors import UsageError
 
 FAULT_ENV = "SERWILD_FAULT"  # "epoch:batch:rank" (0-based): that rank exits there, first attempt only
 

@@ -24,10 +24,10 @@ import soundfile as sf
 import webdataset as wds
 from conftest import make_noise, tone, write_dialog
 from PIL import Image
+
 from serwild.builder import augment, render
 from serwild.builder.build import run_build
 from serwild.builder.scan import load_noise
-
 from serwild.cli import main
 from serwild.config import load_config
 

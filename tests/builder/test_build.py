@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 from conftest import tree_config
-from serwild.builder.build import run_build
 
+from serwild.builder.build import run_build
 from serwild.cli import main as cli
 
 pytestmark = pytest.mark.slow

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
+
 from serwild.builder import audio, augment, render
 
 

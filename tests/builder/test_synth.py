@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from serwild.builder.synth import plan_corpus, write_synthetic_corpus
 
+from serwild.builder.synth import plan_corpus, write_synthetic_corpus
 from serwild.cli import main
 
 HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]"

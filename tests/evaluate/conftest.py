@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+
 from serwild.builder.manifest import FORMAT, counts_table, fingerprint, write_json_atomic
 from serwild.builder.render import encode_png
 from serwild.builder.shards import sha256_file
+from serwild.config import load_config, to_dict
 from serwild.trainer.checkpoint import save_checkpoint
 from serwild.trainer.model import build_model
-
-from serwild.config import load_config, to_dict
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 # condition → (snr, samples per test shard): odd totals, and snr15 has one shard for two ranks

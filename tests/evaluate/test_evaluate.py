@@ -16,14 +16,14 @@ import pytest
 import torch
 import webdataset as wds
 from conftest import TEST_SHARDS
+
 from serwild.builder.manifest import load_manifest
+from serwild.cli import main
+from serwild.errors import UsageError
 from serwild.evaluate.evaluate import check_compatible, evaluate_checkpoint, merge_parts
 from serwild.trainer.checkpoint import load_checkpoint
 from serwild.trainer.model import model_from_checkpoint
 from serwild.trainer.transforms import image_transform
-
-from serwild.cli import main
-from serwild.errors import UsageError
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-from serwild.evaluate.metrics import classification_metrics, condition_metrics, utterance_logits
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -15,6 +14,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     recall_score,
 )
+
+from serwild.evaluate.metrics import classification_metrics, condition_metrics, utterance_logits
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 

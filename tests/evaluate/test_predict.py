@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from serwild.builder.plan import SampleSpec
 from serwild.builder.shards import render_sample
+from serwild.cli import main
 from serwild.evaluate.predict import Predictor
 from serwild.trainer.data import decode_png
 from serwild.trainer.transforms import image_transform
-
-from serwild.cli import main
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from serwild.builder.build import run_build
 from serwild.builder.synth import write_synthetic_corpus
-from serwild.trainer.model import build_model
-
 from serwild.config import Config, load_config
+from serwild.trainer.model import build_model
 
 TORCHRUN_TIMEOUT_S = 300  # a hang fails the test instead of stalling the suite
 

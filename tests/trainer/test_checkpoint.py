@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+
+from serwild.config import to_dict
+from serwild.errors import UsageError
 from serwild.trainer import train
 from serwild.trainer.checkpoint import (
     check_compatible,
@@ -18,9 +21,6 @@ from serwild.trainer.checkpoint import (
     set_rng_state,
 )
 from serwild.trainer.model import build_model, model_from_checkpoint
-
-from serwild.config import to_dict
-from serwild.errors import UsageError
 
 
 class NotAllowed:

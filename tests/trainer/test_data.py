@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config
+
+from serwild.errors import UsageError
 from serwild.trainer.data import (
     ShardError,
     ShardSet,
@@ -20,8 +22,6 @@ from serwild.trainer.data import (
     steps_per_epoch,
 )
 from serwild.trainer.setup import DataPlan, plan_data, resolve, verify_shards
-
-from serwild.errors import UsageError
 
 
 def _records(manifest: dict, condition: str = "clean", fold: int = 0) -> list[dict]:

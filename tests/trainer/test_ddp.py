@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from conftest import overrides, torchrun
+
 from serwild.trainer.checkpoint import load_checkpoint
 from serwild.trainer.model import LAYER_MODULES, model_from_checkpoint
 from serwild.trainer.train import FAULT_ENV

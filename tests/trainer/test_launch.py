@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import overrides
-from serwild.trainer import launch
 
 from serwild.cli import main as cli
+from serwild.trainer import launch
 
 
 def test_torchrun_command() -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
 from serwild.trainer.cv import summarise
 from serwild.trainer.metrics import confusion, plot_curves, scores
-from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 

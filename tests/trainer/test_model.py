@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
+from serwild.errors import UsageError
 from serwild.trainer import model as model_mod
 from serwild.trainer.config import TrainConfig
 from serwild.trainer.model import build_model, imagenet_cache_path, layer
 from serwild.trainer.recipe import describe, make_optimizer, make_scheduler, resolve_recipe
-
-from serwild.errors import UsageError
 
 
 def test_build_model_replaces_the_last_layer() -> None:
