@@ -211,7 +211,7 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
                                       counts=plan.val.counts, num_classes=num_classes, as_uint8=on_gpu,
                                       pin_memory=on_gpu)
             val = scores(evaluate(model, loader, d, num_classes, dtype).numpy(), plan.classes)
-        record = {"epoch": epoch + 1, **_train_summary(stats, d), "val": val, "lr": lrs,
+        record = {"epoch": epoch + 1, "steps": steps, **_train_summary(stats, d), "val": val, "lr": lrs,
                   "recipe": recipe["name"], "world_size": d.world_size}
         rng = all_gather_object(ckpt_io.rng_state(), d)
         improved = val is not None and (best["score"] is None or val[t.best_metric] > best["score"])
