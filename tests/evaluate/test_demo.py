@@ -33,5 +33,6 @@ def test_tiny_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     out = capsys.readouterr().out
     assert "demo-clean" in out and "demo-augmented" in out and "15 dB" in out
     # experiment 2 took as many optimiser steps as experiment 1 (samples_per_epoch: clean)
-    steps = [json.loads((runs / n / "metrics.jsonl").read_text().splitlines()[-1]) for n in ("demo-clean", "demo-augmented")]
+    last = [(runs / n / "metrics.jsonl").read_text().splitlines()[-1] for n in ("demo-clean", "demo-augmented")]
+    steps = [json.loads(line) for line in last]
     assert steps[0].get("steps") == steps[1].get("steps")
