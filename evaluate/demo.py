@@ -25,7 +25,7 @@ from serwild.errors import UsageError
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 EXPERIMENTS = {
     "clean": ["train.conditions=[clean]"],
-    "augmented": ["train.conditions=[clean, snr15, snr20, snr40]", "train.samples_per_epoch=clean"],
+    "augmented": ["train.conditions=[clean, snr15, snr20, snr40]"],
 }
 
 
@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         _step(f"3/4  train experiment '{name}' → {cfg.train.run_dir}/{run_name}")
         nproc = ["--nproc", str(args.nproc)] if args.nproc else []
         overrides = [*args.overrides, *extra, f"train.name={run_name}"]
+        if name == "augmented" and cfg.train.samples_per_epoch == "all":
+            # Equal optimiser steps: experiment 2 draws as many samples per epoch as
+            # experiment 1 has, so the comparison differs in the data, not in the compute.
+            overrides.append("train.samples_per_epoch=clean")
         if cli(["train", "--config", args.config, *nproc, "--overwrite", *overrides]) != 0:
             return 1
         runs.append(Path(cfg.train.run_dir) / run_name)
