@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -43,7 +45,21 @@ def run(args: argparse.Namespace) -> int:
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"built {len(manifest['shards'])} shards, {manifest['totals']['samples']} samples, "
           f"{manifest['totals']['rejects']} rejects → {out}")
+    for reason, n in reject_summary(out / "rejects.jsonl").most_common():
+        print(f"  {n:6d} × {reason}")
     return 0
+
+
+DETAIL = re.compile(r"'[^']*'|\(.*\)")  # a quoted label code or a parenthesised detail
+
+
+def reject_summary(path: Path) -> Counter[str]:
+    """Rejects grouped by reason, with the per-item details (label code, duration) cut out."""
+    reasons: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        reasons[r["stage"] + ": " + DETAIL.sub("…", r["reason"])] += 1
+    return reasons
 
 
 def run_build(cfg: Config, executor: str = "ray") -> Path:

@@ -96,3 +96,17 @@ def test_generated_tree_matches_header_format(tmp_path: Path) -> None:
     root = make_tree(tmp_path, per_class=1)
     txt = next((root / "IEMOCAP_full_release").glob("Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"))
     assert txt.read_text().startswith("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]")
+
+
+def test_reject_summary_groups_reasons(tmp_path: Path) -> None:
+    import json
+
+    from serwild.builder.build import reject_summary
+
+    rows = [("corpus", "label 'fru' not in the selected datasets (ahsn: ang hap sad neu)"),
+            ("corpus", "label 'xxx' not in the selected datasets (ahsn: ang hap sad neu)"),
+            ("audio", "shorter than one 1 s block (0.60 s)"), ("corpus", "wav missing")]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps({"stage": s, "reason": r}) + "\n" for s, r in rows))
+    assert reject_summary(tmp_path / "r.jsonl") == {
+        "corpus: label … not in the selected datasets …": 2, "audio: shorter than one 1 s block …": 1,
+        "corpus: wav missing": 1}
