@@ -36,23 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------- corpus
 
 
-def make_corpus(folder: Path, size: str, per_class: int) -> tuple[Path, Path, str, str]:
-    """(corpus root, noise dir, corpus.kind, description): the built-in synthetic corpus if it
-    is available, else the tests' hand-made IEMOCAP tree at ``per_class`` utterances."""
-    try:
-        from serwild.builder.synth import write_synthetic_corpus
-    except ImportError as e:  # the generator is not there yet: say so, and use the tests' tree
-        print(f"note: synthetic corpus unavailable ({e}); "
-              f"using tests/builder/conftest.make_tree(per_class={per_class})", file=sys.stderr)
-    else:
-        write_synthetic_corpus(folder, size=size, progress=False)
-        return folder, folder / "noise", "iemocap", f"synthetic corpus, size '{size}'"
-    sys.path.insert(0, str(REPO / "tests" / "builder"))
-    from conftest import make_noise, make_tree  # type: ignore[import-not-found]
+def make_corpus(folder: Path, size: str) -> tuple[Path, Path, str, str]:
+    """(corpus root, noise dir, corpus.kind, description) of a fresh built-in synthetic corpus."""
+    from serwild.builder.synth import write_synthetic_corpus
 
-    make_tree(folder / "corpus", per_class=per_class)
-    make_noise(folder / "noise", seconds=30.0)
-    return folder / "corpus", folder / "noise", "iemocap", f"tests' IEMOCAP tree, per_class={per_class}"
+    write_synthetic_corpus(folder, size=size, progress=False)
+    return folder, folder / "noise", "iemocap", f"synthetic corpus, size '{size}'"
 
 
 # ----------------------------------------------------------------------------- worker memory
@@ -165,8 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray CPU counts to run (default 1 2)")
     ap.add_argument("--size", default="demo", choices=["tiny", "demo", "full"], help="synthetic corpus size")
-    ap.add_argument("--per-class", type=int, default=16,
-                    help="utterances per class per session when falling back to the tests' tree (default 16)")
     ap.add_argument("--corpus", type=Path, help="an existing IEMOCAP-layout root with noise/ inside (skip synthesis)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for `serwild build`")
     args = ap.parse_args(argv)
@@ -176,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             corpus, noise, kind, what = args.corpus, args.corpus / "noise", "iemocap", str(args.corpus)
         else:
             t0 = time.perf_counter()
-            corpus, noise, kind, what = make_corpus(Path(tmp) / "data", args.size, args.per_class)
+            corpus, noise, kind, what = make_corpus(Path(tmp) / "data", args.size)
             print(f"corpus: {what} (written in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         results = [one_build(n, corpus, noise, kind, Path(tmp) / f"shards-{n}", args.overrides)
                    for n in args.workers]

@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from serwild.atomic import atomic_write
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject, read_corpus
 from serwild.config import Config, load_config
@@ -103,9 +104,8 @@ def run_build(cfg: Config, executor: str = "ray") -> Path:
     for r in records:
         rejects.extend(Reject(**x) for x in r.pop("rejects", []))
     rejects.sort(key=lambda r: (r.stage, r.item, r.block if r.block is not None else -1, r.reason))
-    with open(out / "rejects.jsonl.tmp", "w") as f:
+    with atomic_write(out / "rejects.jsonl", "w") as f:
         f.writelines(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rejects)
-    os.replace(out / "rejects.jsonl.tmp", out / "rejects.jsonl")
     manifest = card.make_manifest(cfg, records, rejects, scanned)
     write_json_atomic(out / "manifest.json", manifest)
     (out / "DATASET.md").write_text(card.dataset_card(manifest))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from serwild.atomic import atomic_write
 from serwild.builder.shards import sha256_file
 from serwild.errors import UsageError
 
@@ -39,13 +39,9 @@ def counts_table(shards: list[dict]) -> dict[str, dict[str, dict[str, dict[str, 
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_manifest(build_dir: str | Path) -> dict:

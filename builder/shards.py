@@ -12,7 +12,6 @@ import functools
 import hashlib
 import io
 import json
-import os
 import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serwild.atomic import atomic_write
 from serwild.builder import audio, augment, render
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject
@@ -52,27 +52,17 @@ class ShardStats:
 def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> ShardStats:
     """Render every sample of ``spec`` and write ``out_dir/spec.path`` atomically."""
     final = Path(out_dir) / spec.path
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     classes: Counter[str] = Counter()
     rejects: list[Reject] = []
-    try:
-        with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-                for s in spec.samples:  # already in key order
-                    try:
-                        png, meta = render_sample(s, cfg)
-                    except (audio.AudioError, ValueError) as e:
-                        rejects.append(Reject(s.utterance, f"{s.condition}: {e}", "render", s.path, s.block))
-                        continue
-                    write_sample(tar, s.key, {"json": meta, "png": png})
-                    classes[s.label] += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(final) as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        for s in spec.samples:  # already in key order
+            try:
+                png, meta = render_sample(s, cfg)
+            except (audio.AudioError, ValueError) as e:
+                rejects.append(Reject(s.utterance, f"{s.condition}: {e}", "render", s.path, s.block))
+                continue
+            write_sample(tar, s.key, {"json": meta, "png": png})
+            classes[s.label] += 1
     return ShardStats(
         path=spec.path, dataset=spec.dataset, split=spec.split, fold=spec.fold, condition=spec.condition,
         snr_db=spec.snr_db, count=sum(classes.values()), class_counts=dict(sorted(classes.items())),

@@ -38,24 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from serwild.atomic import atomic_write
 from serwild.errors import UsageError
 
 REQUIRED = ("model", "epoch", "config", "classes", "dataset", "manifest_fingerprint", "arch")
 
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as f:
+        torch.save(ckpt, f)
 
 
 def link_checkpoint(src: str | Path, dst: str | Path) -> None:

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
-from conftest import make_noise, tone, write_dialog
 from PIL import Image
 
 from serwild.builder import augment, render
@@ -30,6 +29,7 @@ from serwild.builder.build import run_build
 from serwild.builder.scan import load_noise
 from serwild.cli import main
 from serwild.config import load_config
+from tests.builder.conftest import make_noise, tone, write_dialog
 
 SR = 16000
 BAD_DIALOG = "Ses02F_impro02"

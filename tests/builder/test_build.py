@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import tree_config
 
 from serwild.builder.build import run_build
 from serwild.cli import main as cli
+from tests.builder.conftest import tree_config
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import make_tree, write_dialog
 
 from serwild.builder.config import CorpusConfig
 from serwild.builder.corpus import iemocap_speaker, parse_emo_evaluation, read_corpus, read_iemocap, unique_id
 from serwild.errors import UsageError
+from tests.builder.conftest import make_tree, write_dialog
 
 
 def test_speaker_is_session_plus_last_token_gender() -> None:

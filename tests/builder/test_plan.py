@@ -6,12 +6,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import tree_config
 
 from serwild.builder.corpus import read_corpus
 from serwild.builder.plan import condition_name, plan_shards
 from serwild.builder.scan import scan_chunk, scan_noise
 from serwild.config import ConfigError
+from tests.builder.conftest import tree_config
 
 
 def _plan(tmp_path: Path, **over: object):

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from conftest import TEST_SHARDS
 
 from serwild.builder.manifest import load_manifest
 from serwild.cli import main
@@ -24,6 +23,7 @@ from serwild.evaluate.evaluate import check_compatible, evaluate_checkpoint, mer
 from serwild.trainer.checkpoint import load_checkpoint
 from serwild.trainer.model import model_from_checkpoint
 from serwild.trainer.transforms import image_transform
+from tests.evaluate.conftest import TEST_SHARDS
 
 
 @pytest.fixture(scope="module")

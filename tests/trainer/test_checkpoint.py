@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from serwild.config import to_dict
 from serwild.errors import UsageError
@@ -21,6 +20,7 @@ from serwild.trainer.checkpoint import (
     set_rng_state,
 )
 from serwild.trainer.model import build_model, model_from_checkpoint
+from tests.trainer.conftest import tiny_config
 
 
 class NotAllowed:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from serwild.errors import UsageError
 from serwild.trainer.data import (
@@ -22,6 +21,7 @@ from serwild.trainer.data import (
     steps_per_epoch,
 )
 from serwild.trainer.setup import DataPlan, plan_data, resolve, verify_shards
+from tests.trainer.conftest import tiny_config
 
 
 def _records(manifest: dict, condition: str = "clean", fold: int = 0) -> list[dict]:

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import overrides, torchrun
 
 from serwild.trainer.checkpoint import load_checkpoint
 from serwild.trainer.model import LAYER_MODULES, model_from_checkpoint
 from serwild.trainer.train import FAULT_ENV
+from tests.trainer.conftest import overrides, torchrun
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent

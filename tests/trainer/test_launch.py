@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import overrides
 
 from serwild.cli import main as cli
 from serwild.trainer import launch
+from tests.trainer.conftest import overrides
 
 
 def test_torchrun_command() -> None:
