@@ -23,25 +23,28 @@ def confusion(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> to
 
 
 def scores(cm: np.ndarray | torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """accuracy (WA), ua (macro recall), weighted / macro F1 and per-class recall from counts."""
-    cm = np.asarray(cm, dtype=np.float64)
-    n = cm.sum()
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    tp = np.diag(cm)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    present = support > 0  # UA / macro over classes that occur (sklearn's zero_division=0 otherwise)
+    """accuracy (WA), ua (macro recall), weighted / macro F1 and per-class recall from counts.
+
+    The ranks' confusion matrices are summed before this, so the (true, predicted) pairs are
+    rebuilt from the counts and scored by the evaluator's scikit-learn code: one metrics
+    implementation for validation and test reports.
+    """
+    from serwild.evaluate.metrics import classification_metrics
+
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.sum() == 0:
+        raise ValueError("no validation samples to score")
+    k = len(classes)
+    pairs = np.repeat(np.arange(k * k), cm.reshape(-1))
+    m = classification_metrics(pairs // k, pairs % k, classes)
     return {
-        "n": int(n),
-        "accuracy": float(tp.sum() / n) if n else 0.0,
-        "ua": float(recall[present].mean()) if present.any() else 0.0,
-        "weighted_f1": float((f1 * support).sum() / n) if n else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "recall": {c: float(r) for c, r in zip(classes, recall)},
-        "confusion": cm.astype(int).tolist(),
+        "n": m["n"],
+        "accuracy": m["wa"],
+        "ua": m["ua"],
+        "weighted_f1": m["weighted"]["f1"],
+        "macro_f1": m["macro"]["f1"],
+        "recall": {c: v["recall"] for c, v in m["per_class"].items()},
+        "confusion": m["confusion"],
     }
 
 
