@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # also runs on CPU); elsewhere override, e.g. make TORCH="torch torchvision" test
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
+# The development loop: skips the end-to-end tests marked slow (Ray, torchrun, the demo).
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not slow"
+
 lint: setup
 	$(BIN)/ruff check .
 
@@ -35,4 +40,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_train.py
 
 clean:
-	rm -rf data runs shards/demo shards/tiny demo-out
+	rm -rf corpora runs shards/demo shards/tiny demo-out

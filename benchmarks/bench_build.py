@@ -3,7 +3,7 @@ speed-up, and the peak memory of each Ray worker.
 
     .venv/bin/python benchmarks/bench_build.py                       # synthetic 'demo' corpus, 1 and 2 CPUs
     .venv/bin/python benchmarks/bench_build.py --workers 1 2 4 --size tiny
-    .venv/bin/python benchmarks/bench_build.py --corpus data/synth    # an existing IEMOCAP-layout tree + noise/
+    .venv/bin/python benchmarks/bench_build.py --corpus corpora/synth    # an existing IEMOCAP-layout tree + noise/
     .venv/bin/python benchmarks/bench_build.py snr_db='[15]'          # any config override
 
 For each worker count: a fresh local Ray (``ray.init(num_cpus=N)``, timed on its own), then
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_corpus(folder: Path, size: str) -> tuple[Path, Path, str, str]:
     """(corpus root, noise dir, corpus.kind, description) of a fresh built-in synthetic corpus."""
-    from serwild.builder.synth import write_synthetic_corpus
+    from serwild.synth.corpus import write_synthetic_corpus
 
     write_synthetic_corpus(folder, size=size, progress=False)
     return folder, folder / "noise", "iemocap", f"synthetic corpus, size '{size}'"

@@ -35,7 +35,7 @@ from PIL import Image
 
 
 def select_urls(build: Path, dataset: str, limit: int) -> tuple[list[str], list[int], int]:
-    from serwild.builder.manifest import load_manifest, select_shards
+    from serwild.data.manifest import load_manifest, select_shards
 
     records = select_shards(load_manifest(build), dataset, "train")
     urls, counts, total = [], [], 0
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from torchvision import transforms
 
-    from serwild.trainer.data import make_eval_loader
-    from serwild.trainer.transforms import MEAN, STD
+    from serwild.data.loaders import make_eval_loader
+    from serwild.data.transforms import MEAN, STD
 
     torch.set_num_threads(1)  # per core: one thread in the timed process (and in each worker)
     build = Path(args.shards)

@@ -6,7 +6,7 @@
 Both paths start from the same 1 s blocks, read from WAV files with the builder's
 ``audio.read_block`` and mixed with noise at the same SNR and peak-normalised; then
 
-- **serwild**: ``render.render_png`` (power STFT in dB → 256-level index → palette PNG);
+- **serwild**: ``Renderer(AudioConfig()).png`` (peak normalisation, power STFT in dB → 256-level index → palette PNG);
 - **paper**: librosa STFT → ``power_to_db`` → ``librosa.display.specshow(cmap="jet")`` in a
   fresh matplotlib figure of 259 × 257 px (Agg) → ``savefig`` to PNG bytes, the way the
   paper-style scripts make one image per block;
@@ -71,9 +71,10 @@ def prepare(path: str, block: int, noise: np.ndarray, offset: int, snr: float) -
 
 
 def ours(y: np.ndarray) -> bytes:
-    from serwild.builder import render
+    from serwild.builder.config import AudioConfig
+    from serwild.builder.render import Renderer
 
-    return render.render_png(y, n_fft=512, hop_length=62, top_db=80.0, colormap="jet")
+    return Renderer(AudioConfig()).png(y)
 
 
 def paper(y: np.ndarray) -> bytes:

@@ -48,8 +48,8 @@ def train_rate(args: argparse.Namespace, nproc: int, tmp: Path, weights: Path | 
 
 def loader_rate(args: argparse.Namespace, batch: int) -> float:
     """Images/s of the training input pipeline alone (this process + ``--workers`` workers)."""
-    from serwild.builder.manifest import load_manifest, select_shards
-    from serwild.trainer.data import make_train_loader, shard_set
+    from serwild.data.loaders import make_train_loader, shard_set
+    from serwild.data.manifest import load_manifest, select_shards
 
     shards = shard_set(args.shards, select_shards(load_manifest(args.shards), args.dataset, "train", ["clean"]))
     n_batches = max(4, 2 * args.steps)

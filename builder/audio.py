@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile as sf
 
@@ -60,17 +61,19 @@ def read_mono(path: str | Path, start: int = 0, stop: int | None = None) -> tupl
         raise AudioError(f"not readable audio ({_short(e)})") from None
     if data.size == 0:
         raise AudioError("empty audio (0 frames)")
+    return _mono(data), int(sr)
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise AudioError("audio contains NaN or Inf samples")
-    return np.ascontiguousarray(mono, dtype=np.float32), int(sr)
+    return np.ascontiguousarray(mono, dtype=np.float32)
 
 
 def resample(y: np.ndarray, sr_in: int, sr_out: int, length: int | None = None) -> np.ndarray:
     """Resample with librosa (soxr), optionally fixing the output length exactly."""
     if sr_in != sr_out:
-        import librosa  # imported here: ~0.5 s, and only other-rate inputs need it
-
         y = librosa.resample(y, orig_sr=sr_in, target_sr=sr_out, res_type="soxr_hq")
     if length is not None:
         y = fix_length(y, length)
@@ -102,11 +105,20 @@ def block_count(info: AudioInfo, block_seconds: float, keep_tail: bool) -> int:
 
 
 def block_peaks(path: str | Path, info: AudioInfo, block_seconds: float, n_blocks: int) -> list[float]:
-    """Peak |sample| of each block (read once, whole file), for the silence check."""
-    y, _ = read_mono(path)
+    """Peak |sample| of each block, for the silence check: the file is read once, one block
+    at a time, so memory does not grow with the recording's length."""
     n_native = int(round(block_seconds * info.sample_rate))
-    return [float(np.abs(y[b * n_native:(b + 1) * n_native]).max(initial=0.0))
-            for b in range(n_blocks)]
+    peaks = []
+    try:
+        with sf.SoundFile(str(path)) as f:
+            for _ in range(n_blocks):
+                data = f.read(n_native, dtype="float32", always_2d=True)
+                peaks.append(float(np.abs(_mono(data)).max(initial=0.0)) if data.size else 0.0)
+    except FileNotFoundError:
+        raise AudioError("file not found") from None
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise AudioError(f"not readable audio ({_short(e)})") from None
+    return peaks
 
 
 def _short(e: BaseException) -> str:

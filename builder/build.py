@@ -12,43 +12,35 @@ plan and still matching their sha256 are kept, the rest are rebuilt.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from serwild.atomic import atomic_write
+import ray
+from tqdm import tqdm
+
+from serwild import atomic
+from serwild.builder import card, plan, scan
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject, read_corpus
-from serwild.config import Config, load_config
+from serwild.builder.manifest import make_manifest
+from serwild.builder.shards import build_shard
+from serwild.config import Config
+from serwild.data.manifest import sha256_file
 from serwild.errors import UsageError
+from serwild.synth.corpus import write_synthetic_corpus
 
+T = TypeVar("T")
 LOG = "build-log.jsonl"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from serwild.cli import add_config_arguments
-
-    add_config_arguments(p)
-    p.add_argument("--serial", action="store_true",
-                   help="run every task in this process, without Ray (debugging, tiny corpora)")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    out = run_build(cfg, executor="serial" if args.serial else "ray")
-    manifest = json.loads((out / "manifest.json").read_text())
-    print(f"built {len(manifest['shards'])} shards, {manifest['totals']['samples']} samples, "
-          f"{manifest['totals']['rejects']} rejects → {out}")
-    for reason, n in reject_summary(out / "rejects.jsonl").most_common():
-        print(f"  {n:6d} × {reason}")
-    return 0
+HOLD_ENV = "SERWILD_BUILD_HOLD_AFTER"  # test hook: after N shards, stop and wait to be killed
+SCAN_CHUNK = 32  # utterances per scan task: enough work to hide a task's overhead
 
 
 DETAIL = re.compile(r"'[^']*'|\(.*\)")  # a quoted label code or a parenthesised detail
@@ -65,9 +57,6 @@ def reject_summary(path: Path) -> Counter[str]:
 
 def run_build(cfg: Config, executor: str = "ray") -> Path:
     """Build (or resume) the shards described by ``cfg``; returns the build folder."""
-    from serwild.builder import card, plan, scan
-    from serwild.builder.manifest import write_json_atomic
-
     out = Path(cfg.out)
     _ensure_corpus(cfg)
     utts, rejects = read_corpus(cfg.corpus, cfg.datasets)
@@ -80,7 +69,7 @@ def run_build(cfg: Config, executor: str = "ray") -> Path:
     rejects += noise_rejects
     with _executor(executor, cfg) as pmap:
         scanned = []
-        chunks = [utts[i:i + 32] for i in range(0, len(utts), 32)]
+        chunks = [utts[i:i + SCAN_CHUNK] for i in range(0, len(utts), SCAN_CHUNK)]
         for ok, bad in pmap(scan.scan_chunk, [(c, cfg.audio) for c in chunks], "scan audio"):
             scanned.extend(ok)
             rejects.extend(bad)
@@ -92,10 +81,8 @@ def run_build(cfg: Config, executor: str = "ray") -> Path:
         if done:
             print(f"resume: {len(done)} shard(s) already built and verified, {len(todo)} to build",
                   file=sys.stderr)
-        from serwild.builder.shards import build_shard
-
         with open(out / LOG, "a") as log:
-            for stats in pmap(build_shard, [(s, str(out), cfg.audio) for s in todo], "build shards"):
+            for stats in with_hold(pmap(build_shard, [(s, str(out), cfg.audio) for s in todo], "build shards")):
                 done[stats.path] = asdict(stats)
                 log.write(json.dumps(done[stats.path], sort_keys=True) + "\n")
                 log.flush()
@@ -104,19 +91,30 @@ def run_build(cfg: Config, executor: str = "ray") -> Path:
     for r in records:
         rejects.extend(Reject(**x) for x in r.pop("rejects", []))
     rejects.sort(key=lambda r: (r.stage, r.item, r.block if r.block is not None else -1, r.reason))
-    with atomic_write(out / "rejects.jsonl", "w") as f:
-        f.writelines(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rejects)
-    manifest = card.make_manifest(cfg, records, rejects, scanned)
-    write_json_atomic(out / "manifest.json", manifest)
-    (out / "DATASET.md").write_text(card.dataset_card(manifest))
+    atomic.write_text(out / "rejects.jsonl", "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n"
+                                                      for r in rejects))
+    manifest = make_manifest(cfg, records, rejects, scanned)
+    atomic.write_json(out / "manifest.json", manifest)
+    atomic.write_text(out / "DATASET.md", card.dataset_card(manifest))
     return out
+
+
+def with_hold(results: Iterator[T]) -> Iterator[T]:
+    """The results as they come, unless the test hook ``SERWILD_BUILD_HOLD_AFTER=N`` is set:
+    then, once N shards are logged, the driver stops there (as if slow) until it is killed,
+    so a test can kill a build mid-way deterministically."""
+    hold = int(os.environ.get(HOLD_ENV, "0"))
+    for i, item in enumerate(results, start=1):
+        yield item
+        if i == hold:
+            print(f"{HOLD_ENV}: holding after {i} shards", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(1)
 
 
 def _ensure_corpus(cfg: Config) -> None:
     root = Path(cfg.corpus.root)
     if cfg.corpus.kind == "synthetic" and not root.exists():
-        from serwild.builder.synth import write_synthetic_corpus
-
         print(f"corpus.root {root} does not exist: synthesising the '{cfg.corpus.synth_size}' corpus there",
               file=sys.stderr)
         write_synthetic_corpus(root, size=cfg.corpus.synth_size, seed=cfg.seed)
@@ -124,8 +122,6 @@ def _ensure_corpus(cfg: Config) -> None:
 
 def _resume_state(out: Path, specs: list, audio_cfg: AudioConfig) -> tuple[dict[str, dict], list]:
     """Shards from an earlier run of the same plan whose files still match; the rest to build."""
-    from serwild.builder.shards import sha256_file
-
     logged: dict[str, dict] = {}
     if (out / LOG).is_file():
         for line in (out / LOG).read_text().splitlines():
@@ -174,8 +170,6 @@ class _executor:
     def __enter__(self) -> Callable[..., Iterator[Any]]:
         if self.kind == "serial":
             return _serial_map
-        import ray
-
         if not ray.is_initialized():
             addr = self.cfg.ray.address
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR",
@@ -189,14 +183,10 @@ class _executor:
 
     def __exit__(self, *exc: object) -> None:
         if self.started:
-            import ray
-
-            ray.shutdown()
+                ray.shutdown()
 
 
 def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="task", file=sys.stderr, disable=None, dynamic_ncols=True)
 
 
@@ -208,8 +198,6 @@ def _serial_map(fn: Callable, items: list[tuple], desc: str) -> Iterator[Any]:
 
 
 def _ray_map(fn: Callable, items: list[tuple], desc: str) -> Iterator[Any]:
-    import ray
-
     remote = ray.remote(num_cpus=1, max_retries=2)(fn)
     limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: list = []

@@ -1,51 +1,8 @@
-"""manifest.json and DATASET.md (the dataset card) for a finished build."""
+"""DATASET.md, the dataset card of a finished build (from its manifest)."""
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
 from typing import Any
-
-from serwild import __version__
-from serwild.builder.corpus import DATASETS, Reject
-from serwild.builder.manifest import FORMAT, counts_table, fingerprint
-from serwild.builder.plan import condition_name
-from serwild.builder.scan import ScannedUtterance
-from serwild.config import Config, to_dict
-
-PACKAGES = ("numpy", "librosa", "soundfile", "pillow", "matplotlib", "webdataset", "ray", "scikit-learn")
-
-
-def versions() -> dict[str, str]:
-    out = {"serwild": __version__, "python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def make_manifest(cfg: Config, records: list[dict], rejects: list[Reject],
-                  scanned: list[ScannedUtterance]) -> dict[str, Any]:
-    datasets = {d: {"classes": list(DATASETS[d])} for d in cfg.datasets}
-    conditions = {condition_name(s): s for s in [None, *cfg.snr_db]}
-    shards = sorted(records, key=lambda r: r["path"])
-    return {
-        "format": FORMAT,
-        "fingerprint": fingerprint(shards, datasets),
-        "datasets": datasets,
-        "conditions": conditions,
-        "image": {"format": "png (palette: matplotlib jet)", "height": 1 + cfg.audio.n_fft // 2,
-                  "width": 1 + int(round(cfg.audio.block_seconds * cfg.audio.sample_rate)) // cfg.audio.hop_length,
-                  "channels": 3, "low_frequencies": "bottom"},
-        "totals": {"shards": len(shards), "samples": sum(r["count"] for r in shards),
-                   "utterances_used": len(scanned), "rejects": len(rejects)},
-        "counts": counts_table(shards),
-        "config": to_dict(cfg),
-        "versions": versions(),
-        "shards": shards,
-    }
 
 
 def dataset_card(m: dict[str, Any]) -> str:

@@ -9,10 +9,10 @@ from typing import Literal
 @dataclass(frozen=True)
 class CorpusConfig:
     # iemocap: an IEMOCAP copy (root holds IEMOCAP_full_release/ or is it);
-    # manifest: root is a CSV `path,label,speaker[,session]`;
+    # csv: root is a CSV list `path,label,speaker[,session]` (any other corpus);
     # synthetic: the built-in corpus in IEMOCAP's layout, synthesised into root if missing.
-    kind: Literal["iemocap", "manifest", "synthetic"] = "synthetic"
-    root: str = "data/synth"
+    kind: Literal["iemocap", "csv", "synthetic"] = "synthetic"
+    root: str = "corpora/synth"
     improvised_only: bool = True
     synth_size: Literal["tiny", "demo", "full"] = "demo"
 
@@ -23,7 +23,7 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    dir: str = "data/synth/noise"
+    dir: str = "corpora/synth/noise"
     # The last `test_fraction` of every noise file is kept for the test conditions and the
     # rest for training, so no test sample ever hears noise a model was trained on.
     test_fraction: float = 0.3

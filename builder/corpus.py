@@ -1,4 +1,4 @@
-"""Corpus readers: an IEMOCAP copy (real or synthetic) or a CSV manifest → utterances.
+"""Corpus readers: an IEMOCAP copy (real or synthetic) or a CSV list → utterances.
 
 Every input line either becomes an :class:`Utterance` or a :class:`Reject` with a reason;
 nothing is dropped silently, and nothing here raises for one bad line.
@@ -58,8 +58,8 @@ class Reject:
 def read_corpus(cfg: CorpusConfig, datasets: list[str]) -> tuple[list[Utterance], list[Reject]]:
     """Utterances whose label one of ``datasets`` uses, and rejects for all the rest."""
     wanted = {code for name in datasets for code in DATASETS[name]}
-    if cfg.kind == "manifest":
-        utts, rejects = read_csv_manifest(Path(cfg.root))
+    if cfg.kind == "csv":
+        utts, rejects = read_csv_list(Path(cfg.root))
     else:
         utts, rejects = read_iemocap(Path(cfg.root), cfg.improvised_only)
     kept = []
@@ -144,10 +144,10 @@ def _iemocap_utterance(release: Path, session_dir: Path, dialog: str, utt_id: st
 # ----------------------------------------------------------------------------- CSV
 
 
-def read_csv_manifest(csv_path: Path) -> tuple[list[Utterance], list[Reject]]:
+def read_csv_list(csv_path: Path) -> tuple[list[Utterance], list[Reject]]:
     """``path,label,speaker[,session]`` (header required); paths relative to the CSV."""
     if not csv_path.is_file():
-        raise UsageError(f"corpus.root {csv_path}: CSV manifest not found")
+        raise UsageError(f"corpus.root {csv_path}: CSV list not found")
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = {"path", "label", "speaker"} - set(reader.fieldnames or [])

@@ -1,25 +1,26 @@
-"""The build's manifest: writing it, reading it, and checking shards against it.
+"""Writing a build's manifest.json: the record readers check every shard against.
 
-The manifest is the contract between the builder and every reader: a shard listed here is
-complete (its sample count and sha256 are recorded), and readers refuse shards that do not
-match it, since a tar cut at a file boundary otherwise reads as a valid, shorter shard.
+Reading and checking it is :mod:`serwild.data.manifest` (the reader side, shared by the
+trainer, the evaluator and ``serwild verify``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
+import platform
 from collections import defaultdict
-from pathlib import Path
+from importlib import metadata
 from typing import Any
 
-from serwild.atomic import atomic_write
-from serwild.builder.shards import sha256_file
-from serwild.errors import UsageError
+from serwild import __version__
+from serwild.builder.corpus import DATASETS, Reject
+from serwild.builder.plan import condition_name
+from serwild.builder.scan import ScannedUtterance
+from serwild.config import Config, to_dict
+from serwild.data.manifest import FORMAT
 
-FORMAT = "serwild-shards/1"
-MANIFEST = "manifest.json"
+PACKAGES = ("numpy", "librosa", "soundfile", "pillow", "matplotlib", "webdataset", "ray", "scikit-learn")
 
 
 def fingerprint(shards: list[dict], datasets: dict[str, Any]) -> str:
@@ -38,78 +39,33 @@ def counts_table(shards: list[dict]) -> dict[str, dict[str, dict[str, dict[str, 
     return json.loads(json.dumps(table))
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
+def versions() -> dict[str, str]:
+    out = {"serwild": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
-def load_manifest(build_dir: str | Path) -> dict:
-    path = Path(build_dir) / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"{path} not found: is {build_dir} a finished `serwild build` output?")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path} is not readable JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise UsageError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
-
-
-def select_shards(manifest: dict, dataset: str, split: str, conditions: list[str] | None = None,
-                  folds: list[int] | None = None) -> list[dict]:
-    """The shard records of one dataset/split, optionally only some conditions and folds."""
-    if dataset not in manifest["datasets"]:
-        raise UsageError(f"dataset {dataset!r} is not in this build (built: {', '.join(manifest['datasets'])})")
-    built = set(manifest["conditions"])
-    missing = [c for c in conditions or [] if c not in built]
-    if missing:
-        raise UsageError(f"condition(s) {', '.join(missing)} not in this build (built: {', '.join(built)})")
-    return [s for s in manifest["shards"]
-            if s["dataset"] == dataset and s["split"] == split
-            and (conditions is None or s["condition"] in conditions)
-            and (folds is None or s["fold"] in folds)]
-
-
-def count_samples(path: str | Path) -> int:
-    """Distinct sample keys in a tar (members ``key.ext``); raises on a cut-off tar."""
-    keys = set()
-    with tarfile.open(path, "r") as tf:
-        for member in tf:
-            if member.isfile():
-                keys.add(member.name.split("/")[-1].split(".", 1)[0])
-    return len(keys)
-
-
-def check_shard(build_dir: str | Path, record: dict, full: bool = True) -> str | None:
-    """None if the shard matches its record, else one line saying what is wrong."""
-    path = Path(build_dir) / record["path"]
-    if not path.is_file():
-        return f"missing: {record['path']}"
-    size = path.stat().st_size
-    if size != record["bytes"]:
-        return f"bad: {record['path']} has {size} bytes, manifest says {record['bytes']}"
-    if not full:
-        return None
-    if sha256_file(path) != record["sha256"]:
-        return f"bad: {record['path']} sha256 differs from the manifest"
-    try:
-        n = count_samples(path)
-    except (tarfile.TarError, OSError) as e:
-        return f"bad: {record['path']} is not a readable tar ({e})"
-    if n != record["count"]:
-        return f"bad: {record['path']} has {n} samples, manifest says {record['count']}"
-    return None
-
-
-def check_shards(build_dir: str | Path, records: list[dict], full: bool = True) -> list[str]:
-    """Problems with ``records`` (empty list: all good). full=False checks sizes only."""
-    return [p for r in records if (p := check_shard(build_dir, r, full)) is not None]
-
-
-def extra_shards(build_dir: str | Path, manifest: dict) -> list[str]:
-    """Tar files under the build dir that the manifest does not list."""
-    listed = {s["path"] for s in manifest["shards"]}
-    root = Path(build_dir)
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*.tar") if str(p.relative_to(root)) not in listed)
+def make_manifest(cfg: Config, records: list[dict], rejects: list[Reject],
+                  scanned: list[ScannedUtterance]) -> dict[str, Any]:
+    datasets = {d: {"classes": list(DATASETS[d])} for d in cfg.datasets}
+    conditions = {condition_name(s): s for s in [None, *cfg.snr_db]}
+    shards = sorted(records, key=lambda r: r["path"])
+    return {
+        "format": FORMAT,
+        "fingerprint": fingerprint(shards, datasets),
+        "datasets": datasets,
+        "conditions": conditions,
+        "image": {"format": "png (palette: matplotlib jet)", "height": 1 + cfg.audio.n_fft // 2,
+                  "width": 1 + int(round(cfg.audio.block_seconds * cfg.audio.sample_rate)) // cfg.audio.hop_length,
+                  "channels": 3, "low_frequencies": "bottom"},
+        "totals": {"shards": len(shards), "samples": sum(r["count"] for r in shards),
+                   "utterances_used": len(scanned), "rejects": len(rejects)},
+        "counts": counts_table(shards),
+        "config": to_dict(cfg),
+        "versions": versions(),
+        "shards": shards,
+    }

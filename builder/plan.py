@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from serwild import seeds
 from serwild.builder.corpus import DATASETS
 from serwild.builder.scan import NoiseFile, ScannedUtterance
 from serwild.config import Config, ConfigError
@@ -70,11 +72,6 @@ def condition_name(snr: float | None) -> str:
     return f"snr{text}"
 
 
-def seed_for(*parts: object) -> int:
-    """A stable per-item seed (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
 # ----------------------------------------------------------------------------- splits
 
 Unit = tuple[str, int]  # (utterance id, block); block -1 stands for "every block"
@@ -115,8 +112,9 @@ def _stratified_holdout(units: list[Unit], labels: list[str], fraction: float, s
     try:
         train, test = train_test_split(units, test_size=fraction, random_state=seed % 2**32,
                                        stratify=labels)
-    except ValueError as e:  # a class too small to stratify: say so, then split at random
-        warnings.warn(f"split: cannot stratify ({e}); splitting at random", stacklevel=2)
+    except ValueError as e:  # a class too small to stratify: say so loudly, then split at random
+        print(f"serwild build: note: the test split cannot be stratified by class ({e}); it is drawn "
+              f"at random instead, so class proportions in train and test may differ", file=sys.stderr)
         train, test = train_test_split(units, test_size=fraction, random_state=seed % 2**32)
     return sorted(train), sorted(test)
 
@@ -170,7 +168,7 @@ def plan_shards(scanned: list[ScannedUtterance], noises: list[NoiseFile], cfg: C
         for (split, fold), blocks in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
             # One permutation per group, shared by all conditions: shard i of every condition
             # holds the same blocks, and each shard mixes classes for streaming training.
-            rng = np.random.default_rng(seed_for(cfg.seed, dataset, split, fold))
+            rng = np.random.default_rng(seeds.derive(cfg.seed, dataset, split, fold))
             order = rng.permutation(len(blocks))
             n_shards = -(-len(blocks) // cfg.shard.max_samples)
             for snr in snrs:
@@ -193,7 +191,7 @@ def _sample(item: tuple[ScannedUtterance, int], dataset: str, classes: tuple[str
     key = f"{u.id}_b{b:03d}_{cond}"
     noise = offset = None
     if snr is not None:
-        rng = np.random.default_rng(seed_for(cfg.seed, dataset, key))
+        rng = np.random.default_rng(seeds.derive(cfg.seed, dataset, key))
         nf = noises[int(rng.integers(len(noises)))]
         # Training (and validation) blocks draw from the first part of each noise file, test
         # blocks from the held-out last part, so test noise is never heard in training.

@@ -1,8 +1,13 @@
-"""Block → "jet" spectrogram image, the paper's 257 × 259 RGB picture.
+"""Audio → usable 1 s blocks → "jet" spectrogram image: the one renderer.
 
-Power STFT (n_fft 512, hop 62, centred) in dB relative to the block's own maximum,
-clipped at ``top_db`` below it, quantised to 256 levels and stored as a *palette* PNG whose
-palette is matplotlib's ``jet``: decoding it (PIL ``convert("RGB")``, which is what
+:class:`Renderer` is built from an :class:`AudioConfig` (the build's, or the copy inside a
+checkpoint) and is the only code that turns audio into images: the builder's shard tasks
+and scan use it, and so does ``serwild predict``, so a model always sees at inference
+exactly what it was trained on (torchvision keeps one preset per model for the same reason).
+
+The image: power STFT (n_fft 512, hop 62, centred) in dB relative to the block's own
+maximum, clipped at ``top_db`` below it, quantised to 256 levels and stored as a *palette*
+PNG whose palette is matplotlib's ``jet``: decoding it (PIL ``convert("RGB")``, which is what
 webdataset's ``rgb8`` does) gives exactly the RGB image matplotlib would colour, at about
 half the bytes and a quarter of the encode time of an RGB PNG. Low frequencies are at the
 bottom, as in the paper's figures.
@@ -12,54 +17,99 @@ from __future__ import annotations
 
 import functools
 import io
+from dataclasses import dataclass
+from pathlib import Path
 
+import librosa
+import matplotlib
 import numpy as np
 from PIL import Image
 
+from serwild.builder import audio, augment
+from serwild.builder.config import AudioConfig
 
-def power_db(y: np.ndarray, n_fft: int = 512, hop_length: int = 62, top_db: float = 80.0) -> np.ndarray:
+PNG_COMPRESS_LEVEL = 1  # zlib level 1: ~0.3 ms faster per image than the default 6, files ~0.4 % larger
+FLOOR = 1e-12  # power below max × FLOOR is clipped before the log (never log(0))
+
+
+@dataclass(frozen=True)
+class BlockScan:
+    """What a file offers: its header, usable block indices and silent (skipped) ones."""
+
+    info: audio.AudioInfo
+    usable: tuple[int, ...]
+    silent: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Renderer:
+    cfg: AudioConfig
+
+    def scan(self, path: str | Path) -> BlockScan:
+        """Header + per-block silence check (the file read once). Raises AudioError when the
+        file is unreadable, shorter than one block, or silent in every block."""
+        info = audio.probe(path)
+        n_blocks = audio.block_count(info, self.cfg.block_seconds, self.cfg.keep_tail)
+        if n_blocks == 0:
+            raise audio.AudioError(f"shorter than one {self.cfg.block_seconds:g} s block ({info.seconds:.2f} s)")
+        peaks = audio.block_peaks(path, info, self.cfg.block_seconds, n_blocks)
+        usable = tuple(b for b, p in enumerate(peaks) if p >= audio.SILENCE_PEAK)
+        if not usable:
+            raise audio.AudioError("silent (every block below -80 dBFS)")
+        return BlockScan(info, usable, tuple(b for b, p in enumerate(peaks) if p < audio.SILENCE_PEAK))
+
+    def block(self, path: str | Path, block: int, native_sr: int) -> np.ndarray:
+        """Block ``block`` of a file, resampled to the target rate (exact length)."""
+        return audio.read_block(path, block, native_sr, self.cfg.block_seconds, self.cfg.sample_rate)
+
+    def indices(self, y: np.ndarray) -> np.ndarray:
+        """A block (clean or already mixed) → peak-normalised → uint8 colour indices."""
+        y = augment.peak_normalise(y)
+        if not np.isfinite(y).all():  # no NaN/Inf reaches an image
+            raise ValueError("non-finite samples after mixing")
+        c = self.cfg
+        return to_indices(power_db(y, c.n_fft, c.hop_length, c.top_db), c.top_db)
+
+    def png(self, y: np.ndarray) -> bytes:
+        """The palette PNG a shard stores."""
+        return encode_png(self.indices(y), self.cfg.colormap)
+
+    def rgb(self, y: np.ndarray) -> np.ndarray:
+        """The (H, W, 3) uint8 image, exactly what decoding :meth:`png` gives."""
+        return to_rgb(self.indices(y), self.cfg.colormap)
+
+
+def power_db(y: np.ndarray, n_fft: int, hop_length: int, top_db: float) -> np.ndarray:
     """|STFT|² in dB re the maximum, in [-top_db, 0]; shape (1 + n_fft // 2, frames)."""
-    import librosa
-
-    spec = np.abs(librosa.stft(y.astype(np.float32), n_fft=n_fft, hop_length=hop_length,
-                               center=True)) ** 2
+    spec = np.abs(librosa.stft(y.astype(np.float32), n_fft=n_fft, hop_length=hop_length, center=True)) ** 2
     ref = float(spec.max())
     if ref <= 0.0:  # an all-zero block: a uniformly dark image, never a NaN
         return np.full(spec.shape, -top_db, dtype=np.float32)
-    db = 10.0 * np.log10(np.maximum(spec, ref * 1e-12) / ref)
+    db = 10.0 * np.log10(np.maximum(spec, ref * FLOOR) / ref)
     return np.maximum(db, -top_db).astype(np.float32)
 
 
-def to_indices(db: np.ndarray, top_db: float = 80.0) -> np.ndarray:
+def to_indices(db: np.ndarray, top_db: float) -> np.ndarray:
     """dB in [-top_db, 0] → uint8 colour index, rows flipped so low frequencies are at the bottom."""
     idx = np.rint((db + top_db) * (255.0 / top_db))
     return np.ascontiguousarray(np.clip(idx, 0, 255).astype(np.uint8)[::-1])
 
 
 @functools.lru_cache(maxsize=8)
-def palette(name: str = "jet") -> np.ndarray:
+def palette(name: str) -> np.ndarray:
     """The colormap as a (256, 3) uint8 table."""
-    import matplotlib
-
     cmap = matplotlib.colormaps[name].resampled(256)
     return np.rint(cmap(np.arange(256))[:, :3] * 255.0).astype(np.uint8)
 
 
-def encode_png(indices: np.ndarray, colormap: str = "jet") -> bytes:
+def encode_png(indices: np.ndarray, colormap: str) -> bytes:
     img = Image.fromarray(indices, mode="P")
     img.putpalette(palette(colormap).reshape(-1).tolist())
     buf = io.BytesIO()
-    # zlib level 1: ~0.3 ms faster per image than the default 6, for files ~0.4 % larger.
-    img.save(buf, format="PNG", compress_level=1)
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 
-def to_rgb(indices: np.ndarray, colormap: str = "jet") -> np.ndarray:
+def to_rgb(indices: np.ndarray, colormap: str) -> np.ndarray:
     """The RGB image (H, W, 3) uint8 for colour indices: what a PNG decoder returns."""
     return palette(colormap)[indices]
-
-
-def render_png(y: np.ndarray, n_fft: int = 512, hop_length: int = 62, top_db: float = 80.0,
-               colormap: str = "jet") -> bytes:
-    """One block of samples → palette-PNG bytes of its jet spectrogram."""
-    return encode_png(to_indices(power_db(y, n_fft, hop_length, top_db), top_db), colormap)

@@ -15,6 +15,7 @@ import numpy as np
 from serwild.builder import audio
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject, Utterance
+from serwild.builder.render import Renderer
 from serwild.errors import UsageError
 
 
@@ -33,29 +34,22 @@ class NoiseFile:
     split_at: int  # samples [0, split_at) are for training, [split_at, length) for test
 
 
-def scan_utterance(u: Utterance, cfg: AudioConfig) -> tuple[ScannedUtterance | None, list[Reject]]:
+def scan_utterance(u: Utterance, renderer: Renderer) -> tuple[ScannedUtterance | None, list[Reject]]:
     try:
-        info = audio.probe(u.path)
-        n_blocks = audio.block_count(info, cfg.block_seconds, cfg.keep_tail)
-        if n_blocks == 0:
-            raise audio.AudioError(f"shorter than one {cfg.block_seconds:g} s block ({info.seconds:.2f} s)")
-        peaks = audio.block_peaks(u.path, info, cfg.block_seconds, n_blocks)
+        found = renderer.scan(u.path)
     except audio.AudioError as e:
         return None, [Reject(u.id, str(e), "audio", u.path)]
-    usable = tuple(b for b, p in enumerate(peaks) if p >= audio.SILENCE_PEAK)
-    if not usable:
-        return None, [Reject(u.id, "silent (every block below -80 dBFS)", "audio", u.path)]
-    rejects = [Reject(u.id, "silent block (below -80 dBFS)", "audio", u.path, b)
-               for b, p in enumerate(peaks) if p < audio.SILENCE_PEAK]
-    return ScannedUtterance(u, info.sample_rate, usable), rejects
+    rejects = [Reject(u.id, "silent block (below -80 dBFS)", "audio", u.path, b) for b in found.silent]
+    return ScannedUtterance(u, found.info.sample_rate, found.usable), rejects
 
 
 def scan_chunk(utts: list[Utterance], cfg: AudioConfig) -> tuple[list[ScannedUtterance], list[Reject]]:
     """A Ray task's worth of :func:`scan_utterance`."""
     ok: list[ScannedUtterance] = []
     rejects: list[Reject] = []
+    renderer = Renderer(cfg)
     for u in utts:
-        s, r = scan_utterance(u, cfg)
+        s, r = scan_utterance(u, renderer)
         rejects.extend(r)
         if s is not None:
             ok.append(s)

@@ -9,7 +9,6 @@ fsync'ed and renamed: a shard either exists complete under its final name or not
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import tarfile
@@ -20,11 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from serwild.atomic import atomic_write
-from serwild.builder import audio, augment, render
+from serwild.builder import audio, augment
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject
 from serwild.builder.plan import SampleSpec, ShardSpec
+from serwild.builder.render import Renderer
 from serwild.builder.scan import load_noise
+from serwild.data.manifest import sha256_file
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,11 @@ def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> ShardStats:
     final = Path(out_dir) / spec.path
     classes: Counter[str] = Counter()
     rejects: list[Reject] = []
+    renderer = Renderer(cfg)
     with atomic_write(final) as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT) as tar:
         for s in spec.samples:  # already in key order
             try:
-                png, meta = render_sample(s, cfg)
+                png, meta = render_sample(s, renderer)
             except (audio.AudioError, ValueError) as e:
                 rejects.append(Reject(s.utterance, f"{s.condition}: {e}", "render", s.path, s.block))
                 continue
@@ -83,18 +85,16 @@ def write_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> N
         tar.addfile(info, io.BytesIO(data))
 
 
-def render_sample(s: SampleSpec, cfg: AudioConfig) -> tuple[bytes, bytes]:
+def render_sample(s: SampleSpec, renderer: Renderer) -> tuple[bytes, bytes]:
     """One planned sample → (PNG bytes, JSON bytes)."""
-    y = audio.read_block(s.path, s.block, s.native_sr, cfg.block_seconds, cfg.sample_rate)
+    cfg = renderer.cfg
+    y = renderer.block(s.path, s.block, s.native_sr)
     gain = None
     if s.snr_db is not None:
         assert s.noise_path is not None and s.noise_offset is not None
         noise = _noise(s.noise_path, cfg.sample_rate)[s.noise_offset:s.noise_offset + len(y)]
         y, gain = augment.mix_at_snr(y, audio.fix_length(noise, len(y)), s.snr_db)
-    y = augment.peak_normalise(y)
-    if not np.isfinite(y).all():  # guarantee 6: no NaN/Inf reaches an image
-        raise ValueError("non-finite samples after mixing")
-    png = render.render_png(y, cfg.n_fft, cfg.hop_length, cfg.top_db, cfg.colormap)
+    png = renderer.png(y)
     meta = {
         "label": s.label, "class_index": s.class_index, "dataset": s.dataset, "utterance": s.utterance,
         "speaker": s.speaker, "session": s.session, "source": s.source, "block": s.block,
@@ -111,11 +111,3 @@ def _noise(path: str, sample_rate: int) -> np.ndarray:
     # Noise files are few and reused by every noisy sample of a shard: decode each once per
     # worker process (bounded: 16 files).
     return load_noise(path, sample_rate)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -15,38 +15,20 @@ and prints the table. The first run is the baseline the differences are taken ag
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from serwild import atomic
 from serwild.errors import UsageError
+from serwild.evaluate.report import condition_label, order_conditions, plot_series, protocol_line
+from serwild.evaluate.report import metric as get
 
 METRICS = {"weighted_f1": "weighted.f1", "wa": "wa", "ua": "ua", "macro_f1": "macro.f1",
            "weighted_precision": "weighted.precision", "weighted_recall": "weighted.recall"}
 TITLES = {"weighted_f1": "weighted F1", "wa": "WA (accuracy)", "ua": "UA (macro recall)", "macro_f1": "macro F1",
           "weighted_precision": "weighted precision", "weighted_recall": "weighted recall"}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                   help="two or more evaluated runs (run folders with report/metrics.json); the first is the baseline")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: <parent of the first run>/compare_<a>_vs_<b>)")
-    p.add_argument("--metric", default="weighted_f1", choices=sorted(METRICS),
-                   help="what to compare (default: weighted_f1, the paper's Figures 4/5)")
-    p.add_argument("--unit", default="block", choices=["block", "utterance"],
-                   help="score per 1 s block (the paper's unit, default) or per utterance")
-
-
-def run(args: argparse.Namespace) -> int:
-    if len(args.runs) < 2:
-        raise UsageError("give at least two runs to compare")
-    out = compare_runs(args.runs, out=args.out, metric=args.metric, unit=args.unit)
-    comp = json.loads((out / "compare.json").read_text())
-    print(f"\n{TITLES[args.metric]} per test condition (per {args.unit}):\n\n{markdown_table(comp)}\n")
-    print(f"figure: {out / 'compare.png'}\ntable:  {out / 'compare.md'}")
-    return 0
 
 
 # ----------------------------------------------------------------------------- library
@@ -96,9 +78,6 @@ def run_names(runs: Sequence[str | Path]) -> list[str]:
 def comparison(reports: Mapping[str, Mapping[str, Any]], metric: str = "weighted_f1",
                unit: str = "block") -> dict[str, Any]:
     """``{"conditions": [...], "labels": [...], "values": {run: [v or None]}}`` in condition order."""
-    from serwild.evaluate.report import condition_label, order_conditions
-    from serwild.evaluate.report import metric as get
-
     snr: dict[str, float | None] = {}
     for rep in reports.values():
         for c, v in rep["conditions"].items():
@@ -127,8 +106,6 @@ def markdown_table(comp: Mapping[str, Any]) -> str:
 def compare_runs(runs: Sequence[str | Path], out: str | Path | None = None, metric: str = "weighted_f1",
                  unit: str = "block") -> Path:
     """Write compare.png / compare.md / compare.json for ``runs``; returns the output folder."""
-    from serwild.evaluate.report import plot_series, protocol_line
-
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r} (choose from {', '.join(sorted(METRICS))})")
     names = run_names(runs)
@@ -150,9 +127,9 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path | None = None, metr
         what = protocol_line(reports[name]).replace("**Protocol:** ", "")
         lines.append(f"- **{name}** (`{find_metrics(r)}`): {what}")
     lines += ["", "![comparison](compare.png)"]
-    (out_dir / "compare.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "compare.json").write_text(json.dumps(
-        {**comp, "runs": {n: str(find_metrics(r)) for n, r in zip(names, runs)}}, indent=2) + "\n")
+    atomic.write_text(out_dir / "compare.md", "\n".join(lines) + "\n")
+    sources = {n: str(find_metrics(r)) for n, r in zip(names, runs)}
+    atomic.write_json(out_dir / "compare.json", {**comp, "runs": sources})
     return out_dir
 
 

@@ -18,14 +18,24 @@ Exit status: 0 if every file was scored, 1 if any file failed, 2 for a usage err
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
+from serwild.builder.audio import AudioError
+from serwild.builder.render import Renderer
+from serwild.checkpoint import load_checkpoint
+from serwild.config import config_from_resolved
+from serwild.data.transforms import image_transform
 from serwild.errors import UsageError
+from serwild.trainer.distributed import pick_device
+from serwild.trainer.model import model_from_checkpoint
+
+DEFAULT_BATCH = 64
 
 
 @dataclass
@@ -42,104 +52,56 @@ class FileResult:
     probs: dict[str, float] | None = None
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by serwild train")
-    p.add_argument("files", nargs="+", metavar="AUDIO", help="WAV (or FLAC/OGG) files, any rate, mono or stereo")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="blocks per forward pass (default 64)")
-
-
-def run(args: argparse.Namespace) -> int:
-    results, classes = predict_files(args.checkpoint, args.files, device=args.device, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "classes": classes,
-                          "files": [asdict(r) for r in results]}, indent=2))
-    else:
-        for r in results:
-            if r.error is None:
-                print(format_result(r, classes))
-    for r in results:
-        if r.error is not None:
-            print(f"serwild predict: {r.file}: {r.error}", file=sys.stderr)
-    return 1 if any(r.error for r in results) else 0
-
-
 # ----------------------------------------------------------------------------- library
 
 
 class Predictor:
-    """A checkpoint's model plus the exact render settings it was trained with."""
+    """A checkpoint's model plus the exact renderer it was trained with."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
-        import torch
-
-        from serwild.config import config_from_resolved
-        from serwild.trainer.checkpoint import load_checkpoint
-        from serwild.trainer.model import model_from_checkpoint
-
-        if not Path(checkpoint).is_file():
-            raise UsageError(f"checkpoint {checkpoint} not found")
         ckpt = load_checkpoint(checkpoint, map_location="cpu")
-        self.audio = config_from_resolved(ckpt["config"]).audio
+        self.renderer = Renderer(config_from_resolved(ckpt["config"]).audio)
         self.classes: list[str] = list(ckpt["classes"])
-        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        if use_cuda and not torch.cuda.is_available():
-            raise UsageError("--device cuda, but torch sees no GPU")
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.device = pick_device(device, 0)
         self.model = model_from_checkpoint(ckpt).to(self.device).eval()
 
-    def images(self, path: str | Path) -> tuple[FileResult, Any]:
-        """Read and render one file: its FileResult skeleton and a (n, 3, 256, 256) tensor.
+    def open(self, path: str | Path) -> FileResult:
+        """Scan one file: its FileResult skeleton with the usable blocks listed (not yet scored).
 
         Raises AudioError with the reason a file cannot be scored.
         """
-        import torch
-
-        from serwild.builder import audio, augment, render
-        from serwild.trainer.transforms import image_transform
-
-        a = self.audio
         if not Path(path).is_file():  # soundfile's own message for this is "System error"
-            raise audio.AudioError("file not found" if not Path(path).exists() else "not a file")
-        info = audio.probe(path)
+            raise AudioError("file not found" if not Path(path).exists() else "not a file")
+        a = self.renderer.cfg
+        # The builder's silence rule: silent blocks were never in training data, so a label
+        # for them would be noise.
+        found = self.renderer.scan(path)
+        info = found.info
         res = FileResult(file=str(path), sample_rate=info.sample_rate, channels=info.channels,
-                         duration_s=round(info.seconds, 3))
-        n_blocks = audio.block_count(info, a.block_seconds, a.keep_tail)
-        if n_blocks == 0:
-            raise audio.AudioError(f"shorter than one {a.block_seconds:g} s block ({info.seconds:.2f} s)")
-        # The builder's silence rule, on the same native-rate peaks: such blocks were never
-        # in training data, so a label for them would be noise.
-        peaks = audio.block_peaks(path, info, a.block_seconds, n_blocks)
-        usable = [b for b, p in enumerate(peaks) if p >= audio.SILENCE_PEAK]
-        if not usable:
-            raise audio.AudioError("silent (every block below -80 dBFS)")
-        res.skipped_blocks = [b for b in range(n_blocks) if b not in usable]
+                         duration_s=round(info.seconds, 3), skipped_blocks=list(found.silent))
+        n_blocks = len(found.usable) + len(found.silent)
         res.tail_s = round(max(0.0, info.seconds - n_blocks * a.block_seconds), 3)
-        tensors = []
-        for b in usable:
-            # Exactly the builder's render_sample for a clean block.
-            y = audio.read_block(path, b, info.sample_rate, a.block_seconds, a.sample_rate)
-            y = augment.peak_normalise(y)
-            db = render.power_db(y, a.n_fft, a.hop_length, a.top_db)
-            rgb = render.to_rgb(render.to_indices(db, a.top_db), a.colormap)
-            tensors.append(image_transform(rgb))
-            res.blocks.append({"block": b, "start_s": round(b * a.block_seconds, 6)})
-        return res, torch.stack(tensors)
+        res.blocks = [{"block": b, "start_s": round(b * a.block_seconds, 6)} for b in found.usable]
+        return res
 
-    def predict(self, path: str | Path, batch_size: int = 64) -> FileResult:
+    def batches(self, res: FileResult, batch_size: int) -> Iterator[torch.Tensor]:
+        """The file's usable blocks as (n, 3, 256, 256) image batches, rendered as they are
+        needed: memory stays flat however long the recording is."""
+        blocks = [b["block"] for b in res.blocks]
+        assert res.sample_rate is not None
+        for i in range(0, len(blocks), batch_size):
+            yield torch.stack([image_transform(self.renderer.rgb(self.renderer.block(res.file, b, res.sample_rate)))
+                               for b in blocks[i:i + batch_size]])
+
+    def predict(self, path: str | Path, batch_size: int = DEFAULT_BATCH) -> FileResult:
         """Score one file; never raises for a bad file (the reason goes into ``error``)."""
-        import torch
-
-        from serwild.builder.audio import AudioError
-
         try:
-            res, x = self.images(path)
+            res = self.open(path)
+            with torch.inference_mode():
+                logits = torch.cat([self.model(x.to(self.device)).float().cpu()
+                                    for x in self.batches(res, batch_size)])
         except AudioError as e:
             return FileResult(file=str(path), error=str(e))
-        with torch.inference_mode():
-            logits = torch.cat([self.model(x[i:i + batch_size].to(self.device)).float().cpu()
-                                for i in range(0, len(x), batch_size)])
         probs = torch.softmax(logits, dim=1)
         for blk, p in zip(res.blocks, probs.tolist()):
             blk["label"] = self.classes[max(range(len(p)), key=p.__getitem__)]
@@ -151,9 +113,9 @@ class Predictor:
 
 
 def predict_files(checkpoint: str | Path, files: list[str], device: str = "auto",
-                  batch_size: int = 64) -> tuple[list[FileResult], list[str]]:
-    from tqdm import tqdm
-
+                  batch_size: int = DEFAULT_BATCH) -> tuple[list[FileResult], list[str]]:
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
     predictor = Predictor(checkpoint, device)
     results = [predictor.predict(f, batch_size)
                for f in tqdm(files, desc="predict", unit="file", disable=len(files) < 5, leave=False)]

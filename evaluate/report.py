@@ -7,8 +7,8 @@
       weighted_f1.png        weighted F1 per test condition (per block and per utterance)
       predictions.csv        every scored block: condition, utterance, block, true, predicted, probs
 
-Plots use matplotlib's object API on an Agg canvas (no pyplot, no global backend state),
-so writing a report never needs a display.
+Plots use matplotlib's object API (no pyplot, no global backend state), so writing a
+report never needs a display; every file is written atomically.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+
+from serwild import atomic
 
 UNITS = {"block": "Per 1 s block (the paper's unit)",
          "utterance": "Per utterance (mean of its block logits)"}
@@ -134,18 +137,14 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(width: float, height: float):  # -> (Figure, canvas)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    return fig, FigureCanvasAgg(fig)
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), dpi=110)
 
 
 def plot_confusions(path: Path, title: str, matrices: Mapping[str, Sequence[Sequence[int]]],
                     classes: Sequence[str]) -> None:
     """One panel per unit; colour = row-normalised rate, text = counts."""
-    fig, canvas = _figure(4.2 * len(matrices), 4.0)
+    fig = _figure(4.2 * len(matrices), 4.0)
     for i, (unit, cm) in enumerate(matrices.items()):
         ax = fig.add_subplot(1, len(matrices), i + 1)
         cm_arr = np.asarray(cm, dtype=np.float64)
@@ -161,13 +160,13 @@ def plot_confusions(path: Path, title: str, matrices: Mapping[str, Sequence[Sequ
         ax.set_title(f"per {unit}")
     fig.suptitle(title)
     fig.tight_layout()
-    canvas.print_png(str(path))
+    atomic.save_figure(fig, path)
 
 
 def plot_series(path: Path, categories: Sequence[str], series: Mapping[str, Sequence[float | None]],
                 ylabel: str, title: str) -> None:
     """Grouped bars: one group per category (test condition), one bar per series, values on top."""
-    fig, canvas = _figure(max(5.0, 1.3 * len(categories) * max(1, len(series)) ** 0.5 + 2.0), 4.0)
+    fig = _figure(max(5.0, 1.3 * len(categories) * max(1, len(series)) ** 0.5 + 2.0), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(series))
     x = np.arange(len(categories))
@@ -183,7 +182,7 @@ def plot_series(path: Path, categories: Sequence[str], series: Mapping[str, Sequ
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    canvas.print_png(str(path))
+    atomic.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the folder
@@ -194,7 +193,7 @@ def write_report(result: Mapping[str, Any], out: str | Path,
     """Write metrics.json, report.md, the figures and (if given) predictions.csv into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic.write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     conds = result["conditions"]
     order = order_conditions({c: v["snr_db"] for c, v in conds.items()})
     for name in order:
@@ -206,22 +205,14 @@ def write_report(result: Mapping[str, Any], out: str | Path,
                 "weighted F1", f"{result['run']}: weighted F1 per test condition")
     if predictions:
         write_predictions(out / "predictions.csv", predictions, result["classes"])
-    _write_atomic(out / "report.md", render_markdown(result))
+    atomic.write_text(out / "report.md", render_markdown(result))
     return out
 
 
 def write_predictions(path: Path, rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic.atomic_write(path, "w") as f:
         w = csv.writer(f)
         w.writerow(["condition", "utterance", "block", "true", "predicted"] + [f"p_{c}" for c in classes])
         for r in rows:
             w.writerow([r["condition"], r["utterance"], r["block"], classes[r["true"]], classes[r["pred"]]]
                        + [f"{p:.4f}" for p in r["probs"]])
-    tmp.replace(path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

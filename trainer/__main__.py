@@ -16,25 +16,23 @@ import argparse
 import os
 import sys
 
+from serwild.config import load_config
 from serwild.errors import UsageError
+from serwild.trainer.train import main as train_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from serwild.cli import add_config_arguments
-
     p = argparse.ArgumentParser(prog="python -m serwild.trainer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p)
+    p.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     p.add_argument("--resume", action="store_true", help="continue runs/<name>/last.pt if it exists")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same name")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from serwild.config import load_config
-    from serwild.trainer.train import main as train_main
-
     try:
         train_main(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
     except UsageError as e:

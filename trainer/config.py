@@ -1,6 +1,6 @@
 """The trainer's config sections (composed into :class:`serwild.config.Config`).
 
-Recipes (``train.recipe``), because the paper's recipe needs ImageNet weights (DESIGN.md):
+Recipes (``train.recipe``), because the paper's recipe needs ImageNet weights:
 
 - ``paper``: conv1–conv4 frozen, conv5 + dense layers trained; SGD (momentum 0.9, weight
   decay 4e-4), lr 4e-4 for the trained pretrained layers and 0.01 for the new last layer,

@@ -7,14 +7,14 @@ paper tests "the best model" of its 5-fold cross-validation).
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
+from serwild import atomic
+from serwild.checkpoint import link_checkpoint
 from serwild.errors import UsageError
-from serwild.trainer.checkpoint import link_checkpoint
-from serwild.trainer.metrics import read_jsonl
+from serwild.trainer.history import read_jsonl
 
 KEYS = ("accuracy", "ua", "weighted_f1", "macro_f1")
 
@@ -45,12 +45,14 @@ def summarise(runs_root: str | Path, base: str, folds: list[int], metric: str = 
     out = root / f"{base}-cv"
     out.mkdir(parents=True, exist_ok=True)
     src = root / f"{base}-fold{best_fold}" / "best.pt"
-    if src.is_file():
-        link_checkpoint(src, out / "best.pt")
+    if not src.is_file():
+        raise UsageError(f"{src} does not exist: fold {best_fold} scored best but has no best.pt to test "
+                         f"(was its run folder cleaned?)")
+    link_checkpoint(src, out / "best.pt")
     summary = {"base": base, "folds": {str(k): v for k, v in per_fold.items()}, "metric": metric,
                "mean_std": stats, "best_fold": best_fold, "best_checkpoint": str(out / "best.pt")}
-    (out / "cv.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out / "cv.md").write_text(markdown(summary))
+    atomic.write_json(out / "cv.json", summary)
+    atomic.write_text(out / "cv.md", markdown(summary))
     return summary
 
 

@@ -117,7 +117,7 @@ def freeze_layers(model: nn.Module, names: list[str]) -> None:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """The trained model of a loaded checkpoint (see serwild.trainer.checkpoint), in eval mode."""
+    """The trained model of a loaded checkpoint (see serwild.checkpoint), in eval mode."""
     model = build_model(len(ckpt["classes"]), pretrained="none")
     model.load_state_dict(ckpt["model"])
     return model.eval()

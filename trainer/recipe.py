@@ -1,7 +1,8 @@
 """Optimiser recipes: which layers train, with which optimiser, lr and schedule.
 
 ``paper`` is the paper's fine-tuning (needs pretrained weights); ``scratch`` is the one that
-learns from random weights (DESIGN.md, measured). See :mod:`serwild.trainer.config`.
+learns from random weights (from them, the paper's recipe collapses to one class).
+See :mod:`serwild.trainer.config`.
 """
 
 from __future__ import annotations

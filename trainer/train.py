@@ -1,5 +1,5 @@
-"""One training process (one rank): ``main(cfg)`` = setup, then per epoch
-``train_one_epoch`` → ``evaluate`` → metrics + checkpoints. Started by torchrun:
+"""One training process (one rank): ``main(cfg)`` = :func:`prepare`, then :func:`fit` runs
+every epoch (``train_one_epoch`` → validation → metrics + checkpoints). Started by torchrun:
 
     torchrun --nproc_per_node=2 -m serwild.trainer --config configs/demo.yaml [--resume] [k=v …]
 
@@ -10,31 +10,37 @@ writes checkpoints; every rank runs the same number of batches per epoch.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
-from serwild import __version__
-from serwild.config import Config, dump_yaml, to_dict
+from serwild import __version__, atomic, seeds
+from serwild import checkpoint as ckpt_io
+from serwild.config import Config, to_dict
+from serwild.data.loaders import make_eval_loader, make_train_loader, steps_per_epoch
+from serwild.data.transforms import normalise
 from serwild.errors import UsageError
-from serwild.trainer import checkpoint as ckpt_io
-from serwild.trainer.data import make_eval_loader, make_train_loader, seed_everything, steps_per_epoch
+from serwild.metrics import scores_from_confusion
 from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
-from serwild.trainer.metrics import append_jsonl, confusion, plot_curves, read_jsonl, scores
+from serwild.trainer.history import append_jsonl, plot_curves, read_jsonl
 from serwild.trainer.model import build_model, fetch_imagenet_weights
+from serwild.trainer.preflight import DataPlan, agree, plan_data, prepare_run_dir, resolve, verify_shards
 from serwild.trainer.recipe import describe, make_optimizer, make_scheduler
-from serwild.trainer.setup import DataPlan, agree, plan_data, prepare_run_dir, resolve, verify_shards
-from serwild.trainer.transforms import normalise
 
+T = TypeVar("T")
 FAULT_ENV = "SERWILD_FAULT"  # "epoch:batch:rank" (0-based): that rank exits there, first attempt only
+FAULT_EXIT = 17
 
 
 def log(d: Dist, msg: str) -> None:
@@ -60,21 +66,31 @@ def autocast(d: Dist, dtype: torch.dtype | None) -> contextlib.AbstractContextMa
     return torch.autocast(d.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _maybe_fault(epoch: int, batch: int, rank: int) -> None:
-    """Test hook: kill this rank mid-epoch, as a crash would, on torchrun's first attempt only."""
+def with_fault(loader: Iterable[T], epoch: int, rank: int) -> Iterable[T]:
+    """The loader as it is, unless the test hook ``SERWILD_FAULT=epoch:batch:rank`` names this
+    rank and epoch: then this rank dies at that batch, as a crash would (first torchrun
+    attempt only, so a restart can be tested)."""
     spec = os.environ.get(FAULT_ENV)
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if spec and first_attempt and [int(x) for x in spec.split(":")] == [epoch, batch, rank]:
-        print(f"{FAULT_ENV}: rank {rank} exits at epoch {epoch} batch {batch}", file=sys.stderr, flush=True)
-        os._exit(17)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return loader
+    at_epoch, at_batch, at_rank = (int(x) for x in spec.split(":"))
+    if (at_epoch, at_rank) != (epoch, rank):
+        return loader
+
+    def faulty() -> Iterator[T]:
+        for i, item in enumerate(loader):
+            if i == at_batch:
+                print(f"{FAULT_ENV}: rank {rank} exits at epoch {epoch} batch {i}", file=sys.stderr, flush=True)
+                os._exit(FAULT_EXIT)
+            yield item
+
+    return faulty()
 
 
 def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, dtype: torch.dtype | None, d: Dist, cfg: Config,
                     epoch: int, steps: int) -> dict[str, Any]:
     """One pass of exactly ``steps`` batches; returns local loss sum, counts and seconds."""
-    from tqdm import tqdm
-
     model.train()
     channels_last = cfg.train.channels_last and d.device.type == "cuda"
     loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
@@ -83,8 +99,7 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
                disable=(not d.is_main) or None, leave=False, dynamic_ncols=True, file=sys.stderr)
-    for images, labels in loader:
-        _maybe_fault(epoch, batches, d.rank)
+    for images, labels in with_fault(loader, epoch, d.rank):
         images = images.to(d.device, non_blocking=True)
         labels = labels.to(d.device, non_blocking=True)
         x = normalise(images) if images.dtype == torch.uint8 else images
@@ -132,26 +147,46 @@ def evaluate(model: nn.Module, loader: Any, d: Dist, num_classes: int, dtype: to
     return all_reduce_sum(cm, d)
 
 
-def _checkpoint(cfg: Config, plan: DataPlan, model: nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: Any, epoch: int, rng: list, metrics: dict | None, best: dict) -> dict[str, Any]:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng, "config": to_dict(cfg),
-            "classes": plan.classes, "dataset": cfg.train.dataset,
-            "manifest_fingerprint": plan.manifest["fingerprint"], "shards": str(plan.build_dir),
-            "recipe": describe(cfg.train), "metrics": metrics, "best": best, "arch": "alexnet",
-            "serwild_version": __version__}
+def confusion(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts, rows = true class, columns = predicted."""
+    idx = labels.to(torch.int64) * num_classes + preds.to(torch.int64)
+    return torch.bincount(idx.cpu(), minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+@dataclass
+class Run:
+    """Everything one rank trains with; built by :func:`prepare`, advanced by :func:`fit`."""
+
+    cfg: Config
+    d: Dist
+    plan: DataPlan
+    run_dir: Path
+    model: nn.Module
+    ddp: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+    batch: int  # per rank
+    steps: int  # per epoch, every rank
+    start: int  # completed epochs
+    best: dict[str, Any]
 
 
 def main(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train per ``cfg``; returns the final summary (same on every rank)."""
     d = setup(cfg.train.device, cfg.train.timeout_s)
     try:
-        return _main(resolve(cfg), d, resume, overwrite)
+        return fit(prepare(resolve(cfg), d, resume, overwrite))
     finally:
         teardown(d)
 
 
-def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]:
+def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
+    """Checks (all ranks agree), the model, optimiser and schedule, restored from last.pt on resume."""
     t = cfg.train
     plan = plan_data(cfg)
     run_dir = Path(t.run_dir) / str(t.name)
@@ -159,20 +194,12 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
     agree(d, lambda: verify_shards(plan, t.verify), on=d.is_main)
     if t.pretrained == "imagenet":  # one download per node, before any rank needs the file
         agree(d, fetch_imagenet_weights, on=d.local_rank == 0)
-    num_classes = len(plan.classes)
-    batch = t.batch_size // d.world_size
-    if batch < 1:
-        raise UsageError(f"train.batch_size={t.batch_size} is smaller than the {d.world_size} ranks")
-    if t.batch_size % d.world_size:
-        log(d, f"note: batch {t.batch_size} is not divisible by {d.world_size} ranks; using "
-               f"{batch} per rank ({batch * d.world_size} in all)")
-    steps = steps_per_epoch(plan.samples_per_epoch, batch, d.world_size)
-
+    batch = per_rank_batch(t.batch_size, d)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 256 × 256 inputs: pick the fastest kernels once
         torch.set_float32_matmul_precision("high")  # TF32 where AMP is off
-    seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = build_model(num_classes, t.pretrained)
+    seeds.seed_everything(seeds.derive(cfg.seed, seeds.INIT))  # identical initial weights on every rank
+    model = build_model(len(plan.classes), t.pretrained)
     if t.channels_last and d.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.to(d.device)
@@ -183,56 +210,106 @@ def _main(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> dict[str, Any]
         start, best = _restore(resume_from, plan, cfg, d, model, optimizer, scheduler)
         log(d, f"resuming {run_dir} after epoch {start} (lr {[g['lr'] for g in optimizer.param_groups]})")
     else:
-        seed_everything(cfg.seed * 1000 + d.rank)  # dropout differs per rank
-    if d.is_main:  # drop lines of epochs the checkpoint does not hold (a kill between the two writes)
-        kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start]
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-        dump_yaml(cfg, run_dir / "config.yaml")
+        seeds.seed_everything(seeds.derive(cfg.seed, seeds.RANK, d.rank))  # dropout differs per rank
+    if d.is_main:
+        _start_history(cfg, run_dir, start)
     dtype = amp_dtype(t.amp, d.device)
-    scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
     ddp = (DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)
            if d.distributed else model)
-    recipe = describe(t)
-    log(d, f"{run_dir}: {t.dataset} {list(t.conditions)} fold {cfg.cv.fold}, {plan.train.samples} training "
-           f"samples in {len(plan.train.urls)} shards, {steps} steps/epoch × {d.world_size} rank(s) × batch "
-           f"{batch}, recipe {recipe['name']} (pretrained {t.pretrained}), device {d.device}, amp {dtype}")
-    last_metrics = None
-    on_gpu = d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
-    for epoch in range(start, t.epochs):
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        loader = make_train_loader(plan.train, num_classes, batch, steps, seed=cfg.seed, epoch=epoch,
-                                   rank=d.rank, num_workers=t.num_workers, prefetch_factor=t.prefetch_factor,
-                                   shuffle_buffer=t.shuffle_buffer, pin_memory=on_gpu, as_uint8=on_gpu)
-        stats = train_one_epoch(ddp, loader, optimizer, scaler, dtype, d, cfg, epoch, steps)
-        scheduler.step()
-        val = None
-        if plan.val is not None:
-            loader = make_eval_loader(plan.val.urls, batch, t.num_workers, d.rank, d.world_size,
-                                      counts=plan.val.counts, num_classes=num_classes, as_uint8=on_gpu,
-                                      pin_memory=on_gpu)
-            val = scores(evaluate(model, loader, d, num_classes, dtype).numpy(), plan.classes)
-        record = {"epoch": epoch + 1, "steps": steps, **_train_summary(stats, d), "val": val, "lr": lrs,
-                  "recipe": recipe["name"], "world_size": d.world_size}
-        rng = all_gather_object(ckpt_io.rng_state(), d)
-        improved = val is not None and (best["score"] is None or val[t.best_metric] > best["score"])
-        if improved:
-            best = {"metric": t.best_metric, "score": val[t.best_metric], "epoch": epoch + 1}
-        if d.is_main:
-            append_jsonl(run_dir / "metrics.jsonl", record)
-            ck = _checkpoint(cfg, plan, model, optimizer, scheduler, epoch + 1, rng, val, best)
-            ckpt_io.save_checkpoint(run_dir / "last.pt", ck)
-            if improved or plan.val is None:  # no validation fold: best.pt is the latest model
-                ckpt_io.link_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
-            v = (f"  val acc {val['accuracy']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}"
-                 if val else "")
-            lr = ", ".join(f"{x:.2g}" for x in lrs)
-            log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
-                   f"{record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s")
-        last_metrics = val
+    return Run(cfg=cfg, d=d, plan=plan, run_dir=run_dir, model=model, ddp=ddp, optimizer=optimizer,
+               scheduler=scheduler, scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16),
+               dtype=dtype, batch=batch, steps=steps_per_epoch(plan.samples_per_epoch, batch, d.world_size),
+               start=start, best=best)
+
+
+def per_rank_batch(global_batch: int, d: Dist) -> int:
+    batch = global_batch // d.world_size
+    if batch < 1:
+        raise UsageError(f"train.batch_size={global_batch} is smaller than the {d.world_size} ranks")
+    if global_batch % d.world_size:
+        log(d, f"note: batch {global_batch} is not divisible by {d.world_size} ranks; using "
+               f"{batch} per rank ({batch * d.world_size} in all)")
+    return batch
+
+
+def _start_history(cfg: Config, run_dir: Path, start: int) -> None:
+    """config.yaml, and metrics.jsonl without lines of epochs last.pt does not hold (a kill
+    between the two writes)."""
+    kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start]
+    atomic.write_jsonl(run_dir / "metrics.jsonl", kept)
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def fit(run: Run) -> dict[str, Any]:
+    """Every remaining epoch: train, validate, log, checkpoint."""
+    t, d = run.cfg.train, run.d
+    log(d, f"{run.run_dir}: {t.dataset} {list(t.conditions)} fold {run.cfg.cv.fold}, {run.plan.train.samples} "
+           f"training samples in {len(run.plan.train.urls)} shards, {run.steps} steps/epoch × {d.world_size} "
+           f"rank(s) × batch {run.batch}, recipe {describe(t)['name']} (pretrained {t.pretrained}), "
+           f"device {d.device}, amp {run.dtype}")
+    val = None
+    for epoch in range(run.start, t.epochs):
+        lrs = [g["lr"] for g in run.optimizer.param_groups]
+        stats = train_one_epoch(run.ddp, _train_loader(run, epoch), run.optimizer, run.scaler, run.dtype, d,
+                                run.cfg, epoch, run.steps)
+        run.scheduler.step()
+        val = _validate(run)
+        record = {"epoch": epoch + 1, "steps": run.steps, **_train_summary(stats, d), "val": val, "lr": lrs,
+                  "recipe": describe(t)["name"], "world_size": d.world_size}
+        _end_epoch(run, epoch, record, val)
         # No rank starts the next epoch before last.pt is complete: a rank killed there can
         # then only cost the epoch in progress.
         barrier(d)
-    return _finish(cfg, d, run_dir, best, last_metrics)
+    return _finish(run, val)
+
+
+def _train_loader(run: Run, epoch: int) -> Any:
+    t, d = run.cfg.train, run.d
+    on_gpu = d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
+    return make_train_loader(run.plan.train, len(run.plan.classes), run.batch, run.steps, seed=run.cfg.seed,
+                             epoch=epoch, rank=d.rank, num_workers=t.num_workers,
+                             prefetch_factor=t.prefetch_factor, shuffle_buffer=t.shuffle_buffer,
+                             pin_memory=on_gpu, as_uint8=on_gpu)
+
+
+def _validate(run: Run) -> dict[str, Any] | None:
+    if run.plan.val is None:
+        return None
+    d, on_gpu = run.d, run.d.device.type == "cuda"
+    k = len(run.plan.classes)
+    loader = make_eval_loader(run.plan.val.urls, run.batch, run.cfg.train.num_workers, d.rank, d.world_size,
+                              counts=run.plan.val.counts, num_classes=k, as_uint8=on_gpu, pin_memory=on_gpu)
+    return scores_from_confusion(evaluate(run.model, loader, d, k, run.dtype).numpy(), run.plan.classes)
+
+
+def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any] | None) -> None:
+    """Track the best epoch; rank 0 appends metrics.jsonl and writes last.pt (and best.pt)."""
+    t, d = run.cfg.train, run.d
+    rng = all_gather_object(ckpt_io.rng_state(), d)
+    improved = val is not None and (run.best["score"] is None or val[t.best_metric] > run.best["score"])
+    if improved:
+        assert val is not None
+        run.best = {"metric": t.best_metric, "score": val[t.best_metric], "epoch": epoch + 1}
+    if not d.is_main:
+        return
+    append_jsonl(run.run_dir / "metrics.jsonl", record)
+    ckpt_io.save_checkpoint(run.run_dir / "last.pt", _checkpoint(run, epoch + 1, rng, val))
+    if improved or run.plan.val is None:  # no validation fold: best.pt is the latest model
+        ckpt_io.link_checkpoint(run.run_dir / "last.pt", run.run_dir / "best.pt")
+    v = f"  val acc {val['accuracy']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}" if val else ""
+    lr = ", ".join(f"{x:.2g}" for x in record["lr"])
+    log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
+           f"{record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s")
+
+
+def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> dict[str, Any]:
+    cfg, plan = run.cfg, run.plan
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "epoch": epoch, "rng": rng, "config": to_dict(cfg),
+            "classes": plan.classes, "dataset": cfg.train.dataset,
+            "manifest_fingerprint": plan.manifest["fingerprint"], "shards": str(plan.build_dir),
+            "recipe": describe(cfg.train), "metrics": metrics, "best": run.best, "arch": "alexnet",
+            "serwild_version": __version__}
 
 
 def _train_summary(stats: dict[str, Any], d: Dist) -> dict[str, Any]:
@@ -250,7 +327,8 @@ def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, model: nn.Module,
              optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, dict]:
     """Load last.pt into model, optimiser, scheduler and RNGs; (completed epochs, best so far)."""
     ck = ckpt_io.load_checkpoint(path, map_location=d.device)
-    ckpt_io.check_compatible(ck, plan.manifest, cfg.train.dataset, str(path))
+    ckpt_io.check_compatible(ck, plan.manifest, cfg.train.dataset, str(path),
+                             hint=": start a new run (another train.name) instead of resuming")
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
@@ -258,17 +336,20 @@ def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, model: nn.Module,
     rng = ck.get("rng") or []
     if len(rng) == d.world_size:
         ckpt_io.set_rng_state(rng[d.rank])
-    else:  # another world size: fresh, but still deterministic, streams per rank
-        seed_everything(cfg.seed * 1000 + start * 100 + d.rank)
+    else:
+        log(d, f"note: last.pt holds random states for {len(rng)} rank(s), this run has {d.world_size}: "
+               f"dropout streams are re-seeded (deterministic, but not those of an uninterrupted run)")
+        seeds.seed_everything(seeds.derive(cfg.seed, seeds.RESUMED, start, d.rank))
     best = ck.get("best") or {"metric": cfg.train.best_metric, "score": None, "epoch": None}
     return start, best
 
 
-def _finish(cfg: Config, d: Dist, run_dir: Path, best: dict, val: dict | None) -> dict[str, Any]:
-    records = read_jsonl(run_dir / "metrics.jsonl") if d.is_main else []
-    if d.is_main and records:
-        plot_curves(records, run_dir / "curves.png", f"{run_dir.name} ({records[-1]['recipe']} recipe)")
+def _finish(run: Run, val: dict | None) -> dict[str, Any]:
+    records = read_jsonl(run.run_dir / "metrics.jsonl") if run.d.is_main else []
+    if run.d.is_main and records:
+        plot_curves(records, run.run_dir / "curves.png", f"{run.run_dir.name} ({records[-1]['recipe']} recipe)")
+        best = run.best
         how = (f"best {best['metric']} {best['score']:.4f} at epoch {best['epoch']}" if best["epoch"]
                else "no validation fold: the last epoch's model")
-        log(d, f"done: {run_dir}/best.pt ({how})")
-    return {"run_dir": str(run_dir), "best": best, "last_val": val}
+        log(run.d, f"done: {run.run_dir}/best.pt ({how})")
+    return {"run_dir": str(run.run_dir), "best": run.best, "last_val": val}

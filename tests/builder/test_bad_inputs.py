@@ -26,6 +26,7 @@ from PIL import Image
 
 from serwild.builder import augment, render
 from serwild.builder.build import run_build
+from serwild.builder.config import AudioConfig
 from serwild.builder.scan import load_noise
 from serwild.cli import main
 from serwild.config import load_config
@@ -294,7 +295,7 @@ def test_mixing_noise_into_a_silent_block_never_divides_by_zero(tmp_path: Path) 
                 y, lam = augment.mix_at_snr(clean, noise, snr)
                 y = augment.peak_normalise(y)
                 assert np.isfinite(y).all() and math.isfinite(lam)
-                img = np.asarray(Image.open(io.BytesIO(render.render_png(y))).convert("RGB"))
+                img = np.asarray(Image.open(io.BytesIO(render.Renderer(AudioConfig()).png(y))).convert("RGB"))
                 assert img.shape == (257, 259, 3)
         y, lam = augment.mix_at_snr(np.zeros(SR, np.float32), noise, 15.0)
     assert lam == 0.0 and not y.any()
@@ -329,7 +330,7 @@ def _write_config(tmp_path: Path, corpus: Path, noise: Path, kind: str = "iemoca
 @pytest.mark.parametrize(("kind", "root", "expect"), [
     ("iemocap", "nope", r"corpus\.root .*nope does not exist"),
     ("iemocap", "empty_dir", r"corpus\.root .*no IEMOCAP_full_release/Session\*"),
-    ("manifest", "nope.csv", r"corpus\.root .*nope\.csv: CSV manifest not found"),
+    ("csv", "nope.csv", r"corpus\.root .*nope\.csv: CSV list not found"),
 ])
 def test_cli_bad_corpus_root(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, root: str,
                              expect: str) -> None:

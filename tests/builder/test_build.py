@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from serwild.builder.build import run_build
+from serwild.builder.build import HOLD_ENV, run_build
 from serwild.cli import main as cli
 from tests.builder.conftest import tree_config
 
@@ -95,13 +95,16 @@ def test_killed_build_resumes_to_identical_bytes(ray_build: tuple[Path, Path], t
     overrides = ["corpus.kind=iemocap", f"corpus.root={cfg.corpus.root}", f"noise.dir={cfg.noise.dir}",
                  f"out={cfg.out}", "shard.max_samples=40", "datasets=[ahsn]"]
     cmd = [sys.executable, "-m", "serwild", "build", "--serial", *overrides]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # The hook holds the driver after 3 shards, so the kill always lands mid-build.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, HOLD_ENV: "3"})
     log = Path(cfg.out) / "build-log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
-        time.sleep(0.02)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert len(log.read_text().splitlines()) == 3
     assert not (Path(cfg.out) / "manifest.json").exists(), "the build finished before it could be killed"
     # A shard written by an older run and damaged since must be rebuilt, not trusted.
     first = json.loads(log.read_text().splitlines()[0])["path"]

@@ -79,7 +79,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
         "b.wav,neutral,spk2,\n"
         "b.wav,confused,spk2,s2\n"
         "missing.wav,sad,spk3,s3\n")
-    utts, rejects = read_corpus(CorpusConfig(kind="manifest", root=str(tmp_path / "list.csv")), ["ahsn"])
+    utts, rejects = read_corpus(CorpusConfig(kind="csv", root=str(tmp_path / "list.csv")), ["ahsn"])
     assert [(u.id, u.label, u.speaker, u.session) for u in utts] == [
         ("x-1", "ang", "spk1", "s1"), ("b", "neu", "spk2", "spk2")]
     assert sorted(r.reason for r in rejects) == ["audio file missing", "unknown label 'confused'"]

@@ -11,6 +11,7 @@ import soundfile as sf
 from PIL import Image
 
 from serwild.builder import audio, augment, render
+from serwild.builder.config import AudioConfig
 
 
 @pytest.mark.parametrize("snr", [15.0, 20.0, 40.0, 0.0, -5.0])
@@ -40,7 +41,7 @@ def test_render_is_257_by_259_jet_with_low_frequencies_at_the_bottom() -> None:
     sr = 16000
     t = np.arange(sr) / sr
     low = np.sin(2 * np.pi * 300 * t).astype(np.float32)  # energy near the bottom rows
-    rgb = np.asarray(Image.open(io.BytesIO(render.render_png(low))).convert("RGB"))
+    rgb = np.asarray(Image.open(io.BytesIO(render.Renderer(AudioConfig()).png(low))).convert("RGB"))
     assert rgb.shape == (257, 259, 3) and rgb.dtype == np.uint8
     jet = render.palette("jet")
     # the hottest colour (dark red, index 255) sits at 300 Hz → row 257 - 1 - round(300 / 31.25)
@@ -55,7 +56,7 @@ def test_render_is_257_by_259_jet_with_low_frequencies_at_the_bottom() -> None:
 
 
 def test_render_of_silence_is_finite_and_dark() -> None:
-    db = render.power_db(np.zeros(16000, np.float32))
+    db = render.power_db(np.zeros(16000, np.float32), 512, 62, 80.0)
     assert np.isfinite(db).all() and (db == -80.0).all()
 
 

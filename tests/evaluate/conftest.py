@@ -16,11 +16,12 @@ import pytest
 import torch
 import webdataset as wds
 
-from serwild.builder.manifest import FORMAT, counts_table, fingerprint, write_json_atomic
+from serwild.atomic import write_json
+from serwild.builder.manifest import counts_table, fingerprint
 from serwild.builder.render import encode_png
-from serwild.builder.shards import sha256_file
+from serwild.checkpoint import save_checkpoint
 from serwild.config import load_config, to_dict
-from serwild.trainer.checkpoint import save_checkpoint
+from serwild.data.manifest import FORMAT, sha256_file
 from serwild.trainer.model import build_model
 
 CLASSES = ["ang", "hap", "sad", "neu"]
@@ -34,7 +35,7 @@ def _sample(i: int, cond: str, snr: float | None, rng: np.random.Generator) -> d
     cls = (i // 3) % len(CLASSES)  # one label per utterance
     key = f"{utt}_b{block:03d}_{cond}"
     # A smooth random field as the "spectrogram": cheap, and different per sample.
-    png = encode_png(np.clip(rng.normal(128, 60, size=(257, 259)), 0, 255).astype(np.uint8))
+    png = encode_png(np.clip(rng.normal(128, 60, size=(257, 259)), 0, 255).astype(np.uint8), "jet")
     meta = {"label": CLASSES[cls], "class_index": cls, "dataset": "ahsn", "utterance": utt, "speaker": "Ses01F",
             "session": "Ses01", "source": f"Session1/sentences/wav/{utt[:14]}/{utt}.wav", "block": block,
             "start_s": float(block), "condition": cond, "snr_db": snr, "noise": None if snr is None else "hum.wav",
@@ -70,7 +71,7 @@ def write_build(root: Path, test_shards: dict = TEST_SHARDS, seed: int = 0) -> P
                 "versions": {}, "fingerprint": fingerprint(records, datasets), "datasets": datasets,
                 "conditions": {c: snr for c, (snr, _) in test_shards.items()}, "counts": counts_table(records),
                 "shards": records}
-    write_json_atomic(root / "manifest.json", manifest)
+    write_json(root / "manifest.json", manifest)
     return root
 
 

@@ -16,20 +16,22 @@ import pytest
 import torch
 import webdataset as wds
 
-from serwild.builder.manifest import load_manifest
+from serwild.checkpoint import load_checkpoint
 from serwild.cli import main
+from serwild.data.manifest import load_manifest
+from serwild.data.transforms import image_transform
 from serwild.errors import UsageError
-from serwild.evaluate.evaluate import check_compatible, evaluate_checkpoint, merge_parts
-from serwild.trainer.checkpoint import load_checkpoint
+from serwild.evaluate.config import EvalConfig
+from serwild.evaluate.evaluate import check_build, evaluate_checkpoint, merge_parts
 from serwild.trainer.model import model_from_checkpoint
-from serwild.trainer.transforms import image_transform
 from tests.evaluate.conftest import TEST_SHARDS
 
 
 @pytest.fixture(scope="module")
 def one_process(build_and_checkpoint: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     _, ckpt = build_and_checkpoint
-    return evaluate_checkpoint(ckpt, out=tmp_path_factory.mktemp("report1"), batch_size=8, num_workers=0)
+    return evaluate_checkpoint(ckpt, out=tmp_path_factory.mktemp("report1"),
+                               settings=EvalConfig(batch_size=8, num_workers=0))
 
 
 def _predictions(report: Path) -> list[dict]:
@@ -85,7 +87,7 @@ def test_two_process_torchrun_scores_each_sample_once(one_process: Path, build_a
     out = tmp_path / "report2"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "serwild", "evaluate", "--checkpoint", str(ckpt), "--nproc", "2",
-                           "--out", str(out), "--batch-size", "8", "--num-workers", "0", "--device", "cpu"],
+                           "--out", str(out), "eval.batch_size=8", "eval.num_workers=0", "eval.device=cpu"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((one_process / "metrics.json").read_text())
@@ -112,7 +114,7 @@ def test_missing_test_shard_is_an_error_naming_it(build_and_checkpoint: tuple[Pa
     build, ckpt = _copy(build_and_checkpoint[0], tmp_path), build_and_checkpoint[1]
     (build / "ahsn/test/snr40-000001.tar").unlink()
     with pytest.raises(UsageError, match=r"missing: ahsn/test/snr40-000001\.tar"):
-        evaluate_checkpoint(ckpt, shards=build, out=tmp_path / "r", batch_size=8, num_workers=0)
+        evaluate_checkpoint(ckpt, shards=build, out=tmp_path / "r", settings=EvalConfig(batch_size=8, num_workers=0))
     assert main(["evaluate", "--checkpoint", str(ckpt), "--shards", str(build), "--out", str(tmp_path / "r")]) == 2
     assert "snr40-000001.tar" in capsys.readouterr().err
     assert not (tmp_path / "r" / "metrics.json").exists()
@@ -132,7 +134,7 @@ def test_damaged_test_shard_is_an_error_naming_it(build_and_checkpoint: tuple[Pa
         why = "sha256"
     shard.write_bytes(bytes(data))
     with pytest.raises(UsageError, match=rf"clean-000000\.tar.*{why}"):
-        evaluate_checkpoint(ckpt, shards=build, out=tmp_path / "r", batch_size=8, num_workers=0)
+        evaluate_checkpoint(ckpt, shards=build, out=tmp_path / "r", settings=EvalConfig(batch_size=8, num_workers=0))
 
 
 def test_sample_count_and_duplicates_checked_after_gathering() -> None:
@@ -156,13 +158,13 @@ def test_refuses_a_checkpoint_from_another_build(build_and_checkpoint: tuple[Pat
     build, ckpt_path = build_and_checkpoint
     manifest = load_manifest(build)
     ckpt = load_checkpoint(ckpt_path)
-    check_compatible(ckpt, manifest, build, allow_other_build=False)  # its own build: fine
+    check_build(ckpt, manifest, build, allow_other_build=False)  # its own build: fine
     other = {**ckpt, "manifest_fingerprint": "0" * 64}
-    with pytest.raises(UsageError, match="different build"):
-        check_compatible(other, manifest, build, allow_other_build=False)
-    check_compatible(other, manifest, build, allow_other_build=True)
+    with pytest.raises(UsageError, match="another build"):
+        check_build(other, manifest, build, allow_other_build=False)
+    check_build(other, manifest, build, allow_other_build=True)
     assert "warning" in capsys.readouterr().err
     with pytest.raises(UsageError, match="classes"):
-        check_compatible({**ckpt, "classes": ["ang", "exc", "sad", "neu"]}, manifest, build, allow_other_build=True)
+        check_build({**ckpt, "classes": ["ang", "exc", "sad", "neu"]}, manifest, build, allow_other_build=True)
     with pytest.raises(UsageError, match="aesn"):
-        check_compatible({**ckpt, "dataset": "aesn"}, manifest, build, allow_other_build=True)
+        check_build({**ckpt, "dataset": "aesn"}, manifest, build, allow_other_build=True)

@@ -15,7 +15,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from serwild.evaluate.metrics import classification_metrics, condition_metrics, utterance_logits
+from serwild.metrics import classification_metrics, condition_metrics, utterance_logits
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 

@@ -14,9 +14,9 @@ import torch
 from serwild.builder.plan import SampleSpec
 from serwild.builder.shards import render_sample
 from serwild.cli import main
+from serwild.data.loaders import decode_png
+from serwild.data.transforms import image_transform
 from serwild.evaluate.predict import Predictor
-from serwild.trainer.data import decode_png
-from serwild.trainer.transforms import image_transform
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 
@@ -100,12 +100,15 @@ def test_predict_renders_exactly_like_the_builder(build_and_checkpoint: tuple[Pa
     as the trainer decodes shards, is the very tensor predict feeds the model."""
     _, ckpt = build_and_checkpoint
     predictor = Predictor(ckpt, device="cpu")
-    res, x = predictor.images(wavs["stereo44k"])
+    res = predictor.open(wavs["stereo44k"])
+    batches = list(predictor.batches(res, batch_size=2))  # rendered a batch at a time
+    assert [b.shape[0] for b in batches] == [2, 1]
+    x = torch.cat(batches)
     assert x.shape == (3, 3, 256, 256) and x.dtype == torch.float32
     path = str(wavs["stereo44k"])
     spec = SampleSpec(key="rec_b001_clean", dataset="ahsn", label="ang", class_index=0, utterance="rec",
                       speaker="x", session="x", path=path, source="stereo44k.wav", native_sr=44100, block=1,
                       condition="clean", snr_db=None, noise=None, noise_path=None, noise_offset=None,
                       split="test", fold=None)
-    png, _ = render_sample(spec, predictor.audio)
+    png, _ = render_sample(spec, predictor.renderer)
     assert torch.equal(image_transform(decode_png(png)), x[1])

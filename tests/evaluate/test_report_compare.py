@@ -12,7 +12,7 @@ from PIL import Image
 from serwild.cli import main
 from serwild.errors import UsageError
 from serwild.evaluate import compare, report
-from serwild.evaluate.metrics import condition_metrics
+from serwild.metrics import condition_metrics
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 CONDITIONS = {"snr40": 40.0, "clean": None, "snr15": 15.0, "snr20": 20.0}

@@ -1,33 +1,63 @@
-"""The stage folders install under one namespace and claim no generic top-level names."""
+"""The rooms install under one namespace, claim no generic top-level names, and the CLI
+really has every subcommand (its parsers are built, not just named in help text)."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from serwild.cli import COMMANDS, command_parser, top_parser
+
 REPO = Path(__file__).resolve().parents[2]
+ROOMS = ("synth", "builder", "data", "trainer", "evaluate", "pipelines")
 
 
-def test_stages_live_under_serwild_and_do_not_clobber(tmp_path: Path) -> None:
+def test_rooms_live_under_serwild_and_do_not_clobber(tmp_path: Path) -> None:
     # Run from an empty folder so the repo root is not on sys.path: this is what users see.
     code = (
-        "import importlib.util, json, serwild.builder, serwild.trainer, serwild.evaluate\n"
-        "print(json.dumps({n: importlib.util.find_spec(n) is not None for n in ('builder', 'trainer', 'evaluate')}))\n"
-        "print(serwild.evaluate.__file__)\n"
+        "import importlib, importlib.util, json\n"
+        f"rooms = {ROOMS!r}\n"
+        "import serwild.configs\n"
+        "for r in rooms: __import__('serwild.' + r)\n"
+        "print(json.dumps({n: importlib.util.find_spec(n) is not None for n in ('builder', 'trainer', 'synth')}))\n"
+        "print(importlib.import_module('serwild.evaluate').__file__)\n"
+        "print(serwild.configs.shipped('demo.yaml'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
-    claimed, evaluate_file = out.stdout.strip().splitlines()
-    assert '"builder": false' in claimed and '"trainer": false' in claimed
-    # `evaluate` may exist in the environment (HuggingFace's), but it must not be ours.
+    claimed, evaluate_file, demo_yaml = out.stdout.strip().splitlines()
+    assert '"builder": false' in claimed and '"trainer": false' in claimed and '"synth": false' in claimed
     assert Path(evaluate_file).resolve() == REPO / "evaluate" / "__init__.py"
-    if '"evaluate": true' in claimed:
-        spec = subprocess.run([sys.executable, "-c", "import evaluate; print(evaluate.__file__)"], cwd=tmp_path,
-                              capture_output=True, text=True)
-        assert str(REPO) not in spec.stdout
+    assert Path(demo_yaml).is_file()  # the demo's default config is found from any folder
 
 
-def test_cli_help_lists_every_stage() -> None:
+def test_every_subcommand_has_a_parser_of_its_own() -> None:
+    top = top_parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS) == {"synth", "build", "verify", "train", "evaluate", "compare",
+                                                 "predict", "demo"}
+    for name in COMMANDS:
+        p = command_parser(name)
+        assert callable(p.get_default("_run")) and p.prog == f"serwild {name}"
+    # overrides after flags parse (intermixed), on every command that takes a config
+    args = command_parser("train").parse_intermixed_args(["--resume", "train.epochs=2", "--nproc", "1"])
+    assert args.resume and args.overrides == ["train.epochs=2"] and args.nproc == 1
+    args = command_parser("build").parse_intermixed_args(["seed=1", "--serial", "out=x"])
+    assert args.serial and args.overrides == ["seed=1", "out=x"]
+
+
+def test_cli_help_runs_and_a_bad_command_is_one_usage_error() -> None:
     out = subprocess.run([sys.executable, "-m", "serwild", "--help"], capture_output=True, text=True, check=True)
-    for cmd in ("synth", "build", "verify", "train", "evaluate", "compare", "predict", "demo"):
-        assert cmd in out.stdout
+    assert all(cmd in out.stdout for cmd in COMMANDS)
+    bad = subprocess.run([sys.executable, "-m", "serwild", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_subcommand_help(name: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        command_parser(name).parse_args(["--help"])
+    assert e.value.code == 0

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from serwild.builder.build import run_build
-from serwild.builder.synth import write_synthetic_corpus
 from serwild.config import Config, load_config
+from serwild.synth.corpus import write_synthetic_corpus
 from serwild.trainer.model import build_model
 
 TORCHRUN_TIMEOUT_S = 300  # a hang fails the test instead of stalling the suite

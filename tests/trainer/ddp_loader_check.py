@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from serwild.trainer.data import ShardSet, make_eval_loader, make_train_loader
+from serwild.data.loaders import ShardSet, make_eval_loader, make_train_loader
 from serwild.trainer.distributed import all_gather_object, all_reduce_sum, setup, teardown
 
 

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from serwild.config import to_dict
-from serwild.errors import UsageError
-from serwild.trainer import train
-from serwild.trainer.checkpoint import (
+from serwild.checkpoint import (
     check_compatible,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from serwild.config import to_dict
+from serwild.errors import UsageError
+from serwild.trainer import train
 from serwild.trainer.model import build_model, model_from_checkpoint
 from tests.trainer.conftest import tiny_config
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serwild.errors import UsageError
-from serwild.trainer.data import (
+from serwild.data.loaders import (
     ShardError,
     ShardSet,
     make_eval_loader,
@@ -20,7 +19,8 @@ from serwild.trainer.data import (
     shard_set,
     steps_per_epoch,
 )
-from serwild.trainer.setup import DataPlan, plan_data, resolve, verify_shards
+from serwild.errors import UsageError
+from serwild.trainer.preflight import DataPlan, plan_data, resolve, verify_shards
 from tests.trainer.conftest import tiny_config
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from serwild.trainer.checkpoint import load_checkpoint
+from serwild.checkpoint import load_checkpoint
 from serwild.trainer.model import LAYER_MODULES, model_from_checkpoint
 from serwild.trainer.train import FAULT_ENV
 from tests.trainer.conftest import overrides, torchrun

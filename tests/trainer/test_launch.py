@@ -7,22 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from serwild import torchrun
 from serwild.cli import main as cli
 from serwild.trainer import launch
 from tests.trainer.conftest import overrides
 
 
 def test_torchrun_command() -> None:
-    cmd = launch.torchrun_command("c.yaml", ["train.epochs=1"], 2, 0, resume=False, overwrite=False)
-    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc_per_node=2" in cmd
+    opts = launch.LaunchOptions(config="c.yaml", overrides=["train.epochs=1"], nproc=2)
+    cmd = torchrun.command(launch.MODULE, launch.rank_args(opts, []), 2, 0)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=2" in cmd
     assert cmd[cmd.index("-m", 2):] == ["-m", "serwild.trainer", "--config", "c.yaml", "train.epochs=1"]
-    restarts = launch.torchrun_command(None, [], 1, 3, resume=False, overwrite=False)
-    assert "--max-restarts=3" in restarts and restarts[-1] == "--resume" and "--config" not in restarts
+    restarts = launch.rank_args(launch.LaunchOptions(config=None, overrides=[], nproc=1, max_restarts=3), [])
+    assert restarts == ["--resume"]
 
 
 def test_refusals_come_before_torchrun(tiny_build: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launch, "launch", lambda cmd, nproc: pytest.fail("torchrun must not start"))
+    monkeypatch.setattr(torchrun, "launch", lambda cmd, nproc: pytest.fail("torchrun must not start"))
     args = overrides(tiny_build, tmp_path)
     assert cli(["train", "--resume", *args]) == 2
     assert "nothing to continue" in capsys.readouterr().err
@@ -50,7 +52,7 @@ def test_cv_trains_every_fold_then_summarises(tiny_build: Path, tmp_path: Path,
         (run / "best.pt").write_bytes(str(fold).encode())
         return 0
 
-    monkeypatch.setattr(launch, "launch", fake_launch)
+    monkeypatch.setattr(torchrun, "launch", fake_launch)
     assert cli(["train", "--cv", "--nproc", "2", *overrides(tiny_build, tmp_path)]) == 0
     assert launched == [(k, f"ahsn-clean-fold{k}", 2) for k in range(5)]
     summary = json.loads((tmp_path / "ahsn-clean-cv" / "cv.json").read_text())

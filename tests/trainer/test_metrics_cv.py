@@ -10,8 +10,10 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
+from serwild.metrics import scores_from_confusion
 from serwild.trainer.cv import summarise
-from serwild.trainer.metrics import confusion, plot_curves, scores
+from serwild.trainer.history import plot_curves
+from serwild.trainer.train import confusion
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 
@@ -22,7 +24,7 @@ def test_scores_match_sklearn() -> None:
     p = np.where(rng.random(200) < 0.6, y, rng.integers(0, 4, 200))
     p[p == 2] = 1  # a class never predicted: zero precision must not give NaN
     cm = confusion(torch.from_numpy(y), torch.from_numpy(p), 4)
-    s = scores(cm, CLASSES)
+    s = scores_from_confusion(cm.numpy(), CLASSES)
     assert s["n"] == 200
     assert s["accuracy"] == pytest.approx(accuracy_score(y, p))
     assert s["ua"] == pytest.approx(recall_score(y, p, average="macro"))

@@ -1,6 +1,6 @@
 """Write the synthetic corpus: IEMOCAP's on-disk layout and label format, plus noise WAVs.
 
-    serwild synth --out data/synth --size demo [--seed 0] [--force]
+    serwild synth --out corpora/synth --size demo [--seed 0] [--force]
 
 Writes ``OUT/IEMOCAP_full_release/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt`` and
 ``OUT/IEMOCAP_full_release/Session{n}/sentences/wav/<dialog>/<utterance>.wav`` (16 kHz,
@@ -17,9 +17,9 @@ speaker differs from the dialog's lead) so the reader a real user runs is exerci
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import multiprocessing
 import os
 import shutil
 from collections import Counter
@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
-from serwild.builder import voice
-from serwild.builder.voice import stream
 from serwild.errors import UsageError
+from serwild.synth import noise as noisegen
+from serwild.synth import voice
+from serwild.synth.voice import stream
 
 SR = 16000
 RELEASE = "IEMOCAP_full_release"
@@ -237,7 +240,6 @@ def write_synthetic_corpus(out: Path, size: str = "demo", seed: int = 0, *, over
     Everything is written into a sibling temp folder first and moved into place at the
     end, so an interrupted run never leaves a half corpus that a later build would use.
     """
-    from serwild.builder import noisegen
 
     spec = _size(size)
     if seed < 0:
@@ -280,7 +282,6 @@ def _write_labels(root: Path, utts: list[Utterance], seed: int) -> None:
 def _write_audio(root: Path, utts: list[Utterance], seed: int, progress: bool, workers: int) -> None:
     """Render every utterance; with ``workers`` > 1 in worker processes (the bytes are the same:
     each utterance's numbers come from its own seed, not from the order of work)."""
-    from tqdm import tqdm
 
     chunks = [utts[i:i + 16] for i in range(0, len(utts), 16)]
     bar = tqdm(total=len(utts), desc="utterances", unit="utt", disable=not progress)
@@ -289,8 +290,6 @@ def _write_audio(root: Path, utts: list[Utterance], seed: int, progress: bool, w
             for chunk in chunks:
                 bar.update(_render(root, chunk, seed))
             return
-        import multiprocessing
-
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
         # Pool's exit terminates the workers, so Ctrl-C or an error stops at once (no queue drain).
         with ctx.Pool(workers) as pool:
@@ -303,7 +302,6 @@ def _render_chunk(job: tuple[Path, list[Utterance], int]) -> int:
 
 
 def _render(root: Path, utts: list[Utterance], seed: int) -> int:
-    import soundfile as sf
 
     for u in utts:
         rng = stream(seed, "audio", u.uid)
@@ -353,27 +351,6 @@ def _move_into_place(tmp: Path, out: Path, targets: list[Path]) -> None:
             target.unlink()
         (tmp / target.name).rename(target)
     tmp.rmdir()
-
-
-# ----------------------------------------------------------------------------- command
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="data/synth", metavar="DIR",
-                   help="where to write IEMOCAP_full_release/ and noise/ (default: data/synth)")
-    p.add_argument("--size", choices=sorted(SIZES), default="demo",
-                   help="tiny (tests), demo (default; ~800 AHSN blocks) or full (IEMOCAP-sized)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
-    p.add_argument("--force", action="store_true", help="replace a corpus already in --out")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="processes rendering audio (default: all cores for full, else 1); same bytes")
-
-
-def run(args: argparse.Namespace) -> int:
-    s = write_synthetic_corpus(Path(args.out), args.size, args.seed, overwrite=args.force,
-                               workers=args.workers)
-    print(format_summary(s))
-    return 0
 
 
 def format_summary(s: dict) -> str:

@@ -1,6 +1,7 @@
-"""``serwild verify DIR``: every shard of a build against its manifest.
+"""Check every shard of a build against its manifest.
 
     serwild verify shards/demo
+    serwild verify shards/demo --quick      # sizes only
 
 Recomputes each listed shard's sha256 and sample count and looks for tar files the
 manifest does not list. Prints one line per bad, missing or extra shard and exits 1 if
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from serwild.data.manifest import verify_build
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("build_dir", metavar="DIR", help="a build folder (holds manifest.json)")
@@ -19,11 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serwild.builder.manifest import check_shards, extra_shards, load_manifest
-
-    manifest = load_manifest(args.build_dir)
-    problems = check_shards(args.build_dir, manifest["shards"], full=not args.quick)
-    problems += [f"extra: {p} (not in the manifest)" for p in extra_shards(args.build_dir, manifest)]
+    manifest, problems = verify_build(args.build_dir, full=not args.quick)
     for line in problems:
         print(line)
     n = len(manifest["shards"])

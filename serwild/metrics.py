@@ -101,3 +101,30 @@ def condition_metrics(logits: np.ndarray, labels: np.ndarray, utterances: Sequen
     u_logits, u_labels, _ = utterance_logits(logits, labels, utterances)
     utterance = classification_metrics(u_labels, u_logits.argmax(axis=1), classes)
     return {"block": block, "utterance": utterance}
+
+
+# ----------------------------------------------------------------------------- from summed counts
+
+
+def scores_from_confusion(cm: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """accuracy (WA), ua (macro recall), weighted / macro F1 and per-class recall from counts.
+
+    The trainer sums the ranks' confusion matrices, so the (true, predicted) pairs are
+    rebuilt from the counts and scored by :func:`classification_metrics`: one metrics
+    implementation for validation and test reports.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.sum() == 0:
+        raise ValueError("no validation samples to score")
+    k = len(classes)
+    pairs = np.repeat(np.arange(k * k), cm.reshape(-1))
+    m = classification_metrics(pairs // k, pairs % k, classes)
+    return {
+        "n": m["n"],
+        "accuracy": m["wa"],
+        "ua": m["ua"],
+        "weighted_f1": m["weighted"]["f1"],
+        "macro_f1": m["macro"]["f1"],
+        "recall": {c: v["recall"] for c, v in m["per_class"].items()},
+        "confusion": m["confusion"],
+    }

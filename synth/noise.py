@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
-from serwild.builder import voice
+from serwild.synth import voice
 
 
 def colored(n: int, sr: int, rng: np.random.Generator, slope_db: float = -3.0, knee: float = 100.0,
@@ -168,8 +170,6 @@ NOISES: dict[str, tuple[Callable[..., np.ndarray], int]] = {
 
 def write_noise(folder: Path, seconds: float, seed: int, progress: bool = False) -> list[dict]:
     """Write every noise file into ``folder``; returns ``[{file, sample_rate, seconds}]``."""
-    import soundfile as sf
-    from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import random
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import default_collate
 
+from serwild import seeds
+from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
-from serwild.trainer.transforms import normalise, resize_uint8
 
 
 class ShardError(UsageError):
@@ -148,11 +148,6 @@ class _Decode:
         return decode_sample(sample, self.num_classes, self.as_uint8)
 
 
-def _seed(*parts: int) -> int:
-    """A 31-bit seed from ints (``hash`` of ints is stable across processes, unlike of str)."""
-    return hash(tuple(parts)) & 0x7FFFFFFF
-
-
 # ----------------------------------------------------------------------------- loaders
 
 
@@ -179,9 +174,10 @@ def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_b
     per_worker = math.ceil(num_batches / max(1, workers))
     pipeline = wds.DataPipeline(
         # worker_seed: webdataset's default, rank * 1000 + worker (rank from torchrun's env)
-        wds.ResampledShards(shards.urls, seed=_seed(seed, epoch), deterministic=True),
+        wds.ResampledShards(shards.urls, seed=seeds.derive31(seed, epoch), deterministic=True),
         wds.pipelinefilter(read_shards)(dict(zip(shards.urls, shards.counts))),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=_seed(seed, epoch, rank, 1)),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
+                    seed=seeds.derive31(seed, epoch, rank, "shuffle")),
         wds.map(_Decode(num_classes, as_uint8)),
         wds.batched(batch_size, collation_fn=collate_train, partial=False),
     ).with_epoch(per_worker)  # per worker; the loader below takes exactly num_batches in turn
@@ -223,9 +219,3 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                          prefetch_factor=2 if workers else None, worker_init_fn=_worker_init)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

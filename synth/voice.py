@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
+import librosa
 import numpy as np
 
 SR = 16000
@@ -334,7 +335,6 @@ def _envelopes(tr: _Tracks, voice: Voice, style: Style) -> tuple[np.ndarray, np.
 
 def synthesize(n_samples: int, voice: Voice, style: Style, rng: np.random.Generator) -> np.ndarray:
     """``n_samples`` of 16 kHz speech-like audio, float32 in (-1, 1), never all zeros."""
-    import librosa  # here, not at import: `serwild --help` must stay fast
 
     n_frames = 1 + n_samples // HOP
     tr = _plan(n_frames, voice, style, rng)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serwild.builder.synth import plan_corpus, write_synthetic_corpus
 from serwild.cli import main
+from serwild.synth.corpus import plan_corpus, write_synthetic_corpus
 
 HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]"
 SUMMARY = re.compile(r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(Ses0([1-5])[FM]_(impro\d\d[ab]?|script\d\d_\d[ab]?)"

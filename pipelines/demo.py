@@ -15,60 +15,58 @@ It ends by printing the comparison table and where the reports are.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from serwild.errors import UsageError
+import webdataset as wds
+from matplotlib.figure import Figure
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+from serwild import atomic, torchrun
+from serwild.builder.build import run_build
+from serwild.config import load_config
+from serwild.configs import shipped
+from serwild.data.manifest import load_manifest, select_shards, verify_build
+from serwild.errors import UsageError
+from serwild.evaluate.compare import compare_runs
+from serwild.evaluate.evaluate import evaluate_checkpoint
+from serwild.trainer.launch import LaunchOptions, train
+
 EXPERIMENTS = {
     "clean": ["train.conditions=[clean]"],
     "augmented": ["train.conditions=[clean, snr15, snr20, snr40]"],
 }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE",
-                   help="demo config (default: the repository's configs/demo.yaml)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="training processes (default: the GPU count, or 1 on a CPU)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for build/train")
-
-
-def run(args: argparse.Namespace) -> int:
-    from serwild.cli import main as cli
-    from serwild.config import load_config
-
-    if not Path(args.config).is_file():
-        raise UsageError(f"demo config {args.config} not found (pass --config configs/demo.yaml from the repo)")
+def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+             nproc: int | None = None) -> int:
+    """The whole demo; 0 on success. ``config`` defaults to the shipped demo.yaml."""
+    config = str(config or shipped("demo.yaml"))
+    if not Path(config).is_file():
+        raise UsageError(f"demo config {config} not found")
     t0 = time.time()
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config, overrides)
     _step(f"1-2/4  build shards from {cfg.corpus.root} → {cfg.out}")
-    if cli(["build", "--config", args.config, *args.overrides]) != 0:
-        return 1
-    if cli(["verify", cfg.out]) != 0:
-        return 1
+    run_build(cfg)
+    _, problems = verify_build(cfg.out)
+    if problems:
+        raise UsageError(f"the fresh build {cfg.out} fails its own verify: {'; '.join(problems[:3])}")
     runs = []
     for name, extra in EXPERIMENTS.items():
         run_name = f"demo-{name}"
         _step(f"3/4  train experiment '{name}' → {cfg.train.run_dir}/{run_name}")
-        nproc = ["--nproc", str(args.nproc)] if args.nproc else []
-        overrides = [*args.overrides, *extra, f"train.name={run_name}"]
+        more = [*overrides, *extra, f"train.name={run_name}"]
         if name == "augmented" and cfg.train.samples_per_epoch == "all":
             # Equal optimiser steps: experiment 2 draws as many samples per epoch as
             # experiment 1 has, so the comparison differs in the data, not in the compute.
-            overrides.append("train.samples_per_epoch=clean")
-        if cli(["train", "--config", args.config, *nproc, "--overwrite", *overrides]) != 0:
+            more.append("train.samples_per_epoch=clean")
+        opts = LaunchOptions(config=config, overrides=more, nproc=nproc or torchrun.default_nproc(), overwrite=True)
+        if train(load_config(config, more), opts) != 0:
             return 1
         runs.append(Path(cfg.train.run_dir) / run_name)
     _step("4/4  evaluate each test condition, compare")
-    from serwild.evaluate.compare import compare_runs
-    from serwild.evaluate.evaluate import evaluate_checkpoint
-
     for r in runs:
-        evaluate_checkpoint(r / "best.pt", shards=cfg.out)
+        evaluate_checkpoint(r / "best.pt", shards=cfg.out, settings=cfg.eval)
     out = compare_runs(runs, out=Path(cfg.train.run_dir) / "demo-compare")
     figure = example_spectrograms(Path(cfg.out), cfg.train.dataset, out / "spectrograms.png")
     print()
@@ -81,14 +79,6 @@ def run(args: argparse.Namespace) -> int:
 
 def example_spectrograms(build_dir: Path, dataset: str, dest: Path) -> Path:
     """The same test block clean and at the lowest SNR, side by side (the paper's Figure 2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import webdataset as wds
-
-    from serwild.builder.manifest import load_manifest, select_shards
-
     m = load_manifest(build_dir)
     noisy = min((c for c, s in m["conditions"].items() if s is not None), key=lambda c: m["conditions"][c],
                 default=None)
@@ -99,8 +89,8 @@ def example_spectrograms(build_dir: Path, dataset: str, dest: Path) -> Path:
         img, meta = next(iter(wds.WebDataset(str(build_dir / shard["path"]), shardshuffle=False)
                               .decode("rgb8").to_tuple("png", "json")))
         images[cond] = (img, meta)
-    fig, axes = plt.subplots(1, len(conds), figsize=(5 * len(conds), 4.6))
-    for ax, cond in zip(list(getattr(axes, "flat", [axes])), conds):
+    fig = Figure(figsize=(5 * len(conds), 4.6))
+    for ax, cond in zip(fig.subplots(1, len(conds), squeeze=False)[0], conds):
         img, meta = images[cond]
         ax.imshow(img, extent=(0, 1, 0, 8), aspect="auto")
         snr = "clean" if meta["snr_db"] is None else f"{meta['snr_db']:g} dB SNR ({meta['noise']})"
@@ -108,10 +98,7 @@ def example_spectrograms(build_dir: Path, dataset: str, dest: Path) -> Path:
         ax.set_xlabel("time (s)")
         ax.set_ylabel("frequency (kHz)")
     fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=110)
-    plt.close(fig)
-    return dest
+    return atomic.save_figure(fig, dest, dpi=110)
 
 
 def _step(msg: str) -> None:

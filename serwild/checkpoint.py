@@ -85,8 +85,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def check_compatible(ckpt: dict[str, Any], manifest: dict[str, Any], dataset: str, source: str) -> None:
-    """Refuse a checkpoint trained on other shards or another class set, naming the difference."""
+class OtherBuildError(UsageError):
+    """Same dataset and classes, but trained on another build (another manifest fingerprint)."""
+
+
+def check_compatible(ckpt: dict[str, Any], manifest: dict[str, Any], dataset: str, source: str,
+                     hint: str = "") -> None:
+    """Refuse a checkpoint trained on other shards or another class set, naming the difference
+    (one check for the trainer's resume and the evaluator); ``hint`` says what to do instead."""
     classes = list(manifest["datasets"][dataset]["classes"])
     if ckpt["dataset"] != dataset:
         raise UsageError(f"{source} was trained on dataset {ckpt['dataset']!r}, not {dataset!r}")
@@ -94,9 +100,9 @@ def check_compatible(ckpt: dict[str, Any], manifest: dict[str, Any], dataset: st
         raise UsageError(f"{source} was trained on classes {list(ckpt['classes'])}, but this build's "
                          f"{dataset} classes are {classes}")
     if ckpt["manifest_fingerprint"] != manifest["fingerprint"]:
-        raise UsageError(f"{source} was trained on another build of the shards (manifest fingerprint "
-                         f"{str(ckpt['manifest_fingerprint'])[:12]}…, this build {manifest['fingerprint'][:12]}…): "
-                         f"start a new run (another train.name) instead of resuming")
+        raise OtherBuildError(f"{source} was trained on another build of the shards (manifest fingerprint "
+                              f"{str(ckpt['manifest_fingerprint'])[:12]}…, this build "
+                              f"{manifest['fingerprint'][:12]}…){hint}")
 
 
 # ----------------------------------------------------------------------------- RNG state

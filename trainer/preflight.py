@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from serwild.builder.manifest import check_shards, load_manifest, select_shards
 from serwild.config import Config, replace
+from serwild.data.loaders import ShardSet, shard_set
+from serwild.data.manifest import check_shards, load_manifest, select_shards, train_folds
 from serwild.errors import UsageError
-from serwild.trainer.data import ShardSet, shard_set
 from serwild.trainer.distributed import Dist, all_gather_object
 from serwild.trainer.recipe import resolve_recipe
 
@@ -37,7 +37,8 @@ class DataPlan:
     val_records: list[dict]
 
 
-def default_name(cfg: Config, fold: int | None) -> str:
+def run_name(cfg: Config, fold: int | None) -> str:
+    """``train.name``, or ``<dataset>-<conditions>[-fold<k>]``: the run folder's name."""
     base = cfg.train.name or f"{cfg.train.dataset}-{'+'.join(cfg.train.conditions)}"
     return base if fold is None or cfg.train.name else f"{base}-fold{fold}"
 
@@ -45,14 +46,9 @@ def default_name(cfg: Config, fold: int | None) -> str:
 def resolve(cfg: Config) -> Config:
     """Fill in what the config leaves to defaults: the build folder, run name and recipe."""
     train = resolve_recipe(cfg.train)
-    train = replace(train, shards=train.shards or cfg.out, name=default_name(cfg, cfg.cv.fold))
+    train = replace(train, shards=train.shards or cfg.out, name=run_name(cfg, cfg.cv.fold))
     cv = replace(cfg.cv, val_conditions=cfg.cv.val_conditions or list(train.conditions))
     return replace(cfg, train=train, cv=cv)
-
-
-def manifest_folds(manifest: dict[str, Any], dataset: str) -> list[int]:
-    return sorted({s["fold"] for s in manifest["shards"]
-                   if s["dataset"] == dataset and s["split"] == "train" and s["fold"] is not None})
 
 
 def plan_data(cfg: Config) -> DataPlan:
@@ -63,21 +59,21 @@ def plan_data(cfg: Config) -> DataPlan:
     if t.dataset not in manifest["datasets"]:
         raise UsageError(f"train.dataset {t.dataset!r} is not in {build} (built: {', '.join(manifest['datasets'])})")
     classes = list(manifest["datasets"][t.dataset]["classes"])
-    folds = manifest_folds(manifest, t.dataset)
+    folds = train_folds(manifest, t.dataset)
     fold = cfg.cv.fold
     if fold is not None and fold not in folds:
         raise UsageError(f"cv.fold={fold} but {build} has training folds {folds}")
-    train_folds = [f for f in folds if f != fold]
-    train_records = select_shards(manifest, t.dataset, "train", list(t.conditions), train_folds)
+    kept = [f for f in folds if f != fold]
+    train_records = select_shards(manifest, t.dataset, "train", list(t.conditions), kept)
     val_records = (select_shards(manifest, t.dataset, "train", list(cfg.cv.val_conditions or t.conditions),
                                  [fold]) if fold is not None else [])
     if not train_records or sum(r["count"] for r in train_records) == 0:
         raise UsageError(f"no training samples in {build} for dataset {t.dataset}, conditions "
-                         f"{list(t.conditions)}, folds {train_folds}")
+                         f"{list(t.conditions)}, folds {kept}")
     if isinstance(t.samples_per_epoch, int):
         samples = t.samples_per_epoch
     elif t.samples_per_epoch == "clean":
-        samples = sum(r["count"] for r in select_shards(manifest, t.dataset, "train", ["clean"], train_folds))
+        samples = sum(r["count"] for r in select_shards(manifest, t.dataset, "train", ["clean"], kept))
     else:
         samples = sum(r["count"] for r in train_records)
     return DataPlan(build, manifest, classes, shard_set(build, train_records),

@@ -1,0 +1,261 @@
+"""README.md for a finished build: the dataset card hubs read (the Hugging Face Hub, and
+``datasets.load_dataset(<build folder>, <dataset>)``), made from the manifest alone.
+
+Its YAML front matter declares one config per dataset (``ahsn``, ``aesn``) with a ``train``
+split (every fold and condition) and one test split per condition (``test_clean``,
+``test_snr15``…), and types every field in ``dataset_info.features``. The types matter:
+without them ``datasets`` infers the schema from a shard's first five samples, and a
+clean sample's ``null`` ``snr_db``/``noise``/``noise_gain`` types those columns ``null``, so
+the first noisy sample fails with "Couldn't cast array of type string to null".
+
+The body states what the data is, the counts, and three ways to load it (plain
+webdataset, HF ``datasets``, serwild); tests run those snippets against a real build.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+# Every key of a sample's ``.json`` (builder.shards.render_sample) and its type in the card.
+# Nullable: snr_db, noise, noise_offset_s, noise_gain (clean samples) and fold (test samples);
+# an arrow column of any type holds nulls, what matters is that it is not typed ``null``.
+SAMPLE_FIELDS: dict[str, str] = {
+    "block": "int64",
+    "class_index": "class_label",  # int64 on disk; the card names the classes
+    "condition": "string",
+    "dataset": "string",
+    "fold": "int64",
+    "label": "string",
+    "noise": "string",
+    "noise_gain": "float64",
+    "noise_offset_s": "float64",
+    "session": "string",
+    "snr_db": "float64",
+    "source": "string",
+    "speaker": "string",
+    "split": "string",
+    "start_s": "float64",
+    "utterance": "string",
+}
+NULLABLE_FIELDS = ("fold", "noise", "noise_gain", "noise_offset_s", "snr_db")
+
+
+def split_globs(manifest: dict[str, Any], dataset: str) -> dict[str, str]:
+    """Hub split name → file glob (relative to the build root) for one dataset's config."""
+    globs = {"train": f"{dataset}/train/*/*.tar"}
+    for cond in manifest["conditions"]:
+        globs[f"test_{cond}"] = f"{dataset}/test/{cond}-*.tar"
+    return globs
+
+
+def _glob_re(glob: str) -> re.Pattern[str]:
+    # The hub's (fsspec) globs: '*' stays within one path segment.
+    return re.compile("[^/]*".join(re.escape(part) for part in glob.split("*")))
+
+
+def split_shards(manifest: dict[str, Any], dataset: str) -> dict[str, list[dict[str, Any]]]:
+    """Hub split name → the manifest's shard records its glob matches. Raises ValueError if
+    a shard of ``dataset`` matches no split or two (the card would lose or double it)."""
+    patterns = {name: _glob_re(g) for name, g in split_globs(manifest, dataset).items()}
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in patterns}
+    for s in manifest["shards"]:
+        if s["dataset"] != dataset:
+            continue
+        hits = [name for name, p in patterns.items() if p.fullmatch(s["path"])]
+        if len(hits) != 1:
+            raise ValueError(f"shard {s['path']} matches {len(hits)} card splits ({', '.join(hits) or 'none'})")
+        out[hits[0]].append(s)
+    return out
+
+
+def features(manifest: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+    """``dataset_info.features`` of one config, in the hub's YAML form (columns as named by
+    ``datasets``' webdataset loader: one per member extension, plus ``__key__``/``__url__``)."""
+    classes = manifest["datasets"][dataset]["classes"]
+    fields: list[dict[str, Any]] = []
+    for name, dtype in SAMPLE_FIELDS.items():
+        if dtype == "class_label":
+            names = {str(i): c for i, c in enumerate(classes)}
+            fields.append({"name": name, "dtype": {"class_label": {"names": names}}})
+        else:
+            fields.append({"name": name, "dtype": dtype})
+    return [
+        {"name": "png", "dtype": {"image": {"mode": "RGB"}}},  # palette PNGs, decoded to RGB
+        {"name": "json", "struct": fields},
+        {"name": "__key__", "dtype": "string"},
+        {"name": "__url__", "dtype": "string"},
+    ]
+
+
+def card_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The front matter as a dict (configs, dataset_info, and the hub's descriptive keys)."""
+    configs, infos = [], []
+    for d in manifest["datasets"]:
+        by_split = split_shards(manifest, d)
+        globs = split_globs(manifest, d)
+        configs.append({"config_name": d, "data_files": [{"split": name, "path": globs[name]} for name in globs]})
+        infos.append({
+            "config_name": d,
+            "features": features(manifest, d),
+            # num_bytes: the shards' size (an arrow table of the same PNG bytes is about as large)
+            "splits": [{"name": name, "num_bytes": sum(s["bytes"] for s in recs),
+                        "num_examples": sum(s["count"] for s in recs)} for name, recs in by_split.items()],
+            "download_size": sum(s["bytes"] for recs in by_split.values() for s in recs),
+        })
+    kind = manifest.get("config", {}).get("corpus", {}).get("kind", "unknown")
+    return {
+        "pretty_name": "serwild noisy speech-emotion spectrograms",
+        "license": "other",
+        "license_name": "source-corpus",
+        "license_details": f"Inherits the licence of the source corpus (corpus.kind: {kind}; "
+                           "IEMOCAP: the USC SAIL licence).",
+        "task_categories": ["audio-classification", "image-classification"],
+        "tags": ["speech-emotion-recognition", "spectrogram", "noise-augmentation", "webdataset"],
+        "size_categories": [_size_category(sum(s["count"] for s in manifest["shards"]))],
+        "configs": configs,
+        "dataset_info": infos,
+    }
+
+
+def card_front_matter(manifest: dict[str, Any]) -> str:
+    """``---`` YAML ``---`` (with the trailing newline)."""
+    body = yaml.safe_dump(card_metadata(manifest), sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{body}---\n"
+
+
+def readme(manifest: dict[str, Any]) -> str:
+    """The whole card: front matter, description, counts, how to load, versions."""
+    m = manifest
+    cfg = m.get("config", {})
+    kind = cfg.get("corpus", {}).get("kind", "?")
+    audio, split, noise = cfg.get("audio", {}), cfg.get("split", {}), cfg.get("noise", {})
+    image = m.get("image", {})
+    totals = m.get("totals", {})
+    conds = list(m["conditions"])
+    snrs = [v for v in m["conditions"].values() if v is not None]
+    d0 = next(iter(m["datasets"]))
+    noisy = next((c for c in conds if m["conditions"][c] is not None), conds[0])
+    n_samples = sum(s["count"] for s in m["shards"])
+    lines = [
+        card_front_matter(m),
+        "# serwild spectrogram shards",
+        "",
+        f"Jet spectrograms ({image.get('height', '?')} × {image.get('width', '?')} RGB, low frequencies at the "
+        f"bottom) of {audio.get('block_seconds', 1.0):g} s speech blocks from a corpus of kind `{kind}`, "
+        f"clean and with real-room noise mixed at {', '.join(f'{s:g}' for s in snrs) or 'no'} dB SNR "
+        f"(conditions: {', '.join(conds)}). Built by `serwild build` following Yusuf et al. (2022): 1 s blocks, "
+        f"`y = clean + λ·noise`, peak normalisation, power STFT in dB (n_fft {audio.get('n_fft', '?')}, "
+        f"hop {audio.get('hop_length', '?')}), matplotlib's jet colours.",
+        "",
+        f"- split: `{split.get('strategy', '?')}` (test fraction {split.get('test_fraction', '?')}, "
+        f"{split.get('folds', '?')} CV folds over train; every condition of a block shares its split and fold)",
+        f"- noise: the last {noise.get('test_fraction', 0):.0%} of every noise file is reserved for test samples",
+        f"- seed {cfg.get('seed', '?')}; fingerprint `{m['fingerprint'][:16]}…`; {len(m['shards'])} shards, "
+        f"{n_samples} samples, {totals.get('rejects', 0)} inputs rejected (see `rejects.jsonl`)",
+        "",
+        "## Layout",
+        "",
+        "WebDataset tar shards, one sample = `KEY.png` (palette PNG) + `KEY.json` (metadata). "
+        "`manifest.json` lists every shard with its sample count, class counts and sha256.",
+        "",
+        "| config | split | files | samples |",
+        "| --- | --- | --- | ---: |",
+    ]
+    for d in m["datasets"]:
+        globs = split_globs(m, d)
+        for name, recs in split_shards(m, d).items():
+            lines.append(f"| {d} | {name} | `{globs[name]}` | {sum(s['count'] for s in recs)} |")
+    lines += [
+        "",
+        "`train` holds every CV fold and every condition: filter on `json.fold` and `json.condition`. "
+        f"`{', '.join(NULLABLE_FIELDS[1:])}` are null for clean samples and `fold` is null for test samples.",
+        "",
+        "## Counts",
+        "",
+    ]
+    counts = m.get("counts", {})
+    for d, classes in ((d, v["classes"]) for d, v in m["datasets"].items()):
+        lines += [f"### {d}", "", "| split | condition | " + " | ".join(classes) + " | total |",
+                  "| --- | --- | " + " | ".join("---:" for _ in classes) + " | ---: |"]
+        for sp, by_cond in sorted(counts.get(d, {}).items()):
+            for cond in conds:
+                row = by_cond.get(cond, {})
+                cells = [str(row.get(c, 0)) for c in classes]
+                lines.append(f"| {sp} | {cond} | " + " | ".join(cells) + f" | {sum(row.values())} |")
+        lines.append("")
+    lines += [
+        "## Load",
+        "",
+        "Each snippet runs from this folder (a test runs them on a real build). Check integrity first: "
+        "`serwild verify <this folder or its URL>` streams every shard once and compares its sha256 and "
+        "sample count with the manifest.",
+        "",
+        "### Plain webdataset",
+        "",
+        "```python",
+        "import json",
+        "",
+        "import webdataset as wds",
+        "",
+        "manifest = json.load(open('manifest.json'))",
+        f"urls = [s['path'] for s in manifest['shards'] if s['dataset'] == '{d0}' and s['split'] == 'test'",
+        "        and s['condition'] == 'clean']  # over HTTP: the build's base URL + s['path']",
+        "ds = wds.WebDataset(urls, shardshuffle=False).decode('rgb8').to_tuple('png', 'json')",
+        "image, meta = next(iter(ds))",
+        f"assert image.shape == ({image.get('height', 257)}, {image.get('width', 259)}, 3)  # uint8 RGB",
+        "print(meta['label'], meta['condition'], meta['snr_db'])  # snr_db is None for clean samples",
+        "```",
+        "",
+        "### Hugging Face datasets",
+        "",
+        "```python",
+        "from pathlib import Path",
+        "",
+        "from datasets import load_dataset, load_dataset_builder",
+        "",
+        "here = str(Path('.').resolve())  # this folder: datasets wants a named path, not '.'",
+        f"ds = load_dataset(here, '{d0}')  # on the Hub: load_dataset('<user>/<repo>', '{d0}')",
+        "print(ds)",
+        "row = ds['test_clean'][0]",
+        "print(row['png'].size, row['png'].mode, row['json']['label'], row['json']['snr_db'])",
+        f"stream = load_dataset(here, '{d0}', split='test_{noisy}', streaming=True)  # no full download",
+        "print(next(iter(stream))['json']['condition'])",
+        "# Tars picked by hand: pass this card's features (inferred ones type the clean samples'",
+        "# null fields as null, and the first noisy sample then fails to cast)",
+        f"features = load_dataset_builder(here, '{d0}').info.features",
+        f"raw = load_dataset('webdataset', data_files={{'test': '{d0}/test/*.tar'}}, features=features, split='test')",
+        "```",
+        "",
+        "### serwild",
+        "",
+        "```python",
+        "import webdataset as wds",
+        "",
+        "from serwild.data.remote import open_location, register_wds_opener",
+        "",
+        "# a folder, file:///…, https://host/prefix/ or 'pipe:aws s3 cp s3://bucket/prefix/{path} -'",
+        "build = open_location('.')",
+        "manifest = build.load_manifest()",
+        f"test = [s for s in manifest['shards'] if s['dataset'] == '{d0}' and s['split'] == 'test']",
+        "print(build.verify(test) or 'test shards match the manifest')  # sha256 + count, one pass each",
+        "register_wds_opener()  # http(s) reads with timeouts and retries",
+        "ds = wds.WebDataset(build.shard_urls(test), shardshuffle=False).decode('rgb8').to_tuple('png', 'json')",
+        "print(sum(1 for _ in ds), 'test samples')",
+        "```",
+        "",
+        "## Versions",
+        "",
+        ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"

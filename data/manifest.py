@@ -1,0 +1,114 @@
+"""A build's manifest as its readers see it: load it, select shards, check shards against it.
+
+The manifest is the contract between the builder and every reader: a shard listed here is
+complete (its sample count and sha256 are recorded), and readers refuse shards that do not
+match it, since a tar cut at a file boundary otherwise reads as a valid, shorter shard.
+No torch here: the builder and ``serwild verify`` import this cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from serwild.errors import UsageError
+
+FORMAT = "serwild-shards/1"
+MANIFEST = "manifest.json"
+
+
+def load_manifest(build_dir: str | Path) -> dict[str, Any]:
+    path = Path(build_dir) / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"{path} not found: is {build_dir} a finished `serwild build` output?")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise UsageError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def select_shards(manifest: dict[str, Any], dataset: str, split: str, conditions: list[str] | None = None,
+                  folds: list[int] | None = None) -> list[dict[str, Any]]:
+    """The shard records of one dataset/split, optionally only some conditions and folds."""
+    if dataset not in manifest["datasets"]:
+        raise UsageError(f"dataset {dataset!r} is not in this build (built: {', '.join(manifest['datasets'])})")
+    built = set(manifest["conditions"])
+    missing = [c for c in conditions or [] if c not in built]
+    if missing:
+        raise UsageError(f"condition(s) {', '.join(missing)} not in this build (built: {', '.join(built)})")
+    return [s for s in manifest["shards"]
+            if s["dataset"] == dataset and s["split"] == split
+            and (conditions is None or s["condition"] in conditions)
+            and (folds is None or s["fold"] in folds)]
+
+
+def train_folds(manifest: dict[str, Any], dataset: str) -> list[int]:
+    """The cross-validation folds the build's training shards of ``dataset`` carry."""
+    return sorted({s["fold"] for s in manifest["shards"]
+                   if s["dataset"] == dataset and s["split"] == "train" and s["fold"] is not None})
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def count_samples(path: str | Path) -> int:
+    """Distinct sample keys in a tar (members ``key.ext``); raises on a cut-off tar."""
+    keys = set()
+    with tarfile.open(path, "r") as tf:
+        for member in tf:
+            if member.isfile():
+                keys.add(member.name.split("/")[-1].split(".", 1)[0])
+    return len(keys)
+
+
+def check_shard(build_dir: str | Path, record: dict[str, Any], full: bool = True) -> str | None:
+    """None if the shard matches its record, else one line saying what is wrong."""
+    path = Path(build_dir) / record["path"]
+    if not path.is_file():
+        return f"missing: {record['path']}"
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        return f"bad: {record['path']} has {size} bytes, manifest says {record['bytes']}"
+    if not full:
+        return None
+    if sha256_file(path) != record["sha256"]:
+        return f"bad: {record['path']} sha256 differs from the manifest"
+    try:
+        n = count_samples(path)
+    except (tarfile.TarError, OSError) as e:
+        return f"bad: {record['path']} is not a readable tar ({e})"
+    if n != record["count"]:
+        return f"bad: {record['path']} has {n} samples, manifest says {record['count']}"
+    return None
+
+
+def check_shards(build_dir: str | Path, records: list[dict[str, Any]], full: bool = True) -> list[str]:
+    """Problems with ``records`` (empty list: all good). full=False checks sizes only."""
+    return [p for r in records if (p := check_shard(build_dir, r, full)) is not None]
+
+
+def extra_shards(build_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
+    """Tar files under the build dir that the manifest does not list."""
+    listed = {s["path"] for s in manifest["shards"]}
+    root = Path(build_dir)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.tar") if str(p.relative_to(root)) not in listed)
+
+
+def verify_build(build_dir: str | Path, full: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """(manifest, problems): every listed shard checked, and tars the manifest does not list."""
+    manifest = load_manifest(build_dir)
+    problems = check_shards(build_dir, manifest["shards"], full=full)
+    problems += [f"extra: {p} (not in the manifest)" for p in extra_shards(build_dir, manifest)]
+    return manifest, problems

@@ -1,0 +1,610 @@
+"""Where a build lives: a folder, ``file://``, ``http(s)://`` or a ``pipe:`` command, read one way.
+
+    build = open_location("https://example.org/serwild/demo/")      # or a folder, file:///…,
+    manifest = build.load_manifest()                                 # or "pipe:aws s3 cp s3://b/demo/{path} -"
+    problems = build.verify(manifest["shards"])                      # streams each shard once
+
+A build is a base plus the relative paths its manifest lists. ``join`` accepts only plain
+relative paths (letters, digits, ``._-`` and ``/``; no ``..``, no scheme, no absolute path, no
+backslash, no ``%``), so a manifest can never point a reader outside its base.
+
+Every network read has a socket timeout (``RemoteOptions.timeout_s``), so a dead server
+cannot hang a reader; a failed read is retried with exponential backoff (a stream resumes
+where it stopped, with an HTTP ``Range`` request), and when the retries are spent the
+reader raises :class:`RemoteError`: a ``UsageError`` (the CLI prints one line, naming the
+URL) that is also an ``OSError`` (webdataset and tar readers treat it as an I/O failure).
+
+Object stores: read a public or presigned-per-prefix bucket over https, or any store
+through a ``pipe:`` command whose ``{path}`` placeholder receives the relative path (the
+command's stdout is the object), e.g. ``pipe:aws s3 cp s3://bucket/build/{path} -`` or
+``pipe:gcloud storage cat gs://bucket/build/{path}``.
+
+No torch here (``serwild verify`` imports this): webdataset is imported only to register
+the http(s) opener, in :func:`register_wds_opener`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import http.client
+import importlib
+import io
+import json
+import os
+import re
+import select
+import shlex
+import signal
+import ssl
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from serwild.errors import UsageError
+
+# Must equal serwild.data.manifest's (a test pins it); not imported from there so that
+# manifest.py can import this module without a cycle.
+MANIFEST = "manifest.json"
+FORMAT = "serwild-shards/1"
+
+USER_AGENT = "serwild-remote/1"
+READ_CHUNK = 1 << 16
+RETRY_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_RELPATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class RemoteError(UsageError, OSError):
+    """A location that cannot be read: one line naming the URL (network failure after the
+    retries, missing object, refused path, unsupported scheme)."""
+
+    def __str__(self) -> str:
+        # webdataset appends the URL and the stream to ``exn.args``: the message is the first
+        return str(self.args[0]) if self.args else super().__str__()
+
+
+class NotFound(RemoteError):
+    """The object does not exist (HTTP 404/410, a missing file)."""
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How patient a reader is. ``timeout_s`` bounds every connect and every read; a failed
+    operation is tried ``1 + retries`` times, waiting ``backoff_s``, 2×, 4×… (at most
+    ``backoff_max_s``) in between."""
+
+    timeout_s: float = 30.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0 or self.retries < 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
+            raise UsageError(f"remote options: timeout_s must be > 0 and retries/backoff >= 0 (got {self})")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
+        return min(self.backoff_s * 2**attempt, self.backoff_max_s)
+
+    def worst_case_s(self) -> float:
+        """Longest one operation can take against a server that accepts but never answers."""
+        return (self.retries + 1) * self.timeout_s + sum(self.delay(i) for i in range(self.retries))
+
+
+def safe_relpath(rel: object) -> str:
+    """``rel`` if it is a plain relative path inside a build, else UsageError (one line)."""
+    if not isinstance(rel, str) or not _RELPATH.fullmatch(rel):
+        raise RemoteError(f"refusing path {rel!r}: a build may only name plain relative paths inside itself "
+                          "(letters, digits, '._-' and '/'; no '..', scheme, leading '/', '\\' or '%')")
+    return rel
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects (object stores and the HF Hub use them) to http(s) targets only
+    (urllib's own would follow one to ftp://)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            raise RemoteError(f"{req.full_url}: refusing a redirect to {newurl}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_Redirects)  # + urllib's defaults: proxies from the environment
+
+
+class _ShortRead(OSError):
+    def __init__(self, got: int, total: int) -> None:
+        super().__init__(f"connection closed after {got} of {total} bytes")
+
+
+class _CommandFailed(OSError):
+    pass
+
+
+def _classify(e: BaseException, opts: RemoteOptions) -> tuple[bool, str] | None:
+    """(retry?, what happened) for an I/O failure; None for anything else (a bug: re-raised)."""
+    if isinstance(e, urllib.error.HTTPError):
+        e.close()
+        return e.code in RETRY_HTTP, f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        reason = e.reason
+        if isinstance(reason, TimeoutError):
+            return True, f"no answer within {opts.timeout_s:g} s"
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return False, f"TLS certificate not accepted ({reason.verify_message})"
+        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+        return True, text
+    if isinstance(e, TimeoutError):
+        return True, f"no answer within {opts.timeout_s:g} s"
+    if isinstance(e, (_ShortRead, _CommandFailed)):
+        return True, str(e)
+    if isinstance(e, http.client.IncompleteRead):
+        return True, f"connection closed mid-transfer ({len(e.partial)} bytes of a chunk)"
+    if isinstance(e, (OSError, http.client.HTTPException)):
+        text = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+        return True, text
+    return None
+
+
+class _Resumable(io.RawIOBase):
+    """A read-only stream that reopens itself at the current offset after a failed read,
+    ``retries`` times per failure (progress resets the count), then raises RemoteError."""
+
+    def __init__(self, url: str, opts: RemoteOptions) -> None:
+        super().__init__()
+        self.name, self._opts = url, opts
+        self._pos, self._failures = 0, 0
+        self._since = time.monotonic()  # the last progress (or the start): what "gave up after" counts from
+        self._src: Any = None
+        self._connect()
+
+    # subclasses: open at a byte offset, read into a buffer, drop the source
+    def _open(self, pos: int) -> Any:
+        raise NotImplementedError
+
+    def _read_src(self, b: memoryview) -> int:
+        raise NotImplementedError
+
+    def _drop_src(self) -> None:
+        src, self._src = self._src, None
+        if src is not None:
+            src.close()
+
+    def _connect(self) -> None:
+        while self._src is None:
+            try:
+                self._src = self._open(self._pos)
+            except Exception as e:  # classified in _failed; unknown errors re-raised
+                self._drop_src()
+                self._failed(e)
+
+    def _failed(self, e: Exception) -> None:
+        if isinstance(e, RemoteError):
+            raise e
+        verdict = _classify(e, self._opts)
+        if verdict is None:
+            raise e
+        retry, text = verdict
+        self._failures += 1
+        if isinstance(e, urllib.error.HTTPError) and e.code in (404, 410):
+            raise NotFound(f"{self.name}: not found ({text})") from None
+        if not retry or self._failures > self._opts.retries:
+            spent = time.monotonic() - self._since
+            tries = f" (gave up after {self._failures} attempts, {spent:.1f} s)" if self._failures > 1 else ""
+            raise RemoteError(f"{self.name}: {text}{tries}") from None
+        time.sleep(self._opts.delay(self._failures - 1))
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        if not len(view):
+            return 0
+        while True:
+            if self._src is None:
+                self._connect()
+            try:
+                n = self._read_src(view)
+            except Exception as e:  # classified in _failed; unknown errors re-raised
+                self._drop_src()
+                self._failed(e)
+                continue
+            if n:
+                self._pos += n
+                self._failures, self._since = 0, time.monotonic()
+            return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._drop_src()
+        super().close()
+
+
+class _HTTPStream(_Resumable):
+    """GET with a socket timeout; resumes with ``Range: bytes=pos-`` (``If-Range`` pinned to
+    the first answer's ETag/Last-Modified); a body shorter than its Content-Length is a
+    failure, not an end (http.client's ``readinto`` returns 0 on a cut connection)."""
+
+    def __init__(self, url: str, opts: RemoteOptions) -> None:
+        self._total: int | None = None
+        self._ident: tuple[str | None, str | None, int | None] | None = None
+        super().__init__(url, opts)
+
+    def _open(self, pos: int) -> http.client.HTTPResponse:
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        if pos:
+            headers["Range"] = f"bytes={pos}-"
+            etag, modified = self._ident[:2] if self._ident else (None, None)
+            validator = etag if etag and not etag.startswith("W/") else modified  # If-Range wants a strong one
+            if validator:
+                headers["If-Range"] = validator
+        resp = _OPENER.open(urllib.request.Request(self.name, headers=headers), timeout=self._opts.timeout_s)
+        try:
+            ident = (resp.headers.get("ETag"), resp.headers.get("Last-Modified"), resp.length)
+            if not pos:
+                self._total, self._ident = resp.length, ident
+            elif resp.status == 206:
+                m = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", ""))
+                if not m or int(m.group(1)) != pos:
+                    raise RemoteError(f"{self.name}: asked for bytes {pos}- to resume, server sent "
+                                      f"{resp.headers.get('Content-Range')!r}")
+            elif self._ident and ident == self._ident:  # no range support: same object, skip to pos
+                left = pos
+                while left:
+                    chunk = resp.read(min(left, READ_CHUNK))
+                    if not chunk:
+                        raise _ShortRead(pos - left, pos)
+                    left -= len(chunk)
+            else:
+                raise RemoteError(f"{self.name} changed on the server while being read (resuming at byte {pos})")
+        except BaseException:
+            resp.close()
+            raise
+        return resp
+
+    def _read_src(self, b: memoryview) -> int:
+        n = self._src.readinto(b)
+        if n == 0 and self._total is not None and self._pos < self._total:
+            raise _ShortRead(self._pos, self._total)
+        return n
+
+
+class _PipeStream(_Resumable):
+    """A shell command's stdout (``pipe:`` URL) read with a timeout per read; a non-zero exit
+    status is a failure (its last stderr line is reported); a retry reruns the command and
+    skips what was already read."""
+
+    def __init__(self, url: str, opts: RemoteOptions) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr_reader: threading.Thread | None = None
+        self._stderr: collections.deque[bytes] = collections.deque(maxlen=32)
+        super().__init__(url, opts)
+
+    def _open(self, pos: int) -> Any:
+        # A process group of its own, so a timeout can stop the command's children too.
+        proc = subprocess.Popen(self.name[len("pipe:"):], shell=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
+        self._proc, self._stderr = proc, collections.deque(maxlen=32)
+        self._stderr_reader = threading.Thread(target=self._collect_stderr, args=(proc, self._stderr), daemon=True)
+        self._stderr_reader.start()
+        self._src = proc.stdout
+        left, scratch = pos, bytearray(READ_CHUNK)
+        while left:
+            n = self._read_src(memoryview(scratch)[:min(left, READ_CHUNK)])
+            if not n:
+                raise _ShortRead(pos - left, pos)
+            left -= n
+        return proc.stdout
+
+    @staticmethod
+    def _collect_stderr(proc: subprocess.Popen[bytes], sink: collections.deque[bytes]) -> None:
+        assert proc.stderr is not None
+        with contextlib.suppress(ValueError, OSError), proc.stderr:  # ends at EOF (the command exited)
+            for line in proc.stderr:
+                sink.append(line)
+
+    def _read_src(self, b: memoryview) -> int:
+        assert self._proc is not None and self._src is not None
+        ready, _, _ = select.select([self._src], [], [], self._opts.timeout_s)
+        if not ready:
+            raise TimeoutError
+        n = self._src.readinto(b)
+        if n == 0:
+            try:
+                rc = self._proc.wait(timeout=self._opts.timeout_s)
+            except subprocess.TimeoutExpired:
+                raise TimeoutError from None
+            if rc != 0:
+                if self._stderr_reader is not None:
+                    self._stderr_reader.join(timeout=1.0)  # its last line names the cause
+                last = next((x.decode(errors="replace").strip() for x in reversed(self._stderr) if x.strip()), "")
+                raise _CommandFailed(f"command exited with status {rc}" + (f": {last}" if last else ""))
+        return n or 0
+
+    def _drop_src(self) -> None:
+        proc, self._proc, self._src = self._proc, None, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if self._stderr_reader is not None:
+            self._stderr_reader.join(timeout=self._opts.timeout_s)  # it closes stderr
+
+
+def open_url(url: str, options: RemoteOptions | None = None) -> BinaryIO:
+    """A buffered binary stream of ``url``: a local path, ``file://``, ``http(s)://`` or ``pipe:``."""
+    opts = options or RemoteOptions()
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme in ("http", "https"):
+        return io.BufferedReader(_HTTPStream(url, opts), buffer_size=READ_CHUNK)
+    if url.startswith("pipe:"):
+        return io.BufferedReader(_PipeStream(url, opts), buffer_size=READ_CHUNK)
+    path = _file_path(url) if scheme == "file" else url
+    try:
+        return open(path, "rb")  # noqa: SIM115 - returned to the caller
+    except FileNotFoundError:
+        raise NotFound(f"{path} not found") from None
+    except OSError as e:
+        raise RemoteError(f"{path}: {e.strerror or e}") from None
+
+
+def _file_path(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost") or not url.startswith("file://"):
+        raise RemoteError(f"{url}: only local file:// URLs are supported (file:///absolute/path)")
+    return urllib.request.url2pathname(parts.path)
+
+
+class _Tee(io.RawIOBase):
+    """Reads through ``raw``, hashing and counting every byte (tarfile sees only this)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self.raw, self.sha, self.nbytes = raw, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(len(b))
+        n = len(data)
+        memoryview(b).cast("B")[:n] = data
+        self.sha.update(data)
+        self.nbytes += n
+        return n
+
+    def drain(self) -> None:
+        """Read to the end: bytes after the tar's end blocks (padding, garbage) count too."""
+        while True:
+            data = self.raw.read(READ_CHUNK)
+            if not data:
+                return
+            self.sha.update(data)
+            self.nbytes += len(data)
+
+
+# ----------------------------------------------------------------------------- builds
+
+
+@dataclass(frozen=True)
+class Build:
+    """A build's base: ``kind`` is ``local`` (a folder; ``file://`` lands here), ``http``
+    (``base`` is the URL, ending in ``/``) or ``pipe`` (``base`` is the command template)."""
+
+    location: str
+    kind: str
+    base: str
+    options: RemoteOptions = RemoteOptions()
+
+    @property
+    def is_remote(self) -> bool:
+        return self.kind != "local"
+
+    def join(self, rel: str) -> str:
+        """The URL (or path) of ``rel`` under the base; refuses anything that could leave it."""
+        try:
+            rel = safe_relpath(rel)
+        except RemoteError as e:
+            raise RemoteError(f"{self.location}: {e}") from None
+        if self.kind == "local":
+            return str(Path(self.base) / rel)
+        if self.kind == "http":
+            return self.base + urllib.parse.quote(rel)
+        return self.base.replace("{path}", shlex.quote(rel))
+
+    def open_stream(self, rel: str) -> BinaryIO:
+        """A buffered binary stream of ``rel`` (timeouts, retries and resume as configured)."""
+        return open_url(self.join(rel), self.options)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.open_stream(rel) as f:
+            return f.read()
+
+    def size(self, rel: str) -> int:
+        """Bytes of ``rel`` without reading it (stat; HTTP HEAD). Not available for pipe: builds."""
+        url = self.join(rel)
+        if self.kind == "local":
+            try:
+                return os.stat(url).st_size
+            except FileNotFoundError:
+                raise NotFound(f"{url} not found") from None
+        if self.kind == "pipe":
+            raise RemoteError(f"{self.location}: a pipe: build cannot tell sizes without reading (drop --quick)")
+        for attempt in range(self.options.retries + 1):
+            try:
+                req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+                with _OPENER.open(req, timeout=self.options.timeout_s) as resp:
+                    length = resp.headers.get("Content-Length", "")  # (resp.length is 0 for HEAD)
+                    if not length.isdigit():
+                        raise RemoteError(f"{url}: the server sends no Content-Length")
+                    return int(length)
+            except RemoteError:
+                raise
+            except Exception as e:  # classified; unknown errors re-raised
+                verdict = _classify(e, self.options)
+                if verdict is None:
+                    raise
+                if isinstance(e, urllib.error.HTTPError) and e.code in (404, 410):
+                    raise NotFound(f"{url}: not found ({verdict[1]})") from None
+                if not verdict[0] or attempt == self.options.retries:
+                    raise RemoteError(f"{url}: {verdict[1]} (gave up after {attempt + 1} attempts)") from None
+                time.sleep(self.options.delay(attempt))
+        raise AssertionError("unreachable")
+
+    def load_manifest(self) -> dict[str, Any]:
+        """manifest.json from the base, checked: its format, and that every shard record has
+        a safe path, a sha256, a count and a size (a bad one is refused in one line)."""
+        url = self.join(MANIFEST)
+        try:
+            raw = self.read_bytes(MANIFEST)
+        except NotFound:
+            raise NotFound(f"{url} not found: is {self.location} a finished `serwild build` output?") from None
+        try:
+            manifest = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RemoteError(f"{url} is not readable JSON ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise RemoteError(f"{url}: format {found!r}, expected {FORMAT!r}")
+        shards = manifest.get("shards")
+        if not isinstance(shards, list):
+            raise RemoteError(f"{url}: 'shards' is not a list")
+        for i, r in enumerate(shards):
+            ok = (isinstance(r, dict) and isinstance(r.get("sha256"), str) and _SHA256.fullmatch(r["sha256"])
+                  and all(isinstance(r.get(k), int) and r[k] >= 0 for k in ("count", "bytes")))
+            if not ok:
+                raise RemoteError(f"{url}: shard record {i} lacks a path, sha256, count or bytes")
+            try:
+                safe_relpath(r.get("path"))
+            except RemoteError as e:
+                raise RemoteError(f"{url}: shard record {i}: {e}") from None
+        return manifest
+
+    def shard_urls(self, records: list[dict[str, Any]]) -> list[str]:
+        """URLs (or paths) of manifest shard records, for webdataset (http(s) ones want
+        :func:`register_wds_opener` first, for timeouts and retries)."""
+        return [self.join(r["path"]) for r in records]
+
+    def stream_check(self, rel: str, sha256: str, count: int, nbytes: int) -> str | None:
+        """None if ``rel`` has ``nbytes`` bytes, that sha256 and ``count`` samples, else one
+        line saying what is wrong ("missing: …", "bad: …"). One streaming pass, nothing
+        written to disk. Network failures (after retries) raise RemoteError."""
+        keys: set[str] = set()
+        tar_error = None
+        try:
+            with self.open_stream(rel) as raw:
+                tee = _Tee(raw)
+                try:
+                    with tarfile.open(fileobj=tee, mode="r|") as tf:
+                        for member in tf:
+                            if member.isfile():
+                                keys.add(member.name.split("/")[-1].split(".", 1)[0])
+                except tarfile.TarError as e:
+                    tar_error = e
+                tee.drain()
+        except NotFound:
+            return f"missing: {rel}"
+        if tee.nbytes != nbytes:
+            return f"bad: {rel} has {tee.nbytes} bytes, manifest says {nbytes}"
+        if tee.sha.hexdigest() != sha256:
+            return f"bad: {rel} sha256 differs from the manifest"
+        if tar_error is not None:
+            return f"bad: {rel} is not a readable tar ({tar_error})"
+        if len(keys) != count:
+            return f"bad: {rel} has {len(keys)} samples, manifest says {count}"
+        return None
+
+    def verify(self, records: list[dict[str, Any]], full: bool = True) -> list[str]:
+        """Problems with ``records`` (empty: all good). ``full`` streams each shard once
+        (sha256 + sample count); otherwise sizes only (stat / HEAD)."""
+        problems = []
+        for r in records:
+            if full:
+                p = self.stream_check(r["path"], r["sha256"], r["count"], r["bytes"])
+            else:
+                try:
+                    n = self.size(r["path"])
+                    p = None if n == r["bytes"] else f"bad: {r['path']} has {n} bytes, manifest says {r['bytes']}"
+                except NotFound:
+                    p = f"missing: {r['path']}"
+            if p is not None:
+                problems.append(p)
+        return problems
+
+
+def open_location(location: str | os.PathLike[str], options: RemoteOptions | None = None) -> Build:
+    """A build folder, ``file:///…``, ``http(s)://host/prefix/`` or a ``pipe:`` command template
+    with ``{path}`` (e.g. ``pipe:aws s3 cp s3://bucket/build/{path} -``). Reads nothing."""
+    opts = options or RemoteOptions()
+    text = os.fspath(location)
+    if text.startswith("pipe:"):
+        if "{path}" not in text:
+            raise RemoteError(f"{text}: a pipe: location needs a {{path}} placeholder for the relative path, "
+                              "e.g. 'pipe:aws s3 cp s3://bucket/build/{path} -'")
+        return Build(text, "pipe", text, opts)
+    parts = urllib.parse.urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.netloc:
+            raise RemoteError(f"{text}: no host in the URL")
+        if parts.query or parts.fragment:
+            raise RemoteError(f"{text}: a build base URL cannot carry a query or fragment (a presigned URL "
+                              "signs one object; use a pipe: command for private buckets)")
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        return Build(text, "http", urllib.parse.urlunsplit((scheme, parts.netloc, path, "", "")), opts)
+    if scheme == "file":
+        return Build(text, "local", _file_path(text), opts)
+    if scheme and len(scheme) > 1:  # one letter: a Windows drive, a path
+        raise RemoteError(f"{text}: '{scheme}://' builds are not read directly; use a folder, file://, http(s):// "
+                          f"(public buckets, the HF Hub's .../resolve/main/) or a pipe: command, e.g. "
+                          f"'pipe:aws s3 cp s3://bucket/build/{{path}} -'")
+    return Build(text, "local", str(Path(text).expanduser()), opts)
+
+
+# ----------------------------------------------------------------------------- webdataset
+
+
+class WdsOpener:
+    """A webdataset ``gopen`` handler for http(s) with serwild's timeouts and retries
+    (webdataset's own runs curl without a read timeout: a dead server hangs it)."""
+
+    def __init__(self, options: RemoteOptions | None = None) -> None:
+        self.options = options or RemoteOptions()
+
+    def __call__(self, url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> BinaryIO:
+        if mode != "rb":
+            raise ValueError(f"{url}: serwild's http opener reads only (mode {mode!r})")
+        return open_url(url, self.options)
+
+
+def register_wds_opener(options: RemoteOptions | None = None) -> dict[str, Any]:
+    """Route webdataset's http:// and https:// reads (``gopen_schemes``, its extension
+    point) through :class:`WdsOpener`; returns the handlers it replaced. Per process: a
+    DataLoader worker started with ``spawn`` must call it again (``worker_init_fn``)."""
+    # Here, not at the top: webdataset imports torch. And by name: ``webdataset.gopen`` the
+    # attribute is the function, the module is only in sys.modules.
+    gopen = importlib.import_module("webdataset.gopen")
+    opener = WdsOpener(options)
+    previous = {s: gopen.gopen_schemes.get(s) for s in ("http", "https")}
+    for scheme in previous:
+        gopen.gopen_schemes[scheme] = opener
+    return previous

@@ -1,0 +1,1 @@
+"""serwild.pipelines: drivers that run every stage in order (``demo``)."""

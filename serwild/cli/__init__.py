@@ -1,0 +1,83 @@
+"""``serwild``: one command, a subcommand per stage; this package is the only CLI layer.
+
+    serwild synth    --out corpora/synth --size demo        # synthetic corpus, IEMOCAP layout
+    serwild build    --config configs/demo.yaml [k=v …]  # Ray: corpus → WebDataset shards
+    serwild verify   shards/demo                         # sha256 + counts vs the manifest
+    serwild train    --config configs/demo.yaml [--nproc N] [--cv] [--resume] [k=v …]
+    serwild evaluate --checkpoint runs/<name>/best.pt    # per-condition tables and plots
+    serwild compare  runs/a runs/b                       # the paper's Figures 4/5
+    serwild predict  --checkpoint best.pt rec.wav …      # emotions of your own recordings
+    serwild demo                                         # the whole story, end to end
+
+Each subcommand is a module here (``serwild.cli.build`` …) with ``add_arguments(parser)``
+and ``run(args)`` over library functions. Only the invoked command's module is imported,
+so ``serwild --help`` stays fast and ``serwild verify`` never loads torch. A user's mistake
+(:class:`UsageError`, including config errors) is one ``serwild <cmd>: error: …`` line and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from serwild import __version__
+from serwild.errors import UsageError
+
+# name → one-line help; the module is serwild.cli.<name>.
+COMMANDS: dict[str, str] = {
+    "synth": "write the synthetic corpus (IEMOCAP layout) and noise WAVs",
+    "build": "render clean + noisy spectrograms into WebDataset shards (Ray)",
+    "verify": "check a build's shards against its manifest (sha256, counts)",
+    "train": "fine-tune AlexNet on the shards (launches torchrun)",
+    "evaluate": "score a checkpoint on every test condition",
+    "compare": "compare runs: weighted F1 per test condition",
+    "predict": "emotion of each 1 s block of your own WAV files",
+    "demo": "synth → build → train clean/augmented → evaluate → compare",
+}
+
+
+def top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="serwild",
+        description="Noise-robust speech emotion recognition (jet spectrograms + AlexNet).",
+        epilog="Run `serwild <command> --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"serwild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text)
+    return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The full parser of one subcommand (imports only that command's module)."""
+    module = importlib.import_module(f"serwild.cli.{name}")
+    p = argparse.ArgumentParser(prog=f"serwild {name}", description=(module.__doc__ or COMMANDS[name]).strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    p.set_defaults(_run=module.run, command=name)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        top_parser().parse_args(argv)  # prints help / version / the usage error and exits
+        return 2
+    # Intermixed: `serwild train --resume train.epochs=2` (overrides after flags) parses.
+    args = command_parser(argv[0]).parse_intermixed_args(argv[1:])
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as e:
+        print(f"serwild {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"serwild {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""The emotion of each 1 s block of your own recordings, and of each whole file.
+
+    serwild predict --checkpoint runs/<name>/best.pt rec1.wav rec2.flac … [--json]
+    serwild predict --checkpoint best.pt long.wav eval.batch_size=16 eval.device=cpu
+
+Any sample rate, mono or stereo (channels are averaged). Each file is cut and rendered
+exactly as the builder renders training data (the checkpoint's ``audio`` settings), so the
+model sees what it was trained on; blocks are rendered and scored a batch at a time
+(``eval.batch_size``), so memory does not grow with the recording's length. Silent blocks
+are skipped, as the builder skips them. Per block: the class probabilities and the most
+likely class; per file: the class of the mean of its block logits (as ``serwild evaluate``
+scores utterances).
+
+A file that is unreadable, shorter than one block, or silent gets a one-line message
+(on stderr, or an ``error`` entry with ``--json``) and the other files are still scored.
+Exit status: 0 if every file was scored, 1 if any file failed, 2 for a usage error
+(e.g. a missing checkpoint). A file whose name contains ``=`` is given as ``./name=x.wav``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from serwild.cli.options import add_config_arguments, split_overrides
+from serwild.config import load_config
+from serwild.errors import UsageError
+from serwild.evaluate.predict import format_result, predict_files
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by serwild train")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_config_arguments(p, positional_overrides=False)
+    p.add_argument("inputs", nargs="+", metavar="AUDIO|key=value",
+                   help="WAV (or FLAC/OGG) files, any rate, mono or stereo; and eval.* overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides, files = split_overrides(args.inputs)
+    if not files:
+        raise UsageError("give at least one audio file")
+    settings = load_config(args.config, overrides).eval
+    results, classes = predict_files(args.checkpoint, files, device=settings.device, batch_size=settings.batch_size)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "classes": classes,
+                          "files": [asdict(r) for r in results]}, indent=2))
+    else:
+        for r in results:
+            if r.error is None:
+                print(format_result(r, classes))
+    for r in results:
+        if r.error is not None:
+            print(f"serwild predict: {r.file}: {r.error}", file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0

@@ -1,0 +1,153 @@
+"""The hub card (README.md at the build root): its YAML against the real shards, HF
+``datasets`` loading the build folder, and the card's own load snippets, run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from serwild.builder.hubcard import SAMPLE_FIELDS, card_front_matter, readme, split_globs, split_shards
+from tests.data.tinybuild import SNR_DB, manifest_of, tiny_build  # noqa: F401 - fixture
+
+# Before `datasets` (and huggingface_hub) read them at import: nothing here may go online.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+CONDITIONS = ["clean"] + [f"snr{v.replace('.', 'p')}" for v in SNR_DB.strip("[]").split(",")]
+SPLITS = ["train"] + [f"test_{c}" for c in CONDITIONS]
+
+
+@pytest.fixture
+def hub_build(tiny_build: Path, tmp_path: Path) -> Path:  # noqa: F811 - fixture use
+    """A copy of the tiny build with its README.md (what the builder will write)."""
+    out = Path(shutil.copytree(tiny_build, tmp_path / "build"))
+    (out / "README.md").write_text(readme(manifest_of(out)))
+    return out
+
+
+@pytest.fixture
+def hf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """HF ``datasets`` with every cache under tmp_path and no network."""
+    datasets = pytest.importorskip("datasets")
+    for name in ("HF_DATASETS_CACHE", "DOWNLOADED_DATASETS_PATH", "EXTRACTED_DATASETS_PATH", "HF_MODULES_CACHE"):
+        monkeypatch.setattr(datasets.config, name, tmp_path / "hf" / name.lower())
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    datasets.disable_progress_bars()
+    yield datasets
+    datasets.enable_progress_bars()
+
+
+def _front_matter(text: str) -> dict:
+    m = re.match(r"---\n(.*?)\n---\n", text, re.S)
+    assert m, "no YAML front matter"
+    return yaml.safe_load(m.group(1))
+
+
+def test_front_matter_declares_configs_splits_and_every_field(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    meta = _front_matter(card_front_matter(m))
+    assert [c["config_name"] for c in meta["configs"]] == ["ahsn", "aesn"] == list(m["datasets"])
+    for config, info in zip(meta["configs"], meta["dataset_info"]):
+        d = config["config_name"]
+        assert info["config_name"] == d
+        assert [f["split"] for f in config["data_files"]] == SPLITS
+        assert {f["split"]: f["path"] for f in config["data_files"]} == split_globs(m, d)
+        # every shard of the dataset in exactly one split, counts as in the manifest
+        by_split = split_shards(m, d)
+        assert sorted(s["path"] for recs in by_split.values() for s in recs) == \
+            sorted(s["path"] for s in m["shards"] if s["dataset"] == d)
+        assert {s["name"]: s["num_examples"] for s in info["splits"]} == {
+            "train": sum(s["count"] for s in m["shards"] if s["dataset"] == d and s["split"] == "train"),
+            **{f"test_{c}": sum(s["count"] for s in m["shards"]
+                                if s["dataset"] == d and s["split"] == "test" and s["condition"] == c)
+               for c in CONDITIONS}}
+        columns = {f["name"]: f for f in info["features"]}
+        assert list(columns) == ["png", "json", "__key__", "__url__"]
+        assert columns["png"]["dtype"] == {"image": {"mode": "RGB"}}
+        typed = {f["name"]: f["dtype"] for f in columns["json"]["struct"]}
+        names = {str(i): c for i, c in enumerate(m["datasets"][d]["classes"])}
+        assert typed == {**SAMPLE_FIELDS, "class_index": {"class_label": {"names": names}}}
+        assert "null" not in typed.values()
+    # the card types exactly the fields the shards carry
+    keys = set()
+    for shard in m["shards"]:
+        with tarfile.open(tiny_build / shard["path"]) as tf:
+            for member in tf:
+                if member.name.endswith(".json"):
+                    keys.add(tuple(sorted(json.loads(tf.extractfile(member).read()))))  # type: ignore[union-attr]
+    assert keys == {tuple(sorted(SAMPLE_FIELDS))}
+
+
+def test_split_shards_refuses_a_shard_no_split_matches(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    m["shards"].append(dict(m["shards"][0], dataset="ahsn", path="ahsn/valid/clean-000000.tar"))
+    with pytest.raises(ValueError, match="ahsn/valid/clean-000000.tar matches 0 card splits"):
+        split_shards(m, "ahsn")
+
+
+def test_readme_body_counts_and_snippets(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    text = readme(m)
+    assert text.startswith(card_front_matter(m))
+    n = sum(s["count"] for s in m["shards"] if s["path"].startswith("aesn/test/snr7p5-"))
+    assert f"| aesn | test_snr7p5 | `aesn/test/snr7p5-*.tar` | {n} |" in text
+    assert [h for h in re.findall(r"^### (.+)$", text, re.M) if h not in m["datasets"]] == \
+        ["Plain webdataset", "Hugging Face datasets", "serwild"]
+    assert len(re.findall(r"^```python$", text, re.M)) == 3
+
+
+def test_load_dataset_reads_the_build_folder(hub_build: Path, hf) -> None:
+    m = manifest_of(hub_build)
+    for d in m["datasets"]:
+        ds = hf.load_dataset(str(hub_build), d)
+        assert list(ds) == SPLITS
+        for split, recs in split_shards(m, d).items():
+            assert ds[split].num_rows == sum(s["count"] for s in recs) > 0
+        features = ds["train"].features
+        assert features["png"] == hf.Image(mode="RGB")
+        json_types = features["json"]
+        for name in ("snr_db", "noise_gain", "noise_offset_s", "start_s"):
+            assert json_types[name] == hf.Value("float64"), name
+        for name in ("noise", "label", "condition", "utterance"):
+            assert json_types[name] == hf.Value("string"), name
+        assert json_types["fold"] == hf.Value("int64")
+        assert json_types["class_index"].names == m["datasets"][d]["classes"]
+        clean, noisy = ds["test_clean"][0], ds[f"test_{CONDITIONS[1]}"][0]
+        image = np.asarray(clean["png"])
+        assert clean["png"].mode == "RGB" and image.shape == (257, 259, 3) and image.dtype == np.uint8
+        assert clean["json"]["snr_db"] is None and clean["json"]["noise"] is None and clean["json"]["fold"] is None
+        assert noisy["json"]["snr_db"] == 15.0 and isinstance(noisy["json"]["noise"], str)
+        assert json_types["class_index"].int2str(noisy["json"]["class_index"]) == noisy["json"]["label"]
+        assert {row["fold"] for row in ds["train"]["json"]} == {0, 1}
+
+
+def test_card_snippets_run(hub_build: Path, hf, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (hub_build / "README.md").read_text()
+    snippets = {}  # section title → its python block
+    for section in re.split(r"^### ", text, flags=re.M)[1:]:
+        title, _, body = section.partition("\n")
+        for code in re.findall(r"^```python\n(.*?)^```$", body, re.M | re.S):
+            snippets[title] = code
+    assert list(snippets) == ["Plain webdataset", "Hugging Face datasets", "serwild"]
+    monkeypatch.chdir(hub_build)
+    outputs = {}
+    for title, code in snippets.items():
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"README.md ({title})", "exec"), {"__name__": "__snippet__"})
+        outputs[title] = out.getvalue()
+    assert outputs["Plain webdataset"].split()[1:] == ["clean", "None"]
+    assert "test_snr15: Dataset" in outputs["Hugging Face datasets"]
+    assert outputs["Hugging Face datasets"].rstrip().endswith("snr15")
+    n_test = sum(s["count"] for s in manifest_of(hub_build)["shards"] if s["path"].startswith("ahsn/test/"))
+    assert outputs["serwild"].splitlines() == ["test shards match the manifest", f"{n_test} test samples"]

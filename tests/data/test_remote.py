@@ -1,0 +1,367 @@
+"""Remote builds against a real HTTP server on 127.0.0.1 (tests/data/server.py), file:// and
+pipe: locations, and the path guard. Every server is stopped by its ``with`` (and stops
+itself after its max lifetime); nothing but 127.0.0.1 is contacted."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from serwild.data import manifest as data_manifest
+from serwild.data.remote import (
+    FORMAT,
+    MANIFEST,
+    Build,
+    NotFound,
+    RemoteError,
+    RemoteOptions,
+    open_location,
+    register_wds_opener,
+    safe_relpath,
+)
+from serwild.errors import UsageError
+from tests.data.server import LoopbackServer
+from tests.data.tinybuild import manifest_of, tiny_build  # noqa: F401 - fixture
+
+FAST = RemoteOptions(timeout_s=0.5, retries=2, backoff_s=0.05)
+SLACK_S = 1.5  # scheduling slack on 2 shared cores
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback only: no proxy may see these requests."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def build_copy(tiny_build: Path, tmp_path: Path) -> Path:  # noqa: F811 - fixture use
+    """A copy of the tiny build that a test may damage."""
+    return Path(shutil.copytree(tiny_build, tmp_path / "build"))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e)
+    assert text and "\n" not in text, text
+    return text
+
+
+def _test_shards(m: dict, condition: str | None = None) -> list[dict]:
+    return [s for s in m["shards"] if s["dataset"] == "ahsn" and s["split"] == "test"
+            and (condition is None or s["condition"] == condition)]
+
+
+# ----------------------------------------------------------------------------- paths and schemes
+
+
+@pytest.mark.parametrize("rel", ["../../etc/passwd", "/etc/passwd", "ahsn/../../x.tar", "http://evil.example/x.tar",
+                                 "file:///etc/passwd", "ahsn\\test\\x.tar", "%2e%2e/x.tar", "", "./x.tar",
+                                 "ahsn//x.tar", "x.tar?y=1", "x{0..3}.tar", "a b.tar", "ahsn/test/", ".hidden"])
+def test_join_refuses_anything_that_could_leave_the_base(rel: str) -> None:
+    for build in (open_location("/srv/build"), open_location("http://127.0.0.1:9/b/"),
+                  open_location("pipe:cat /srv/build/{path}")):
+        with pytest.raises(RemoteError) as info:
+            build.join(rel)
+        assert repr(rel) in _one_line(info.value) and build.location in str(info.value)
+
+
+def test_join_and_open_location_per_scheme(tmp_path: Path) -> None:
+    rel = "ahsn/test/snr7p5-000000.tar"
+    assert safe_relpath(rel) == rel
+    assert open_location(tmp_path).join(rel) == str(tmp_path / rel)
+    file_build = open_location(f"file://{tmp_path}")
+    assert file_build.kind == "local" and file_build.join(rel) == str(tmp_path / rel)
+    http = open_location("http://127.0.0.1:8000/pub/build")  # a trailing slash is added
+    assert http.kind == "http" and http.join(rel) == f"http://127.0.0.1:8000/pub/build/{rel}"
+    pipe = open_location("pipe:aws s3 cp s3://bucket/build/{path} -")
+    assert pipe.kind == "pipe" and pipe.join(rel) == f"pipe:aws s3 cp s3://bucket/build/{rel} -"
+    for bad, words in [("s3://bucket/build", "pipe:aws s3 cp"), ("pipe:cat /srv/x", "{path}"),
+                       ("https://h/build/?X-Amz-Signature=1", "query"), ("file://otherhost/x", "local file://")]:
+        with pytest.raises(UsageError) as info:
+            open_location(bad)
+        assert words in _one_line(info.value) and bad in str(info.value)
+
+
+def test_constants_match_the_manifest_module() -> None:
+    assert (FORMAT, MANIFEST) == (data_manifest.FORMAT, data_manifest.MANIFEST)
+
+
+def test_options_bound_the_worst_case() -> None:
+    assert FAST.worst_case_s() == pytest.approx(3 * 0.5 + 0.05 + 0.1)
+    assert RemoteOptions(backoff_s=4, backoff_max_s=5).delay(3) == 5
+    with pytest.raises(UsageError):
+        RemoteOptions(timeout_s=0)
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def test_verify_over_http_streams_each_shard_once_without_disk(tiny_build: Path,  # noqa: F811
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    m = manifest_of(tiny_build)
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        build = open_location(srv.url(), FAST)
+        manifest = build.load_manifest()
+        assert manifest == m
+
+        reader = threading.get_ident()  # the server's threads (reading the files it serves) may
+
+        def guard(real):  # open files; the verifying thread may not
+            def wrapped(*args: object, **kw: object) -> object:
+                assert threading.get_ident() != reader, f"verify touched the disk: {args}"
+                return real(*args, **kw)
+            return wrapped
+
+        for target, name in ((builtins, "open"), (io, "open"), (tempfile, "TemporaryFile"),
+                             (tempfile, "NamedTemporaryFile"), (tempfile, "mkstemp")):
+            monkeypatch.setattr(target, name, guard(getattr(target, name)))
+        assert build.verify(manifest["shards"]) == []
+        monkeypatch.undo()
+        gets = [p for method, p, _ in srv.requests if method == "GET"]
+        assert sorted(gets) == sorted([MANIFEST] + [s["path"] for s in m["shards"]])  # each exactly once
+        assert all(rng is None for _, _, rng in srv.requests)
+
+
+def test_verify_over_file_url_and_pipe_command(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    some = m["shards"][:3]
+    for location in (f"file://{tiny_build}", f"pipe:cat {tiny_build}/{{path}}"):
+        build = open_location(location, FAST)
+        assert build.load_manifest() == m
+        assert build.verify(some) == []
+    pipe = open_location(f"pipe:cat {tiny_build}/{{path}}", FAST)
+    with pytest.raises(RemoteError) as info:  # cat fails: its status and stderr, in one line
+        pipe.read_bytes("ahsn/test/nope.tar")
+    assert "status 1" in _one_line(info.value) and "No such file" in str(info.value)
+
+
+def test_shard_cut_on_the_server_is_caught_and_named(build_copy: Path) -> None:
+    m = manifest_of(build_copy)
+    cut, flipped, boundary = _test_shards(m, "clean")[0], _test_shards(m, "clean")[1], _test_shards(m)[2]
+    # a shard cut on disk mid-member, one with a flipped byte, one cut at a sample boundary and
+    # re-terminated (a valid, shorter tar): all three caught, each named
+    path = build_copy / cut["path"]
+    path.write_bytes(path.read_bytes()[:5000])
+    path = build_copy / flipped["path"]
+    data = bytearray(path.read_bytes())
+    data[700] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _rewrite_without_last_sample(build_copy / boundary["path"])
+    with LoopbackServer(build_copy, max_lifetime_s=30) as srv:
+        build = open_location(srv.url(), FAST)
+        problems = build.verify(build.load_manifest()["shards"])
+    assert problems[0] == f"bad: {cut['path']} has 5000 bytes, manifest says {cut['bytes']}"
+    assert f"bad: {flipped['path']} sha256 differs from the manifest" in problems
+    assert any(p.startswith(f"bad: {boundary['path']} ") for p in problems)
+    assert len(problems) == 3
+    # same verdicts as the local checker on the same files
+    assert problems == data_manifest.check_shards(build_copy, m["shards"])
+
+
+def _rewrite_without_last_sample(path: Path) -> None:
+    with tarfile.open(path) as tf:
+        members = [(t, tf.extractfile(t).read()) for t in tf.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        for t, data in members[:-2]:
+            tf.addfile(t, io.BytesIO(data))
+
+
+def test_server_cutting_the_body_short_is_caught_with_an_honest_length(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    shard = _test_shards(m)[0]
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        srv.cut(shard["path"], 10240)  # serves a 10240-byte file: a cut at a tar record boundary
+        build = open_location(srv.url(), FAST)
+        assert build.verify([shard]) == [f"bad: {shard['path']} has 10240 bytes, manifest says {shard['bytes']}"]
+
+
+def test_dropped_connection_resumes_with_a_range_request(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    shard = _test_shards(m)[0]
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        srv.cut(shard["path"], 3000, drop=True, times=1)  # full Content-Length, closed after 3000 bytes
+        build = open_location(srv.url(), FAST)
+        assert build.verify([shard]) == []
+        assert [r for r in srv.requests if r[1] == shard["path"]] == [("GET", shard["path"], None),
+                                                                       ("GET", shard["path"], "bytes=3000-")]
+
+
+def test_a_connection_that_keeps_dropping_ends_in_one_line(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    shard = _test_shards(m)[0]
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        srv.cut(shard["path"], 3000, drop=True)
+        build = open_location(srv.url(), FAST)
+        with pytest.raises(RemoteError) as info:
+            build.stream_check(shard["path"], shard["sha256"], shard["count"], shard["bytes"])
+        text = _one_line(info.value)
+        assert text.startswith(srv.url(shard["path"]) + ": ")
+        assert f"after 3000 of {shard['bytes']} bytes" in text and f"{FAST.retries + 1} attempts" in text
+        assert srv.count(shard["path"]) == FAST.retries + 1
+
+
+def test_transient_errors_are_retried_and_missing_objects_are_not(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        build = open_location(srv.url(), FAST)
+        srv.fail(MANIFEST, 503, times=FAST.retries)
+        assert build.load_manifest() == m and srv.count(MANIFEST) == FAST.retries + 1
+        srv.fail(MANIFEST, 503, times=FAST.retries + 1)
+        with pytest.raises(RemoteError) as info:
+            build.load_manifest()
+        assert _one_line(info.value) == (f"{srv.url(MANIFEST)}: HTTP 503 Service Unavailable "
+                                         f"(gave up after {FAST.retries + 1} attempts, "
+                                         f"{str(info.value).rsplit(', ', 1)[1]}")
+        missing = dict(_test_shards(m)[0], path="ahsn/test/clean-999999.tar")
+        before = len(srv.requests)
+        assert build.verify([missing]) == ["missing: ahsn/test/clean-999999.tar"]
+        assert len(srv.requests) == before + 1  # a 404 is not retried
+        with pytest.raises(NotFound) as nf:
+            open_location(srv.url("no/such/build/"), FAST).load_manifest()
+        assert "serwild build" in _one_line(nf.value)
+
+
+def test_quick_verify_asks_sizes_only(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    shards = _test_shards(m)
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        srv.cut(shards[0]["path"], 512)
+        build = open_location(srv.url(), FAST)
+        assert build.verify(shards, full=False) == [
+            f"bad: {shards[0]['path']} has 512 bytes, manifest says {shards[0]['bytes']}"]
+        assert {method for method, _, _ in srv.requests} == {"HEAD"}
+
+
+def test_manifest_naming_a_path_outside_the_build_is_refused(build_copy: Path) -> None:
+    m = manifest_of(build_copy)
+    m["shards"][1]["path"] = "../../etc/passwd"
+    (build_copy / MANIFEST).write_text(json.dumps(m))
+    with LoopbackServer(build_copy, max_lifetime_s=30) as srv:
+        with pytest.raises(RemoteError) as info:
+            open_location(srv.url(), FAST).load_manifest()
+        text = _one_line(info.value)
+        assert text.startswith(srv.url(MANIFEST)) and "'../../etc/passwd'" in text and "record 1" in text
+        assert [p for _, p, _ in srv.requests] == [MANIFEST]  # nothing else was asked for
+    with pytest.raises(RemoteError):
+        open_location(build_copy).load_manifest()
+
+
+def test_redirects_are_followed_to_http_only(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    shard = _test_shards(m)[0]
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        srv.redirect("moved/" + shard["path"], srv.url(shard["path"]))
+        srv.redirect("ftp/" + shard["path"], "ftp://127.0.0.1:9/x.tar")
+        build = open_location(srv.url(), FAST)
+        assert build.stream_check("moved/" + shard["path"], shard["sha256"], shard["count"], shard["bytes"]) is None
+        with pytest.raises(RemoteError) as info:
+            build.read_bytes("ftp/" + shard["path"])
+        assert _one_line(info.value) == f"{srv.url('ftp/' + shard['path'])}: refusing a redirect to ftp://127.0.0.1:9/x.tar"
+
+
+# ----------------------------------------------------------------------------- dead servers
+
+
+def test_a_server_that_stops_answering_fails_within_the_timeout(tiny_build: Path) -> None:  # noqa: F811
+    m = manifest_of(tiny_build)
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        build = open_location(srv.url(), FAST)
+        manifest = build.load_manifest()
+        srv.stall_after(len(srv.requests) + 2)  # two more shards, then silence
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError) as info:
+            build.verify(manifest["shards"])
+        elapsed = time.monotonic() - t0
+        text = _one_line(info.value)
+        third = m["shards"][2]["path"]
+        assert text.startswith(f"{srv.url(third)}: no answer within 0.5 s (gave up after 3 attempts")
+        assert elapsed < FAST.worst_case_s() + SLACK_S, elapsed
+    assert not srv.running
+
+
+def test_a_closed_port_fails_fast(tiny_build: Path) -> None:  # noqa: F811
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        url = srv.url()
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as info:
+        open_location(url, FAST).load_manifest()
+    assert "refused" in _one_line(info.value).lower() and url in str(info.value)
+    assert time.monotonic() - t0 < FAST.worst_case_s() + SLACK_S
+
+
+def test_a_hanging_pipe_command_is_killed_within_the_timeout(tiny_build: Path, tmp_path: Path) -> None:  # noqa: F811
+    pidfile = tmp_path / "pid"
+    opts = RemoteOptions(timeout_s=0.3, retries=1, backoff_s=0.05)
+    build = open_location(f"pipe:echo $$ > {pidfile}; sleep 30; cat {tiny_build}/{{path}}", opts)
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as info:
+        build.read_bytes(MANIFEST)
+    assert "no answer within 0.3 s (gave up after 2 attempts" in _one_line(info.value)
+    assert time.monotonic() - t0 < opts.worst_case_s() + SLACK_S
+    with pytest.raises(ProcessLookupError):  # the shell of the last attempt is gone (killed, reaped)
+        os.kill(int(pidfile.read_text()), 0)
+
+
+def test_the_server_helper_stops_itself(tiny_build: Path) -> None:  # noqa: F811
+    srv = LoopbackServer(tiny_build, max_lifetime_s=0.3).start()
+    url = srv.url(MANIFEST)
+    assert open_location(url.rsplit("/", 1)[0], FAST).read_bytes(MANIFEST)
+    deadline = time.monotonic() + 5
+    while srv.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not srv.running
+    with pytest.raises(RemoteError):
+        open_location(url.rsplit("/", 1)[0], RemoteOptions(timeout_s=0.5, retries=0)).read_bytes(MANIFEST)
+
+
+# ----------------------------------------------------------------------------- webdataset
+
+
+@pytest.fixture
+def wds_opener(monkeypatch: pytest.MonkeyPatch):
+    """serwild's http(s) opener in webdataset for one test (the previous ones restored)."""
+    wds = pytest.importorskip("webdataset")
+    schemes = importlib.import_module("webdataset.gopen").gopen_schemes
+    for scheme in ("http", "https"):
+        monkeypatch.setitem(schemes, scheme, schemes[scheme])
+    register_wds_opener(FAST)
+    return wds
+
+
+def test_webdataset_streams_over_http_and_never_hangs(tiny_build: Path, wds_opener) -> None:  # noqa: F811
+    wds = wds_opener
+    m = manifest_of(tiny_build)
+    shards = _test_shards(m)
+    with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
+        build = open_location(srv.url(), FAST)
+        urls = build.shard_urls(shards)
+        samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "json"))
+        assert len(samples) == sum(s["count"] for s in shards)
+        assert samples[0][0].shape == (257, 259, 3)
+        assert {meta["condition"] for _, meta in samples} == set(m["conditions"])
+        srv.stall_after(len(srv.requests) + 1)
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError) as info:
+            for _ in wds.WebDataset(urls, shardshuffle=False):
+                pass
+        assert _one_line(info.value).startswith(f"{urls[1]}: no answer within 0.5 s")
+        assert isinstance(info.value, OSError)  # what webdataset handlers and tar readers expect
+        assert time.monotonic() - t0 < FAST.worst_case_s() + SLACK_S
+
+
+def test_build_is_a_plain_value() -> None:
+    b = open_location("http://127.0.0.1:1/x/")
+    assert b == Build("http://127.0.0.1:1/x/", "http", "http://127.0.0.1:1/x/") and b.is_remote
