@@ -13,6 +13,8 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from serwild.builder.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
 # Below this peak a block is digital silence (about -80 dBFS): it carries no emotion and
 # has no power to set an SNR against, so it is rejected rather than divided by.
 SILENCE_PEAK = 1e-4
@@ -43,8 +45,18 @@ def probe(path: str | Path) -> AudioInfo:
         raise AudioError(f"not readable audio ({_short(e)})") from None
     if info.frames <= 0:
         raise AudioError("empty audio (0 frames)")
+    check_rate(int(info.samplerate))
     return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate),
                      channels=int(info.channels))
+
+
+def check_rate(sr: int) -> None:
+    """Refuse a header rate outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]: the work a file asks
+    for (blocks to plan, samples to resample) must be bounded by its size."""
+    if sr < MIN_SAMPLE_RATE:
+        raise AudioError(f"sample rate {sr} Hz is below {MIN_SAMPLE_RATE} Hz (header corrupt?)")
+    if sr > MAX_SAMPLE_RATE:
+        raise AudioError(f"sample rate {sr} Hz is above {MAX_SAMPLE_RATE} Hz (header corrupt?)")
 
 
 def read_mono(path: str | Path, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, int]:
@@ -61,6 +73,7 @@ def read_mono(path: str | Path, start: int = 0, stop: int | None = None) -> tupl
         raise AudioError(f"not readable audio ({_short(e)})") from None
     if data.size == 0:
         raise AudioError("empty audio (0 frames)")
+    check_rate(int(sr))
     return _mono(data), int(sr)
 
 

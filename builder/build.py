@@ -6,16 +6,21 @@
 
 Stages: read the corpus → scan audio (Ray tasks) → plan every sample (driver, seeded) →
 build shards (one Ray task per shard, progress bar) → manifest.json, rejects.jsonl,
-DATASET.md. Running the same command again resumes: shards already built from the same
-plan and still matching their sha256 are kept, the rest are rebuilt.
+README.md (the hub card: the folder uploads as is to a dataset hub). Running the same
+command again resumes: shards already built from the same plan and still matching their
+sha256 are kept, the rest are rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,13 +31,13 @@ from typing import Any, TypeVar
 import ray
 from tqdm import tqdm
 
-from serwild import atomic
-from serwild.builder import card, plan, scan
+from serwild import atomic, lock
+from serwild.builder import hubcard, plan, scan
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject, read_corpus
 from serwild.builder.manifest import make_manifest
 from serwild.builder.shards import build_shard
-from serwild.config import Config
+from serwild.config import Config, config_from_resolved, to_dict
 from serwild.data.manifest import sha256_file
 from serwild.errors import UsageError
 from serwild.synth.corpus import write_synthetic_corpus
@@ -55,8 +60,13 @@ def reject_summary(path: Path) -> Counter[str]:
     return reasons
 
 
-def run_build(cfg: Config, executor: str = "ray") -> Path:
-    """Build (or resume) the shards described by ``cfg``; returns the build folder."""
+def run_build(cfg: Config, executor: str = "ray", overwrite: bool = False) -> Path:
+    """Build (or resume) the shards described by ``cfg``; returns the build folder.
+
+    The folder is locked for the whole build (:mod:`serwild.lock`): a second build into it
+    is refused at once. A folder holding a finished build of another config is replaced
+    only with ``overwrite``.
+    """
     out = Path(cfg.out)
     _ensure_corpus(cfg)
     utts, rejects = read_corpus(cfg.corpus, cfg.datasets)
@@ -67,7 +77,7 @@ def run_build(cfg: Config, executor: str = "ray") -> Path:
     if cfg.snr_db:
         noises, noise_rejects = scan.scan_noise(Path(cfg.noise.dir), cfg.audio, cfg.noise.test_fraction)
     rejects += noise_rejects
-    with _executor(executor, cfg) as pmap:
+    with _claim(out, cfg, overwrite), _executor(executor, cfg) as pmap:
         scanned = []
         chunks = [utts[i:i + SCAN_CHUNK] for i in range(0, len(utts), SCAN_CHUNK)]
         for ok, bad in pmap(scan.scan_chunk, [(c, cfg.audio) for c in chunks], "scan audio"):
@@ -87,16 +97,64 @@ def run_build(cfg: Config, executor: str = "ray") -> Path:
                 log.write(json.dumps(done[stats.path], sort_keys=True) + "\n")
                 log.flush()
                 os.fsync(log.fileno())
-    records = [done[s.path] for s in specs]
-    for r in records:
-        rejects.extend(Reject(**x) for x in r.pop("rejects", []))
-    rejects.sort(key=lambda r: (r.stage, r.item, r.block if r.block is not None else -1, r.reason))
-    atomic.write_text(out / "rejects.jsonl", "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n"
-                                                      for r in rejects))
-    manifest = make_manifest(cfg, records, rejects, scanned)
-    atomic.write_json(out / "manifest.json", manifest)
-    atomic.write_text(out / "DATASET.md", card.dataset_card(manifest))
+        records = [done[s.path] for s in specs]
+        for r in records:
+            rejects.extend(Reject(**x) for x in r.pop("rejects", []))
+        rejects.sort(key=lambda r: (r.stage, r.item, r.block if r.block is not None else -1, r.reason))
+        atomic.write_text(out / "rejects.jsonl", "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n"
+                                                          for r in rejects))
+        manifest = make_manifest(cfg, records, rejects, scanned)
+        atomic.write_json(out / "manifest.json", manifest)
+        atomic.write_text(out / "README.md", hubcard.readme(manifest))  # the one dataset card (what hubs read)
     return out
+
+
+# What does not change a build's bytes: where it is (a moved or copied folder is the same
+# build), how Ray runs it, and the later stages' sections.
+NOT_BUILD_KEYS = ("out", "ray", "train", "cv", "eval", "remote")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}{key}.").items()} if d else {prefix: d}
+
+
+@contextlib.contextmanager
+def _claim(out: Path, cfg: Config, overwrite: bool) -> Iterator[None]:
+    """The build folder, locked (created if missing) and checked, for the rest of the build."""
+    with lock.locked(out, "serwild build"):
+        _check_same_build(out, cfg, overwrite)
+        yield
+
+
+def _check_same_build(out: Path, cfg: Config, overwrite: bool) -> None:
+    """Refuse to replace a finished build of another config without ``overwrite`` (a resume of
+    the same config goes ahead). With it, the old manifest goes first: the folder no longer
+    holds that build, and a killed overwrite resumes without the flag."""
+    path = out / "manifest.json"
+    if not path.is_file():
+        return
+    try:
+        # Read back through the config schema, so a key added since (at its default) is no difference.
+        old_cfg = json.loads(json.dumps(to_dict(config_from_resolved(json.loads(path.read_text())["config"]))))
+        old = {k: v for k, v in old_cfg.items() if k not in NOT_BUILD_KEYS}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UsageError):
+        old = None
+    new = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in NOT_BUILD_KEYS}
+    if old == new:
+        return
+    if not overwrite:
+        if old is None:
+            what = "a manifest.json serwild cannot read"
+        else:
+            a, b = _flat(old), _flat(new)
+            diff = [f"{k.rstrip('.')}: {a.get(k, '-')} → {b.get(k, '-')}" for k in sorted(set(a) | set(b))
+                    if a.get(k) != b.get(k)]
+            what = f"a build of another config ({'; '.join(diff[:3])}{' …' if len(diff) > 3 else ''})"
+        raise UsageError(f"{out} holds {what}: pass --overwrite to replace it, or set out=<another folder>")
+    for name in ("manifest.json", "README.md"):
+        (out / name).unlink(missing_ok=True)
 
 
 def with_hold(results: Iterator[T]) -> Iterator[T]:
@@ -130,7 +188,7 @@ def _resume_state(out: Path, specs: list, audio_cfg: AudioConfig) -> tuple[dict[
                 logged[rec["path"]] = rec
             except (json.JSONDecodeError, KeyError):
                 continue  # a line cut by a kill: that shard is simply rebuilt
-    render = asdict(audio_cfg)
+    render = audio_cfg.render_key()
     done, todo = {}, []
     for spec in specs:
         rec = logged.get(spec.path)
@@ -145,10 +203,12 @@ def _resume_state(out: Path, specs: list, audio_cfg: AudioConfig) -> tuple[dict[
 
 def _remove_strays(out: Path, planned: set[str]) -> None:
     """Temp files of killed tasks, and shards of an older plan, under our own sub-folders."""
+    atomic.remove_stale_temps(out)  # e.g. .manifest.json.tmp-<pid> of a killed driver
     for sub in ("ahsn", "aesn"):
         for p in (out / sub).rglob("*") if (out / sub).is_dir() else []:
             rel = str(p.relative_to(out))
-            if p.is_file() and (".tar.tmp-" in p.name or (p.suffix == ".tar" and rel not in planned)):
+            # A temp file goes only when its writer is dead (the same rule as the trainer's).
+            if p.is_file() and (atomic.is_stale_temp(p) or (p.suffix == ".tar" and rel not in planned)):
                 p.unlink()
 
 
@@ -166,6 +226,7 @@ class _executor:
         if kind not in ("ray", "serial"):
             raise UsageError(f"unknown executor {kind!r} (ray | serial)")
         self.kind, self.cfg, self.started = kind, cfg, False
+        self.watchdog: subprocess.Popen | None = None
 
     def __enter__(self) -> Callable[..., Iterator[Any]]:
         if self.kind == "serial":
@@ -174,16 +235,86 @@ class _executor:
             addr = self.cfg.ray.address
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR",
                                       "log_to_driver": True}
+            # ray.init makes SIGTERM a bare sys.exit(15); keep ours (serwild.cli: one line, exit 143).
+            sigterm = signal.getsignal(signal.SIGTERM)
             if addr:
                 ray.init(address=addr, **kwargs)
             else:
                 ray.init(num_cpus=self.cfg.ray.num_cpus, **kwargs)
             self.started = True
+            if sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, sigterm)
+            if not addr:
+                self.watchdog = _start_watchdog()
         return _ray_map
 
     def __exit__(self, *exc: object) -> None:
         if self.started:
-                ray.shutdown()
+            ray.shutdown()
+        if self.watchdog is not None:  # ends what ray.shutdown left (agents still reporting to the GCS)
+            self.watchdog.stdin.close()
+            self.watchdog.wait()
+
+
+# The local Ray cluster must not outlive a driver killed with SIGKILL. Its gcs, raylet and
+# workers die with the driver (Ray asks the kernel for that), but the dashboard and
+# runtime-env agents first try to tell the dead GCS, for 60 s (hard-coded in Ray). This
+# watchdog, started after ray.init with the driver's descendants (PID and start time, so a
+# reused PID is never hit), waits for EOF on a pipe only the driver holds (its exit, however
+# it exits, or the end of __exit__) and then SIGKILLs those still running.
+WATCHDOG = """
+import os, signal, sys
+def start(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+sys.stdin.read()
+for item in sys.argv[1:]:
+    pid, started = item.split(":")
+    if start(pid) == started:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def _proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent PID, start time) of a process, from /proc; None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _is_ray(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return cmd.startswith(b"ray::") or b"/ray/" in cmd
+
+
+def _start_watchdog() -> subprocess.Popen | None:
+    if not Path("/proc/self/stat").is_file():
+        return None  # no /proc (not Linux): no watchdog
+    children: dict[int, list[tuple[int, str]]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (st := _proc_stat(int(d))):
+            children.setdefault(st[0], []).append((int(d), st[1]))
+    # Ray's processes only: the driver (a test process, say) may have other children.
+    found, todo = [], [pid for pid, _ in children.get(os.getpid(), []) if _is_ray(pid)]
+    starts = dict(x for kids in children.values() for x in kids)
+    while todo:
+        pid = todo.pop()
+        found.append(f"{pid}:{starts[pid]}")
+        todo.extend(p for p, _ in children.get(pid, []))
+    # Its own session: a Ctrl-C meant for the build must not end the watchdog first.
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, *found], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
 
 
 def _progress(total: int, desc: str):
@@ -201,11 +332,44 @@ def _ray_map(fn: Callable, items: list[tuple], desc: str) -> Iterator[Any]:
     remote = ray.remote(num_cpus=1, max_retries=2)(fn)
     limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: list = []
+    args_of: dict[Any, tuple] = {}  # task ref → its arguments, to name what failed
     queue = list(items)
     with _progress(len(items), desc) as bar:
         while queue or pending:
             while queue and len(pending) < limit:
-                pending.append(remote.remote(*queue.pop(0)))
+                args = queue.pop(0)
+                pending.append(ref := remote.remote(*args))
+                args_of[ref] = args
             ready, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as e:  # the task raised, or its worker died (crash, OOM kill)
+                full = atomic.disk_full_cause(e)
+                if full is not None:  # the CLI's "no space left on device writing <file>", as without Ray
+                    raise full from None
+                raise UsageError(f"{_task_name(args_of[ready[0]])}: {_ray_reason(e)}") from None
+            del args_of[ready[0]]
+            yield result
             bar.update(1)
+
+
+def _task_name(args: tuple) -> str:
+    """A failed task's work, for its one-line error: the shard it writes (or the scan chunk)
+    and its first input file."""
+    work = args[0] if args else None
+    if isinstance(work, plan.ShardSpec):
+        first = work.samples[0].path if work.samples else "no samples"
+        return f"shard {work.path} (first input {first})"
+    if isinstance(work, list) and work and hasattr(work[0], "path"):
+        return f"scan of {len(work)} utterance(s) (first input {work[0].path})"
+    return "a Ray task"
+
+
+def _ray_reason(e: BaseException) -> str:
+    """The first line of what went wrong: the task's own exception, or Ray's word on the worker."""
+    cause = getattr(e, "cause", None)
+    if isinstance(e, ray.exceptions.RayTaskError) and cause is not None:
+        text = str(cause).strip().splitlines()
+        return f"the task raised {type(cause).__name__}" + (f": {text[0][:200]}" if text else "")
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__} after Ray's retries" + (f" ({text[0][:200]})" if text else "")

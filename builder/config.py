@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 
@@ -49,6 +49,14 @@ class SplitConfig:
             raise ValueError(f"split.folds must be at least 2, got {self.folds}")
 
 
+# What a WAV header may claim, for input files and for audio.sample_rate. Validity bounds,
+# not modelling choices, hence constants: below 4 kHz no speech band is left (telephone
+# speech is 8 kHz), above 384 kHz no recorder writes; a header outside is corrupt or hostile
+# (one that says 1 Hz turns 96 KB of samples into 48 000 one-sample "blocks").
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 384000
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     sample_rate: int = 16000
@@ -58,14 +66,28 @@ class AudioConfig:
     hop_length: int = 62
     top_db: float = 80.0  # dB range shown in the image (below max - top_db is the darkest blue)
     colormap: str = "jet"
+    # A longer file is rejected by the build (listed in rejects.jsonl), and `serwild predict`
+    # scores only its first blocks and says so: one file cannot plan unbounded work.
+    max_blocks_per_file: int = 3600  # an hour of 1 s blocks
 
     def __post_init__(self) -> None:
+        if self.max_blocks_per_file < 1:
+            raise ValueError(f"audio.max_blocks_per_file must be >= 1, got {self.max_blocks_per_file}")
         if self.sample_rate <= 0 or self.block_seconds <= 0:
             raise ValueError("audio.sample_rate and audio.block_seconds must be positive")
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            raise ValueError(f"audio.sample_rate must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, "
+                             f"got {self.sample_rate}")
         if self.n_fft < 16 or self.hop_length < 1:
             raise ValueError("audio.n_fft must be >= 16 and audio.hop_length >= 1")
         if self.top_db <= 0:
             raise ValueError(f"audio.top_db must be positive, got {self.top_db}")
+
+    def render_key(self) -> dict[str, object]:
+        """The settings that shape a shard's bytes (what a shard's plan digest covers). The
+        block cap only decides which files are used, which the plan itself records, so
+        changing it does not invalidate shards already built."""
+        return {k: v for k, v in asdict(self).items() if k != "max_blocks_per_file"}
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ nothing is dropped silently, and nothing here raises for one bad line.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ LABEL_ALIASES = {
 }
 SUMMARY_LINE = re.compile(r"^\[(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\]\s+(\S+)\s+(\S+)\s+\[")
 SESSION_ID = re.compile(r"^(Ses\d\d)[FM]_")
+# A sample key is "<id>_b<block>_<condition>": WebDataset cuts a key at its first '.', and
+# '/' or spaces would be tar paths or worse, so ids keep to these characters.
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ def read_iemocap(root: Path, improvised_only: bool = True) -> tuple[list[Utteran
     release = iemocap_release_dir(root)
     utts: list[Utterance] = []
     rejects: list[Reject] = []
+    first_seen: dict[str, str] = {}  # utterance id → the EmoEvaluation file that listed it first
     # Only the top-level .txt files: EmoEvaluation/ also holds Attribute/, Categorical/ …
     # subfolders and, in many copies, macOS "._" resource forks.
     for txt in sorted(release.glob("Session*/dialog/EmoEvaluation/*.txt")):
@@ -98,6 +104,12 @@ def read_iemocap(root: Path, improvised_only: bool = True) -> tuple[list[Utteran
         dialog = txt.stem
         session_dir = txt.parents[2]
         for utt_id, label in parse_emo_evaluation(txt):
+            where = str(txt.relative_to(release))
+            if utt_id in first_seen:  # the first listing is used; a second would repeat its samples' keys
+                rejects.append(Reject(utt_id, f"duplicate utterance id (first listed in {first_seen[utt_id]})",
+                                      "corpus", str(txt)))
+                continue
+            first_seen[utt_id] = where
             u, r = _iemocap_utterance(release, session_dir, dialog, utt_id, label, improvised_only)
             if u is not None:
                 utts.append(u)
@@ -129,6 +141,9 @@ def iemocap_speaker(utt_id: str) -> tuple[str, str] | None:
 def _iemocap_utterance(release: Path, session_dir: Path, dialog: str, utt_id: str, label: str,
                        improvised_only: bool) -> tuple[Utterance | None, Reject | None]:
     wav = session_dir / "sentences" / "wav" / dialog / f"{utt_id}.wav"
+    if not SAFE_ID.fullmatch(utt_id):
+        return None, Reject(utt_id, "utterance id has characters outside [A-Za-z0-9_-] (it would not be a "
+                            "usable WebDataset key)", "corpus", str(wav))
     if improvised_only and "impro" not in dialog:
         return None, Reject(utt_id, "scripted dialog (corpus.improvised_only: true)", "corpus", str(wav))
     if label not in IEMOCAP_CODES:
@@ -148,16 +163,16 @@ def read_csv_list(csv_path: Path) -> tuple[list[Utterance], list[Reject]]:
     """``path,label,speaker[,session]`` (header required); paths relative to the CSV."""
     if not csv_path.is_file():
         raise UsageError(f"corpus.root {csv_path}: CSV list not found")
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label", "speaker"} - set(reader.fieldnames or [])
-        if missing:
-            raise UsageError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
-                             "(expected header path,label,speaker[,session])")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_utf8(csv_path), newline=""))
+    missing = {"path", "label", "speaker"} - set(reader.fieldnames or [])
+    if missing:
+        raise UsageError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
+                         "(expected header path,label,speaker[,session])")
+    rows = list(reader)
     utts: list[Utterance] = []
     rejects: list[Reject] = []
     seen: set[str] = set()
+    first_row: dict[Path, str] = {}  # resolved audio path → the row that listed it first
     for n, row in enumerate(rows, start=2):  # line 1 is the header
         rel = (row.get("path") or "").strip()
         path = (csv_path.parent / rel).resolve()
@@ -170,11 +185,28 @@ def read_csv_list(csv_path: Path) -> tuple[list[Utterance], list[Reject]]:
             rejects.append(Reject(item, f"unknown label '{row.get('label')}'", "corpus", str(path)))
         elif not path.is_file():
             rejects.append(Reject(item, "audio file missing", "corpus", str(path)))
+        elif path in first_row:  # kept once: twice would put one block in train and test alike
+            rejects.append(Reject(item, f"duplicate of {first_row[path]} (same audio file)", "corpus", str(path)))
         else:
+            first_row[path] = item
             uid = unique_id(Path(rel), seen)
             session = (row.get("session") or "").strip() or speaker
             utts.append(Utterance(uid, str(path), rel, label, speaker, session))
     return utts, rejects
+
+
+def read_utf8(path: Path) -> str:
+    """A text file as UTF-8 (a leading byte-order mark, as Excel writes, is dropped); any
+    other encoding is one line naming the file and the first byte that is not UTF-8."""
+    raw = path.read_bytes()
+    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = skip + e.start
+        line = raw[:at].count(b"\n") + 1
+        raise UsageError(f"{path}: not UTF-8 text (byte {at}, line {line}: {raw[at:at + 1]!r}); "
+                         "save the list as UTF-8") from None
 
 
 def normalise_label(raw: str) -> str | None:
@@ -188,8 +220,9 @@ def unique_id(rel: Path, seen: set[str]) -> str:
     """A key-safe id from a file name: WebDataset cuts keys at the first '.', so dots and
     other odd characters become '-', and a clash gets a short hash of the full path."""
     base = re.sub(r"[^A-Za-z0-9_-]", "-", rel.with_suffix("").name) or "utt"
-    uid = base
-    if uid in seen:
-        uid = f"{base}-{hashlib.sha256(str(rel).encode()).hexdigest()[:8]}"
+    uid, n = base, 0
+    while uid in seen:  # the same name in another folder (or a name that looks like a suffixed one)
+        uid = f"{base}-{hashlib.sha256((str(rel) if n == 0 else f'{rel}#{n}').encode()).hexdigest()[:8]}"
+        n += 1
     seen.add(uid)
     return uid

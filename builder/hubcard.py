@@ -127,20 +127,22 @@ def card_front_matter(manifest: dict[str, Any]) -> str:
 
 
 def readme(manifest: dict[str, Any]) -> str:
-    """The whole card: front matter, description, counts, how to load, versions."""
+    """The whole card: front matter, description, layout, counts, how to load, versions."""
     m = manifest
+    parts = [card_front_matter(m), *_description(m), *_layout(m), *_counts(m), *_load(m),
+             "## Versions", "", ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), ""]
+    return "\n".join(parts)
+
+
+def _description(m: dict[str, Any]) -> list[str]:
     cfg = m.get("config", {})
     kind = cfg.get("corpus", {}).get("kind", "?")
     audio, split, noise = cfg.get("audio", {}), cfg.get("split", {}), cfg.get("noise", {})
-    image = m.get("image", {})
-    totals = m.get("totals", {})
+    image, totals = m.get("image", {}), m.get("totals", {})
     conds = list(m["conditions"])
     snrs = [v for v in m["conditions"].values() if v is not None]
-    d0 = next(iter(m["datasets"]))
-    noisy = next((c for c in conds if m["conditions"][c] is not None), conds[0])
     n_samples = sum(s["count"] for s in m["shards"])
-    lines = [
-        card_front_matter(m),
+    return [
         "# serwild spectrogram shards",
         "",
         f"Jet spectrograms ({image.get('height', '?')} × {image.get('width', '?')} RGB, low frequencies at the "
@@ -156,6 +158,11 @@ def readme(manifest: dict[str, Any]) -> str:
         f"- seed {cfg.get('seed', '?')}; fingerprint `{m['fingerprint'][:16]}…`; {len(m['shards'])} shards, "
         f"{n_samples} samples, {totals.get('rejects', 0)} inputs rejected (see `rejects.jsonl`)",
         "",
+    ]
+
+
+def _layout(m: dict[str, Any]) -> list[str]:
+    lines = [
         "## Layout",
         "",
         "WebDataset tar shards, one sample = `KEY.png` (palette PNG) + `KEY.json` (metadata). "
@@ -173,9 +180,13 @@ def readme(manifest: dict[str, Any]) -> str:
         "`train` holds every CV fold and every condition: filter on `json.fold` and `json.condition`. "
         f"`{', '.join(NULLABLE_FIELDS[1:])}` are null for clean samples and `fold` is null for test samples.",
         "",
-        "## Counts",
-        "",
     ]
+    return lines
+
+
+def _counts(m: dict[str, Any]) -> list[str]:
+    conds = list(m["conditions"])
+    lines = ["## Counts", ""]
     counts = m.get("counts", {})
     for d, classes in ((d, v["classes"]) for d, v in m["datasets"].items()):
         lines += [f"### {d}", "", "| split | condition | " + " | ".join(classes) + " | total |",
@@ -186,7 +197,16 @@ def readme(manifest: dict[str, Any]) -> str:
                 cells = [str(row.get(c, 0)) for c in classes]
                 lines.append(f"| {sp} | {cond} | " + " | ".join(cells) + f" | {sum(row.values())} |")
         lines.append("")
-    lines += [
+    return lines
+
+
+def _load(m: dict[str, Any]) -> list[str]:
+    """How-to-load snippets (plain webdataset, HF datasets, serwild); a test executes them."""
+    image = m.get("image", {})
+    conds = list(m["conditions"])
+    d0 = next(iter(m["datasets"]))
+    noisy = next((c for c in conds if m["conditions"][c] is not None), conds[0])
+    return [
         "## Load",
         "",
         "Each snippet runs from this folder (a test runs them on a real build). Check integrity first: "
@@ -232,26 +252,18 @@ def readme(manifest: dict[str, Any]) -> str:
         "### serwild",
         "",
         "```python",
-        "import webdataset as wds",
+        "from serwild.data import open_build",
         "",
-        "from serwild.data.remote import open_location, register_wds_opener",
-        "",
-        "# a folder, file:///…, https://host/prefix/ or 'pipe:aws s3 cp s3://bucket/prefix/{path} -'",
-        "build = open_location('.')",
-        "manifest = build.load_manifest()",
-        f"test = [s for s in manifest['shards'] if s['dataset'] == '{d0}' and s['split'] == 'test']",
-        "print(build.verify(test) or 'test shards match the manifest')  # sha256 + count, one pass each",
-        "register_wds_opener()  # http(s) reads with timeouts and retries",
-        "ds = wds.WebDataset(build.shard_urls(test), shardshuffle=False).decode('rgb8').to_tuple('png', 'json')",
-        "print(sum(1 for _ in ds), 'test samples')",
+        "# this folder, file:///…, https://host/prefix/ (the Hub: …/datasets/<user>/<repo>/resolve/main/)",
+        "# or a command: 'pipe:aws s3 cp s3://bucket/prefix/{path} -'",
+        "build = open_build('.')",
+        f"test = build.records('{d0}', 'test')  # manifest records; conditions=[...] narrows them",
+        "print(build.check(test) or 'test shards match the manifest')  # sha256 + count, one pass each",
+        f"batches = build.loader('{d0}', 'test', batch_size=32)  # (images, labels, metadata), each sample once",
+        "print(sum(len(labels) for _, labels, _ in batches), 'test samples')",
         "```",
         "",
-        "## Versions",
-        "",
-        ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
-        "",
     ]
-    return "\n".join(lines)
 
 
 def _size_category(n: int) -> str:

@@ -22,6 +22,7 @@ from serwild import seeds
 from serwild.builder.corpus import DATASETS
 from serwild.builder.scan import NoiseFile, ScannedUtterance
 from serwild.config import Config, ConfigError
+from serwild.errors import UsageError
 
 PLAN_FORMAT = 2  # bump when a change to rendering or layout must invalidate old shards
 
@@ -152,6 +153,10 @@ def _folds(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config) -
 def plan_shards(scanned: list[ScannedUtterance], noises: list[NoiseFile], cfg: Config) -> list[ShardSpec]:
     """Every shard of the build, each with its samples fully decided."""
     snrs: list[float | None] = [None, *cfg.snr_db]
+    names = [condition_name(s) for s in snrs]
+    if len(set(names)) != len(names):  # e.g. 15 and 15.0000001: both "snr15"
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"snr_db {cfg.snr_db}: two values give the same condition name {dup!r}")
     block_len = int(round(cfg.audio.block_seconds * cfg.audio.sample_rate))
     specs: list[ShardSpec] = []
     for dataset in cfg.datasets:
@@ -180,7 +185,21 @@ def plan_shards(scanned: list[ScannedUtterance], noises: list[NoiseFile], cfg: C
                          for j in part), key=lambda x: x.key))
                     specs.append(ShardSpec(f"{folder}/{cond}-{i:06d}.tar", dataset, split, fold, cond,
                                            snr, samples))
+    check_unique_keys(specs)
     return specs
+
+
+def check_unique_keys(specs: list[ShardSpec]) -> None:
+    """A key names one sample of a dataset: two samples under one key would be one sample to
+    every reader (and the build would fail its own verify). The corpus readers reject
+    repeated and unsafe ids, so this is a last line of defence; it names both inputs."""
+    owner: dict[tuple[str, str], SampleSpec] = {}
+    for spec in specs:
+        for s in spec.samples:
+            first = owner.setdefault((s.dataset, s.key), s)
+            if first is not s:
+                raise UsageError(f"two samples share the key {s.key!r} ({first.path} block {first.block} and "
+                                 f"{s.path} block {s.block}): each utterance id must be listed once")
 
 
 def _sample(item: tuple[ScannedUtterance, int], dataset: str, classes: tuple[str, ...], cond: str,

@@ -39,24 +39,34 @@ class BlockScan:
     info: audio.AudioInfo
     usable: tuple[int, ...]
     silent: tuple[int, ...]
+    dropped: int = 0  # blocks past audio.max_blocks_per_file, not scanned (scan(truncate=True))
 
 
 @dataclass(frozen=True)
 class Renderer:
     cfg: AudioConfig
 
-    def scan(self, path: str | Path) -> BlockScan:
+    def scan(self, path: str | Path, truncate: bool = False) -> BlockScan:
         """Header + per-block silence check (the file read once). Raises AudioError when the
-        file is unreadable, shorter than one block, or silent in every block."""
+        file is unreadable, has a header rate outside the bounds, is shorter than one block,
+        is silent in every block, or has more than ``audio.max_blocks_per_file`` blocks
+        (with ``truncate``, only those first blocks are scanned instead: ``dropped`` says how
+        many were left out)."""
         info = audio.probe(path)
         n_blocks = audio.block_count(info, self.cfg.block_seconds, self.cfg.keep_tail)
         if n_blocks == 0:
             raise audio.AudioError(f"shorter than one {self.cfg.block_seconds:g} s block ({info.seconds:.2f} s)")
+        cap, dropped = self.cfg.max_blocks_per_file, 0
+        if n_blocks > cap:
+            if not truncate:
+                raise audio.AudioError(f"too long: {n_blocks} blocks ({info.seconds:.0f} s), more than "
+                                       f"audio.max_blocks_per_file={cap}")
+            n_blocks, dropped = cap, n_blocks - cap
         peaks = audio.block_peaks(path, info, self.cfg.block_seconds, n_blocks)
         usable = tuple(b for b, p in enumerate(peaks) if p >= audio.SILENCE_PEAK)
         if not usable:
             raise audio.AudioError("silent (every block below -80 dBFS)")
-        return BlockScan(info, usable, tuple(b for b, p in enumerate(peaks) if p < audio.SILENCE_PEAK))
+        return BlockScan(info, usable, tuple(b for b, p in enumerate(peaks) if p < audio.SILENCE_PEAK), dropped)
 
     def block(self, path: str | Path, block: int, native_sr: int) -> np.ndarray:
         """Block ``block`` of a file, resampled to the target rate (exact length)."""

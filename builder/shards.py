@@ -68,7 +68,7 @@ def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> ShardStats:
     return ShardStats(
         path=spec.path, dataset=spec.dataset, split=spec.split, fold=spec.fold, condition=spec.condition,
         snr_db=spec.snr_db, count=sum(classes.values()), class_counts=dict(sorted(classes.items())),
-        bytes=final.stat().st_size, sha256=sha256_file(final), digest=spec.digest(asdict(cfg)),
+        bytes=final.stat().st_size, sha256=sha256_file(final), digest=spec.digest(cfg.render_key()),
         rejects=[r.to_dict() for r in rejects])
 
 

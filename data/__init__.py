@@ -2,4 +2,17 @@
 
 ``manifest`` reads and checks a build's manifest.json and shards (no torch: cheap to import),
 ``transforms`` is the one image transform, ``loaders`` streams shards into batches.
+``build`` opens a build anywhere (folder, file://, http(s)://, pipe:) for reusers and for the
+trainer and evaluator; ``remote`` is its network layer (timeouts, retries, the path guard).
+
+    from serwild.data import open_build
+    build = open_build("https://host/prefix/")     # or a folder
+    batches = build.loader("ahsn", "test", ["clean"], batch_size=32)
+
+Importing this package does not import torch (``serwild verify`` relies on it).
 """
+
+from serwild.data.build import BuildReader, open_build
+from serwild.data.remote import RemoteError, RemoteOptions
+
+__all__ = ["BuildReader", "RemoteError", "RemoteOptions", "open_build"]

@@ -13,6 +13,12 @@ ranks, then to workers; a rank with no shard yields nothing (and returns at once
 Both refuse a short or corrupt shard: a tar error, a sample that is not a PNG + JSON pair,
 or a shard whose sample count differs from the manifest's raises instead of training or
 scoring on a silently shorter set (a tar cut at a member boundary reads as valid).
+
+Shards may be URLs of a remote build (``serwild.data.open_build``): a ShardSet made from
+one carries the build's network options, and both loaders then route webdataset's http(s)
+and pipe: reads through serwild's opener (timeouts, retries, resume) in this process and
+again in every DataLoader worker (a spawned worker starts without it). A read that fails
+after the retries raises :class:`~serwild.data.remote.RemoteError`, naming the URL.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +40,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from serwild import seeds
+from serwild.data.remote import Build, RemoteError, RemoteOptions, open_location, register_wds_opener
 from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
 
@@ -51,20 +59,28 @@ class ShardError(UsageError):
 
 @dataclass(frozen=True)
 class ShardSet:
-    """Shard URLs with their manifest sample counts (what the count check compares with)."""
+    """Shard URLs with their manifest sample counts (what the count check compares with),
+    and the network options of a remote build (None: local files)."""
 
     urls: list[str]
     counts: list[int]
+    remote: RemoteOptions | None = None
 
     @property
     def samples(self) -> int:
         return sum(self.counts)
 
 
-def shard_set(build_dir: str | Path, records: Sequence[dict]) -> ShardSet:
-    """Manifest records (``select_shards``) → URLs under ``build_dir`` + their counts."""
-    root = Path(build_dir)
-    return ShardSet([str(root / r["path"]) for r in records], [int(r["count"]) for r in records])
+def shard_set(build: str | Path | Build | Any, records: Sequence[dict]) -> ShardSet:
+    """Manifest records (``select_shards``) → URLs under ``build`` + their counts.
+
+    ``build``: a folder, or a build opened by ``open_location``/``open_build`` (its shard
+    URLs are joined to its base, never leaving it; a remote one lends its options)."""
+    source = getattr(build, "source", build)  # a BuildReader (serwild.data.build) holds its Build
+    if not isinstance(source, Build):
+        source = open_location(source)
+    return ShardSet(source.shard_urls(list(records)), [int(r["count"]) for r in records],
+                    source.options if source.is_remote else None)
 
 
 # ----------------------------------------------------------------------------- pipeline stages
@@ -86,6 +102,8 @@ def read_shards(shards: Iterable[dict], expected: dict[str, int]) -> Iterator[di
                 sample = next(samples)
             except StopIteration:
                 break
+            except RemoteError as e:  # the network, not the shard: its own one line, naming the URL
+                raise RemoteError(str(e)) from None
             except (tarfile.TarError, OSError, ValueError) as e:  # a damaged tar, not a bug of ours
                 raise ShardError(f"shard {url} is corrupt after {n} samples ({type(e).__name__}: {e})") from None
             n += 1
@@ -172,6 +190,8 @@ def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_b
         raise UsageError("no training shards selected (check train.dataset, train.conditions, cv.fold)")
     workers = max(0, num_workers)
     per_worker = math.ceil(num_batches / max(1, workers))
+    if shards.remote is not None:
+        register_wds_opener(shards.remote)
     pipeline = wds.DataPipeline(
         # worker_seed: webdataset's default, rank * 1000 + worker (rank from torchrun's env)
         wds.ResampledShards(shards.urls, seed=seeds.derive31(seed, epoch), deterministic=True),
@@ -183,18 +203,27 @@ def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_b
     ).with_epoch(per_worker)  # per worker; the loader below takes exactly num_batches in turn
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                            prefetch_factor=prefetch_factor if workers else None,
-                           persistent_workers=False, worker_init_fn=_worker_init)
+                           persistent_workers=False, worker_init_fn=_WorkerInit(shards.remote))
     return islice(iter(loader), num_batches)
 
 
-def _worker_init(worker_id: int) -> None:
-    # Decoding is single-image work: one thread per worker avoids oversubscribing cores.
-    torch.set_num_threads(1)
+class _WorkerInit:
+    """A DataLoader worker's set-up (picklable: workers may be spawned, not forked)."""
+
+    def __init__(self, remote: RemoteOptions | None = None) -> None:
+        self.remote = remote
+
+    def __call__(self, worker_id: int) -> None:
+        # Decoding is single-image work: one thread per worker avoids oversubscribing cores.
+        torch.set_num_threads(1)
+        if self.remote is not None:  # a spawned worker has webdataset's own openers again
+            register_wds_opener(self.remote)
+
 
 
 def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, rank: int = 0,
                      world_size: int = 1, counts: Sequence[int] | None = None, num_classes: int = 1000,
-                     as_uint8: bool = False, pin_memory: bool = False
+                     as_uint8: bool = False, pin_memory: bool = False, remote: RemoteOptions | None = None
                      ) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
     """Every sample of ``urls`` exactly once across ranks: ``(images, labels, metas)`` batches.
 
@@ -202,6 +231,7 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
     no resampling, last batch may be short. ``counts`` (the manifest's, per URL) turns on the
     short-shard check; images are float and normalised unless ``as_uint8``. A rank with no
     shard yields nothing. ``num_classes`` bounds the labels (the manifest's class count).
+    ``remote``: the build's network options when ``urls`` are remote (``ShardSet.remote``).
     """
     if counts is not None and len(counts) != len(urls):
         raise ValueError("counts must give one count per url")
@@ -210,6 +240,8 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
         return []
     expected = dict(zip(urls, counts)) if counts is not None else {}
     workers = min(max(0, num_workers), len(mine))
+    if remote is not None:
+        register_wds_opener(remote)
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(mine),
         wds.split_by_worker,
@@ -218,4 +250,4 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
         wds.batched(batch_size, collation_fn=collate_eval, partial=True),
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                         prefetch_factor=2 if workers else None, worker_init_fn=_worker_init)
+                         prefetch_factor=2 if workers else None, worker_init_fn=_WorkerInit(remote))

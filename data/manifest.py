@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
 
+from serwild.data.remote import safe_relpath
 from serwild.errors import UsageError
 
 FORMAT = "serwild-shards/1"
@@ -28,9 +30,58 @@ def load_manifest(build_dir: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{path} is not readable JSON ({e})") from None
+    return check_manifest(manifest, str(path))
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Every shard record's fields a reader uses, with their types (a bool is not a count).
+_RECORD: dict[str, tuple[type, ...]] = {"path": (str,), "dataset": (str,), "split": (str,),
+                                        "fold": (int, type(None)), "condition": (str,), "count": (int,),
+                                        "bytes": (int,), "sha256": (str,)}
+
+
+def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
+    """``manifest`` if its structure is what every reader relies on, else one UsageError line
+    naming ``where`` and the first bad key: the format, the datasets with their classes, the
+    conditions, and each shard record's fields and types, its dataset and condition listed
+    above, and a path that stays inside the build (``safe_relpath``: no '..', no absolute
+    path), so a manifest can never make a reader open a file outside its build."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise UsageError(f"{path}: format {found!r}, expected {FORMAT!r}")
+        raise UsageError(f"{where}: format {found!r}, expected {FORMAT!r}")
+    datasets, conditions, shards = (manifest.get(k) for k in ("datasets", "conditions", "shards"))
+    if not isinstance(datasets, dict) or not datasets:
+        raise UsageError(f"{where}: 'datasets' must map each dataset to its classes")
+    for name, d in datasets.items():
+        classes = d.get("classes") if isinstance(d, dict) else None
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise UsageError(f"{where}: datasets.{name}.classes must be a list of class names")
+    if not isinstance(conditions, dict) or not conditions:
+        raise UsageError(f"{where}: 'conditions' must map each condition to its SNR (null for clean)")
+    for name, snr in conditions.items():
+        if snr is not None and (isinstance(snr, bool) or not isinstance(snr, (int, float))):
+            raise UsageError(f"{where}: conditions.{name} must be a number or null, got {snr!r}")
+    if not isinstance(shards, list):
+        raise UsageError(f"{where}: 'shards' must be a list of shard records")
+    for i, r in enumerate(shards):
+        if not isinstance(r, dict):
+            raise UsageError(f"{where}: shard record {i} is not a mapping")
+        for key, types in _RECORD.items():
+            if key not in r:
+                raise UsageError(f"{where}: shard record {i} lacks {key!r}")
+            v = r[key]
+            if not isinstance(v, types) or isinstance(v, bool) or (isinstance(v, int) and v < 0):
+                raise UsageError(f"{where}: shard record {i}: {key!r} has a bad value {v!r}")
+        try:
+            safe_relpath(r["path"])
+        except UsageError as e:
+            raise UsageError(f"{where}: shard record {i}: {e}") from None
+        if not _SHA256.fullmatch(r["sha256"]):
+            raise UsageError(f"{where}: shard record {i} ({r['path']}): 'sha256' is not 64 hex digits")
+        for key, known in (("dataset", datasets), ("condition", conditions)):
+            if r[key] not in known:
+                raise UsageError(f"{where}: shard record {i} ({r['path']}): {key} {r[key]!r} is not in "
+                                 f"the manifest's {key}s ({', '.join(map(str, known))})")
     return manifest
 
 

@@ -68,9 +68,19 @@ class RemoteError(UsageError, OSError):
     """A location that cannot be read: one line naming the URL (network failure after the
     retries, missing object, refused path, unsupported scheme)."""
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.message = str(args[0]) if args else ""
+
     def __str__(self) -> str:
-        # webdataset appends the URL and the stream to ``exn.args``: the message is the first
-        return str(self.args[0]) if self.args else super().__str__()
+        # webdataset appends the URL and the stream to ``exn.args`` (and " @ <stream>" to the
+        # first): the message is the one given here.
+        text = self.message or super().__str__()
+        # Re-raised from a DataLoader worker, the message is the worker's whole traceback:
+        # its last line is the original one.
+        if "Original Traceback" in text:
+            return text.strip().splitlines()[-1].split(": ", 1)[-1]
+        return text
 
 
 class NotFound(RemoteError):
@@ -584,27 +594,35 @@ def open_location(location: str | os.PathLike[str], options: RemoteOptions | Non
 
 
 class WdsOpener:
-    """A webdataset ``gopen`` handler for http(s) with serwild's timeouts and retries
-    (webdataset's own runs curl without a read timeout: a dead server hangs it)."""
+    """A webdataset ``gopen`` handler for http(s) and ``pipe:`` reads with serwild's timeouts
+    and retries (webdataset's own run curl or the command without a read timeout: a dead
+    server hangs them). Writes (``pipe:`` shard writers) go to ``fallback``, the handler
+    it replaced."""
 
-    def __init__(self, options: RemoteOptions | None = None) -> None:
+    def __init__(self, options: RemoteOptions | None = None, fallback: Any = None) -> None:
         self.options = options or RemoteOptions()
+        self.fallback = fallback
 
     def __call__(self, url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> BinaryIO:
         if mode != "rb":
-            raise ValueError(f"{url}: serwild's http opener reads only (mode {mode!r})")
+            if self.fallback is not None:
+                return self.fallback(url, mode, bufsize, **kw)  # type: ignore[no-any-return]
+            raise ValueError(f"{url}: serwild's opener reads only (mode {mode!r})")
         return open_url(url, self.options)
 
 
+WDS_SCHEMES = ("http", "https", "pipe")
+
+
 def register_wds_opener(options: RemoteOptions | None = None) -> dict[str, Any]:
-    """Route webdataset's http:// and https:// reads (``gopen_schemes``, its extension
+    """Route webdataset's http://, https:// and pipe: reads (``gopen_schemes``, its extension
     point) through :class:`WdsOpener`; returns the handlers it replaced. Per process: a
     DataLoader worker started with ``spawn`` must call it again (``worker_init_fn``)."""
     # Here, not at the top: webdataset imports torch. And by name: ``webdataset.gopen`` the
     # attribute is the function, the module is only in sys.modules.
     gopen = importlib.import_module("webdataset.gopen")
-    opener = WdsOpener(options)
-    previous = {s: gopen.gopen_schemes.get(s) for s in ("http", "https")}
-    for scheme in previous:
-        gopen.gopen_schemes[scheme] = opener
+    previous = {s: gopen.gopen_schemes.get(s) for s in WDS_SCHEMES}
+    for scheme, old in previous.items():
+        fallback = old.fallback if isinstance(old, WdsOpener) else old  # registering again: keep the original
+        gopen.gopen_schemes[scheme] = WdsOpener(options, fallback)
     return previous

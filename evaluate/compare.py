@@ -1,29 +1,39 @@
-"""Compare evaluated runs: weighted F1 per test condition, one series per run.
+"""Compare evaluated runs: weighted F1 per test condition, one series per arm, with the
+paired interval of each difference to the baseline.
 
     serwild compare runs/clean-only runs/augmented [--out DIR] [--metric weighted_f1] [--unit block]
+    serwild compare --arm clean runs/a-s0 runs/a-s1 --arm augmented runs/b-s0 runs/b-s1
 
 Reads each run's ``report/metrics.json`` (written by ``serwild evaluate``; a report folder
 or a metrics.json path works too) and writes, into ``--out`` (default
-``<first run's parent>/compare_<run>_vs_<run>``):
+``<first run's parent>/compare_<arm>_vs_<arm>``):
 
-    compare.png   the paper's Figures 4/5: the metric per test condition, one bar per run
-    compare.md    the table (one column per run, then each run's difference to the first)
-    compare.json  the same numbers
+    compare.png   the paper's Figures 4/5: the metric per test condition, one bar per arm
+    compare.md    the table (one column per arm, then each arm's difference to the first)
+    compare.json  the same numbers, with the intervals
 
-and prints the table. The first run is the baseline the differences are taken against.
+and prints the table. An arm is one run (each positional run is its own arm) or several
+(seeds, folds: shown as mean ± std). The first arm is the baseline. When every run was
+evaluated on the same test blocks (same build fingerprint, same blocks in each run's
+``predictions.csv``), each difference gets a paired cluster-bootstrap interval: both arms
+are scored on the same resampled test utterances, so the difficulty they share cancels.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate.report import condition_label, order_conditions, plot_series, protocol_line
 from serwild.evaluate.report import metric as get
+from serwild.evaluate.uncertainty import arm_difference_ci, mean_std
 
 METRICS = {"weighted_f1": "weighted.f1", "wa": "wa", "ua": "ua", "macro_f1": "macro.f1",
            "weighted_precision": "weighted.precision", "weighted_recall": "weighted.recall"}
@@ -90,45 +100,210 @@ def comparison(reports: Mapping[str, Mapping[str, Any]], metric: str = "weighted
 
 
 def markdown_table(comp: Mapping[str, Any]) -> str:
-    """Rows = test conditions; one column per run, then each run minus the first (baseline)."""
+    """Rows = test conditions; one column per arm (mean ± std for several runs), then each arm
+    minus the first (baseline), with its paired interval and ``*`` where it excludes 0."""
     names = list(comp["values"])
     base = names[0]
+    n_runs = comp.get("n_runs") or {}
+    stds = comp.get("std") or {n: [None] * len(comp["labels"]) for n in names}
+    deltas = comp.get("deltas") or {n: [None] * len(comp["labels"]) for n in names}
     head = ["Test condition"] + names + [f"Δ {n} − {base}" for n in names[1:]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, label in enumerate(comp["labels"]):
         vals = [comp["values"][n][i] for n in names]
-        cells = [label] + ["—" if v is None else f"{v:.3f}" for v in vals]
-        cells += ["—" if v is None or vals[0] is None else f"{v - vals[0]:+.3f}" for v in vals[1:]]
+        cells = [label] + [_value_cell(v, stds[n][i], n_runs.get(n, 1)) for n, v in zip(names, vals)]
+        cells += [_delta_cell(v, vals[0], deltas[n][i]) for n, v in zip(names[1:], vals[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def compare_runs(runs: Sequence[str | Path], out: str | Path | None = None, metric: str = "weighted_f1",
-                 unit: str = "block") -> Path:
-    """Write compare.png / compare.md / compare.json for ``runs``; returns the output folder."""
+def _value_cell(v: float | None, std: float | None, n_runs: int) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if n_runs < 2 or std is None else f"{v:.3f} ± {std:.3f}"
+
+
+def _delta_cell(v: float | None, base: float | None, d: Mapping[str, Any] | None) -> str:
+    if v is None or base is None:
+        return "—"
+    if not d or "low" not in d:
+        return f"{v - base:+.3f}"
+    return f"{v - base:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}]" + (" *" if d["excludes_zero"] else "")
+
+
+def notes(comp: Mapping[str, Any]) -> list[str]:
+    """The sentences under the table: what Δ, the brackets, ``*`` and ± mean."""
+    names = list(comp["values"])
+    u = comp.get("uncertainty") or {}
+    out = [f"Δ = arm − baseline ({names[0]}), {TITLES[comp['metric']]} per {comp['unit']}."]
+    if any("low" in (d or {}) for ds in (comp.get("deltas") or {}).values() for d in ds):
+        out.append(f"Brackets: {u.get('level', 0.95):.0%} paired cluster-bootstrap interval of the difference "
+                   f"({u.get('n_resamples')} resamples of the test utterances, seed {u.get('seed')}; both arms "
+                   f"scored on the same resampled utterances); `*` marks an interval that excludes 0, i.e. a "
+                   f"difference unlikely to come only from which utterances happened to be in the test set.")
+    if any(n > 1 for n in (comp.get("n_runs") or {}).values()):
+        out.append("An arm of several runs (seeds or folds) shows the mean ± std (ddof 1) over its runs; its "
+                   "interval is for the difference of the arms' means on these test utterances and does "
+                   "not include the run-to-run spread: compare that with the ± std.")
+    for n, why in (comp.get("unpaired") or {}).items():
+        out.append(f"No interval for {n}: {why}.")
+    return out
+
+
+def parse_arms(groups: Sequence[Sequence[str]]) -> dict[str, list[str]]:
+    """``[["clean", "runs/a-s0", "runs/a-s1"], ["augmented", …]]`` (repeated ``--arm NAME RUN…``)
+    → ``{name: runs}``, checked: every arm has a name and at least one run, names are unique."""
+    arms: dict[str, list[str]] = {}
+    for g in groups:
+        if len(g) < 2:
+            raise UsageError(f"--arm {' '.join(g)}: give a name and at least one run (--arm NAME RUN [RUN …])")
+        if g[0] in arms:
+            raise UsageError(f"--arm {g[0]} is given twice")
+        arms[g[0]] = list(g[1:])
+    return arms
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def find_predictions(run: str | Path) -> Path | None:
+    """The predictions.csv next to a run's metrics.json (None when the report has none)."""
+    p = find_metrics(run).parent / "predictions.csv"
+    return p if p.is_file() else None
+
+
+def load_predictions(path: Path, classes: Sequence[str], unit: str) -> dict[str, dict[str, Any]]:
+    """condition → ``{"keys", "true", "pred", "groups"}``, sorted by sample, per ``unit``.
+
+    Per block: the ``predicted`` column. Per utterance: the argmax of the mean of the blocks'
+    log probabilities, which is the argmax of the mean logits the evaluator uses (a softmax
+    only shifts each block's logits by a constant), up to the CSV's 4-decimal rounding.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    raw: dict[str, list[tuple[str, int, int, int, list[float]]]] = {}
+    try:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                raw.setdefault(r["condition"], []).append(
+                    (r["utterance"], int(r["block"]), index[r["true"]], index[r["predicted"]],
+                     [float(r[f"p_{c}"]) for c in classes]))
+    except (OSError, KeyError, ValueError, csv.Error) as e:
+        raise UsageError(f"{path} is not a serwild predictions.csv ({type(e).__name__}: {e})") from None
+    out = {}
+    for cond, rows in raw.items():
+        rows.sort(key=lambda r: (r[0], r[1]))
+        if unit == "block":
+            out[cond] = {"keys": [(u, b) for u, b, *_ in rows], "true": np.array([r[2] for r in rows]),
+                         "pred": np.array([r[3] for r in rows]), "groups": [r[0] for r in rows]}
+            continue
+        utts: dict[str, list] = {}
+        for u, _, t, _, probs in rows:
+            utts.setdefault(u, [t, []])[1].append(np.log(np.maximum(probs, 1e-12)))
+        ids = sorted(utts)
+        out[cond] = {"keys": ids, "true": np.array([utts[u][0] for u in ids]),
+                     "pred": np.array([int(np.argmax(np.mean(utts[u][1], axis=0))) for u in ids]), "groups": ids}
+    return out
+
+
+def paired_deltas(arms: Mapping[str, Sequence[str | Path]], reports: Mapping[str, Sequence[Mapping[str, Any]]],
+                  conditions: Sequence[str], metric: str, unit: str, n_resamples: int, seed: int,
+                  alpha: float) -> tuple[dict[str, list[dict[str, Any] | None]], dict[str, str]]:
+    """Each non-baseline arm's paired interval per condition, and why an arm has none."""
+    names = list(arms)
+    base = names[0]
+    deltas: dict[str, list[dict[str, Any] | None]] = {n: [None] * len(conditions) for n in names[1:]}
+    unpaired: dict[str, str] = {}
+    if n_resamples < 1:
+        return deltas, {n: "intervals are off (bootstrap = 0)" for n in names[1:]}
+    prints = {rep.get("manifest_fingerprint") for reps in reports.values() for rep in reps}
+    classes = {tuple(rep["classes"]) for reps in reports.values() for rep in reps}
+    if len(prints) != 1 or None in prints or len(classes) != 1:
+        why = (f"the runs were evaluated on different builds (manifest fingerprints "
+               f"{', '.join(sorted(str(p)[:12] for p in prints))}), so their test blocks cannot be paired")
+        return deltas, {n: why for n in names[1:]}
+    preds: dict[str, list[dict[str, dict[str, Any]]]] = {}
+    for n, runs in arms.items():
+        preds[n] = []
+        for r in runs:
+            path = find_predictions(r)
+            if path is None:
+                return deltas, {m: f"{find_metrics(r).parent} has no predictions.csv (re-run serwild evaluate)"
+                                for m in names[1:]}
+            preds[n].append(load_predictions(path, list(next(iter(classes))), unit))
+    for n in names[1:]:
+        for i, cond in enumerate(conditions):
+            parts = [p.get(cond) for p in preds[base] + preds[n]]
+            if any(p is None for p in parts):
+                continue
+            ref = parts[0]
+            if any(p["keys"] != ref["keys"] or not np.array_equal(p["true"], ref["true"]) for p in parts[1:]):
+                unpaired[n] = f"its runs and the baseline's scored different test blocks of {cond}"
+                continue
+            d = arm_difference_ci(ref["true"], [p["pred"] for p in parts[:len(preds[base])]],
+                                  [p["pred"] for p in parts[len(preds[base]):]], ref["groups"], metric,
+                                  n_resamples=n_resamples, seed=seed, alpha=alpha, n_classes=len(next(iter(classes))))
+            deltas[n][i] = d
+    return deltas, unpaired
+
+
+# ----------------------------------------------------------------------------- the comparison
+
+
+def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None, metric: str = "weighted_f1",
+                 unit: str = "block", arms: Mapping[str, Sequence[str | Path]] | None = None,
+                 bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> Path:
+    """Write compare.png / compare.md / compare.json; returns the output folder.
+
+    ``runs``: one arm per run (named after its folder); or ``arms``: ``{name: [runs]}``.
+    ``bootstrap`` resamples (0: no intervals), ``seed`` and ``alpha`` set the paired intervals.
+    """
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r} (choose from {', '.join(sorted(METRICS))})")
-    names = run_names(runs)
-    reports = {n: load_metrics(r) for n, r in zip(names, runs)}
-    datasets = {rep.get("dataset") for rep in reports.values()}
-    comp = comparison(reports, metric, unit)
-    out_dir = Path(out) if out is not None else default_out(runs, names)
+    if arms and runs:
+        raise UsageError("give the runs either as positional arguments or as --arm groups, not both")
+    if not arms:
+        arms = {n: [r] for n, r in zip(run_names(runs), runs)}
+    if any(not rs for rs in arms.values()):
+        raise UsageError("every arm needs at least one run")
+    names = list(arms)
+    reports = {n: [load_metrics(r) for r in rs] for n, rs in arms.items()}
+    datasets = {rep.get("dataset") for reps in reports.values() for rep in reps}
+    per_run = comparison({f"{n}#{i}": rep for n, reps in reports.items() for i, rep in enumerate(reps)}, metric,
+                         unit)
+    conds = per_run["conditions"]
+    values: dict[str, list[float | None]] = {}
+    stds: dict[str, list[float | None]] = {}
+    for n, reps in reports.items():
+        values[n], stds[n] = [], []
+        for i in range(len(conds)):
+            vs = [per_run["values"][f"{n}#{j}"][i] for j in range(len(reps))]
+            ms = mean_std(vs) if None not in vs else None
+            values[n].append(None if ms is None else ms["mean"])
+            stds[n].append(None if ms is None else ms["std"])
+    deltas, unpaired = paired_deltas(arms, reports, conds, metric, unit, bootstrap, seed, alpha)
+    comp = {**per_run, "values": values, "std": stds, "n_runs": {n: len(rs) for n, rs in arms.items()},
+            "baseline": names[0], "deltas": deltas, "unpaired": unpaired,
+            "uncertainty": {"method": "paired percentile cluster bootstrap over utterances", "level": 1.0 - alpha,
+                            "n_resamples": bootstrap, "seed": seed, "alpha": alpha}}
+    out_dir = Path(out) if out is not None else default_out([rs[0] for rs in arms.values()], names)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = TITLES[metric]
     plot_series(out_dir / "compare.png", comp["labels"], comp["values"], title,
                 f"{title} per test condition ({'/'.join(sorted(map(str, datasets))).upper()}, per {unit})")
     lines = [f"# Comparison: {title} per test condition (per {unit})", "", markdown_table(comp), "",
-             f"Baseline for the differences: {names[0]}."]
+             *notes(comp)]
     if len(datasets) > 1:
         lines += ["", "**Warning:** these runs were evaluated on different datasets "
                   f"({', '.join(map(str, datasets))})."]
     lines += ["", "## Runs", ""]
-    for name, r in zip(names, runs):
-        what = protocol_line(reports[name]).replace("**Protocol:** ", "")
-        lines.append(f"- **{name}** (`{find_metrics(r)}`): {what}")
+    sources: dict[str, list[str]] = {}
+    for name, rs in arms.items():
+        sources[name] = [str(find_metrics(r)) for r in rs]
+        for r, rep in zip(rs, reports[name]):
+            what = protocol_line(rep).replace("**Protocol:** ", "")
+            lines.append(f"- **{name}** (`{find_metrics(r)}`): {what}")
     lines += ["", "![comparison](compare.png)"]
     atomic.write_text(out_dir / "compare.md", "\n".join(lines) + "\n")
-    sources = {n: str(find_metrics(r)) for n, r in zip(names, runs)}
     atomic.write_json(out_dir / "compare.json", {**comp, "runs": sources})
     return out_dir
 

@@ -1,7 +1,10 @@
 """Score a checkpoint on every test condition of its build, each condition separately.
 
 Each condition's test shards are checked against the manifest (present, size, sha256,
-sample count) and then read exactly once, split across the processes; the outputs are
+sample count) and then read exactly once, split across the processes; the build may be a
+folder or a URL (``serwild.data.open_build``: file://, http(s)://, pipe:), whose shards are
+streamed (the sha256 check streams each test shard once more; ``check_sha256=False`` asks
+sizes only, by HEAD, and the counts are still checked while scoring); the outputs are
 gathered and the number of distinct samples scored must equal the manifest's count, or
 the evaluation fails. The checkpoint must come from this build (same manifest fingerprint
 and classes), so a model is never scored on samples it was trained on by accident.
@@ -26,10 +29,12 @@ from tqdm import tqdm
 from serwild import __version__, atomic, metrics
 from serwild.checkpoint import OtherBuildError, check_compatible, load_checkpoint
 from serwild.config import Config, config_from_resolved
-from serwild.data.loaders import ShardSet, make_eval_loader, shard_set
-from serwild.data.manifest import check_shards, load_manifest, select_shards
+from serwild.data.build import BuildReader, open_build
+from serwild.data.loaders import ShardSet, make_eval_loader
+from serwild.data.manifest import select_shards
+from serwild.data.remote import RemoteOptions, open_location
 from serwild.errors import UsageError
-from serwild.evaluate import report
+from serwild.evaluate import report, uncertainty
 from serwild.evaluate.config import EvalConfig
 from serwild.trainer.distributed import Dist, all_gather_object, setup, teardown
 from serwild.trainer.model import model_from_checkpoint
@@ -45,24 +50,31 @@ class Target:
     path: Path
     ckpt: dict[str, Any]
     cfg: Config  # the training run's resolved config
-    build_dir: Path
+    build: BuildReader
     manifest: dict[str, Any]
 
     @property
     def classes(self) -> list[str]:
         return list(self.ckpt["classes"])
 
+    @property
+    def build_dir(self) -> str:
+        """The build as given (a folder, or a URL kept as text: ``Path`` would mangle ``//``)."""
+        return self.build.location
+
 
 def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None, out: str | Path | None = None,
                         settings: EvalConfig | None = None, check_sha256: bool = True,
-                        allow_other_build: bool = False) -> Path:
+                        allow_other_build: bool = False, remote: RemoteOptions | None = None) -> Path:
     """Evaluate ``checkpoint`` on each test condition; returns the report folder.
 
     Runs in one process, or in every process of a torchrun job (rank 0 writes the report).
     ``settings``: batch size, loader workers and device (default: the built-in ``eval`` section).
+    ``shards``: a build folder or URL (default: the one the checkpoint records); ``remote``:
+    timeouts and retries for a URL (default: the built-in ``remote`` section).
     """
     settings = settings or EvalConfig()
-    target = open_target(checkpoint, shards, allow_other_build)
+    target = open_target(checkpoint, shards, allow_other_build, remote)
     out_dir = Path(out) if out is not None else target.path.parent / "report"
     # Every rank checks every shard before any reads: all ranks fail the same way, together,
     # instead of one rank failing and the others waiting in a collective.
@@ -75,25 +87,28 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
             conditions[cond], cond_rows = score_condition(model, target, cond, records, settings, d)
             rows += cond_rows
         if d.is_main:
-            write_outputs(target, conditions, rows, out_dir, d, check_sha256)
+            write_outputs(target, conditions, rows, out_dir, d, check_sha256, settings)
     finally:
         teardown(d)
     return out_dir
 
 
-def open_target(checkpoint: str | Path, shards: str | Path | None, allow_other_build: bool) -> Target:
+def open_target(checkpoint: str | Path, shards: str | Path | None, allow_other_build: bool,
+                remote: RemoteOptions | None = None) -> Target:
     path = Path(checkpoint)
     ckpt = load_checkpoint(path, map_location="cpu")
-    build_dir = Path(shards if shards is not None else ckpt["shards"])
-    if not build_dir.is_dir():
-        raise UsageError(f"build folder {build_dir} not found" + ("" if shards else " (recorded in the "
+    location = shards if shards is not None else str(ckpt["shards"])  # text: a URL must stay a URL
+    source = open_location(location, remote)
+    if not source.is_remote and not Path(source.base).is_dir():
+        raise UsageError(f"build folder {location} not found" + ("" if shards else " (recorded in the "
                          "checkpoint; pass --shards to point at the build)"))
-    manifest = load_manifest(build_dir)
-    check_build(ckpt, manifest, build_dir, allow_other_build)
-    return Target(path, ckpt, config_from_resolved(ckpt["config"]), build_dir, manifest)
+    build = open_build(location, remote)
+    check_build(ckpt, build.manifest, build.location, allow_other_build)
+    return Target(path, ckpt, config_from_resolved(ckpt["config"]), build, build.manifest)
 
 
-def check_build(ckpt: dict[str, Any], manifest: dict[str, Any], build_dir: Path, allow_other_build: bool) -> None:
+def check_build(ckpt: dict[str, Any], manifest: dict[str, Any], build_dir: str | Path,
+                allow_other_build: bool) -> None:
     """The checkpoint's dataset and classes must be this build's; another build (another
     fingerprint) only with ``allow_other_build``, and then with a warning."""
     dataset = ckpt["dataset"]
@@ -117,7 +132,7 @@ def test_shards(target: Target, check_sha256: bool) -> dict[str, list[dict[str, 
         records = select_shards(target.manifest, dataset, "test", [cond])
         if not records:
             raise UsageError(f"{target.build_dir}: no test shards for dataset {dataset}, condition {cond}")
-        problems = check_shards(target.build_dir, records, full=check_sha256)
+        problems = target.build.check(records, full=check_sha256)
         if problems:
             raise UsageError(f"{target.build_dir}: test shards of {cond} do not match the manifest: "
                              + "; ".join(problems))
@@ -128,7 +143,7 @@ def test_shards(target: Target, check_sha256: bool) -> dict[str, list[dict[str, 
 def score_condition(model: nn.Module, target: Target, cond: str, records: list[dict[str, Any]],
                     settings: EvalConfig, d: Dist) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One condition's metrics (gathered over ranks) and its per-block prediction rows."""
-    shards = shard_set(target.build_dir, records)
+    shards = target.build.shard_set(records)
     k = len(target.classes)
     local = _guarded(d, functools.partial(score_shards, model, shards, k, settings.batch_size,
                                           settings.num_workers, d, desc=cond))
@@ -136,6 +151,9 @@ def score_condition(model: nn.Module, target: Target, cond: str, records: list[d
     logits = merged["logits"]
     result = {"snr_db": target.manifest["conditions"][cond], "shards": len(records), "samples": shards.samples,
               **metrics.condition_metrics(logits, merged["labels"], merged["utterances"], target.classes)}
+    if settings.bootstrap:
+        for unit, ci in condition_intervals(logits, merged["labels"], merged["utterances"], k, settings).items():
+            result[unit]["ci"] = ci
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     rows = [{"condition": cond, "utterance": u, "block": int(b), "true": int(t), "pred": int(p), "probs": pr}
             for u, b, t, p, pr in zip(merged["utterances"], merged["blocks"], merged["labels"],
@@ -143,15 +161,38 @@ def score_condition(model: nn.Module, target: Target, cond: str, records: list[d
     return result, rows
 
 
+def condition_intervals(logits: np.ndarray, labels: np.ndarray, utterances: list[str], n_classes: int,
+                        settings: EvalConfig) -> dict[str, dict[str, dict[str, float]]]:
+    """``{unit: {metric: {"low", "high"}}}``: percentile intervals from a cluster bootstrap that
+    resamples whole utterances (a block's errors are not independent of its neighbours'), seeded
+    by ``eval.bootstrap_seed``, so the same outputs always give the same interval."""
+    u_logits, u_labels, u_ids = metrics.utterance_logits(logits, labels, utterances)
+    out = {}
+    for unit, (y, pred, groups) in {"block": (labels, np.argmax(logits, 1), list(utterances)),
+                                    "utterance": (u_labels, np.argmax(u_logits, 1), u_ids)}.items():
+        cis = uncertainty.bootstrap_ci(y, pred, groups, n_resamples=settings.bootstrap, seed=settings.bootstrap_seed,
+                                       alpha=settings.alpha, n_classes=n_classes)
+        out[unit] = {name: {"low": r["low"], "high": r["high"]} for name, r in cis.items()}
+    return out
+
+
+def uncertainty_settings(settings: EvalConfig) -> dict[str, Any] | None:
+    """How the ``ci`` entries of metrics.json were computed (None: no intervals)."""
+    if not settings.bootstrap:
+        return None
+    return {"method": "percentile cluster bootstrap over utterances", "level": 1.0 - settings.alpha,
+            "n_resamples": settings.bootstrap, "seed": settings.bootstrap_seed, "alpha": settings.alpha}
+
+
 def write_outputs(target: Target, conditions: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path,
-                  d: Dist, check_sha256: bool) -> None:
+                  d: Dist, check_sha256: bool, settings: EvalConfig | None = None) -> None:
     result = {
         "format": REPORT_FORMAT, "run": target.path.parent.name, "checkpoint": str(target.path),
-        "shards": str(target.build_dir), "manifest_fingerprint": target.manifest.get("fingerprint"),
+        "shards": target.build_dir, "manifest_fingerprint": target.manifest.get("fingerprint"),
         "dataset": target.ckpt["dataset"], "classes": target.classes,
         "protocol": protocol(target.ckpt, target.cfg, target.manifest), "world_size": d.world_size,
         "device": str(d.device), "sha256_checked": check_sha256, "serwild_version": __version__,
-        "conditions": conditions,
+        "uncertainty": uncertainty_settings(settings or EvalConfig()), "conditions": conditions,
     }
     report.write_report(result, out_dir, rows)
     atomic.write_text(out_dir / "config.yaml", yaml.safe_dump(target.ckpt["config"], sort_keys=False))
@@ -175,7 +216,7 @@ def score_shards(model: nn.Module, shards: ShardSet, num_classes: int, batch_siz
                  desc: str = "") -> dict[str, Any]:
     """This rank's share of ``shards`` (a trainer ShardSet): logits, labels and sample identities."""
     loader = make_eval_loader(shards.urls, batch_size, num_workers, rank=d.rank, world_size=d.world_size,
-                              counts=shards.counts, num_classes=num_classes)
+                              counts=shards.counts, num_classes=num_classes, remote=shards.remote)
     logits, labels, utts, blocks = [], [], [], []
     total = -(-shards.samples // d.world_size)  # about this rank's share: shards are dealt to ranks
     with torch.inference_mode(), tqdm(total=total, desc=f"evaluate {desc}", unit="blk",
@@ -209,6 +250,15 @@ def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]
     if len(ids) != expected:
         raise UsageError(f"evaluating {cond}: scored {len(ids)} samples but the manifest lists {expected} "
                          f"in {', '.join(r['path'] for r in records)}")
+    # An utterance's blocks share its label, or no utterance-level score means anything
+    # (a shard relabelled in place passes --no-sha256's size check; metrics would raise).
+    label_of: dict[str, tuple[int, int]] = {}
+    for u, b, y in zip(utts, blocks, labels.tolist()):
+        first = label_of.setdefault(u, (int(y), b))
+        if first[0] != y:
+            raise UsageError(f"evaluating {cond}: utterance {u} has blocks with different labels (block {first[1]}: "
+                             f"class {first[0]}, block {b}: class {y}) in {', '.join(r['path'] for r in records)}: "
+                             "the build is damaged (run `serwild verify`)")
     order = sorted(range(len(ids)), key=ids.__getitem__)
     return {"logits": logits[order], "labels": labels[order], "utterances": [utts[i] for i in order],
             "blocks": [blocks[i] for i in order]}

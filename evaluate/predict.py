@@ -10,7 +10,10 @@ as the builder skips them. Per block: the class probabilities and the most likel
 per file: the class of the mean of its block logits (as ``serwild evaluate`` scores
 utterances), with its probabilities.
 
-A file that is unreadable, shorter than one block, or silent gets a one-line message
+A file longer than the checkpoint's ``audio.max_blocks_per_file`` (an hour of blocks) is
+scored on its first blocks only, and the output says how many were left out
+(``dropped_blocks``). A file that is unreadable, whose header claims a sample rate outside
+4 kHz..384 kHz, shorter than one block, or silent gets a one-line message
 (on stderr, or an ``error`` entry with ``--json``) and the other files are still scored.
 Exit status: 0 if every file was scored, 1 if any file failed, 2 for a usage error
 (e.g. a missing checkpoint).
@@ -48,6 +51,7 @@ class FileResult:
     blocks: list[dict[str, Any]] = field(default_factory=list)  # block, start_s, label, probs
     skipped_blocks: list[int] = field(default_factory=list)  # silent blocks, not scored
     tail_s: float = 0.0  # audio after the last whole block, dropped as the builder drops it
+    dropped_blocks: int = 0  # blocks past the checkpoint's audio.max_blocks_per_file: not scored
     label: str | None = None  # file level: argmax of the mean block logits
     probs: dict[str, float] | None = None
 
@@ -75,11 +79,14 @@ class Predictor:
         a = self.renderer.cfg
         # The builder's silence rule: silent blocks were never in training data, so a label
         # for them would be noise.
-        found = self.renderer.scan(path)
+        # A file longer than audio.max_blocks_per_file: its first blocks are scored, and the
+        # result says how many more were not (a build rejects such a file instead).
+        found = self.renderer.scan(path, truncate=True)
         info = found.info
         res = FileResult(file=str(path), sample_rate=info.sample_rate, channels=info.channels,
-                         duration_s=round(info.seconds, 3), skipped_blocks=list(found.silent))
-        n_blocks = len(found.usable) + len(found.silent)
+                         duration_s=round(info.seconds, 3), skipped_blocks=list(found.silent),
+                         dropped_blocks=found.dropped)
+        n_blocks = len(found.usable) + len(found.silent) + found.dropped
         res.tail_s = round(max(0.0, info.seconds - n_blocks * a.block_seconds), 3)
         res.blocks = [{"block": b, "start_s": round(b * a.block_seconds, 6)} for b in found.usable]
         return res
@@ -126,6 +133,8 @@ def format_result(r: FileResult, classes: list[str]) -> str:
     """A readable table: one row per block, then the file's label."""
     skipped = f", {len(r.skipped_blocks)} silent block(s) skipped" if r.skipped_blocks else ""
     skipped += f", last {r.tail_s:.2f} s (under a block) not scored" if r.tail_s > 0.005 else ""
+    skipped += (f"; only the first {len(r.blocks) + len(r.skipped_blocks)} blocks scored "
+                f"(audio.max_blocks_per_file), {r.dropped_blocks} more not scored" if r.dropped_blocks else "")
     lines = [f"{r.file}  ({r.duration_s:.2f} s, {r.sample_rate} Hz, {r.channels} ch; "
              f"{len(r.blocks)} block(s) scored{skipped})",
              "  block  start_s  " + "  ".join(f"{c:>5}" for c in classes) + "  label"]

@@ -1,7 +1,9 @@
 """The report folder: metrics.json, report.md (the paper's Tables 5/6), and figures.
 
     <run>/report/
-      metrics.json           every number, per condition, per block and per utterance
+      metrics.json           every number, per condition, per block and per utterance, each unit's
+                             95 % intervals under "ci" (cluster bootstrap over utterances; see
+                             "uncertainty" for how; absent with eval.bootstrap=0)
       report.md              protocol line + tables (rows = test conditions, columns = metrics)
       confusion-<cond>.png   confusion matrices (per block | per utterance), one file per condition
       weighted_f1.png        weighted F1 per test condition (per block and per utterance)
@@ -33,6 +35,10 @@ COLUMNS: list[tuple[str, str]] = [
     ("Weighted P", "weighted.precision"), ("Weighted R", "weighted.recall"),
     ("Weighted F1", "weighted.f1"), ("Macro F1", "macro.f1"),
 ]
+# metric path → its name in a unit's "ci" entry (serwild.evaluate.uncertainty.METRICS)
+CI_NAMES = {"wa": "wa", "ua": "ua", "weighted.precision": "weighted_precision", "weighted.recall": "weighted_recall",
+            "weighted.f1": "weighted_f1", "macro.f1": "macro_f1", "macro.precision": "macro_precision",
+            "macro.recall": "macro_recall"}
 
 
 def metric(m: Mapping[str, Any], path: str) -> float:
@@ -41,6 +47,30 @@ def metric(m: Mapping[str, Any], path: str) -> float:
     for part in path.split("."):
         node = node[part]
     return float(node)
+
+
+def interval(m: Mapping[str, Any], path: str) -> tuple[float, float] | None:
+    """The (low, high) interval of ``metric(m, path)`` from the unit's ``ci`` entry, if any."""
+    ci = (m.get("ci") or {}).get(CI_NAMES.get(path, path))
+    return None if ci is None else (float(ci["low"]), float(ci["high"]))
+
+
+def cell(m: Mapping[str, Any], path: str) -> str:
+    """``0.612 [0.571, 0.650]``, or ``0.612`` when the report has no interval."""
+    ci = interval(m, path)
+    value = f"{metric(m, path):.3f}"
+    return value if ci is None else f"{value} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def interval_note(result: Mapping[str, Any]) -> str:
+    """One sentence on how the bracketed intervals were computed ('' when there are none)."""
+    u = result.get("uncertainty")
+    if not u:
+        return ""
+    return (f"Brackets: {u['level']:.0%} percentile interval from a cluster bootstrap ({u['n_resamples']} "
+            f"resamples of the test utterances with replacement, each keeping all of its blocks; seed "
+            f"{u['seed']}), so it reflects how much the score depends on which utterances happened to be "
+            f"in the test set, not the run-to-run variation of training.")
 
 
 def condition_label(name: str, snr_db: float | None) -> str:
@@ -87,7 +117,7 @@ def metrics_table(result: Mapping[str, Any], unit: str) -> str:
     for name in order_conditions({c: v["snr_db"] for c, v in conds.items()}):
         m = conds[name][unit]
         cells = [condition_label(name, conds[name]["snr_db"]), str(m["n"])]
-        cells += [f"{metric(m, key):.3f}" for _, key in COLUMNS]
+        cells += [cell(m, key) for _, key in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,6 +148,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     ]
     for unit, title in UNITS.items():
         parts += [f"## {title}", "", metrics_table(result, unit), ""]
+    if interval_note(result):
+        parts += [interval_note(result), ""]
     parts += [
         "WA = overall accuracy (equals weighted recall); UA = mean of per-class recalls; weighted "
         "P/R/F1 average the classes by support (the paper's columns), macro by equal weight. "

@@ -280,3 +280,39 @@ def mean_std(values: ArrayLike) -> dict[str, float | int]:
         raise ValueError("mean_std of no values")
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
     return {"mean": float(arr.mean()), "std": std, "n": int(arr.size)}
+
+
+def arm_difference_ci(y_true: ArrayLike, preds_a: Sequence[ArrayLike], preds_b: Sequence[ArrayLike],
+                      groups: ArrayLike, metric: MetricFn | str = "wa", n_resamples: int = 1000, seed: int = 0,
+                      alpha: float = 0.05, n_classes: int | None = None) -> dict[str, float | bool]:
+    """Paired cluster-bootstrap CI for ``mean_b(metric) - mean_a(metric)`` over several runs per arm.
+
+    Each arm is a list of prediction vectors on the *same* test blocks (e.g. one per seed or
+    CV fold); every replicate scores every run on the same resampled utterances and takes the
+    difference of the two arms' means. The interval therefore covers the test-set sampling of
+    that difference, not the run-to-run spread of training (report that separately, with
+    :func:`mean_std`). With one run per arm this is exactly :func:`paired_difference_ci`.
+    """
+    _check_settings(n_resamples, alpha)
+    if not preds_a or not preds_b:
+        raise ValueError("each arm needs at least one prediction vector")
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
+        name, fn = metric, METRICS[metric]
+    else:
+        name, fn = getattr(metric, "__name__", "metric"), metric
+    truth, preds, codes, k = _prepare(y_true, [*preds_a, *preds_b], groups, n_classes)
+    n_groups = int(codes.max()) + 1
+    per_run = [group_confusions(truth, p, codes, n_groups, k) for p in preds]
+    counts = resample_counts(np.random.default_rng(seed), n_groups, int(n_resamples))
+    n_a = len(preds_a)
+
+    def arm_mean(runs: list[np.ndarray], resampled: bool) -> np.ndarray:
+        values = [_apply(fn, name, resampled_confusions(g, counts) if resampled else g.sum(axis=0)) for g in runs]
+        return np.mean(values, axis=0)
+
+    deltas = arm_mean(per_run[n_a:], True) - arm_mean(per_run[:n_a], True)
+    delta = float(arm_mean(per_run[n_a:], False) - arm_mean(per_run[:n_a], False))
+    low, high = _interval(deltas, alpha)
+    return {"delta": delta, "low": low, "high": high, "excludes_zero": bool(low > 0.0 or high < 0.0)}

@@ -67,7 +67,8 @@ def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str,
     _step("4/4  evaluate each test condition, compare")
     for r in runs:
         evaluate_checkpoint(r / "best.pt", shards=cfg.out, settings=cfg.eval)
-    out = compare_runs(runs, out=Path(cfg.train.run_dir) / "demo-compare")
+    out = compare_runs(runs, out=Path(cfg.train.run_dir) / "demo-compare", bootstrap=cfg.eval.bootstrap,
+                       seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
     figure = example_spectrograms(Path(cfg.out), cfg.train.dataset, out / "spectrograms.png")
     print()
     print((out / "compare.md").read_text())

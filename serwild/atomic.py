@@ -9,18 +9,82 @@ cut JSON line would otherwise look valid, or be lost on a kill.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 TMP_MARK = ".tmp-"  # temp names are ``.<name>.tmp-<pid>``: clean-ups look for this
+TEMP_NAME = re.compile(r"^\..+" + re.escape(TMP_MARK) + r"(\d+)$")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # out of space, over quota, over a file size limit
+
+
+class DiskFullError(OSError):
+    """A write that ran out of space; ``filename`` is the file being written (its final name)."""
+
+
+def disk_full_cause(e: BaseException | None) -> OSError | None:
+    """The disk-full OSError behind ``e``: ``e`` itself, or the cause or context of a wrapper
+    (torch.save's RuntimeError, Ray's RayTaskError); None if there is none."""
+    for _ in range(8):
+        if e is None:
+            return None
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            return e
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return None
+
+
+def disk_full_path(e: BaseException) -> str | None:
+    """The path a disk-full error was writing (see :func:`disk_full_cause`); None if ``e`` is not one."""
+    cause = disk_full_cause(e)
+    if cause is None:
+        return None
+    return str(cause.filename) if cause.filename else "(a file it did not name)"
 
 
 def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def is_stale_temp(path: Path) -> bool:
+    """A temp file (``.<name>.tmp-<pid>``) whose writer is no longer running."""
+    m = TEMP_NAME.match(path.name)
+    return bool(m) and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1)))
+
+
+def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Remove the temp files that killed writers left in ``folder``; the removed paths.
+
+    Only a dead writer's temps go: a live PID may be another writer at work (call this under
+    the folder's lock, :mod:`serwild.lock`, so no other serwild process writes there). PIDs
+    are per machine: on a shared file system, temps of a writer on another node look dead
+    here, which the folder lock rules out too.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.rglob(".*") if recursive else folder.glob(".*"):
+        if p.is_file() and is_stale_temp(p):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager
@@ -38,6 +102,11 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        full = disk_full_cause(e)  # torch.save, for one, turns it into a RuntimeError
+        if full is not None and not isinstance(full, DiskFullError):  # name the file, not the temp
+            raise DiskFullError(full.errno, os.strerror(full.errno), str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -14,7 +14,7 @@ key                    value
 ``classes``            class names, index order (the manifest's for ``dataset``)
 ``dataset``            ``ahsn`` or ``aesn``
 ``manifest_fingerprint``  the build's ``manifest["fingerprint"]``
-``shards``             the build folder the model was trained from
+``shards``             the build the model was trained from: a folder, or its URL as given (text)
 ``recipe``             the optimiser recipe actually used (:func:`recipe.describe`)
 ``metrics``            this epoch's validation metrics (``None`` without a validation fold)
 ``best``               ``{"metric", "score", "epoch"}``: the best validated epoch so far
@@ -30,8 +30,10 @@ half-written ``last.pt`` behind (the previous one stays until the new one is com
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +76,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle/zip errors, or objects weights_only refuses
-        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # any failure to read: empty or cut files, zip errors, refused objects
+        raise UsageError(f"{path} is not a serwild checkpoint ({_unreadable(path, e)})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UsageError(f"{path} is not a serwild checkpoint (needs keys {', '.join(REQUIRED)}; has {have})")
     if ckpt["arch"] != "alexnet":
         raise UsageError(f"{path}: architecture {ckpt['arch']!r} is not supported (alexnet)")
     return ckpt
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words, without torch's advice to retry with
+    ``weights_only=False`` (which would run whatever code the file holds)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not any(w in ln.lower() for w in ("weights_only", "weights only", "documentation",
+                                                                  "file an issue", "weightsunpickler error"))]
+    if isinstance(e, pickle.UnpicklingError) and "weights" in text.lower():
+        return ("it holds objects other than tensors and plain data; refused without running them"
+                + (f": {lines[0]}" if lines else ""))
+    return f"{type(e).__name__}: {lines[0]}" if lines else f"{type(e).__name__}, the file is cut or of another kind"
 
 
 class OtherBuildError(UsageError):

@@ -9,6 +9,7 @@ and does the generic, strict loading: an unknown key or a value of the wrong typ
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,9 +26,12 @@ from serwild.builder.config import (
     ShardConfig,
     SplitConfig,
 )
+from serwild.data.config import RemoteConfig
 from serwild.errors import UsageError
 from serwild.evaluate.config import EvalConfig
 from serwild.trainer.config import CvConfig, TrainConfig
+
+YAML_BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
 
 
 class ConfigError(UsageError):
@@ -49,6 +53,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cv: CvConfig = field(default_factory=CvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)  # network reads of a build given as a URL
 
 
 # ----------------------------------------------------------------------------- loading
@@ -137,6 +142,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"config key {key!r}: bad value {value!r}")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare on/off/yes/no as a boolean
+            value = next((w for w in YAML_BOOL_WORDS[value] if w in args), value)
         if value not in args:
             choices = " | ".join(str(a) for a in args)
             raise ConfigError(f"config key {key!r}: expected one of {choices}, got {value!r}")
@@ -144,7 +151,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             value = [value]  # a scalar where a list is expected: `train.conditions=clean`
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+        # A repeated SNR, dataset or condition would be built, trained or scored twice.
+        seen: list[Any] = []
+        for v in items:
+            if isinstance(v, (str, int, float)) and v in seen:
+                raise ConfigError(f"config key {key!r}: {v!r} is listed more than once")
+            seen.append(v)
+        return items
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
@@ -156,6 +170,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan/.inf: no setting of ours means anything there
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

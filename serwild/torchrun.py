@@ -7,9 +7,13 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import torch
 
@@ -24,10 +28,100 @@ def command(module: str, args: list[str], nproc: int, max_restarts: int = 0) -> 
             f"--max-restarts={max_restarts}", "-m", module, *args]
 
 
+FORWARDED = (signal.SIGTERM, signal.SIGINT)
+# torchrun, run as ``python -m torch.distributed.run`` would, with two changes to what it
+# prints: the SignalException it stops with on SIGTERM/SIGINT (after stopping the ranks) ends
+# it with status 128 + signal instead of a 25-line traceback; and when a failed rank
+# exited with status 2 (a user's mistake, which the rank has already said in one line), it
+# exits 2 without its failure report. Any other failure keeps torchrun's full report.
+QUIET_TORCHRUN = """
+import logging, runpy, sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+class HoldExits(logging.Filter):  # torchrun's per-rank exit lines, held until we know why it stopped
+    def __init__(self):
+        super().__init__()
+        self.held = []
+    def filter(self, record):
+        text = str(record.msg)
+        if "failed (exitcode" in text or "closing signal" in text:
+            self.held.append(record)
+            return False
+        return True
+
+hold, api = HoldExits(), logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+api.addFilter(hold)
+
+def release():
+    api.removeFilter(hold)
+    for r in hold.held:
+        api.handle(r)
+
+try:
+    runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
+except SignalException as e:
+    sys.exit(128 + int(e.sigval))
+except ChildFailedError as e:
+    if any(f.exitcode == 2 for f in e.failures.values()):  # the others stopped because of it
+        sys.exit(2)
+    release()
+    raise
+release()
+"""
+USAGE_EXIT = 2  # a rank's one-line user error (see serwild.trainer.__main__)
+
+
 def launch(cmd: list[str], nproc: int) -> int:
-    """Run ``cmd``; its exit status."""
+    """Run ``cmd`` (torchrun); its exit status, or ``128 + signal`` when we were stopped by one.
+
+    SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) sent to us are passed on to
+    torchrun, whose agent passes them on to every rank and exits: the ranks stop where they
+    are (last.pt is written atomically, so the last complete epoch stays) and the caller sees
+    143 (SIGTERM) or 130 (SIGINT). torchrun runs in its own process group, so a Ctrl-C at the
+    terminal reaches it once (through us) rather than twice, and it gets SIGTERM if we die
+    without passing anything on (kill -9).
+    """
     env = dict(os.environ)
     # torchrun would pin every CPU process to one thread; share the cores out instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.call(cmd, env=env)
+    main_thread = threading.current_thread() is threading.main_thread()
+    if cmd[1:3] == ["-m", "torch.distributed.run"]:  # the same torchrun, quiet about the signal it stops on
+        cmd = [cmd[0], "-c", QUIET_TORCHRUN, *cmd[3:]]
+    proc = subprocess.Popen(cmd, env=env, process_group=0 if main_thread else None,
+                            preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None)
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED} if main_thread else {}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:  # only on an exception in this process: don't leave torchrun behind
+            proc.terminate()
+            proc.wait()
+    if received:
+        return 128 + received[0]
+    return 128 - code if code < 0 else code  # torchrun itself killed by a signal: the shell's convention
+
+
+def _die_with(parent: int):
+    """In the child, before exec: ask the kernel for SIGTERM when the parent dies (Linux prctl).
+    libc is opened here, in the parent: the child runs as little as it can between fork and exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_parent_death_signal() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return set_parent_death_signal
+
+
+PR_SET_PDEATHSIG = 1

@@ -16,7 +16,10 @@ import argparse
 import os
 import sys
 
+from serwild.atomic import disk_full_path
 from serwild.config import load_config
+from serwild.data.loaders import ShardError
+from serwild.data.remote import RemoteError
 from serwild.errors import UsageError
 from serwild.trainer.train import main as train_main
 
@@ -36,10 +39,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_main(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
     except UsageError as e:
-        if os.environ.get("RANK", "0") == "0":  # every rank raises the same error; say it once
-            print(f"serwild.trainer: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        # A refusal before training is agreed by every rank (preflight.agree): say it once. A data
+        # error mid-run (a shard, the network) is this rank's alone: it says it, naming the rank.
+        local = isinstance(e, (RemoteError, ShardError))
+        if local or rank == "0":
+            who = f"rank {rank}: " if local and os.environ.get("WORLD_SIZE", "1") != "1" else ""
+            print(f"serwild.trainer: error: {who}{e}", file=sys.stderr, flush=True)
         return 2
+    except RuntimeError as e:
+        if not peer_lost(e):
+            raise
+        # Another rank died (its own error says why): one line here, not a gloo traceback.
+        print(f"serwild.trainer: rank {os.environ.get('RANK', '?')} stopped: another rank failed "
+              "(its error is above)", file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:  # a full disk (rank 0 writes the run folder): the file, not a traceback
+        path = disk_full_path(e)
+        if path is None:
+            raise
+        print(f"serwild.trainer: error: no space left on device writing {path}", file=sys.stderr)
+        return 1
     return 0
+
+
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another rank's process is gone."""
+    text = str(e)
+    return "closed by peer" in text or "reset by peer" in text
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    shards: str | None = None  # a build folder; None: the config's `out`
+    shards: str | None = None  # a build folder, file://, http(s):// base URL or pipe: command; None: `out`
     dataset: str = "ahsn"
     conditions: list[str] = field(default_factory=lambda: ["clean"])
     epochs: int = 6
@@ -46,7 +46,16 @@ class TrainConfig:
     num_workers: int = 2  # DataLoader workers per rank
     prefetch_factor: int = 2  # batches each worker keeps ready
     shuffle_buffer: int = 1000  # samples (PNG bytes, decoded after the shuffle)
-    verify: Literal["full", "size", "none"] = "full"  # shards vs manifest before training (rank 0)
+    # Shards vs manifest before training (rank 0). A URL build is not downloaded twice: full and size
+    # both ask sizes (HEAD), and sample counts are checked while streaming (preflight.verify_shards).
+    verify: Literal["full", "size", "none"] = "full"
+    # The frozen prefix of AlexNet (the paper's conv1–conv4) computed once per image and cached
+    # (fp16) next to the build, reused by every epoch, fold and experiment of the build: exact,
+    # since those layers never change and no augmentation touches the images. auto: on where
+    # exact (a frozen prefix from conv1, a local build), off otherwise; on: required (error if
+    # not exact); off: never.
+    feature_cache: Literal["auto", "on", "off"] = "auto"
+    feature_cache_dir: str | None = None  # None: <build>/feature-cache
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on a GPU that has it, else none
     channels_last: bool = True  # on CUDA only (the layout tensor cores want)

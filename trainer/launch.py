@@ -6,11 +6,12 @@ resume) happen here, before any process starts.
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from serwild import torchrun
+from serwild import lock, torchrun
 from serwild.config import Config
 from serwild.data.manifest import train_folds
 from serwild.errors import UsageError
@@ -19,6 +20,7 @@ from serwild.trainer.model import fetch_imagenet_weights
 from serwild.trainer.preflight import plan_data, resolve, run_name
 
 MODULE = "serwild.trainer"  # the torchrun target (serwild/trainer/__main__.py)
+STOPPED = {128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGINT: "SIGINT"}  # torchrun.launch's signal exits
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ def check_run_dir(run_dir: Path, opts: LaunchOptions) -> None:
 
 
 def train(cfg: Config, opts: LaunchOptions) -> int:
-    """Train one run (or every fold with ``opts.cv``); 0 on success, 1 if a run failed."""
+    """Train one run (or every fold with ``opts.cv``); 0 on success, 1 if a run failed, 128 + the
+    signal when stopped by SIGTERM or SIGINT (the remaining folds are not started)."""
     check_options(cfg, opts)
     plan = plan_data(resolve(cfg))  # a bad build folder or selection fails here, before torchrun
     if cfg.train.pretrained == "imagenet":
@@ -75,8 +78,16 @@ def train(cfg: Config, opts: LaunchOptions) -> int:
             print(f"=== fold {fold} of {folds} ===", file=sys.stderr, flush=True)
         run_dir = Path(cfg.train.run_dir) / (f"{base}-fold{fold}" if opts.cv else run_name(cfg, cfg.cv.fold))
         check_run_dir(run_dir, opts)
-        code = torchrun.launch(torchrun.command(MODULE, rank_args(opts, extra), opts.nproc, opts.max_restarts),
-                               opts.nproc)
+        # The run folder is ours while torchrun runs: a second `serwild train` on it is refused at
+        # once; the ranks work under this lock (serwild.lock.HOLDER_ENV) instead of taking their own.
+        with lock.locked(run_dir, "serwild train"):
+            code = torchrun.launch(torchrun.command(MODULE, rank_args(opts, extra), opts.nproc, opts.max_restarts),
+                                   opts.nproc)
+        if code in STOPPED:  # SIGTERM (preemption) or Ctrl-C: no more folds; last.pt holds the last epoch
+            print(f"serwild train: stopped by {STOPPED[code]}; continue with --resume", file=sys.stderr)
+            return code
+        if code == torchrun.USAGE_EXIT:  # a rank said what is wrong, in one line: nothing to add
+            return code
         if code != 0:
             print(f"serwild train: training failed (exit status {code}); see the messages above", file=sys.stderr)
             return 1

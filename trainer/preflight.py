@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from serwild import atomic, lock
 from serwild.config import Config, replace
-from serwild.data.loaders import ShardSet, shard_set
-from serwild.data.manifest import check_shards, load_manifest, select_shards, train_folds
+from serwild.data.build import BuildReader, open_build
+from serwild.data.loaders import ShardSet
+from serwild.data.manifest import select_shards, train_folds
 from serwild.errors import UsageError
 from serwild.trainer.distributed import Dist, all_gather_object
 from serwild.trainer.recipe import resolve_recipe
@@ -25,9 +27,9 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.yaml")
 
 @dataclass(frozen=True)
 class DataPlan:
-    """What a run reads: the build, its classes, training and validation shards."""
+    """What a run reads: the build (a folder or a URL), its classes, training and validation shards."""
 
-    build_dir: Path
+    build: BuildReader
     manifest: dict[str, Any]
     classes: list[str]
     train: ShardSet
@@ -35,6 +37,11 @@ class DataPlan:
     samples_per_epoch: int
     train_records: list[dict]
     val_records: list[dict]
+
+    @property
+    def location(self) -> str:
+        """The build as given (``train.shards`` or ``out``); a URL stays a URL."""
+        return self.build.location
 
 
 def run_name(cfg: Config, fold: int | None) -> str:
@@ -54,8 +61,8 @@ def resolve(cfg: Config) -> Config:
 def plan_data(cfg: Config) -> DataPlan:
     """Manifest → training (and validation) shards for ``cfg`` (resolved)."""
     t = cfg.train
-    build = Path(t.shards or cfg.out)
-    manifest = load_manifest(build)
+    reader = open_build(t.shards or cfg.out, cfg.remote.options())  # a folder, file://, http(s)://, pipe:
+    build, manifest = reader.location, reader.manifest
     if t.dataset not in manifest["datasets"]:
         raise UsageError(f"train.dataset {t.dataset!r} is not in {build} (built: {', '.join(manifest['datasets'])})")
     classes = list(manifest["datasets"][t.dataset]["classes"])
@@ -76,8 +83,8 @@ def plan_data(cfg: Config) -> DataPlan:
         samples = sum(r["count"] for r in select_shards(manifest, t.dataset, "train", ["clean"], kept))
     else:
         samples = sum(r["count"] for r in train_records)
-    return DataPlan(build, manifest, classes, shard_set(build, train_records),
-                    shard_set(build, val_records) if val_records else None, max(1, samples),
+    return DataPlan(reader, manifest, classes, reader.shard_set(train_records),
+                    reader.shard_set(val_records) if val_records else None, max(1, samples),
                     train_records, val_records)
 
 
@@ -100,20 +107,46 @@ def agree(d: Dist, fn: Callable[[], T], on: bool) -> list[T | None]:
     return [r for _, r in gathered]
 
 
-def verify_shards(plan: DataPlan, level: str) -> None:
-    """check_shards against the manifest (sha256 + counts when ``full``, sizes when ``size``)."""
+def verify_shards(plan: DataPlan, level: str) -> str | None:
+    """The run's shards against the manifest, before the first step (``train.verify``).
+
+    A folder: ``full`` = size, sha256 and sample count of every shard; ``size`` = sizes.
+    A remote build is not downloaded twice: ``full`` and ``size`` both ask every shard's
+    size (HTTP HEAD) here, and the loaders check each shard's sample count as they stream
+    it (a short shard stops the run, naming it); sha256s only ``serwild verify <url>``
+    checks. A ``pipe:`` build cannot tell sizes without reading: nothing is checked here.
+    Returns a note on what was not checked (None: everything the level asks)."""
     if level == "none":
-        return
-    problems = check_shards(plan.build_dir, plan.train_records + plan.val_records, full=(level == "full"))
+        return None
+    records = plan.train_records + plan.val_records
+    if plan.build.source.kind == "pipe":
+        return (f"note: {plan.location} is a pipe: build: shard sizes and sha256s are not checked before "
+                "training (sample counts are, while streaming); run `serwild verify` on it to check them")
+    full = level == "full" and not plan.build.is_remote
+    problems = plan.build.check(records, full=full)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise UsageError(f"{len(problems)} shard(s) do not match {plan.build_dir}/manifest.json: "
+        where = plan.build.source.join("manifest.json")
+        raise UsageError(f"{len(problems)} shard(s) do not match {where}: "
                          f"{'; '.join(problems[:3])}{more}. Rebuild them (`serwild build` resumes) "
                          f"or pass train.verify=none at your own risk")
+    if level == "full" and plan.build.is_remote:
+        return (f"note: {plan.location} is remote: shard sizes checked (HEAD); sample counts are checked while "
+                "streaming, sha256s are not (that would download the build twice; `serwild verify` does it)")
+    return None
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """The checkpoint to resume from (None: start fresh), after checking what is there."""
+    """The checkpoint to resume from (None: start fresh), after checking what is there.
+
+    Rank 0 only. It locks the run folder first (:mod:`serwild.lock`; held until ``train.main``
+    ends, or the process does): under ``serwild train`` the launcher already holds that lock and
+    this is a no-op; ranks started by torchrun directly take it here, so a second run on the
+    same folder is refused either way. Then temp files of writers that were killed mid-save
+    (``.last.pt.tmp-<pid>``, the size of a checkpoint) are removed.
+    """
+    lock.acquire(run_dir, "serwild.trainer")
+    atomic.remove_stale_temps(run_dir)
     last = run_dir / "last.pt"
     if resume:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from serwild import __version__, atomic, seeds
+from serwild import __version__, atomic, lock, seeds
 from serwild import checkpoint as ckpt_io
 from serwild.config import Config, to_dict
 from serwild.data.loaders import make_eval_loader, make_train_loader, steps_per_epoch
@@ -33,6 +33,16 @@ from serwild.data.transforms import normalise
 from serwild.errors import UsageError
 from serwild.metrics import scores_from_confusion
 from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
+from serwild.trainer.features import (
+    CachedTrainData,
+    build_feature_cache,
+    cache_records,
+    cache_spec,
+    default_cache_root,
+    head_from,
+    load_feature_cache,
+    resolve_feature_cache,
+)
 from serwild.trainer.history import append_jsonl, plot_curves, read_jsonl
 from serwild.trainer.model import build_model, fetch_imagenet_weights
 from serwild.trainer.preflight import DataPlan, agree, plan_data, prepare_run_dir, resolve, verify_shards
@@ -99,7 +109,8 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
                disable=(not d.is_main) or None, leave=False, dynamic_ncols=True, file=sys.stderr)
-    for images, labels in with_fault(loader, epoch, d.rank):
+    batches_in = InputTimer(with_fault(loader, epoch, d.rank))
+    for images, labels in batches_in:
         images = images.to(d.device, non_blocking=True)
         labels = labels.to(d.device, non_blocking=True)
         x = normalise(images) if images.dtype == torch.uint8 else images
@@ -126,7 +137,26 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
     return {"loss_sum": loss_sum, "correct": correct, "samples": samples, "batches": batches,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "input_wait_s": batches_in.seconds}
+
+
+class InputTimer:
+    """Iterates ``items`` and adds up the time spent waiting for the next one: the share of
+    an epoch the model stood idle for input (decode, shuffle, transfer), in metrics.jsonl."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self.items, self.seconds = items, 0.0
+
+    def __iter__(self) -> Iterator[T]:
+        it = iter(self.items)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.seconds += time.perf_counter() - t0
+            yield item
 
 
 @torch.no_grad()
@@ -164,8 +194,9 @@ class Run:
     d: Dist
     plan: DataPlan
     run_dir: Path
-    model: nn.Module
-    ddp: nn.Module
+    model: nn.Module  # the whole AlexNet: optimiser, checkpoints and resume always use it
+    net: nn.Module  # what a step runs: the model, or its head after the cached frozen prefix
+    ddp: nn.Module  # ``net``, wrapped in DDP when distributed
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -174,15 +205,21 @@ class Run:
     steps: int  # per epoch, every rank
     start: int  # completed epochs
     best: dict[str, Any]
+    cache: CachedTrainData | None = None  # training features (the feature cache is on)
+    val_cache: CachedTrainData | None = None
 
 
 def main(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train per ``cfg``; returns the final summary (same on every rank)."""
     d = setup(cfg.train.device, cfg.train.timeout_s)
+    resolved = None
     try:
-        return fit(prepare(resolve(cfg), d, resume, overwrite))
+        resolved = resolve(cfg)
+        return fit(prepare(resolved, d, resume, overwrite))
     finally:
         teardown(d)
+        if resolved is not None:  # rank 0's run-folder lock, from prepare_run_dir
+            lock.release(Path(resolved.train.run_dir) / str(resolved.train.name))
 
 
 def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
@@ -191,7 +228,9 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
     plan = plan_data(cfg)
     run_dir = Path(t.run_dir) / str(t.name)
     resume_from = agree(d, lambda: prepare_run_dir(run_dir, resume, overwrite), on=d.is_main)[0]
-    agree(d, lambda: verify_shards(plan, t.verify), on=d.is_main)
+    note = agree(d, lambda: verify_shards(plan, t.verify), on=d.is_main)[0]
+    if note:
+        log(d, note)
     if t.pretrained == "imagenet":  # one download per node, before any rank needs the file
         agree(d, fetch_imagenet_weights, on=d.local_rank == 0)
     batch = per_rank_batch(t.batch_size, d)
@@ -214,12 +253,42 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
     if d.is_main:
         _start_history(cfg, run_dir, start)
     dtype = amp_dtype(t.amp, d.device)
-    ddp = (DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None)
-           if d.distributed else model)
-    return Run(cfg=cfg, d=d, plan=plan, run_dir=run_dir, model=model, ddp=ddp, optimizer=optimizer,
+    net, cache, val_cache = _feature_cache(cfg, d, plan, model, batch)
+    ddp = (DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)
+           if d.distributed else net)
+    return Run(cfg=cfg, d=d, plan=plan, run_dir=run_dir, model=model, net=net, ddp=ddp, optimizer=optimizer,
                scheduler=scheduler, scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16),
                dtype=dtype, batch=batch, steps=steps_per_epoch(plan.samples_per_epoch, batch, d.world_size),
-               start=start, best=best)
+               start=start, best=best, cache=cache, val_cache=val_cache)
+
+
+def _feature_cache(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch: int
+                   ) -> tuple[nn.Module, CachedTrainData | None, CachedTrainData | None]:
+    """(what a step runs, training features, validation features): the model and no cache, or
+    the head after the frozen prefix and the cached features of this run's shards. Every rank
+    computes its share of the build's missing cache files (all conditions and folds, so every
+    run of the build reuses them); ``agree`` is the barrier, and a data error on one rank
+    stops all of them."""
+    t = cfg.train
+    prefix = resolve_feature_cache(t.feature_cache, t.freeze or [])
+    if prefix is None:
+        return model, None, None
+    if plan.build.is_remote:  # the cache is written next to the build: a local folder only
+        if t.feature_cache == "on":
+            raise UsageError(f"train.feature_cache=on needs a local build folder, not {plan.location}")
+        log(d, f"note: feature cache off: {plan.location} is not a local folder")
+        return model, None, None
+    spec = cache_spec(t.feature_cache_dir or default_cache_root(plan.location), plan.manifest["fingerprint"],
+                      model, prefix)
+    built = agree(d, lambda: build_feature_cache(plan.location, cache_records(plan.manifest, t.dataset), model,
+                                                  d.device, spec, len(plan.classes), rank=d.rank,
+                                                  world_size=d.world_size, batch_size=batch,
+                                                  num_workers=t.num_workers), on=True)
+    log(d, f"feature cache {spec.dir}: {sum(b.written for b in built if b)} shard(s) computed, "
+           f"{sum(b.skipped for b in built if b)} reused")
+    place = d.device if d.device.type == "cuda" else None  # a GPU holds all features; a CPU memory-maps them
+    val = load_feature_cache(spec, plan.val_records, device=place) if plan.val_records else None
+    return head_from(model, prefix), load_feature_cache(spec, plan.train_records, device=place), val
 
 
 def per_rank_batch(global_batch: int, d: Dist) -> int:
@@ -265,6 +334,9 @@ def fit(run: Run) -> dict[str, Any]:
 
 def _train_loader(run: Run, epoch: int) -> Any:
     t, d = run.cfg.train, run.d
+    if run.cache is not None:
+        return run.cache.batches(run.batch, run.steps, seed=run.cfg.seed, epoch=epoch, rank=d.rank,
+                                 world_size=d.world_size)
     on_gpu = d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
     return make_train_loader(run.plan.train, len(run.plan.classes), run.batch, run.steps, seed=run.cfg.seed,
                              epoch=epoch, rank=d.rank, num_workers=t.num_workers,
@@ -277,8 +349,12 @@ def _validate(run: Run) -> dict[str, Any] | None:
         return None
     d, on_gpu = run.d, run.d.device.type == "cuda"
     k = len(run.plan.classes)
+    if run.val_cache is not None:
+        batches = run.val_cache.eval_batches(run.batch, d.rank, d.world_size)
+        return scores_from_confusion(evaluate(run.net, batches, d, k, run.dtype).numpy(), run.plan.classes)
     loader = make_eval_loader(run.plan.val.urls, run.batch, run.cfg.train.num_workers, d.rank, d.world_size,
-                              counts=run.plan.val.counts, num_classes=k, as_uint8=on_gpu, pin_memory=on_gpu)
+                              counts=run.plan.val.counts, num_classes=k, as_uint8=on_gpu, pin_memory=on_gpu,
+                              remote=run.plan.val.remote)
     return scores_from_confusion(evaluate(run.model, loader, d, k, run.dtype).numpy(), run.plan.classes)
 
 
@@ -299,7 +375,8 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
     v = f"  val acc {val['accuracy']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}" if val else ""
     lr = ", ".join(f"{x:.2g}" for x in record["lr"])
     log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
-           f"{record['images_per_s']:.0f} img/s  {record['seconds']:.1f} s")
+           f"{record['images_per_s']:.0f} img/s ({record['input_wait_fraction']:.0%} waiting for input)  "
+           f"{record['seconds']:.1f} s")
 
 
 def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> dict[str, Any]:
@@ -307,7 +384,7 @@ def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> dict[s
     return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "epoch": epoch, "rng": rng, "config": to_dict(cfg),
             "classes": plan.classes, "dataset": cfg.train.dataset,
-            "manifest_fingerprint": plan.manifest["fingerprint"], "shards": str(plan.build_dir),
+            "manifest_fingerprint": plan.manifest["fingerprint"], "shards": plan.location,
             "recipe": describe(cfg.train), "metrics": metrics, "best": run.best, "arch": "alexnet",
             "serwild_version": __version__}
 
@@ -317,10 +394,14 @@ def _train_summary(stats: dict[str, Any], d: Dist) -> dict[str, Any]:
     totals = all_reduce_sum(torch.tensor([stats["loss_sum"].item(), float(stats["correct"].item()),
                                           float(stats["samples"])], dtype=torch.float64), d).tolist()
     seconds = max(all_gather_object(stats["seconds"], d))  # the slowest rank sets the pace
+    waits = all_gather_object(stats["input_wait_s"] / max(stats["seconds"], 1e-9), d)
     n = max(1.0, totals[2])
-    return {"train_loss": totals[0] / n, "train_accuracy": totals[1] / n, "images_per_s": totals[2] / seconds,
-            "seconds": seconds, "batches_per_rank": all_gather_object(stats["batches"], d),
-            "samples": int(totals[2])}
+    summary = {"train_loss": totals[0] / n, "train_accuracy": totals[1] / n, "images_per_s": totals[2] / seconds,
+               "seconds": seconds, "input_wait_fraction": max(waits),
+               "batches_per_rank": all_gather_object(stats["batches"], d), "samples": int(totals[2])}
+    if d.device.type == "cuda":
+        summary["gpu_memory_peak_gb"] = max(all_gather_object(torch.cuda.max_memory_allocated(d.device) / 2**30, d))
+    return summary
 
 
 def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, model: nn.Module,

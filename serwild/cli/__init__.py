@@ -8,6 +8,7 @@
     serwild compare  runs/a runs/b                       # the paper's Figures 4/5
     serwild predict  --checkpoint best.pt rec.wav …      # emotions of your own recordings
     serwild demo                                         # the whole story, end to end
+    serwild reproduce --config configs/protocol-tiny.yaml  # the paper's protocol, resumable
 
 Each subcommand is a module here (``serwild.cli.build`` …) with ``add_arguments(parser)``
 and ``run(args)`` over library functions. Only the invoked command's module is imported,
@@ -20,9 +21,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from typing import Any
 
 from serwild import __version__
+from serwild.atomic import disk_full_path
 from serwild.errors import UsageError
 
 # name → one-line help; the module is serwild.cli.<name>.
@@ -35,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare runs: weighted F1 per test condition",
     "predict": "emotion of each 1 s block of your own WAV files",
     "demo": "synth → build → train clean/augmented → evaluate → compare",
+    "reproduce": "the paper's protocol: build → CV of both experiments per dataset → test → one report",
 }
 
 
@@ -69,14 +75,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Intermixed: `serwild train --resume train.epochs=2` (overrides after flags) parses.
     args = command_parser(argv[0]).parse_intermixed_args(argv[1:])
+    previous = _stop_on_sigterm()
     try:
         return int(args._run(args) or 0)
     except UsageError as e:
         print(f"serwild {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"serwild {args.command}: stopped by SIGTERM{RESUME_HINT.get(args.command, '')}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"serwild {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk: the file it was writing, not a traceback
+        path = disk_full_path(e)
+        if path is None:
+            raise
+        print(f"serwild {args.command}: error: no space left on device writing {path}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop or preemption), raised where the program is, like Ctrl-C's
+    KeyboardInterrupt: clean-ups (``finally``, ``with``) run, then one line and exit status 143."""
+
+
+RESUME_HINT = {"build": "; run the same command again to resume", "train": "; continue with --resume"}
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _stop_on_sigterm() -> Any:
+    """Install the SIGTERM handler (main thread only); the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Compare evaluated runs: a metric per test condition, one series per run.
 
     serwild compare runs/clean-only runs/augmented [--out DIR] [--metric weighted_f1] [--unit block]
+    serwild compare --arm clean runs/a-s0 runs/a-s1 --arm augmented runs/b-s0 runs/b-s1
 
 Reads each run's ``report/metrics.json`` (written by ``serwild evaluate``; a report folder
 or a metrics.json path works too) and writes, into ``--out`` (default
 ``<first run's parent>/compare_<run>_vs_<run>``): compare.png (the paper's Figures 4/5),
 compare.md (one column per run, then each run's difference to the first) and compare.json,
-and prints the table. The first run is the baseline the differences are taken against.
+and prints the table. The first run (arm) is the baseline the differences are taken against.
+An arm of several runs (seeds, folds) shows mean ± std. Runs evaluated on the same test blocks
+(same build) get a paired cluster-bootstrap interval for each difference, `*` where it excludes 0.
 """
 
 from __future__ import annotations
@@ -15,24 +18,39 @@ import argparse
 import json
 
 from serwild.errors import UsageError
-from serwild.evaluate.compare import METRICS, TITLES, compare_runs, markdown_table
+from serwild.evaluate.compare import METRICS, TITLES, compare_runs, markdown_table, notes, parse_arms
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                   help="two or more evaluated runs (run folders with report/metrics.json); the first is the baseline")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="two or more evaluated runs (run folders with report/metrics.json), one arm each; "
+                        "the first is the baseline")
+    p.add_argument("--arm", nargs="+", action="append", metavar=("NAME", "RUN_DIR"), default=[],
+                   help="an arm of one or more runs (seeds, folds), repeated: --arm clean runs/a-s0 runs/a-s1 "
+                        "--arm augmented runs/b-s0 runs/b-s1; the first arm is the baseline")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <parent of the first run>/compare_<a>_vs_<b>)")
     p.add_argument("--metric", default="weighted_f1", choices=sorted(METRICS),
                    help="what to compare (default: weighted_f1, the paper's Figures 4/5)")
     p.add_argument("--unit", default="block", choices=["block", "utterance"],
                    help="score per 1 s block (the paper's unit, default) or per utterance")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamples for the paired intervals (default 1000; 0: no intervals)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--alpha", type=float, default=0.05, help="1 - coverage of the intervals (default 0.05: 95%%)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if len(args.runs) < 2:
-        raise UsageError("give at least two runs to compare")
-    out = compare_runs(args.runs, out=args.out, metric=args.metric, unit=args.unit)
+    arms = parse_arms(args.arm)
+    if arms and args.runs:
+        raise UsageError("give the runs either as positional arguments or as --arm groups, not both")
+    if len(arms or args.runs) < 2:
+        raise UsageError("give at least two runs (or two --arm groups) to compare")
+    if args.bootstrap < 0 or not 0.0 < args.alpha < 1.0:
+        raise UsageError("--bootstrap must be >= 0 and --alpha in (0, 1)")
+    out = compare_runs(args.runs, out=args.out, metric=args.metric, unit=args.unit, arms=arms,
+                       bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha)
     comp = json.loads((out / "compare.json").read_text())
-    print(f"\n{TITLES[args.metric]} per test condition (per {args.unit}):\n\n{markdown_table(comp)}\n")
+    text = "\n".join(notes(comp))
+    print(f"\n{TITLES[args.metric]} per test condition (per {args.unit}):\n\n{markdown_table(comp)}\n\n{text}\n")
     print(f"figure: {out / 'compare.png'}\ntable:  {out / 'compare.md'}")
     return 0

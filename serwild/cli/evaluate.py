@@ -3,6 +3,7 @@
     serwild evaluate --checkpoint runs/<name>/best.pt [--shards shards/<build>] [--out DIR]
     serwild evaluate --checkpoint runs/<name>/best.pt --nproc 2       # torchrun, 2 processes
     serwild evaluate --checkpoint best.pt eval.batch_size=32 eval.num_workers=0 eval.device=cpu
+    serwild evaluate --checkpoint best.pt --shards https://host/builds/demo/ remote.timeout_s=10
 
 Each condition's test shards are checked against the manifest (present, size, sha256,
 sample count) and then read exactly once, split across the processes; the number of
@@ -27,7 +28,9 @@ from serwild.evaluate.evaluate import evaluate_checkpoint
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by serwild train")
-    p.add_argument("--shards", metavar="DIR", help="build folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--shards", metavar="DIR_OR_URL",
+                   help="build folder, file://, http(s):// base URL or pipe: command (default: the build the "
+                        "checkpoint was trained on); network reads follow the config's remote section")
     p.add_argument("--out", metavar="DIR", help="report folder (default: <checkpoint's folder>/report)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="launch N processes with torchrun (ignored when already under torchrun)")
@@ -53,9 +56,10 @@ def rank_argv(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise UsageError("--nproc must be at least 1")
-    settings = load_config(args.config, args.overrides).eval
+    cfg = load_config(args.config, args.overrides)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return torchrun.launch(torchrun.command("serwild", rank_argv(args), args.nproc), args.nproc)
-    evaluate_checkpoint(args.checkpoint, shards=args.shards, out=args.out, settings=settings,
-                        check_sha256=args.sha256, allow_other_build=args.allow_other_build)
+    evaluate_checkpoint(args.checkpoint, shards=args.shards, out=args.out, settings=cfg.eval,
+                        check_sha256=args.sha256, allow_other_build=args.allow_other_build,
+                        remote=cfg.remote.options())
     return 0

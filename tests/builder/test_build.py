@@ -76,8 +76,9 @@ def test_every_input_is_used_or_rejected(ray_build: tuple[Path, Path]) -> None:
     rejected = {json.loads(line)["item"] for line in (out / "rejects.jsonl").read_text().splitlines()}
     assert used | rejected == listed and not used & rejected
     assert m["totals"]["utterances_used"] == len(used)
-    card = (out / "DATASET.md").read_text()
+    card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "| split | condition | ang | hap | sad | neu | total |" in card
+    assert not (out / "DATASET.md").exists()  # one card only: README.md, what hubs read
 
 
 def test_worker_count_does_not_change_bytes(ray_build: tuple[Path, Path], tmp_path: Path) -> None:

@@ -29,9 +29,9 @@ SPLITS = ["train"] + [f"test_{c}" for c in CONDITIONS]
 
 @pytest.fixture
 def hub_build(tiny_build: Path, tmp_path: Path) -> Path:  # noqa: F811 - fixture use
-    """A copy of the tiny build with its README.md (what the builder will write)."""
+    """A copy of the tiny build, with the README.md the builder wrote."""
     out = Path(shutil.copytree(tiny_build, tmp_path / "build"))
-    (out / "README.md").write_text(readme(manifest_of(out)))
+    assert (out / "README.md").read_text() == readme(manifest_of(out))
     return out
 
 

@@ -10,6 +10,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -335,7 +337,7 @@ def wds_opener(monkeypatch: pytest.MonkeyPatch):
     """serwild's http(s) opener in webdataset for one test (the previous ones restored)."""
     wds = pytest.importorskip("webdataset")
     schemes = importlib.import_module("webdataset.gopen").gopen_schemes
-    for scheme in ("http", "https"):
+    for scheme in ("http", "https", "pipe"):
         monkeypatch.setitem(schemes, scheme, schemes[scheme])
     register_wds_opener(FAST)
     return wds
@@ -365,3 +367,13 @@ def test_webdataset_streams_over_http_and_never_hangs(tiny_build: Path, wds_open
 def test_build_is_a_plain_value() -> None:
     b = open_location("http://127.0.0.1:1/x/")
     assert b == Build("http://127.0.0.1:1/x/", "http", "http://127.0.0.1:1/x/") and b.is_remote
+
+
+def test_reader_side_imports_no_torch() -> None:
+    """``serwild verify`` and ``from serwild.data import open_build`` stay cheap: no torch (or
+    webdataset) until a loader is asked for."""
+    code = ("import sys; import serwild.data, serwild.cli.verify, serwild.config; "
+            "from serwild.data import open_build; "
+            "print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -32,6 +32,12 @@ def test_tiny_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert (compare / "compare.png").is_file() and (compare / "spectrograms.png").is_file()
     out = capsys.readouterr().out
     assert "demo-clean" in out and "demo-augmented" in out and "15 dB" in out
+    # the closing table gives each difference its paired interval, and says how to read it
+    comp = json.loads((compare / "compare.json").read_text())
+    for label, d in zip(comp["labels"], comp["deltas"]["demo-augmented"]):
+        row = [ln for ln in out.splitlines() if ln.startswith(f"| {label} |")][-1]  # the closing table
+        assert row.rstrip(" |*").endswith(f"[{d['low']:+.2f}, {d['high']:+.2f}]"), row
+    assert "`*` marks an interval that excludes 0" in out
     # experiment 2 took as many optimiser steps as experiment 1 (samples_per_epoch: clean)
     last = [(runs / n / "metrics.jsonl").read_text().splitlines()[-1] for n in ("demo-clean", "demo-augmented")]
     steps = [json.loads(line) for line in last]

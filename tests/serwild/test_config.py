@@ -52,3 +52,9 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
 def test_shipped_configs_load_and_round_trip(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)
     assert config_from_resolved(to_dict(cfg)) == cfg
+
+
+def test_on_and_off_choices_survive_yaml_booleans() -> None:
+    # YAML 1.1 reads a bare `off` as false: a choice named off must still be off, in a file or an override.
+    assert load_config(None, ["train.feature_cache=off"]).train.feature_cache == "off"
+    assert load_config(None, ["train.feature_cache=on"]).train.feature_cache == "on"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from serwild.data.build import BuildReader
 from serwild.data.loaders import (
     ShardError,
     ShardSet,
@@ -19,6 +20,7 @@ from serwild.data.loaders import (
     shard_set,
     steps_per_epoch,
 )
+from serwild.data.remote import open_location
 from serwild.errors import UsageError
 from serwild.trainer.preflight import DataPlan, plan_data, resolve, verify_shards
 from tests.trainer.conftest import tiny_config
@@ -118,8 +120,8 @@ def test_verify_refuses_a_changed_shard_before_training(tiny_build: Path, manife
     record = _records(manifest)[0]
     (tmp_path / record["path"]).parent.mkdir(parents=True)
     _short_copy(tiny_build / record["path"], tmp_path / record["path"], record["count"] - 1)
-    plan = DataPlan(tmp_path, manifest, ["ang", "hap", "sad", "neu"], shard_set(tmp_path, [record]), None,
-                    record["count"], [record], [])
+    plan = DataPlan(BuildReader(open_location(tmp_path), manifest), manifest, ["ang", "hap", "sad", "neu"],
+                    shard_set(tmp_path, [record]), None, record["count"], [record], [])
     for level in ("size", "full"):
         with pytest.raises(UsageError, match="do not match"):
             verify_shards(plan, level)

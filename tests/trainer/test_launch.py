@@ -45,7 +45,7 @@ def test_cv_trains_every_fold_then_summarises(tiny_build: Path, tmp_path: Path,
         opts = dict(a.split("=", 1) for a in cmd if "=" in a and not a.startswith("--"))
         fold, run = int(opts["cv.fold"]), tmp_path / opts["train.name"]
         launched.append((fold, opts["train.name"], nproc))
-        run.mkdir()
+        run.mkdir(exist_ok=True)  # the launcher made it, for its lock
         f1 = 0.2 + 0.1 * fold * (fold % 2)
         val = {"accuracy": f1, "ua": f1, "weighted_f1": f1, "macro_f1": f1}
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val": val, "recipe": "scratch"}) + "\n")

@@ -1,0 +1,118 @@
+"""A published build, opened one way wherever it lives: a folder, ``file:///…``, an
+``http(s)://`` base URL (a web server, a public bucket, the HF Hub's ``…/resolve/main/``)
+or a ``pipe:`` command (``pipe:aws s3 cp s3://bucket/build/{path} -``).
+
+    from serwild.data import open_build
+
+    build = open_build("https://huggingface.co/datasets/<user>/<repo>/resolve/main/")
+    print(build.manifest["totals"])                    # manifest.json, fetched and checked
+    assert build.verify() == []                       # every shard streamed once: sha256 + count
+    for images, labels, metas in build.loader("ahsn", "test", ["clean"], batch_size=32):
+        ...                                            # (B, 3, 256, 256) normalised, (B,), dicts
+
+The trainer and the evaluator read builds through this too. Shard URLs are the manifest's
+relative paths joined to the base (never leaving it, see :mod:`serwild.data.remote`).
+
+No torch at import time: ``serwild verify`` imports this module, and must stay cheap; the
+webdataset loaders (which import torch) are imported inside :meth:`BuildReader.loader`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from serwild.data.manifest import MANIFEST, check_manifest, check_shards, extra_shards, select_shards
+from serwild.data.remote import Build, RemoteOptions, open_location
+
+if TYPE_CHECKING:  # no torch at import time (see the module docstring)
+    import torch
+
+    from serwild.data.loaders import ShardSet
+
+
+@dataclass(frozen=True)
+class BuildReader:
+    """An opened build: where it is (``source``) and its checked manifest."""
+
+    source: Build
+    manifest: dict[str, Any]
+
+    @property
+    def location(self) -> str:
+        """The build as the user named it (a URL stays a URL: never pass it through Path)."""
+        return self.source.location
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source.is_remote
+
+    @property
+    def options(self) -> RemoteOptions:
+        return self.source.options
+
+    def classes(self, dataset: str) -> list[str]:
+        return list(self.manifest["datasets"][dataset]["classes"])
+
+    def records(self, dataset: str, split: str, conditions: Sequence[str] | None = None,
+                folds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """The manifest's shard records of one dataset/split (some conditions, folds)."""
+        return select_shards(self.manifest, dataset, split, list(conditions) if conditions is not None else None,
+                             list(folds) if folds is not None else None)
+
+    def shard_urls(self, records: Iterable[dict[str, Any]]) -> list[str]:
+        """URLs (or paths) of ``records`` under the base."""
+        return self.source.shard_urls(list(records))
+
+    def shard_set(self, records: Sequence[dict[str, Any]]) -> ShardSet:
+        """``records`` as the loaders want them: URLs, manifest counts, network options."""
+        from serwild.data.loaders import shard_set  # torch: see the module docstring
+
+        return shard_set(self, records)
+
+    def check(self, records: Sequence[dict[str, Any]], full: bool = True) -> list[str]:
+        """Problems with ``records`` (empty: all good). A folder: size, then (``full``) sha256
+        and sample count. Remote: ``full`` streams each shard once (sha256 + count, nothing
+        written to disk), otherwise sizes only (HTTP HEAD; a pipe: build cannot, and says so)."""
+        if not self.is_remote:
+            return check_shards(self.source.base, list(records), full=full)
+        return self.source.verify(list(records), full=full)
+
+    def verify(self, full: bool = True) -> list[str]:
+        """Every shard of the manifest checked (see :meth:`check`); for a folder, also tar
+        files the manifest does not list ("extra: …"), which a URL cannot reveal."""
+        problems = self.check(self.manifest["shards"], full=full)
+        if not self.is_remote:
+            problems += [f"extra: {p} (not in the manifest)" for p in extra_shards(self.source.base, self.manifest)]
+        return problems
+
+    def loader(self, dataset: str, split: str, conditions: Sequence[str] | None = None, batch_size: int = 32, *,
+               folds: Sequence[int] | None = None, num_workers: int = 0, as_uint8: bool = False, rank: int = 0,
+               world_size: int = 1) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]]:
+        """Every sample of the selection exactly once, in manifest order: batches of
+        ``(images (B, 3, 256, 256), labels (B,), metadata dicts)``. Images are normalised
+        float (ImageNet statistics), or uint8 with ``as_uint8``; the last batch may be
+        short. A shard with another sample count than the manifest's raises; a network
+        failure (after the configured retries) raises :class:`~serwild.data.remote.RemoteError`.
+        ``rank``/``world_size`` deal shards to processes (each sees its share)."""
+        from serwild.data.loaders import make_eval_loader  # torch: see the module docstring
+
+        shards = self.shard_set(self.records(dataset, split, conditions, folds))
+        return make_eval_loader(shards.urls, batch_size, num_workers, rank=rank, world_size=world_size,
+                                counts=shards.counts, num_classes=len(self.classes(dataset)), as_uint8=as_uint8,
+                                remote=shards.remote)
+
+
+def open_build(location: str | os.PathLike[str] | BuildReader, options: RemoteOptions | None = None) -> BuildReader:
+    """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/`` or a ``pipe:``
+    command template with ``{path}``; reads and checks its manifest.json (one line naming
+    the location if it is missing or malformed). ``options``: timeouts and retries for
+    network reads (default :class:`~serwild.data.remote.RemoteOptions`)."""
+    if isinstance(location, BuildReader):
+        return location
+    source = open_location(location, options)
+    # The remote reader checks the records it reads; check_manifest the whole structure
+    # every reader relies on (datasets, conditions, every record's fields), one line if bad.
+    return BuildReader(source, check_manifest(source.load_manifest(), source.join(MANIFEST)))

@@ -1,0 +1,407 @@
+"""``serwild reproduce``: the paper's whole protocol in one command, resumable.
+
+    serwild reproduce --config configs/protocol-tiny.yaml     # smoke size (the tests run it)
+    serwild reproduce --config configs/demo.yaml [k=v …]      # any config key can be overridden
+
+1. build the shards if the build is missing (``serwild build``; reused when the folder holds
+   a finished build of the same config);
+2. for each dataset of the build (``datasets``) and each experiment — 1: trained on clean
+   blocks only, 2: on clean + every noisy condition of the build (with as many samples per
+   epoch as experiment 1 has, unless the config sets ``train.samples_per_epoch``) — train
+   every cross-validation fold (``runs/<name>-fold<k>``), summarise them (``runs/<name>-cv``,
+   mean ± std) and test the best fold's model, as the paper does, on every test condition
+   (``runs/<name>-cv/report``, with 95 % intervals);
+3. write ONE report folder (default ``<train.run_dir>/reproduce``): per dataset the paper's
+   Table 5/6 shape (rows = test conditions; experiment 1 and 2 columns, with intervals), its
+   Figure 4/5 (the two experiments per test condition, with the paired interval of each
+   difference), the protocol, the CV mean ± std, and the wall time of every stage.
+
+Run names are ``<train.name or "protocol">-<dataset>-exp<1|2>``. A second invocation
+resumes: a fold run is reused when its config.yaml is the resolved config this invocation
+would train with and its last.pt holds every epoch on this build (same manifest
+fingerprint); a half-trained one is resumed from last.pt; an evaluation is reused when its
+metrics.json is of this build, this best fold, this config and these interval settings. A
+run folder holding another config is refused (pass ``--overwrite`` to retrain it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from serwild import atomic, torchrun
+from serwild.builder.build import NOT_BUILD_KEYS, run_build
+from serwild.config import Config, load_config, to_dict
+from serwild.data.manifest import load_manifest, train_folds
+from serwild.errors import UsageError
+from serwild.evaluate import report
+from serwild.evaluate.compare import compare_runs, markdown_table, notes
+from serwild.evaluate.evaluate import evaluate_checkpoint, uncertainty_settings
+from serwild.trainer.cv import KEYS as CV_KEYS
+from serwild.trainer.cv import summarise
+from serwild.trainer.launch import LaunchOptions, train
+from serwild.trainer.preflight import RUN_FILES, resolve
+
+# The paper's Tables 5/6 columns: accuracy and weighted P/R/F1 (per 1 s block).
+TABLE_COLUMNS = [("WA", "wa"), ("W-P", "weighted.precision"), ("W-R", "weighted.recall"), ("W-F1", "weighted.f1")]
+EXPERIMENTS = {1: "clean", 2: "clean + noisy"}
+FIGURES = {"ahsn": 4, "aesn": 5}  # the paper's figure numbers
+
+
+@dataclass
+class Experiment:
+    """One dataset × experiment: its runs' overrides and names."""
+
+    dataset: str
+    number: int
+    conditions: list[str]
+    overrides: list[str]  # the experiment's own, after the user's
+    base: str  # run name stem: <base>-fold<k>, <base>-cv
+    folds: list[int] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} exp{self.number} ({EXPERIMENTS[self.number]})"
+
+
+class Progress:
+    """``[3/18] …`` lines over the whole protocol, and every stage's wall time in stages.json
+    (kept across invocations, so a reused stage still shows the time it took)."""
+
+    def __init__(self, total: int, path: Path) -> None:
+        self.total, self.done, self.path = total, 0, path
+        try:
+            self.stages: dict[str, dict[str, Any]] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.stages = {}
+        self.current: set[str] = set()
+
+    def start(self, key: str, label: str) -> float:
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {label} …", file=sys.stderr, flush=True)
+        return time.time()
+
+    def finish(self, key: str, label: str, t0: float, reused: bool) -> None:
+        seconds = time.time() - t0
+        old = self.stages.get(key) or {}
+        if reused and old.get("seconds") is not None:
+            entry = {**old, "label": label, "reused": True}
+        else:
+            entry = {"label": label, "seconds": round(seconds, 2), "reused": reused}
+        self.stages[key] = entry
+        self.current.add(key)
+        what = "reused" if reused else f"done in {seconds:.1f} s"
+        print(f"[{self.done}/{self.total}] {label}: {what}", file=sys.stderr, flush=True)
+        atomic.write_json(self.path, self.stages)
+
+
+def run_reproduce(config: str | Path | None, overrides: Sequence[str] = (), nproc: int | None = None,
+                  report_dir: str | Path | None = None, overwrite: bool = False, executor: str = "ray") -> Path:
+    """The whole protocol (see the module's docstring); returns the report folder."""
+    config = str(config) if config is not None else None
+    if config is not None and not Path(config).is_file():
+        raise UsageError(f"config {config} not found")
+    overrides = list(overrides)
+    t_all = time.time()
+    cfg = load_config(config, overrides)
+    nproc = nproc or torchrun.default_nproc()
+    out = Path(report_dir) if report_dir is not None else Path(cfg.train.run_dir) / "reproduce"
+    out.mkdir(parents=True, exist_ok=True)
+    total = 2 + len(cfg.datasets) * 2 * (cfg.split.folds + 2)  # build, per experiment folds+cv+eval, report
+    progress = Progress(total, out / "stages.json")
+
+    t0 = progress.start("build", f"build {cfg.out}")
+    manifest, reused = ensure_build(cfg, overwrite, executor)
+    progress.finish("build", f"build {cfg.out}", t0, reused)
+    exps = experiments(cfg, manifest)
+    progress.total = 2 + sum(len(e.folds) + 2 for e in exps)
+
+    results: dict[str, dict[str, Any]] = {}
+    for e in exps:
+        results[e.base] = run_experiment(e, config, overrides, cfg, manifest, nproc, overwrite, progress)
+
+    t0 = progress.start("report", f"report → {out}")
+    write_protocol_report(out, cfg, config, overrides, manifest, exps, results, progress, t_all)
+    progress.finish("report", f"report → {out}", t0, False)
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'}", file=sys.stderr)
+    return out
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def ensure_build(cfg: Config, overwrite: bool, executor: str) -> tuple[dict[str, Any], bool]:
+    """(manifest, reused): a finished build of this config is reused as it is; anything else
+    goes to ``run_build`` (which resumes a killed build, and refuses another config's build
+    without ``overwrite``)."""
+    path = Path(cfg.out) / "manifest.json"
+    if path.is_file():
+        try:
+            old = {k: v for k, v in json.loads(path.read_text())["config"].items() if k not in NOT_BUILD_KEYS}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            old = None
+        new = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in NOT_BUILD_KEYS}
+        if old == new:
+            return load_manifest(cfg.out), True
+    run_build(cfg, executor=executor, overwrite=overwrite)
+    return load_manifest(cfg.out), False
+
+
+def experiments(cfg: Config, manifest: Mapping[str, Any]) -> list[Experiment]:
+    """Every dataset × experiment of the protocol, on this build."""
+    conds = report.order_conditions(manifest["conditions"])
+    noisy = [c for c in conds if manifest["conditions"][c] is not None]
+    if "clean" not in conds or not noisy:
+        raise UsageError(f"{cfg.out} has conditions {conds}: the protocol needs clean and at least one noisy "
+                         "condition (set snr_db)")
+    prefix = cfg.train.name or "protocol"
+    out = []
+    for ds in cfg.datasets:
+        if ds not in manifest["datasets"]:
+            raise UsageError(f"dataset {ds} is not in {cfg.out} (built: {', '.join(manifest['datasets'])})")
+        folds = train_folds(dict(manifest), ds)
+        if len(folds) < 2:
+            raise UsageError(f"{cfg.out}: dataset {ds} has {len(folds)} training fold(s); cross-validation needs 2")
+        for number, train_conds in ((1, ["clean"]), (2, ["clean", *noisy])):
+            extra = [f"train.dataset={ds}", f"train.conditions=[{', '.join(train_conds)}]"]
+            if number == 2 and cfg.train.samples_per_epoch == "all":
+                # Equal optimiser steps: experiment 2 draws as many samples per epoch as
+                # experiment 1 has, so the two differ in the data, not in the compute.
+                extra.append("train.samples_per_epoch=clean")
+            out.append(Experiment(ds, number, train_conds, extra, f"{prefix}-{ds}-exp{number}", folds))
+    return out
+
+
+# ----------------------------------------------------------------------------- one experiment
+
+
+def run_experiment(e: Experiment, config: str | None, overrides: list[str], cfg: Config,
+                   manifest: Mapping[str, Any], nproc: int, overwrite: bool, progress: Progress) -> dict[str, Any]:
+    """Train (or reuse) every fold, summarise, evaluate the best fold; what the report needs."""
+    runs = Path(cfg.train.run_dir)
+    fingerprint = manifest["fingerprint"]
+    trained = False
+    for k in e.folds:
+        name = f"{e.base}-fold{k}"
+        more = [*overrides, *e.overrides, f"cv.fold={k}", f"train.name={name}"]
+        fold_cfg = load_config(config, more)
+        label = f"{e.title}: train fold {k} → {runs / name}"
+        t0 = progress.start(f"{name}", label)
+        state, why = fold_state(runs / name, fold_cfg, fingerprint)
+        if state == "other" and not overwrite:
+            raise UsageError(f"{runs / name} holds another run ({why}): pass --overwrite to retrain it, or set "
+                             f"train.run_dir or train.name to keep both")
+        if state != "done":
+            opts = LaunchOptions(config=config, overrides=more, nproc=nproc, resume=state == "partial",
+                                 overwrite=state in ("fresh", "other"))
+            if train(fold_cfg, opts) != 0:
+                raise UsageError(f"training {runs / name} failed (see the messages above); run the same "
+                                 f"command again to resume")
+            trained = True
+        progress.finish(name, label, t0, state == "done")
+
+    cv_dir = runs / f"{e.base}-cv"
+    label = f"{e.title}: CV summary → {cv_dir}"
+    t0 = progress.start(f"{e.base}-cv", label)
+    summary = _read_json(cv_dir / "cv.json")
+    reuse = (not trained and summary is not None and sorted(map(int, summary.get("folds", {}))) == e.folds
+             and (cv_dir / "best.pt").is_file() and (cv_dir / "cv.md").is_file())
+    if not reuse:
+        summary = summarise(runs, e.base, e.folds, cfg.train.best_metric)
+    assert summary is not None
+    progress.finish(f"{e.base}-cv", label, t0, reuse)
+
+    best = runs / f"{e.base}-fold{summary['best_fold']}"
+    report_dir = cv_dir / "report"
+    label = f"{e.title}: evaluate fold {summary['best_fold']}'s model on every test condition → {report_dir}"
+    t0 = progress.start(f"{e.base}-eval", label)
+    reuse = not trained and evaluation_reusable(report_dir, best, summary["best_fold"], fingerprint, cfg)
+    if not reuse:
+        evaluate_checkpoint(cv_dir / "best.pt", shards=cfg.out, out=report_dir, settings=cfg.eval)
+    progress.finish(f"{e.base}-eval", label, t0, reuse)
+    return {"cv": summary, "cv_dir": str(cv_dir), "metrics_path": str(report_dir / "metrics.json"),
+            "metrics": json.loads((report_dir / "metrics.json").read_text())}
+
+
+def _comparable(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config as YAML reads it back, without the evaluator's section (it does not
+    change what is trained)."""
+    return {k: v for k, v in json.loads(json.dumps(resolved)).items() if k != "eval"}
+
+
+def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k, "-"), b.get(k, "-")
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _diff(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}: {x} vs {y}")
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fold_state(run_dir: Path, cfg: Config, fingerprint: str) -> tuple[str, str]:
+    """``(state, why)`` of one fold's run folder against the run this config would train:
+
+    - ``done``: config.yaml is this resolved config and last.pt holds every epoch, on this build;
+    - ``partial``: same config and build, fewer epochs: resume from last.pt;
+    - ``fresh``: nothing, or only what a run killed before its first epoch leaves: start;
+    - ``other``: another config or build (``why`` says which keys differ).
+    """
+    have = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if not have:
+        return "fresh", ""
+    written = _read_yaml(run_dir / "config.yaml")
+    if not isinstance(written, dict):
+        return "other", "no readable config.yaml"
+    want = _comparable(to_dict(resolve(cfg)))
+    diff = _diff(_comparable(written), want)
+    if diff:
+        return "other", "; ".join(diff[:3]) + (" …" if len(diff) > 3 else "")
+    if not (run_dir / "last.pt").is_file():
+        return "fresh", ""
+    info = checkpoint_info(run_dir / "last.pt")
+    if info is None:
+        return "other", "last.pt is not readable"
+    if info["manifest_fingerprint"] != fingerprint:
+        return "other", f"trained on another build (fingerprint {str(info['manifest_fingerprint'])[:12]})"
+    if info["epoch"] >= cfg.train.epochs and (run_dir / "best.pt").is_file():
+        return "done", ""
+    return "partial", ""
+
+
+def checkpoint_info(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's epoch and build fingerprint, read without loading its tensors (mmap)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {"epoch": int(ck["epoch"]), "manifest_fingerprint": ck["manifest_fingerprint"]}
+    except Exception:  # a cut or foreign file: treated as not reusable
+        return None
+
+
+def evaluation_reusable(report_dir: Path, best_run: Path, best_fold: int, fingerprint: str, cfg: Config) -> bool:
+    """The report folder holds the evaluation of this best fold's model, on this build, with
+    these interval settings, every file written."""
+    if not all((report_dir / f).is_file() for f in ("metrics.json", "predictions.csv", "report.md", "config.yaml")):
+        return False
+    m = _read_json(report_dir / "metrics.json")
+    if not isinstance(m, dict):
+        return False
+    return (m.get("manifest_fingerprint") == fingerprint and (m.get("protocol") or {}).get("fold") == best_fold
+            and m.get("uncertainty") == json.loads(json.dumps(uncertainty_settings(cfg.eval)))
+            and _read_yaml(report_dir / "config.yaml") == _read_yaml(best_run / "config.yaml"))
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def table(exps: Sequence[Experiment], results: Mapping[str, Mapping[str, Any]], unit: str = "block") -> str:
+    """The paper's Table 5/6 for one dataset: rows = test conditions, columns = experiment 1's
+    metrics then experiment 2's, each ``value [low, high]``."""
+    head = ["Test condition"] + [f"Exp {e.number} {t}" for e in exps for t, _ in TABLE_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    first = results[exps[0].base]["metrics"]["conditions"]
+    for c in report.order_conditions({c: v["snr_db"] for c, v in first.items()}):
+        cells = [report.condition_label(c, first[c]["snr_db"])]
+        for e in exps:
+            m = results[e.base]["metrics"]["conditions"][c][unit]
+            cells += [report.cell(m, key) for _, key in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cv_table(exps: Sequence[Experiment], results: Mapping[str, Mapping[str, Any]]) -> str:
+    head = ["Experiment", "folds", "best fold", "accuracy (WA)", "UA", "weighted F1", "macro F1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in exps:
+        s = results[e.base]["cv"]
+        ms = s["mean_std"]
+        lines.append(f"| {e.number} ({EXPERIMENTS[e.number]}) | {len(s['folds'])} | {s['best_fold']} | "
+                     + " | ".join(f"{ms[k]['mean']:.3f} ± {ms[k]['std']:.3f}" for k in CV_KEYS) + " |")
+    return "\n".join(lines)
+
+
+def stages_table(progress: Progress) -> str:
+    lines = ["| Stage | wall time | this invocation |", "|---|---|---|"]
+    for key, s in progress.stages.items():
+        if key not in progress.current:
+            continue
+        secs = s.get("seconds")
+        lines.append(f"| {s['label']} | {'—' if secs is None else f'{secs:.1f} s'} | "
+                     f"{'reused' if s.get('reused') else 'ran'} |")
+    return "\n".join(lines)
+
+
+def write_protocol_report(out: Path, cfg: Config, config: str | None, overrides: Sequence[str],
+                          manifest: Mapping[str, Any], exps: Sequence[Experiment],
+                          results: Mapping[str, Mapping[str, Any]], progress: Progress, t_all: float) -> None:
+    """report.md (+ reproduce.json, and a compare folder per dataset) in ``out``."""
+    split = (manifest.get("config") or {}).get("split") or {}
+    cmd = " ".join(["serwild reproduce"] + (["--config", config] if config else []) + list(overrides))
+    parts = ["# The paper's protocol, reproduced", "",
+             f"`{cmd}`", "",
+             f"Build `{cfg.out}` (manifest fingerprint `{manifest['fingerprint'][:12]}`), split "
+             f"`{split.get('strategy')}`, {split.get('folds')}-fold cross-validation on the training part; "
+             "experiment 1 trains on clean blocks, experiment 2 on clean + every noisy condition (as many "
+             "samples per epoch as experiment 1); each experiment's best fold (by validation "
+             f"{cfg.train.best_metric}) is tested on every test condition, as in the paper.", ""]
+    data: dict[str, Any] = {"command": cmd, "build": str(cfg.out), "fingerprint": manifest["fingerprint"],
+                            "datasets": {}}
+    note = ""
+    for ds in cfg.datasets:
+        dexps = [e for e in exps if e.dataset == ds]
+        table_no = "5 (experiment 1) and 6 (experiment 2)"
+        parts += [f"## {ds.upper()}", "", f"Tables {table_no}, per 1 s block (WA = accuracy; W- = weighted "
+                  "average over the classes):", "", table(dexps, results), ""]
+        note = note or report.interval_note(results[dexps[0].base]["metrics"])
+        arms = {f"exp1 ({EXPERIMENTS[1]})": [results[dexps[0].base]["cv_dir"]],
+                f"exp2 ({EXPERIMENTS[2]})": [results[dexps[1].base]["cv_dir"]]}
+        cmp_dir = compare_runs(out=out / f"compare-{ds}", arms=arms, bootstrap=cfg.eval.bootstrap,
+                               seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
+        comp = json.loads((cmp_dir / "compare.json").read_text())
+        fig = FIGURES.get(ds)
+        parts += [f"Figure {fig if fig else ''}: weighted F1 per test condition, experiment 2 − experiment 1 "
+                  "with its paired interval:", "", markdown_table(comp), "", *notes(comp), "",
+                  f"![Figure {fig or ''} ({ds.upper()})](compare-{ds}/compare.png)", "",
+                  "Cross-validation (validation fold, each fold's best epoch), mean ± std over the folds:", "",
+                  cv_table(dexps, results), ""]
+        for e in dexps:
+            parts.append(f"- Exp {e.number}: {report.protocol_line(results[e.base]['metrics'])} "
+                         f"Numbers from `{results[e.base]['metrics_path']}`.")
+        parts.append("")
+        data["datasets"][ds] = {
+            f"exp{e.number}": {"run": results[e.base]["cv_dir"], "metrics": results[e.base]["metrics_path"],
+                               "best_fold": results[e.base]["cv"]["best_fold"],
+                               "cv_mean_std": results[e.base]["cv"]["mean_std"]} for e in dexps}
+        data["datasets"][ds]["compare"] = str(cmp_dir / "compare.json")
+    if note:
+        parts += [note, ""]
+    parts += ["## Wall time", "", stages_table(progress), "",
+              f"Total for this invocation: {time.time() - t_all:.1f} s (a reused stage shows the time it took "
+              "when it ran).", ""]
+    data["stages"] = {k: v for k, v in progress.stages.items() if k in progress.current}
+    atomic.write_json(out / "reproduce.json", data)
+    atomic.write_text(out / "report.md", "\n".join(parts))

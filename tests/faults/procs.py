@@ -1,0 +1,158 @@
+"""Helpers for the fault tests: real processes, their sessions, real full disks.
+
+Every process a test starts gets its own session (``start_new_session=True``), so what it
+leaves behind can be found by session id and ended by PID, and nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SERWILD = [sys.executable, "-m", "serwild"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+
+
+def start(cmd: list[str], preexec_fn: Callable[[], None] | None = None, **extra_env: str) -> subprocess.Popen:
+    """``cmd`` in a new session, output captured as text."""
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True, env=env(**extra_env), preexec_fn=preexec_fn)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes (not zombies) of session ``sid``."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if os.getsid(int(d)) != sid:
+                continue
+            state = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            pids.append(int(d))
+    return pids
+
+
+def pids_running(needle: str) -> list[int]:
+    """Live processes whose command line contains ``needle`` (a test's own tmp path): torchrun's
+    ranks live in sessions of their own, so they are found this way."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle.encode() in Path(f"/proc/{d}/cmdline").read_bytes() and \
+                        Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(d))
+    return pids
+
+
+def wait_gone(needle: str, seconds: float) -> list[int]:
+    """Wait up to ``seconds`` until no process mentions ``needle``; those still running."""
+    deadline = time.monotonic() + seconds
+    while (left := pids_running(needle)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def describe(pids: list[int]) -> list[str]:
+    out = []
+    for p in pids:
+        with contextlib.suppress(OSError):
+            out.append(f"{p}: {Path(f'/proc/{p}/cmdline').read_text().replace(chr(0), ' ')[:100]}")
+    return out
+
+
+def wait_session_gone(sid: int, seconds: float) -> list[int]:
+    """Wait up to ``seconds`` for session ``sid`` to have no process; what is left."""
+    deadline = time.monotonic() + seconds
+    while (left := session_pids(sid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def end_session(sid: int) -> None:
+    """SIGKILL what is left of a session we started, PID by PID."""
+    for p in session_pids(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def session(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """``proc`` (started by :func:`start`); on the way out, nothing of its session survives."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(Exception):
+            proc.communicate(timeout=30)
+        end_session(proc.pid)
+
+
+def wait_for(cond: Callable[[], bool], proc: subprocess.Popen, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the process ended (status {proc.returncode}) before {what}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def lines(err: str) -> list[str]:
+    """Non-empty stderr lines as a terminal shows them (progress-bar frames overwrite each other)."""
+    return [seg for x in err.split("\n") if (seg := x.split("\r")[-1].strip())]
+
+
+def dead_pid() -> int:
+    """The PID of a process that has ended (reaped): no process has it now."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """A real second process holding ``folder``'s serwild lock until killed."""
+    code = ("import sys, time; from serwild import lock; lock.acquire(sys.argv[1], 'test holder'); "
+            "print('held', flush=True); time.sleep(600)")
+    proc = start([sys.executable, "-c", code, str(folder)])
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held", proc.communicate()
+    return proc
+
+
+@contextlib.contextmanager
+def full_disk(where: Path, size: str) -> Iterator[tuple[Path, Callable[[], None] | None]]:
+    """A real small file system (a tmpfs of ``size``, e.g. "2m") mounted at ``where``, unmounted
+    afterwards. Where mounting is not allowed (not root), the fault is a file size limit
+    (RLIMIT_FSIZE) applied in the child instead, which fails writes with EFBIG: yields the
+    folder and the child's preexec_fn (None with the tmpfs)."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True).returncode == 0
+    if mounted:
+        try:
+            yield where, None
+        finally:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+        return
+    limit = int(size.rstrip("mk")) * (1024 if size.endswith("k") else 1024 * 1024)
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    yield where, limit_file_size

@@ -1,0 +1,117 @@
+"""Broken checkpoints and full disks (issue 8, hardening part): real files, a real full disk.
+
+A 0-byte last.pt, a cut one and pickles whose ``__reduce__`` would run a shell command must
+each be one line naming the file (never torch's advice to retry with weights_only=False, and
+the command never runs). A build or a checkpoint that runs out of space (a real tmpfs of a
+few hundred KB or MB, mounted here and unmounted afterwards; a file size limit where
+mounting is not allowed) ends with one line naming the file it was writing, and leaves no
+temp file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from serwild import atomic
+from serwild.checkpoint import load_checkpoint
+from serwild.errors import UsageError
+from tests.faults import procs
+from tests.faults.procs import SERWILD, full_disk, lines
+from tests.faults.test_signals_locks import build_args, corpus, small_build  # noqa: F401 (fixtures)
+from tests.trainer.conftest import overrides
+
+ADVICE = ("weights_only=False", "weights_only` set to `False", "will likely succeed", "trusted source")
+
+
+class Evil:
+    """Unpickling this runs ``touch <marker>``: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_and_cut_checkpoints_are_refused_unrun(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(Evil(marker)))
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"model": Evil(marker), "epoch": 1}, wrapped)  # a zip checkpoint with a payload inside
+    cut = tmp_path / "cut.pt"
+    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 1}, cut)
+    cut.write_bytes(cut.read_bytes()[:700])
+    for path in (raw, wrapped, cut):
+        with pytest.raises(UsageError) as e:
+            load_checkpoint(path)
+        msg = str(e.value)
+        assert msg.startswith(f"{path} is not a serwild checkpoint (") and "\n" not in msg, msg
+        assert not any(a in msg for a in ADVICE), msg
+    assert not marker.exists()
+    # The same through the CLI, in a process of its own: one line, status 2, nothing run.
+    wav = tmp_path / "x.wav"
+    wav.write_bytes(b"")
+    proc = subprocess.run([*SERWILD, "predict", "--checkpoint", str(wrapped), str(wav)], capture_output=True,
+                          text=True, env=procs.env(), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = lines(proc.stderr)
+    assert line.startswith(f"serwild predict: error: {wrapped} is not a serwild checkpoint (it holds objects other "
+                           "than tensors and plain data; refused without running them"), line
+    assert not any(a in line for a in ADVICE) and not marker.exists()
+
+
+def test_an_empty_last_pt_is_one_line_on_resume(small_build: Path, tmp_path: Path) -> None:  # noqa: F811
+    """What a node that died while the file system was full leaves: a 0-byte last.pt."""
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(b"")
+    args = overrides(small_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None})
+    proc = subprocess.run([sys.executable, "-m", "serwild.trainer", "--resume", *args], capture_output=True,
+                          text=True, env=procs.env(), timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines(proc.stderr)[-1] == (f"serwild.trainer: error: {run}/last.pt is not a serwild checkpoint "
+                                      "(the file is empty)")
+    assert (run / "last.pt").read_bytes() == b""  # left for the user to look at
+
+
+def _no_temps(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if atomic.TMP_MARK in p.name]
+
+
+@pytest.mark.parametrize("executor", [["--serial"], pytest.param(["ray.num_cpus=1"], marks=pytest.mark.slow)],
+                         ids=["serial", "ray"])
+def test_a_full_disk_build_is_one_line(corpus: Path, tmp_path: Path, executor: list[str]) -> None:  # noqa: F811
+    """Serially, and with Ray (the shard's writer is a Ray worker: its error comes wrapped)."""
+    with full_disk(tmp_path / "disk", "200k") as (disk, limit):
+        out = disk / "shards"
+        proc = subprocess.run([*SERWILD, "build", *build_args(corpus, out), *executor], capture_output=True,
+                              text=True, env=procs.env(), timeout=300, preexec_fn=limit)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        (line,) = lines(proc.stderr)
+        assert re.fullmatch(rf"serwild build: error: no space left on device writing {re.escape(str(out))}/"
+                            r"ahsn/\S+\.tar", line), line
+        assert _no_temps(out) == [] and not (out / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_checkpoint_is_one_line(small_build: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A rank writing last.pt (hundreds of MB) onto a 64 MB file system."""
+    with full_disk(tmp_path / "disk", "64m") as (disk, limit):
+        args = overrides(small_build, disk / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 1,
+                                                         "train.batch_size": 2, "train.samples_per_epoch": 2})
+        proc = subprocess.run([sys.executable, "-m", "serwild.trainer", *args], capture_output=True, text=True,
+                              env=procs.env(), timeout=400, preexec_fn=limit)
+        run = disk / "runs" / "r"
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert lines(proc.stderr)[-1] == f"serwild.trainer: error: no space left on device writing {run}/last.pt"
+        assert _no_temps(run) == [] and not (run / "last.pt").exists()
+        assert (run / "config.yaml").is_file()  # what fitted is whole

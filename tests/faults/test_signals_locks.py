@@ -1,0 +1,244 @@
+"""Signals and locks (issue 8, hardening part): real processes, real faults.
+
+SIGTERM (a scheduler's preemption) is sent with os.kill to the PID the test started; a lock
+is held by a real second process, and a holder is really killed with SIGKILL. Each case
+checks the exit status, the one-line message (no traceback), and the files left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serwild import atomic, lock
+from serwild.checkpoint import load_checkpoint
+from serwild.trainer.preflight import prepare_run_dir
+from tests.builder.conftest import make_noise, make_tree
+from tests.faults import procs
+from tests.faults.procs import SERWILD, dead_pid, hold_lock, lines, session, start, wait_for
+from tests.trainer.conftest import overrides
+
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("fault_corpus")
+    make_tree(base / "corpus", per_class=1)
+    make_noise(base / "noise", seconds=4.0)
+    return base
+
+
+def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["corpus.kind=iemocap", f"corpus.root={corpus / 'corpus'}", f"noise.dir={corpus / 'noise'}",
+            f"out={out}", "shard.max_samples=8", "snr_db=[15]", "datasets=[ahsn]", "split.folds=2", *extra]
+
+
+@pytest.fixture(scope="session")
+def small_build(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny build (read-only for tests), made by a real `serwild build --serial`."""
+    out = tmp_path_factory.mktemp("fault_build") / "shards"
+    proc = subprocess.run([*SERWILD, "build", "--serial", *build_args(corpus, out)], capture_output=True,
+                          text=True, env=procs.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.tar"))}
+
+
+# ----------------------------------------------------------------------------- locks
+
+
+def test_lock_names_its_holder_and_a_killed_holders_lock_is_taken_over(tmp_path: Path) -> None:
+    folder = tmp_path / "build"
+    holder = hold_lock(folder)
+    with session(holder):
+        with pytest.raises(lock.LockedError) as e:
+            lock.acquire(folder)
+        assert str(folder) in str(e.value) and f"PID {holder.pid}" in str(e.value) and "test holder" in str(e.value)
+        os.kill(holder.pid, signal.SIGKILL)  # the kernel drops its flock; the file still names it
+        holder.wait()
+        assert lock.holder(folder)[0] == holder.pid
+        with lock.locked(folder) as held:
+            assert lock.holder(folder)[0] == os.getpid() and held.fd is not None
+            with lock.locked(folder):  # the same process again: counted, not refused
+                pass
+            assert lock.holder(folder)[0] == os.getpid()
+        assert lock.holder(folder) == (None, "")  # released: the file stays, empty
+
+
+def test_a_second_build_is_refused_at_once_and_spares_the_first_builds_temp_files(corpus: Path,
+                                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    args = build_args(corpus, out)
+    first = start([*SERWILD, "build", "--serial", *args], SERWILD_BUILD_HOLD_AFTER="1")
+    with session(first):
+        log = out / "build-log.jsonl"
+        wait_for(lambda: log.is_file() and log.read_text().strip() != "", first, 120, "the first shard")
+        shard = out / json.loads(log.read_text().splitlines()[0])["path"]
+        # The first build's writer at work (its PID is alive) and a killed writer's leftover.
+        live_temp = shard.with_name(f".{shard.stem}-x.tar{atomic.TMP_MARK}{first.pid}")
+        stale_temp = shard.with_name(f".{shard.stem}-y.tar{atomic.TMP_MARK}{dead_pid()}")
+        live_temp.write_bytes(b"half a shard")
+        stale_temp.write_bytes(b"half a shard")
+        before = shard_bytes(out)
+
+        second = subprocess.run([*SERWILD, "build", "--serial", *args], capture_output=True, text=True,
+                                env=procs.env(), timeout=120)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert "Traceback" not in second.stderr
+        assert lines(second.stderr) == [f"serwild build: error: {out} is in use by PID {first.pid} (serwild build): "
+                                        f"wait for it to finish or stop it, then try again"]
+        assert live_temp.read_bytes() == b"half a shard" and stale_temp.exists() and shard_bytes(out) == before
+
+        # SIGTERM stops the first build like Ctrl-C: one line, status 143, the lock released.
+        os.kill(first.pid, signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == SIGTERM_EXIT, err[-3000:]
+        assert "Traceback" not in err
+        assert lines(err)[-1] == "serwild build: stopped by SIGTERM; run the same command again to resume"
+        assert not (out / "manifest.json").exists() and lock.holder(out) == (None, "")
+
+    # The next build resumes; now both temps' writers are dead and their files go.
+    again = subprocess.run([*SERWILD, "build", "--serial", *args], capture_output=True, text=True,
+                           env=procs.env(), timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resume: 1 shard(s) already built" in again.stderr
+    assert not live_temp.exists() and not stale_temp.exists()
+    assert subprocess.run([*SERWILD, "verify", str(out)], capture_output=True, env=procs.env()).returncode == 0
+
+
+def test_a_build_of_another_config_needs_overwrite(small_build: Path, corpus: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "shards"
+    shutil.copytree(small_build, out)
+    before = shard_bytes(out)
+    manifest = (out / "manifest.json").read_bytes()
+    refused = subprocess.run([*SERWILD, "build", "--serial", *build_args(corpus, out, "seed=1")],
+                             capture_output=True, text=True, env=procs.env(), timeout=120)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr
+    assert lines(refused.stderr) == [f"serwild build: error: {out} holds a build of another config (seed: 0 → 1): "
+                                     f"pass --overwrite to replace it, or set out=<another folder>"]
+    assert shard_bytes(out) == before and (out / "manifest.json").read_bytes() == manifest
+    # The same config again (another Ray setting) is a resume: no flag needed, nothing rebuilt.
+    same = subprocess.run([*SERWILD, "build", "--serial", *build_args(corpus, out, "ray.num_cpus=1")],
+                          capture_output=True, text=True, env=procs.env(), timeout=120)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert shard_bytes(out) == before
+    replaced = subprocess.run([*SERWILD, "build", "--serial", "--overwrite", *build_args(corpus, out, "seed=1")],
+                              capture_output=True, text=True, env=procs.env(), timeout=300)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 1
+    assert shard_bytes(out) != before
+
+
+def test_a_second_trainer_on_a_run_folder_is_refused(small_build: Path, tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "r"
+    holder = hold_lock(run)
+    with session(holder):
+        args = overrides(small_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 1})
+        launcher = subprocess.run([*SERWILD, "train", "--nproc", "1", *args], capture_output=True, text=True,
+                                  env=procs.env(), timeout=300)
+        rank = subprocess.run([sys.executable, "-m", "serwild.trainer", *args], capture_output=True, text=True,
+                              env=procs.env(), timeout=300)
+    expected = f"{run} is in use by PID {holder.pid} (test holder): wait for it to finish or stop it, then try again"
+    assert launcher.returncode == 2 and "Traceback" not in launcher.stderr, launcher.stderr[-3000:]
+    assert lines(launcher.stderr) == [f"serwild train: error: {expected}"]
+    assert rank.returncode == 2 and "Traceback" not in rank.stderr, rank.stderr[-3000:]
+    assert lines(rank.stderr)[-1] == f"serwild.trainer: error: {expected}"
+    assert sorted(p.name for p in run.iterdir()) == [lock.LOCK_NAME]  # nothing written
+
+
+def test_the_run_folder_loses_only_dead_writers_temp_files(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    sleeper = start([sys.executable, "-c", "import time; time.sleep(600)"])
+    with session(sleeper):
+        live = run / f".last.pt{atomic.TMP_MARK}{sleeper.pid}"
+        dead = run / f".last.pt{atomic.TMP_MARK}{dead_pid()}"
+        other = run / "notes.tmp-1"  # not a temp name of ours
+        for p in (live, dead, other):
+            p.write_bytes(b"x" * 1000)
+        try:
+            assert prepare_run_dir(run, resume=True, overwrite=False) is None
+            assert live.exists() and not dead.exists() and other.exists()
+        finally:
+            lock.release(run)
+
+
+# ----------------------------------------------------------------------------- signals: trainer
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_and_resume_finishes(small_build: Path, tmp_path: Path) -> None:
+    """SIGTERM to `serwild train` mid-epoch-2: torchrun and the rank stop, status 143 and one
+    line; last.pt (epoch 1) stays loadable and --resume finishes the run."""
+    args = overrides(small_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 2,
+                                                       "train.batch_size": 2, "train.samples_per_epoch": 4})
+    run = tmp_path / "runs" / "r"
+    proc = start([*SERWILD, "train", "--nproc", "1", *args])
+    with session(proc):
+        wait_for(lambda: (run / "last.pt").is_file(), proc, 400, "last.pt of epoch 1")
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == SIGTERM_EXIT, err[-3000:]
+        assert lines(err)[-1] == "serwild train: stopped by SIGTERM; continue with --resume"
+        assert "Traceback" not in err, err[-3000:]  # torchrun's SignalException included
+        assert procs.wait_session_gone(proc.pid, 20) == [], "torchrun outlived serwild train"
+        left = procs.wait_gone(str(tmp_path), 20)  # ranks run in sessions of their own
+        assert left == [], procs.describe(left)
+    assert "epoch 2/2" not in err  # stopped before epoch 2 ended
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert lock.holder(run) == (None, "")
+    resumed = subprocess.run([*SERWILD, "train", "--nproc", "1", "--resume", *args], capture_output=True, text=True,
+                             env=procs.env(), timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after epoch 1" in resumed.stderr
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not [p for p in run.iterdir() if atomic.TMP_MARK in p.name]
+
+
+# ----------------------------------------------------------------------------- signals: Ray build
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_stopped_ray_build_leaves_no_ray_process(corpus: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM: one line, 143, ray.shutdown ran (no stack dump). SIGKILL of the driver alone
+    (not its group): Ray's processes of this session end by themselves."""
+    out = tmp_path / "shards"
+    proc = start([*SERWILD, "build", *build_args(corpus, out, "ray.num_cpus=1")], SERWILD_BUILD_HOLD_AFTER="1")
+    with session(proc):
+        log = out / "build-log.jsonl"
+        wait_for(lambda: log.is_file() and log.read_text().strip() != "", proc, 180, "the first shard")
+        assert len(procs.session_pids(proc.pid)) > 1  # gcs, raylet, workers… of this driver
+        t0 = time.monotonic()
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+        left = procs.wait_session_gone(proc.pid, RAY_GONE_S)
+        assert left == [], (f"{len(left)} Ray processes outlived the driver by {time.monotonic() - t0:.0f} s:\n"
+                            + "\n".join(procs.describe(left)))
+    if sig == signal.SIGTERM:
+        assert proc.returncode == SIGTERM_EXIT, err[-3000:]
+        assert "Traceback" not in err and "Stack trace" not in err and "*** SIG" not in err, err[-3000:]
+        assert lines(err)[-1] == "serwild build: stopped by SIGTERM; run the same command again to resume"
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert lock.holder(out) == (None, "") or sig == signal.SIGKILL
+    with lock.locked(out):  # free either way: a killed holder's lock is the kernel's to drop
+        pass
+
+
+RAY_GONE_S = 20

@@ -1,0 +1,78 @@
+"""`serwild reproduce`'s resume decisions and experiment plan, without training: which run
+folders are reused, resumed, started or refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from serwild.config import load_config, to_dict
+from serwild.errors import UsageError
+from serwild.pipelines import reproduce
+from serwild.trainer.preflight import resolve
+
+FP = "f" * 64
+
+
+def _run(run_dir: Path, cfg, epoch: int | None = 1, fingerprint: str = FP) -> Path:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(resolve(cfg)), sort_keys=False))
+    if epoch is not None:
+        torch.save({"epoch": epoch, "manifest_fingerprint": fingerprint}, run_dir / "last.pt")
+        (run_dir / "best.pt").write_bytes((run_dir / "last.pt").read_bytes())
+    return run_dir
+
+
+def test_fold_state(tmp_path: Path) -> None:
+    cfg = load_config(None, ["train.epochs=1", "cv.fold=0", "train.name=p-ahsn-exp1-fold0"])
+    assert reproduce.fold_state(tmp_path / "missing", cfg, FP) == ("fresh", "")
+    assert reproduce.fold_state(_run(tmp_path / "done", cfg), cfg, FP) == ("done", "")
+    # the evaluator's section does not change what is trained
+    assert reproduce.fold_state(tmp_path / "done", load_config(None, [
+        "train.epochs=1", "cv.fold=0", "train.name=p-ahsn-exp1-fold0", "eval.bootstrap=0"]), FP)[0] == "done"
+    two = load_config(None, ["train.epochs=2", "cv.fold=0", "train.name=p-ahsn-exp1-fold0"])
+    assert reproduce.fold_state(_run(tmp_path / "half", two), two, FP) == ("partial", "")
+    assert reproduce.fold_state(_run(tmp_path / "killed", cfg, epoch=None), cfg, FP) == ("fresh", "")
+    state, why = reproduce.fold_state(_run(tmp_path / "other-build", cfg, fingerprint="0" * 64), cfg, FP)
+    assert state == "other" and "another build" in why
+    state, why = reproduce.fold_state(tmp_path / "done", two, FP)
+    assert state == "other" and "train.epochs: 1 vs 2" in why
+    (tmp_path / "done" / "last.pt").write_bytes(b"not a checkpoint")
+    assert reproduce.fold_state(tmp_path / "done", cfg, FP) == ("other", "last.pt is not readable")
+
+
+def _manifest(conditions: dict) -> dict:
+    shards = [{"dataset": ds, "split": "train", "fold": k} for ds in ("ahsn", "aesn") for k in (0, 1, 2)]
+    return {"conditions": conditions, "datasets": {"ahsn": {}, "aesn": {}}, "shards": shards, "fingerprint": FP}
+
+
+def test_experiments_follow_the_build() -> None:
+    cfg = load_config(None, ["datasets=[ahsn, aesn]"])
+    exps = reproduce.experiments(cfg, _manifest({"snr40": 40.0, "clean": None, "snr15": 15.0}))
+    assert [(e.dataset, e.number, e.folds) for e in exps] == [
+        ("ahsn", 1, [0, 1, 2]), ("ahsn", 2, [0, 1, 2]), ("aesn", 1, [0, 1, 2]), ("aesn", 2, [0, 1, 2])]
+    assert exps[1].conditions == ["clean", "snr15", "snr40"] and exps[1].base == "protocol-ahsn-exp2"
+    assert "train.samples_per_epoch=clean" in exps[1].overrides
+    assert not any("samples_per_epoch" in o for o in exps[0].overrides)
+    # a config that sets samples_per_epoch keeps it; train.name prefixes the run names
+    own = reproduce.experiments(load_config(None, ["train.samples_per_epoch=64", "train.name=mine"]),
+                                _manifest({"clean": None, "snr15": 15.0}))
+    assert not any("samples_per_epoch" in o for e in own for o in e.overrides) and own[0].base == "mine-ahsn-exp1"
+    with pytest.raises(UsageError, match="at least one noisy condition"):
+        reproduce.experiments(cfg, _manifest({"clean": None}))
+
+
+def test_a_run_folder_of_another_config_is_refused(tmp_path: Path) -> None:
+    """Resuming must never silently retrain over someone's run: one clear error instead."""
+    cfg = load_config(None, [f"train.run_dir={tmp_path}", "train.epochs=3"])
+    exp = reproduce.experiments(cfg, _manifest({"clean": None, "snr15": 15.0}))[0]
+    theirs = load_config(None, [f"train.run_dir={tmp_path}", "train.epochs=1", *exp.overrides, "cv.fold=0",
+                                f"train.name={exp.base}-fold0"])
+    _run(tmp_path / f"{exp.base}-fold0", theirs)
+    progress = reproduce.Progress(10, tmp_path / "stages.json")
+    with pytest.raises(UsageError, match=r"holds another run \(train.epochs: 1 vs 3\): pass --overwrite"):
+        reproduce.run_experiment(exp, None, [f"train.run_dir={tmp_path}", "train.epochs=3"], cfg,
+                                 _manifest({"clean": None, "snr15": 15.0}), 1, False, progress)

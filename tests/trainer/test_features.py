@@ -1,0 +1,373 @@
+"""The frozen-feature cache: exact first step, keyed to build + weights, resumable, DDP-shared.
+
+The model is AlexNet loaded with ``build_model(4, pretrained=<file>)`` from ``weights_file``
+(conftest: a seeded random 1000-class AlexNet the tests write), paper recipe (conv1–conv4
+frozen); both paths see the same samples and the same dropout masks. Tolerances:
+
+- fp32 cache: loss and every trained gradient equal the uncached model's to rtol 1e-5
+  (measured: bit-identical on this CPU).
+- fp16 cache (the default): loss to rtol 1e-4 (measured ≤ 1e-6); per layer
+  ‖Δgrad‖ / ‖grad‖ ≤ 3e-2 (measured ≤ 1.1e-2, conv5's weight; bf16 ~4e-2, asserted
+  worse). The features are within one fp16 rounding (2⁻¹¹ relative); gradients move more
+  because a ~2e-4 nudge flips a few ReLU gates and max-pool winners downstream, each moving
+  one sample's whole contribution, far below the step-to-step noise of SGD on a minibatch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from serwild.data.loaders import make_eval_loader
+from serwild.errors import UsageError
+from serwild.trainer.config import TrainConfig
+from serwild.trainer.features import (
+    CachedTrainData,
+    build_feature_cache,
+    cache_key,
+    cache_records,
+    cache_spec,
+    frozen_prefix_length,
+    head_from,
+    load_feature_cache,
+    resolve_feature_cache,
+    shard_cache_file,
+    tar_keys,
+    weights_digest,
+)
+from serwild.trainer.model import build_model
+from serwild.trainer.recipe import make_optimizer, resolve_recipe
+
+CPU = torch.device("cpu")
+NUM_CLASSES = 4
+
+
+def _paper_model(weights: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer, TrainConfig]:
+    train = resolve_recipe(TrainConfig(pretrained=str(weights), recipe="paper"))
+    torch.manual_seed(0)  # the fresh fc8
+    model = build_model(NUM_CLASSES, pretrained=str(weights))
+    return model, make_optimizer(model, train), train
+
+
+@pytest.fixture(scope="module")
+def records(manifest: dict) -> list[dict]:
+    """4 training shards, 2 conditions × 2 folds (~40 images): enough, and quick to cache."""
+    recs = cache_records(manifest, "ahsn")
+    chosen = [r for r in recs if r["fold"] in (0, 1) and r["path"].endswith("-000000.tar")]
+    assert {r["condition"] for r in chosen} == {"clean", "snr15"} and len(chosen) == 4
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def paper(weights_file: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer, TrainConfig]:
+    return _paper_model(weights_file)
+
+
+# ----------------------------------------------------------------------------- (d) where the cut is
+
+
+def test_frozen_prefix_length_truth_table() -> None:
+    assert frozen_prefix_length([]) is None
+    assert frozen_prefix_length(["conv1"]) == 2  # conv1 (features.0) + its ReLU
+    assert frozen_prefix_length(["conv1", "conv2"]) == 5
+    assert frozen_prefix_length(["conv1", "conv2", "conv3"]) == 8
+    assert frozen_prefix_length(["conv1", "conv2", "conv3", "conv4"]) == 10  # the paper
+    assert frozen_prefix_length(["conv4", "conv3", "conv2", "conv1"]) == 10  # order does not matter
+    assert frozen_prefix_length(["conv1", "conv2", "conv3", "conv4", "conv5"]) == 12
+    assert frozen_prefix_length(["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]) == 12  # fc never
+    assert frozen_prefix_length(["conv2", "conv3", "conv4"]) is None  # conv1 trained: nothing exact
+    assert frozen_prefix_length(["conv1", "conv3", "conv4"]) == 2  # only the contiguous run counts
+    assert frozen_prefix_length(["fc6", "fc7"]) is None
+    with pytest.raises(ValueError, match="unknown layer"):
+        frozen_prefix_length(["conv9"])
+    # Every cut lands right after a ReLU of AlexNet's features.
+    with torch.device("meta"):  # the layers without initialising 61M weights
+        features = build_model(NUM_CLASSES).features
+    for n in (2, 5, 8, 10, 12):
+        assert isinstance(features[n - 1], torch.nn.ReLU) and isinstance(features[n - 2], torch.nn.Conv2d)
+
+
+def test_cache_on_where_exact_off_where_not() -> None:
+    paper = ["conv1", "conv2", "conv3", "conv4"]
+    assert resolve_feature_cache("auto", paper) == 10
+    assert resolve_feature_cache("on", paper) == 10
+    assert resolve_feature_cache("off", paper) is None
+    assert resolve_feature_cache("auto", []) is None  # scratch recipe: conv1 trains
+    assert resolve_feature_cache("auto", paper, augment=True) is None  # images change every epoch
+    with pytest.raises(UsageError, match="conv1 is trained"):
+        resolve_feature_cache("on", ["conv2"])
+    with pytest.raises(UsageError, match="augmented"):
+        resolve_feature_cache("on", paper, augment=True)
+    with pytest.raises(UsageError, match="auto | on | off"):
+        resolve_feature_cache("yes", paper)
+
+
+# ----------------------------------------------------------------------------- (a) exactness
+
+
+def _step(fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module
+          ) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and gradients of one training step (no optimiser step), the dropout masks fixed."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1234)  # the classifier's dropout draws the same masks on both paths
+    loss = F.cross_entropy(fn(x).float(), y)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest: dict, records: list[dict],
+                                                      paper: tuple, tmp_path: Path) -> None:
+    model, _, train = paper
+    prefix = resolve_feature_cache("auto", train.freeze)
+    assert prefix == 10
+    shards = records[:2]  # fold 0, clean and snr15
+    # The uncached path's images, by sample key, decoded as training decodes them.
+    images, labels = {}, {}
+    for url in [str(tiny_build / r["path"]) for r in shards]:
+        keys = tar_keys(url)
+        batch = next(iter(make_eval_loader([url], 64, 0, num_classes=NUM_CLASSES)))
+        images.update(zip(keys, batch[0]))
+        labels.update(zip(keys, batch[1].tolist()))
+    errors = {}
+    for dtype in ("fp32", "fp16"):
+        spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, prefix, dtype)
+        stats = build_feature_cache(tiny_build, shards, model, CPU, spec, NUM_CLASSES, batch_size=16)
+        assert stats.written == 2 and stats.samples == sum(r["count"] for r in shards)
+        data = load_feature_cache(spec, shards)
+        assert len(data) == stats.samples and data.feats[0].dtype == spec.torch_dtype
+        assert data.feats[0].shape[1:] == (256, 15, 15)
+        # The first training batch the cached path serves, and the same samples uncached.
+        feats, y = next(data.batches(12, 3, seed=0, epoch=0))
+        keys = [data.keys[i] for i in data.order(12, seed=0, epoch=0)]
+        assert y.tolist() == [labels[k] for k in keys]
+        x = torch.stack([images[k] for k in keys])
+        with torch.no_grad():
+            exact = model.features[:prefix](x)
+        loss0, grads0 = _step(model, x, y, model)
+        if dtype == "fp32":
+            assert torch.equal(feats, exact)  # the same computation, stored as is
+            candidates = {"fp32": feats, "bf16": exact.to(torch.bfloat16)}  # bf16: what a bf16 build stores
+        else:
+            assert ((feats.float() - exact).abs() <= 2.0**-11 * exact.abs() + 1e-7).all()  # rounded once
+            candidates = {"fp16": feats}
+        for name, f in candidates.items():
+            loss1, grads1 = _step(head_from(model, prefix), f, y, model)
+            trained = {n for n, p in model.named_parameters() if p.requires_grad}
+            assert set(grads0) == set(grads1) == trained and not any(n.startswith("features.8.") for n in grads0)
+            if name == "fp32":
+                assert loss1 == pytest.approx(loss0, rel=1e-5)
+                for n in grads0:  # (bit-identical here; assert_close is the stated tolerance)
+                    if not torch.equal(grads1[n], grads0[n]):
+                        torch.testing.assert_close(grads1[n], grads0[n], rtol=1e-5, atol=1e-7)
+            errors[name] = (abs(loss1 - loss0) / loss0,
+                            max(((grads1[n] - grads0[n]).norm() / grads0[n].norm()).item() for n in grads0))
+    loss_err, grad_err = errors["fp16"]
+    assert loss_err < 1e-4 and grad_err < 3e-2, errors
+    assert errors["fp16"][1] < errors["bf16"][1], errors  # why the cache stores fp16, not bf16
+
+
+def test_head_shares_the_models_parameters(weights_file: Path) -> None:
+    model, optimizer, _ = _paper_model(weights_file)
+    head = head_from(model, 10)
+    model_params = {id(p) for p in model.parameters()}
+    assert all(id(p) in model_params for p in head.parameters())
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in head.parameters() if p.requires_grad} == trained
+    assert trained == {id(p) for g in optimizer.param_groups for p in g["params"]}
+    # A step through the head moves the full model's state_dict (what checkpoints save).
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer.zero_grad()
+    F.cross_entropy(head(torch.rand(2, 256, 15, 15, dtype=torch.float16)), torch.tensor([0, 1])).backward()
+    optimizer.step()
+    after = model.state_dict()
+    assert not torch.equal(after["classifier.6.weight"], before["classifier.6.weight"])
+    assert torch.equal(after["features.8.weight"], before["features.8.weight"])
+    with torch.device("meta"), pytest.raises(ValueError, match="trained parameters"):
+        head_from(build_model(NUM_CLASSES), 10)  # nothing frozen: not exact
+
+
+# ----------------------------------------------------------------------------- (b) keyed
+
+
+def test_key_follows_build_weights_cut_and_dtype(manifest: dict, paper: tuple, tiny_build: Path,
+                                                  records: list[dict], tmp_path: Path) -> None:
+    model, _, _ = paper
+    fp = manifest["fingerprint"]
+    digest = weights_digest(model, 10)
+    key = cache_key(fp, digest, 10, "fp16")
+    assert key == cache_key(fp, digest, 10, torch.float16) == cache_spec(tmp_path, fp, model, 10).key
+    assert key != cache_key("0" * 64, digest, 10, "fp16")  # another build
+    assert key != cache_key(fp, digest, 8, "fp16") and key != cache_key(fp, digest, 10, "bf16")
+    other = copy.deepcopy(model)
+    with torch.no_grad():  # weights after the cut (trained every step) do not change the key
+        other.classifier[6].weight.add_(1.0)
+        other.features[10].weight.add_(1.0)
+    assert weights_digest(other, 10) == digest
+    with torch.no_grad():  # any weight before the cut does
+        other.features[8].bias[0] += 1e-6
+    assert weights_digest(other, 10) != digest
+    assert cache_key(fp, weights_digest(other, 10), 10, "fp16") != key
+    # Files of one key are refused by another, and a model that does not match its spec is refused.
+    spec = cache_spec(tmp_path, fp, model, 10)
+    build_feature_cache(tiny_build, records[:1], model, CPU, spec, NUM_CLASSES)
+    with pytest.raises(UsageError, match="another cache"):
+        CachedTrainData([shard_cache_file(spec.dir, records[0])], key=cache_spec(tmp_path, fp, other, 10).key)
+    with pytest.raises(ValueError, match="not the weights"):
+        build_feature_cache(tiny_build, records[:1], other, CPU, spec, NUM_CLASSES)
+    info = json.loads((spec.dir / "cache.json").read_text())
+    assert info["build_fingerprint"] == fp and info["weights_sha256"] == digest and info["prefix"] == 10
+
+
+# ----------------------------------------------------------------------------- (c) resume, ranks, sampling
+
+
+def test_rerun_skips_finished_files_and_redoes_only_missing(tiny_build: Path, manifest: dict, paper: tuple,
+                                                              records: list[dict], tmp_path: Path) -> None:
+    model, _, _ = paper
+    spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
+    # Two ranks of a world of 2 (run one after the other): disjoint shares, together all shards.
+    shares = [build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES, rank=r, world_size=2)
+              for r in (0, 1)]
+    assert [s.written for s in shares] == [2, 2] and sum(s.samples for s in shares) == sum(r["count"] for r in records)
+    files = [shard_cache_file(spec.dir, r) for r in records]
+    assert all(f.is_file() for f in files) and sorted(spec.dir.glob("*.pt")) == sorted(files)
+    mtimes = {f: f.stat().st_mtime_ns for f in files}
+    again = build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES)
+    assert (again.written, again.skipped, again.samples) == (0, 4, 0)
+    assert {f: f.stat().st_mtime_ns for f in files} == mtimes
+    # A rank killed mid-write leaves only a temp file: the shard is redone, the rest untouched.
+    files[2].unlink()
+    (spec.dir / f".{files[2].name}.tmp-99999").write_bytes(b"half a file")
+    redo = build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES)
+    assert (redo.written, redo.skipped, redo.samples) == (1, 3, records[2]["count"])
+    assert all(f.stat().st_mtime_ns == mtimes[f] for f in files if f != files[2])
+    data = load_feature_cache(spec, records)
+    assert data.keys == [k for r in records for k in tar_keys(tiny_build / r["path"])]
+    # Loading checks the files against the manifest's counts.
+    wrong = [dict(records[0], count=records[0]["count"] + 1)]
+    with pytest.raises(UsageError, match="the manifest says"):
+        load_feature_cache(spec, wrong)
+    with pytest.raises(UsageError, match="missing"):
+        load_feature_cache(spec, [dict(records[0], path="ahsn/train/fold9/clean-000000.tar")])
+
+
+def test_cached_batches_exact_count_deterministic_and_disjoint_across_ranks(
+        tiny_build: Path, manifest: dict, paper: tuple, records: list[dict], tmp_path: Path) -> None:
+    model, _, _ = paper
+    spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
+    build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES)
+    data = load_feature_cache(spec, records)
+    n = len(data)
+    batches = list(data.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
+    assert len(batches) == 5 and all(x.shape == (3, 256, 15, 15) and len(y) == 3 for x, y in batches)
+    again = list(data.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+    flat = load_feature_cache(spec, records, device="cpu")  # one tensor (what a GPU run would hold)
+    same = list(flat.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, same))
+    half = n // 2
+    r0 = data.order(half, seed=0, epoch=0, rank=0, world_size=2).tolist()
+    r1 = data.order(half, seed=0, epoch=0, rank=1, world_size=2).tolist()
+    assert not set(r0) & set(r1) and len(set(r0)) == half  # one pass: every sample at most once
+    assert data.order(half, seed=0, epoch=1).tolist() != data.order(half, seed=0, epoch=0).tolist()
+    more = data.order(3 * n, seed=0, epoch=0)  # more than one pass: each sample 3 times
+    assert torch.bincount(more, minlength=n).tolist() == [3] * n
+    seen = [k for _, _, keys in data.eval_batches(7, rank=0, world_size=2) for k in keys]
+    seen += [k for _, _, keys in data.eval_batches(7, rank=1, world_size=2) for k in keys]
+    assert sorted(seen) == sorted(data.keys)
+
+
+# ----------------------------------------------------------------------------- under torchrun
+
+DDP_SCRIPT = r'''
+import json, sys
+import torch, torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from serwild.trainer.config import TrainConfig
+from serwild.trainer.distributed import all_gather_object, barrier, setup, teardown
+from serwild.trainer.features import build_feature_cache, cache_spec, head_from, load_feature_cache
+from serwild.trainer.model import build_model
+from serwild.trainer.recipe import make_optimizer, resolve_recipe
+
+build, weights, fingerprint, root, out = sys.argv[1:6]
+records = json.loads(sys.argv[6])
+d = setup("cpu", timeout_s=60)
+try:
+    torch.manual_seed(0)
+    train = resolve_recipe(TrainConfig(pretrained=weights, recipe="paper"))
+    model = build_model(4, weights)
+    optimizer = make_optimizer(model, train)
+    frozen = model.features[8].weight.clone()
+    spec = cache_spec(root, fingerprint, model, 10)
+    stats = build_feature_cache(build, records, model, d.device, spec, 4, rank=d.rank, world_size=d.world_size)
+    barrier(d)
+    data = load_feature_cache(spec, records)
+    head = DistributedDataParallel(head_from(model, 10))
+    torch.manual_seed(100 + d.rank)
+    for x, y in data.batches(4, 2, seed=0, epoch=0, rank=d.rank, world_size=d.world_size):
+        optimizer.zero_grad()
+        F.cross_entropy(head(x), y).backward()
+        optimizer.step()
+    state = model.state_dict()
+    result = {"written": all_gather_object(stats.written, d), "samples": all_gather_object(stats.samples, d),
+              "fc8": all_gather_object(state["classifier.6.weight"].sum().item(), d),
+              "conv5": all_gather_object(state["features.10.weight"].sum().item(), d),
+              "frozen_same": all_gather_object(torch.equal(state["features.8.weight"], frozen), d)}
+    if d.rank == 0:
+        open(out, "w").write(json.dumps(result))
+    del head  # DDP's reducer must go before its process group (else an abort at exit)
+finally:
+    teardown(d)
+'''
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_build_and_train_the_head_in_sync(tiny_build: Path, manifest: dict, weights_file: Path,
+                                                                records: list[dict], tmp_path: Path) -> None:
+    script = tmp_path / "ddp_features.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tiny_build), str(weights_file), manifest["fingerprint"], str(tmp_path / "cache"), str(out),
+           json.dumps(records)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["written"] == [2, 2] and sum(result["samples"]) == sum(r["count"] for r in records)
+    assert len(set(result["fc8"])) == 1 and len(set(result["conv5"])) == 1  # DDP kept the ranks identical
+    assert result["frozen_same"] == [True, True]
+
+
+def test_the_trainer_trains_the_paper_recipe_from_the_cache(tiny_build: Path, weights_file: Path,
+                                                            tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """`train.feature_cache=auto` on the paper recipe: the first run computes the cache, the next
+    one (another experiment of the same build) reuses every file; checkpoints hold the whole
+    model, which evaluates like any other."""
+    from serwild.checkpoint import load_checkpoint
+    from serwild.trainer.train import main as train_main
+    from tests.trainer.conftest import tiny_config
+
+    common = {"train.recipe": "paper", "train.pretrained": str(weights_file), "train.epochs": 1,
+              "train.feature_cache_dir": str(tmp_path / "cache")}
+    train_main(tiny_config(tiny_build, tmp_path, **common, **{"train.name": "one"}))
+    first = capfd.readouterr().err
+    assert re.search(r"feature cache .*: [1-9]\d* shard\(s\) computed, 0 reused", first), first
+    train_main(tiny_config(tiny_build, tmp_path, **common, **{"train.name": "two",
+                                                              "train.conditions": "[clean, snr15]"}))
+    second = capfd.readouterr().err
+    assert re.search(r"feature cache .*: 0 shard\(s\) computed, [1-9]\d* reused", second), second
+    ckpt = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert "features.0.weight" in ckpt["model"] and ckpt["recipe"]["frozen"] == ["conv1", "conv2", "conv3", "conv4"]
+    train_main(tiny_config(tiny_build, tmp_path, **common, **{"train.name": "nocache", "train.feature_cache": "off"}))
+    assert "feature cache" not in capfd.readouterr().err

@@ -1,0 +1,468 @@
+"""Frozen-feature cache: compute AlexNet's frozen prefix once per image, train the rest.
+
+The paper's recipe freezes conv1–conv4 and applies no random augmentation, so an image's
+conv4 output (after its ReLU) is the same in every epoch, fold and experiment: computing it
+once is exact, and training then runs only the head (conv5, pooling, fc6–fc8), about a third
+of the per-image compute, with no PNG decoding.
+
+- **Where the cut is** (:func:`frozen_prefix_length`): after the ReLU that follows the last
+  conv of the contiguous frozen run counted from conv1 (paper: ``features[:10]``, 256×15×15
+  per 256×256 image). A trained conv1 means no cache; a frozen conv after a trained one does
+  not count. Only ``model.features`` is ever cut: the classifier starts with Dropout, which
+  is random in training, so fc6's input is never a fixed function of the image.
+- **When it is on** (:func:`resolve_feature_cache`, config ``train.feature_cache``):
+  ``auto`` where it is exact (a frozen prefix and no augmentation that changes images),
+  ``on`` insists (an error where it is not exact), ``off`` never.
+- **Key** (:func:`cache_key`): sha256 over the build's fingerprint, the sha256 of the
+  prefix's weights (:func:`weights_digest`), the cut, the storage dtype and the image
+  transform, so a cache is never read with other data, weights or preprocessing.
+- **Layout**: ``<cache_root>/<key>/<shard path, / → __>.pt``, one file per TRAIN shard of a
+  dataset (every condition and fold: both experiments and all folds of one build read the
+  same files), each ``{"features": (N, C, H, W) fp16, "labels": (N,) int64, "keys": [N
+  sample keys], …}``, written through a temp file + rename (:mod:`serwild.atomic`), so a
+  killed rank never leaves a half file under its final name; a re-run skips finished files.
+- **DDP** (:func:`build_feature_cache`): rank r computes the shards ``records[r::world]``,
+  reading each once with the evaluation loader; after a barrier every rank opens the files
+  it needs (:func:`load_feature_cache`), memory-mapped, so ranks on one node share one copy
+  in the page cache (or copied onto the GPU). The paper's ~60k training images (both
+  datasets, every condition) take ~6.9 GB in fp16 (115 KB each); one dataset's experiment-2
+  training set of one fold is ~2.8 GB.
+- **Storage dtype**: fp16 (10-bit mantissa, relative rounding error ≤ 2⁻¹¹ on conv4's
+  non-negative outputs) rather than bf16 (7 bits, 8× coarser); a value past fp16's range
+  (65504) stops the build with a message to use bf16. Features are upcast to the head's
+  dtype on arrival, so the head computes exactly as in the uncached model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tarfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from serwild import seeds
+from serwild.atomic import atomic_write
+from serwild.data.loaders import make_eval_loader
+from serwild.data.manifest import select_shards
+from serwild.data.transforms import IMAGE_SIZE, MEAN, STD, normalise
+from serwild.errors import UsageError
+from serwild.trainer.model import LAYER_MODULES
+
+CACHE_FORMAT = 1  # bump when the file layout or the preprocessing (data.transforms) changes: new keys
+CACHE_MODES = ("auto", "on", "off")
+CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+FILE_SUFFIX = ".pt"
+INFO_FILE = "cache.json"
+SAMPLING = "feature-cache"  # seeds.derive(seed, SAMPLING, epoch): the epoch's sample order, the same on every rank
+
+
+# ----------------------------------------------------------------------------- when and where to cut
+
+
+def frozen_prefix_length(freeze: Sequence[str]) -> int | None:
+    """How many leading ``model.features`` modules are frozen and exact to precompute.
+
+    The cut sits after the ReLU that follows the last conv of the contiguous frozen run from
+    conv1: conv1 → 2, conv1–2 → 5, conv1–3 → 8, conv1–4 (the paper) → 10, conv1–5 → 12.
+    None when conv1 is trained (no exact cache). fc layers never extend the prefix.
+    """
+    unknown = [n for n in freeze if n not in LAYER_MODULES]
+    if unknown:
+        raise ValueError(f"unknown layer(s) {unknown}; known: {', '.join(LAYER_MODULES)}")
+    frozen = set(freeze)
+    last = None
+    for conv in CONVS:
+        if conv not in frozen:
+            break
+        last = conv
+    if last is None:
+        return None
+    index = int(LAYER_MODULES[last].split(".")[1])  # "features.8" → 8
+    return index + 2  # the conv and the ReLU after it
+
+
+def resolve_feature_cache(mode: str, freeze: Sequence[str], augment: bool = False) -> int | None:
+    """``train.feature_cache`` → the cut to cache at, or None for the streaming path.
+
+    ``auto``: cache where it is exact (a frozen prefix, and no augmentation that changes
+    the images); ``on``: the same, but an error where it would not be exact; ``off``: never.
+    ``augment`` is True when any random image transform runs (there is none today: the
+    paper's only augmentation is the noise mixed into the audio, which is in the shards).
+    """
+    if mode not in CACHE_MODES:
+        raise UsageError(f"train.feature_cache={mode!r}: choose {' | '.join(CACHE_MODES)}")
+    if mode == "off":
+        return None
+    prefix = frozen_prefix_length(freeze)
+    if prefix is not None and not augment:
+        return prefix
+    if mode == "on":
+        why = "images are augmented at random" if augment else "conv1 is trained (train.freeze has no conv1)"
+        raise UsageError(f"train.feature_cache=on but cached features would not be exact: {why}; "
+                         f"use train.feature_cache=auto or off")
+    return None
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model  # through a DDP wrapper
+
+
+def _check_prefix(model: nn.Module, prefix: int) -> nn.Sequential:
+    features = _base(model).features
+    if not 0 < prefix <= len(features):
+        raise ValueError(f"prefix {prefix} is outside 1..{len(features)} (AlexNet's features)")
+    return features
+
+
+def weights_digest(model: nn.Module, prefix: int) -> str:
+    """sha256 over the prefix's state_dict (names, dtypes, shapes, values): the weights a cache came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(_check_prefix(model, prefix)[:prefix].state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    for name, d in DTYPES.items():
+        if dtype in (name, d):
+            return name
+    raise ValueError(f"feature dtype {dtype!r}: choose {' | '.join(DTYPES)}")
+
+
+def cache_key(fingerprint: str, weights_digest: str, prefix: int, dtype: torch.dtype | str) -> str:
+    """The cache folder name: ``p<cut>-<dtype>-<sha256[:20]>`` of everything the features depend on."""
+    name = _dtype_name(dtype)
+    what = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "weights": weights_digest, "prefix": prefix,
+            "dtype": name, "transform": {"size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD)}}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    return f"p{prefix}-{name}-{digest[:20]}"
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """One cache: where it lives, its key, and what it was made from."""
+
+    root: Path  # cache_root (many caches side by side)
+    key: str
+    prefix: int
+    dtype: str  # fp16 | bf16 | fp32
+    fingerprint: str
+    weights: str  # weights_digest of the prefix
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.key
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def cache_spec(cache_root: str | Path, fingerprint: str, model: nn.Module, prefix: int,
+               dtype: torch.dtype | str = "fp16") -> CacheSpec:
+    """The cache for ``model``'s first ``prefix`` feature modules on the build ``fingerprint``."""
+    digest = weights_digest(model, prefix)
+    return CacheSpec(Path(cache_root), cache_key(fingerprint, digest, prefix, dtype), prefix, _dtype_name(dtype),
+                     fingerprint, digest)
+
+
+def default_cache_root(build_dir: str | Path) -> Path:
+    """Where caches live unless configured: beside the shards they came from."""
+    return Path(build_dir) / "feature-cache"
+
+
+def cache_records(manifest: dict[str, Any], dataset: str) -> list[dict]:
+    """Every TRAIN shard record of ``dataset`` (all conditions, all folds): what one cache holds."""
+    return select_shards(manifest, dataset, "train")
+
+
+def shard_cache_file(cache_dir: str | Path, record: dict) -> Path:
+    """``ahsn/train/fold0/clean-000000.tar`` → ``<cache_dir>/ahsn__train__fold0__clean-000000.pt``."""
+    name = record["path"].replace("/", "__")
+    return Path(cache_dir) / (name.removesuffix(".tar") + FILE_SUFFIX)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class CacheBuild:
+    """What one rank's :func:`build_feature_cache` did."""
+
+    written: int  # shard files computed and written
+    skipped: int  # shard files already there (an earlier run, or another job)
+    samples: int  # images pushed through the prefix
+    seconds: float
+    bytes: int  # size of the files written
+
+
+def tar_keys(path: str | Path) -> list[str]:
+    """Sample keys of a shard in tar order (webdataset groups ``key.ext`` members)."""
+    keys: list[str] = []
+    with tarfile.open(path, "r") as tf:
+        for member in tf:
+            if member.isfile():
+                key = member.name.split("/")[-1].split(".", 1)[0]
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+    return keys
+
+
+def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: nn.Module,
+                        device: torch.device, spec: CacheSpec, num_classes: int, *, rank: int = 0,
+                        world_size: int = 1, batch_size: int = 64, num_workers: int = 0) -> CacheBuild:
+    """Write this rank's share (``records[rank::world_size]``) of the cache; skip finished files.
+
+    ``spec`` comes from :func:`cache_spec` for this ``model``. Each shard is read once with
+    the evaluation loader (which refuses a short or corrupt shard), with at most one loader
+    worker, so samples arrive in shard order and are split into files by the manifest's
+    counts. Every rank must then meet the others (a barrier, or ``agree``, which also hands a
+    failure on one rank to all) before loading the cache.
+    """
+    start = time.perf_counter()
+    if weights_digest(model, spec.prefix) != spec.weights:
+        raise ValueError(f"the model's features[:{spec.prefix}] are not the weights cache {spec.key} was made for")
+    store = spec.torch_dtype
+    front = _check_prefix(model, spec.prefix)[:spec.prefix]
+    cache_dir = spec.dir
+    mine = list(records)[rank::world_size]
+    todo = [r for r in mine if not shard_cache_file(cache_dir, r).is_file()]
+    writer = _ShardWriter(spec, Path(build_dir), todo)
+    if todo:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        on_gpu = device.type == "cuda"
+        loader = make_eval_loader([str(Path(build_dir) / r["path"]) for r in todo], batch_size,
+                                  min(1, num_workers), counts=[int(r["count"]) for r in todo],
+                                  num_classes=num_classes, as_uint8=on_gpu, pin_memory=on_gpu)
+        with torch.no_grad():
+            writer.shape = tuple(front(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)).shape[1:])
+            writer.drain()  # shards with no samples
+            for images, labels, _ in loader:
+                x = images.to(device, non_blocking=True)
+                out = front(normalise(x) if x.dtype == torch.uint8 else x.float())
+                peak = out.abs().max().item() if out.numel() else 0.0
+                if store == torch.float16 and peak > torch.finfo(torch.float16).max:
+                    raise UsageError(f"features reach {peak:.3g}, past fp16's range: use a bf16 cache")
+                writer.add(out.to("cpu", store), labels.long())
+        writer.finish()
+    if rank == 0:
+        _write_info(spec, model)
+    return CacheBuild(writer.written, len(mine) - len(todo), writer.samples, time.perf_counter() - start,
+                      writer.bytes)
+
+
+class _ShardWriter:
+    """Cuts the loader's stream of (features, labels) batches into one file per shard, by the
+    manifest's counts (the loader has already refused a shard with another count)."""
+
+    def __init__(self, spec: CacheSpec, build_dir: Path, records: list[dict]) -> None:
+        self.spec, self.build_dir, self.queue = spec, build_dir, list(records)
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.have = self.written = self.samples = self.bytes = 0
+        self.shape: tuple[int, ...] = ()
+
+    def add(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        self.parts.append((feats, labels))
+        self.have += len(labels)
+        self.samples += len(labels)
+        self.drain()
+
+    def drain(self) -> None:
+        while self.queue and self.have >= int(self.queue[0]["count"]):
+            record = self.queue.pop(0)
+            n = int(record["count"])
+            feats = torch.cat([f for f, _ in self.parts]) if self.parts else torch.empty(0, *self.shape)
+            labels = torch.cat([x for _, x in self.parts]) if self.parts else torch.empty(0, dtype=torch.long)
+            self.bytes += _write_shard(self.spec, record, feats[:n].to(self.spec.torch_dtype), labels[:n],
+                                       self.build_dir / record["path"])
+            self.written += 1
+            self.parts = [(feats[n:], labels[n:])] if n < len(labels) else []
+            self.have -= n
+
+    def finish(self) -> None:
+        self.drain()
+        if self.queue or self.have:
+            where = self.queue[0]["path"] if self.queue else "the last shard"
+            raise UsageError(f"{where}: the loader's samples do not add up to the manifest's counts "
+                             f"({self.have} left over)")
+
+
+def _write_shard(spec: CacheSpec, record: dict, feats: torch.Tensor, labels: torch.Tensor, tar: Path) -> int:
+    keys = tar_keys(tar)
+    if len(keys) != len(labels):
+        raise UsageError(f"{record['path']} lists {len(keys)} sample keys but the loader read {len(labels)}")
+    obj = {"format": CACHE_FORMAT, "key": spec.key, "shard": record["path"], "sha256": record.get("sha256"),
+           "features": feats.contiguous().clone(), "labels": labels.clone(), "keys": keys}
+    path = shard_cache_file(spec.dir, record)
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+    return path.stat().st_size
+
+
+def _write_info(spec: CacheSpec, model: nn.Module) -> None:
+    """A human-readable note of what the folder holds (written once, by rank 0)."""
+    path = spec.dir / INFO_FILE
+    if path.is_file():
+        return
+    info = {"format": CACHE_FORMAT, "key": spec.key, "prefix": spec.prefix, "dtype": spec.dtype,
+            "cut_after": f"features.{spec.prefix - 1} ({_base(model).features[spec.prefix - 1]})",
+            "build_fingerprint": spec.fingerprint, "weights_sha256": spec.weights,
+            "transform": {"size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD)}}
+    with atomic_write(path, "w") as f:
+        json.dump(info, f, indent=1)
+        f.write("\n")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class CachedTrainData:
+    """Cached features of some shards, served as training (and validation) batches.
+
+    Where they live: memory-mapped files (default; ranks of one node share the page cache,
+    and a batch is gathered row by row), or, with ``device``, one tensor on that device (a
+    GPU: no host work per step at all; "cpu": a private copy in RAM), gathered by one
+    ``index_select``. Batches come on that device, features in the stored dtype.
+
+    Per epoch each rank gets exactly ``num_batches`` full batches (as the streaming loader
+    gives). Sampling: a permutation of all samples drawn from (seed, epoch) — the same on
+    every rank — is dealt to ranks (``order[rank::world_size]``) and, when an epoch needs
+    more samples than there are, followed by further permutations. So every sample is seen
+    once per epoch before any is seen twice, ranks never share a sample within a pass, and a
+    resumed run sees the same order. (The streaming loader resamples whole shards with
+    replacement, so there some samples come twice and others not at all in an epoch.)
+    """
+
+    def __init__(self, files: Sequence[str | Path], key: str | None = None,
+                 counts: Sequence[int] | None = None, mmap: bool = True,
+                 device: torch.device | str | None = None) -> None:
+        if counts is not None and len(counts) != len(files):
+            raise ValueError("counts must give one count per file")
+        self.files = [Path(f) for f in files]
+        self.feats: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        self.keys: list[str] = []
+        for i, path in enumerate(self.files):
+            if not path.is_file():
+                raise UsageError(f"feature cache file {path} is missing: build the cache first")
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            if obj.get("format") != CACHE_FORMAT or (key is not None and obj.get("key") != key):
+                raise UsageError(f"{path} belongs to another cache ({obj.get('key')}, format "
+                                 f"{obj.get('format')}), expected {key}: delete it and rebuild")
+            n = len(obj["labels"])
+            if counts is not None and n != counts[i]:
+                raise UsageError(f"{path} holds {n} samples, the manifest says {counts[i]}: delete it and rebuild")
+            self.feats.append(obj["features"])
+            labels.append(obj["labels"])
+            self.keys.extend(obj["keys"])
+        self.labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+        sizes = torch.tensor([len(x) for x in labels], dtype=torch.long)
+        self._ends = torch.cumsum(sizes, 0)
+        self._starts = self._ends - sizes
+        self._flat: torch.Tensor | None = None
+        if device is not None and self.feats:  # one tensor there, filled shard by shard (no second host copy)
+            first = self.feats[0]
+            self._flat = torch.empty((len(self.labels), *first.shape[1:]), dtype=first.dtype, device=device)
+            for f, lo, hi in zip(self.feats, self._starts.tolist(), self._ends.tolist()):
+                self._flat[lo:hi].copy_(f)
+            self.feats = [self._flat[lo:hi] for lo, hi in zip(self._starts.tolist(), self._ends.tolist())]
+            self.labels = self.labels.to(device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self.feats)
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, labels) of samples ``index`` (positions in file order), in that order."""
+        if self._flat is not None:
+            index = index.to(self._flat.device)
+            return self._flat.index_select(0, index), self.labels[index]
+        shard = torch.searchsorted(self._ends, index, right=True)
+        row = index - self._starts[shard]
+        feats = torch.stack([self.feats[s][r] for s, r in zip(shard.tolist(), row.tolist())])
+        return feats, self.labels[index]
+
+    def order(self, samples: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """The first ``samples`` positions this rank trains on in ``epoch`` (see the class doc)."""
+        n = len(self)
+        if n == 0:
+            raise UsageError("no cached training samples selected (check train.dataset, train.conditions, cv.fold)")
+        gen = torch.Generator().manual_seed(seeds.derive(seed, SAMPLING, epoch) & (2**63 - 1))
+        rounds = math.ceil(samples * world_size / n)
+        perm = torch.cat([torch.randperm(n, generator=gen) for _ in range(rounds)])
+        return perm[rank::world_size][:samples].contiguous()
+
+    def batches(self, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
+                world_size: int = 1, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Exactly ``num_batches`` batches of (features (B, C, H, W) fp16, labels (B,))."""
+        idx = self.order(batch_size * num_batches, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+        for b in range(num_batches):
+            feats, labels = self.take(idx[b * batch_size:(b + 1) * batch_size])
+            yield (feats.pin_memory(), labels.pin_memory()) if pin_memory else (feats, labels)
+
+    def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """Every sample once across ranks (files dealt ``[rank::world_size]``, as the eval loader
+        deals shards): (features, labels, sample keys); the last batch may be short."""
+        for s in range(rank, len(self.feats), world_size):
+            lo, hi = int(self._starts[s]), int(self._ends[s])
+            for i in range(lo, hi, batch_size):
+                j = min(hi, i + batch_size)
+                yield self.feats[s][i - lo:j - lo], self.labels[i:j], self.keys[i:j]
+
+
+def load_feature_cache(spec: CacheSpec, records: Sequence[dict], device: torch.device | str | None = None
+                       ) -> CachedTrainData:
+    """The cached features of ``records`` (e.g. one run's training shards), checked against
+    the key and the manifest's counts: memory-mapped, or all in one tensor on ``device``."""
+    return CachedTrainData([shard_cache_file(spec.dir, r) for r in records], key=spec.key,
+                           counts=[int(r["count"]) for r in records], device=device)
+
+
+# ----------------------------------------------------------------------------- the trained rest
+
+
+class FeatureHead(nn.Module):
+    """AlexNet after the cut: ``features[prefix:]``, avgpool, flatten, classifier.
+
+    Holds the original model's modules (not copies): its parameters ARE the model's, so an
+    optimiser built on the model, DDP around this head, and ``model.state_dict()`` in
+    checkpoints all see the same tensors. Inputs (cached fp16) are cast to the weights' dtype.
+    """
+
+    def __init__(self, model: nn.Module, prefix: int) -> None:
+        super().__init__()
+        base = _base(model)
+        features = _check_prefix(base, prefix)
+        trained = [n for n, p in features[:prefix].named_parameters() if p.requires_grad]
+        if trained:
+            raise ValueError(f"features[:{prefix}] has trained parameters ({', '.join(trained)}): "
+                             f"a cache would not be exact (freeze the layers before the cut first)")
+        self.prefix = prefix
+        self.rest = features[prefix:]  # a new Sequential over the same module objects
+        self.avgpool = base.avgpool
+        self.classifier = base.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.classifier[-1].weight.dtype)
+        x = self.avgpool(self.rest(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def head_from(model: nn.Module, prefix: int) -> FeatureHead:
+    """The part of ``model`` after the cut, sharing its parameters (call after freezing)."""
+    return FeatureHead(model, prefix)
