@@ -1,14 +1,8 @@
-"""``serwild build``: corpus → clean and noisy jet spectrograms in WebDataset shards, with Ray.
-
-    serwild build --config configs/demo.yaml
-    serwild build --config configs/iemocap.yaml corpus.root=/data/IEMOCAP ray.num_cpus=16
-    serwild build --config configs/iemocap.yaml ray.address=auto      # join a running Ray cluster
-
-Stages: read the corpus → scan audio (Ray tasks) → plan every sample (driver, seeded) →
-build shards (one Ray task per shard, progress bar) → manifest.json, rejects.jsonl,
-README.md (the hub card: the folder uploads as is to a dataset hub). Running the same
-command again resumes: shards already built from the same plan and still matching their
-sha256 are kept, the rest are rebuilt.
+"""The build driver, :func:`run_build` (``serwild build``): read the corpus → scan audio (Ray
+tasks) → plan every sample (driver, seeded) → build shards (one Ray task per shard) →
+manifest.json, rejects.jsonl, README.md (the hub card). Resumes: shards already built from
+the same plan and still matching their sha256 are kept, the rest are rebuilt. One build per
+folder at a time (a lock), and a build of another config needs ``overwrite``.
 """
 
 from __future__ import annotations

@@ -254,12 +254,7 @@ def paired_difference_ci(y_true: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLike
     ``excludes_zero`` is True when the interval lies strictly on one side of 0.
     """
     _check_settings(n_resamples, alpha)
-    if isinstance(metric, str):
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
-        name, fn = metric, METRICS[metric]
-    else:
-        name, fn = getattr(metric, "__name__", "metric"), metric
+    name, fn = _resolve_metric(metric)
     truth, (a, b), codes, k = _prepare(y_true, [pred_a, pred_b], groups, n_classes)
     n_groups = int(codes.max()) + 1
     per_a = group_confusions(truth, a, codes, n_groups, k)
@@ -271,6 +266,14 @@ def paired_difference_ci(y_true: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLike
     delta = float(_apply(fn, name, per_b.sum(axis=0)) - _apply(fn, name, per_a.sum(axis=0)))
     low, high = _interval(deltas, alpha)
     return {"delta": delta, "low": low, "high": high, "excludes_zero": bool(low > 0.0 or high < 0.0)}
+
+
+def _resolve_metric(metric: MetricFn | str) -> tuple[str, MetricFn]:
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
+        return metric, METRICS[metric]
+    return getattr(metric, "__name__", "metric"), metric
 
 
 def mean_std(values: ArrayLike) -> dict[str, float | int]:
@@ -296,12 +299,7 @@ def arm_difference_ci(y_true: ArrayLike, preds_a: Sequence[ArrayLike], preds_b: 
     _check_settings(n_resamples, alpha)
     if not preds_a or not preds_b:
         raise ValueError("each arm needs at least one prediction vector")
-    if isinstance(metric, str):
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
-        name, fn = metric, METRICS[metric]
-    else:
-        name, fn = getattr(metric, "__name__", "metric"), metric
+    name, fn = _resolve_metric(metric)
     truth, preds, codes, k = _prepare(y_true, [*preds_a, *preds_b], groups, n_classes)
     n_groups = int(codes.max()) + 1
     per_run = [group_confusions(truth, p, codes, n_groups, k) for p in preds]

@@ -1,16 +1,6 @@
-"""``serwild demo``: the paper's claim, end to end, in one command.
-
-    serwild demo                                   # configs/demo.yaml: ~15 min on 2 CPU cores
-    serwild demo --config configs/demo-tiny.yaml   # a one-minute smoke run (what CI runs)
-    serwild demo --nproc 2 train.epochs=4          # any config key can be overridden
-
-1. synthesise the demo corpus (IEMOCAP layout + classroom noise) if it is not there yet;
-2. build the clean and noisy (15/20/40 dB) spectrogram shards with Ray, and verify them;
-3. train experiment 1 (clean blocks only) and experiment 2 (clean + noisy blocks, with as
-   many optimiser steps as experiment 1, so only the data differs) on AHSN;
-4. evaluate both on each test condition, compare them (the paper's Figures 4/5), and draw
-   the same test block clean and at 15 dB (the paper's Figure 2).
-It ends by printing the comparison table and where the reports are.
+"""The demo pipeline, :func:`run_demo` (``serwild demo``; the steps are in its ``--help``):
+synthesise → build and verify → train experiment 1 (clean) and 2 (clean + noisy, equal
+optimiser steps) → evaluate both on every test condition → compare → Figure 2's spectrograms.
 """
 
 from __future__ import annotations

@@ -40,15 +40,6 @@ FAST = RemoteOptions(timeout_s=0.5, retries=2, backoff_s=0.05)
 SLACK_S = 1.5  # scheduling slack on 2 shared cores
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback only: no proxy may see these requests."""
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture
 def build_copy(tiny_build: Path, tmp_path: Path) -> Path:  # noqa: F811 - fixture use
     """A copy of the tiny build that a test may damage."""

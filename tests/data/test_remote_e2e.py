@@ -30,16 +30,6 @@ WORST_S = RemoteOptions(timeout_s=1, retries=1, backoff_s=0.1).worst_case_s()
 SUBPROCESS_TIMEOUT_S = 240  # a hang fails the test instead of stalling the suite
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback only: no proxy may see these requests (the subprocesses inherit this)."""
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
 def serwild(args: list[str], cwd: Path, timeout: float = SUBPROCESS_TIMEOUT_S) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "serwild", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ))
