@@ -150,11 +150,88 @@ def one_build(workers: int, corpus: Path, noise: Path, kind: str, out: Path, ove
             "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
+# ----------------------------------------------------------------------------- where the time goes
+
+
+def per_image_costs(corpus: Path, noise: Path, kind: str, overrides: list[str], n: int) -> dict[str, float]:
+    """Seconds per image of each step a shard task runs, measured in this process on the
+    build's own first ``n`` noisy samples: audio read, mix, the floor (STFT + palette-PNG
+    encode, with the peak normalisation), JSON + tar member, sha256 and fsync of the shard;
+    the paper's tooling (librosa + a new matplotlib figure + savefig) on the same blocks; and
+    the driver's serial scan and plan for the whole corpus."""
+    import hashlib
+    import importlib.util
+    import io
+    import tarfile
+
+    from serwild.builder import audio, augment, plan, scan
+    from serwild.builder.corpus import read_corpus
+    from serwild.builder.render import Renderer
+    from serwild.builder.shards import _noise, write_sample
+    from serwild.config import load_config
+
+    spec = importlib.util.spec_from_file_location("bench_render", REPO / "benchmarks" / "bench_render.py")
+    bench_render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_render)
+    cfg = load_config(None, [f"corpus.kind={kind}", f"corpus.root={corpus}", f"noise.dir={noise}", *overrides])
+    t0 = time.perf_counter()
+    utts, _ = read_corpus(cfg.corpus, cfg.datasets)
+    noises, _ = scan.scan_noise(Path(cfg.noise.dir), cfg.audio, cfg.noise.test_fraction)
+    scanned, _ = scan.scan_chunk(utts, cfg.audio)
+    t_scan = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    specs = plan.plan_shards(sorted(scanned, key=lambda s: s.utt.id), noises, cfg)
+    t_plan = time.perf_counter() - t0
+    samples = [s for sp in specs for s in sp.samples if s.snr_db is not None][:n]
+    renderer = Renderer(cfg.audio)
+    clock = {k: 0.0 for k in ("read", "mix", "floor", "tar", "paper")}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        for i, s in enumerate(samples):
+            a = time.perf_counter()
+            y = renderer.block(s.path, s.block, s.native_sr)
+            b = time.perf_counter()
+            seg = _noise(s.noise_path, cfg.audio.sample_rate)[s.noise_offset:s.noise_offset + len(y)]
+            y, _ = augment.mix_at_snr(y, audio.fix_length(seg, len(y)), s.snr_db)
+            c = time.perf_counter()
+            png = renderer.png(y)
+            d = time.perf_counter()
+            write_sample(tar, s.key, {"json": b"{}" * 200, "png": png})
+            e = time.perf_counter()
+            clock["read"] += b - a
+            clock["mix"] += c - b
+            clock["floor"] += d - c
+            clock["tar"] += e - d
+            if i < max(1, n // 6):  # the paper's path is ~25× slower: a sixth of the blocks is plenty
+                f = time.perf_counter()
+                bench_render.paper(augment.peak_normalise(y))
+                clock["paper"] += (time.perf_counter() - f) * (n / max(1, n // 6))
+    data = buf.getvalue()
+    with tempfile.NamedTemporaryFile() as tmp:
+        a = time.perf_counter()
+        hashlib.sha256(data).hexdigest()
+        b = time.perf_counter()
+        tmp.write(data)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+        c = time.perf_counter()
+    per = {k: v / len(samples) for k, v in clock.items()}
+    per["sha256"] = (b - a) / len(samples)
+    per["write+fsync"] = (c - b) / len(samples)
+    n_all = sum(len(sp.samples) for sp in specs)
+    per["scan (driver, serial)"] = t_scan / n_all
+    per["plan (driver)"] = t_plan / n_all
+    per["_samples"] = float(len(samples))
+    return per
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray CPU counts to run (default 1 2)")
     ap.add_argument("--size", default="demo", choices=["tiny", "demo", "full"], help="synthetic corpus size")
     ap.add_argument("--corpus", type=Path, help="an existing IEMOCAP-layout root with noise/ inside (skip synthesis)")
+    ap.add_argument("--breakdown", type=int, default=300, metavar="N",
+                    help="also time each step on N samples, the floor and the paper's tooling (0: skip)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for `serwild build`")
     args = ap.parse_args(argv)
 
@@ -167,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"corpus: {what} (written in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         results = [one_build(n, corpus, noise, kind, Path(tmp) / f"shards-{n}", args.overrides)
                    for n in args.workers]
+        costs = per_image_costs(corpus, noise, kind, args.overrides, args.breakdown) if args.breakdown else None
 
     print(f"\nwhole build, {what}; {os.cpu_count()} CPUs; overrides: {' '.join(args.overrides) or '-'}")
     print(f"{'workers':>7}{'ray start s':>12}{'build s':>9}{'samples':>9}{'shards':>7}{'samples/s':>11}"
@@ -182,7 +260,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"identical shards at every worker count: {'yes' if same else 'NO'} "
           f"(fingerprint {base['fingerprint'][:12]}…)")
     print("targets: speed-up ≥ 1.6× from 1 to 2 workers on 2 cores; peak RSS < 500 MB per worker")
+    if costs:
+        print_costs(costs, results)
     return 0 if same else 1
+
+
+def print_costs(costs: dict[str, float], results: list[dict]) -> None:
+    """Per core: the whole build vs the floor vs the paper's tooling, and where the rest goes."""
+    best = max(results, key=lambda r: r["samples"] / r["build_s"] / r["workers"])
+    whole = best["build_s"] * best["workers"] / best["samples"]  # core-seconds per image, all included
+    floor, paper = costs["floor"], costs["paper"]
+    print(f"\nper core ({best['workers']} worker(s)), same run, {costs['_samples']:.0f} noisy samples timed:")
+    print(f"  whole build  {1 / whole:8.1f} spectrograms/s/core  ({whole * 1e3:6.2f} ms each)")
+    print(f"  floor        {1 / floor:8.1f} /s/core  ({floor * 1e3:6.2f} ms: peak-normalise, STFT, dB, palette PNG)")
+    print(f"  paper        {1 / paper:8.1f} /s/core  ({paper * 1e3:6.2f} ms: librosa + new figure + savefig)")
+    print(f"  whole build vs paper: {paper / whole:.1f}×   floor vs paper: {paper / floor:.1f}×   "
+          f"whole build / floor: {whole / floor:.2f}")
+    steps = {k: v for k, v in costs.items() if k not in ("floor", "paper", "_samples")}
+    rest = whole - floor - sum(steps.values())
+    print("  between the floor and the whole build, per image:")
+    for k, v in steps.items():
+        print(f"    {k:22s} {v * 1e3:6.3f} ms")
+    print(f"    {'Ray, scheduling, rest':22s} {rest * 1e3:6.3f} ms  (the remainder)")
 
 
 if __name__ == "__main__":
