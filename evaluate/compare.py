@@ -31,7 +31,14 @@ import numpy as np
 
 from serwild import atomic
 from serwild.errors import UsageError
-from serwild.evaluate.report import condition_label, order_conditions, plot_series, protocol_line
+from serwild.evaluate.report import (
+    Interval,
+    ci_span,
+    condition_label,
+    order_conditions,
+    plot_series,
+    protocol_line,
+)
 from serwild.evaluate.report import metric as get
 from serwild.evaluate.uncertainty import arm_difference_ci, mean_std
 
@@ -97,6 +104,21 @@ def comparison(reports: Mapping[str, Mapping[str, Any]], metric: str = "weighted
                      for c in conds] for name, rep in reports.items()}
     return {"metric": metric, "unit": unit, "conditions": conds,
             "labels": [condition_label(c, snr[c]) for c in conds], "values": values}
+
+
+def plot_intervals(reports: Mapping[str, Sequence[Mapping[str, Any]]], conds: Sequence[str],
+                   comp: Mapping[str, Any], metric: str, unit: str) -> dict[str, list[Interval]]:
+    """Error bars per arm: a single run's 95 % bootstrap interval (from its report), or the
+    mean ± std of several runs."""
+    out: dict[str, list[Interval]] = {}
+    for name, reps in reports.items():
+        if len(reps) == 1:
+            out[name] = [ci_span(reps[0]["conditions"][c][unit], metric) if c in reps[0]["conditions"] else None
+                         for c in conds]
+        else:
+            out[name] = [None if m is None or s is None else (m - s, m + s)
+                         for m, s in zip(comp["values"][name], comp["std"][name])]
+    return out
 
 
 def markdown_table(comp: Mapping[str, Any]) -> str:
@@ -289,7 +311,9 @@ def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     title = TITLES[metric]
     plot_series(out_dir / "compare.png", comp["labels"], comp["values"], title,
-                f"{title} per test condition ({'/'.join(sorted(map(str, datasets))).upper()}, per {unit})")
+                f"{title} per test condition ({'/'.join(sorted(map(str, datasets))).upper()}, per {unit}; "
+                "error bars: a run's 95 % interval, or ± std of several)",
+                plot_intervals(reports, conds, comp, metric, unit))
     lines = [f"# Comparison: {title} per test condition (per {unit})", "", markdown_table(comp), "",
              *notes(comp)]
     if len(datasets) > 1:

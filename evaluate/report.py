@@ -195,16 +195,24 @@ def plot_confusions(path: Path, title: str, matrices: Mapping[str, Sequence[Sequ
     atomic.save_figure(fig, path)
 
 
+Interval = tuple[float, float] | None  # (low, high) of a 95 % interval, or unknown
+
+
 def plot_series(path: Path, categories: Sequence[str], series: Mapping[str, Sequence[float | None]],
-                ylabel: str, title: str) -> None:
-    """Grouped bars: one group per category (test condition), one bar per series, values on top."""
+                ylabel: str, title: str, intervals: Mapping[str, Sequence[Interval]] | None = None) -> None:
+    """Grouped bars: one group per category (test condition), one bar per series, values on top;
+    ``intervals`` (per series, per category) are drawn as error bars."""
     fig = _figure(max(5.0, 1.3 * len(categories) * max(1, len(series)) ** 0.5 + 2.0), 4.0)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(series))
     x = np.arange(len(categories))
     for i, (name, values) in enumerate(series.items()):
         ys = [np.nan if v is None else v for v in values]
-        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=name)
+        spans = (intervals or {}).get(name) or [None] * len(ys)
+        yerr = np.array([[0.0, 0.0] if s is None or np.isnan(y) else [max(0.0, y - s[0]), max(0.0, s[1] - y)]
+                         for y, s in zip(ys, spans)]).T
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=name,
+                      yerr=yerr if intervals else None, capsize=3, error_kw={"elinewidth": 1, "alpha": 0.7})
         ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=8, padding=2)
     ax.set_xticks(x, labels=list(categories))
     ax.set_ylim(0.0, 1.05)
@@ -215,6 +223,12 @@ def plot_series(path: Path, categories: Sequence[str], series: Mapping[str, Sequ
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     atomic.save_figure(fig, path)
+
+
+def ci_span(unit_metrics: Mapping[str, Any], name: str) -> Interval:
+    """The (low, high) interval of metric ``name`` in one unit's metrics, if evaluate wrote one."""
+    ci = (unit_metrics.get("ci") or {}).get(name)
+    return (float(ci["low"]), float(ci["high"])) if ci else None
 
 
 # ----------------------------------------------------------------------------- the folder
@@ -234,7 +248,8 @@ def write_report(result: Mapping[str, Any], out: str | Path,
                         {u: conds[name][u]["confusion"] for u in UNITS}, result["classes"])
     plot_series(out / "weighted_f1.png", [condition_label(c, conds[c]["snr_db"]) for c in order],
                 {f"per {u}": [conds[c][u]["weighted"]["f1"] for c in order] for u in UNITS},
-                "weighted F1", f"{result['run']}: weighted F1 per test condition")
+                "weighted F1", f"{result['run']}: weighted F1 per test condition (bars: 95 % intervals)",
+                {f"per {u}": [ci_span(conds[c][u], "weighted_f1") for c in order] for u in UNITS})
     if predictions:
         write_predictions(out / "predictions.csv", predictions, result["classes"])
     atomic.write_text(out / "report.md", render_markdown(result))
