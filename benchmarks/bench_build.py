@@ -184,6 +184,8 @@ def per_image_costs(corpus: Path, noise: Path, kind: str, overrides: list[str], 
     t_plan = time.perf_counter() - t0
     samples = [s for sp in specs for s in sp.samples if s.snr_db is not None][:n]
     renderer = Renderer(cfg.audio)
+    for path in {s.noise_path for s in samples}:  # each worker decodes a noise file once: not per image
+        _noise(path, cfg.audio.sample_rate)
     clock = {k: 0.0 for k in ("read", "mix", "floor", "tar", "paper")}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w|", format=tarfile.GNU_FORMAT) as tar:
