@@ -24,7 +24,7 @@ from serwild.builder.scan import NoiseFile, ScannedUtterance
 from serwild.config import Config, ConfigError
 from serwild.errors import UsageError
 
-PLAN_FORMAT = 2  # bump when a change to rendering or layout must invalidate old shards
+PLAN_FORMAT = 3  # bump when a change to rendering or layout must invalidate old shards (3: PNG Z_RLE)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,11 @@ from PIL import Image
 from serwild.builder import audio, augment
 from serwild.builder.config import AudioConfig
 
-PNG_COMPRESS_LEVEL = 1  # zlib level 1: ~0.3 ms faster per image than the default 6, files ~0.4 % larger
+# zlib level 1 with the run-length strategy: palette indices come in runs, and Z_RLE deflates
+# them in half the time of plain level 1 (0.60 vs 1.18 ms per image, the biggest step of the
+# floor after the STFT) for files ~4 % larger. Lossless either way: the decoded image is the same.
+PNG_COMPRESS_LEVEL = 1
+PNG_COMPRESS_TYPE = zlib.Z_RLE
 FLOOR = 1e-12  # power below max × FLOOR is clipped before the log (never log(0))
 
 
@@ -116,7 +121,7 @@ def encode_png(indices: np.ndarray, colormap: str) -> bytes:
     img = Image.fromarray(indices, mode="P")
     img.putpalette(palette(colormap).reshape(-1).tolist())
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_COMPRESS_TYPE)
     return buf.getvalue()
 
 
