@@ -10,27 +10,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tarfile
 from pathlib import Path
 from typing import Any
 
-from serwild.data.remote import safe_relpath
+from serwild.data.remote import Build, NotFound, RemoteOptions, open_location, safe_relpath
 from serwild.errors import UsageError
 
 FORMAT = "serwild-shards/1"
 MANIFEST = "manifest.json"
 
 
-def load_manifest(build_dir: str | Path) -> dict[str, Any]:
-    path = Path(build_dir) / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"{path} not found: is {build_dir} a finished `serwild build` output?")
+def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions | None = None) -> dict[str, Any]:
+    """manifest.json of a build (a folder, or any location :func:`~serwild.data.remote.open_location`
+    takes), read once and checked by :func:`check_manifest`: one line naming it if it is
+    missing, not JSON, or malformed."""
+    source = build if isinstance(build, Build) else open_location(build, options)
+    where = source.join(MANIFEST)
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path} is not readable JSON ({e})") from None
-    return check_manifest(manifest, str(path))
+        raw = source.read_bytes(MANIFEST)
+    except NotFound:
+        raise NotFound(f"{where} not found: is {source.location} a finished `serwild build` output?") from None
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{where} is not readable JSON ({e})") from None
+    return check_manifest(manifest, where)
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -1,8 +1,11 @@
 """Where a build lives: a folder, ``file://``, ``http(s)://`` or a ``pipe:`` command, read one way.
 
     build = open_location("https://example.org/serwild/demo/")      # or a folder, file:///…,
-    manifest = build.load_manifest()                                 # or "pipe:aws s3 cp s3://b/demo/{path} -"
-    problems = build.verify(manifest["shards"])                      # streams each shard once
+    raw = build.read_bytes("manifest.json")                          # or "pipe:aws s3 cp s3://b/demo/{path} -"
+    problems = build.verify(records)                                 # streams each shard once
+
+What a manifest must hold is :mod:`serwild.data.manifest`'s business (``load_manifest``
+reads it through a ``Build`` and checks it): this module only knows locations and bytes.
 
 A build is a base plus the relative paths its manifest lists. ``join`` accepts only plain
 relative paths (letters, digits, ``._-`` and ``/``; no ``..``, no scheme, no absolute path, no
@@ -31,7 +34,6 @@ import hashlib
 import http.client
 import importlib
 import io
-import json
 import os
 import re
 import select
@@ -53,15 +55,12 @@ from serwild.errors import UsageError
 
 # Must equal serwild.data.manifest's (a test pins it); not imported from there so that
 # manifest.py can import this module without a cycle.
-MANIFEST = "manifest.json"
-FORMAT = "serwild-shards/1"
 
 USER_AGENT = "serwild-remote/1"
 READ_CHUNK = 1 << 16
 RETRY_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _RELPATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class RemoteError(UsageError, OSError):
@@ -479,35 +478,6 @@ class Build:
                     raise RemoteError(f"{url}: {verdict[1]} (gave up after {attempt + 1} attempts)") from None
                 time.sleep(self.options.delay(attempt))
         raise AssertionError("unreachable")
-
-    def load_manifest(self) -> dict[str, Any]:
-        """manifest.json from the base, checked: its format, and that every shard record has
-        a safe path, a sha256, a count and a size (a bad one is refused in one line)."""
-        url = self.join(MANIFEST)
-        try:
-            raw = self.read_bytes(MANIFEST)
-        except NotFound:
-            raise NotFound(f"{url} not found: is {self.location} a finished `serwild build` output?") from None
-        try:
-            manifest = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RemoteError(f"{url} is not readable JSON ({e})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-            raise RemoteError(f"{url}: format {found!r}, expected {FORMAT!r}")
-        shards = manifest.get("shards")
-        if not isinstance(shards, list):
-            raise RemoteError(f"{url}: 'shards' is not a list")
-        for i, r in enumerate(shards):
-            ok = (isinstance(r, dict) and isinstance(r.get("sha256"), str) and _SHA256.fullmatch(r["sha256"])
-                  and all(isinstance(r.get(k), int) and r[k] >= 0 for k in ("count", "bytes")))
-            if not ok:
-                raise RemoteError(f"{url}: shard record {i} lacks a path, sha256, count or bytes")
-            try:
-                safe_relpath(r.get("path"))
-            except RemoteError as e:
-                raise RemoteError(f"{url}: shard record {i}: {e}") from None
-        return manifest
 
     def shard_urls(self, records: list[dict[str, Any]]) -> list[str]:
         """URLs (or paths) of manifest shard records, for webdataset (http(s) ones want
