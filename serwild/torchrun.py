@@ -32,8 +32,9 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT)
 # torchrun, run as ``python -m torch.distributed.run`` would, with two changes to what it
 # prints: the SignalException it stops with on SIGTERM/SIGINT (after stopping the ranks) ends
 # it with status 128 + signal instead of a 25-line traceback; and when a failed rank
-# exited with status 2 (a user's mistake, which the rank has already said in one line), it
-# exits 2 without its failure report. Any other failure keeps torchrun's full report.
+# exited with status 2 (a user's mistake) or 3 (a full disk), which the rank has already said
+# in one line, it exits with that status without its failure report. Any other failure keeps
+# torchrun's full report.
 QUIET_TORCHRUN = """
 import logging, runpy, sys
 from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -63,13 +64,15 @@ try:
 except SignalException as e:
     sys.exit(128 + int(e.sigval))
 except ChildFailedError as e:
-    if any(f.exitcode == 2 for f in e.failures.values()):  # the others stopped because of it
-        sys.exit(2)
+    said = sorted({f.exitcode for f in e.failures.values()} & {2, 3})
+    if said:  # the others stopped because of it
+        sys.exit(said[0])
     release()
     raise
 release()
 """
 USAGE_EXIT = 2  # a rank's one-line user error (see serwild.trainer.__main__)
+SAID_EXIT = 3  # a rank's one-line error of its surroundings (a full disk): said, not a crash
 
 
 def launch(cmd: list[str], nproc: int) -> int:

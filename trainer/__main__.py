@@ -8,6 +8,9 @@
 ``--resume`` continues from ``runs/<name>/last.pt`` when it exists (and starts fresh when
 it does not, so the same command line serves torchrun's restarts); ``--overwrite`` replaces
 an earlier run of the same name. ``serwild train`` builds these command lines for you.
+
+Exit status: 0 done; 2 a mistake in the input and 3 a full disk, each said in one line (torchrun
+run through ``serwild train`` then adds no failure report); 1 anything else.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from serwild.config import load_config
 from serwild.data.loaders import ShardError
 from serwild.data.remote import RemoteError
 from serwild.errors import UsageError
+from serwild.torchrun import SAID_EXIT, USAGE_EXIT
 from serwild.trainer.train import main as train_main
 
 
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if local or rank == "0":
             who = f"rank {rank}: " if local and os.environ.get("WORLD_SIZE", "1") != "1" else ""
             print(f"serwild.trainer: error: {who}{e}", file=sys.stderr, flush=True)
-        return 2
+        return USAGE_EXIT
     except RuntimeError as e:
         if not peer_lost(e):
             raise
@@ -58,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         path = disk_full_path(e)
         if path is None:
             raise
-        print(f"serwild.trainer: error: no space left on device writing {path}", file=sys.stderr)
-        return 1
+        print(f"serwild.trainer: error: no space left on device writing {path}", file=sys.stderr, flush=True)
+        return SAID_EXIT
     return 0
 
 

@@ -86,8 +86,8 @@ def train(cfg: Config, opts: LaunchOptions) -> int:
         if code in STOPPED:  # SIGTERM (preemption) or Ctrl-C: no more folds; last.pt holds the last epoch
             print(f"serwild train: stopped by {STOPPED[code]}; continue with --resume", file=sys.stderr)
             return code
-        if code == torchrun.USAGE_EXIT:  # a rank said what is wrong, in one line: nothing to add
-            return code
+        if code in (torchrun.USAGE_EXIT, torchrun.SAID_EXIT):  # a rank said what is wrong in one line
+            return 2 if code == torchrun.USAGE_EXIT else 1
         if code != 0:
             print(f"serwild train: training failed (exit status {code}); see the messages above", file=sys.stderr)
             return 1

@@ -7,6 +7,7 @@ fail together with the same message, and none is left waiting in a collective.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,3 +160,20 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
         (run_dir / f).unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def disk_note(run_dir: Path, model: Any) -> str | None:
+    """A warning when ``run_dir``'s file system looks too small for this run's checkpoints.
+
+    A checkpoint holds the weights plus a momentum buffer per trainable weight; while last.pt is
+    saved, best.pt (the previous epoch's, when it was the best), the old last.pt and the new one's
+    temp file can all exist at once: three checkpoints. An estimate, so a note rather than a refusal.
+    """
+    params = list(model.parameters())
+    size = sum(p.numel() * p.element_size() for p in params) + sum(
+        p.numel() * p.element_size() for p in params if p.requires_grad)
+    free = shutil.disk_usage(run_dir).free
+    if free >= 3 * size:
+        return None
+    return (f"note: {run_dir} has {free / 1e9:.2f} GB free; a checkpoint of this model is about "
+            f"{size / 1e9:.2f} GB and saving one needs room for three: the run may stop with a full disk")

@@ -45,7 +45,7 @@ from serwild.trainer.features import (
 )
 from serwild.trainer.history import append_jsonl, plot_curves, read_jsonl
 from serwild.trainer.model import build_model, fetch_imagenet_weights
-from serwild.trainer.preflight import DataPlan, agree, plan_data, prepare_run_dir, resolve, verify_shards
+from serwild.trainer.preflight import DataPlan, agree, disk_note, plan_data, prepare_run_dir, resolve, verify_shards
 from serwild.trainer.recipe import describe, make_optimizer, make_scheduler
 
 T = TypeVar("T")
@@ -252,6 +252,8 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
         seeds.seed_everything(seeds.derive(cfg.seed, seeds.RANK, d.rank))  # dropout differs per rank
     if d.is_main:
         _start_history(cfg, run_dir, start)
+        if (low := disk_note(run_dir, model)) is not None:
+            log(d, low)
     dtype = amp_dtype(t.amp, d.device)
     net, cache, val_cache = _feature_cache(cfg, d, plan, model, batch)
     ddp = (DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)
