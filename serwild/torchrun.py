@@ -29,13 +29,15 @@ def command(module: str, args: list[str], nproc: int, max_restarts: int = 0) -> 
 
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
+USAGE_EXIT = 2  # a rank's one-line user error (see serwild.trainer.__main__)
+SAID_EXIT = 3  # a rank's one-line error of its surroundings (a full disk): said, not a crash
 # torchrun, run as ``python -m torch.distributed.run`` would, with two changes to what it
 # prints: the SignalException it stops with on SIGTERM/SIGINT (after stopping the ranks) ends
 # it with status 128 + signal instead of a 25-line traceback; and when a failed rank
 # exited with status 2 (a user's mistake) or 3 (a full disk), which the rank has already said
 # in one line, it exits with that status without its failure report. Any other failure keeps
 # torchrun's full report.
-QUIET_TORCHRUN = """
+QUIET_TORCHRUN = f"SAID = {{{USAGE_EXIT}, {SAID_EXIT}}}\n" + """
 import logging, runpy, sys
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -64,15 +66,13 @@ try:
 except SignalException as e:
     sys.exit(128 + int(e.sigval))
 except ChildFailedError as e:
-    said = sorted({f.exitcode for f in e.failures.values()} & {2, 3})
+    said = sorted({f.exitcode for f in e.failures.values()} & SAID)
     if said:  # the others stopped because of it
         sys.exit(said[0])
     release()
     raise
 release()
 """
-USAGE_EXIT = 2  # a rank's one-line user error (see serwild.trainer.__main__)
-SAID_EXIT = 3  # a rank's one-line error of its surroundings (a full disk): said, not a crash
 
 
 def launch(cmd: list[str], nproc: int) -> int:

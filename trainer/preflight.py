@@ -20,7 +20,7 @@ from serwild.data.loaders import ShardSet
 from serwild.data.manifest import select_shards, train_folds
 from serwild.errors import UsageError
 from serwild.trainer.distributed import Dist, all_gather_object
-from serwild.trainer.recipe import resolve_recipe
+from serwild.trainer.recipe import resolve_recipe, state_buffers
 
 T = TypeVar("T")
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.yaml")
@@ -162,16 +162,18 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     return None
 
 
-def disk_note(run_dir: Path, model: Any) -> str | None:
+def disk_note(run_dir: Path, model: Any, optimizer: Any) -> str | None:
     """A warning when ``run_dir``'s file system looks too small for this run's checkpoints.
 
-    A checkpoint holds the weights plus a momentum buffer per trainable weight; while last.pt is
-    saved, best.pt (the previous epoch's, when it was the best), the old last.pt and the new one's
-    temp file can all exist at once: three checkpoints. An estimate, so a note rather than a refusal.
+    A checkpoint holds the weights plus the optimiser's state for the weights it trains (Adam
+    keeps two moments, SGD one momentum buffer). While last.pt is saved, best.pt (an earlier
+    epoch's), the old last.pt and the new one's temp file can all exist at once: three
+    checkpoints. An estimate, so a note rather than a refusal.
     """
-    params = list(model.parameters())
-    size = sum(p.numel() * p.element_size() for p in params) + sum(
-        p.numel() * p.element_size() for p in params if p.requires_grad)
+    def nbytes(params: Any) -> int:
+        return sum(p.numel() * p.element_size() for p in params)
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
+    size = nbytes(model.parameters()) + state_buffers(optimizer) * nbytes(trained)
     free = shutil.disk_usage(run_dir).free
     if free >= 3 * size:
         return None

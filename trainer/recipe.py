@@ -68,3 +68,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torc
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step, gamma=train.lr_gamma)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
+
+
+def state_buffers(optimizer: torch.optim.Optimizer) -> int:
+    """Tensors the optimiser keeps per trained weight, the size of each: Adam's two moments, SGD's momentum."""
+    if isinstance(optimizer, torch.optim.Adam):
+        return 2
+    return 1 if optimizer.defaults.get("momentum") else 0

@@ -252,7 +252,7 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
         seeds.seed_everything(seeds.derive(cfg.seed, seeds.RANK, d.rank))  # dropout differs per rank
     if d.is_main:
         _start_history(cfg, run_dir, start)
-        if (low := disk_note(run_dir, model)) is not None:
+        if (low := disk_note(run_dir, model, optimizer)) is not None:
             log(d, low)
     dtype = amp_dtype(t.amp, d.device)
     net, cache, val_cache = _feature_cache(cfg, d, plan, model, batch)

@@ -62,8 +62,13 @@ def pids_running(needle: str) -> list[int]:
 
 def wait_gone(needle: str, seconds: float) -> list[int]:
     """Wait up to ``seconds`` until no process mentions ``needle``; those still running."""
+    return _wait_empty(lambda: pids_running(needle), seconds)
+
+
+def _wait_empty(pids: Callable[[], list[int]], seconds: float) -> list[int]:
+    """Poll ``pids`` every 0.5 s for up to ``seconds`` until it is empty; its last answer."""
     deadline = time.monotonic() + seconds
-    while (left := pids_running(needle)) and time.monotonic() < deadline:
+    while (left := pids()) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
 
@@ -78,10 +83,7 @@ def describe(pids: list[int]) -> list[str]:
 
 def wait_session_gone(sid: int, seconds: float) -> list[int]:
     """Wait up to ``seconds`` for session ``sid`` to have no process; what is left."""
-    deadline = time.monotonic() + seconds
-    while (left := session_pids(sid)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
+    return _wait_empty(lambda: session_pids(sid), seconds)
 
 
 def end_session(sid: int) -> None:
