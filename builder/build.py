@@ -11,13 +11,15 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,7 +73,7 @@ def run_build(cfg: Config, executor: str = "ray", overwrite: bool = False) -> Pa
     if cfg.snr_db:
         noises, noise_rejects = scan.scan_noise(Path(cfg.noise.dir), cfg.audio, cfg.noise.test_fraction)
     rejects += noise_rejects
-    with _claim(out, cfg, overwrite), _executor(executor, cfg) as pmap:
+    with _claim(out, cfg, overwrite), _executor(executor, cfg, out) as pmap:
         scanned = []
         chunks = [utts[i:i + SCAN_CHUNK] for i in range(0, len(utts), SCAN_CHUNK)]
         for ok, bad in pmap(scan.scan_chunk, [(c, cfg.audio) for c in chunks], "scan audio"):
@@ -214,13 +216,20 @@ class _executor:
 
     "ray": one Ray task per item, at most 2 per CPU in flight (bounded driver memory),
     results in completion order; "serial": the same in this process.
+
+    A local Ray keeps its session folder (logs, sockets, spilled objects) in a folder of its own
+    under the build folder ``out``, or under the temp folder when ``out``'s path is too long for
+    Ray's socket paths, and that folder is removed at the end. When the build fails, the temp
+    shards its workers were writing are removed before the lock is released.
     """
 
-    def __init__(self, kind: str, cfg: Config) -> None:
+    def __init__(self, kind: str, cfg: Config, out: Path | None = None) -> None:
         if kind not in ("ray", "serial"):
             raise UsageError(f"unknown executor {kind!r} (ray | serial)")
-        self.kind, self.cfg, self.started = kind, cfg, False
+        self.kind, self.cfg, self.out, self.started = kind, cfg, out, False
         self.watchdog: subprocess.Popen | None = None
+        self.ray_tmp: Path | None = None
+        self.maps: list[Generator[Any, None, None]] = []  # handed out by _map, closed before Ray stops
 
     def __enter__(self) -> Callable[..., Iterator[Any]]:
         if self.kind == "serial":
@@ -234,20 +243,105 @@ class _executor:
             if addr:
                 ray.init(address=addr, **kwargs)
             else:
-                ray.init(num_cpus=self.cfg.ray.num_cpus, **kwargs)
+                self.ray_tmp = ray_temp_dir(self.out)
+                if self.ray_tmp is not None:
+                    kwargs["_temp_dir"] = str(self.ray_tmp)
+                try:
+                    ray.init(num_cpus=self.cfg.ray.num_cpus, **kwargs)
+                except BaseException:
+                    self._remove_ray_tmp()
+                    raise
             self.started = True
             if sigterm is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, sigterm)
             if not addr:
-                self.watchdog = _start_watchdog()
-        return _ray_map
+                self.watchdog = _start_watchdog(self.ray_tmp)
+        return self._map
 
-    def __exit__(self, *exc: object) -> None:
+    def _map(self, fn: Callable, items: list[tuple], desc: str) -> Iterator[Any]:
+        gen = _ray_map(fn, items, desc)
+        self.maps.append(gen)
+        return gen
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        # A map the caller left early (its own error, SIGTERM) gets that exception at its yield,
+        # so it winds its tasks down as if it had failed itself.
+        for gen in self.maps:
+            with contextlib.suppress(BaseException):
+                if exc is not None:
+                    gen.throw(exc)
+                gen.close()
         if self.started:
             ray.shutdown()
         if self.watchdog is not None:  # ends what ray.shutdown left (agents still reporting to the GCS)
             self.watchdog.stdin.close()
             self.watchdog.wait()
+        self._remove_ray_tmp()
+        if exc_type is not None and self.started and self.out is not None:
+            remove_worker_temps(self.out)
+
+    def _remove_ray_tmp(self) -> None:
+        if self.ray_tmp is not None:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            self.ray_tmp = None
+
+
+# Ray's longest unix socket path is <temp>/session_<date>_<time>_<µs>_<pid>/sockets/plasma_store.N,
+# and such a path must fit in 107 bytes (sun_path): the session part takes up to 66 of them.
+SOCKET_PATH_MAX = 107
+RAY_SESSION_ROOM = 66
+RAY_TMP_IN_BUILD = ".ray-"  # + 8 random characters (tempfile.mkdtemp)
+RAY_TMP_ELSEWHERE = "serwild-ray-"
+
+
+def ray_temp_dir(out: Path | None) -> Path | None:
+    """A new folder for a local Ray's session: under ``out`` when the socket paths fit, else
+    under the temp folder or /tmp; None (Ray's default) if none can be made. Called under the
+    build folder's lock, so a ``.ray-*`` folder already in ``out`` is a crashed build's: removed."""
+    candidates = []
+    if out is not None:
+        for stale in out.glob(RAY_TMP_IN_BUILD + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        candidates.append((out.resolve(), RAY_TMP_IN_BUILD))
+    candidates += [(Path(tempfile.gettempdir()).resolve(), RAY_TMP_ELSEWHERE), (Path("/tmp"), RAY_TMP_ELSEWHERE)]
+    for parent, prefix in candidates:
+        if len(os.fsencode(parent)) + 1 + len(prefix) + 8 + RAY_SESSION_ROOM > SOCKET_PATH_MAX:
+            continue
+        try:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        except OSError:
+            continue
+    return None
+
+
+WORKER_EXIT_WAIT_S = 10.0  # how long a failed build waits for its workers to be gone
+
+
+def remove_worker_temps(out: Path, wait_s: float = WORKER_EXIT_WAIT_S) -> list[Path]:
+    """After a failed Ray build: remove the temp shards (``.<name>.tmp-<pid>``) its workers left,
+    once their writers are gone (up to ``wait_s``; then regardless: under the folder's lock no
+    other writer exists, and a worker still alive has no task left). The removed paths."""
+    deadline = time.monotonic() + wait_s
+    removed: list[Path] = []
+    while True:
+        late = time.monotonic() > deadline
+        alive = False
+        for p in _shard_temps(out):
+            if late or atomic.is_stale_temp(p):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+            else:
+                alive = True
+        if not alive:
+            return removed
+        time.sleep(0.1)
+
+
+def _shard_temps(out: Path) -> list[Path]:
+    """Temp files under the build's dataset folders (where shard tasks write)."""
+    return [p for sub in ("ahsn", "aesn") if (out / sub).is_dir()
+            for p in (out / sub).rglob(".*") if atomic.TEMP_NAME.match(p.name)]
 
 
 # The local Ray cluster must not outlive a driver killed with SIGKILL. Its gcs, raylet and
@@ -256,8 +350,10 @@ class _executor:
 # watchdog, started after ray.init with the driver's descendants (PID and start time, so a
 # reused PID is never hit), waits for EOF on a pipe only the driver holds (its exit, however
 # it exits, or the end of __exit__) and then SIGKILLs those still running.
+# It then removes Ray's session folder (its first argument; "" for none), which a driver killed
+# with SIGKILL cannot.
 WATCHDOG = """
-import os, signal, sys
+import os, shutil, signal, sys
 def start(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -265,13 +361,15 @@ def start(pid):
     except (OSError, IndexError):
         return None
 sys.stdin.read()
-for item in sys.argv[1:]:
+for item in sys.argv[2:]:
     pid, started = item.split(":")
     if start(pid) == started:
         try:
             os.kill(int(pid), signal.SIGKILL)
         except OSError:
             pass
+if sys.argv[1]:
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
 """
 
 
@@ -292,7 +390,7 @@ def _is_ray(pid: int) -> bool:
     return cmd.startswith(b"ray::") or b"/ray/" in cmd
 
 
-def _start_watchdog() -> subprocess.Popen | None:
+def _start_watchdog(ray_tmp: Path | None) -> subprocess.Popen | None:
     if not Path("/proc/self/stat").is_file():
         return None  # no /proc (not Linux): no watchdog
     children: dict[int, list[tuple[int, str]]] = {}
@@ -307,7 +405,7 @@ def _start_watchdog() -> subprocess.Popen | None:
         found.append(f"{pid}:{starts[pid]}")
         todo.extend(p for p, _ in children.get(pid, []))
     # Its own session: a Ctrl-C meant for the build must not end the watchdog first.
-    return subprocess.Popen([sys.executable, "-c", WATCHDOG, *found], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(ray_tmp or ""), *found], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -322,29 +420,54 @@ def _serial_map(fn: Callable, items: list[tuple], desc: str) -> Iterator[Any]:
             bar.update(1)
 
 
-def _ray_map(fn: Callable, items: list[tuple], desc: str) -> Iterator[Any]:
+def _ray_map(fn: Callable, items: list[tuple], desc: str) -> Generator[Any, None, None]:
     remote = ray.remote(num_cpus=1, max_retries=2)(fn)
     limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: list = []
     args_of: dict[Any, tuple] = {}  # task ref → its arguments, to name what failed
     queue = list(items)
-    with _progress(len(items), desc) as bar:
-        while queue or pending:
-            while queue and len(pending) < limit:
-                args = queue.pop(0)
-                pending.append(ref := remote.remote(*args))
-                args_of[ref] = args
-            ready, pending = ray.wait(pending, num_returns=1)
-            try:
-                result = ray.get(ready[0])
-            except ray.exceptions.RayError as e:  # the task raised, or its worker died (crash, OOM kill)
-                full = atomic.disk_full_cause(e)
-                if full is not None:  # the CLI's "no space left on device writing <file>", as without Ray
-                    raise full from None
-                raise UsageError(f"{_task_name(args_of[ready[0]])}: {_ray_reason(e)}") from None
-            del args_of[ready[0]]
-            yield result
-            bar.update(1)
+    try:
+        with _progress(len(items), desc) as bar:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    args = queue.pop(0)
+                    pending.append(ref := remote.remote(*args))
+                    args_of[ref] = args
+                ready, pending = ray.wait(pending, num_returns=1)
+                try:
+                    result = ray.get(ready[0])
+                except ray.exceptions.RayError as e:  # the task raised, or its worker died (crash, OOM kill)
+                    full = atomic.disk_full_cause(e)
+                    if full is not None:  # the CLI's "no space left on device writing <file>", as without Ray
+                        raise full from None
+                    raise UsageError(f"{_task_name(args_of[ready[0]])}: {_ray_reason(e)}") from None
+                del args_of[ready[0]]
+                yield result
+                bar.update(1)
+    except BaseException as e:
+        if not isinstance(e, KeyboardInterrupt):  # Ctrl-C, SIGTERM: stop now (ray.shutdown ends the tasks)
+            _finish_tasks(pending)
+        raise
+
+
+FINISH_WAIT_S = 60.0  # how long a failing map waits for its other tasks in flight
+
+
+def _finish_tasks(pending: list) -> None:
+    """Let the tasks still in flight end (for up to FINISH_WAIT_S) when one has failed (a full
+    disk, a bad file): killed mid-write by the driver's exit, they would leave their temp
+    shards behind, while a task that ends removes its own (:func:`serwild.atomic.atomic_write`).
+    Not cancelled: Ray cancels with a KeyboardInterrupt, which can land inside a native
+    callback (numba's compiler) and crash the worker loudly. Their results are fetched, or Ray
+    reports each failure nobody fetched as an error of its own. Those still running after the
+    wait die with Ray, and :func:`remove_worker_temps` removes what they were writing."""
+    if not pending or not ray.is_initialized():
+        return
+    with contextlib.suppress(Exception):
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=FINISH_WAIT_S)
+        for ref in ready:
+            with contextlib.suppress(Exception):
+                ray.get(ref)
 
 
 def _task_name(args: tuple) -> str:

@@ -5,6 +5,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+# Every size-like setting has a range, checked wherever a config is made (a config file, an
+# override, the copy inside a checkpoint or a manifest): one value must not be able to ask
+# for unbounded memory or work (`audio.n_fft: 100000000` is a 96 GiB STFT). The ranges are
+# wide enough for any real use and are written next to each setting.
+
+
+def check_range(key: str, value: float, lo: float, hi: float) -> None:
+    """Raise ValueError naming ``key`` and its range unless ``lo <= value <= hi``."""
+    if not lo <= value <= hi:
+        raise ValueError(f"config key '{key}' must be in {_num(lo)}..{_num(hi)}, got {_num(value)}")
+
+
+def _num(x: float) -> str:
+    """An int as it is, a float short (30.0 → 30); a huge int by its size, so the message stays
+    one short line (and str() of an int past 4300 digits would raise)."""
+    if isinstance(x, int) and x.bit_length() > 80:
+        return f"a {x.bit_length()}-bit number"
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+SEED_MAX = 2**63 - 1  # seeds are 64-bit (torch.manual_seed, numpy); non-negative, as numpy requires
+
 
 @dataclass(frozen=True)
 class CorpusConfig:
@@ -33,13 +55,16 @@ class NoiseConfig:
             raise ValueError(f"noise.test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
+MAX_FOLDS = 100
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     # block: the paper's random 80/20 over 1 s blocks (one utterance can straddle train and
     # test); utterance: whole utterances; session: leave sessions out (speaker independent).
     strategy: Literal["block", "utterance", "session"] = "block"
     test_fraction: float = 0.2
-    folds: int = 5
+    folds: int = 5  # 2..MAX_FOLDS
     test_sessions: list[str] = field(default_factory=lambda: ["Ses05"])
 
     def __post_init__(self) -> None:
@@ -47,6 +72,7 @@ class SplitConfig:
             raise ValueError(f"split.test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.folds < 2:
             raise ValueError(f"split.folds must be at least 2, got {self.folds}")
+        check_range("split.folds", self.folds, 2, MAX_FOLDS)
 
 
 # What a WAV header may claim, for input files and for audio.sample_rate. Validity bounds,
@@ -57,31 +83,40 @@ MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 384000
 
 
+# The spectrogram's size: rows = 1 + n_fft // 2, columns = 1 + block samples // hop_length.
+MAX_N_FFT = 8192  # 4097 rows
+MAX_IMAGE_COLUMNS = 4096  # so one image is at most 4097 x 4096 (a 134 MB complex STFT)
+BLOCK_SECONDS = (0.1, 30.0)
+MAX_TOP_DB = 200.0  # a dB range past any 32-bit float's
+MAX_BLOCKS_PER_FILE = 86400  # a day of 1 s blocks
+
+
 @dataclass(frozen=True)
 class AudioConfig:
-    sample_rate: int = 16000
-    block_seconds: float = 1.0
+    sample_rate: int = 16000  # MIN_SAMPLE_RATE..MAX_SAMPLE_RATE Hz
+    block_seconds: float = 1.0  # 0.1..30 s
     keep_tail: bool = False  # pad the last partial block with zeros instead of dropping it
-    n_fft: int = 512
-    hop_length: int = 62
-    top_db: float = 80.0  # dB range shown in the image (below max - top_db is the darkest blue)
-    colormap: str = "jet"
+    n_fft: int = 512  # 16..MAX_N_FFT
+    hop_length: int = 62  # 1..n_fft, and at most MAX_IMAGE_COLUMNS frames per block
+    top_db: float = 80.0  # dB range shown in the image (below max - top_db is the darkest blue); (0, 200]
+    colormap: str = "jet"  # any matplotlib colormap name
     # A longer file is rejected by the build (listed in rejects.jsonl), and `serwild predict`
     # scores only its first blocks and says so: one file cannot plan unbounded work.
-    max_blocks_per_file: int = 3600  # an hour of 1 s blocks
+    max_blocks_per_file: int = 3600  # an hour of 1 s blocks; 1..MAX_BLOCKS_PER_FILE
 
     def __post_init__(self) -> None:
-        if self.max_blocks_per_file < 1:
-            raise ValueError(f"audio.max_blocks_per_file must be >= 1, got {self.max_blocks_per_file}")
-        if self.sample_rate <= 0 or self.block_seconds <= 0:
-            raise ValueError("audio.sample_rate and audio.block_seconds must be positive")
-        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
-            raise ValueError(f"audio.sample_rate must be in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, "
-                             f"got {self.sample_rate}")
-        if self.n_fft < 16 or self.hop_length < 1:
-            raise ValueError("audio.n_fft must be >= 16 and audio.hop_length >= 1")
-        if self.top_db <= 0:
-            raise ValueError(f"audio.top_db must be positive, got {self.top_db}")
+        check_range("audio.sample_rate", self.sample_rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
+        check_range("audio.block_seconds", self.block_seconds, *BLOCK_SECONDS)
+        check_range("audio.n_fft", self.n_fft, 16, MAX_N_FFT)
+        check_range("audio.hop_length", self.hop_length, 1, self.n_fft)
+        columns = 1 + int(round(self.block_seconds * self.sample_rate)) // self.hop_length
+        if columns > MAX_IMAGE_COLUMNS:
+            raise ValueError(f"config key 'audio.hop_length': {self.hop_length} gives {columns} image columns per "
+                             f"{self.block_seconds:g} s block at {self.sample_rate} Hz, at most {MAX_IMAGE_COLUMNS}")
+        if not 0.0 < self.top_db <= MAX_TOP_DB:
+            raise ValueError(f"config key 'audio.top_db' must be in (0, {MAX_TOP_DB:g}], got {self.top_db}")
+        check_colormap(self.colormap)
+        check_range("audio.max_blocks_per_file", self.max_blocks_per_file, 1, MAX_BLOCKS_PER_FILE)
 
     def render_key(self) -> dict[str, object]:
         """The settings that shape a shard's bytes (what a shard's plan digest covers). The
@@ -90,16 +125,30 @@ class AudioConfig:
         return {k: v for k, v in asdict(self).items() if k != "max_blocks_per_file"}
 
 
+def check_colormap(name: str) -> None:
+    """Raise ValueError unless matplotlib knows the colormap ``name``."""
+    if name == "jet":  # the default, always there: spares every config the import of matplotlib (0.4 s)
+        return
+    import matplotlib  # here: `serwild verify` and the CLI's config checks need no plotting library
+
+    if name not in matplotlib.colormaps:
+        raise ValueError(f"config key 'audio.colormap': matplotlib has no colormap {name!r} "
+                         "(e.g. jet, viridis, magma)")
+
+
 @dataclass(frozen=True)
 class ShardConfig:
-    max_samples: int = 1000
+    max_samples: int = 1000  # 1..100000 per shard: a shard stays a file of at most a few GB
 
     def __post_init__(self) -> None:
-        if self.max_samples < 1:
-            raise ValueError(f"shard.max_samples must be >= 1, got {self.max_samples}")
+        check_range("shard.max_samples", self.max_samples, 1, 100_000)
 
 
 @dataclass(frozen=True)
 class RayConfig:
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": join one
-    num_cpus: int | None = None  # local Ray only; None: all cores
+    num_cpus: int | None = None  # local Ray only; None: all cores; else 1..4096 (0 would never run a task)
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None:
+            check_range("ray.num_cpus", self.num_cpus, 1, 4096)

@@ -1,16 +1,21 @@
 """Corpus readers: an IEMOCAP copy (real or synthetic) or a CSV list → utterances.
 
 Every input line either becomes an :class:`Utterance` or a :class:`Reject` with a reason;
-nothing is dropped silently, and nothing here raises for one bad line.
+nothing is dropped silently, and nothing here raises for one bad line (only for a file that
+is not a list at all: not UTF-8, no header, a field the csv module cannot take). A recording
+listed under two paths (a hard link, a copy) is used once: the later listings are rejects.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import io
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,7 +120,8 @@ def read_iemocap(root: Path, improvised_only: bool = True) -> tuple[list[Utteran
                 utts.append(u)
             if r is not None:
                 rejects.append(r)
-    return utts, rejects
+    utts, same = drop_same_audio([(u.id, u) for u in utts])
+    return utts, rejects + same
 
 
 def parse_emo_evaluation(txt: Path) -> list[tuple[str, str]]:
@@ -163,19 +169,22 @@ def read_csv_list(csv_path: Path) -> tuple[list[Utterance], list[Reject]]:
     """``path,label,speaker[,session]`` (header required); paths relative to the CSV."""
     if not csv_path.is_file():
         raise UsageError(f"corpus.root {csv_path}: CSV list not found")
-    reader = csv.DictReader(io.StringIO(read_utf8(csv_path), newline=""))
-    missing = {"path", "label", "speaker"} - set(reader.fieldnames or [])
-    if missing:
-        raise UsageError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
-                         "(expected header path,label,speaker[,session])")
-    rows = list(reader)
-    utts: list[Utterance] = []
+    text = read_utf8(csv_path)
+    source = io.StringIO(text, newline="")
+    reader = csv.DictReader(source)
+    with _csv_errors(csv_path, text, source):
+        missing = {"path", "label", "speaker"} - set(reader.fieldnames or [])
+        if missing:
+            raise UsageError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
+                             "(expected header path,label,speaker[,session])")
+        rows = list(reader)
+    listed: list[tuple[str, Utterance]] = []  # (row, utterance)
     rejects: list[Reject] = []
     seen: set[str] = set()
     first_row: dict[Path, str] = {}  # resolved audio path → the row that listed it first
     for n, row in enumerate(rows, start=2):  # line 1 is the header
         rel = (row.get("path") or "").strip()
-        path = (csv_path.parent / rel).resolve()
+        path = (csv_path.parent / rel.replace("\0", "")).resolve()
         label = normalise_label(row.get("label") or "")
         speaker = (row.get("speaker") or "").strip()
         item = f"{csv_path.name}:{n}"
@@ -183,16 +192,90 @@ def read_csv_list(csv_path: Path) -> tuple[list[Utterance], list[Reject]]:
             rejects.append(Reject(item, "empty path or speaker", "corpus", rel or None))
         elif label is None:
             rejects.append(Reject(item, f"unknown label '{row.get('label')}'", "corpus", str(path)))
-        elif not path.is_file():
-            rejects.append(Reject(item, "audio file missing", "corpus", str(path)))
+        elif (problem := _audio_file_problem(rel, path)) is not None:
+            rejects.append(Reject(item, problem, "corpus", str(path)))
         elif path in first_row:  # kept once: twice would put one block in train and test alike
             rejects.append(Reject(item, f"duplicate of {first_row[path]} (same audio file)", "corpus", str(path)))
         else:
             first_row[path] = item
             uid = unique_id(Path(rel), seen)
             session = (row.get("session") or "").strip() or speaker
-            utts.append(Utterance(uid, str(path), rel, label, speaker, session))
-    return utts, rejects
+            listed.append((item, Utterance(uid, str(path), rel, label, speaker, session)))
+    utts, same = drop_same_audio(listed)
+    return utts, rejects + same
+
+
+# ----------------------------------------------------------------------------- one recording, two paths
+
+
+def drop_same_audio(listed: list[tuple[str, Utterance]]) -> tuple[list[Utterance], list[Reject]]:
+    """The utterances whose file's bytes no earlier one has, and a reject for each later copy.
+
+    A hard link or a copy of a recording under another path is the same recording: used twice,
+    its blocks could land in train and test alike. Sizes are compared first, so only files of
+    equal size are read and hashed. ``listed`` pairs each utterance with the item a reject names
+    (the utterance id, or the CSV row)."""
+    by_size: dict[int, list[int]] = {}
+    for i, (_, u) in enumerate(listed):
+        try:
+            by_size.setdefault(os.stat(u.path).st_size, []).append(i)
+        except OSError:
+            continue  # unreadable here: the scan rejects it with its own reason
+    first_of: dict[int, Utterance] = {}  # index of a later copy → the first utterance with its bytes
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        owner: dict[str, Utterance] = {}
+        for i in group:  # in listing order, so the first listed is the one kept
+            digest = file_sha256(listed[i][1].path)
+            if digest is not None and owner.setdefault(digest, listed[i][1]) is not listed[i][1]:
+                first_of[i] = owner[digest]
+    kept = [u for i, (_, u) in enumerate(listed) if i not in first_of]
+    rejects = [Reject(item, f"same audio as '{first_of[i].source}'", "corpus", u.path)
+               for i, (item, u) in enumerate(listed) if i in first_of]
+    return kept, rejects
+
+
+def file_sha256(path: str) -> str | None:
+    """sha256 of a file's bytes, read in 1 MiB pieces; None if it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _audio_file_problem(rel: str, path: Path) -> str | None:
+    """Why a listed path is not a usable file (None: it is one). A path no file system takes
+    (a NUL byte, longer than the system allows) is a reason like a missing file, not a crash."""
+    if "\0" in rel:
+        return "the path has a NUL byte"
+    try:
+        return None if path.is_file() else "audio file missing"
+    except OSError as e:  # e.g. ENAMETOOLONG, EACCES on a folder on the way
+        return f"audio file cannot be looked up ({e.strerror or e})"
+
+
+@contextlib.contextmanager
+def _csv_errors(csv_path: Path, text: str, source: io.StringIO) -> Iterator[None]:
+    """The csv module's errors as one line naming the file and line: a field past its limit
+    (no path, label or speaker is that long: it is not a list of recordings, or a quote is
+    left open), a NUL byte…"""
+    try:
+        yield
+    except csv.Error as e:
+        # The line the reader had reached is the last one taken from ``source`` (the reader's own
+        # line_num is one short when it fails inside a long line).
+        line = text.count("\n", 0, max(source.tell() - 1, 0)) + 1
+        if "field larger than field limit" in str(e):
+            why = (f"a field longer than {csv.field_size_limit()} characters (an unclosed quote, or not a "
+                   "path,label,speaker list)")
+        else:
+            why = f"not readable as CSV ({e})"
+        raise UsageError(f"{csv_path} line {line}: {why}") from None
 
 
 def read_utf8(path: Path) -> str:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import sys
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -78,7 +78,8 @@ def condition_name(snr: float | None) -> str:
 Unit = tuple[str, int]  # (utterance id, block); block -1 stands for "every block"
 
 
-def assign_splits(utts: list[ScannedUtterance], cfg: Config) -> dict[tuple[str, int], tuple[str, int | None]]:
+def assign_splits(utts: list[ScannedUtterance], cfg: Config,
+                  dataset: str = "") -> dict[tuple[str, int], tuple[str, int | None]]:
     """(utterance, block) → (split, fold) for one dataset's utterances."""
     sp = cfg.split
     by_id = {s.utt.id: s for s in utts}
@@ -98,6 +99,7 @@ def assign_splits(utts: list[ScannedUtterance], cfg: Config) -> dict[tuple[str, 
         test = [u for u, t in zip(units, is_test) if t]
     else:
         train, test = _stratified_holdout(units, labels, sp.test_fraction, cfg.seed)
+    check_fold_sizes(train, by_id, cfg, dataset)
     folds = _folds(train, by_id, cfg)
     out: dict[tuple[str, int], tuple[str, int | None]] = {}
     for unit, fold in zip(train, folds):
@@ -118,6 +120,21 @@ def _stratified_holdout(units: list[Unit], labels: list[str], fraction: float, s
               f"at random instead, so class proportions in train and test may differ", file=sys.stderr)
         train, test = train_test_split(units, test_size=fraction, random_state=seed % 2**32)
     return sorted(train), sorted(test)
+
+
+def check_fold_sizes(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config, dataset: str) -> None:
+    """Every class needs at least ``split.folds`` units in the train part: with fewer, some
+    validation fold has none of it (and with every class that small, sklearn's splitter
+    raises). Said before anything is rendered, naming the smallest class."""
+    k = cfg.split.folds
+    counts = Counter(by_id[u].utt.label for u, _ in train)
+    classes = DATASETS.get(dataset, tuple(sorted(counts)))
+    label, n = min(((c, counts.get(c, 0)) for c in classes), key=lambda cn: cn[1])
+    if n < k:
+        unit = "blocks" if cfg.split.strategy == "block" else "utterances"
+        raise ConfigError(f"split.folds={k} but class '{label}'{f' of dataset {dataset!r}' if dataset else ''} has "
+                          f"only {n} unit(s) ({unit}) in the train part: lower split.folds or add recordings of "
+                          "that class")
 
 
 def _folds(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config) -> list[int]:
@@ -164,7 +181,7 @@ def plan_shards(scanned: list[ScannedUtterance], noises: list[NoiseFile], cfg: C
         utts = [s for s in scanned if s.utt.label in classes]
         if not utts:
             raise ConfigError(f"datasets: '{dataset}' has no usable utterance in this corpus")
-        split_of = assign_splits(utts, cfg)
+        split_of = assign_splits(utts, cfg, dataset)
         groups: dict[tuple[str, int | None], list[tuple[ScannedUtterance, int]]] = defaultdict(list)
         for s in utts:
             for b in s.blocks:

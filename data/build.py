@@ -102,15 +102,19 @@ class BuildReader:
         shards = self.shard_set(self.records(dataset, split, conditions, folds))
         return make_eval_loader(shards.urls, batch_size, num_workers, rank=rank, world_size=world_size,
                                 counts=shards.counts, num_classes=len(self.classes(dataset)), as_uint8=as_uint8,
-                                remote=shards.remote)
+                                remote=shards.remote, identities=shards.identities)
 
 
-def open_build(location: str | os.PathLike[str] | BuildReader, options: RemoteOptions | None = None) -> BuildReader:
+def open_build(location: str | os.PathLike[str] | Build | BuildReader, options: RemoteOptions | None = None, *,
+               trusted: bool = True) -> BuildReader:
     """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/`` or a ``pipe:``
     command template with ``{path}``; reads and checks its manifest.json (one line naming
     the location if it is missing or malformed). ``options``: timeouts and retries for
-    network reads (default :class:`~serwild.data.remote.RemoteOptions`)."""
+    network reads (default :class:`~serwild.data.remote.RemoteOptions`). ``trusted=False``
+    for a location read from a file rather than given by the user: a ``pipe:`` one is then
+    refused (:class:`~serwild.data.remote.CommandRefused`), never run. A ``Build`` (from
+    ``open_location``) is used as it is: its opener already decided."""
     if isinstance(location, BuildReader):
         return location
-    source = open_location(location, options)
+    source = location if isinstance(location, Build) else open_location(location, options, trusted=trusted)
     return BuildReader(source, load_manifest(source))

@@ -1,11 +1,18 @@
 """Streaming input: manifest → shard URLs → WebDataset pipelines for training and evaluation.
 
-Training (``make_train_loader``) reads *resampled* shards — every rank and worker draws
-shards at random, with replacement, from the whole list — and stops after exactly
-``num_batches`` batches. So every rank runs the same number of steps whatever the shard
-count (one shard for two ranks, three for two, odd sample counts): the DDP hangs of
-webdataset issues #188/#194/#225 cannot happen. Shards are shuffled as PNG bytes and only
-decoded after the shuffle buffer; images travel as uint8 and are normalised on the device.
+Training (``make_train_loader``) gives exact epochs, as MosaicML Streaming does. The
+epoch's sample stream is the shards in an order drawn from (seed, epoch), followed by the
+next epoch's order; rank r takes the r-th contiguous span of ``num_batches × batch_size``
+samples of it (a shard on a span's edge is read by both ranks, each taking its part). So
+with ``samples_per_epoch`` = all, every sample is used exactly once per epoch across ranks,
+plus the few that fill the last batches (the head of the next epoch's order), and every rank
+runs the same number of full batches whatever the shard count (one shard for two ranks,
+odd sample counts, empty workers): the DDP hangs of webdataset issues #188/#194/#225 cannot
+happen. Samples are shuffled in a buffer seeded from (seed, epoch, rank). Every DataLoader
+worker reads its rank's whole stream (raw bytes, cheap) and decodes only batches
+``start + w, start + w + W, …``: the DataLoader hands batches back worker by worker, so a
+rank sees the same samples in the same order with 0, 1 or 2 workers, and a run resumed at
+batch k of an epoch continues with exactly the batches an uninterrupted run would have had.
 
 Evaluation (``make_eval_loader``) reads each sample exactly once: shards are dealt to
 ranks, then to workers; a rank with no shard yields nothing (and returns at once).
@@ -26,23 +33,25 @@ from __future__ import annotations
 import io
 import json
 import math
+import random
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from serwild import seeds
 from serwild.data.remote import Build, RemoteError, RemoteOptions, open_location, register_wds_opener
 from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
+
+T = TypeVar("T")
 
 
 class ShardError(UsageError):
@@ -65,6 +74,9 @@ class ShardSet:
     urls: list[str]
     counts: list[int]
     remote: RemoteOptions | None = None
+    # Per URL, what each sample's JSON must say (dataset, split, fold, condition): the
+    # record it was listed under. None: not checked (shards given without a manifest).
+    identities: list[dict[str, Any]] | None = None
 
     @property
     def samples(self) -> int:
@@ -80,7 +92,15 @@ def shard_set(build: str | Path | Build | Any, records: Sequence[dict]) -> Shard
     if not isinstance(source, Build):
         source = open_location(source)
     return ShardSet(source.shard_urls(list(records)), [int(r["count"]) for r in records],
-                    source.options if source.is_remote else None)
+                    source.options if source.is_remote else None, [identity(r) for r in records])
+
+
+IDENTITY = ("dataset", "split", "fold", "condition")  # what a sample's JSON and its shard record share
+
+
+def identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a manifest record that every sample of its shard repeats in its JSON."""
+    return {k: record.get(k) for k in IDENTITY}
 
 
 # ----------------------------------------------------------------------------- pipeline stages
@@ -90,27 +110,34 @@ def read_shards(shards: Iterable[dict], expected: dict[str, int]) -> Iterator[di
     """Shard stream (``dict(url=…)``) → samples, raising ShardError when a shard read to its
     end holds another number of samples than the manifest says.
 
-    Each shard is expanded on its own, so the same shard drawn twice in a row (resampling)
-    is still counted twice. A stream cut off mid-shard (``islice``/``with_epoch``) closes
-    this generator at a ``yield`` and never reaches that shard's check.
+    A stream cut off mid-shard closes this generator at a ``yield`` and never reaches that
+    shard's check.
     """
     for shard in shards:
         n, url = 0, shard["url"]
-        samples = wds.tarfile_samples([shard])
-        while True:
-            try:
-                sample = next(samples)
-            except StopIteration:
-                break
-            except RemoteError as e:  # the network, not the shard: its own one line, naming the URL
-                raise RemoteError(str(e)) from None
-            except (tarfile.TarError, OSError, ValueError) as e:  # a damaged tar, not a bug of ours
-                raise ShardError(f"shard {url} is corrupt after {n} samples ({type(e).__name__}: {e})") from None
+        for sample in _tar_samples(url):
             n += 1
             yield sample
         if url in expected and n != expected[url]:
             raise ShardError(f"shard {url} holds {n} samples, the manifest says {expected[url]}: "
                              f"it is short or corrupt (run `serwild verify` on the build)")
+
+
+def _tar_samples(url: str) -> Iterator[dict]:
+    """The samples of one shard, in file order; a damaged tar or a failed read is one line."""
+    samples = wds.tarfile_samples([{"url": url}])
+    n = 0
+    while True:
+        try:
+            sample = next(samples)
+        except StopIteration:
+            return
+        except RemoteError as e:  # the network, not the shard: its own one line, naming the URL
+            raise RemoteError(str(e)) from None
+        except (tarfile.TarError, OSError, ValueError) as e:  # a damaged tar, not a bug of ours
+            raise ShardError(f"shard {url} is corrupt after {n} samples ({type(e).__name__}: {e})") from None
+        n += 1
+        yield sample
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -119,27 +146,33 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def decode_sample(sample: dict, num_classes: int, as_uint8: bool = False) -> tuple[torch.Tensor, int, dict]:
+def decode_sample(sample: dict, num_classes: int, as_uint8: bool = False,
+                  expect: dict[str, Any] | None = None) -> tuple[torch.Tensor, int, dict]:
     """A raw sample → (image (3, 256, 256), class index, metadata).
 
     The image is normalised float, or uint8 when ``as_uint8`` (a GPU normalises the batch
     on arrival: a quarter of the bytes to move). On a CPU, normalising image by image here
     is several times faster than normalising a whole batch later (cache-sized tensors).
+    ``expect``: the identity of the record the shard was listed under; a sample whose JSON
+    says otherwise (a training shard listed as test) is refused.
     """
-    key = sample.get("__key__")
+    key, url = sample.get("__key__"), sample.get("__url__")
     if "png" not in sample or "json" not in sample:
-        raise ShardError(f"sample {key} in {sample.get('__url__')} lacks a png or json member "
+        raise ShardError(f"sample {key} in {url} lacks a png or json member "
                          f"(has {sorted(k for k in sample if not k.startswith('__'))})")
     try:
         meta = json.loads(sample["json"])
         rgb = decode_png(sample["png"])
     except (ValueError, OSError, SyntaxError) as e:  # PIL raises these for damaged PNGs
-        raise ShardError(f"sample {key} in {sample.get('__url__')} does not decode "
-                         f"({type(e).__name__}: {e})") from None
+        raise ShardError(f"sample {key} in {url} does not decode ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise ShardError(f"sample {key} in {url}: its json is not an object")
+    if expect is not None and (wrong := {k: meta.get(k) for k in expect if meta.get(k) != expect[k]}):
+        raise ShardError(f"sample {key} in {url} says {wrong}, but the manifest lists its shard as "
+                         f"{ {k: expect[k] for k in wrong} }: the manifest does not describe this build")
     label = meta.get("class_index")
     if not isinstance(label, int) or not 0 <= label < num_classes:
-        raise ShardError(f"sample {key} in {sample.get('__url__')}: class_index {label!r} is not in "
-                         f"0..{num_classes - 1}")
+        raise ShardError(f"sample {key} in {url}: class_index {label!r} is not in 0..{num_classes - 1}")
     image = resize_uint8(rgb)
     return (image if as_uint8 else normalise(image)), label, meta
 
@@ -159,11 +192,110 @@ def collate_eval(batch: list[tuple[torch.Tensor, int, dict]]) -> tuple[torch.Ten
 class _Decode:
     """A picklable map stage (DataLoader workers may be spawned, not forked)."""
 
-    def __init__(self, num_classes: int, as_uint8: bool) -> None:
-        self.num_classes, self.as_uint8 = num_classes, as_uint8
+    def __init__(self, num_classes: int, as_uint8: bool, identities: dict[str, dict] | None = None) -> None:
+        self.num_classes, self.as_uint8, self.identities = num_classes, as_uint8, identities or {}
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int, dict]:
-        return decode_sample(sample, self.num_classes, self.as_uint8)
+        return decode_sample(sample, self.num_classes, self.as_uint8, self.identities.get(sample.get("__url__")))
+
+
+# ----------------------------------------------------------------------------- the epoch plan
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Samples ``[start, stop)`` (in file order) of shard ``shard`` (an index into the ShardSet)."""
+
+    shard: int
+    start: int
+    stop: int
+
+
+def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's shard order: a permutation drawn from (seed, epoch), the same on every rank."""
+    gen = torch.Generator().manual_seed(seeds.derive(seed, "shards", epoch) & (2**63 - 1))
+    return torch.randperm(n_shards, generator=gen).tolist()
+
+
+def epoch_pieces(counts: Sequence[int], per_rank: int, *, seed: int, epoch: int, rank: int = 0,
+                 world_size: int = 1) -> list[Piece]:
+    """What rank ``rank`` reads in ``epoch``: the span ``[rank × per_rank, (rank + 1) × per_rank)``
+    of the stream "shards in epoch's order, then in epoch + 1's, …" (sample counts ``counts``).
+
+    The spans of all ranks tile the stream: with ``per_rank × world_size`` ≥ the samples,
+    every sample is in exactly one span, and what is left over comes from the next orders."""
+    total = sum(counts)
+    if total <= 0:
+        raise UsageError("the selected training shards hold no samples (check train.dataset, train.conditions)")
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    pieces, pos, e = [], 0, epoch
+    while pos < hi:
+        for s in shard_order(len(counts), seed, e):
+            a, b = pos, pos + counts[s]
+            if b > lo and a < hi:
+                pieces.append(Piece(s, max(lo, a) - a, min(hi, b) - a))
+            pos = b
+            if pos >= hi:
+                break
+        e += 1
+    return pieces
+
+
+def buffer_shuffle(items: Iterable[T], size: int, seed: int) -> Iterator[T]:
+    """A shuffle buffer (webdataset's idea) whose output depends only on the input order and
+    the seed: every DataLoader worker replays it identically."""
+    rng = random.Random(seed)
+    buf: list[T] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        k = rng.randrange(size)
+        buf[k], item = item, buf[k]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class EpochStream(IterableDataset):
+    """One rank's batches of one epoch (see the module docstring). Picklable for spawned workers."""
+
+    def __init__(self, shards: ShardSet, pieces: list[Piece], decode: _Decode, batch_size: int,
+                 batches: range, shuffle_buffer: int, shuffle_seed: int) -> None:
+        self.shards, self.pieces, self.decode = shards, pieces, decode
+        self.batch_size, self.batches = batch_size, batches
+        self.shuffle_buffer, self.shuffle_seed = max(1, shuffle_buffer), shuffle_seed
+
+    def _raw(self) -> Iterator[dict]:
+        """The span's samples in stream order, undecoded; a shard short of a piece is refused."""
+        for p in self.pieces:
+            url, count = self.shards.urls[p.shard], self.shards.counts[p.shard]
+            n = 0
+            for sample in _tar_samples(url):
+                if n >= p.start:
+                    yield sample
+                n += 1
+                if n == p.stop and p.stop < count:
+                    break
+            if n < p.stop or (p.stop == count and n != count):
+                raise ShardError(f"shard {url} holds {n} samples, the manifest says {count}: "
+                                 f"it is short or corrupt (run `serwild verify` on the build)")
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        b0, bs = self.batches.start, self.batch_size
+        mine: list[tuple[torch.Tensor, int, dict]] = []
+        for pos, sample in enumerate(buffer_shuffle(self._raw(), self.shuffle_buffer, self.shuffle_seed)):
+            b = pos // bs
+            if b >= self.batches.stop:
+                return
+            if b < b0 or (b - b0) % workers != worker:  # another worker's batch, or one done before a resume
+                continue
+            mine.append(self.decode(sample))
+            if len(mine) == bs:
+                yield collate_train(mine)
+                mine = []
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -175,36 +307,29 @@ def steps_per_epoch(samples_per_epoch: int, batch_per_rank: int, world_size: int
 
 
 def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_batches: int, *,
-                      seed: int, epoch: int, rank: int = 0, num_workers: int = 0,
-                      prefetch_factor: int = 2, shuffle_buffer: int = 1000,
+                      seed: int, epoch: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                      prefetch_factor: int = 2, shuffle_buffer: int = 1000, start_batch: int = 0,
                       pin_memory: bool = False, as_uint8: bool = False
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Exactly ``num_batches`` batches of ``batch_size``: (images (B, 3, 256, 256), labels).
-
-    Images are normalised float, or uint8 with ``as_uint8`` (normalise them on the device).
-
-    Shards are resampled with a seed from (seed, epoch, rank, worker): deterministic, so a
-    resumed run sees the same data order, and different on every rank and worker.
-    """
+                      ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``start_batch … num_batches - 1`` of this rank's epoch, each ``batch_size`` full:
+    (images (B, 3, 256, 256), labels). Images are normalised float, or uint8 with ``as_uint8``
+    (normalise them on the device). The order depends on (seed, epoch, rank, world_size) only:
+    not on ``num_workers``, and a resume at ``start_batch`` continues it exactly."""
     if not shards.urls:
         raise UsageError("no training shards selected (check train.dataset, train.conditions, cv.fold)")
-    workers = max(0, num_workers)
-    per_worker = math.ceil(num_batches / max(1, workers))
     if shards.remote is not None:
         register_wds_opener(shards.remote)
-    pipeline = wds.DataPipeline(
-        # worker_seed: webdataset's default, rank * 1000 + worker (rank from torchrun's env)
-        wds.ResampledShards(shards.urls, seed=seeds.derive31(seed, epoch), deterministic=True),
-        wds.pipelinefilter(read_shards)(dict(zip(shards.urls, shards.counts))),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
-                    seed=seeds.derive31(seed, epoch, rank, "shuffle")),
-        wds.map(_Decode(num_classes, as_uint8)),
-        wds.batched(batch_size, collation_fn=collate_train, partial=False),
-    ).with_epoch(per_worker)  # per worker; the loader below takes exactly num_batches in turn
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                           prefetch_factor=prefetch_factor if workers else None,
-                           persistent_workers=False, worker_init_fn=_WorkerInit(shards.remote))
-    return islice(iter(loader), num_batches)
+    pieces = epoch_pieces(shards.counts, batch_size * num_batches, seed=seed, epoch=epoch, rank=rank,
+                          world_size=world_size)
+    identities = dict(zip(shards.urls, shards.identities)) if shards.identities is not None else None
+    stream = EpochStream(shards, pieces, _Decode(num_classes, as_uint8, identities), batch_size,
+                         range(start_batch, num_batches), shuffle_buffer, seeds.derive31(seed, epoch, rank, "shuffle"))
+    workers = max(0, min(num_workers, num_batches - start_batch))
+    # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise,
+    # which would shift the dropout stream of a run resumed mid-epoch.
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=prefetch_factor if workers else None,
+                      worker_init_fn=_WorkerInit(shards.remote), generator=torch.Generator().manual_seed(0))
 
 
 class _WorkerInit:
@@ -220,21 +345,25 @@ class _WorkerInit:
             register_wds_opener(self.remote)
 
 
-
 def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, rank: int = 0,
                      world_size: int = 1, counts: Sequence[int] | None = None, num_classes: int = 1000,
-                     as_uint8: bool = False, pin_memory: bool = False, remote: RemoteOptions | None = None
+                     as_uint8: bool = False, pin_memory: bool = False, remote: RemoteOptions | None = None,
+                     identities: Sequence[dict[str, Any]] | None = None
                      ) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
     """Every sample of ``urls`` exactly once across ranks: ``(images, labels, metas)`` batches.
 
     Shards are dealt to ranks (``urls[rank::world_size]``), then to workers; no shuffling,
     no resampling, last batch may be short. ``counts`` (the manifest's, per URL) turns on the
-    short-shard check; images are float and normalised unless ``as_uint8``. A rank with no
-    shard yields nothing. ``num_classes`` bounds the labels (the manifest's class count).
-    ``remote``: the build's network options when ``urls`` are remote (``ShardSet.remote``).
+    short-shard check; ``identities`` (``ShardSet.identities``) the check that every sample
+    belongs to the record it was listed under. Images are float and normalised unless
+    ``as_uint8``. A rank with no shard yields nothing. ``num_classes`` bounds the labels (the
+    manifest's class count). ``remote``: the build's network options when ``urls`` are remote
+    (``ShardSet.remote``).
     """
     if counts is not None and len(counts) != len(urls):
         raise ValueError("counts must give one count per url")
+    if identities is not None and len(identities) != len(urls):
+        raise ValueError("identities must give one identity per url")
     mine = list(urls)[rank::world_size]
     if not mine:
         return []
@@ -246,7 +375,7 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
         wds.SimpleShardList(mine),
         wds.split_by_worker,
         wds.pipelinefilter(read_shards)(expected),
-        wds.map(_Decode(num_classes, as_uint8)),
+        wds.map(_Decode(num_classes, as_uint8, dict(zip(urls, identities)) if identities is not None else None)),
         wds.batched(batch_size, collation_fn=collate_eval, partial=True),
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,

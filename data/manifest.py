@@ -16,18 +16,19 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from serwild.data.remote import Build, NotFound, RemoteOptions, open_location, safe_relpath
+from serwild.data.remote import Build, NotFound, RemoteOptions, contained, open_location, safe_relpath
 from serwild.errors import UsageError
 
 FORMAT = "serwild-shards/1"
 MANIFEST = "manifest.json"
 
 
-def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions | None = None) -> dict[str, Any]:
+def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions | None = None, *,
+                  trusted: bool = True) -> dict[str, Any]:
     """manifest.json of a build (a folder, or any location :func:`~serwild.data.remote.open_location`
-    takes), read once and checked by :func:`check_manifest`: one line naming it if it is
-    missing, not JSON, or malformed."""
-    source = build if isinstance(build, Build) else open_location(build, options)
+    takes; ``trusted`` as there), read once (at most ``MAX_METADATA_BYTES``) and checked by
+    :func:`check_manifest`: one line naming it if it is missing, too big, not JSON, or malformed."""
+    source = build if isinstance(build, Build) else open_location(build, options, trusted=trusted)
     where = source.join(MANIFEST)
     try:
         raw = source.read_bytes(MANIFEST)
@@ -49,13 +50,20 @@ _RECORD: dict[str, tuple[type, ...]] = {"path": (str,), "dataset": (str,), "spli
 
 def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
     """``manifest`` if its structure is what every reader relies on, else one UsageError line
-    naming ``where`` and the first bad key: the format, the datasets with their classes, the
-    conditions, and each shard record's fields and types, its dataset and condition listed
-    above, and a path that stays inside the build (``safe_relpath``: no '..', no absolute
-    path), so a manifest can never make a reader open a file outside its build."""
+    naming ``where`` and the first bad key: the format and fingerprint, the datasets with their
+    (distinct) classes, the conditions, each shard record's fields and types, its dataset and
+    condition listed above, and a path that stays inside the build (``safe_relpath``: no '..',
+    no absolute path), so a manifest can never make a reader open a file outside its build.
+    The optional parts readers look into (``config.split.strategy``, ``totals``) must have
+    their types when present. Checked once, here: a reader never meets a missing key later
+    (after an epoch of training, or a whole evaluation)."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise UsageError(f"{where}: format {found!r}, expected {FORMAT!r}")
+    fingerprint = manifest.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise UsageError(f"{where}: 'fingerprint' must be the build's fingerprint (text), got {fingerprint!r}")
+    _check_optional_parts(manifest, where)
     datasets, conditions, shards = (manifest.get(k) for k in ("datasets", "conditions", "shards"))
     if not isinstance(datasets, dict) or not datasets:
         raise UsageError(f"{where}: 'datasets' must map each dataset to its classes")
@@ -63,6 +71,9 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
         classes = d.get("classes") if isinstance(d, dict) else None
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise UsageError(f"{where}: datasets.{name}.classes must be a list of class names")
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        if twice:
+            raise UsageError(f"{where}: datasets.{name}.classes names {', '.join(map(repr, twice))} more than once")
     if not isinstance(conditions, dict) or not conditions:
         raise UsageError(f"{where}: 'conditions' must map each condition to its SNR (null for clean)")
     for name, snr in conditions.items():
@@ -90,6 +101,25 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
                 raise UsageError(f"{where}: shard record {i} ({r['path']}): {key} {r[key]!r} is not in "
                                  f"the manifest's {key}s ({', '.join(map(str, known))})")
     return manifest
+
+
+def _check_optional_parts(manifest: dict[str, Any], where: str) -> None:
+    """``config`` (with ``split`` and its ``strategy``) and ``totals``: absent, or of the type readers expect."""
+    config = manifest.get("config", {})
+    if not isinstance(config, dict):
+        raise UsageError(f"{where}: 'config' must be a mapping (the build's resolved config), got "
+                         f"{type(config).__name__}")
+    split = config.get("split", {})
+    if not isinstance(split, dict):
+        raise UsageError(f"{where}: config.split must be a mapping, got {type(split).__name__}")
+    if not isinstance(split.get("strategy", ""), str):
+        raise UsageError(f"{where}: config.split.strategy must be text, got {split['strategy']!r}")
+    totals = manifest.get("totals", {})
+    if not isinstance(totals, dict):
+        raise UsageError(f"{where}: 'totals' must be a mapping of counts, got {type(totals).__name__}")
+    for key, v in totals.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise UsageError(f"{where}: totals.{key} must be a count, got {v!r}")
 
 
 def select_shards(manifest: dict[str, Any], dataset: str, split: str, conditions: list[str] | None = None,
@@ -132,8 +162,9 @@ def count_samples(path: str | Path) -> int:
 
 
 def check_shard(build_dir: str | Path, record: dict[str, Any], full: bool = True) -> str | None:
-    """None if the shard matches its record, else one line saying what is wrong."""
-    path = Path(build_dir) / record["path"]
+    """None if the shard matches its record, else one line saying what is wrong. A shard that
+    is a symlink out of the build raises (RemoteError, one line) before anything reads it."""
+    path = Path(contained(str(build_dir), safe_relpath(record["path"])))
     if not path.is_file():
         return f"missing: {record['path']}"
     size = path.stat().st_size

@@ -9,7 +9,16 @@ reads it through a ``Build`` and checks it): this module only knows locations an
 
 A build is a base plus the relative paths its manifest lists. ``join`` accepts only plain
 relative paths (letters, digits, ``._-`` and ``/``; no ``..``, no scheme, no absolute path, no
-backslash, no ``%``), so a manifest can never point a reader outside its base.
+backslash, no ``%``), so a manifest can never point a reader outside its base; in a folder, a
+path that is a symlink resolving outside the folder is refused too, before anything opens it.
+
+A ``pipe:`` location runs a shell command, so it is accepted only from the user (a command
+line, their own config): ``open_location(..., trusted=False)`` is for locations read from a
+file (a checkpoint's recorded build, anything someone else wrote) and refuses ``pipe:`` with
+:class:`CommandRefused`. A pipe command runs in a process group of its own, and the whole
+group is killed once its output has been read, on any error, or when it stalls: a background
+child it left cannot outlive the read. Metadata (``read_bytes``: manifest.json) is read up to
+``MAX_METADATA_BYTES``, so an endless answer is one line, not a MemoryError.
 
 Every network read has a socket timeout (``RemoteOptions.timeout_s``), so a dead server
 cannot hang a reader; a failed read is retried with exponential backoff (a stream resumes
@@ -58,6 +67,8 @@ from serwild.errors import UsageError
 
 USER_AGENT = "serwild-remote/1"
 READ_CHUNK = 1 << 16
+MAX_METADATA_BYTES = 64 << 20  # a manifest of a million shards is ~300 MB short of this; shards are streamed
+EXIT_POLL_S = 0.05  # how often a pipe command's exit is checked where the kernel cannot signal it (no pidfd)
 RETRY_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _RELPATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
@@ -86,6 +97,10 @@ class NotFound(RemoteError):
     """The object does not exist (HTTP 404/410, a missing file)."""
 
 
+class CommandRefused(RemoteError):
+    """A ``pipe:`` location that did not come from the user (read from a file): never run."""
+
+
 @dataclass(frozen=True)
 class RemoteOptions:
     """How patient a reader is. ``timeout_s`` bounds every connect and every read; a failed
@@ -108,6 +123,24 @@ class RemoteOptions:
     def worst_case_s(self) -> float:
         """Longest one operation can take against a server that accepts but never answers."""
         return (self.retries + 1) * self.timeout_s + sum(self.delay(i) for i in range(self.retries))
+
+
+def _mib(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def contained(base: str, rel: str) -> str:
+    """``base``/``rel`` (``rel`` already a safe relative path) if it resolves inside the folder
+    ``base``, else RemoteError: a symlink in a build may point within it, never out of it (a
+    shard linked to /etc/passwd must not be read, nor its size reported). Nothing is opened."""
+    path = Path(base) / rel
+    try:
+        root, real = Path(base).resolve(), path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise RemoteError(f"{rel} in {base} cannot be resolved ({e}): refusing to read it") from None
+    if real != root and root not in real.parents:
+        raise RemoteError(f"{rel} in {base} links to {real}, outside the build: refusing to read it")
+    return str(path)
 
 
 def safe_relpath(rel: object) -> str:
@@ -296,19 +329,26 @@ class _HTTPStream(_Resumable):
 class _PipeStream(_Resumable):
     """A shell command's stdout (``pipe:`` URL) read with a timeout per read; a non-zero exit
     status is a failure (its last stderr line is reported); a retry reruns the command and
-    skips what was already read."""
+    skips what was already read.
+
+    The command's own exit ends its output, even while a background child it started still
+    holds stdout open; whatever is left of its process group is then killed (and on any
+    failure, and on close), so no child outlives the read."""
 
     def __init__(self, url: str, opts: RemoteOptions) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
+        self._exit_fd: int | None = None  # a pidfd: readable once the command has exited
+        self._ended = False  # the command exited and its output was read to the end
         self._stderr_reader: threading.Thread | None = None
         self._stderr: collections.deque[bytes] = collections.deque(maxlen=32)
         super().__init__(url, opts)
 
     def _open(self, pos: int) -> Any:
-        # A process group of its own, so a timeout can stop the command's children too.
+        # A process group (a session) of its own: killing the group ends the command's children too.
         proc = subprocess.Popen(self.name[len("pipe:"):], shell=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
-        self._proc, self._stderr = proc, collections.deque(maxlen=32)
+        self._proc, self._ended, self._stderr = proc, False, collections.deque(maxlen=32)
+        self._exit_fd = _pidfd(proc.pid)
         self._stderr_reader = threading.Thread(target=self._collect_stderr, args=(proc, self._stderr), daemon=True)
         self._stderr_reader.start()
         self._src = proc.stdout
@@ -327,36 +367,91 @@ class _PipeStream(_Resumable):
             for line in proc.stderr:
                 sink.append(line)
 
+    def _exited(self) -> bool:
+        """Whether the command (the shell) has exited; it stays unreaped, so its PID keeps naming its group."""
+        assert self._proc is not None
+        if self._proc.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def _wait(self, want_output: bool) -> bool:
+        """Block until stdout is readable (when ``want_output``) or the command has exited,
+        at most ``timeout_s``: True for output, False for an exit, TimeoutError for neither."""
+        assert self._src is not None
+        deadline = time.monotonic() + self._opts.timeout_s
+        while True:
+            watch = ([self._src] if want_output else []) + ([self._exit_fd] if self._exit_fd is not None else [])
+            left = deadline - time.monotonic()
+            slice_s = left if self._exit_fd is not None else min(left, EXIT_POLL_S)
+            ready, _, _ = select.select(watch, [], [], max(0.0, slice_s))
+            if self._src in ready:
+                return True
+            if self._exited():
+                # What it wrote before exiting is in the pipe already: read that first.
+                return want_output and bool(select.select([self._src], [], [], 0)[0])
+            if time.monotonic() >= deadline:
+                raise TimeoutError
+
     def _read_src(self, b: memoryview) -> int:
         assert self._proc is not None and self._src is not None
-        ready, _, _ = select.select([self._src], [], [], self._opts.timeout_s)
-        if not ready:
-            raise TimeoutError
-        n = self._src.readinto(b)
-        if n == 0:
+        if self._ended:
+            return 0
+        if self._wait(want_output=True):
+            n = self._src.readinto(b)
+            if n:
+                return n
+        self._finish()
+        return 0
+
+    def _finish(self) -> None:
+        """The output ended (EOF, or the command exited with a child still holding stdout):
+        end the group and judge by the command's exit status."""
+        assert self._proc is not None
+        if not self._exited():
             try:
-                rc = self._proc.wait(timeout=self._opts.timeout_s)
-            except subprocess.TimeoutExpired:
-                raise TimeoutError from None
-            if rc != 0:
-                if self._stderr_reader is not None:
-                    self._stderr_reader.join(timeout=1.0)  # its last line names the cause
-                last = next((x.decode(errors="replace").strip() for x in reversed(self._stderr) if x.strip()), "")
-                raise _CommandFailed(f"command exited with status {rc}" + (f": {last}" if last else ""))
-        return n or 0
+                self._wait(want_output=False)
+            except TimeoutError:
+                raise _CommandFailed(f"the command closed its output but had not exited {self._opts.timeout_s:g} s "
+                                     "later") from None
+        self._kill_group()
+        rc = self._proc.wait()
+        if rc != 0:
+            if self._stderr_reader is not None:
+                self._stderr_reader.join(timeout=1.0)  # its last line names the cause
+            last = next((x.decode(errors="replace").strip() for x in reversed(self._stderr) if x.strip()), "")
+            raise _CommandFailed(f"command exited with status {rc}" + (f": {last}" if last else ""))
+        self._ended = True
+
+    def _kill_group(self) -> None:
+        """SIGKILL the command's process group: the shell, if still running, and every child it left."""
+        assert self._proc is not None
+        if self._proc.returncode is None:  # unreaped: its PID still names the group, never another
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
 
     def _drop_src(self) -> None:
-        proc, self._proc, self._src = self._proc, None, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if self._stderr_reader is not None:
-            self._stderr_reader.join(timeout=self._opts.timeout_s)  # it closes stderr
+        proc = self._proc
+        if proc is not None:
+            self._kill_group()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+            if self._stderr_reader is not None:
+                self._stderr_reader.join(timeout=self._opts.timeout_s)  # it closes stderr
+        if self._exit_fd is not None:
+            os.close(self._exit_fd)
+        self._proc, self._src, self._exit_fd = None, None, None
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+), else None (then polled)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def open_url(url: str, options: RemoteOptions | None = None) -> BinaryIO:
@@ -435,7 +530,10 @@ class Build:
         except RemoteError as e:
             raise RemoteError(f"{self.location}: {e}") from None
         if self.kind == "local":
-            return str(Path(self.base) / rel)
+            try:
+                return contained(self.base, rel)
+            except RemoteError as e:
+                raise RemoteError(f"{self.location}: {e}") from None
         if self.kind == "http":
             return self.base + urllib.parse.quote(rel)
         return self.base.replace("{path}", shlex.quote(rel))
@@ -444,9 +542,17 @@ class Build:
         """A buffered binary stream of ``rel`` (timeouts, retries and resume as configured)."""
         return open_url(self.join(rel), self.options)
 
-    def read_bytes(self, rel: str) -> bytes:
+    def read_bytes(self, rel: str, limit: int = MAX_METADATA_BYTES) -> bytes:
+        """All of ``rel``, which must be metadata (manifest.json): more than ``limit`` bytes is
+        a RemoteError naming it, read no further (an endless answer never fills memory)."""
+        data = bytearray()
         with self.open_stream(rel) as f:
-            return f.read()
+            while chunk := f.read(min(READ_CHUNK, limit + 1 - len(data))):
+                data += chunk
+                if len(data) > limit:
+                    raise RemoteError(f"{self.join(rel)}: more than {_mib(limit)}, far more than metadata such as "
+                                      "a manifest holds: refusing to read further (is this the right location?)")
+        return bytes(data)
 
     def size(self, rel: str) -> int:
         """Bytes of ``rel`` without reading it (stat; HTTP HEAD). Not available for pipe: builds."""
@@ -531,11 +637,19 @@ class Build:
         return problems
 
 
-def open_location(location: str | os.PathLike[str], options: RemoteOptions | None = None) -> Build:
+def open_location(location: str | os.PathLike[str], options: RemoteOptions | None = None, *,
+                  trusted: bool = True) -> Build:
     """A build folder, ``file:///…``, ``http(s)://host/prefix/`` or a ``pipe:`` command template
-    with ``{path}`` (e.g. ``pipe:aws s3 cp s3://bucket/build/{path} -``). Reads nothing."""
+    with ``{path}`` (e.g. ``pipe:aws s3 cp s3://bucket/build/{path} -``). Reads nothing.
+
+    ``trusted``: the user gave ``location`` (a command line, their own config). Pass False for
+    a location read from a file (a checkpoint's recorded build…): a ``pipe:`` one is then
+    refused with :class:`CommandRefused`, since running it would run whatever its writer chose."""
     opts = options or RemoteOptions()
     text = os.fspath(location)
+    if text.startswith("pipe:") and not trusted:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise CommandRefused(f"{shown!r} is a pipe: command read from a file, not given by you: refusing to run it")
     if text.startswith("pipe:"):
         if "{path}" not in text:
             raise RemoteError(f"{text}: a pipe: location needs a {{path}} placeholder for the relative path, "

@@ -9,22 +9,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+SEED_MAX = 2**63 - 1  # seeds are 64-bit; non-negative, as numpy's generators require
+
+
+def check_range(key: str, value: float, lo: float, hi: float) -> None:
+    """Raise ValueError naming ``key`` and its range unless ``lo <= value <= hi`` (the same check
+    as serwild.builder.config's: config sections are leaf modules and import nothing of ours)."""
+    if not lo <= value <= hi:
+        size = f"a {value.bit_length()}-bit number" if isinstance(value, int) and value.bit_length() > 80 else value
+        raise ValueError(f"config key '{key}' must be in {lo}..{hi}, got {size}")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int = 128  # per process
-    num_workers: int = 2  # loader workers per process
+    batch_size: int = 128  # per process; 1..65536
+    num_workers: int = 2  # loader workers per process; 0..256
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: a GPU when there is one
     # 95 % intervals: cluster bootstrap over utterances (serwild.evaluate.uncertainty);
     # bootstrap = resamples per interval, 0 = no intervals.
-    bootstrap: int = 1000
-    bootstrap_seed: int = 0
+    bootstrap: int = 1000  # 0..100000
+    bootstrap_seed: int = 0  # 0..2^63-1
     alpha: float = 0.05  # 1 - coverage: 0.05 gives 95 % intervals
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_workers < 0:
-            raise ValueError("eval.batch_size must be >= 1 and eval.num_workers >= 0")
-        if self.bootstrap < 0:
-            raise ValueError(f"eval.bootstrap must be >= 0 (0: no intervals), got {self.bootstrap}")
+        check_range("eval.batch_size", self.batch_size, 1, 65_536)
+        check_range("eval.num_workers", self.num_workers, 0, 256)
+        check_range("eval.bootstrap", self.bootstrap, 0, 100_000)  # 0: no intervals
+        check_range("eval.bootstrap_seed", self.bootstrap_seed, 0, SEED_MAX)
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"eval.alpha must be in (0, 1), got {self.alpha}")

@@ -6,8 +6,11 @@ folder or a URL (``serwild.data.open_build``: file://, http(s)://, pipe:), whose
 streamed (the sha256 check streams each test shard once more; ``check_sha256=False`` asks
 sizes only, by HEAD, and the counts are still checked while scoring); the outputs are
 gathered and the number of distinct samples scored must equal the manifest's count, or
-the evaluation fails. The checkpoint must come from this build (same manifest fingerprint
-and classes), so a model is never scored on samples it was trained on by accident.
+the evaluation fails. A build location recorded in the checkpoint is never a ``pipe:``
+command (it would run whatever the file's writer chose): only the caller's ``shards`` may be.
+Outputs that are not finite (NaN, inf) fail the evaluation. The checkpoint must come from
+this build (same manifest fingerprint and classes), so a model is never scored on samples
+it was trained on by accident.
 Writes the report folder (default ``<run dir>/report/``): see serwild.evaluate.report.
 """
 
@@ -32,7 +35,7 @@ from serwild.config import Config, config_from_resolved
 from serwild.data.build import BuildReader, open_build
 from serwild.data.loaders import ShardSet, make_eval_loader
 from serwild.data.manifest import select_shards
-from serwild.data.remote import RemoteOptions, open_location
+from serwild.data.remote import Build, CommandRefused, RemoteOptions, open_location
 from serwild.errors import UsageError
 from serwild.evaluate import report, uncertainty
 from serwild.evaluate.config import EvalConfig
@@ -97,14 +100,31 @@ def open_target(checkpoint: str | Path, shards: str | Path | None, allow_other_b
                 remote: RemoteOptions | None = None) -> Target:
     path = Path(checkpoint)
     ckpt = load_checkpoint(path, map_location="cpu")
-    location = shards if shards is not None else str(ckpt["shards"])  # text: a URL must stay a URL
-    source = open_location(location, remote)
+    source = build_source(path, ckpt, shards, remote)
     if not source.is_remote and not Path(source.base).is_dir():
-        raise UsageError(f"build folder {location} not found" + ("" if shards else " (recorded in the "
+        raise UsageError(f"build folder {source.location} not found" + ("" if shards else " (recorded in the "
                          "checkpoint; pass --shards to point at the build)"))
-    build = open_build(location, remote)
+    build = open_build(source)
     check_build(ckpt, build.manifest, build.location, allow_other_build)
     return Target(path, ckpt, config_from_resolved(ckpt["config"]), build, build.manifest)
+
+
+def build_source(path: Path, ckpt: dict[str, Any], shards: str | Path | None,
+                 remote: RemoteOptions | None) -> Build:
+    """Where to read the build: ``shards`` as the user gave it, else the location the checkpoint
+    records. That one was written by whoever made the file, so it may never be a ``pipe:``
+    command (it would run their command here)."""
+    if shards is not None:
+        return open_location(shards, remote)
+    recorded = ckpt.get("shards")
+    if not isinstance(recorded, str) or not recorded:
+        raise UsageError(f"{path} records no build (shards: {recorded!r}): pass --shards to point at the build")
+    try:
+        return open_location(recorded, remote, trusted=False)  # text: a URL must stay a URL
+    except CommandRefused:
+        shown = recorded if len(recorded) <= 80 else recorded[:77] + "..."
+        raise UsageError(f"{path} records its build as a pipe: command ({shown!r}); a command read from a file is "
+                         "never run: pass --shards yourself") from None
 
 
 def check_build(ckpt: dict[str, Any], manifest: dict[str, Any], build_dir: str | Path,
@@ -149,6 +169,10 @@ def score_condition(model: nn.Module, target: Target, cond: str, records: list[d
                                           settings.num_workers, d, desc=cond))
     merged = merge_parts(all_gather_object(local, d), cond, shards.samples, records)
     logits = merged["logits"]
+    bad = int((~np.isfinite(logits).all(axis=1)).sum())
+    if bad:  # finite weights can still overflow: a NaN would otherwise pass as a score
+        raise UsageError(f"evaluating {cond}: the model's outputs are not finite (NaN or inf) for {bad} of "
+                         f"{len(logits)} samples: {target.path} is damaged or its run diverged")
     result = {"snr_db": target.manifest["conditions"][cond], "shards": len(records), "samples": shards.samples,
               **metrics.condition_metrics(logits, merged["labels"], merged["utterances"], target.classes)}
     if settings.bootstrap:
@@ -216,7 +240,8 @@ def score_shards(model: nn.Module, shards: ShardSet, num_classes: int, batch_siz
                  desc: str = "") -> dict[str, Any]:
     """This rank's share of ``shards`` (a trainer ShardSet): logits, labels and sample identities."""
     loader = make_eval_loader(shards.urls, batch_size, num_workers, rank=d.rank, world_size=d.world_size,
-                              counts=shards.counts, num_classes=num_classes, remote=shards.remote)
+                              counts=shards.counts, num_classes=num_classes, remote=shards.remote,
+                              identities=shards.identities)
     logits, labels, utts, blocks = [], [], [], []
     total = -(-shards.samples // d.world_size)  # about this rank's share: shards are dealt to ranks
     with torch.inference_mode(), tqdm(total=total, desc=f"evaluate {desc}", unit="blk",

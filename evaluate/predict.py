@@ -109,11 +109,13 @@ class Predictor:
                                     for x in self.batches(res, batch_size)])
         except AudioError as e:
             return FileResult(file=str(path), error=str(e))
+        if not bool(torch.isfinite(logits).all()):  # finite weights can still overflow: never report NaN
+            return FileResult(file=str(path), error="the model's outputs are not finite (NaN or inf) for this file")
         probs = torch.softmax(logits, dim=1)
         for blk, p in zip(res.blocks, probs.tolist()):
             blk["label"] = self.classes[max(range(len(p)), key=p.__getitem__)]
             blk["probs"] = {c: round(v, 4) for c, v in zip(self.classes, p)}
-        file_probs = torch.softmax(logits.mean(dim=0), dim=0).tolist()
+        file_probs = torch.softmax(logits.double().mean(dim=0), dim=0).tolist()  # float64: a sum cannot overflow
         res.label = self.classes[max(range(len(file_probs)), key=file_probs.__getitem__)]
         res.probs = {c: round(v, 4) for c, v in zip(self.classes, file_probs)}
         return res

@@ -1,15 +1,21 @@
 """Checkpoints: written atomically by rank 0, read with ``weights_only=True``.
 
-A checkpoint (``runs/<name>/last.pt``, ``best.pt``) is a dict of plain data and tensors:
+A checkpoint is a dict of plain data and tensors. ``runs/<name>/last.pt`` holds everything
+resuming needs; ``best.pt`` (the best validated epoch) holds the weights without the
+optimiser's state, scheduler and RNGs (:func:`weights_only`):
 
 =====================  ==================================================================
 key                    value
 =====================  ==================================================================
 ``model``              the model's ``state_dict`` (no ``module.`` prefix)
-``optimizer``          the optimiser's ``state_dict``
-``scheduler``          the lr scheduler's ``state_dict`` (stepped once per epoch)
+``optimizer``          the optimiser's ``state_dict`` (last.pt only)
+``scheduler``          the lr scheduler's ``state_dict``, stepped once per epoch (last.pt only)
 ``epoch``              completed epochs (resuming starts at this 0-based epoch)
-``rng``                one RNG-state dict per rank (python, numpy, torch, cuda)
+``step``               batches of epoch ``epoch`` already trained: > 0 in a mid-epoch last.pt
+                       (``train.checkpoint_every``), which also holds ``partial`` (the
+                       epoch's loss sum, correct and samples so far)
+``rng``                one RNG-state dict per rank (python, numpy, torch, cuda) (last.pt only)
+``world_size``, ``steps``  the ranks and batches per epoch that wrote it
 ``config``             the resolved config (``serwild.config.to_dict``; recipe resolved)
 ``classes``            class names, index order (the manifest's for ``dataset``)
 ``dataset``            ``ahsn`` or ``aesn``
@@ -51,6 +57,15 @@ def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
         torch.save(ckpt, f)
 
 
+RESUME_ONLY = ("optimizer", "scheduler", "rng", "step", "partial")  # what only resuming reads
+
+
+def weights_only(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt`` without the state only resuming needs: what best.pt, evaluate and predict use
+    (AlexNet's weights are 0.23 GB; SGD's momentum adds as much again, Adam's two moments twice)."""
+    return {k: v for k, v in ckpt.items() if k not in RESUME_ONLY}
+
+
 def link_checkpoint(src: str | Path, dst: str | Path) -> None:
     """``dst`` becomes the same file as ``src`` (a hard link, else a copy), atomically.
 
@@ -71,7 +86,8 @@ def link_checkpoint(src: str | Path, dst: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by the trainer; one clear UsageError if it is missing or not one."""
+    """A checkpoint written by the trainer; one clear UsageError if it is missing, not one, or
+    holds weights that are not finite (naming the tensor)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
@@ -86,7 +102,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UsageError(f"{path} is not a serwild checkpoint (needs keys {', '.join(REQUIRED)}; has {have})")
     if ckpt["arch"] != "alexnet":
         raise UsageError(f"{path}: architecture {ckpt['arch']!r} is not supported (alexnet)")
+    _check_weights(path, ckpt["model"])
     return ckpt
+
+
+def _check_weights(path: Path, state: Any) -> None:
+    """``state`` must be a state_dict of finite tensors: NaN or inf weights (a diverged run, a
+    damaged file) would score every input as NaN, which passes silently as a label or a report."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise UsageError(f"{path} is not a serwild checkpoint ('model' is not a state_dict of named tensors)")
+    for name, t in state.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise UsageError(f"{path}: weight {name} is not finite ({n} of {t.numel()} values are NaN or inf): "
+                             "the run diverged or the file is damaged")
 
 
 def _unreadable(path: Path, e: Exception) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 
 import torch
@@ -30,15 +32,22 @@ def command(module: str, args: list[str], nproc: int, max_restarts: int = 0) -> 
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
 USAGE_EXIT = 2  # a rank's one-line user error (see serwild.trainer.__main__)
-SAID_EXIT = 3  # a rank's one-line error of its surroundings (a full disk): said, not a crash
-# torchrun, run as ``python -m torch.distributed.run`` would, with two changes to what it
-# prints: the SignalException it stops with on SIGTERM/SIGINT (after stopping the ranks) ends
-# it with status 128 + signal instead of a 25-line traceback; and when a failed rank
-# exited with status 2 (a user's mistake) or 3 (a full disk), which the rank has already said
-# in one line, it exits with that status without its failure report. Any other failure keeps
-# torchrun's full report.
-QUIET_TORCHRUN = f"SAID = {{{USAGE_EXIT}, {SAID_EXIT}}}\n" + """
-import logging, runpy, sys
+SAID_EXIT = 3  # a rank's one-line error of its surroundings or its data (a full disk, a non-finite loss)
+AGENT_ENV = "SERWILD_TORCHRUN_PID"  # torchrun's agent, as the ranks must see it (see follow_agent)
+PR_SET_PDEATHSIG = 1
+# torchrun, run as ``python -m torch.distributed.run`` would, with changes to what it prints
+# and leaves behind:
+# - the SignalException it stops with on SIGTERM/SIGINT (after stopping the ranks) ends it
+#   with status 128 + signal instead of a 25-line traceback;
+# - when a failed rank exited with status 2 (a user's mistake) or 3 (a full disk, a
+#   non-finite loss), which the rank has already said in one line, it exits with that status;
+# - any other failed rank has said why itself (its traceback, once) unless a signal killed
+#   it: that gets one line; torchrun's own traceback and failure report (which repeat the
+#   rank's traceback, or say no more than that line) are never printed, and the status is 1;
+# - its PID is in the ranks' environment (AGENT_ENV), so a rank can tell that its agent
+#   died before it could ask to die with it.
+QUIET_TORCHRUN = f"SAID = {{{USAGE_EXIT}, {SAID_EXIT}}}\nAGENT_ENV = {AGENT_ENV!r}\n" + """
+import logging, os, runpy, sys
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -55,11 +64,7 @@ class HoldExits(logging.Filter):  # torchrun's per-rank exit lines, held until w
 
 hold, api = HoldExits(), logging.getLogger("torch.distributed.elastic.multiprocessing.api")
 api.addFilter(hold)
-
-def release():
-    api.removeFilter(hold)
-    for r in hold.held:
-        api.handle(r)
+os.environ[AGENT_ENV] = str(os.getpid())
 
 try:
     runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
@@ -69,9 +74,19 @@ except ChildFailedError as e:
     said = sorted({f.exitcode for f in e.failures.values()} & SAID)
     if said:  # the others stopped because of it
         sys.exit(said[0])
-    release()
-    raise
-release()
+    # Ranks the agent stopped itself (SIGTERM, after the first failure) are among the failures
+    # too: name those killed by another signal (the OOM killer's SIGKILL), or, when SIGTERMs are
+    # all there is, the first.
+    failed = sorted(e.failures.items())
+    killed = [(r, f) for r, f in failed if f.exitcode < 0 and f.signal_name() != "SIGTERM"]
+    if not killed and all(f.exitcode < 0 for _, f in failed):
+        killed = [e.get_first_failure()]
+    for rank, f in killed:
+        print(f"torchrun: error: rank {rank} (PID {f.pid}) was killed by {f.signal_name()}", file=sys.stderr)
+    sys.exit(1)
+api.removeFilter(hold)
+for r in hold.held:
+    api.handle(r)
 """
 
 
@@ -90,8 +105,27 @@ def launch(cmd: list[str], nproc: int) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
     main_thread = threading.current_thread() is threading.main_thread()
-    if cmd[1:3] == ["-m", "torch.distributed.run"]:  # the same torchrun, quiet about the signal it stops on
-        cmd = [cmd[0], "-c", QUIET_TORCHRUN, *cmd[3:]]
+    scratch = None
+    if cmd[1:3] == ["-m", "torch.distributed.run"]:  # the same torchrun, quiet (QUIET_TORCHRUN)
+        scratch = None if _logs_to_devnull() else tempfile.mkdtemp(prefix="serwild-torchrun-")
+        cmd = [cmd[0], "-c", QUIET_TORCHRUN, f"--log-dir={scratch or os.devnull}", *cmd[3:]]
+    try:
+        return _run(cmd, env, main_thread)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _logs_to_devnull() -> bool:
+    """Whether this torchrun takes ``--log-dir=/dev/null`` as "no log folder" (torch >= 2.3).
+
+    Without --log-dir its agent makes a ``torchelastic_*`` folder in the system's temp folder
+    on every launch and leaves it there; an older torchrun gets a temp folder we remove."""
+    from torch.distributed.elastic.multiprocessing import api
+    return hasattr(api, "DefaultLogsSpecs")
+
+
+def _run(cmd: list[str], env: dict[str, str], main_thread: bool) -> int:
     proc = subprocess.Popen(cmd, env=env, process_group=0 if main_thread else None,
                             preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None)
     received: list[int] = []
@@ -127,4 +161,17 @@ def _die_with(parent: int):
     return set_parent_death_signal
 
 
-PR_SET_PDEATHSIG = 1
+def follow_agent() -> None:
+    """In a rank started by torchrun: end (SIGTERM) when torchrun's agent ends, even by SIGKILL.
+
+    The agent stops its ranks when it is stopped; killed outright, it cannot, and its ranks
+    would go on training and writing checkpoints that nobody waits for (and that a restarted
+    run then competes with). The kernel's parent-death signal (Linux prctl) covers that; the
+    agent's PID (AGENT_ENV, set by QUIET_TORCHRUN) tells whether it died before prctl took
+    effect. Ranks of a plain ``torchrun`` take their parent at this moment as the agent."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    agent = int(os.environ.get(AGENT_ENV) or os.getppid())
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != agent:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -9,13 +9,16 @@
 it does not, so the same command line serves torchrun's restarts); ``--overwrite`` replaces
 an earlier run of the same name. ``serwild train`` builds these command lines for you.
 
-Exit status: 0 done; 2 a mistake in the input and 3 a full disk, each said in one line (torchrun
-run through ``serwild train`` then adds no failure report); 1 anything else.
+Exit status: 0 done; 2 a mistake in the input (a bad cache file and a run folder that cannot be
+written included) and 3 a fault met mid-run (a full disk, a write the file system refused, a
+non-finite loss), each said in one line (torchrun run through ``serwild train`` then adds no
+failure report); 1 anything else. Under torchrun a rank ends with its agent, even a killed one.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -24,7 +27,8 @@ from serwild.config import load_config
 from serwild.data.loaders import ShardError
 from serwild.data.remote import RemoteError
 from serwild.errors import UsageError
-from serwild.torchrun import SAID_EXIT, USAGE_EXIT
+from serwild.torchrun import SAID_EXIT, USAGE_EXIT, follow_agent
+from serwild.trainer.train import NonFiniteLoss
 from serwild.trainer.train import main as train_main
 
 
@@ -39,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    follow_agent()
     args = parse_args(argv)
     try:
         train_main(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
@@ -56,15 +61,32 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Another rank died (its own error says why): one line here, not a gloo traceback.
         print(f"serwild.trainer: rank {os.environ.get('RANK', '?')} stopped: another rank failed "
-              "(its error is above)", file=sys.stderr, flush=True)
+              "(its error says why)", file=sys.stderr, flush=True)
         return 1
-    except OSError as e:  # a full disk (rank 0 writes the run folder): the file, not a traceback
-        path = disk_full_path(e)
-        if path is None:
+    except NonFiniteLoss as e:  # every rank raises it at the same step (a collective): rank 0 says it
+        if os.environ.get("RANK", "0") == "0":
+            print(f"serwild.trainer: error: {e}", file=sys.stderr, flush=True)
+        return SAID_EXIT
+    except OSError as e:  # a full disk or a folder that cannot be written: the file, not a traceback
+        said = refused_by_file_system(e)
+        if said is None:
             raise
-        print(f"serwild.trainer: error: no space left on device writing {path}", file=sys.stderr, flush=True)
+        print(f"serwild.trainer: error: {said}", file=sys.stderr, flush=True)
         return SAID_EXIT
     return 0
+
+
+def refused_by_file_system(e: OSError) -> str | None:
+    """One line for a file operation the file system refused (full, read-only, not permitted);
+    None for any other OSError (a bug: its traceback stays)."""
+    path = disk_full_path(e)
+    if path is not None:
+        return f"no space left on device writing {path}"
+    if e.filename and e.errno == errno.EROFS:
+        return f"cannot write {e.filename}: read-only file system"
+    if e.filename and e.errno in (errno.EACCES, errno.EPERM):
+        return f"{e.filename}: permission denied"
+    return None
 
 
 def peer_lost(e: BaseException) -> bool:

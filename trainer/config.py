@@ -18,7 +18,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+MAX_LR = 10.0  # every learning rate is in (0, MAX_LR]
+MAX_WORKERS = 256  # loader processes per rank
+MAX_FOLDS = 100  # split.folds' upper bound (serwild.builder.config)
+
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+def check_range(key: str, value: float, lo: float, hi: float) -> None:
+    """Raise ValueError naming ``key`` and its range unless ``lo <= value <= hi`` (the same check
+    as serwild.builder.config's: config sections are leaf modules and import nothing of ours)."""
+    if not lo <= value <= hi:
+        size = f"a {value.bit_length()}-bit number" if isinstance(value, int) and value.bit_length() > 80 else value
+        raise ValueError(f"config key '{key}' must be in {lo}..{hi}, got {size}")
+
+
+def check_every(every: int | str | None) -> None:
+    """``train.checkpoint_every``: None, steps (1..10^9) or minutes as "Mmin" (0 < M <= 10^5)."""
+    if every is None or (isinstance(every, int) and not isinstance(every, bool) and 1 <= every <= 10**9):
+        return
+    if isinstance(every, str) and every.endswith("min"):
+        try:
+            minutes = float(every.removesuffix("min"))
+        except ValueError:
+            minutes = -1.0
+        if 0 < minutes <= 1e5:
+            return
+    raise ValueError(f"config key 'train.checkpoint_every' must be a number of steps (1..10^9) or minutes "
+                     f"such as \"10min\", got {every!r}")
 
 
 @dataclass(frozen=True)
@@ -26,26 +53,35 @@ class TrainConfig:
     shards: str | None = None  # a build folder, file://, http(s):// base URL or pipe: command; None: `out`
     dataset: str = "ahsn"
     conditions: list[str] = field(default_factory=lambda: ["clean"])
-    epochs: int = 6
-    batch_size: int = 128  # global: divided across ranks
+    epochs: int = 6  # 1..10000
+    # The GLOBAL batch (all ranks together), divided across ranks as evenly as it goes; 1..65536.
+    # batch_size_per_rank, when set, is the per-device batch torchrun users know (torchvision's
+    # references, HF's per_device_train_batch_size): the global batch is then it × ranks.
+    batch_size: int = 128
+    batch_size_per_rank: int | None = None  # 1..65536; overrides batch_size
+    seed: int | None = None  # data order and dropout; None: the root `seed` (which also draws the split)
+    # A resumable last.pt in the middle of an epoch: every N steps (an int), every M minutes
+    # ("Mmin"), or None (epoch ends only). --resume continues at the next batch, bit for bit.
+    checkpoint_every: int | str | None = None
+    keep_last: bool = True  # False: a finished run deletes last.pt (full state), keeping best.pt (weights)
     # Samples drawn per epoch (all ranks together): "all" = every selected training sample
     # once on average; "clean" = as many as the clean shards of the same folds hold, so an
     # experiment-2 run (4× the data) takes the same number of optimiser steps as experiment 1.
-    samples_per_epoch: int | Literal["all", "clean"] = "all"
+    samples_per_epoch: int | Literal["all", "clean"] = "all"  # or 1..10^9
     pretrained: str = "imagenet"  # imagenet | none | <path to a state_dict or checkpoint file>
     recipe: Literal["auto", "paper", "scratch"] = "auto"
     lr: float = 4e-4  # paper: trained pretrained layers (conv5, fc6, fc7)
     new_layer_lr: float = 0.01  # paper: the replaced last layer (weight and bias)
-    momentum: float = 0.9
-    weight_decay: float = 4e-4
-    lr_step: int = 2  # epochs between decays (the paper gives γ but not the step)
-    lr_gamma: float = 0.2
+    momentum: float = 0.9  # [0, 1)
+    weight_decay: float = 4e-4  # [0, 1)
+    lr_step: int = 2  # epochs between decays (the paper gives γ but not the step); 1..10000
+    lr_gamma: float = 0.2  # (0, 1]
     scratch_lr: float = 1e-4  # recipe scratch: Adam, all layers
     freeze: list[str] | None = None  # layers kept fixed (conv1…fc8); None: the recipe's choice
     best_metric: Literal["weighted_f1", "accuracy", "ua"] = "weighted_f1"
-    num_workers: int = 2  # DataLoader workers per rank
-    prefetch_factor: int = 2  # batches each worker keeps ready
-    shuffle_buffer: int = 1000  # samples (PNG bytes, decoded after the shuffle)
+    num_workers: int = 2  # DataLoader workers per rank; 0..256
+    prefetch_factor: int = 2  # batches each worker keeps ready; 1..64
+    shuffle_buffer: int = 1000  # samples (PNG bytes, decoded after the shuffle); 1..100000
     # Shards vs manifest before training (rank 0). A URL build is not downloaded twice: full and size
     # both ask sizes (HEAD), and sample counts are checked while streaming (preflight.verify_shards).
     verify: Literal["full", "size", "none"] = "full"
@@ -59,25 +95,37 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 on a GPU that has it, else none
     channels_last: bool = True  # on CUDA only (the layout tensor cores want)
-    timeout_s: int = 600  # every collective (and process-group start) gives up after this
+    timeout_s: int = 600  # every collective (and process-group start) gives up after this; 1..86400
     run_dir: str = "runs"
     name: str | None = None  # run folder name; None: derived from dataset + conditions + fold
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        check_range("train.epochs", self.epochs, 1, 10_000)
+        check_range("train.batch_size", self.batch_size, 1, 65_536)
+        if self.batch_size_per_rank is not None:
+            check_range("train.batch_size_per_rank", self.batch_size_per_rank, 1, 65_536)
+        if self.seed is not None:
+            check_range("train.seed", self.seed, 0, 2**63 - 1)
+        check_every(self.checkpoint_every)
         if not self.conditions:
             raise ValueError("train.conditions must name at least one condition (e.g. [clean])")
-        if isinstance(self.samples_per_epoch, int) and self.samples_per_epoch < 1:
-            raise ValueError(f"train.samples_per_epoch must be >= 1, got {self.samples_per_epoch}")
-        if self.lr_step < 1 or not 0.0 < self.lr_gamma <= 1.0:
-            raise ValueError("train.lr_step must be >= 1 and train.lr_gamma in (0, 1]")
-        if self.num_workers < 0 or self.prefetch_factor < 1 or self.shuffle_buffer < 1:
-            raise ValueError("train.num_workers >= 0, train.prefetch_factor >= 1, train.shuffle_buffer >= 1")
-        if self.timeout_s < 1:
-            raise ValueError(f"train.timeout_s must be >= 1, got {self.timeout_s}")
+        if isinstance(self.samples_per_epoch, int):
+            check_range("train.samples_per_epoch", self.samples_per_epoch, 1, 1_000_000_000)
+        # A rate of 0 trains nothing and says nothing; a negative one is refused by torch mid-run.
+        for key, rate in (("train.lr", self.lr), ("train.new_layer_lr", self.new_layer_lr),
+                          ("train.scratch_lr", self.scratch_lr)):
+            if not 0.0 < rate <= MAX_LR:
+                raise ValueError(f"config key '{key}' must be > 0 and <= {MAX_LR:g}, got {rate:g}")
+        for key, value in (("train.momentum", self.momentum), ("train.weight_decay", self.weight_decay)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"config key '{key}' must be in [0, 1), got {value:g}")
+        check_range("train.lr_step", self.lr_step, 1, 10_000)
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise ValueError(f"config key 'train.lr_gamma' must be in (0, 1], got {self.lr_gamma:g}")
+        check_range("train.num_workers", self.num_workers, 0, MAX_WORKERS)
+        check_range("train.prefetch_factor", self.prefetch_factor, 1, 64)
+        check_range("train.shuffle_buffer", self.shuffle_buffer, 1, 100_000)
+        check_range("train.timeout_s", self.timeout_s, 1, 86_400)
         bad = [x for x in (self.freeze or []) if x not in LAYERS]
         if bad:
             raise ValueError(f"train.freeze: unknown layer(s) {bad}; known: {', '.join(LAYERS)}")
@@ -85,5 +133,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CvConfig:
-    fold: int | None = None  # hold out train fold k for validation; None: train on all folds
+    fold: int | None = None  # hold out train fold k (0..99) for validation; None: train on all folds
     val_conditions: list[str] | None = None  # conditions validated on; None: train.conditions
+
+    def __post_init__(self) -> None:
+        if self.fold is not None:
+            check_range("cv.fold", self.fold, 0, MAX_FOLDS - 1)

@@ -19,8 +19,16 @@ of the per-image compute, with no PNG decoding.
 - **Layout**: ``<cache_root>/<key>/<shard path, / → __>.pt``, one file per TRAIN shard of a
   dataset (every condition and fold: both experiments and all folds of one build read the
   same files), each ``{"features": (N, C, H, W) fp16, "labels": (N,) int64, "keys": [N
-  sample keys], …}``, written through a temp file + rename (:mod:`serwild.atomic`), so a
-  killed rank never leaves a half file under its final name; a re-run skips finished files.
+  sample keys], "shard": its path, "sha256": the shard's, …}``, written through a temp file
+  + rename (:mod:`serwild.atomic`), so a killed rank never leaves a half file under its final
+  name; a re-run skips finished files.
+- **Checked on every use** (:func:`stale_reason`): a file must name the shard it stands for,
+  that shard's sha256 and sample count, and (given the build folder) the shard's sample keys
+  in tar order. So a file copied or renamed onto another shard's name, or one left from a
+  shard that was rebuilt, is never read as that shard: building the cache rebuilds such a
+  file (and an empty or cut one) with a note, loading refuses it in one line. A file holding
+  objects other than tensors and plain data is refused without running them and left for
+  the user to look at.
 - **DDP** (:func:`build_feature_cache`): rank r computes the shards ``records[r::world]``,
   reading each once with the evaluation loader; after a barrier every rank opens the files
   it needs (:func:`load_feature_cache`), memory-mapped, so ranks on one node share one copy
@@ -40,6 +48,7 @@ import json
 import math
 import tarfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +59,13 @@ from torch import nn
 
 from serwild import seeds
 from serwild.atomic import atomic_write
+from serwild.checkpoint import _unreadable as unreadable_reason  # one wording for every refused torch.load
 from serwild.data.loaders import make_eval_loader
 from serwild.data.manifest import select_shards
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD, normalise
 from serwild.errors import UsageError
 from serwild.trainer.model import LAYER_MODULES
+from serwild.trainer.preflight import unwritable
 
 CACHE_FORMAT = 1  # bump when the file layout or the preprocessing (data.transforms) changes: new keys
 CACHE_MODES = ("auto", "on", "off")
@@ -62,6 +73,7 @@ CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FILE_SUFFIX = ".pt"
 INFO_FILE = "cache.json"
+HOSTILE = "it holds objects other than tensors"  # how unreadable_reason starts for a refused pickle
 SAMPLING = "feature-cache"  # seeds.derive(seed, SAMPLING, epoch): the epoch's sample order, the same on every rank
 
 
@@ -205,6 +217,7 @@ class CacheBuild:
     samples: int  # images pushed through the prefix
     seconds: float
     bytes: int  # size of the files written
+    notes: tuple[str, ...] = ()  # one line per file that was there but stale or unreadable (rebuilt)
 
 
 def tar_keys(path: str | Path) -> list[str]:
@@ -237,9 +250,15 @@ def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: n
     front = _check_prefix(model, spec.prefix)[:spec.prefix]
     cache_dir = spec.dir
     mine = list(records)[rank::world_size]
-    todo = [r for r in mine if not shard_cache_file(cache_dir, r).is_file()]
+    notes: list[str] = []
+    todo = [r for r in mine if _needs_building(shard_cache_file(cache_dir, r), r, spec.key, Path(build_dir), notes)]
     writer = _ShardWriter(spec, Path(build_dir), todo)
     if todo:
+        why = unwritable(cache_dir)
+        if why is not None:
+            raise UsageError(f"feature cache folder {cache_dir} cannot be written ({why}) and {len(todo)} of its "
+                             f"files are missing or stale: set train.feature_cache_dir to a writable folder, "
+                             f"or train.feature_cache=off")
         cache_dir.mkdir(parents=True, exist_ok=True)
         on_gpu = device.type == "cuda"
         loader = make_eval_loader([str(Path(build_dir) / r["path"]) for r in todo], batch_size,
@@ -259,7 +278,24 @@ def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: n
     if rank == 0:
         _write_info(spec, model)
     return CacheBuild(writer.written, len(mine) - len(todo), writer.samples, time.perf_counter() - start,
-                      writer.bytes)
+                      writer.bytes, tuple(notes))
+
+
+def _needs_building(path: Path, record: dict, key: str, build_dir: Path, notes: list[str]) -> bool:
+    """Whether ``path`` must be (re)computed: missing, or there but stale or unreadable (a note in
+    ``notes`` says which and why). A file holding foreign objects is refused instead."""
+    if not path.is_file():
+        return True
+    try:
+        why = stale_reason(read_cache_file(path), key, record, int(record["count"]), build_dir)
+    except CacheFileError as e:
+        if e.hostile:
+            raise
+        why = e.why
+    if why is None:
+        return False
+    notes.append(f"note: feature cache file {path} {why}: rebuilt")
+    return True
 
 
 class _ShardWriter:
@@ -327,6 +363,56 @@ def _write_info(spec: CacheSpec, model: nn.Module) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
+class CacheFileError(UsageError):
+    """A cache file that cannot be read: empty, cut, not a cache file, or holding foreign objects."""
+
+    def __init__(self, path: Path, why: str, hostile: bool) -> None:
+        advice = "delete it and run again" if hostile else "run again to rebuild it"
+        super().__init__(f"feature cache file {path} {why}: {advice}")
+        self.why, self.hostile = why, hostile
+
+
+def read_cache_file(path: Path, mmap: bool = True) -> dict[str, Any]:
+    """One cache file's contents (tensors memory-mapped), read with ``weights_only=True``.
+
+    Any failure is a :class:`CacheFileError` of one line; one that holds objects other than
+    tensors and plain data is ``hostile`` (refused without running them). Never torch's advice
+    to retry with ``weights_only=False``, which would run them."""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # empty or cut files, zip errors, refused objects
+        why = unreadable_reason(path, e)
+        raise CacheFileError(path, f"is unreadable ({why})", why.startswith(HOSTILE)) from None
+    if not isinstance(obj, dict) or not {"features", "labels", "keys"} <= set(obj):
+        raise CacheFileError(path, "is not a feature cache file (no features, labels and keys)", False)
+    return obj
+
+
+def stale_reason(obj: dict[str, Any], key: str | None, record: dict | None, count: int | None,
+                 build_dir: str | Path | None = None) -> str | None:
+    """Why the cache file contents ``obj`` do not stand for ``record`` (a manifest shard record)
+    in cache ``key``; None when they do. Without ``record`` only the key and ``count`` are
+    checked; with ``build_dir`` also the sample keys against the shard's tar."""
+    if obj.get("format") != CACHE_FORMAT or (key is not None and obj.get("key") != key):
+        return f"belongs to another cache ({obj.get('key')}, format {obj.get('format')}), expected {key}"
+    n = len(obj["labels"])
+    if len(obj["features"]) != n or len(obj["keys"]) != n:
+        return f"holds {len(obj['features'])} features, {n} labels and {len(obj['keys'])} sample keys"
+    if record is not None:
+        if obj.get("shard") != record["path"]:
+            return f"holds {obj.get('shard')}, not {record['path']}"
+        if record.get("sha256") and obj.get("sha256") != record["sha256"]:
+            return (f"was made from another version of {record['path']} (sha256 {str(obj.get('sha256'))[:12]}…, "
+                    f"the manifest says {record['sha256'][:12]}…)")
+    if count is not None and n != count:
+        return f"holds {n} samples, the manifest says {count}"
+    if record is not None and build_dir is not None and list(obj["keys"]) != tar_keys(Path(build_dir) / record["path"]):
+        return f"lists sample keys other than those of {record['path']}"
+    return None
+
+
 class CachedTrainData:
     """Cached features of some shards, served as training (and validation) batches.
 
@@ -346,9 +432,12 @@ class CachedTrainData:
 
     def __init__(self, files: Sequence[str | Path], key: str | None = None,
                  counts: Sequence[int] | None = None, mmap: bool = True,
-                 device: torch.device | str | None = None) -> None:
-        if counts is not None and len(counts) != len(files):
-            raise ValueError("counts must give one count per file")
+                 device: torch.device | str | None = None, records: Sequence[dict] | None = None,
+                 build_dir: str | Path | None = None) -> None:
+        """``records`` (the manifest's, one per file) bind each file to its shard (:func:`stale_reason`);
+        ``build_dir`` adds the check of sample keys against the shards' tars."""
+        if (counts is not None and len(counts) != len(files)) or (records is not None and len(records) != len(files)):
+            raise ValueError("counts and records must give one entry per file")
         self.files = [Path(f) for f in files]
         self.feats: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
@@ -356,13 +445,11 @@ class CachedTrainData:
         for i, path in enumerate(self.files):
             if not path.is_file():
                 raise UsageError(f"feature cache file {path} is missing: build the cache first")
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-            if obj.get("format") != CACHE_FORMAT or (key is not None and obj.get("key") != key):
-                raise UsageError(f"{path} belongs to another cache ({obj.get('key')}, format "
-                                 f"{obj.get('format')}), expected {key}: delete it and rebuild")
-            n = len(obj["labels"])
-            if counts is not None and n != counts[i]:
-                raise UsageError(f"{path} holds {n} samples, the manifest says {counts[i]}: delete it and rebuild")
+            obj = read_cache_file(path, mmap)
+            why = stale_reason(obj, key, records[i] if records is not None else None,
+                               counts[i] if counts is not None else None, build_dir)
+            if why is not None:
+                raise CacheFileError(path, why, False)
             self.feats.append(obj["features"])
             labels.append(obj["labels"])
             self.keys.extend(obj["keys"])
@@ -407,10 +494,12 @@ class CachedTrainData:
         return perm[rank::world_size][:samples].contiguous()
 
     def batches(self, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
-                world_size: int = 1, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Exactly ``num_batches`` batches of (features (B, C, H, W) fp16, labels (B,))."""
+                world_size: int = 1, pin_memory: bool = False, start: int = 0
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start`` … ``num_batches - 1`` of (features (B, C, H, W) fp16, labels (B,)):
+        ``start`` > 0 continues an epoch exactly where a mid-epoch checkpoint left it."""
         idx = self.order(batch_size * num_batches, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
-        for b in range(num_batches):
+        for b in range(start, num_batches):
             feats, labels = self.take(idx[b * batch_size:(b + 1) * batch_size])
             yield (feats.pin_memory(), labels.pin_memory()) if pin_memory else (feats, labels)
 
@@ -425,12 +514,14 @@ class CachedTrainData:
                 yield self.feats[s][i - lo:j - lo], self.labels[i:j], self.keys[i:j]
 
 
-def load_feature_cache(spec: CacheSpec, records: Sequence[dict], device: torch.device | str | None = None
-                       ) -> CachedTrainData:
-    """The cached features of ``records`` (e.g. one run's training shards), checked against
-    the key and the manifest's counts: memory-mapped, or all in one tensor on ``device``."""
+def load_feature_cache(spec: CacheSpec, records: Sequence[dict], device: torch.device | str | None = None,
+                       build_dir: str | Path | None = None) -> CachedTrainData:
+    """The cached features of ``records`` (e.g. one run's training shards), each file checked
+    against the key and its shard's record (path, sha256, count; with ``build_dir`` the sample
+    keys too): memory-mapped, or all in one tensor on ``device``."""
     return CachedTrainData([shard_cache_file(spec.dir, r) for r in records], key=spec.key,
-                           counts=[int(r["count"]) for r in records], device=device)
+                           counts=[int(r["count"]) for r in records], device=device, records=records,
+                           build_dir=build_dir)
 
 
 # ----------------------------------------------------------------------------- the trained rest

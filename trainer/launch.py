@@ -1,7 +1,7 @@
 """Launch training: torchrun once per run (every fold with ``cv``), then the CV summary.
 
-Refusals a user can fix (a bad build folder or selection, an existing run, nothing to
-resume) happen here, before any process starts.
+Refusals a user can fix (a run or feature-cache folder that cannot be written, a bad build
+folder or selection, an existing run, nothing to resume) happen here, before any process starts.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from serwild.config import Config
 from serwild.data.manifest import train_folds
 from serwild.errors import UsageError
 from serwild.trainer.cv import summarise
+from serwild.trainer.features import INFO_FILE, default_cache_root, resolve_feature_cache
 from serwild.trainer.model import fetch_imagenet_weights
-from serwild.trainer.preflight import plan_data, resolve, run_name
+from serwild.trainer.preflight import DataPlan, check_run_folder, plan_data, resolve, run_name, unwritable
 
 MODULE = "serwild.trainer"  # the torchrun target (serwild/trainer/__main__.py)
 STOPPED = {128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGINT: "SIGINT"}  # torchrun.launch's signal exits
@@ -62,11 +63,31 @@ def check_run_dir(run_dir: Path, opts: LaunchOptions) -> None:
                          f"to start again, or set train.name=<another name>")
 
 
+def check_cache_folder(cfg: Config, plan: DataPlan) -> None:
+    """Refuse a feature-cache folder the run would need to write but cannot.
+
+    One that already holds a cache (a cache.json in a key folder) may be read-only: a shared,
+    prebuilt cache is read as it is, and a rank says so in one line if a file it needs is
+    missing there."""
+    t = cfg.train
+    if plan.build.is_remote or resolve_feature_cache(t.feature_cache, t.freeze or []) is None:
+        return
+    root = Path(t.feature_cache_dir) if t.feature_cache_dir else default_cache_root(plan.location)
+    why = unwritable(root)
+    if why is not None and not any(root.glob(f"*/{INFO_FILE}")):
+        setting = "train.feature_cache_dir" if t.feature_cache_dir else "the default feature cache folder"
+        raise UsageError(f"{setting} {root} cannot be written ({why}): set train.feature_cache_dir to a writable "
+                         f"folder, or train.feature_cache=off")
+
+
 def train(cfg: Config, opts: LaunchOptions) -> int:
     """Train one run (or every fold with ``opts.cv``); 0 on success, 1 if a run failed, 128 + the
     signal when stopped by SIGTERM or SIGINT (the remaining folds are not started)."""
     check_options(cfg, opts)
-    plan = plan_data(resolve(cfg))  # a bad build folder or selection fails here, before torchrun
+    resolved = resolve(cfg)
+    check_run_folder(Path(cfg.train.run_dir) / str(resolved.train.name))
+    plan = plan_data(resolved)  # a bad build folder or selection fails here, before torchrun
+    check_cache_folder(resolved, plan)
     if cfg.train.pretrained == "imagenet":
         fetch_imagenet_weights(progress=True)  # once, here, rather than in every rank
     folds: list[int | None] = list(train_folds(plan.manifest, cfg.train.dataset)) if opts.cv else [cfg.cv.fold]
@@ -88,6 +109,12 @@ def train(cfg: Config, opts: LaunchOptions) -> int:
             return code
         if code in (torchrun.USAGE_EXIT, torchrun.SAID_EXIT):  # a rank said what is wrong in one line
             return 2 if code == torchrun.USAGE_EXIT else 1
+        if code > 128:  # torchrun's agent itself was killed (torchrun.launch's convention)
+            again = ("run again with --resume to continue" if (run_dir / "last.pt").is_file()
+                     else "no epoch was saved: run again with --overwrite")
+            print(f"serwild train: torchrun was killed by {signal_name(code - 128)} (its ranks stopped with it); "
+                  f"{again}", file=sys.stderr)
+            return 1
         if code != 0:
             print(f"serwild train: training failed (exit status {code}); see the messages above", file=sys.stderr)
             return 1
@@ -97,3 +124,10 @@ def train(cfg: Config, opts: LaunchOptions) -> int:
         print((out / "cv.md").read_text(), end="")
         print(f"cross-validation summary: {out}/cv.json; best fold {summary['best_fold']}", file=sys.stderr)
     return 0
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

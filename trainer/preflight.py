@@ -7,6 +7,7 @@ fail together with the same message, and none is left waiting in a collective.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,15 +138,42 @@ def verify_shards(plan: DataPlan, level: str) -> str | None:
     return None
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be written, or None when it can.
+
+    A folder not there yet is judged by the nearest one above it that is (where it would be
+    made). The kernel is asked (access(2)), so nothing is written, and a read-only mount says
+    so even to root, whom file modes do not stop."""
+    there = Path(folder).absolute()
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        return f"{there} is not a folder"
+    if os.access(there, os.W_OK | os.X_OK):
+        return None
+    if os.statvfs(there).f_flag & os.ST_RDONLY:
+        return f"read-only file system at {there}"
+    return f"permission denied on {there}"
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse, in one line, a run folder that cannot be written (before anything else is done)."""
+    why = unwritable(run_dir)
+    if why is not None:
+        raise UsageError(f"the run folder {run_dir} cannot be written ({why}): set train.run_dir to a writable folder")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     """The checkpoint to resume from (None: start fresh), after checking what is there.
 
-    Rank 0 only. It locks the run folder first (:mod:`serwild.lock`; held until ``train.main``
+    Rank 0 only. It refuses a folder that cannot be written (one line, not an OSError from
+    deep inside), then locks the run folder (:mod:`serwild.lock`; held until ``train.main``
     ends, or the process does): under ``serwild train`` the launcher already holds that lock and
     this is a no-op; ranks started by torchrun directly take it here, so a second run on the
     same folder is refused either way. Then temp files of writers that were killed mid-save
     (``.last.pt.tmp-<pid>``, the size of a checkpoint) are removed.
     """
+    check_run_folder(run_dir)
     lock.acquire(run_dir, "serwild.trainer")
     atomic.remove_stale_temps(run_dir)
     last = run_dir / "last.pt"

@@ -10,6 +10,7 @@ writes checkpoints; every rank runs the same number of batches per epoch.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -97,17 +98,23 @@ def with_fault(loader: Iterable[T], epoch: int, rank: int) -> Iterable[T]:
     return faulty()
 
 
-def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, dtype: torch.dtype | None, d: Dist, cfg: Config,
-                    epoch: int, steps: int) -> dict[str, Any]:
-    """One pass of exactly ``steps`` batches; returns local loss sum, counts and seconds."""
+def train_one_epoch(run: Run, loader: Any, epoch: int, first: int = 0,
+                    carried: list[float] | None = None) -> dict[str, Any]:
+    """Batches ``first`` … ``run.steps - 1`` of ``epoch`` (``first`` > 0: resumed mid-epoch,
+    ``carried``: the loss sum, correct and samples of the batches before it, all ranks); writes
+    a mid-epoch last.pt whenever ``train.checkpoint_every`` says so. Returns local loss sum,
+    counts and seconds."""
+    model, optimizer, scaler, dtype, d, cfg, steps = (run.ddp, run.optimizer, run.scaler, run.dtype, run.d,
+                                                      run.cfg, run.steps)
     model.train()
     channels_last = cfg.train.channels_last and d.device.type == "cuda"
-    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
-    correct = torch.zeros((), dtype=torch.int64, device=d.device)
-    samples = batches = 0
+    carry = carried if carried is not None and d.is_main else [0.0, 0.0, 0.0]  # rank 0 holds what came before
+    loss_sum = torch.tensor(carry[0], dtype=torch.float64, device=d.device)
+    correct = torch.tensor(int(carry[1]), dtype=torch.int64, device=d.device)
+    samples, batches = int(carry[2]), 0
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
+    due = CheckpointClock(cfg.train.checkpoint_every, d)
+    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
                disable=(not d.is_main) or None, leave=False, dynamic_ncols=True, file=sys.stderr)
     batches_in = InputTimer(with_fault(loader, epoch, d.rank))
     for images, labels in batches_in:
@@ -119,9 +126,7 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         with autocast(d, dtype):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):  # stop before a NaN reaches the weights (and the other ranks)
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1} batch {batches} "
-                                     f"on rank {d.rank}: lower the learning rate or check the shards")
+        check_finite(loss, d, epoch, batches)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -133,11 +138,79 @@ def train_one_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimi
         bar.update(1)
         if d.is_main and batches % 10 == 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if first + batches < steps and due(first + batches):
+            _save_position(run, epoch, first + batches, [loss_sum, correct, samples])
     bar.close()
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
     return {"loss_sum": loss_sum, "correct": correct, "samples": samples, "batches": batches,
             "seconds": time.perf_counter() - start, "input_wait_s": batches_in.seconds}
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss of some rank is NaN or infinite: raised on every rank at the same step."""
+
+
+def check_finite(loss: torch.Tensor, d: Dist, epoch: int, batch: int) -> None:
+    """Stop before a NaN reaches the weights (and, through DDP, the other ranks).
+
+    Every rank learns every rank's loss (one small collective per step, before backward), so
+    all of them stop at this step together: none is left waiting in DDP's all-reduce for a
+    rank that has gone, and the message (rank 0's) names the ranks and their losses.
+    """
+    losses = losses_by_rank(loss, d)
+    bad = {r: v for r, v in enumerate(losses) if not math.isfinite(v)}
+    if bad:
+        where = ", ".join(f"rank {r}: {v}" for r, v in bad.items())
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1} batch {batch + 1} ({where}): lower the learning "
+                            f"rate (train.lr, train.new_layer_lr, train.scratch_lr) or check the data (shards, "
+                            f"feature cache, starting weights)")
+
+
+def losses_by_rank(loss: torch.Tensor, d: Dist) -> list[float]:
+    """Each rank's ``loss``, in rank order, on every rank (a sum of one-hot vectors)."""
+    mine = torch.zeros(d.world_size, dtype=torch.float64, device=loss.device)
+    mine[d.rank] = loss.detach().double()
+    return all_reduce_sum(mine, d).tolist()
+
+
+class CheckpointClock:
+    """When to write a mid-epoch checkpoint: every N steps (``train.checkpoint_every: N``), every
+    M minutes (``"Mmin"``: rank 0's clock, shared by one small collective per step so that every
+    rank saves at the same step), or never (None: at epoch ends only)."""
+
+    def __init__(self, every: int | str | None, d: Dist) -> None:
+        self.d, self.steps, self.seconds = d, None, None
+        if isinstance(every, int):
+            self.steps = every
+        elif isinstance(every, str):
+            self.seconds = 60.0 * float(every.removesuffix("min"))
+        self.last = time.monotonic()
+
+    def __call__(self, step: int) -> bool:
+        if self.steps is not None:
+            return step % self.steps == 0
+        if self.seconds is None:
+            return False
+        late = float(self.d.is_main and time.monotonic() - self.last >= self.seconds)
+        if all_reduce_sum(torch.tensor([late], dtype=torch.float64), self.d).item() > 0:
+            self.last = time.monotonic()
+            return True
+        return False
+
+
+def _save_position(run: Run, epoch: int, step: int, sums: list) -> None:
+    """last.pt at batch ``step`` of ``epoch``: weights, optimiser, every rank's RNG and the
+    epoch's loss sums so far, so that ``--resume`` continues at the next batch exactly."""
+    d = run.d
+    totals = all_reduce_sum(torch.tensor([float(sums[0]), float(sums[1]), float(sums[2])], dtype=torch.float64),
+                            d).tolist()
+    rng = all_gather_object(ckpt_io.rng_state(), d)
+    if d.is_main:
+        ck = {**_checkpoint(run, epoch, rng, None), "step": step, "partial": totals}
+        ckpt_io.save_checkpoint(run.run_dir / "last.pt", ck)
+        log(d, f"checkpoint: epoch {epoch + 1} batch {step}/{run.steps} → {run.run_dir / 'last.pt'}")
+    barrier(d)  # every rank past the save: a kill now costs nothing already saved
 
 
 class InputTimer:
@@ -205,6 +278,8 @@ class Run:
     steps: int  # per epoch, every rank
     start: int  # completed epochs
     best: dict[str, Any]
+    start_step: int = 0  # batches of epoch ``start`` already trained (a mid-epoch last.pt)
+    carried: list[float] | None = None  # their loss sum, correct and samples, all ranks
     cache: CachedTrainData | None = None  # training features (the feature cache is on)
     val_cache: CachedTrainData | None = None
 
@@ -233,23 +308,26 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
         log(d, note)
     if t.pretrained == "imagenet":  # one download per node, before any rank needs the file
         agree(d, fetch_imagenet_weights, on=d.local_rank == 0)
-    batch = per_rank_batch(t.batch_size, d)
+    batch = per_rank_batch(t, d)
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 256 × 256 inputs: pick the fastest kernels once
         torch.set_float32_matmul_precision("high")  # TF32 where AMP is off
-    seeds.seed_everything(seeds.derive(cfg.seed, seeds.INIT))  # identical initial weights on every rank
+    seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.INIT))  # identical initial weights on every rank
     model = build_model(len(plan.classes), t.pretrained)
     if t.channels_last and d.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.to(d.device)
     optimizer = make_optimizer(model, t)
     scheduler = make_scheduler(optimizer, t)
-    start, best = 0, {"metric": t.best_metric, "score": None, "epoch": None}
+    batch_steps = steps_per_epoch(plan.samples_per_epoch, batch, d.world_size)
+    resumed = Resumed(0, 0, None, {"metric": t.best_metric, "score": None, "epoch": None})
     if resume_from is not None:
-        start, best = _restore(resume_from, plan, cfg, d, model, optimizer, scheduler)
-        log(d, f"resuming {run_dir} after epoch {start} (lr {[g['lr'] for g in optimizer.param_groups]})")
+        resumed = _restore(resume_from, plan, cfg, d, (model, optimizer, scheduler), batch_steps)
+        at = f"epoch {resumed.epoch + 1} batch {resumed.step}" if resumed.step else f"after epoch {resumed.epoch}"
+        log(d, f"resuming {run_dir} at {at} (lr {[g['lr'] for g in optimizer.param_groups]})")
     else:
-        seeds.seed_everything(seeds.derive(cfg.seed, seeds.RANK, d.rank))  # dropout differs per rank
+        seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.RANK, d.rank))  # dropout differs per rank
+    start, best = resumed.epoch, resumed.best
     if d.is_main:
         _start_history(cfg, run_dir, start)
         if (low := disk_note(run_dir, model, optimizer)) is not None:
@@ -260,8 +338,8 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
            if d.distributed else net)
     return Run(cfg=cfg, d=d, plan=plan, run_dir=run_dir, model=model, net=net, ddp=ddp, optimizer=optimizer,
                scheduler=scheduler, scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16),
-               dtype=dtype, batch=batch, steps=steps_per_epoch(plan.samples_per_epoch, batch, d.world_size),
-               start=start, best=best, cache=cache, val_cache=val_cache)
+               dtype=dtype, batch=batch, steps=batch_steps, start=start, best=best, start_step=resumed.step,
+               carried=resumed.carried, cache=cache, val_cache=val_cache)
 
 
 def _feature_cache(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch: int
@@ -286,14 +364,23 @@ def _feature_cache(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch
                                                   d.device, spec, len(plan.classes), rank=d.rank,
                                                   world_size=d.world_size, batch_size=batch,
                                                   num_workers=t.num_workers), on=True)
+    for note in (n for b in built if b for n in b.notes):  # stale or unreadable files, rebuilt by any rank
+        log(d, note)
     log(d, f"feature cache {spec.dir}: {sum(b.written for b in built if b)} shard(s) computed, "
            f"{sum(b.skipped for b in built if b)} reused")
     place = d.device if d.device.type == "cuda" else None  # a GPU holds all features; a CPU memory-maps them
-    val = load_feature_cache(spec, plan.val_records, device=place) if plan.val_records else None
-    return head_from(model, prefix), load_feature_cache(spec, plan.train_records, device=place), val
+    val = (load_feature_cache(spec, plan.val_records, device=place, build_dir=plan.location)
+           if plan.val_records else None)
+    return head_from(model, prefix), load_feature_cache(spec, plan.train_records, device=place,
+                                                        build_dir=plan.location), val
 
 
-def per_rank_batch(global_batch: int, d: Dist) -> int:
+def per_rank_batch(t: Any, d: Dist) -> int:
+    """This rank's batch: ``train.batch_size_per_rank``, else the global ``train.batch_size`` divided
+    across ranks."""
+    if t.batch_size_per_rank is not None:
+        return int(t.batch_size_per_rank)
+    global_batch = t.batch_size
     batch = global_batch // d.world_size
     if batch < 1:
         raise UsageError(f"train.batch_size={global_batch} is smaller than the {d.world_size} ranks")
@@ -321,8 +408,8 @@ def fit(run: Run) -> dict[str, Any]:
     val = None
     for epoch in range(run.start, t.epochs):
         lrs = [g["lr"] for g in run.optimizer.param_groups]
-        stats = train_one_epoch(run.ddp, _train_loader(run, epoch), run.optimizer, run.scaler, run.dtype, d,
-                                run.cfg, epoch, run.steps)
+        first, carried = (run.start_step, run.carried) if epoch == run.start else (0, None)
+        stats = train_one_epoch(run, _train_loader(run, epoch, first), epoch, first, carried)
         run.scheduler.step()
         val = _validate(run)
         record = {"epoch": epoch + 1, "steps": run.steps, **_train_summary(stats, d), "val": val, "lr": lrs,
@@ -334,16 +421,24 @@ def fit(run: Run) -> dict[str, Any]:
     return _finish(run, val)
 
 
-def _train_loader(run: Run, epoch: int) -> Any:
-    t, d = run.cfg.train, run.d
+def train_seed(cfg: Config) -> int:
+    """The seed of a run's data order and dropout: ``train.seed``, else the build's ``seed`` (so
+    several training seeds can run on one build, and runs that set none train as before)."""
+    return cfg.train.seed if cfg.train.seed is not None else cfg.seed
+
+
+def _train_loader(run: Run, epoch: int, first: int = 0) -> Any:
+    """Batches ``first`` … ``run.steps - 1`` of this rank's ``epoch``: the cached features or the
+    streamed shards, both exact epochs in an order fixed by (train seed, epoch, rank, world size)."""
+    t, d, seed = run.cfg.train, run.d, train_seed(run.cfg)
     if run.cache is not None:
-        return run.cache.batches(run.batch, run.steps, seed=run.cfg.seed, epoch=epoch, rank=d.rank,
-                                 world_size=d.world_size)
+        return run.cache.batches(run.batch, run.steps, seed=seed, epoch=epoch, rank=d.rank,
+                                 world_size=d.world_size, start=first)
     on_gpu = d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
-    return make_train_loader(run.plan.train, len(run.plan.classes), run.batch, run.steps, seed=run.cfg.seed,
-                             epoch=epoch, rank=d.rank, num_workers=t.num_workers,
+    return make_train_loader(run.plan.train, len(run.plan.classes), run.batch, run.steps, seed=seed,
+                             epoch=epoch, rank=d.rank, world_size=d.world_size, num_workers=t.num_workers,
                              prefetch_factor=t.prefetch_factor, shuffle_buffer=t.shuffle_buffer,
-                             pin_memory=on_gpu, as_uint8=on_gpu)
+                             start_batch=first, pin_memory=on_gpu, as_uint8=on_gpu)
 
 
 def _validate(run: Run) -> dict[str, Any] | None:
@@ -371,9 +466,12 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
     if not d.is_main:
         return
     append_jsonl(run.run_dir / "metrics.jsonl", record)
-    ckpt_io.save_checkpoint(run.run_dir / "last.pt", _checkpoint(run, epoch + 1, rng, val))
+    full = _checkpoint(run, epoch + 1, rng, val)
+    ckpt_io.save_checkpoint(run.run_dir / "last.pt", full)
     if improved or run.plan.val is None:  # no validation fold: best.pt is the latest model
-        ckpt_io.link_checkpoint(run.run_dir / "last.pt", run.run_dir / "best.pt")
+        # Weights only: the optimiser's state (one or two copies of the weights) is what resuming
+        # needs, and resuming reads last.pt alone.
+        ckpt_io.save_checkpoint(run.run_dir / "best.pt", ckpt_io.weights_only(full))
     v = f"  val acc {val['accuracy']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}" if val else ""
     lr = ", ".join(f"{x:.2g}" for x in record["lr"])
     log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
@@ -388,7 +486,7 @@ def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> dict[s
             "classes": plan.classes, "dataset": cfg.train.dataset,
             "manifest_fingerprint": plan.manifest["fingerprint"], "shards": plan.location,
             "recipe": describe(cfg.train), "metrics": metrics, "best": run.best, "arch": "alexnet",
-            "serwild_version": __version__}
+            "serwild_version": __version__, "world_size": run.d.world_size, "steps": run.steps}
 
 
 def _train_summary(stats: dict[str, Any], d: Dist) -> dict[str, Any]:
@@ -406,29 +504,51 @@ def _train_summary(stats: dict[str, Any], d: Dist) -> dict[str, Any]:
     return summary
 
 
-def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, model: nn.Module,
-             optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, dict]:
-    """Load last.pt into model, optimiser, scheduler and RNGs; (completed epochs, best so far)."""
+@dataclass(frozen=True)
+class Resumed:
+    """Where a run continues: after ``epoch`` completed epochs and ``step`` batches of the next."""
+
+    epoch: int
+    step: int
+    carried: list[float] | None  # the loss sum, correct and samples of those ``step`` batches
+    best: dict[str, Any]
+
+
+def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, state: tuple[nn.Module, Any, Any],
+             steps: int) -> Resumed:
+    """Load last.pt into model, optimiser, scheduler and RNGs. A mid-epoch last.pt continues only
+    where its batches are this run's batches (same ranks, same steps per epoch); an epoch-end one
+    with another world size continues with re-seeded dropout, and says so."""
+    model, optimizer, scheduler = state
     ck = ckpt_io.load_checkpoint(path, map_location=d.device)
     ckpt_io.check_compatible(ck, plan.manifest, cfg.train.dataset, str(path),
                              hint=": start a new run (another train.name) instead of resuming")
+    if "optimizer" not in ck:
+        raise UsageError(f"{path} holds weights only (no optimiser state): it cannot be resumed")
+    start, step = int(ck["epoch"]), int(ck.get("step", 0))
+    rng = ck.get("rng") or []
+    if step and (len(rng) != d.world_size or int(ck.get("steps", steps)) != steps):
+        raise UsageError(f"{path} was saved in the middle of epoch {start + 1} (batch {step} of "
+                         f"{ck.get('steps')}) by {len(rng)} rank(s); this run has {d.world_size} rank(s) and "
+                         f"{steps} batches per epoch, so it cannot continue that epoch exactly: resume with "
+                         f"--nproc {len(rng)} and the same batch size, or start a new run")
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
-    start = int(ck["epoch"])
-    rng = ck.get("rng") or []
     if len(rng) == d.world_size:
         ckpt_io.set_rng_state(rng[d.rank])
     else:
         log(d, f"note: last.pt holds random states for {len(rng)} rank(s), this run has {d.world_size}: "
                f"dropout streams are re-seeded (deterministic, but not those of an uninterrupted run)")
-        seeds.seed_everything(seeds.derive(cfg.seed, seeds.RESUMED, start, d.rank))
+        seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.RESUMED, start, d.rank))
     best = ck.get("best") or {"metric": cfg.train.best_metric, "score": None, "epoch": None}
-    return start, best
+    return Resumed(start, step, ck.get("partial") if step else None, best)
 
 
 def _finish(run: Run, val: dict | None) -> dict[str, Any]:
     records = read_jsonl(run.run_dir / "metrics.jsonl") if run.d.is_main else []
+    if run.d.is_main and not run.cfg.train.keep_last:  # a finished run keeps its weights-only best.pt
+        (run.run_dir / "last.pt").unlink(missing_ok=True)
     if run.d.is_main and records:
         plot_curves(records, run.run_dir / "curves.png", f"{run.run_dir.name} ({records[-1]['recipe']} recipe)")
         best = run.best

@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from typing import Any
 
 from serwild.cli.options import add_config_arguments, split_overrides
 from serwild.config import load_config
@@ -38,6 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="WAV (or FLAC/OGG) files, any rate, mono or stereo; and eval.* overrides")
 
 
+def to_json(data: dict[str, Any]) -> str:
+    """Strict JSON: a NaN or inf (which ``json.dumps`` would print bare, invalid JSON) is refused."""
+    try:
+        return json.dumps(data, indent=2, allow_nan=False)
+    except ValueError as e:
+        raise UsageError(f"refusing to print invalid JSON ({e})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     overrides, files = split_overrides(args.inputs)
     if not files:
@@ -45,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_config(args.config, overrides).eval
     results, classes = predict_files(args.checkpoint, files, device=settings.device, batch_size=settings.batch_size)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "classes": classes,
-                          "files": [asdict(r) for r in results]}, indent=2))
+        print(to_json({"checkpoint": str(args.checkpoint), "classes": classes, "files": [asdict(r) for r in results]}))
     else:
         for r in results:
             if r.error is None:

@@ -6,6 +6,7 @@ the real on-disk format, not to whatever our generator writes.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,16 @@ def write_dialog(release: Path, session: int, dialog: str, utts: list[tuple[str,
     emo = sess / "dialog" / "EmoEvaluation"
     emo.mkdir(parents=True, exist_ok=True)
     lines, t = [HEADER], 1.0
-    for i, (uid, label, secs) in enumerate(utts):
+    for uid, label, secs in utts:
         lines.append(f"[{t:.4f} - {t + secs:.4f}]\t{uid}\t{label}\t[2.5000, 2.5000, 2.5000]\n")
         lines.append("C-E2:\tNeutral;\t()\nC-E3:\tAnger;\t(annoyed)\nA-E3:\tval 3; act 2; dom  2;\t()\n\n")
         t += secs + 0.7
         if write_wav:
             wav = sess / "sentences" / "wav" / dialog / f"{uid}.wav"
             wav.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(wav, tone(secs, LABEL_F0.get(label, 200.0), sr, seed=i), sr, subtype="PCM_16")
+            # seeded by the id: every recording distinct (the builder rejects repeated audio)
+            sf.write(wav, tone(secs, LABEL_F0.get(label, 200.0), sr, seed=zlib.crc32(uid.encode())), sr,
+                     subtype="PCM_16")
     (emo / f"{dialog}.txt").write_text("".join(lines))
 
 

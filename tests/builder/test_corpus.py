@@ -70,9 +70,9 @@ def test_missing_root_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_csv_manifest(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
-    for name in ("a/x.1.wav", "b.wav"):
+    for level, name in ((0.1, "a/x.1.wav"), (0.2, "b.wav")):  # distinct audio: a copy would be rejected
         (tmp_path / name).parent.mkdir(exist_ok=True)
-        sf.write(tmp_path / name, np.zeros(16000, np.float32) + 0.1, 16000)
+        sf.write(tmp_path / name, np.zeros(16000, np.float32) + level, 16000)
     (tmp_path / "list.csv").write_text(
         "path,label,speaker,session\n"
         "a/x.1.wav,Angry,spk1,s1\n"

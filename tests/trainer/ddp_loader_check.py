@@ -28,6 +28,7 @@ def main(spec_path: str, out_path: str) -> None:
             shards = ShardSet(case["urls"], case["counts"])
             steps = 0
             for _images, _labels in make_train_loader(shards, 4, 3, spec["batches"], seed=0, epoch=0, rank=d.rank,
+                                                      world_size=d.world_size,
                                                       num_workers=1, shuffle_buffer=8):
                 all_reduce_sum(torch.ones(1), d)
                 steps += 1
