@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,10 @@ def _killed_after_mark(cmd: list[str], needle: str) -> str:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     with procs.session(proc):
-        assert seen.wait(300), "".join(err)[-3000:]
+        deadline = time.monotonic() + 300
+        while not seen.wait(0.5) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        assert seen.is_set(), "".join(err)[-3000:]
         for pid in {*procs.session_pids(proc.pid), *procs.pids_running(needle)}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
