@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         for w in args.workers:
             best = {"resampled": 0.0, "exact": 0.0}
             for _ in range(args.rounds):
-                best["resampled"] = max(best["resampled"], rate(lambda: baseline_loader(shards, k, args.batch_size,
-                                                                                       steps, w)))
-                best["exact"] = max(best["exact"], rate(lambda: make_train_loader(
+                best["resampled"] = max(best["resampled"], rate(lambda w=w: baseline_loader(
+                    shards, k, args.batch_size, steps, w)))
+                best["exact"] = max(best["exact"], rate(lambda w=w: make_train_loader(
                     shards, k, args.batch_size, steps, seed=0, epoch=0, num_workers=w)))
             print(f"{w:>8}{best['resampled']:>17.0f}{best['exact']:>13.0f}"
                   f"{best['exact'] / best['resampled']:>16.3f}x")

@@ -100,15 +100,27 @@ def fix_length(y: np.ndarray, length: int) -> np.ndarray:
 
 
 def read_block(path: str | Path, block: int, native_sr: int, block_seconds: float,
-               target_sr: int) -> np.ndarray:
-    """Block ``block`` of a file as exactly ``block_seconds * target_sr`` mono samples.
+               target_sr: int, segment: tuple[float, float] | None = None) -> np.ndarray:
+    """Block ``block`` of a file (or of a segment of it, in seconds) as exactly
+    ``block_seconds * target_sr`` mono samples.
 
     Only the block's own frames are read (seek), so a shard task's memory does not grow
-    with utterance length; a short last block (``keep_tail``) is zero-padded.
+    with utterance length; a short last block (``keep_tail``) is zero-padded, never filled
+    from past a segment's end.
     """
     n_native = int(round(block_seconds * native_sr))
-    y, sr = read_mono(path, start=block * n_native, stop=(block + 1) * n_native)
+    first, last = segment_frames(segment, native_sr)
+    start = first + block * n_native
+    stop = start + n_native if last is None else min(start + n_native, last)
+    y, sr = read_mono(path, start=start, stop=stop)
     return resample(y, sr, target_sr, length=int(round(block_seconds * target_sr)))
+
+
+def segment_frames(segment: tuple[float, float] | None, sr: int) -> tuple[int, int | None]:
+    """A segment's first and end frame at rate ``sr`` ((0, None): the whole file)."""
+    if segment is None:
+        return 0, None
+    return int(round(segment[0] * sr)), int(round(segment[1] * sr))
 
 
 def block_count(info: AudioInfo, block_seconds: float, keep_tail: bool) -> int:
@@ -117,13 +129,16 @@ def block_count(info: AudioInfo, block_seconds: float, keep_tail: bool) -> int:
     return full + (1 if keep_tail and tail > 0 else 0)
 
 
-def block_peaks(path: str | Path, info: AudioInfo, block_seconds: float, n_blocks: int) -> list[float]:
-    """Peak |sample| of each block, for the silence check: the file is read once, one block
-    at a time, so memory does not grow with the recording's length."""
+def block_peaks(path: str | Path, info: AudioInfo, block_seconds: float, n_blocks: int,
+                first_frame: int = 0) -> list[float]:
+    """Peak |sample| of each block (from ``first_frame`` on, for a segment), for the silence check:
+    the file is read once, one block at a time, so memory does not grow with the recording's length."""
     n_native = int(round(block_seconds * info.sample_rate))
     peaks = []
     try:
         with sf.SoundFile(str(path)) as f:
+            if first_frame:
+                f.seek(first_frame)
             for _ in range(n_blocks):
                 data = f.read(n_native, dtype="float32", always_2d=True)
                 peaks.append(float(np.abs(_mono(data)).max(initial=0.0)) if data.size else 0.0)

@@ -25,17 +25,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
-from tqdm import tqdm
 
 from serwild import atomic, lock
 from serwild.builder import hubcard, plan, scan
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject, read_corpus
+from serwild.builder.labels import PRESETS, resolve_views
 from serwild.builder.manifest import make_manifest
 from serwild.builder.shards import build_shard
-from serwild.config import Config, config_from_resolved, to_dict
+from serwild.config import NOT_BUILD_KEYS, Config, config_from_resolved, to_dict
 from serwild.data.manifest import sha256_file
+from serwild.data.publish import refuse_remote_out
 from serwild.errors import UsageError
+from serwild.progress import progress, stage
 from serwild.synth.corpus import write_synthetic_corpus
 
 T = TypeVar("T")
@@ -45,14 +47,18 @@ SCAN_CHUNK = 32  # utterances per scan task: enough work to hide a task's overhe
 
 
 DETAIL = re.compile(r"'[^']*'|\(.*\)")  # a quoted label code or a parenthesised detail
+OUTSIDE_VIEWS = re.compile(r"^label '(.*)' not in the selected datasets")
 
 
 def reject_summary(path: Path) -> Counter[str]:
-    """Rejects grouped by reason, with the per-item details (label code, duration) cut out."""
+    """Rejects grouped by reason, with the per-item details (duration, file names) cut out; labels
+    outside every view are counted per label (a label the user forgot to put in a view shows)."""
     reasons: Counter[str] = Counter()
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        reasons[r["stage"] + ": " + DETAIL.sub("…", r["reason"])] += 1
+        m = OUTSIDE_VIEWS.match(r["reason"])
+        what = f"label '{m.group(1)}' in no selected dataset" if m else DETAIL.sub("…", r["reason"])
+        reasons[r["stage"] + ": " + what] += 1
     return reasons
 
 
@@ -63,16 +69,21 @@ def run_build(cfg: Config, executor: str = "ray", overwrite: bool = False) -> Pa
     is refused at once. A folder holding a finished build of another config is replaced
     only with ``overwrite``.
     """
+    refuse_remote_out(cfg.out)  # a build writes a folder; `serwild publish` uploads it
     out = Path(cfg.out)
     _ensure_corpus(cfg)
-    utts, rejects = read_corpus(cfg.corpus, cfg.datasets)
+    views = resolve_views(cfg.datasets, cfg.views)
+    utts, rejects = read_corpus(cfg.corpus, cfg.datasets, views)
     if not utts:
         raise UsageError(f"corpus.root {cfg.corpus.root}: no usable utterance "
                          f"({len(rejects)} rejected; first: {rejects[0].reason if rejects else '-'})")
+    stage("build", f"corpus: {len(utts)} utterance(s) to scan, {len(rejects)} rejected so far; datasets "
+          + "; ".join(f"{d} ({len(v.classes)} classes)" for d, v in views.items()))
     noises, noise_rejects = ([], [])
     if cfg.snr_db:
         noises, noise_rejects = scan.scan_noise(Path(cfg.noise.dir), cfg.audio, cfg.noise.test_fraction)
     rejects += noise_rejects
+    plan.check_corpus_classes(utts, views)
     with _claim(out, cfg, overwrite), _executor(executor, cfg, out) as pmap:
         scanned = []
         chunks = [utts[i:i + SCAN_CHUNK] for i in range(0, len(utts), SCAN_CHUNK)]
@@ -81,9 +92,11 @@ def run_build(cfg: Config, executor: str = "ray", overwrite: bool = False) -> Pa
             rejects.extend(bad)
         scanned.sort(key=lambda s: s.utt.id)
         specs = plan.plan_shards(scanned, noises, cfg)
+        stage("build", f"plan: {len(specs)} shard(s), {sum(len(x.samples) for x in specs)} sample(s) "
+              f"from {len(scanned)} utterance(s)")
         out.mkdir(parents=True, exist_ok=True)
         done, todo = _resume_state(out, specs, cfg.audio)
-        _remove_strays(out, {s.path for s in specs})
+        _remove_strays(out, {s.path for s in specs}, cfg.datasets)
         if done:
             print(f"resume: {len(done)} shard(s) already built and verified, {len(todo)} to build",
                   file=sys.stderr)
@@ -99,15 +112,11 @@ def run_build(cfg: Config, executor: str = "ray", overwrite: bool = False) -> Pa
         rejects.sort(key=lambda r: (r.stage, r.item, r.block if r.block is not None else -1, r.reason))
         atomic.write_text(out / "rejects.jsonl", "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n"
                                                           for r in rejects))
+        stage("build", f"writing manifest.json, rejects.jsonl ({len(rejects)}) and README.md")
         manifest = make_manifest(cfg, records, rejects, scanned)
         atomic.write_json(out / "manifest.json", manifest)
         atomic.write_text(out / "README.md", hubcard.readme(manifest))  # the one dataset card (what hubs read)
     return out
-
-
-# What does not change a build's bytes: where it is (a moved or copied folder is the same
-# build), how Ray runs it, and the later stages' sections.
-NOT_BUILD_KEYS = ("out", "ray", "train", "cv", "eval", "remote")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -197,10 +206,11 @@ def _resume_state(out: Path, specs: list, audio_cfg: AudioConfig) -> tuple[dict[
     return done, todo
 
 
-def _remove_strays(out: Path, planned: set[str]) -> None:
-    """Temp files of killed tasks, and shards of an older plan, under our own sub-folders."""
+def _remove_strays(out: Path, planned: set[str], datasets: list[str]) -> None:
+    """Temp files of killed tasks, and shards of an older plan, under our own sub-folders (this
+    build's datasets and the presets')."""
     atomic.remove_stale_temps(out)  # e.g. .manifest.json.tmp-<pid> of a killed driver
-    for sub in ("ahsn", "aesn"):
+    for sub in dict.fromkeys([*datasets, *PRESETS]):
         for p in (out / sub).rglob("*") if (out / sub).is_dir() else []:
             rel = str(p.relative_to(out))
             # A temp file goes only when its writer is dead (the same rule as the trainer's).
@@ -339,9 +349,10 @@ def remove_worker_temps(out: Path, wait_s: float = WORKER_EXIT_WAIT_S) -> list[P
 
 
 def _shard_temps(out: Path) -> list[Path]:
-    """Temp files under the build's dataset folders (where shard tasks write)."""
-    return [p for sub in ("ahsn", "aesn") if (out / sub).is_dir()
-            for p in (out / sub).rglob(".*") if atomic.TEMP_NAME.match(p.name)]
+    """Temp files under the build's dataset folders (where shard tasks write): every folder of the
+    build that is not hidden (Ray's own, .ray-*, is removed as a whole)."""
+    subs = [d for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")] if out.is_dir() else []
+    return [p for sub in subs for p in sub.rglob(".*") if atomic.TEMP_NAME.match(p.name)]
 
 
 # The local Ray cluster must not outlive a driver killed with SIGKILL. Its gcs, raylet and
@@ -409,8 +420,9 @@ def _start_watchdog(ray_tmp: Path | None) -> subprocess.Popen | None:
                             stdout=subprocess.DEVNULL, start_new_session=True)
 
 
-def _progress(total: int, desc: str):
-    return tqdm(total=total, desc=desc, unit="task", file=sys.stderr, disable=None, dynamic_ncols=True)
+def _progress(total: int, desc: str) -> Any:
+    # a bar on a terminal, whole lines in a log (serwild.progress)
+    return progress(total, desc, unit="task", command="build")
 
 
 def _serial_map(fn: Callable, items: list[tuple], desc: str) -> Iterator[Any]:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+# Label sets are config: re-exported here, the one builder module the composed config imports.
+from serwild.builder.labels import PRESETS, VIEW_NAME, resolve_views
+
+__all__ = ["PRESETS", "VIEW_NAME", "resolve_views"]
+
 # Every size-like setting has a range, checked wherever a config is made (a config file, an
 # override, the copy inside a checkpoint or a manifest): one value must not be able to ask
 # for unbounded memory or work (`audio.n_fft: 100000000` is a 96 GiB STFT). The ranges are
@@ -31,16 +36,31 @@ SEED_MAX = 2**63 - 1  # seeds are 64-bit (torch.manual_seed, numpy); non-negativ
 @dataclass(frozen=True)
 class CorpusConfig:
     # iemocap: an IEMOCAP copy (root holds IEMOCAP_full_release/ or is it);
-    # csv: root is a CSV list `path,label,speaker[,session]` (any other corpus);
+    # csv: root is a CSV list `path,label,speaker[,session][,start,end]` (any other corpus);
+    # audiofolder: root is a folder laid out for HF's audiofolder (metadata.csv with file_name + a label column);
     # synthetic: the built-in corpus in IEMOCAP's layout, synthesised into root if missing.
-    kind: Literal["iemocap", "csv", "synthetic"] = "synthetic"
+    kind: Literal["iemocap", "csv", "audiofolder", "synthetic"] = "synthetic"
     root: str = "corpora/synth"
     improvised_only: bool = True
     synth_size: Literal["tiny", "demo", "full"] = "demo"
+    label_column: str = "label"  # csv / audiofolder: the column holding each recording's label
 
     def __post_init__(self) -> None:
         if not self.root:
             raise ValueError("corpus.root must not be empty")
+        if not self.label_column.strip():
+            raise ValueError("config key 'corpus.label_column' must not be empty")
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """A label set (``views.<name>``): the ordered class list (order = class index) and merges."""
+
+    classes: list[str] = field(default_factory=list)
+    merge: dict[str, str] = field(default_factory=dict)  # corpus label → the class it counts as (exc: hap)
+    # A class with no training or no test sample is refused before rendering; true builds it anyway
+    # (the hub card carries a warning): a model would then never learn, or never be scored on, that class.
+    allow_empty: bool = False
 
 
 @dataclass(frozen=True)

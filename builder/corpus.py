@@ -8,11 +8,12 @@ listed under two paths (a hard link, a copy) is used once: the later listings ar
 
 from __future__ import annotations
 
-import codecs
+import bisect
 import contextlib
 import csv
 import hashlib
 import io
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -20,22 +21,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from serwild.builder.config import CorpusConfig
+from serwild.builder.labels import LABEL_ALIASES, MAX_LABEL_CHARS, PRESETS, View, canonical_label, resolve_views
 from serwild.errors import UsageError
+from serwild.text import decode_utf8
 
-# The paper's two 4-class views of IEMOCAP; the order is the class index.
-DATASETS: dict[str, tuple[str, ...]] = {
-    "ahsn": ("ang", "hap", "sad", "neu"),
-    "aesn": ("ang", "exc", "sad", "neu"),
-}
+__all__ = ["DATASETS", "LABEL_ALIASES", "Reject", "Utterance", "read_corpus"]
+
+# The paper's two 4-class views of IEMOCAP (built-in presets; any other view is config, see labels.py).
+DATASETS: dict[str, tuple[str, ...]] = dict(PRESETS)
 # Every categorical code IEMOCAP uses (xxx = no rater agreement).
 IEMOCAP_CODES = frozenset(["ang", "hap", "exc", "sad", "neu", "fru", "sur", "fea", "dis", "oth", "xxx"])
-# Spelled-out labels seen in other corpora's metadata (RAVDESS, CREMA-D, own recordings).
-LABEL_ALIASES = {
-    "anger": "ang", "angry": "ang", "happy": "hap", "happiness": "hap", "joy": "hap",
-    "excited": "exc", "excitement": "exc", "sad": "sad", "sadness": "sad",
-    "neutral": "neu", "frustrated": "fru", "frustration": "fru", "surprise": "sur",
-    "surprised": "sur", "fear": "fea", "fearful": "fea", "disgust": "dis", "other": "oth",
-}
 SUMMARY_LINE = re.compile(r"^\[(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\]\s+(\S+)\s+(\S+)\s+\[")
 SESSION_ID = re.compile(r"^(Ses\d\d)[FM]_")
 # A sample key is "<id>_b<block>_<condition>": WebDataset cuts a key at its first '.', and
@@ -51,6 +46,13 @@ class Utterance:
     label: str
     speaker: str
     session: str
+    # A segment of a longer recording, in seconds into the file (None: the whole file).
+    start: float | None = None
+    end: float | None = None
+
+    @property
+    def segment(self) -> tuple[float, float] | None:
+        return None if self.start is None or self.end is None else (self.start, self.end)
 
 
 @dataclass(frozen=True)
@@ -65,20 +67,24 @@ class Reject:
         return asdict(self)
 
 
-def read_corpus(cfg: CorpusConfig, datasets: list[str]) -> tuple[list[Utterance], list[Reject]]:
-    """Utterances whose label one of ``datasets`` uses, and rejects for all the rest."""
-    wanted = {code for name in datasets for code in DATASETS[name]}
+def read_corpus(cfg: CorpusConfig, datasets: list[str],
+                views: dict[str, View] | None = None) -> tuple[list[Utterance], list[Reject]]:
+    """Utterances whose label one of ``datasets`` (resolved as ``views``; default: the presets) uses,
+    and rejects for all the rest."""
+    views = views if views is not None else resolve_views(datasets, {})
     if cfg.kind == "csv":
-        utts, rejects = read_csv_list(Path(cfg.root))
+        utts, rejects = read_csv_list(Path(cfg.root), cfg.label_column)
+    elif cfg.kind == "audiofolder":
+        utts, rejects = read_audiofolder(Path(cfg.root), cfg.label_column)
     else:
         utts, rejects = read_iemocap(Path(cfg.root), cfg.improvised_only)
     kept = []
     for u in utts:
-        if u.label in wanted:
+        if any(v.class_of(u.label) is not None for v in views.values()):
             kept.append(u)
         else:
-            views = "; ".join(f"{d}: {' '.join(DATASETS[d])}" for d in datasets)
-            rejects.append(Reject(u.id, f"label '{u.label}' not in the selected datasets ({views})",
+            names = "; ".join(f"{d}: {' '.join(v.classes)}" for d, v in views.items())
+            rejects.append(Reject(u.id, f"label '{u.label}' not in the selected datasets ({names})",
                                   "corpus", u.path))
     return kept, rejects
 
@@ -164,75 +170,176 @@ def _iemocap_utterance(release: Path, session_dir: Path, dialog: str, utt_id: st
 
 # ----------------------------------------------------------------------------- CSV
 
+# What a list must hold, for `serwild build --help` and the errors that concern the file itself.
+CSV_FORMAT = ("a UTF-8 CSV with a header line and one row per recording: path,label,speaker[,session][,start,end] "
+              "(path relative to the CSV file; label in any spelling, e.g. ang/angry/Anger or a class of your "
+              "views; session defaults to the speaker; start,end: seconds into the file for a segment, many "
+              "rows may share a file)")
+AUDIOFOLDER_FORMAT = ("a folder with metadata.csv: a header line with file_name and the label column, one row per "
+                      "recording (file_name relative to the folder; speaker, session, start, end optional)")
 
-def read_csv_list(csv_path: Path) -> tuple[list[Utterance], list[Reject]]:
-    """``path,label,speaker[,session]`` (header required); paths relative to the CSV."""
+
+@dataclass(frozen=True)
+class _Columns:
+    path: str
+    label: str
+    speaker: bool  # the list has a speaker column (required for kind csv)
+    session: bool
+    segments: bool  # start and end columns
+
+
+def read_audiofolder(root: Path, label_column: str = "label") -> tuple[list[Utterance], list[Reject]]:
+    """A folder laid out for HF's ``audiofolder`` (``metadata.csv``: ``file_name`` + a label column)."""
+    meta = root if root.name == "metadata.csv" else root / "metadata.csv"
+    if not meta.is_file():
+        raise UsageError(f"corpus.root {root}: no metadata.csv found; corpus.kind audiofolder reads "
+                         f"{AUDIOFOLDER_FORMAT}, label column '{label_column}' (corpus.label_column)")
+    return read_csv_list(meta, label_column, audiofolder=True)
+
+
+def read_csv_list(csv_path: Path, label_column: str = "label",
+                  audiofolder: bool = False) -> tuple[list[Utterance], list[Reject]]:
+    """``path,label,speaker[,session][,start,end]`` (header required); paths relative to the CSV."""
     if not csv_path.is_file():
-        raise UsageError(f"corpus.root {csv_path}: CSV list not found")
+        hint = " (a folder: for one with metadata.csv set corpus.kind=audiofolder)" if csv_path.is_dir() else ""
+        raise UsageError(f"corpus.root {csv_path}: CSV list not found{hint}; corpus.kind csv reads {CSV_FORMAT}")
     text = read_utf8(csv_path)
     source = io.StringIO(text, newline="")
     reader = csv.DictReader(source)
     with _csv_errors(csv_path, text, source):
-        missing = {"path", "label", "speaker"} - set(reader.fieldnames or [])
-        if missing:
-            raise UsageError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} "
-                             "(expected header path,label,speaker[,session])")
+        cols = _columns(csv_path, list(reader.fieldnames or []), label_column, audiofolder)
         rows = list(reader)
     listed: list[tuple[str, Utterance]] = []  # (row, utterance)
     rejects: list[Reject] = []
     seen: set[str] = set()
-    first_row: dict[Path, str] = {}  # resolved audio path → the row that listed it first
+    spans: dict[Path, list[tuple[float, float, str]]] = {}  # audio path → its kept spans, sorted
     for n, row in enumerate(rows, start=2):  # line 1 is the header
-        rel = (row.get("path") or "").strip()
-        path = (csv_path.parent / rel.replace("\0", "")).resolve()
-        label = normalise_label(row.get("label") or "")
-        speaker = (row.get("speaker") or "").strip()
         item = f"{csv_path.name}:{n}"
-        if not rel or not speaker:
-            rejects.append(Reject(item, "empty path or speaker", "corpus", rel or None))
-        elif label is None:
-            rejects.append(Reject(item, f"unknown label '{row.get('label')}'", "corpus", str(path)))
-        elif (problem := _audio_file_problem(rel, path)) is not None:
-            rejects.append(Reject(item, problem, "corpus", str(path)))
-        elif path in first_row:  # kept once: twice would put one block in train and test alike
-            rejects.append(Reject(item, f"duplicate of {first_row[path]} (same audio file)", "corpus", str(path)))
+        got = _csv_row(csv_path, row, cols, item, spans, seen)
+        if isinstance(got, Reject):
+            rejects.append(got)
         else:
-            first_row[path] = item
-            uid = unique_id(Path(rel), seen)
-            session = (row.get("session") or "").strip() or speaker
-            listed.append((item, Utterance(uid, str(path), rel, label, speaker, session)))
+            listed.append((item, got))
     utts, same = drop_same_audio(listed)
     return utts, rejects + same
+
+
+def _columns(csv_path: Path, names: list[str], label_column: str, audiofolder: bool) -> _Columns:
+    """The list's columns, or one line saying what the header must hold."""
+    what = AUDIOFOLDER_FORMAT if audiofolder else CSV_FORMAT
+    path_col = next((c for c in ("path", "file_name") if c in names), None)
+    missing = [c for c, ok in (("path" if not audiofolder else "file_name", path_col is not None),
+                               (label_column, label_column in names),
+                               ("speaker", audiofolder or "speaker" in names)) if not ok]
+    if ("start" in names) != ("end" in names):
+        missing.append("end" if "start" in names else "start")
+    if missing:
+        found = ",".join(names)[:200] or "nothing"
+        raise UsageError(f"{csv_path}: bad header: missing column(s) {', '.join(missing)} (the header reads "
+                         f"{found!r}); expected {what}")
+    assert path_col is not None
+    return _Columns(path_col, label_column, "speaker" in names, "session" in names, "start" in names)
+
+
+def _csv_row(csv_path: Path, row: dict, cols: _Columns, item: str, spans: dict[Path, list[tuple[float, float, str]]],
+             seen: set[str]) -> Utterance | Reject:
+    """One row → an utterance, or the reason it is not one."""
+    rel = (row.get(cols.path) or "").strip()
+    path = (csv_path.parent / rel.replace("\0", "")).resolve()
+    raw_label = (row.get(cols.label) or "").strip()
+    # An audiofolder without a speaker column: one speaker for all (a session split then says so).
+    speaker = (row.get("speaker") or "").strip() if cols.speaker else "unknown"
+    if not rel or not speaker:
+        return Reject(item, "empty path or speaker", "corpus", rel or None)
+    if not raw_label:
+        return Reject(item, "empty label", "corpus", str(path))
+    if len(raw_label) > MAX_LABEL_CHARS:
+        return Reject(item, f"label longer than {MAX_LABEL_CHARS} characters", "corpus", str(path))
+    if (problem := _audio_file_problem(rel, path)) is not None:
+        return Reject(item, problem, "corpus", str(path))
+    span = _segment(row) if cols.segments else None
+    if isinstance(span, str):
+        return Reject(item, span, "corpus", str(path))
+    clash = _claim_span(spans.setdefault(path, []), span, item)
+    if clash is not None:
+        return Reject(item, clash, "corpus", str(path))
+    session = ((row.get("session") or "").strip() if cols.session else "") or speaker
+    name = Path(rel) if span is None else Path(rel).with_name(f"{Path(rel).stem}_{_ms(span[0])}-{_ms(span[1])}.seg")
+    uid = unique_id(name, seen)
+    start, end = span if span is not None else (None, None)
+    return Utterance(uid, str(path), rel, canonical_label(raw_label), speaker, session, start, end)
+
+
+def _segment(row: dict) -> tuple[float, float] | str | None:
+    """A row's ``start``/``end`` (seconds), None for the whole file, or why they are not a segment."""
+    a, b = (row.get("start") or "").strip(), (row.get("end") or "").strip()
+    if not a and not b:
+        return None
+    if not a or not b:
+        return "segment with only one of start and end"
+    try:
+        start, end = float(a), float(b)
+    except ValueError:
+        return f"segment start/end are not numbers of seconds ('{a[:40]}', '{b[:40]}')"
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
+        return f"segment start/end must be finite and start >= 0 (start {a[:40]}, end {b[:40]})"
+    if end <= start:
+        return f"segment of zero or negative length (start {start:g} s, end {end:g} s)"
+    return start, end
+
+
+def _claim_span(kept: list[tuple[float, float, str]], span: tuple[float, float] | None, item: str) -> str | None:
+    """Add ``span`` (None: the whole file) to a file's kept spans, or say what it overlaps: one stretch
+    of audio used twice could put the same block in train and test alike. The first row listed is kept."""
+    lo, hi = span if span is not None else (0.0, math.inf)
+    i = bisect.bisect_left(kept, (lo, hi, item))
+    for j in (i - 1, i):
+        if 0 <= j < len(kept) and kept[j][0] < hi and lo < kept[j][1]:
+            other = kept[j]
+            if span is None and other[1] == math.inf:
+                return f"duplicate of {other[2]} (same audio file)"
+            what = "the whole file" if other[1] == math.inf else f"its segment {other[0]:g}-{other[1]:g} s"
+            mine = "the whole file" if span is None else f"segment {lo:g}-{hi:g} s"
+            return f"{mine} overlaps {other[2]} ({what}) of the same file"
+    kept.insert(i, (lo, hi, item))
+    return None
+
+
+def _ms(seconds: float) -> str:
+    return f"{int(round(seconds * 1000))}"
 
 
 # ----------------------------------------------------------------------------- one recording, two paths
 
 
 def drop_same_audio(listed: list[tuple[str, Utterance]]) -> tuple[list[Utterance], list[Reject]]:
-    """The utterances whose file's bytes no earlier one has, and a reject for each later copy.
+    """The utterances whose file's bytes no earlier listed file has, and a reject for each later copy.
 
     A hard link or a copy of a recording under another path is the same recording: used twice,
     its blocks could land in train and test alike. Sizes are compared first, so only files of
-    equal size are read and hashed. ``listed`` pairs each utterance with the item a reject names
-    (the utterance id, or the CSV row)."""
-    by_size: dict[int, list[int]] = {}
-    for i, (_, u) in enumerate(listed):
+    equal size are read and hashed. Segments of one file share its path and are not copies of
+    each other (their overlaps are checked when the list is read). ``listed`` pairs each
+    utterance with the item a reject names (the utterance id, or the CSV row)."""
+    paths = list(dict.fromkeys(u.path for _, u in listed))  # distinct files, in listing order
+    by_size: dict[int, list[str]] = {}
+    for path in paths:
         try:
-            by_size.setdefault(os.stat(u.path).st_size, []).append(i)
+            by_size.setdefault(os.stat(path).st_size, []).append(path)
         except OSError:
             continue  # unreadable here: the scan rejects it with its own reason
-    first_of: dict[int, Utterance] = {}  # index of a later copy → the first utterance with its bytes
+    copy_of: dict[str, str] = {}  # a later copy's path → the first listed file with its bytes
     for group in by_size.values():
         if len(group) < 2:
             continue
-        owner: dict[str, Utterance] = {}
-        for i in group:  # in listing order, so the first listed is the one kept
-            digest = file_sha256(listed[i][1].path)
-            if digest is not None and owner.setdefault(digest, listed[i][1]) is not listed[i][1]:
-                first_of[i] = owner[digest]
-    kept = [u for i, (_, u) in enumerate(listed) if i not in first_of]
-    rejects = [Reject(item, f"same audio as '{first_of[i].source}'", "corpus", u.path)
-               for i, (item, u) in enumerate(listed) if i in first_of]
+        owner: dict[str, str] = {}
+        for path in group:  # in listing order, so the first listed is the one kept
+            digest = file_sha256(path)
+            if digest is not None and owner.setdefault(digest, path) != path:
+                copy_of[path] = owner[digest]
+    source = {u.path: u.source for _, u in reversed(listed)}  # the first listing's relative path
+    kept = [u for _, u in listed if u.path not in copy_of]
+    rejects = [Reject(item, f"same audio as '{source[copy_of[u.path]]}'", "corpus", u.path)
+               for item, u in listed if u.path in copy_of]
     return kept, rejects
 
 
@@ -281,15 +388,7 @@ def _csv_errors(csv_path: Path, text: str, source: io.StringIO) -> Iterator[None
 def read_utf8(path: Path) -> str:
     """A text file as UTF-8 (a leading byte-order mark, as Excel writes, is dropped); any
     other encoding is one line naming the file and the first byte that is not UTF-8."""
-    raw = path.read_bytes()
-    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return raw[skip:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        at = skip + e.start
-        line = raw[:at].count(b"\n") + 1
-        raise UsageError(f"{path}: not UTF-8 text (byte {at}, line {line}: {raw[at:at + 1]!r}); "
-                         "save the list as UTF-8") from None
+    return decode_utf8(path.read_bytes(), str(path))
 
 
 def normalise_label(raw: str) -> str | None:

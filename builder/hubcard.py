@@ -129,7 +129,7 @@ def card_front_matter(manifest: dict[str, Any]) -> str:
 def readme(manifest: dict[str, Any]) -> str:
     """The whole card: front matter, description, layout, counts, how to load, versions."""
     m = manifest
-    parts = [card_front_matter(m), *_description(m), *_layout(m), *_counts(m), *_load(m),
+    parts = [card_front_matter(m), *_description(m), *_empty_classes(m), *_layout(m), *_counts(m), *_load(m),
              "## Versions", "", ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), ""]
     return "\n".join(parts)
 
@@ -159,6 +159,17 @@ def _description(m: dict[str, Any]) -> list[str]:
         f"{n_samples} samples, {totals.get('rejects', 0)} inputs rejected (see `rejects.jsonl`)",
         "",
     ]
+
+
+def _empty_classes(m: dict[str, Any]) -> list[str]:
+    """A warning per dataset built with a class that has no training or no test sample (a view's
+    ``allow_empty``): a model trained on it never learns that class, or is never scored on it."""
+    lines = []
+    for d, entry in m["datasets"].items():
+        for part, classes in entry.get("empty_classes", {}).items():
+            lines.append(f"> **Warning:** `{d}`: class(es) {', '.join(f'`{c}`' for c in classes)} have no "
+                         f"{'training' if part == 'train' else 'test'} sample (built with `allow_empty`).")
+    return [*lines, ""] if lines else []
 
 
 def _layout(m: dict[str, Any]) -> list[str]:

@@ -14,7 +14,8 @@ from importlib import metadata
 from typing import Any
 
 from serwild import __version__
-from serwild.builder.corpus import DATASETS, Reject
+from serwild.builder.corpus import Reject
+from serwild.builder.labels import resolve_views
 from serwild.builder.plan import condition_name
 from serwild.builder.scan import ScannedUtterance
 from serwild.config import Config, to_dict
@@ -39,6 +40,21 @@ def counts_table(shards: list[dict]) -> dict[str, dict[str, dict[str, dict[str, 
     return json.loads(json.dumps(table))
 
 
+def dataset_entries(cfg: Config, counts: dict[str, Any]) -> dict[str, Any]:
+    """``datasets`` of the manifest: each view's ordered class names, and (only when a view allowed
+    it) the classes with no clean training or test sample, so the card and later stages can warn.
+    Only then: the entry is part of the fingerprint, which a build without empty classes keeps."""
+    out: dict[str, Any] = {}
+    for name, view in resolve_views(cfg.datasets, cfg.views).items():
+        entry: dict[str, Any] = {"classes": list(view.classes)}
+        empty = {part: [c for c in view.classes if not counts.get(name, {}).get(part, {}).get("clean", {}).get(c)]
+                 for part in ("train", "test")}
+        if any(empty.values()):
+            entry["empty_classes"] = {k: v for k, v in empty.items() if v}
+        out[name] = entry
+    return out
+
+
 def versions() -> dict[str, str]:
     out = {"serwild": __version__, "python": platform.python_version()}
     for name in PACKAGES:
@@ -51,9 +67,9 @@ def versions() -> dict[str, str]:
 
 def make_manifest(cfg: Config, records: list[dict], rejects: list[Reject],
                   scanned: list[ScannedUtterance]) -> dict[str, Any]:
-    datasets = {d: {"classes": list(DATASETS[d])} for d in cfg.datasets}
-    conditions = {condition_name(s): s for s in [None, *cfg.snr_db]}
     shards = sorted(records, key=lambda r: r["path"])
+    datasets = dataset_entries(cfg, counts_table(shards))
+    conditions = {condition_name(s): s for s in [None, *cfg.snr_db]}
     return {
         "format": FORMAT,
         "fingerprint": fingerprint(shards, datasets),

@@ -9,6 +9,7 @@ on resume by comparing its spec digest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -19,7 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from serwild import seeds
-from serwild.builder.corpus import DATASETS
+from serwild.builder.corpus import Utterance
+from serwild.builder.labels import PRESETS, View, resolve_views
 from serwild.builder.scan import NoiseFile, ScannedUtterance
 from serwild.config import Config, ConfigError
 from serwild.errors import UsageError
@@ -47,6 +49,12 @@ class SampleSpec:
     noise_offset: int | None  # in samples at the target rate
     split: str
     fold: int | None
+    segment: tuple[float, float] | None = None  # seconds into the file (None: the whole file)
+
+
+# Fields added to SampleSpec after PLAN_FORMAT 3, with the value that means "as before": left out of
+# the digest at that value, so a build that does not use them keeps its digests (and resumes).
+LATER_FIELDS = {"segment": None}
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,10 @@ class ShardSpec:
 
     def digest(self, render: dict) -> str:
         """Changes whenever anything that shapes this shard's bytes changes."""
-        payload = {"format": PLAN_FORMAT, "render": render, "shard": asdict(self)}
+        shard = asdict(self)
+        shard["samples"] = [{k: v for k, v in x.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+                            for x in shard["samples"]]
+        payload = {"format": PLAN_FORMAT, "render": render, "shard": shard}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -78,9 +89,9 @@ def condition_name(snr: float | None) -> str:
 Unit = tuple[str, int]  # (utterance id, block); block -1 stands for "every block"
 
 
-def assign_splits(utts: list[ScannedUtterance], cfg: Config,
-                  dataset: str = "") -> dict[tuple[str, int], tuple[str, int | None]]:
-    """(utterance, block) → (split, fold) for one dataset's utterances."""
+def assign_splits(utts: list[ScannedUtterance], cfg: Config, dataset: str = "",
+                  view: View | None = None) -> dict[tuple[str, int], tuple[str, int | None]]:
+    """(utterance, block) → (split, fold) for one dataset's utterances (labels already its class names)."""
     sp = cfg.split
     by_id = {s.utt.id: s for s in utts}
     if sp.strategy == "block":
@@ -99,7 +110,10 @@ def assign_splits(utts: list[ScannedUtterance], cfg: Config,
         test = [u for u, t in zip(units, is_test) if t]
     else:
         train, test = _stratified_holdout(units, labels, sp.test_fraction, cfg.seed)
-    check_fold_sizes(train, by_id, cfg, dataset)
+    classes = view.classes if view is not None else PRESETS.get(dataset, tuple(sorted(set(labels))))
+    allow_empty = view is not None and view.allow_empty
+    check_classes(train, test, by_id, classes, dataset, allow_empty)
+    check_fold_sizes(train, by_id, cfg, dataset, classes, allow_empty)
     folds = _folds(train, by_id, cfg)
     out: dict[tuple[str, int], tuple[str, int | None]] = {}
     for unit, fold in zip(train, folds):
@@ -122,14 +136,51 @@ def _stratified_holdout(units: list[Unit], labels: list[str], fraction: float, s
     return sorted(train), sorted(test)
 
 
-def check_fold_sizes(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config, dataset: str) -> None:
+def check_classes(train: list[Unit], test: list[Unit], by_id: dict[str, ScannedUtterance], classes: tuple[str, ...],
+                  dataset: str, allow_empty: bool) -> None:
+    """Every class of the view needs a training and a test sample: with none, a model never
+    learns it or is never scored on it while its reports still name it. Said before anything
+    is rendered, naming the view and the class; a view with ``allow_empty`` gets a warning."""
+    for part, units in (("training", train), ("test", test)):
+        present = {by_id[u].utt.label for u, _ in units}
+        for c in classes:
+            if c in present:
+                continue
+            if allow_empty:
+                print(f"serwild build: warning: dataset '{dataset}': class '{c}' has no {part} sample "
+                      "(allowed by allow_empty; the hub card says so)", file=sys.stderr)
+                continue
+            raise ConfigError(f"dataset '{dataset}': class '{c}' has no {part} sample (of "
+                              f"{sum(1 for s in by_id.values() if s.utt.label == c)} utterance(s) in the corpus): "
+                              f"add recordings of it, use a view without it, or set views.{dataset}.allow_empty: "
+                              "true in a view of your own")
+
+
+def check_corpus_classes(utts: list[Utterance], views: dict[str, View]) -> None:
+    """Refuse, right after the corpus is read (before the audio is scanned), a view with a class
+    no utterance has: ``datasets: [ahsn, aesn]`` over a list with no ``exc`` would otherwise
+    build a "4-class" aesn with one class empty."""
+    for name, view in views.items():
+        have = Counter(i for u in utts if (i := view.class_of(u.label)) is not None)
+        for i, c in enumerate(view.classes):
+            if not have[i] and not view.allow_empty:
+                raise ConfigError(f"dataset '{name}': class '{c}' has no utterance in this corpus: add recordings "
+                                  f"of it, use a view without it, or set views.{name}.allow_empty: true in a view "
+                                  "of your own")
+
+
+def check_fold_sizes(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config, dataset: str,
+                     classes: tuple[str, ...] | None = None, allow_empty: bool = False) -> None:
     """Every class needs at least ``split.folds`` units in the train part: with fewer, some
     validation fold has none of it (and with every class that small, sklearn's splitter
     raises). Said before anything is rendered, naming the smallest class."""
     k = cfg.split.folds
     counts = Counter(by_id[u].utt.label for u, _ in train)
-    classes = DATASETS.get(dataset, tuple(sorted(counts)))
-    label, n = min(((c, counts.get(c, 0)) for c in classes), key=lambda cn: cn[1])
+    classes = classes or PRESETS.get(dataset, tuple(sorted(counts)))
+    sized = [(c, counts.get(c, 0)) for c in classes if counts.get(c, 0) or not allow_empty]
+    if not sized:
+        return
+    label, n = min(sized, key=lambda cn: cn[1])
     if n < k:
         unit = "blocks" if cfg.split.strategy == "block" else "utterances"
         raise ConfigError(f"split.folds={k} but class '{label}'{f' of dataset {dataset!r}' if dataset else ''} has "
@@ -176,12 +227,12 @@ def plan_shards(scanned: list[ScannedUtterance], noises: list[NoiseFile], cfg: C
         raise ConfigError(f"snr_db {cfg.snr_db}: two values give the same condition name {dup!r}")
     block_len = int(round(cfg.audio.block_seconds * cfg.audio.sample_rate))
     specs: list[ShardSpec] = []
-    for dataset in cfg.datasets:
-        classes = DATASETS[dataset]
-        utts = [s for s in scanned if s.utt.label in classes]
+    for dataset, view in resolve_views(cfg.datasets, cfg.views).items():
+        classes = view.classes
+        utts = view_utterances(scanned, view)
         if not utts:
             raise ConfigError(f"datasets: '{dataset}' has no usable utterance in this corpus")
-        split_of = assign_splits(utts, cfg, dataset)
+        split_of = assign_splits(utts, cfg, dataset, view)
         groups: dict[tuple[str, int | None], list[tuple[ScannedUtterance, int]]] = defaultdict(list)
         for s in utts:
             for b in s.blocks:
@@ -204,6 +255,18 @@ def plan_shards(scanned: list[ScannedUtterance], noises: list[NoiseFile], cfg: C
                                            snr, samples))
     check_unique_keys(specs)
     return specs
+
+
+def view_utterances(scanned: list[ScannedUtterance], view: View) -> list[ScannedUtterance]:
+    """The utterances a view uses, each labelled with its class name in the view (a merged
+    label, ``exc`` in a view merging it into ``hap``, becomes ``hap``)."""
+    out = []
+    for s in scanned:
+        i = view.class_of(s.utt.label)
+        if i is not None:
+            out.append(s if s.utt.label == view.classes[i] else
+                       dataclasses.replace(s, utt=dataclasses.replace(s.utt, label=view.classes[i])))
+    return out
 
 
 def check_unique_keys(specs: list[ShardSpec]) -> None:
@@ -238,4 +301,4 @@ def _sample(item: tuple[ScannedUtterance, int], dataset: str, classes: tuple[str
         key=key, dataset=dataset, label=u.label, class_index=classes.index(u.label), utterance=u.id,
         speaker=u.speaker, session=u.session, path=u.path, source=u.source, native_sr=s.native_sr,
         block=b, condition=cond, snr_db=snr, noise=noise.name if noise else None,
-        noise_path=noise.path if noise else None, noise_offset=offset, split=split, fold=fold)
+        noise_path=noise.path if noise else None, noise_offset=offset, split=split, fold=fold, segment=u.segment)

@@ -51,13 +51,19 @@ class BlockScan:
 class Renderer:
     cfg: AudioConfig
 
-    def scan(self, path: str | Path, truncate: bool = False) -> BlockScan:
+    def scan(self, path: str | Path, truncate: bool = False, segment: tuple[float, float] | None = None) -> BlockScan:
         """Header + per-block silence check (the file read once). Raises AudioError when the
         file is unreadable, has a header rate outside the bounds, is shorter than one block,
         is silent in every block, or has more than ``audio.max_blocks_per_file`` blocks
         (with ``truncate``, only those first blocks are scanned instead: ``dropped`` says how
-        many were left out)."""
+        many were left out). With ``segment`` (seconds), only that stretch counts: its
+        blocks start at its start, and a segment past the file's end is an AudioError."""
         info = audio.probe(path)
+        first, last = audio.segment_frames(segment, info.sample_rate)
+        if last is not None:
+            if last > info.frames:
+                raise audio.AudioError(f"segment ends at {segment[1]:g} s, past the file's end ({info.seconds:.3f} s)")
+            info = audio.AudioInfo(last - first, info.sample_rate, info.channels)
         n_blocks = audio.block_count(info, self.cfg.block_seconds, self.cfg.keep_tail)
         if n_blocks == 0:
             raise audio.AudioError(f"shorter than one {self.cfg.block_seconds:g} s block ({info.seconds:.2f} s)")
@@ -67,15 +73,16 @@ class Renderer:
                 raise audio.AudioError(f"too long: {n_blocks} blocks ({info.seconds:.0f} s), more than "
                                        f"audio.max_blocks_per_file={cap}")
             n_blocks, dropped = cap, n_blocks - cap
-        peaks = audio.block_peaks(path, info, self.cfg.block_seconds, n_blocks)
+        peaks = audio.block_peaks(path, info, self.cfg.block_seconds, n_blocks, first)
         usable = tuple(b for b, p in enumerate(peaks) if p >= audio.SILENCE_PEAK)
         if not usable:
             raise audio.AudioError("silent (every block below -80 dBFS)")
         return BlockScan(info, usable, tuple(b for b, p in enumerate(peaks) if p < audio.SILENCE_PEAK), dropped)
 
-    def block(self, path: str | Path, block: int, native_sr: int) -> np.ndarray:
-        """Block ``block`` of a file, resampled to the target rate (exact length)."""
-        return audio.read_block(path, block, native_sr, self.cfg.block_seconds, self.cfg.sample_rate)
+    def block(self, path: str | Path, block: int, native_sr: int,
+              segment: tuple[float, float] | None = None) -> np.ndarray:
+        """Block ``block`` of a file (or of its ``segment``), resampled to the target rate (exact length)."""
+        return audio.read_block(path, block, native_sr, self.cfg.block_seconds, self.cfg.sample_rate, segment)
 
     def indices(self, y: np.ndarray) -> np.ndarray:
         """A block (clean or already mixed) → peak-normalised → uint8 colour indices."""

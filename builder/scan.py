@@ -36,7 +36,7 @@ class NoiseFile:
 
 def scan_utterance(u: Utterance, renderer: Renderer) -> tuple[ScannedUtterance | None, list[Reject]]:
     try:
-        found = renderer.scan(u.path)
+        found = renderer.scan(u.path, segment=u.segment)
     except audio.AudioError as e:
         return None, [Reject(u.id, str(e), "audio", u.path)]
     rejects = [Reject(u.id, "silent block (below -80 dBFS)", "audio", u.path, b) for b in found.silent]

@@ -88,7 +88,7 @@ def write_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> N
 def render_sample(s: SampleSpec, renderer: Renderer) -> tuple[bytes, bytes]:
     """One planned sample → (PNG bytes, JSON bytes)."""
     cfg = renderer.cfg
-    y = renderer.block(s.path, s.block, s.native_sr)
+    y = renderer.block(s.path, s.block, s.native_sr, s.segment)
     gain = None
     if s.snr_db is not None:
         assert s.noise_path is not None and s.noise_offset is not None
@@ -98,7 +98,9 @@ def render_sample(s: SampleSpec, renderer: Renderer) -> tuple[bytes, bytes]:
     meta = {
         "label": s.label, "class_index": s.class_index, "dataset": s.dataset, "utterance": s.utterance,
         "speaker": s.speaker, "session": s.session, "source": s.source, "block": s.block,
-        "start_s": round(s.block * cfg.block_seconds, 6), "condition": s.condition, "snr_db": s.snr_db,
+        # seconds into the source file: a segment's blocks start at the segment's start
+        "start_s": round(s.block * cfg.block_seconds + (s.segment[0] if s.segment else 0.0), 6),
+        "condition": s.condition, "snr_db": s.snr_db,
         "noise": s.noise,
         "noise_offset_s": None if s.noise_offset is None else round(s.noise_offset / cfg.sample_rate, 6),
         "noise_gain": None if gain is None else round(gain, 8), "split": s.split, "fold": s.fold,

@@ -1,6 +1,6 @@
 """A published build, opened one way wherever it lives: a folder, ``file:///…``, an
-``http(s)://`` base URL (a web server, a public bucket, the HF Hub's ``…/resolve/main/``)
-or a ``pipe:`` command (``pipe:aws s3 cp s3://bucket/build/{path} -``).
+``http(s)://`` base URL (a web server, a public bucket, the HF Hub's ``…/resolve/main/``),
+``s3://bucket/prefix/`` (``gs://``, ``hf://`` with their packages) or a ``pipe:`` command.
 
     from serwild.data import open_build
 
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from serwild.data.manifest import check_shards, extra_shards, load_manifest, select_shards
+from serwild.data.manifest import extra_shards, load_manifest, select_shards
 from serwild.data.remote import Build, RemoteOptions, open_location
 
 if TYPE_CHECKING:  # no torch at import time (see the module docstring)
@@ -73,11 +73,9 @@ class BuildReader:
         return shard_set(self, records)
 
     def check(self, records: Sequence[dict[str, Any]], full: bool = True) -> list[str]:
-        """Problems with ``records`` (empty: all good). A folder: size, then (``full``) sha256
-        and sample count. Remote: ``full`` streams each shard once (sha256 + count, nothing
-        written to disk), otherwise sizes only (HTTP HEAD; a pipe: build cannot, and says so)."""
-        if not self.is_remote:
-            return check_shards(self.source.base, list(records), full=full)
+        """Problems with ``records`` (empty: all good), by the one verifier (:meth:`Build.check`):
+        ``full`` streams each shard once (size, sha256, sample count; nothing written to disk),
+        otherwise sizes only (stat, HTTP HEAD, an object's info; a pipe: build cannot, and says so)."""
         return self.source.verify(list(records), full=full)
 
     def verify(self, full: bool = True) -> list[str]:
@@ -107,8 +105,8 @@ class BuildReader:
 
 def open_build(location: str | os.PathLike[str] | Build | BuildReader, options: RemoteOptions | None = None, *,
                trusted: bool = True) -> BuildReader:
-    """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/`` or a ``pipe:``
-    command template with ``{path}``; reads and checks its manifest.json (one line naming
+    """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/``, ``s3://bucket/prefix/``
+    or a ``pipe:`` command template with ``{path}``; reads and checks its manifest.json (one line naming
     the location if it is missing or malformed). ``options``: timeouts and retries for
     network reads (default :class:`~serwild.data.remote.RemoteOptions`). ``trusted=False``
     for a location read from a file rather than given by the user: a ``pipe:`` one is then

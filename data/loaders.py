@@ -21,11 +21,11 @@ Both refuse a short or corrupt shard: a tar error, a sample that is not a PNG + 
 or a shard whose sample count differs from the manifest's raises instead of training or
 scoring on a silently shorter set (a tar cut at a member boundary reads as valid).
 
-Shards may be URLs of a remote build (``serwild.data.open_build``): a ShardSet made from
-one carries the build's network options, and both loaders then route webdataset's http(s)
-and pipe: reads through serwild's opener (timeouts, retries, resume) in this process and
-again in every DataLoader worker (a spawned worker starts without it). A read that fails
-after the retries raises :class:`~serwild.data.remote.RemoteError`, naming the URL.
+Shards may be URLs of a remote build (``serwild.data.open_build``: http(s)://, s3://, pipe:):
+a ShardSet made from one carries the build's network options, and both loaders open every
+shard through serwild's transport with them (timeouts, retries, resume; nothing patched
+into webdataset). A read that fails after the retries raises
+:class:`~serwild.data.remote.RemoteError`, naming the URL.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from serwild import seeds
-from serwild.data.remote import Build, RemoteError, RemoteOptions, open_location, register_wds_opener
+from serwild.data.remote import Build, RemoteError, RemoteOptions, open_location, open_url
 from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
 
@@ -106,16 +106,18 @@ def identity(record: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- pipeline stages
 
 
-def read_shards(shards: Iterable[dict], expected: dict[str, int]) -> Iterator[dict]:
+def read_shards(shards: Iterable[dict], expected: dict[str, int],
+                remote: RemoteOptions | None = None) -> Iterator[dict]:
     """Shard stream (``dict(url=…)``) → samples, raising ShardError when a shard read to its
-    end holds another number of samples than the manifest says.
+    end holds another number of samples than the manifest says. ``remote``: how the shards
+    of a remote build are read (timeouts, retries).
 
     A stream cut off mid-shard closes this generator at a ``yield`` and never reaches that
     shard's check.
     """
     for shard in shards:
         n, url = 0, shard["url"]
-        for sample in _tar_samples(url):
+        for sample in _tar_samples(url, remote):
             n += 1
             yield sample
         if url in expected and n != expected[url]:
@@ -123,21 +125,31 @@ def read_shards(shards: Iterable[dict], expected: dict[str, int]) -> Iterator[di
                              f"it is short or corrupt (run `serwild verify` on the build)")
 
 
-def _tar_samples(url: str) -> Iterator[dict]:
-    """The samples of one shard, in file order; a damaged tar or a failed read is one line."""
-    samples = wds.tarfile_samples([{"url": url}])
+def _tar_samples(url: str, remote: RemoteOptions | None = None) -> Iterator[dict]:
+    """The samples of one shard, in file order; a damaged tar or a failed read is one line.
+
+    The stream comes from serwild's transport (:func:`~serwild.data.remote.open_url`: the same
+    timeouts, retries and object stores as every other read), not webdataset's ``gopen``, whose
+    http/pipe openers run curl or a shell without a read timeout; webdataset only groups the
+    tar's members into samples."""
     n = 0
-    while True:
-        try:
-            sample = next(samples)
-        except StopIteration:
-            return
-        except RemoteError as e:  # the network, not the shard: its own one line, naming the URL
-            raise RemoteError(str(e)) from None
-        except (tarfile.TarError, OSError, ValueError) as e:  # a damaged tar, not a bug of ours
-            raise ShardError(f"shard {url} is corrupt after {n} samples ({type(e).__name__}: {e})") from None
-        n += 1
-        yield sample
+    try:
+        stream = open_url(url, remote or RemoteOptions())
+    except RemoteError as e:
+        raise RemoteError(str(e)) from None
+    with stream:
+        samples = wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"url": url, "stream": stream}]))
+        while True:
+            try:
+                sample = next(samples)
+            except StopIteration:
+                return
+            except RemoteError as e:  # the network, not the shard: its own one line, naming the URL
+                raise RemoteError(str(e)) from None
+            except (tarfile.TarError, OSError, ValueError) as e:  # a damaged tar, not a bug of ours
+                raise ShardError(f"shard {url} is corrupt after {n} samples ({type(e).__name__}: {e})") from None
+            n += 1
+            yield sample
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -271,7 +283,7 @@ class EpochStream(IterableDataset):
         for p in self.pieces:
             url, count = self.shards.urls[p.shard], self.shards.counts[p.shard]
             n = 0
-            for sample in _tar_samples(url):
+            for sample in _tar_samples(url, self.shards.remote):
                 if n >= p.start:
                     yield sample
                 n += 1
@@ -317,8 +329,6 @@ def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_b
     not on ``num_workers``, and a resume at ``start_batch`` continues it exactly."""
     if not shards.urls:
         raise UsageError("no training shards selected (check train.dataset, train.conditions, cv.fold)")
-    if shards.remote is not None:
-        register_wds_opener(shards.remote)
     pieces = epoch_pieces(shards.counts, batch_size * num_batches, seed=seed, epoch=epoch, rank=rank,
                           world_size=world_size)
     identities = dict(zip(shards.urls, shards.identities)) if shards.identities is not None else None
@@ -329,20 +339,15 @@ def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_b
     # which would shift the dropout stream of a run resumed mid-epoch.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       prefetch_factor=prefetch_factor if workers else None,
-                      worker_init_fn=_WorkerInit(shards.remote), generator=torch.Generator().manual_seed(0))
+                      worker_init_fn=_WorkerInit(), generator=torch.Generator().manual_seed(0))
 
 
 class _WorkerInit:
     """A DataLoader worker's set-up (picklable: workers may be spawned, not forked)."""
 
-    def __init__(self, remote: RemoteOptions | None = None) -> None:
-        self.remote = remote
-
     def __call__(self, worker_id: int) -> None:
         # Decoding is single-image work: one thread per worker avoids oversubscribing cores.
         torch.set_num_threads(1)
-        if self.remote is not None:  # a spawned worker has webdataset's own openers again
-            register_wds_opener(self.remote)
 
 
 def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, rank: int = 0,
@@ -369,14 +374,15 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
         return []
     expected = dict(zip(urls, counts)) if counts is not None else {}
     workers = min(max(0, num_workers), len(mine))
-    if remote is not None:
-        register_wds_opener(remote)
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(mine),
         wds.split_by_worker,
-        wds.pipelinefilter(read_shards)(expected),
+        wds.pipelinefilter(read_shards)(expected, remote),
         wds.map(_Decode(num_classes, as_uint8, dict(zip(urls, identities)) if identities is not None else None)),
         wds.batched(batch_size, collation_fn=collate_eval, partial=True),
     )
+    # Its own generator, as the training loader's: scoring (validation, the feature cache) must not
+    # move the dropout stream, or a run's weights would depend on whether its cache existed.
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                         prefetch_factor=2 if workers else None, worker_init_fn=_WorkerInit(remote))
+                         prefetch_factor=2 if workers else None, worker_init_fn=_WorkerInit(),
+                         generator=torch.Generator().manual_seed(0))  # not the global RNG: see make_train_loader

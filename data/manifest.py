@@ -16,7 +16,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from serwild.data.remote import Build, NotFound, RemoteOptions, contained, open_location, safe_relpath
+from serwild.data.records import ShardRecord, sample_key
+from serwild.data.remote import Build, NotFound, RemoteOptions, open_location, safe_relpath
 from serwild.errors import UsageError
 
 FORMAT = "serwild-shards/1"
@@ -153,39 +154,20 @@ def sha256_file(path: str | Path) -> str:
 
 def count_samples(path: str | Path) -> int:
     """Distinct sample keys in a tar (members ``key.ext``); raises on a cut-off tar."""
-    keys = set()
     with tarfile.open(path, "r") as tf:
-        for member in tf:
-            if member.isfile():
-                keys.add(member.name.split("/")[-1].split(".", 1)[0])
-    return len(keys)
+        return len({sample_key(m.name) for m in tf if m.isfile()})
 
 
-def check_shard(build_dir: str | Path, record: dict[str, Any], full: bool = True) -> str | None:
-    """None if the shard matches its record, else one line saying what is wrong. A shard that
-    is a symlink out of the build raises (RemoteError, one line) before anything reads it."""
-    path = Path(contained(str(build_dir), safe_relpath(record["path"])))
-    if not path.is_file():
-        return f"missing: {record['path']}"
-    size = path.stat().st_size
-    if size != record["bytes"]:
-        return f"bad: {record['path']} has {size} bytes, manifest says {record['bytes']}"
-    if not full:
-        return None
-    if sha256_file(path) != record["sha256"]:
-        return f"bad: {record['path']} sha256 differs from the manifest"
-    try:
-        n = count_samples(path)
-    except (tarfile.TarError, OSError) as e:
-        return f"bad: {record['path']} is not a readable tar ({e})"
-    if n != record["count"]:
-        return f"bad: {record['path']} has {n} samples, manifest says {record['count']}"
-    return None
+def check_shard(build_dir: str | Path, record: dict[str, Any] | ShardRecord, full: bool = True) -> str | None:
+    """None if the shard matches its record, else one line saying what is wrong
+    (:meth:`Build.check`, the verifier of every build). A shard that is a symlink out of the
+    build raises (RemoteError, one line) before anything reads it."""
+    return open_location(build_dir).check(record, full)
 
 
 def check_shards(build_dir: str | Path, records: list[dict[str, Any]], full: bool = True) -> list[str]:
     """Problems with ``records`` (empty list: all good). full=False checks sizes only."""
-    return [p for r in records if (p := check_shard(build_dir, r, full)) is not None]
+    return open_location(build_dir).verify(records, full)
 
 
 def extra_shards(build_dir: str | Path, manifest: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
-"""Where a build lives: a folder, ``file://``, ``http(s)://`` or a ``pipe:`` command, read one way.
+"""Where a build lives, read one way: a folder, ``file://``, ``http(s)://``, an object store
+(``s3://``, and ``gs://``/``hf://`` where gcsfs/huggingface_hub are installed) or a ``pipe:`` command.
 
-    build = open_location("https://example.org/serwild/demo/")      # or a folder, file:///…,
-    raw = build.read_bytes("manifest.json")                          # or "pipe:aws s3 cp s3://b/demo/{path} -"
+    build = open_location("s3://bucket/serwild/demo/")               # or a folder, file:///…, https://…/,
+    raw = build.read_bytes("manifest.json")                          # "pipe:aws s3 cp s3://b/demo/{path} -"
     problems = build.verify(records)                                 # streams each shard once
 
 What a manifest must hold is :mod:`serwild.data.manifest`'s business (``load_manifest``
@@ -20,19 +21,18 @@ group is killed once its output has been read, on any error, or when it stalls: 
 child it left cannot outlive the read. Metadata (``read_bytes``: manifest.json) is read up to
 ``MAX_METADATA_BYTES``, so an endless answer is one line, not a MemoryError.
 
-Every network read has a socket timeout (``RemoteOptions.timeout_s``), so a dead server
-cannot hang a reader; a failed read is retried with exponential backoff (a stream resumes
-where it stopped, with an HTTP ``Range`` request), and when the retries are spent the
-reader raises :class:`RemoteError`: a ``UsageError`` (the CLI prints one line, naming the
-URL) that is also an ``OSError`` (webdataset and tar readers treat it as an I/O failure).
+Every read has a timeout (``RemoteOptions.timeout_s``: the socket's for http(s), botocore's
+connect/read timeouts for S3), so a dead server cannot hang a reader; a failed read is retried
+with exponential backoff (a stream resumes where it stopped: an HTTP ``Range`` request, a
+seek on an object store), and when the retries are spent the reader raises
+:class:`RemoteError`: a ``UsageError`` (the CLI prints one line, naming the URL) that is also
+an ``OSError`` (tar readers treat it as an I/O failure). Every stream goes through
+:class:`_Resumable`, the one retry loop; object stores are read through fsspec (s3fs, gcsfs,
+huggingface_hub's ``HfFileSystem``). S3-compatible endpoints: ``remote.endpoint_url`` or
+the usual AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``…).
 
-Object stores: read a public or presigned-per-prefix bucket over https, or any store
-through a ``pipe:`` command whose ``{path}`` placeholder receives the relative path (the
-command's stdout is the object), e.g. ``pipe:aws s3 cp s3://bucket/build/{path} -`` or
-``pipe:gcloud storage cat gs://bucket/build/{path}``.
-
-No torch here (``serwild verify`` imports this): webdataset is imported only to register
-the http(s) opener, in :func:`register_wds_opener`.
+No torch or webdataset here (``serwild verify`` imports this); fsspec's backends are
+imported on first use.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import collections
 import contextlib
 import hashlib
 import http.client
-import importlib
 import io
 import os
 import re
@@ -60,20 +59,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from serwild.data.records import ShardRecord, sample_key
 from serwild.errors import UsageError
-
-# Must equal serwild.data.manifest's (a test pins it); not imported from there so that
-# manifest.py can import this module without a cycle.
 
 USER_AGENT = "serwild-remote/1"
 READ_CHUNK = 1 << 16
+OBJECT_BLOCK = 8 << 20  # one ranged GET per 8 MiB of an object-store stream (fsspec's read-ahead block)
 MAX_METADATA_BYTES = 64 << 20  # a manifest of a million shards is ~300 MB short of this; shards are streamed
 EXIT_POLL_S = 0.05  # how often a pipe command's exit is checked where the kernel cannot signal it (no pidfd)
 RETRY_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Object stores read through fsspec, and the package each needs. An allow-list, not "any
+# fsspec protocol": a checkpoint's recorded location must not name reference://, a zip or a
+# local git repository.
+OBJECT_STORES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "hf": "huggingface_hub"}
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _RELPATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
-
-
 class RemoteError(UsageError, OSError):
     """A location that cannot be read: one line naming the URL (network failure after the
     retries, missing object, refused path, unsupported scheme)."""
@@ -101,20 +101,35 @@ class CommandRefused(RemoteError):
     """A ``pipe:`` location that did not come from the user (read from a file): never run."""
 
 
+class OptionsError(UsageError, ValueError):
+    """Bad reader options (a ValueError too: the config loader names the section)."""
+
+
 @dataclass(frozen=True)
 class RemoteOptions:
-    """How patient a reader is. ``timeout_s`` bounds every connect and every read; a failed
-    operation is tried ``1 + retries`` times, waiting ``backoff_s``, 2×, 4×… (at most
-    ``backoff_max_s``) in between."""
+    """How a build is reached and how patient a reader is: the config's ``remote`` section and
+    the one options type every reader takes. ``timeout_s`` bounds every connect and every
+    read; a failed operation is tried ``1 + retries`` times, waiting ``backoff_s``, 2×, 4×…
+    (at most ``backoff_max_s``) in between. ``endpoint_url``: an S3-compatible server (empty:
+    ``AWS_ENDPOINT_URL`` or AWS itself); ``anon``: read a public bucket without credentials."""
 
-    timeout_s: float = 30.0
-    retries: int = 3
-    backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
+    timeout_s: float = 30.0  # every connect and every read
+    retries: int = 3  # per failure (progress resets the count)
+    backoff_s: float = 0.5  # first wait between tries, doubling
+    backoff_max_s: float = 8.0  # longest wait between tries
+    endpoint_url: str = ""  # s3:// on another S3-compatible server, e.g. http://127.0.0.1:9000
+    anon: bool = False  # s3:// without credentials (public buckets)
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0 or self.retries < 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
-            raise UsageError(f"remote options: timeout_s must be > 0 and retries/backoff >= 0 (got {self})")
+            raise OptionsError("remote.timeout_s must be > 0 and remote.retries, remote.backoff_s, "
+                               f"remote.backoff_max_s >= 0 (got {self})")
+        if self.endpoint_url and urllib.parse.urlsplit(self.endpoint_url).scheme not in ("http", "https"):
+            raise OptionsError(f"remote.endpoint_url must be an http(s):// URL, got {self.endpoint_url!r}")
+
+    def options(self) -> RemoteOptions:
+        """Itself (callers written for the config section ask it for reader options)."""
+        return self
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
@@ -124,11 +139,48 @@ class RemoteOptions:
         """Longest one operation can take against a server that accepts but never answers."""
         return (self.retries + 1) * self.timeout_s + sum(self.delay(i) for i in range(self.retries))
 
+    def storage_options(self, protocol: str) -> dict[str, Any]:
+        """fsspec arguments for ``protocol``: timeouts, the endpoint; retries are ours (see _Resumable)."""
+        if protocol != "s3":
+            return {}
+        config: dict[str, Any] = {"connect_timeout": self.timeout_s, "read_timeout": self.timeout_s,
+                                  "retries": {"total_max_attempts": 1}}
+        kw: dict[str, Any] = {"anon": self.anon, "config_kwargs": config}
+        if self.endpoint_url:
+            kw["endpoint_url"] = self.endpoint_url
+        return kw
+
+
+_FILESYSTEMS: dict[tuple[int, str, RemoteOptions], Any] = {}
+
+
+def filesystem(protocol: str, opts: RemoteOptions) -> Any:
+    """The fsspec filesystem of an object store (one per process, protocol and options)."""
+    key = (os.getpid(), protocol, opts)  # a forked DataLoader worker makes its own
+    if key not in _FILESYSTEMS:
+        try:
+            import fsspec
+        except ImportError:
+            raise RemoteError(f"{protocol}:// needs fsspec: pip install 'serwild[s3]'") from None
+        try:
+            fs = fsspec.filesystem(protocol, **opts.storage_options(protocol))
+        except ImportError:
+            raise RemoteError(f"{protocol}:// needs the {OBJECT_STORES.get(protocol, protocol)} package: "
+                              f"pip install {OBJECT_STORES.get(protocol, protocol)}") from None
+        if hasattr(fs, "retries"):  # s3fs retries timeouts 5 times itself: the retry loop is ours
+            fs.retries = 1
+        _FILESYSTEMS[key] = fs
+    return _FILESYSTEMS[key]
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → ("s3", "bucket/key"): fsspec's protocol and path."""
+    protocol, _, path = url.partition("://")
+    return protocol.lower(), path
+
 
 def _mib(n: int) -> str:
     return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
-
-
 def contained(base: str, rel: str) -> str:
     """``base``/``rel`` (``rel`` already a safe relative path) if it resolves inside the folder
     ``base``, else RemoteError: a symlink in a build may point within it, never out of it (a
@@ -177,6 +229,51 @@ class _CommandFailed(OSError):
     pass
 
 
+class _Attempts:
+    """Failures of one operation on ``name``: each is classified, then retried after a backoff
+    or raised as one RemoteError line; progress (bytes read) starts the count again."""
+
+    def __init__(self, name: str, opts: RemoteOptions) -> None:
+        self.name, self.opts = name, opts
+        self.progress()
+
+    def progress(self) -> None:
+        self.count, self.since = 0, time.monotonic()  # "gave up after" counts from the last progress
+
+    def failed(self, e: BaseException) -> None:
+        """Sleep before the next try, or raise: NotFound, RemoteError, or ``e`` itself (a bug)."""
+        if isinstance(e, RemoteError):
+            raise e
+        verdict = _classify(e, self.opts)
+        if verdict is None:
+            raise e
+        retry, text = verdict
+        self.count += 1
+        if _not_found(e):
+            raise NotFound(f"{self.name}: not found ({text})") from None
+        if not retry or self.count > self.opts.retries:
+            spent = time.monotonic() - self.since
+            tries = f" (gave up after {self.count} attempts, {spent:.1f} s)" if self.count > 1 else ""
+            raise RemoteError(f"{self.name}: {text}{tries}") from None
+        time.sleep(self.opts.delay(self.count - 1))
+
+
+def retrying(name: str, opts: RemoteOptions, operation: Any) -> Any:
+    """``operation()`` tried as :class:`_Attempts` says (a HEAD, an object's info)."""
+    attempts = _Attempts(name, opts)
+    while True:
+        try:
+            return operation()
+        except Exception as e:  # classified in failed; unknown errors re-raised
+            attempts.failed(e)
+
+
+
+
+_NO_CREDENTIALS = ("no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+                   "or remote.anon=true for a public bucket")
+
+
 def _classify(e: BaseException, opts: RemoteOptions) -> tuple[bool, str] | None:
     """(retry?, what happened) for an I/O failure; None for anything else (a bug: re-raised)."""
     if isinstance(e, urllib.error.HTTPError):
@@ -190,27 +287,41 @@ def _classify(e: BaseException, opts: RemoteOptions) -> tuple[bool, str] | None:
             return False, f"TLS certificate not accepted ({reason.verify_message})"
         text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
         return True, text
-    if isinstance(e, TimeoutError):
+    # botocore's errors (s3fs passes them on) are not OSErrors: told apart by name, so that
+    # botocore is imported only by those who read a bucket.
+    name = type(e).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return False, _NO_CREDENTIALS
+    if isinstance(e, TimeoutError) or name in ("ReadTimeoutError", "ConnectTimeoutError", "FSTimeoutError"):
         return True, f"no answer within {opts.timeout_s:g} s"
+    if name == "EndpointConnectionError":
+        return True, str(e)
+    if isinstance(e, PermissionError):
+        return False, f"access denied ({e.strerror or e})"
     if isinstance(e, (_ShortRead, _CommandFailed)):
         return True, str(e)
     if isinstance(e, http.client.IncompleteRead):
         return True, f"connection closed mid-transfer ({len(e.partial)} bytes of a chunk)"
-    if isinstance(e, (OSError, http.client.HTTPException)):
+    if isinstance(e, (OSError, http.client.HTTPException)) or type(e).__module__.split(".")[0] in (
+            "botocore", "aiobotocore", "aiohttp"):
         text = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
         return True, text
     return None
 
 
+def _not_found(e: BaseException) -> bool:
+    return isinstance(e, FileNotFoundError) or (isinstance(e, urllib.error.HTTPError) and e.code in (404, 410))
+
+
 class _Resumable(io.RawIOBase):
     """A read-only stream that reopens itself at the current offset after a failed read,
-    ``retries`` times per failure (progress resets the count), then raises RemoteError."""
+    ``retries`` times per failure (progress resets the count), then raises RemoteError. The
+    one retry loop of every reader (``retrying`` runs single operations through it)."""
 
     def __init__(self, url: str, opts: RemoteOptions) -> None:
         super().__init__()
         self.name, self._opts = url, opts
-        self._pos, self._failures = 0, 0
-        self._since = time.monotonic()  # the last progress (or the start): what "gave up after" counts from
+        self._pos, self._attempts = 0, _Attempts(url, opts)
         self._src: Any = None
         self._connect()
 
@@ -235,20 +346,7 @@ class _Resumable(io.RawIOBase):
                 self._failed(e)
 
     def _failed(self, e: Exception) -> None:
-        if isinstance(e, RemoteError):
-            raise e
-        verdict = _classify(e, self._opts)
-        if verdict is None:
-            raise e
-        retry, text = verdict
-        self._failures += 1
-        if isinstance(e, urllib.error.HTTPError) and e.code in (404, 410):
-            raise NotFound(f"{self.name}: not found ({text})") from None
-        if not retry or self._failures > self._opts.retries:
-            spent = time.monotonic() - self._since
-            tries = f" (gave up after {self._failures} attempts, {spent:.1f} s)" if self._failures > 1 else ""
-            raise RemoteError(f"{self.name}: {text}{tries}") from None
-        time.sleep(self._opts.delay(self._failures - 1))
+        self._attempts.failed(e)
 
     def readable(self) -> bool:
         return True
@@ -268,7 +366,7 @@ class _Resumable(io.RawIOBase):
                 continue
             if n:
                 self._pos += n
-                self._failures, self._since = 0, time.monotonic()
+                self._attempts.progress()
             return n
 
     def close(self) -> None:
@@ -280,7 +378,12 @@ class _Resumable(io.RawIOBase):
 class _HTTPStream(_Resumable):
     """GET with a socket timeout; resumes with ``Range: bytes=pos-`` (``If-Range`` pinned to
     the first answer's ETag/Last-Modified); a body shorter than its Content-Length is a
-    failure, not an end (http.client's ``readinto`` returns 0 on a cut connection)."""
+    failure, not an end (http.client's ``readinto`` returns 0 on a cut connection).
+
+    Written here rather than taken from fsspec's HTTPFileSystem, which sends a HEAD before
+    every GET, reads in ranged blocks, neither retries nor resumes a stream, and follows
+    redirects to any scheme: a build served by any static web server or the HF Hub is read
+    with one plain GET per file."""
 
     def __init__(self, url: str, opts: RemoteOptions) -> None:
         self._total: int | None = None
@@ -454,14 +557,38 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
+class _ObjectStream(_Resumable):
+    """An object in a store fsspec reads (s3://, gs://, hf://): read ahead in ``OBJECT_BLOCK``
+    ranged GETs; a retry reopens the object and seeks to where the last read stopped. fsspec
+    gives the requests and the timeouts; retrying and resuming are ours (s3fs retries a
+    request, not a stream a DataLoader is half-way through)."""
+
+    def _open(self, pos: int) -> Any:
+        protocol, path = split_url(self.name)
+        f = filesystem(protocol, self._opts).open(path, "rb", block_size=OBJECT_BLOCK, cache_type="readahead")
+        if pos:
+            f.seek(pos)
+        return f
+
+    def _read_src(self, b: memoryview) -> int:
+        data = self._src.read(len(b))
+        if not data and self._src.size is not None and self._pos < self._src.size:
+            raise _ShortRead(self._pos, self._src.size)
+        b[:len(data)] = data
+        return len(data)
+
+
 def open_url(url: str, options: RemoteOptions | None = None) -> BinaryIO:
-    """A buffered binary stream of ``url``: a local path, ``file://``, ``http(s)://`` or ``pipe:``."""
+    """A buffered binary stream of ``url``: a local path, ``file://``, ``http(s)://``, an object
+    store (``s3://``…) or ``pipe:``; timeouts, retries and resume as ``options`` say."""
     opts = options or RemoteOptions()
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme in ("http", "https"):
         return io.BufferedReader(_HTTPStream(url, opts), buffer_size=READ_CHUNK)
     if url.startswith("pipe:"):
         return io.BufferedReader(_PipeStream(url, opts), buffer_size=READ_CHUNK)
+    if scheme.lower() in OBJECT_STORES:
+        return io.BufferedReader(_ObjectStream(url, opts), buffer_size=READ_CHUNK)
     path = _file_path(url) if scheme == "file" else url
     try:
         return open(path, "rb")  # noqa: SIM115 - returned to the caller
@@ -506,13 +633,16 @@ class _Tee(io.RawIOBase):
             self.nbytes += len(data)
 
 
+
+
 # ----------------------------------------------------------------------------- builds
 
 
 @dataclass(frozen=True)
 class Build:
     """A build's base: ``kind`` is ``local`` (a folder; ``file://`` lands here), ``http``
-    (``base`` is the URL, ending in ``/``) or ``pipe`` (``base`` is the command template)."""
+    (``base`` is the URL, ending in ``/``), ``store`` (an object store URL ending in ``/``,
+    read through fsspec) or ``pipe`` (``base`` is the command template)."""
 
     location: str
     kind: str
@@ -527,15 +657,14 @@ class Build:
         """The URL (or path) of ``rel`` under the base; refuses anything that could leave it."""
         try:
             rel = safe_relpath(rel)
+            if self.kind == "local":
+                return contained(self.base, rel)
         except RemoteError as e:
             raise RemoteError(f"{self.location}: {e}") from None
-        if self.kind == "local":
-            try:
-                return contained(self.base, rel)
-            except RemoteError as e:
-                raise RemoteError(f"{self.location}: {e}") from None
         if self.kind == "http":
             return self.base + urllib.parse.quote(rel)
+        if self.kind == "store":
+            return self.base + rel  # safe_relpath's characters need no quoting in an object key
         return self.base.replace("{path}", shlex.quote(rel))
 
     def open_stream(self, rel: str) -> BinaryIO:
@@ -555,7 +684,7 @@ class Build:
         return bytes(data)
 
     def size(self, rel: str) -> int:
-        """Bytes of ``rel`` without reading it (stat; HTTP HEAD). Not available for pipe: builds."""
+        """Bytes of ``rel`` without reading it (stat, HTTP HEAD, an object's info). Not for pipe: builds."""
         url = self.join(rel)
         if self.kind == "local":
             try:
@@ -564,36 +693,36 @@ class Build:
                 raise NotFound(f"{url} not found") from None
         if self.kind == "pipe":
             raise RemoteError(f"{self.location}: a pipe: build cannot tell sizes without reading (drop --quick)")
-        for attempt in range(self.options.retries + 1):
-            try:
-                req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
-                with _OPENER.open(req, timeout=self.options.timeout_s) as resp:
-                    length = resp.headers.get("Content-Length", "")  # (resp.length is 0 for HEAD)
-                    if not length.isdigit():
-                        raise RemoteError(f"{url}: the server sends no Content-Length")
-                    return int(length)
-            except RemoteError:
-                raise
-            except Exception as e:  # classified; unknown errors re-raised
-                verdict = _classify(e, self.options)
-                if verdict is None:
-                    raise
-                if isinstance(e, urllib.error.HTTPError) and e.code in (404, 410):
-                    raise NotFound(f"{url}: not found ({verdict[1]})") from None
-                if not verdict[0] or attempt == self.options.retries:
-                    raise RemoteError(f"{url}: {verdict[1]} (gave up after {attempt + 1} attempts)") from None
-                time.sleep(self.options.delay(attempt))
-        raise AssertionError("unreachable")
+        if self.kind == "store":
+            protocol, path = split_url(url)
+            return int(retrying(url, self.options, lambda: filesystem(protocol, self.options).size(path)))
+        return int(retrying(url, self.options, lambda: _head_length(url, self.options)))
 
-    def shard_urls(self, records: list[dict[str, Any]]) -> list[str]:
-        """URLs (or paths) of manifest shard records, for webdataset (http(s) ones want
-        :func:`register_wds_opener` first, for timeouts and retries)."""
-        return [self.join(r["path"]) for r in records]
+    def shard_urls(self, records: list[Any]) -> list[str]:
+        """URLs (or paths) of manifest shard records (dicts or :class:`ShardRecord`)."""
+        return [self.join(ShardRecord.of(r).path) for r in records]
+
+    def check(self, record: ShardRecord | dict[str, Any], full: bool = True) -> str | None:
+        """None if the shard matches its record, else one line ("missing: …", "bad: …"). The
+        one verifier of every kind of build. ``full``: one streaming pass (size, sha256, sample
+        count; nothing written to disk), else the size only. A folder's size is stat'ed first
+        (free); a remote build's full check asks nothing but the one GET. Network failures
+        (after retries) raise RemoteError."""
+        r = ShardRecord.of(record)
+        if not full or self.kind == "local":
+            try:
+                n = self.size(r.path)
+            except NotFound:
+                return f"missing: {r.path}"
+            if n != r.bytes:
+                return f"bad: {r.path} has {n} bytes, manifest says {r.bytes}"
+            if not full:
+                return None
+        return self.stream_check(r.path, r.sha256, r.count, r.bytes)
 
     def stream_check(self, rel: str, sha256: str, count: int, nbytes: int) -> str | None:
         """None if ``rel`` has ``nbytes`` bytes, that sha256 and ``count`` samples, else one
-        line saying what is wrong ("missing: …", "bad: …"). One streaming pass, nothing
-        written to disk. Network failures (after retries) raise RemoteError."""
+        line saying what is wrong. One streaming pass, nothing written to disk."""
         keys: set[str] = set()
         tar_error = None
         try:
@@ -601,9 +730,7 @@ class Build:
                 tee = _Tee(raw)
                 try:
                     with tarfile.open(fileobj=tee, mode="r|") as tf:
-                        for member in tf:
-                            if member.isfile():
-                                keys.add(member.name.split("/")[-1].split(".", 1)[0])
+                        keys.update(sample_key(m.name) for m in tf if m.isfile())
                 except tarfile.TarError as e:
                     tar_error = e
                 tee.drain()
@@ -619,28 +746,25 @@ class Build:
             return f"bad: {rel} has {len(keys)} samples, manifest says {count}"
         return None
 
-    def verify(self, records: list[dict[str, Any]], full: bool = True) -> list[str]:
-        """Problems with ``records`` (empty: all good). ``full`` streams each shard once
-        (sha256 + sample count); otherwise sizes only (stat / HEAD)."""
-        problems = []
-        for r in records:
-            if full:
-                p = self.stream_check(r["path"], r["sha256"], r["count"], r["bytes"])
-            else:
-                try:
-                    n = self.size(r["path"])
-                    p = None if n == r["bytes"] else f"bad: {r['path']} has {n} bytes, manifest says {r['bytes']}"
-                except NotFound:
-                    p = f"missing: {r['path']}"
-            if p is not None:
-                problems.append(p)
-        return problems
+    def verify(self, records: list[Any], full: bool = True) -> list[str]:
+        """Problems with ``records`` (empty: all good): :meth:`check` for each."""
+        return [p for r in records if (p := self.check(r, full)) is not None]
+
+
+def _head_length(url: str, opts: RemoteOptions) -> int:
+    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    with _OPENER.open(req, timeout=opts.timeout_s) as resp:
+        length = resp.headers.get("Content-Length", "")  # (resp.length is 0 for HEAD)
+        if not length.isdigit():
+            raise RemoteError(f"{url}: the server sends no Content-Length")
+        return int(length)
 
 
 def open_location(location: str | os.PathLike[str], options: RemoteOptions | None = None, *,
                   trusted: bool = True) -> Build:
-    """A build folder, ``file:///…``, ``http(s)://host/prefix/`` or a ``pipe:`` command template
-    with ``{path}`` (e.g. ``pipe:aws s3 cp s3://bucket/build/{path} -``). Reads nothing.
+    """A build folder, ``file:///…``, ``http(s)://host/prefix/``, ``s3://bucket/prefix/`` (and
+    ``gs://``, ``hf://`` with their packages) or a ``pipe:`` command template with ``{path}``
+    (e.g. ``pipe:aws s3 cp s3://bucket/build/{path} -``). Reads nothing.
 
     ``trusted``: the user gave ``location`` (a command line, their own config). Pass False for
     a location read from a file (a checkpoint's recorded build…): a ``pipe:`` one is then
@@ -657,56 +781,18 @@ def open_location(location: str | os.PathLike[str], options: RemoteOptions | Non
         return Build(text, "pipe", text, opts)
     parts = urllib.parse.urlsplit(text)
     scheme = parts.scheme.lower()
-    if scheme in ("http", "https"):
+    if scheme in ("http", "https", *OBJECT_STORES):
         if not parts.netloc:
-            raise RemoteError(f"{text}: no host in the URL")
+            raise RemoteError(f"{text}: no host or bucket in the URL")
         if parts.query or parts.fragment:
             raise RemoteError(f"{text}: a build base URL cannot carry a query or fragment (a presigned URL "
-                              "signs one object; use a pipe: command for private buckets)")
+                              "signs one object; use s3:// with credentials for private buckets)")
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
-        return Build(text, "http", urllib.parse.urlunsplit((scheme, parts.netloc, path, "", "")), opts)
+        kind = "http" if scheme in ("http", "https") else "store"
+        return Build(text, kind, urllib.parse.urlunsplit((scheme, parts.netloc, path, "", "")), opts)
     if scheme == "file":
         return Build(text, "local", _file_path(text), opts)
     if scheme and len(scheme) > 1:  # one letter: a Windows drive, a path
-        raise RemoteError(f"{text}: '{scheme}://' builds are not read directly; use a folder, file://, http(s):// "
-                          f"(public buckets, the HF Hub's .../resolve/main/) or a pipe: command, e.g. "
-                          f"'pipe:aws s3 cp s3://bucket/build/{{path}} -'")
+        raise RemoteError(f"{text}: '{scheme}://' builds are not read; use a folder, file://, http(s)://, "
+                          f"{', '.join(s + '://' for s in OBJECT_STORES)} or a pipe: command with {{path}}")
     return Build(text, "local", str(Path(text).expanduser()), opts)
-
-
-# ----------------------------------------------------------------------------- webdataset
-
-
-class WdsOpener:
-    """A webdataset ``gopen`` handler for http(s) and ``pipe:`` reads with serwild's timeouts
-    and retries (webdataset's own run curl or the command without a read timeout: a dead
-    server hangs them). Writes (``pipe:`` shard writers) go to ``fallback``, the handler
-    it replaced."""
-
-    def __init__(self, options: RemoteOptions | None = None, fallback: Any = None) -> None:
-        self.options = options or RemoteOptions()
-        self.fallback = fallback
-
-    def __call__(self, url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> BinaryIO:
-        if mode != "rb":
-            if self.fallback is not None:
-                return self.fallback(url, mode, bufsize, **kw)  # type: ignore[no-any-return]
-            raise ValueError(f"{url}: serwild's opener reads only (mode {mode!r})")
-        return open_url(url, self.options)
-
-
-WDS_SCHEMES = ("http", "https", "pipe")
-
-
-def register_wds_opener(options: RemoteOptions | None = None) -> dict[str, Any]:
-    """Route webdataset's http://, https:// and pipe: reads (``gopen_schemes``, its extension
-    point) through :class:`WdsOpener`; returns the handlers it replaced. Per process: a
-    DataLoader worker started with ``spawn`` must call it again (``worker_init_fn``)."""
-    # Here, not at the top: webdataset imports torch. And by name: ``webdataset.gopen`` the
-    # attribute is the function, the module is only in sys.modules.
-    gopen = importlib.import_module("webdataset.gopen")
-    previous = {s: gopen.gopen_schemes.get(s) for s in WDS_SCHEMES}
-    for scheme, old in previous.items():
-        fallback = old.fallback if isinstance(old, WdsOpener) else old  # registering again: keep the original
-        gopen.gopen_schemes[scheme] = WdsOpener(options, fallback)
-    return previous

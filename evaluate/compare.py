@@ -8,11 +8,16 @@ Reads each run's ``report/metrics.json`` (written by ``serwild evaluate``; a rep
 or a metrics.json path works too) and writes, into ``--out`` (default
 ``<first run's parent>/compare_<arm>_vs_<arm>``):
 
-    compare.png   the paper's Figures 4/5: the metric per test condition, one bar per arm
-    compare.md    the table (one column per arm, then each arm's difference to the first)
-    compare.json  the same numbers, with the intervals
+    compare.png     the metric per test condition, one bar per arm, with intervals and chance
+    difference.png  the paper's Figures 4/5 claim: each arm minus the baseline per test
+                    condition, with its paired interval, against 0
+    compare.md      flags, the table (one column per arm, then each arm's difference to the
+                    first), the figures with their captions
+    compare.json    the same numbers, with the intervals and the flags
 
-and prints the table. An arm is one run (each positional run is its own arm) or several
+and prints the table. A run whose model is degenerate (one class for ≥ 95 % of its blocks,
+or UA at chance: serwild.evaluate.health) gets a warning line, in the terminal and in compare.md.
+An arm is one run (each positional run is its own arm) or several
 (seeds, folds: shown as mean ± std). The first arm is the baseline. When every run was
 evaluated on the same test blocks (same build fingerprint, same blocks in each run's
 ``predictions.csv``), each difference gets a paired cluster-bootstrap interval: both arms
@@ -31,14 +36,9 @@ import numpy as np
 
 from serwild import atomic
 from serwild.errors import UsageError
-from serwild.evaluate.report import (
-    Interval,
-    ci_span,
-    condition_label,
-    order_conditions,
-    plot_series,
-    protocol_line,
-)
+from serwild.evaluate import health
+from serwild.evaluate.figures import Interval, chance_level, plot_differences, plot_series
+from serwild.evaluate.report import ci_span, condition_label, order_conditions, protocol_line, supports
 from serwild.evaluate.report import metric as get
 from serwild.evaluate.uncertainty import arm_difference_ci, mean_std
 
@@ -274,7 +274,7 @@ def paired_deltas(arms: Mapping[str, Sequence[str | Path]], reports: Mapping[str
 def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None, metric: str = "weighted_f1",
                  unit: str = "block", arms: Mapping[str, Sequence[str | Path]] | None = None,
                  bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> Path:
-    """Write compare.png / compare.md / compare.json; returns the output folder.
+    """Write compare.png / difference.png / compare.md / compare.json; returns the output folder.
 
     ``runs``: one arm per run (named after its folder); or ``arms``: ``{name: [runs]}``.
     ``bootstrap`` resamples (0: no intervals), ``seed`` and ``alpha`` set the paired intervals.
@@ -287,9 +287,28 @@ def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None,
         arms = {n: [r] for n, r in zip(run_names(runs), runs)}
     if any(not rs for rs in arms.values()):
         raise UsageError("every arm needs at least one run")
-    names = list(arms)
     reports = {n: [load_metrics(r) for r in rs] for n, rs in arms.items()}
-    datasets = {rep.get("dataset") for reps in reports.values() for rep in reps}
+    comp = arm_comparison(reports, metric, unit)
+    deltas, unpaired = paired_deltas(arms, reports, comp["conditions"], metric, unit, bootstrap, seed, alpha)
+    comp.update({"baseline": next(iter(arms)), "deltas": deltas, "unpaired": unpaired,
+                 "flags": {n: flag_lines(n, rs, reports[n]) for n, rs in arms.items()},
+                 "uncertainty": {"method": "paired percentile cluster bootstrap over utterances",
+                                 "level": 1.0 - alpha, "n_resamples": bootstrap, "seed": seed, "alpha": alpha}})
+    names = list(arms)
+    out_dir = Path(out) if out is not None else default_out([rs[0] for rs in arms.values()], names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_series(out_dir / "compare.png", comp["labels"], comp["values"], TITLES[metric],
+                plot_intervals(reports, comp["conditions"], comp, metric, unit), chance=comp["chance"])
+    plot_differences(out_dir / "difference.png", comp["labels"],
+                     {f"{n} − {names[0]}": pts for n, pts in difference_points(comp).items()}, f"Δ {TITLES[metric]}")
+    atomic.write_text(out_dir / "compare.md", render_compare(comp, arms, reports))
+    sources = {name: [str(find_metrics(r)) for r in rs] for name, rs in arms.items()}
+    atomic.write_json(out_dir / "compare.json", {**comp, "runs": sources})
+    return out_dir
+
+
+def arm_comparison(reports: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, unit: str) -> dict[str, Any]:
+    """Per arm and condition: the mean (and std) of its runs' ``metric``; chance per condition."""
     per_run = comparison({f"{n}#{i}": rep for n, reps in reports.items() for i, rep in enumerate(reps)}, metric,
                          unit)
     conds = per_run["conditions"]
@@ -302,34 +321,69 @@ def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None,
             ms = mean_std(vs) if None not in vs else None
             values[n].append(None if ms is None else ms["mean"])
             stds[n].append(None if ms is None else ms["std"])
-    deltas, unpaired = paired_deltas(arms, reports, conds, metric, unit, bootstrap, seed, alpha)
-    comp = {**per_run, "values": values, "std": stds, "n_runs": {n: len(rs) for n, rs in arms.items()},
-            "baseline": names[0], "deltas": deltas, "unpaired": unpaired,
-            "uncertainty": {"method": "paired percentile cluster bootstrap over utterances", "level": 1.0 - alpha,
-                            "n_resamples": bootstrap, "seed": seed, "alpha": alpha}}
-    out_dir = Path(out) if out is not None else default_out([rs[0] for rs in arms.values()], names)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    title = TITLES[metric]
-    plot_series(out_dir / "compare.png", comp["labels"], comp["values"], title,
-                f"{title} per test condition ({'/'.join(sorted(map(str, datasets))).upper()}, per {unit}; "
-                "error bars: a run's 95 % interval, or ± std of several)",
-                plot_intervals(reports, conds, comp, metric, unit))
-    lines = [f"# Comparison: {title} per test condition (per {unit})", "", markdown_table(comp), "",
-             *notes(comp)]
+    first = next(iter(reports.values()))[0]["conditions"]
+    chance = [chance_level(metric, supports(first[c][unit])) if c in first else None for c in conds]
+    return {**per_run, "values": values, "std": stds, "n_runs": {n: len(rs) for n, rs in reports.items()},
+            "chance": chance}
+
+
+def flag_lines(name: str, runs: Sequence[str | Path], reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The health flags of each run of an arm (serwild.evaluate.health), named after the arm."""
+    lines = []
+    for r, rep in zip(runs, reports):
+        label = name if len(runs) == 1 else f"{name} ({run_dir(r).name})"
+        lines += health.flag_lines(label, rep)
+    return lines
+
+
+def difference_points(comp: Mapping[str, Any]) -> dict[str, list[dict[str, Any] | None]]:
+    """Per non-baseline arm and condition: the paired interval, or the bare difference where
+    there is none (unpaired runs, intervals off)."""
+    names = list(comp["values"])
+    out: dict[str, list[dict[str, Any] | None]] = {}
+    for n in names[1:]:
+        points: list[dict[str, Any] | None] = []
+        for i, (v, b) in enumerate(zip(comp["values"][n], comp["values"][names[0]])):
+            d = (comp.get("deltas") or {}).get(n, [None] * len(comp["labels"]))[i]
+            points.append(d if d and "low" in d else None if v is None or b is None else {"delta": v - b})
+        out[n] = points
+    return out
+
+
+def render_compare(comp: Mapping[str, Any], arms: Mapping[str, Sequence[str | Path]],
+                   reports: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """compare.md: flags, the table, its notes, the two figures with captions, the runs."""
+    title, unit = TITLES[comp["metric"]], comp["unit"]
+    flags = [f"> {line}" for lines in comp["flags"].values() for line in lines]
+    lines = [f"# Comparison: {title} per test condition (per {unit})", "", *flags, *([""] if flags else []),
+             markdown_table(comp), "", *notes(comp)]
+    datasets = {rep.get("dataset") for reps in reports.values() for rep in reps}
     if len(datasets) > 1:
-        lines += ["", "**Warning:** these runs were evaluated on different datasets "
-                  f"({', '.join(map(str, datasets))})."]
-    lines += ["", "## Runs", ""]
-    sources: dict[str, list[str]] = {}
+        names = ", ".join(map(str, datasets))
+        lines += ["", f"**Warning:** these runs were evaluated on different datasets ({names})."]
+    lines += ["", "![comparison](compare.png)", "", figure_caption(comp, datasets, "Figure 1"), "",
+              "![paired differences](difference.png)", "", difference_caption(comp, "Figure 2"), "", "## Runs", ""]
     for name, rs in arms.items():
-        sources[name] = [str(find_metrics(r)) for r in rs]
         for r, rep in zip(rs, reports[name]):
             what = protocol_line(rep).replace("**Protocol:** ", "")
             lines.append(f"- **{name}** (`{find_metrics(r)}`): {what}")
-    lines += ["", "![comparison](compare.png)"]
-    atomic.write_text(out_dir / "compare.md", "\n".join(lines) + "\n")
-    atomic.write_json(out_dir / "compare.json", {**comp, "runs": sources})
-    return out_dir
+    return "\n".join(lines) + "\n"
+
+
+def figure_caption(comp: Mapping[str, Any], datasets: set[Any], label: str = "Figure") -> str:
+    several = any(n > 1 for n in comp["n_runs"].values())
+    bars = ("a run's 95 % cluster-bootstrap interval" + (", or ± std over an arm's runs" if several else ""))
+    return (f"*{label}. {TITLES[comp['metric']][0].upper() + TITLES[comp['metric']][1:]} per test condition "
+            f"({'/'.join(sorted(map(str, datasets))).upper()}, per {comp['unit']}), one bar per arm; error bars: "
+            f"{bars}; dashed: chance (a guess that picks each class with probability 1/K).*")
+
+
+def difference_caption(comp: Mapping[str, Any], label: str = "Figure") -> str:
+    return (f"*{label}. Each arm minus the baseline ({comp['baseline']}), {TITLES[comp['metric']]} per "
+            f"{comp['unit']}, per test condition, with its {comp['uncertainty']['level']:.0%} paired "
+            "cluster-bootstrap interval (both arms scored on the same resampled test utterances). A filled marker "
+            "is an interval that excludes 0 (`*` in the table); a point without a bar has no paired interval "
+            "(see the notes above).*")
 
 
 def default_out(runs: Sequence[str | Path], names: Sequence[str]) -> Path:

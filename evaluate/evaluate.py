@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from tqdm import tqdm
 
 from serwild import __version__, atomic, metrics
 from serwild.checkpoint import OtherBuildError, check_compatible, load_checkpoint
@@ -37,8 +36,9 @@ from serwild.data.loaders import ShardSet, make_eval_loader
 from serwild.data.manifest import select_shards
 from serwild.data.remote import Build, CommandRefused, RemoteOptions, open_location
 from serwild.errors import UsageError
-from serwild.evaluate import report, uncertainty
+from serwild.evaluate import health, provenance, report, uncertainty
 from serwild.evaluate.config import EvalConfig
+from serwild.progress import progress
 from serwild.trainer.distributed import Dist, all_gather_object, setup, teardown
 from serwild.trainer.model import model_from_checkpoint
 
@@ -106,7 +106,8 @@ def open_target(checkpoint: str | Path, shards: str | Path | None, allow_other_b
                          "checkpoint; pass --shards to point at the build)"))
     build = open_build(source)
     check_build(ckpt, build.manifest, build.location, allow_other_build)
-    return Target(path, ckpt, config_from_resolved(ckpt["config"]), build, build.manifest)
+    return Target(path, ckpt, config_from_resolved(ckpt["config"], f"checkpoint {path}"), build,
+                  build.manifest)
 
 
 def build_source(path: Path, ckpt: dict[str, Any], shards: str | Path | None,
@@ -216,11 +217,15 @@ def write_outputs(target: Target, conditions: dict[str, Any], rows: list[dict[st
         "dataset": target.ckpt["dataset"], "classes": target.classes,
         "protocol": protocol(target.ckpt, target.cfg, target.manifest), "world_size": d.world_size,
         "device": str(d.device), "sha256_checked": check_sha256, "serwild_version": __version__,
+        "versions": provenance.versions(), "budget": provenance.training_budget(target.ckpt, target.path),
+        "smoke_note": provenance.smoke_note(target.ckpt["config"]) or None,
         "uncertainty": uncertainty_settings(settings or EvalConfig()), "conditions": conditions,
     }
+    result["flags"] = health.model_flags(result)
     report.write_report(result, out_dir, rows)
     atomic.write_text(out_dir / "config.yaml", yaml.safe_dump(target.ckpt["config"], sort_keys=False))
-    print(f"\n{report.metrics_table(result, 'block')}\n\nreport: {out_dir / 'report.md'}")
+    flags = "".join(f"\n{line}" for line in health.flag_lines(result["run"], result))
+    print(f"\n{report.metrics_table(result, 'block')}\n{flags}\n\nreport: {out_dir / 'report.md'}")
 
 
 def protocol(ckpt: dict[str, Any], cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -244,8 +249,8 @@ def score_shards(model: nn.Module, shards: ShardSet, num_classes: int, batch_siz
                               identities=shards.identities)
     logits, labels, utts, blocks = [], [], [], []
     total = -(-shards.samples // d.world_size)  # about this rank's share: shards are dealt to ranks
-    with torch.inference_mode(), tqdm(total=total, desc=f"evaluate {desc}", unit="blk",
-                                      disable=not d.is_main, leave=False) as bar:
+    with torch.inference_mode(), progress(total, f"evaluate {desc}", unit="blk", command="evaluate",
+                                          enabled=d.is_main, leave=False) as bar:
         for images, y, metas in loader:
             logits.append(model(images.to(d.device)).float().cpu().numpy())
             labels.append(y.numpy())

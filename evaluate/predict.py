@@ -1,116 +1,242 @@
-"""The emotion of each 1 s block of your own recordings, and of each whole file.
+"""The emotion of each 1 s block of a recording, and of the whole recording.
 
-    serwild predict --checkpoint runs/<name>/best.pt rec1.wav rec2.flac … [--json]
+    from serwild.evaluate import Predictor
+    model = Predictor.from_pretrained("exports/demo-augmented")   # or a run folder, or a checkpoint
+    result = model.predict_file("rec.wav")                        # result.label, .probs, .blocks
+    result = model.predict_array(samples, 16000)                  # a numpy array (or torch tensor)
 
-Any sample rate, mono or stereo (channels are averaged). Each file is cut and rendered
-exactly as the builder renders training data (the checkpoint's ``audio`` settings: 1 s
-blocks resampled to 16 kHz, peak-normalised, the same STFT and jet colours, the same
-image transform), so the model sees what it was trained on. Silent blocks are skipped,
-as the builder skips them. Per block: the class probabilities and the most likely class;
-per file: the class of the mean of its block logits (as ``serwild evaluate`` scores
+    serwild predict --model exports/demo-augmented rec1.wav rec2.flac … [--json]
+    serwild predict --checkpoint runs/<name>/best.pt rec.wav
+
+Any sample rate, mono or stereo (channels are averaged). Each recording is cut and rendered
+exactly as the builder renders training data (the model's ``audio`` settings: 1 s blocks
+resampled to 16 kHz, peak-normalised, the same STFT and jet colours, the same image
+transform), so the model sees what it was trained on. Silent blocks are skipped, as the
+builder skips them. Per block: the class probabilities and the most likely class; per
+recording: the class of the mean of its block logits (as ``serwild evaluate`` scores
 utterances), with its probabilities.
 
-A file longer than the checkpoint's ``audio.max_blocks_per_file`` (an hour of blocks) is
-scored on its first blocks only, and the output says how many were left out
-(``dropped_blocks``). A file that is unreadable, whose header claims a sample rate outside
-4 kHz..384 kHz, shorter than one block, or silent gets a one-line message
-(on stderr, or an ``error`` entry with ``--json``) and the other files are still scored.
-Exit status: 0 if every file was scored, 1 if any file failed, 2 for a usage error
-(e.g. a missing checkpoint).
+A recording shorter than one block ("No!") is padded with silence to one block and scored;
+``padded_s`` says how much was added. A file longer than ``audio.max_blocks_per_file`` (an
+hour of blocks) is scored on its first blocks only, and the result says how many were left
+out (``dropped_blocks``). A recording that cannot be scored (unreadable, a header rate
+outside 4 kHz..384 kHz, silent, NaN samples) gets an ``error`` instead of a label; the
+others are still scored. Loading says what it loads, on stderr (``verbose=False`` to keep
+quiet).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
+from serwild.builder import audio
 from serwild.builder.audio import AudioError
 from serwild.builder.render import Renderer
-from serwild.checkpoint import load_checkpoint
-from serwild.config import config_from_resolved
 from serwild.data.transforms import image_transform
 from serwild.errors import UsageError
+from serwild.evaluate.export import Pretrained, read_pretrained
+from serwild.progress import progress, stage
 from serwild.trainer.distributed import pick_device
-from serwild.trainer.model import model_from_checkpoint
+from serwild.trainer.model import build_model
 
 DEFAULT_BATCH = 64
+ARRAY_NAME = "<array>"
+INT_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31}  # PCM → [-1, 1), as soundfile reads it
 
 
 @dataclass
-class FileResult:
-    file: str
-    error: str | None = None
+class Prediction:
+    """One recording's result (``asdict`` gives the JSON ``serwild predict --json`` prints)."""
+
+    file: str  # the path, or "<array>" for samples given in memory
+    error: str | None = None  # why it could not be scored (then no blocks and no label)
     sample_rate: int | None = None
     channels: int | None = None
     duration_s: float | None = None
-    blocks: list[dict[str, Any]] = field(default_factory=list)  # block, start_s, label, probs
+    blocks: list[dict[str, Any]] = field(default_factory=list)  # per block: block, start_s, label, probs
     skipped_blocks: list[int] = field(default_factory=list)  # silent blocks, not scored
     tail_s: float = 0.0  # audio after the last whole block, dropped as the builder drops it
-    dropped_blocks: int = 0  # blocks past the checkpoint's audio.max_blocks_per_file: not scored
-    label: str | None = None  # file level: argmax of the mean block logits
+    dropped_blocks: int = 0  # blocks past the model's audio.max_blocks_per_file: not scored
+    padded_s: float = 0.0  # silence added to a recording shorter than one block (0: none)
+    label: str | None = None  # the whole recording: argmax of the mean block logits
     probs: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FileResult = Prediction  # the name of earlier versions
+
+
+@dataclass(frozen=True)
+class Recording:
+    """Where a recording's samples come from: a file (read one block at a time) or an array."""
+
+    name: str
+    info: audio.AudioInfo
+    samples: np.ndarray | None = None  # mono float32 at info.sample_rate; None: read from the file ``name``
 
 
 # ----------------------------------------------------------------------------- library
 
 
 class Predictor:
-    """A checkpoint's model plus the exact renderer it was trained with."""
+    """A trained model plus the exact renderer it was trained with.
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
-        ckpt = load_checkpoint(checkpoint, map_location="cpu")
-        self.renderer = Renderer(config_from_resolved(ckpt["config"]).audio)
-        self.classes: list[str] = list(ckpt["classes"])
+    ``source``: an exported model folder (``serwild export``), a run folder (its best.pt) or
+    a checkpoint file. ``device``: auto (a GPU when there is one), cpu or cuda.
+    """
+
+    def __init__(self, source: str | Path, device: str = "auto", verbose: bool = False) -> None:
+        start = time.perf_counter()
+        say = _say if verbose else _quiet
+        say(f"loading {_describe(Path(source))} …")
+        loaded = read_pretrained(source)
+        self.source = loaded.source
+        self.info = loaded.info
+        self.classes: list[str] = list(loaded.classes)
+        self.renderer = Renderer(loaded.audio)
         self.device = pick_device(device, 0)
-        self.model = model_from_checkpoint(ckpt).to(self.device).eval()
+        self.model = _model(loaded).to(self.device).eval()
+        a = loaded.audio
+        say(f"ready in {time.perf_counter() - start:.1f} s: AlexNet, {len(self.classes)} classes "
+            f"({', '.join(self.classes)}), dataset {loaded.dataset.upper()}; {a.block_seconds:g} s blocks at "
+            f"{a.sample_rate} Hz; on {self.device}")
 
-    def open(self, path: str | Path) -> FileResult:
-        """Scan one file: its FileResult skeleton with the usable blocks listed (not yet scored).
+    @classmethod
+    def from_pretrained(cls, source: str | Path, device: str = "auto", verbose: bool = True) -> Predictor:
+        """Load an exported model folder (or a run folder, or a checkpoint), saying what it does."""
+        return cls(source, device, verbose)
 
-        Raises AudioError with the reason a file cannot be scored.
-        """
+    def predict_file(self, path: str | Path, batch_size: int = DEFAULT_BATCH) -> Prediction:
+        """Score one audio file; never raises for a bad file (the reason goes into ``error``)."""
+        try:
+            res, rec = self.open_file(path)
+        except AudioError as e:
+            return Prediction(file=str(path), error=str(e))
+        return self.score(res, rec, batch_size)
+
+    def predict_array(self, samples: Any, sample_rate: int, batch_size: int = DEFAULT_BATCH,
+                      name: str = ARRAY_NAME) -> Prediction:
+        """Score samples in memory: 1-D, or 2-D (frames, channels) as soundfile returns them, or
+        (channels, frames) as torchaudio does; float in [-1, 1] or int16/int32 PCM. A bad
+        recording (silent, NaN) gets an ``error``; an argument that is not audio raises ValueError."""
+        mono, channels = to_mono(samples)
+        try:
+            audio.check_rate(int(sample_rate))
+            res, rec = self.open_array(mono, int(sample_rate), channels, name)
+        except AudioError as e:
+            return Prediction(file=name, error=str(e))
+        return self.score(res, rec, batch_size)
+
+    predict = predict_file  # the name of earlier versions
+
+    # ------------------------------------------------------------------ scanning
+
+    def open(self, path: str | Path) -> Prediction:
+        """A file's Prediction skeleton, usable blocks listed (not yet scored); AudioError if none."""
+        return self.open_file(path)[0]
+
+    def open_file(self, path: str | Path) -> tuple[Prediction, Recording]:
         if not Path(path).is_file():  # soundfile's own message for this is "System error"
             raise AudioError("file not found" if not Path(path).exists() else "not a file")
-        a = self.renderer.cfg
-        # The builder's silence rule: silent blocks were never in training data, so a label
-        # for them would be noise.
-        # A file longer than audio.max_blocks_per_file: its first blocks are scored, and the
-        # result says how many more were not (a build rejects such a file instead).
+        info = audio.probe(path)
+        rec = Recording(str(path), info)
+        if audio.block_count(info, self.renderer.cfg.block_seconds, self.renderer.cfg.keep_tail) == 0:
+            y, _ = audio.read_mono(path)
+            return self._short(rec, y), rec
+        # The builder's silence rule: silent blocks were never in training data. A file longer
+        # than audio.max_blocks_per_file: its first blocks are scored, the result says how many
+        # more were not (a build rejects such a file instead).
         found = self.renderer.scan(path, truncate=True)
-        info = found.info
-        res = FileResult(file=str(path), sample_rate=info.sample_rate, channels=info.channels,
-                         duration_s=round(info.seconds, 3), skipped_blocks=list(found.silent),
-                         dropped_blocks=found.dropped)
-        n_blocks = len(found.usable) + len(found.silent) + found.dropped
+        return self._skeleton(rec, found.usable, found.silent, found.dropped), rec
+
+    def open_array(self, mono: np.ndarray, sample_rate: int, channels: int = 1,
+                   name: str = ARRAY_NAME) -> tuple[Prediction, Recording]:
+        """The array counterpart of :meth:`open_file` (``mono``: float32 samples)."""
+        if not np.isfinite(mono).all():
+            raise AudioError("audio contains NaN or Inf samples")
+        rec = Recording(name, audio.AudioInfo(len(mono), sample_rate, channels), mono)
+        a = self.renderer.cfg
+        n_blocks = audio.block_count(rec.info, a.block_seconds, a.keep_tail)
+        if n_blocks == 0:
+            return self._short(rec, mono), rec
+        dropped = max(0, n_blocks - a.max_blocks_per_file)
+        n_native = int(round(a.block_seconds * sample_rate))
+        peaks = [float(np.abs(mono[b * n_native:(b + 1) * n_native]).max(initial=0.0))
+                 for b in range(n_blocks - dropped)]
+        usable = tuple(b for b, p in enumerate(peaks) if p >= audio.SILENCE_PEAK)
+        if not usable:
+            raise AudioError("silent (every block below -80 dBFS)")
+        silent = tuple(b for b, p in enumerate(peaks) if p < audio.SILENCE_PEAK)
+        return self._skeleton(rec, usable, silent, dropped), rec
+
+    def _skeleton(self, rec: Recording, usable: tuple[int, ...], silent: tuple[int, ...],
+                  dropped: int) -> Prediction:
+        a, info = self.renderer.cfg, rec.info
+        res = Prediction(file=rec.name, sample_rate=info.sample_rate, channels=info.channels,
+                         duration_s=round(info.seconds, 3), skipped_blocks=list(silent), dropped_blocks=dropped)
+        n_blocks = len(usable) + len(silent) + dropped
         res.tail_s = round(max(0.0, info.seconds - n_blocks * a.block_seconds), 3)
-        res.blocks = [{"block": b, "start_s": round(b * a.block_seconds, 6)} for b in found.usable]
+        res.blocks = [{"block": b, "start_s": round(b * a.block_seconds, 6)} for b in usable]
         return res
 
-    def batches(self, res: FileResult, batch_size: int) -> Iterator[torch.Tensor]:
-        """The file's usable blocks as (n, 3, 256, 256) image batches, rendered as they are
-        needed: memory stays flat however long the recording is."""
+    def _short(self, rec: Recording, mono: np.ndarray) -> Prediction:
+        """A recording under one block: one block, padded with silence (unless it is silent)."""
+        if float(np.abs(mono).max(initial=0.0)) < audio.SILENCE_PEAK:
+            raise AudioError(f"silent (below -80 dBFS), and shorter than one block ({rec.info.seconds:.2f} s)")
+        res = self._skeleton(rec, (0,), (), 0)
+        res.tail_s = 0.0
+        res.padded_s = round(self.renderer.cfg.block_seconds - rec.info.seconds, 3)
+        return res
+
+    # ------------------------------------------------------------------ scoring
+
+    def waveform(self, res: Prediction, rec: Recording, block: int) -> np.ndarray:
+        """Block ``block`` at the model's rate, exactly as the builder reads it (a short
+        recording: all of it, resampled, then padded with zeros to one block)."""
+        a = self.renderer.cfg
+        n_target = int(round(a.block_seconds * a.sample_rate))
+        sr = rec.info.sample_rate
+        if res.padded_s > 0:
+            y = rec.samples if rec.samples is not None else audio.read_mono(rec.name)[0]
+            return audio.resample(y, sr, a.sample_rate, length=n_target)
+        if rec.samples is None:
+            return self.renderer.block(rec.name, block, sr)
+        n_native = int(round(a.block_seconds * sr))
+        return audio.resample(rec.samples[block * n_native:(block + 1) * n_native], sr, a.sample_rate,
+                              length=n_target)
+
+    def batches(self, res: Prediction, batch_size: int, rec: Recording | None = None) -> Iterator[torch.Tensor]:
+        """The usable blocks as (n, 3, 256, 256) image batches, rendered as they are needed:
+        memory stays flat however long the recording is."""
+        if rec is None:  # a file scanned by open()
+            assert res.sample_rate is not None and res.channels is not None
+            rec = Recording(res.file, audio.AudioInfo(int(round((res.duration_s or 0) * res.sample_rate)),
+                                                      res.sample_rate, res.channels))
         blocks = [b["block"] for b in res.blocks]
-        assert res.sample_rate is not None
         for i in range(0, len(blocks), batch_size):
-            yield torch.stack([image_transform(self.renderer.rgb(self.renderer.block(res.file, b, res.sample_rate)))
+            yield torch.stack([image_transform(self.renderer.rgb(self.waveform(res, rec, b)))
                                for b in blocks[i:i + batch_size]])
 
-    def predict(self, path: str | Path, batch_size: int = DEFAULT_BATCH) -> FileResult:
-        """Score one file; never raises for a bad file (the reason goes into ``error``)."""
+    def score(self, res: Prediction, rec: Recording, batch_size: int = DEFAULT_BATCH) -> Prediction:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         try:
-            res = self.open(path)
             with torch.inference_mode():
                 logits = torch.cat([self.model(x.to(self.device)).float().cpu()
-                                    for x in self.batches(res, batch_size)])
+                                    for x in self.batches(res, batch_size, rec)])
         except AudioError as e:
-            return FileResult(file=str(path), error=str(e))
+            return Prediction(file=res.file, error=str(e))
         if not bool(torch.isfinite(logits).all()):  # finite weights can still overflow: never report NaN
-            return FileResult(file=str(path), error="the model's outputs are not finite (NaN or inf) for this file")
+            return Prediction(file=res.file, error="the model's outputs are not finite (NaN or inf) for this audio")
         probs = torch.softmax(logits, dim=1)
         for blk, p in zip(res.blocks, probs.tolist()):
             blk["label"] = self.classes[max(range(len(p)), key=p.__getitem__)]
@@ -121,24 +247,80 @@ class Predictor:
         return res
 
 
-def predict_files(checkpoint: str | Path, files: list[str], device: str = "auto",
-                  batch_size: int = DEFAULT_BATCH) -> tuple[list[FileResult], list[str]]:
+def _model(loaded: Pretrained) -> torch.nn.Module:
+    model = build_model(len(loaded.classes), pretrained="none")
+    try:
+        model.load_state_dict(loaded.state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UsageError(f"{loaded.source}: the weights do not fit AlexNet with {len(loaded.classes)} classes "
+                         f"({first})") from None
+    return model.eval()
+
+
+def _describe(p: Path) -> str:
+    if p.is_dir():
+        return f"{p} (model folder)"
+    if p.is_file():
+        return f"{p} ({p.stat().st_size / 1e6:.0f} MB)"
+    return str(p)
+
+
+def _say(msg: str) -> None:
+    stage("predict", msg)  # a time-stamped line, told apart from a one-line error (serwild.progress)
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def to_mono(samples: Any) -> tuple[np.ndarray, int]:
+    """Samples (numpy array, torch tensor or list) → (mono float32, channels), as soundfile
+    would read them from a file (channels averaged)."""
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu().numpy()
+    x = np.asarray(samples)
+    if x.dtype in INT_SCALE:
+        x = x.astype(np.float32) / np.float32(INT_SCALE[x.dtype])
+    elif x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+    else:
+        raise ValueError(f"audio samples must be float or int16/int32 PCM, got dtype {x.dtype}")
+    if x.ndim == 2 and x.shape[0] < x.shape[1] and x.shape[0] <= 8:
+        x = x.T  # (channels, frames), as torchaudio gives it
+    if x.ndim == 1:
+        mono = x
+    elif x.ndim == 2:
+        mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    else:
+        raise ValueError(f"audio samples must be 1-D or 2-D (frames, channels), got shape {x.shape}")
+    if mono.size == 0:
+        raise ValueError("no audio samples (an empty array)")
+    return np.ascontiguousarray(mono, dtype=np.float32), 1 if x.ndim == 1 else int(x.shape[1])
+
+
+def predict_files(model: str | Path, files: list[str], device: str = "auto", batch_size: int = DEFAULT_BATCH,
+                  verbose: bool = False) -> tuple[list[Prediction], list[str]]:
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    predictor = Predictor(checkpoint, device)
-    results = [predictor.predict(f, batch_size)
-               for f in tqdm(files, desc="predict", unit="file", disable=len(files) < 5, leave=False)]
+    predictor = Predictor(model, device, verbose)
+    with progress(len(files), "predict", unit="file", command="predict", enabled=len(files) >= 5, leave=False) as bar:
+        results = []
+        for f in files:
+            results.append(predictor.predict_file(f, batch_size))
+            bar.update(1)
     return results, predictor.classes
 
 
-def format_result(r: FileResult, classes: list[str]) -> str:
-    """A readable table: one row per block, then the file's label."""
-    skipped = f", {len(r.skipped_blocks)} silent block(s) skipped" if r.skipped_blocks else ""
-    skipped += f", last {r.tail_s:.2f} s (under a block) not scored" if r.tail_s > 0.005 else ""
-    skipped += (f"; only the first {len(r.blocks) + len(r.skipped_blocks)} blocks scored "
-                f"(audio.max_blocks_per_file), {r.dropped_blocks} more not scored" if r.dropped_blocks else "")
+def format_result(r: Prediction, classes: list[str]) -> str:
+    """A readable table: one row per block, then the recording's label."""
+    notes = f", {len(r.skipped_blocks)} silent block(s) skipped" if r.skipped_blocks else ""
+    notes += f", last {r.tail_s:.2f} s (under a block) not scored" if r.tail_s > 0.005 else ""
+    notes += (f"; shorter than one block: padded with {r.padded_s:.2f} s of silence" if r.padded_s > 0 else "")
+    notes += (f"; only the first {len(r.blocks) + len(r.skipped_blocks)} blocks scored "
+              f"(audio.max_blocks_per_file), {r.dropped_blocks} more not scored" if r.dropped_blocks else "")
     lines = [f"{r.file}  ({r.duration_s:.2f} s, {r.sample_rate} Hz, {r.channels} ch; "
-             f"{len(r.blocks)} block(s) scored{skipped})",
+             f"{len(r.blocks)} block(s) scored{notes})",
              "  block  start_s  " + "  ".join(f"{c:>5}" for c in classes) + "  label"]
     for b in r.blocks:
         lines.append(f"  {b['block']:>5}  {b['start_s']:>7.2f}  "

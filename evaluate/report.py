@@ -1,16 +1,19 @@
 """The report folder: metrics.json, report.md (the paper's Tables 5/6), and figures.
 
     <run>/report/
-      metrics.json           every number, per condition, per block and per utterance, each unit's
-                             95 % intervals under "ci" (cluster bootstrap over utterances; see
-                             "uncertainty" for how; absent with eval.bootstrap=0)
-      report.md              protocol line + tables (rows = test conditions, columns = metrics)
-      confusion-<cond>.png   confusion matrices (per block | per utterance), one file per condition
-      weighted_f1.png        weighted F1 per test condition (per block and per utterance)
-      predictions.csv        every scored block: condition, utterance, block, true, predicted, probs
+      metrics.json      every number, per condition, per block and per utterance, each unit's
+                        95 % intervals under "ci" (cluster bootstrap over utterances; see
+                        "uncertainty" for how; absent with eval.bootstrap=0), the training
+                        budget, the software versions and the model's flags (serwild.evaluate.health)
+      report.md         flags, protocol, budget and versions, then the tables (rows = test
+                        conditions, columns = metrics) and the figures, each with its caption
+      confusion.png     confusion matrices, one panel per test condition (per block,
+                        row-normalised, with counts and a colour bar)
+      weighted_f1.png   weighted F1 per test condition (per block and per utterance), 95 %
+                        intervals, chance level
+      predictions.csv   every scored block: condition, utterance, block, true, predicted, probs
 
-Plots use matplotlib's object API (no pyplot, no global backend state), so writing a
-report never needs a display; every file is written atomically.
+Figures have no titles: their captions are in report.md, under each figure.
 """
 
 from __future__ import annotations
@@ -21,10 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.figure import Figure
-
 from serwild import atomic
+from serwild.evaluate import health, provenance
+from serwild.evaluate.figures import Interval, chance_level, plot_confusions, plot_series
 
 UNITS = {"block": "Per 1 s block (the paper's unit)",
          "utterance": "Per utterance (mean of its block logits)"}
@@ -133,34 +135,56 @@ def per_class_table(result: Mapping[str, Any], unit: str) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(result: Mapping[str, Any]) -> str:
+def flag_block(result: Mapping[str, Any]) -> list[str]:
+    """The model's flags (serwild.evaluate.health) and the smoke-size caveat, as blockquotes."""
+    lines = [f"> ⚠ **{m.split(':', 1)[0]}**:{m.split(':', 1)[1]}" for m in health.model_flags(result)["messages"]]
+    smoke = result.get("smoke_note") or ""
+    return [*lines, *([f"> {smoke}"] if smoke else [])]
+
+
+def test_set_line(result: Mapping[str, Any]) -> str:
+    """``**Test set (N per condition):** clean 165 blocks / 55 utterances; 15 dB …``."""
     conds = result["conditions"]
     order = order_conditions({c: v["snr_db"] for c, v in conds.items()})
-    parts = [
-        f"# Evaluation: {result['run']}",
-        "",
-        protocol_line(result),
-        "",
-        f"Checkpoint `{result['checkpoint']}`; test shards `{result['shards']}` "
-        f"(manifest fingerprint `{str(result['manifest_fingerprint'])[:12]}`); every test sample of each "
-        f"condition scored exactly once (checked against the manifest), {result['world_size']} process(es).",
-        "",
-    ]
+    return ("**Test set (N per condition):** " + "; ".join(
+        f"{condition_label(c, conds[c]['snr_db'])} {conds[c]['block']['n']} blocks / "
+        f"{conds[c]['utterance']['n']} utterances" for c in order) + ".")
+
+
+def provenance_lines(result: Mapping[str, Any]) -> list[str]:
+    """Budget, test-set size and software: what a number needs to be read months later."""
+    return [f"**Training budget:** {provenance.budget_line(result.get('budget'))}.", "",
+            test_set_line(result), "",
+            f"**Software:** {provenance.versions_line(result.get('versions'))}; "
+            f"{result.get('world_size', '?')} process(es) on `{result.get('device', '?')}`.", ""]
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    flags = flag_block(result)
+    parts = [f"# Evaluation: {result['run']}", "", *flags, *([""] if flags else []), protocol_line(result), "",
+             *provenance_lines(result),
+             f"Checkpoint `{result['checkpoint']}`; test shards `{result['shards']}` "
+             f"(manifest fingerprint `{str(result['manifest_fingerprint'])[:12]}`); every test sample of each "
+             "condition scored exactly once (checked against the manifest).", ""]
     for unit, title in UNITS.items():
         parts += [f"## {title}", "", metrics_table(result, unit), ""]
     if interval_note(result):
         parts += [interval_note(result), ""]
+    bars = "95 % intervals (see above)" if result.get("uncertainty") else "no intervals (eval.bootstrap=0)"
     parts += [
         "WA = overall accuracy (equals weighted recall); UA = mean of per-class recalls; weighted "
         "P/R/F1 average the classes by support (the paper's columns), macro by equal weight. "
         "Per-utterance scores average the block logits of each utterance's *test* blocks.",
-        "",
-        "![weighted F1 per test condition](weighted_f1.png)",
-        "",
-        "## Confusion matrices (rows = true class, columns = predicted)",
-        "",
+        "", "## Figures", "",
+        "![weighted F1 per test condition](weighted_f1.png)", "",
+        f"*Figure 1. Weighted F1 of `{result['run']}` per test condition, per 1 s block and per utterance; error "
+        f"bars: {bars}; dashed: chance, the weighted F1 of a guess that picks each class with probability 1/K "
+        "(it depends on the class balance).*", "",
+        "![confusion matrices](confusion.png)", "",
+        f"*Figure 2. Confusion matrices of `{result['run']}` per test condition, per 1 s block (rows = true class, "
+        "columns = predicted). Colour and upper number: the share of the true class given each label (each row "
+        "sums to 1; the diagonal is per-class recall); lower number: blocks.*",
     ]
-    parts += [f"![{c}](confusion-{c}.png)" for c in order]
     for unit, title in UNITS.items():
         parts += ["", f"## Per class, {title[0].lower() + title[1:]}", "", per_class_table(result, unit)]
     return "\n".join(parts) + "\n"
@@ -169,66 +193,28 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), dpi=110)
-
-
-def plot_confusions(path: Path, title: str, matrices: Mapping[str, Sequence[Sequence[int]]],
-                    classes: Sequence[str]) -> None:
-    """One panel per unit; colour = row-normalised rate, text = counts."""
-    fig = _figure(4.2 * len(matrices), 4.0)
-    for i, (unit, cm) in enumerate(matrices.items()):
-        ax = fig.add_subplot(1, len(matrices), i + 1)
-        cm_arr = np.asarray(cm, dtype=np.float64)
-        rates = cm_arr / np.maximum(cm_arr.sum(axis=1, keepdims=True), 1.0)
-        ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-        for (r, c), n in np.ndenumerate(cm_arr):
-            ax.text(c, r, f"{int(n)}", ha="center", va="center",
-                    color="white" if rates[r, c] > 0.6 else "black", fontsize=9)
-        ax.set_xticks(range(len(classes)), labels=list(classes))
-        ax.set_yticks(range(len(classes)), labels=list(classes))
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"per {unit}")
-    fig.suptitle(title)
-    fig.tight_layout()
-    atomic.save_figure(fig, path)
-
-
-Interval = tuple[float, float] | None  # (low, high) of a 95 % interval, or unknown
-
-
-def plot_series(path: Path, categories: Sequence[str], series: Mapping[str, Sequence[float | None]],
-                ylabel: str, title: str, intervals: Mapping[str, Sequence[Interval]] | None = None) -> None:
-    """Grouped bars: one group per category (test condition), one bar per series, values on top;
-    ``intervals`` (per series, per category) are drawn as error bars."""
-    fig = _figure(max(5.0, 1.3 * len(categories) * max(1, len(series)) ** 0.5 + 2.0), 4.0)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(series))
-    x = np.arange(len(categories))
-    for i, (name, values) in enumerate(series.items()):
-        ys = [np.nan if v is None else v for v in values]
-        spans = (intervals or {}).get(name) or [None] * len(ys)
-        yerr = np.array([[0.0, 0.0] if s is None or np.isnan(y) else [max(0.0, y - s[0]), max(0.0, s[1] - y)]
-                         for y, s in zip(ys, spans)]).T
-        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=name,
-                      yerr=yerr if intervals else None, capsize=3, error_kw={"elinewidth": 1, "alpha": 0.7})
-        ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=8, padding=2)
-    ax.set_xticks(x, labels=list(categories))
-    ax.set_ylim(0.0, 1.05)
-    ax.set_ylabel(ylabel)
-    ax.set_xlabel("test condition")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    atomic.save_figure(fig, path)
-
-
 def ci_span(unit_metrics: Mapping[str, Any], name: str) -> Interval:
     """The (low, high) interval of metric ``name`` in one unit's metrics, if evaluate wrote one."""
     ci = (unit_metrics.get("ci") or {}).get(name)
     return (float(ci["low"]), float(ci["high"])) if ci else None
+
+
+def supports(unit_metrics: Mapping[str, Any]) -> list[int]:
+    """Test samples per class (in class order) of one unit's metrics."""
+    return [int(c["support"]) for c in (unit_metrics.get("per_class") or {}).values()]
+
+
+def write_figures(result: Mapping[str, Any], out: Path) -> None:
+    """weighted_f1.png (both units, intervals, chance) and confusion.png (a panel per condition)."""
+    conds = result["conditions"]
+    order = order_conditions({c: v["snr_db"] for c, v in conds.items()})
+    labels = [condition_label(c, conds[c]["snr_db"]) for c in order]
+    plot_series(out / "weighted_f1.png", labels,
+                {f"per {u}": [conds[c][u]["weighted"]["f1"] for c in order] for u in UNITS}, "weighted F1",
+                {f"per {u}": [ci_span(conds[c][u], "weighted_f1") for c in order] for u in UNITS},
+                chance=[chance_level("weighted_f1", supports(conds[c]["block"])) for c in order])
+    plot_confusions(out / "confusion.png", {lab: conds[c]["block"]["confusion"] for lab, c in zip(labels, order)},
+                    result["classes"])
 
 
 # ----------------------------------------------------------------------------- the folder
@@ -240,16 +226,7 @@ def write_report(result: Mapping[str, Any], out: str | Path,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
-    conds = result["conditions"]
-    order = order_conditions({c: v["snr_db"] for c, v in conds.items()})
-    for name in order:
-        label = condition_label(name, conds[name]["snr_db"])
-        plot_confusions(out / f"confusion-{name}.png", f"{result['run']}: {label}",
-                        {u: conds[name][u]["confusion"] for u in UNITS}, result["classes"])
-    plot_series(out / "weighted_f1.png", [condition_label(c, conds[c]["snr_db"]) for c in order],
-                {f"per {u}": [conds[c][u]["weighted"]["f1"] for c in order] for u in UNITS},
-                "weighted F1", f"{result['run']}: weighted F1 per test condition (bars: 95 % intervals)",
-                {f"per {u}": [ci_span(conds[c][u], "weighted_f1") for c in order] for u in UNITS})
+    write_figures(result, out)
     if predictions:
         write_predictions(out / "predictions.csv", predictions, result["classes"])
     atomic.write_text(out / "report.md", render_markdown(result))

@@ -63,7 +63,7 @@ def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str,
     print()
     print((out / "compare.md").read_text())
     print(f"reports:  {runs[0]}/report/report.md, {runs[1]}/report/report.md")
-    print(f"compare:  {out}/compare.md, {out}/compare.png;  example spectrograms: {figure}")
+    print(f"compare:  {out}/compare.md, {out}/compare.png, {out}/difference.png;  example spectrograms: {figure}")
     print(f"demo took {(time.time() - t0) / 60:.1f} min")
     return 0
 

@@ -13,8 +13,12 @@
    (``runs/<name>-cv/report``, with 95 % intervals);
 3. write ONE report folder (default ``<train.run_dir>/reproduce``): per dataset the paper's
    Table 5/6 shape (rows = test conditions; experiment 1 and 2 columns, with intervals), its
-   Figure 4/5 (the two experiments per test condition, with the paired interval of each
-   difference), the protocol, the CV mean ± std, and the wall time of every stage.
+   Figure 4/5 (the paired difference of the experiments per test condition with its
+   interval, and both experiments' bars with chance), each model's confusion figure, the
+   test-set size per condition, each model's training budget, the software versions, the
+   protocol, the CV mean ± std, and the wall time of every stage. A model that predicts one
+   class for ≥ 95 % of its blocks, or whose UA interval includes chance, is flagged at the
+   top (and on stderr); a config that declares ``smoke: true`` gets the smoke-size caveat.
 
 Run names are ``<train.name or "protocol">-<dataset>-exp<1|2>``. A second invocation
 resumes: a fold run is reused when its config.yaml is the resolved config this invocation
@@ -27,6 +31,7 @@ run folder holding another config is refused (pass ``--overwrite`` to retrain it
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -38,12 +43,12 @@ import torch
 import yaml
 
 from serwild import atomic, torchrun
-from serwild.builder.build import NOT_BUILD_KEYS, run_build
-from serwild.config import Config, load_config, to_dict
+from serwild.builder.build import run_build
+from serwild.config import NOT_BUILD_KEYS, Config, load_config, to_dict
 from serwild.data.manifest import load_manifest, train_folds
 from serwild.errors import UsageError
-from serwild.evaluate import report
-from serwild.evaluate.compare import compare_runs, markdown_table, notes
+from serwild.evaluate import health, provenance, report
+from serwild.evaluate.compare import compare_runs, difference_caption, figure_caption, markdown_table, notes
 from serwild.evaluate.evaluate import evaluate_checkpoint, uncertainty_settings
 from serwild.trainer.cv import KEYS as CV_KEYS
 from serwild.trainer.cv import summarise
@@ -133,6 +138,9 @@ def run_reproduce(config: str | Path | None, overrides: Sequence[str] = (), npro
     progress.finish("report", f"report → {out}", t0, False)
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.md'}", file=sys.stderr)
+    flags = json.loads((out / "reproduce.json").read_text())["flags"]
+    for line in (line for lines in flags.values() for line in lines):  # last: the report may have scrolled by
+        print(f"serwild reproduce: {line}", file=sys.stderr)
     return out
 
 
@@ -361,42 +369,27 @@ def write_protocol_report(out: Path, cfg: Config, config: str | None, overrides:
     """report.md (+ reproduce.json, and a compare folder per dataset) in ``out``."""
     split = (manifest.get("config") or {}).get("split") or {}
     cmd = " ".join(["serwild reproduce"] + (["--config", config] if config else []) + list(overrides))
-    parts = ["# The paper's protocol, reproduced", "",
+    flags = {f"{e.dataset} exp{e.number}": health.flag_lines(f"{e.dataset.upper()} exp{e.number}",
+                                                              results[e.base]["metrics"]) for e in exps}
+    smoke = provenance.smoke_note(to_dict(cfg))
+    warnings = [f"> {line}" for lines in flags.values() for line in lines] + ([f"> {smoke}"] if smoke else [])
+    versions = provenance.versions()
+    parts = ["# The paper's protocol, reproduced", "", *warnings, *([""] if warnings else []),
              f"`{cmd}`", "",
              f"Build `{cfg.out}` (manifest fingerprint `{manifest['fingerprint'][:12]}`), split "
              f"`{split.get('strategy')}`, {split.get('folds')}-fold cross-validation on the training part; "
              "experiment 1 trains on clean blocks, experiment 2 on clean + every noisy condition (as many "
              "samples per epoch as experiment 1); each experiment's best fold (by validation "
-             f"{cfg.train.best_metric}) is tested on every test condition, as in the paper.", ""]
+             f"{cfg.train.best_metric}) is tested on every test condition, as in the paper.", "",
+             f"**Software:** {provenance.versions_line(versions)}.", ""]
     data: dict[str, Any] = {"command": cmd, "build": str(cfg.out), "fingerprint": manifest["fingerprint"],
-                            "datasets": {}}
+                            "versions": versions, "smoke": bool(smoke), "flags": flags, "datasets": {}}
     note = ""
     for ds in cfg.datasets:
         dexps = [e for e in exps if e.dataset == ds]
-        table_no = "5 (experiment 1) and 6 (experiment 2)"
-        parts += [f"## {ds.upper()}", "", f"Tables {table_no}, per 1 s block (WA = accuracy; W- = weighted "
-                  "average over the classes):", "", table(dexps, results), ""]
         note = note or report.interval_note(results[dexps[0].base]["metrics"])
-        arms = {f"exp1 ({EXPERIMENTS[1]})": [results[dexps[0].base]["cv_dir"]],
-                f"exp2 ({EXPERIMENTS[2]})": [results[dexps[1].base]["cv_dir"]]}
-        cmp_dir = compare_runs(out=out / f"compare-{ds}", arms=arms, bootstrap=cfg.eval.bootstrap,
-                               seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
-        comp = json.loads((cmp_dir / "compare.json").read_text())
-        fig = FIGURES.get(ds)
-        parts += [f"Figure {fig if fig else ''}: weighted F1 per test condition, experiment 2 − experiment 1 "
-                  "with its paired interval:", "", markdown_table(comp), "", *notes(comp), "",
-                  f"![Figure {fig or ''} ({ds.upper()})](compare-{ds}/compare.png)", "",
-                  "Cross-validation (validation fold, each fold's best epoch), mean ± std over the folds:", "",
-                  cv_table(dexps, results), ""]
-        for e in dexps:
-            parts.append(f"- Exp {e.number}: {report.protocol_line(results[e.base]['metrics'])} "
-                         f"Numbers from `{results[e.base]['metrics_path']}`.")
-        parts.append("")
-        data["datasets"][ds] = {
-            f"exp{e.number}": {"run": results[e.base]["cv_dir"], "metrics": results[e.base]["metrics_path"],
-                               "best_fold": results[e.base]["cv"]["best_fold"],
-                               "cv_mean_std": results[e.base]["cv"]["mean_std"]} for e in dexps}
-        data["datasets"][ds]["compare"] = str(cmp_dir / "compare.json")
+        section, data["datasets"][ds] = dataset_section(out, ds, dexps, results, cfg)
+        parts += section
     if note:
         parts += [note, ""]
     parts += ["## Wall time", "", stages_table(progress), "",
@@ -405,3 +398,58 @@ def write_protocol_report(out: Path, cfg: Config, config: str | None, overrides:
     data["stages"] = {k: v for k, v in progress.stages.items() if k in progress.current}
     atomic.write_json(out / "reproduce.json", data)
     atomic.write_text(out / "report.md", "\n".join(parts))
+
+
+def dataset_section(out: Path, ds: str, dexps: Sequence[Experiment], results: Mapping[str, Mapping[str, Any]],
+                    cfg: Config) -> tuple[list[str], dict[str, Any]]:
+    """One dataset's part of report.md (tables, Figures 4/5 with captions, budget, CV, flags)
+    and of reproduce.json."""
+    first = results[dexps[0].base]["metrics"]
+    parts = [f"## {ds.upper()}", "", "Tables 5 (experiment 1) and 6 (experiment 2), per 1 s block (WA = accuracy; "
+             "W- = weighted average over the classes):", "", table(dexps, results), "",
+             report.test_set_line(first), ""]
+    arms = {f"exp1 ({EXPERIMENTS[1]})": [results[dexps[0].base]["cv_dir"]],
+            f"exp2 ({EXPERIMENTS[2]})": [results[dexps[1].base]["cv_dir"]]}
+    cmp_dir = compare_runs(out=out / f"compare-{ds}", arms=arms, bootstrap=cfg.eval.bootstrap,
+                           seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
+    comp = json.loads((cmp_dir / "compare.json").read_text())
+    fig = FIGURES.get(ds, "")
+    parts += [f"Figure {fig}: weighted F1 per test condition, experiment 2 − experiment 1 with its paired "
+              "interval:", "", markdown_table(comp), "", *notes(comp), "",
+              f"![Figure {fig} ({ds.upper()}): experiment 2 − experiment 1](compare-{ds}/difference.png)", "",
+              difference_caption(comp, f"Figure {fig} ({ds.upper()})"), "",
+              f"![both experiments per test condition ({ds.upper()})](compare-{ds}/compare.png)", "",
+              figure_caption(comp, {ds}, f"Both experiments ({ds.upper()})"), "",
+              *confusion_figures(out, ds, dexps, results),
+              "Training budget (each experiment's best fold):", "",
+              *[f"- Exp {e.number}: {provenance.budget_line(results[e.base]['metrics'].get('budget'))}."
+                for e in dexps],
+              "", "Cross-validation (validation fold, each fold's best epoch), mean ± std over the folds:", "",
+              cv_table(dexps, results), ""]
+    for e in dexps:
+        parts.append(f"- Exp {e.number}: {report.protocol_line(results[e.base]['metrics'])} "
+                     f"Numbers from `{results[e.base]['metrics_path']}`.")
+    parts.append("")
+    data = {f"exp{e.number}": {"run": results[e.base]["cv_dir"], "metrics": results[e.base]["metrics_path"],
+                               "best_fold": results[e.base]["cv"]["best_fold"],
+                               "cv_mean_std": results[e.base]["cv"]["mean_std"],
+                               "budget": results[e.base]["metrics"].get("budget"),
+                               "n": {c: v["block"]["n"] for c, v in results[e.base]["metrics"]["conditions"].items()},
+                               "flags": health.model_flags(results[e.base]["metrics"])} for e in dexps}
+    data["compare"] = str(cmp_dir / "compare.json")
+    return parts, data
+
+
+def confusion_figures(out: Path, ds: str, dexps: Sequence[Experiment],
+                      results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each experiment's confusion figure (in its report folder), linked relative to ``out``."""
+    parts = []
+    for e in dexps:
+        figure = Path(results[e.base]["metrics_path"]).parent / "confusion.png"
+        if figure.is_file():
+            rel = os.path.relpath(figure, out)
+            parts += [f"![{ds.upper()} exp{e.number} confusion matrices]({rel})", "",
+                      f"*{ds.upper()} experiment {e.number} ({EXPERIMENTS[e.number]}), its best fold's model: "
+                      "confusion matrices per test condition, per 1 s block; colour and upper number = share of the "
+                      "true class (rows sum to 1, recall on the diagonal), lower number = blocks.*", ""]
+    return parts

@@ -96,7 +96,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # any failure to read: empty or cut files, zip errors, refused objects
-        raise UsageError(f"{path} is not a serwild checkpoint ({_unreadable(path, e)})") from None
+        raise UsageError(f"{path} is not a serwild checkpoint ({unreadable_reason(path, e)})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UsageError(f"{path} is not a serwild checkpoint (needs keys {', '.join(REQUIRED)}; has {have})")
@@ -119,7 +119,7 @@ def _check_weights(path: Path, state: Any) -> None:
                              "the run diverged or the file is damaged")
 
 
-def _unreadable(path: Path, e: Exception) -> str:
+def unreadable_reason(path: Path, e: Exception) -> str:
     """Why ``torch.load`` failed, in a few words, without torch's advice to retry with
     ``weights_only=False`` (which would run whatever code the file holds)."""
     try:

@@ -8,7 +8,6 @@ and does the generic, strict loading: an unknown key or a value of the wrong typ
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import math
 import types
@@ -20,18 +19,23 @@ from typing import Any, Literal, Union
 import yaml
 
 from serwild.builder.config import (
+    PRESETS,
     SEED_MAX,
+    VIEW_NAME,
     AudioConfig,
     CorpusConfig,
     NoiseConfig,
     RayConfig,
     ShardConfig,
     SplitConfig,
+    ViewConfig,
     check_range,
+    resolve_views,
 )
 from serwild.data.config import RemoteConfig
 from serwild.errors import UsageError
 from serwild.evaluate.config import EvalConfig
+from serwild.text import decode_utf8
 from serwild.trainer.config import CvConfig, TrainConfig
 
 YAML_BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
@@ -39,6 +43,12 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; past this it is the wrong fi
 MAX_DEPTH = 50  # our configs nest 3 deep; YAML's composer recurses once per level
 MAX_SNRS = 16  # each SNR is one more full copy of the build
 SNR_RANGE = (-50.0, 100.0)  # dB: from noise 300x louder than speech to noise inaudible
+
+
+# Top-level keys that do not change a build's bytes: where it is (a moved or copied folder is the
+# same build), how Ray runs it, the later stages' sections. A build compares the rest with the
+# config of the build already in its folder, and a run's config.yaml takes the rest from its build.
+NOT_BUILD_KEYS = ("out", "ray", "train", "cv", "eval", "remote", "smoke")
 
 
 class ConfigError(UsageError):
@@ -49,7 +59,9 @@ class ConfigError(UsageError):
 class Config:
     seed: int = 0
     out: str = "shards/demo"
-    datasets: list[Literal["ahsn", "aesn"]] = field(default_factory=lambda: ["ahsn", "aesn"])
+    # The label sets to build, each a folder and a hub config: the built-in ahsn/aesn or a name under views.
+    datasets: list[str] = field(default_factory=lambda: ["ahsn", "aesn"])
+    views: dict[str, ViewConfig] = field(default_factory=dict)
     snr_db: list[float] = field(default_factory=lambda: [15.0, 20.0, 40.0])
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -61,6 +73,9 @@ class Config:
     cv: CvConfig = field(default_factory=CvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)  # network reads of a build given as a URL
+    # A smoke-sized config (a tiny corpus, an epoch or two): its reports say the numbers show the
+    # pipeline runs, not what the method does.
+    smoke: bool = False
 
     def __post_init__(self) -> None:
         check_range("seed", self.seed, 0, SEED_MAX)
@@ -69,6 +84,15 @@ class Config:
                              "(each is a copy of the whole build)")
         for snr in self.snr_db:
             check_range("snr_db", snr, *SNR_RANGE)
+        if not self.datasets:
+            raise ValueError("config key 'datasets' must name at least one view (e.g. [ahsn])")
+        for name in self.views:
+            if not VIEW_NAME.fullmatch(name):
+                raise ValueError(f"config key 'views.{name[:80]}': a view name is 1..64 letters, digits, '_' or '-' "
+                                 "(it names a folder and a hub config)")
+            if name in PRESETS:
+                raise ValueError(f"config key 'views.{name}': {name} is a built-in view; give yours another name")
+        resolve_views(self.datasets, self.views)  # every listed view exists and is well formed
 
 
 # ----------------------------------------------------------------------------- loading
@@ -139,7 +163,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """Read ``path`` (or the defaults when None), apply ``key=value`` overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = resolve_config_path(path)
         text = read_config_text(p)
         try:
             loaded = parse_yaml(text)
@@ -156,7 +180,22 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         data = loaded
     for item in overrides:
         apply_override(data, item)
+    _default_train_dataset(data)
     return from_dict(Config, data)
+
+
+def _default_train_dataset(data: dict[str, Any]) -> None:
+    """``train.dataset`` left unset with ``datasets`` not building its default (ahsn): the first
+    dataset built, so a config that defines one view of its own trains on it without saying so twice."""
+    datasets, train = data.get("datasets"), data.get("train")
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    if not isinstance(datasets, list) or not datasets or not isinstance(datasets[0], str):
+        return
+    if train is None:
+        train = data["train"] = {}
+    if isinstance(train, dict) and "dataset" not in train and TrainConfig.dataset not in datasets:
+        train["dataset"] = datasets[0]
 
 
 def read_config_text(p: Path) -> str:
@@ -168,14 +207,7 @@ def read_config_text(p: Path) -> str:
         raise ConfigError(f"cannot read config {p}: {e.strerror or e}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {p} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a serwild config")
-    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return raw[skip:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        at = skip + e.start
-        line = raw[:at].count(b"\n") + 1
-        raise ConfigError(f"config {p} is not UTF-8 text (byte {at}, line {line}: {raw[at:at + 1]!r}); "
-                          "save it as UTF-8") from None
+    return decode_utf8(raw, f"config {p}", ConfigError)
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -246,6 +278,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             choices = " | ".join(str(a) for a in args)
             raise ConfigError(f"config key {key!r}: expected one of {choices}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}"[:300])
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or isinstance(k, bool):
+                raise ConfigError(f"config key {key!r}: keys are names, got {k!r}")
+            out[k] = _coerce(args[1], v, f"{key}.{k}")
+        return out
     if origin is list:
         if not isinstance(value, list):
             value = [value]  # a scalar where a list is expected: `train.conditions=clean`
@@ -307,3 +348,122 @@ def config_from_resolved(data: dict[str, Any], source: str | None = None) -> Con
 def replace(cfg: T, **changes: Any) -> T:
     """``dataclasses.replace`` re-exported: configs are frozen, so copies are how they change."""
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+
+# ----------------------------------------------------------------------------- discovery and description
+
+CONFIG_PACKAGE = "serwild.configs"  # the configs/ folder, installed with the package
+
+
+def installed_configs() -> dict[str, Path]:
+    """Name (file stem) → path of each config installed with the package."""
+    from importlib import resources
+
+    try:
+        root = resources.files(CONFIG_PACKAGE)
+    except ModuleNotFoundError:
+        return {}
+    return {Path(str(p)).stem: Path(str(p)) for p in sorted(root.iterdir(), key=lambda x: x.name)
+            if p.name.endswith(".yaml")}
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """``--config``'s file: the path itself when it exists; else, for ``NAME``, ``NAME.yaml`` or
+    ``configs/NAME.yaml`` (the README's spelling, run from anywhere), the installed copy. A
+    ConfigError listing the installed configs when neither exists."""
+    p = Path(name)
+    if p.exists() or p.is_absolute() or str(p.parent) not in (".", "configs"):
+        return p
+    stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    found = installed_configs()
+    if stem in found and (p.suffix in ("", ".yaml")):
+        return found[stem]
+    raise ConfigError(f"cannot read config {p}: no such file here, nor an installed config of that name "
+                      f"(installed: {', '.join(found) or 'none'}; use --config NAME or a path)")
+
+
+# Keys whose dataclass line has no comment of its own (the others are described where they are defined).
+KEY_NOTES = {
+    "seed": "root seed: the split, noise draws and (unless train.seed) the data order; 0..2^63-1",
+    "out": "the build folder (shards, manifest.json, rejects.jsonl, README.md)",
+    "snr_db": "noisy conditions built besides clean, in dB SNR (at most 16 values)",
+    "views": "label sets of your own: views.<name>.classes (ordered), .merge {label: class}, .allow_empty",
+    "corpus.improvised_only": "iemocap: use the improvised dialogs only (the paper's choice)",
+    "corpus.synth_size": "synthetic: tiny | demo | full, when the corpus is synthesised",
+    "views.*": "a label set of your own; its name is a folder of the build and a hub config",
+    "views.*.allow_empty": "build even when a class has no training or no test sample (the hub card warns)",
+    "corpus.kind": "iemocap | csv | audiofolder | synthetic (a CSV list, an HF audiofolder, …)",
+    "views.*.classes": "the view's classes, in class-index order (any spelling; at least 2)",
+    "corpus": "the input recordings and their labels",
+    "corpus.root": "iemocap: the IEMOCAP folder; csv: the CSV file; audiofolder: the folder with metadata.csv",
+    "noise": "the noise recordings mixed into the noisy conditions",
+    "noise.dir": "folder of .wav/.flac/.ogg noise files",
+    "split": "how blocks are split into train (with CV folds) and test",
+    "split.test_fraction": "share held out for test (block and utterance strategies); (0, 1)",
+    "split.folds": "cross-validation folds over the train part; 2..100",
+    "split.test_sessions": "session strategy: the sessions held out for test",
+    "audio": "the spectrogram: block length, STFT and image settings",
+    "audio.sample_rate": "every file is resampled to this rate, Hz; 4000..384000",
+    "audio.block_seconds": "length of one block (one image), s; 0.1..30",
+    "audio.n_fft": "STFT size: the image has 1 + n_fft/2 rows; 16..8192",
+    "shard": "WebDataset shard size",
+    "ray": "where the build's tasks run",
+    "train": "fine-tuning AlexNet (serwild train)",
+    "train.dataset": "the dataset (view) of the build to train on; default: ahsn, or the first of datasets",
+    "train.conditions": "conditions trained on: [clean] (experiment 1) or clean + SNRs (experiment 2)",
+    "train.epochs": "passes over samples_per_epoch samples; 1..10000",
+    "train.samples_per_epoch": "samples drawn per epoch: all | clean | a number",
+    "train.recipe": "auto | paper (SGD, conv1-4 frozen) | scratch (Adam, all layers)",
+    "train.best_metric": "the validation score that picks best.pt",
+    "train.device": "auto | cpu | cuda",
+    "train.run_dir": "folder the run folders go in",
+    "cv": "cross-validation: which fold is held out",
+    "eval": "scoring a checkpoint (serwild evaluate)",
+    "eval.bootstrap": "bootstrap resamples for confidence intervals; 0..100000 (0: none)",
+    "eval.bootstrap_seed": "seed of the bootstrap resampling",
+    "remote": "network reads of a build given as a URL",
+}
+
+
+def describe_keys(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """Dotted key → one line of description: the comment on its line in the dataclass (or the
+    comment just above it), else :data:`KEY_NOTES`; "" when there is none."""
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        out[key] = KEY_NOTES.get(key) or comments.get(f.name, "")
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(describe_keys(tp, key + "."))
+        elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+            out[key + ".*"] = KEY_NOTES.get(key + ".*", "")
+            for sub, text in describe_keys(typing.get_args(tp)[1], key + ".*.").items():
+                out[sub] = KEY_NOTES.get(sub) or text
+    return out
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Field name → its comment in the class's source (trailing, else the comment lines above)."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# ").strip())
+            continue
+        m = re.match(r"^(\w+)\s*:[^#]*?(?:#\s*(.*))?$", text)
+        if m and not text.startswith(("def ", "class ")):
+            note = m.group(2) or " ".join(above)
+            note = note.split(". ")[0].strip()
+            out[m.group(1)] = note if len(note) <= 110 else note[:109].rstrip() + "…"
+        above = []
+    return out

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from serwild.errors import UsageError
+from serwild.progress import progress as progress_bar
 from serwild.synth import noise as noisegen
 from serwild.synth import voice
 from serwild.synth.voice import stream
@@ -284,7 +284,7 @@ def _write_audio(root: Path, utts: list[Utterance], seed: int, progress: bool, w
     each utterance's numbers come from its own seed, not from the order of work)."""
 
     chunks = [utts[i:i + 16] for i in range(0, len(utts), 16)]
-    bar = tqdm(total=len(utts), desc="utterances", unit="utt", disable=not progress)
+    bar = progress_bar(len(utts), "utterances", unit="utt", command="synth", enabled=progress)
     with bar:
         if workers <= 1:
             for chunk in chunks:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
+from serwild.progress import progress as progress_bar
 from serwild.synth import voice
 
 
@@ -173,15 +174,22 @@ def write_noise(folder: Path, seconds: float, seed: int, progress: bool = False)
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, (make, sr) in tqdm(NOISES.items(), desc="noise", unit="file", disable=not progress):
-        y = make(seconds, voice.stream(seed, "noise", name), sr=sr)
-        if not np.isfinite(y).all():
-            raise RuntimeError(f"noise generator {name!r} produced NaN/Inf (a bug)")
-        y = y * (0.1 / max(float(np.std(y)), 1e-12))  # about -20 dBFS RMS
-        peak = float(np.max(np.abs(y)))
-        if peak > 0.95:  # a loud slam must not clip: scale the whole file down instead
-            y *= 0.95 / peak
-        pcm = np.clip(np.rint(y * 32767.0), -32768, 32767).astype(np.int16)
-        sf.write(folder / f"{name}.wav", pcm, sr, subtype="PCM_16")
-        written.append({"file": f"{name}.wav", "sample_rate": sr, "seconds": round(len(pcm) / sr, 3)})
+    with progress_bar(len(NOISES), "noise", unit="file", command="synth", enabled=progress) as bar:
+        for name, (make, sr) in NOISES.items():
+            written.append(_write_one(folder, name, make, sr, seconds, seed))
+            bar.update(1)
     return written
+
+
+def _write_one(folder: Path, name: str, make: Any, sr: int, seconds: float, seed: int) -> dict:
+    """One noise file, written; its ``{file, sample_rate, seconds}``."""
+    y = make(seconds, voice.stream(seed, "noise", name), sr=sr)
+    if not np.isfinite(y).all():
+        raise RuntimeError(f"noise generator {name!r} produced NaN/Inf (a bug)")
+    y = y * (0.1 / max(float(np.std(y)), 1e-12))  # about -20 dBFS RMS
+    peak = float(np.max(np.abs(y)))
+    if peak > 0.95:  # a loud slam must not clip: scale the whole file down instead
+        y *= 0.95 / peak
+    pcm = np.clip(np.rint(y * 32767.0), -32768, 32767).astype(np.int16)
+    sf.write(folder / f"{name}.wav", pcm, sr, subtype="PCM_16")
+    return {"file": f"{name}.wav", "sample_rate": sr, "seconds": round(len(pcm) / sr, 3)}

@@ -59,9 +59,10 @@ from torch import nn
 
 from serwild import seeds
 from serwild.atomic import atomic_write
-from serwild.checkpoint import _unreadable as unreadable_reason  # one wording for every refused torch.load
+from serwild.checkpoint import unreadable_reason  # one wording for every refused torch.load
 from serwild.data.loaders import make_eval_loader
 from serwild.data.manifest import select_shards
+from serwild.data.records import sample_key
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD, normalise
 from serwild.errors import UsageError
 from serwild.trainer.model import LAYER_MODULES
@@ -226,7 +227,7 @@ def tar_keys(path: str | Path) -> list[str]:
     with tarfile.open(path, "r") as tf:
         for member in tf:
             if member.isfile():
-                key = member.name.split("/")[-1].split(".", 1)[0]
+                key = sample_key(member.name)
                 if not keys or keys[-1] != key:
                     keys.append(key)
     return keys

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from serwild import atomic
 
@@ -24,20 +25,27 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(records: list[dict[str, Any]], out: str | Path, title: str) -> Path:
-    """Training loss and validation accuracy / UA / weighted F1 per epoch → PNG."""
+    """Training loss and validation accuracy / UA / weighted F1 per epoch → PNG.
+
+    Epochs are whole numbers on the axis (a 2-epoch run would otherwise get ticks at 1.25,
+    1.5, …); the legend sits outside the axes; ``title`` names the run, in small type at the
+    top (which run, not a caption: that belongs under the figure where it is shown)."""
     epochs = [r["epoch"] for r in records]
-    fig = Figure(figsize=(10, 4), constrained_layout=True)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(epochs, [r["train_loss"] for r in records], marker="o")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax1.grid(alpha=0.3)
+    ax1.plot(epochs, [r["train_loss"] for r in records], marker="o", label="training loss")
+    ax1.set(xlabel="epoch", ylabel="training loss (cross-entropy)")
     val = [r for r in records if r.get("val")]
-    for key, label in (("accuracy", "accuracy (WA)"), ("ua", "UA"), ("weighted_f1", "weighted F1")):
+    for key, label in (("accuracy", "validation accuracy (WA)"), ("ua", "validation UA"),
+                       ("weighted_f1", "validation weighted F1")):
         ax2.plot([r["epoch"] for r in val], [r["val"][key] for r in val], marker="o", label=label)
-    ax2.set(xlabel="epoch", ylabel="validation", title="validation" if val else "no validation fold",
-            ylim=(0, 1))
-    ax2.grid(alpha=0.3)
+    ax2.set(xlabel="epoch", ylabel="validation score" if val else "no validation fold", ylim=(0, 1))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # 1 epoch: one tick
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     if val:
-        ax2.legend()
-    fig.suptitle(title)
+        fig.legend(*ax2.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=9)
     return atomic.save_figure(fig, out, dpi=100)

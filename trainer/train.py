@@ -24,15 +24,15 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from serwild import __version__, atomic, lock, seeds
 from serwild import checkpoint as ckpt_io
-from serwild.config import Config, to_dict
+from serwild.config import NOT_BUILD_KEYS, Config, to_dict
 from serwild.data.loaders import make_eval_loader, make_train_loader, steps_per_epoch
 from serwild.data.transforms import normalise
 from serwild.errors import UsageError
 from serwild.metrics import scores_from_confusion
+from serwild.progress import progress
 from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
 from serwild.trainer.features import (
     CachedTrainData,
@@ -114,8 +114,8 @@ def train_one_epoch(run: Run, loader: Any, epoch: int, first: int = 0,
     samples, batches = int(carry[2]), 0
     start = time.perf_counter()
     due = CheckpointClock(cfg.train.checkpoint_every, d)
-    bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch",
-               disable=(not d.is_main) or None, leave=False, dynamic_ncols=True, file=sys.stderr)
+    bar = progress(steps, f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", command="train",
+                   enabled=d.is_main, initial=first, leave=False)  # a bar on a terminal, whole lines in a log
     batches_in = InputTimer(with_fault(loader, epoch, d.rank))
     for images, labels in batches_in:
         images = images.to(d.device, non_blocking=True)
@@ -136,8 +136,6 @@ def train_one_epoch(run: Run, loader: Any, epoch: int, first: int = 0,
         samples += labels.numel()
         batches += 1
         bar.update(1)
-        if d.is_main and batches % 10 == 1:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
         if first + batches < steps and due(first + batches):
             _save_position(run, epoch, first + batches, [loss_sum, correct, samples])
     bar.close()
@@ -329,7 +327,7 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
         seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.RANK, d.rank))  # dropout differs per rank
     start, best = resumed.epoch, resumed.best
     if d.is_main:
-        _start_history(cfg, run_dir, start)
+        _start_history(cfg, plan, run_dir, start)
         if (low := disk_note(run_dir, model, optimizer)) is not None:
             log(d, low)
     dtype = amp_dtype(t.amp, d.device)
@@ -390,12 +388,24 @@ def per_rank_batch(t: Any, d: Dist) -> int:
     return batch
 
 
-def _start_history(cfg: Config, run_dir: Path, start: int) -> None:
+def _start_history(cfg: Config, plan: DataPlan, run_dir: Path, start: int) -> None:
     """config.yaml, and metrics.jsonl without lines of epochs last.pt does not hold (a kill
     between the two writes)."""
     kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start]
     atomic.write_jsonl(run_dir / "metrics.jsonl", kept)
-    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic.write_text(run_dir / "config.yaml", run_config_yaml(cfg, plan))
+
+
+def run_config_yaml(cfg: Config, plan: DataPlan) -> str:
+    """The resolved config as the run used it: the build's own settings (corpus, audio, split, …,
+    from its manifest, not this config's defaults), headed by the build's location and fingerprint."""
+    data = to_dict(cfg)
+    built = plan.manifest.get("config") or {}
+    for key in data:
+        if key not in NOT_BUILD_KEYS and key in built:
+            data[key] = built[key]
+    head = f"# trained on the build {plan.location} (manifest fingerprint {plan.manifest['fingerprint']})\n"
+    return head + yaml.safe_dump(data, sort_keys=False)
 
 
 def fit(run: Run) -> dict[str, Any]:

@@ -34,11 +34,14 @@ from serwild.errors import UsageError
 COMMANDS: dict[str, str] = {
     "synth": "write the synthetic corpus (IEMOCAP layout) and noise WAVs",
     "build": "render clean + noisy spectrograms into WebDataset shards (Ray)",
+    "config": "show the resolved config, each key described (config show [--config X] [k=v …]); list installed",
     "verify": "check a build's shards against its manifest (sha256, counts)",
+    "publish": "upload a build to a folder, s3:// or hf:// (shards first, manifest last; resumable)",
     "train": "fine-tune AlexNet on the shards (launches torchrun)",
     "evaluate": "score a checkpoint on every test condition",
     "compare": "compare runs: weighted F1 per test condition",
     "predict": "emotion of each 1 s block of your own WAV files",
+    "export": "a trained model as a small folder (safetensors, config, model card) to share or load",
     "demo": "synth → build → train clean/augmented → evaluate → compare",
     "reproduce": "the paper's protocol: build → CV of both experiments per dataset → test → one report",
 }

@@ -5,9 +5,13 @@
 
 Reads each run's ``report/metrics.json`` (written by ``serwild evaluate``; a report folder
 or a metrics.json path works too) and writes, into ``--out`` (default
-``<first run's parent>/compare_<run>_vs_<run>``): compare.png (the paper's Figures 4/5),
-compare.md (one column per run, then each run's difference to the first) and compare.json,
-and prints the table. The first run (arm) is the baseline the differences are taken against.
+``<first run's parent>/compare_<run>_vs_<run>``): compare.png (the metric per condition, one
+bar per run, intervals and chance), difference.png (each run minus the first with its paired
+interval: the paper's Figures 4/5 claim), compare.md (one column per run, then each run's
+difference to the first, the figures with captions) and compare.json, and prints the table.
+A run whose model is degenerate (one class for ≥ 95 % of its blocks, or UA's interval
+including chance) gets a warning line, printed and in compare.md. The first run (arm) is
+the baseline the differences are taken against.
 An arm of several runs (seeds, folds) shows mean ± std. Runs evaluated on the same test blocks
 (same build) get a paired cluster-bootstrap interval for each difference, `*` where it excludes 0.
 """
@@ -51,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
                        bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha)
     comp = json.loads((out / "compare.json").read_text())
     text = "\n".join(notes(comp))
+    flags = "".join(f"{line}\n" for lines in comp["flags"].values() for line in lines)
     print(f"\n{TITLES[args.metric]} per test condition (per {args.unit}):\n\n{markdown_table(comp)}\n\n{text}\n")
-    print(f"figure: {out / 'compare.png'}\ntable:  {out / 'compare.md'}")
+    if flags:
+        print(flags)
+    print(f"figures: {out / 'compare.png'}, {out / 'difference.png'}\ntable:   {out / 'compare.md'}")
     return 0

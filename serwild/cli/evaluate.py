@@ -13,8 +13,11 @@ used when ``--shards`` is not given, except a ``pipe:`` command: a checkpoint ma
 anyone, and its command would run here, so that one is refused (pass ``--shards``). Batch
 size, loader workers and device are the config's ``eval`` section (``--config`` and
 ``eval.*`` overrides). Writes the report folder (default ``<run dir>/report/``):
-metrics.json, report.md (the paper's Tables 5/6), confusion matrices, a weighted-F1 plot and
-predictions.csv.
+metrics.json, report.md (the paper's Tables 5/6, with the training budget, N per condition
+and the software versions), confusion.png (a panel per condition), weighted_f1.png (with
+intervals and chance) and predictions.csv. A model that predicts one class for ≥ 95 % of
+its blocks, or whose UA interval includes chance, gets a warning line, printed and at the
+top of report.md.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return torchrun.launch(torchrun.command("serwild", rank_argv(args), args.nproc), args.nproc)
+    torchrun.follow_agent()  # a rank ends with its torchrun agent, even one killed outright
     evaluate_checkpoint(args.checkpoint, shards=args.shards, out=args.out, settings=cfg.eval,
                         check_sha256=args.sha256, allow_other_build=args.allow_other_build,
                         remote=cfg.remote.options())

@@ -10,7 +10,12 @@ Runs ``python -m torch.distributed.run --standalone --nproc-per-node N -m serwil
 (gloo on CPUs, NCCL on GPUs). For several nodes run torchrun yourself on each node, e.g.
 ``torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint host0:29500
 --rdzv-id ser1 --max-restarts 3 -m serwild.trainer --config cfg.yaml --resume`` (the run
-folder must be on a file system every node sees). Outputs: ``runs/<name>/`` with
+folder must be on a file system every node sees).
+
+Batches: ``train.batch_size`` is the GLOBAL batch (all ranks together, divided across them);
+``train.batch_size_per_rank=N`` sets the per-device batch instead (global = N × ranks).
+``train.checkpoint_every=200`` (steps) or ``"10min"`` writes a resumable mid-epoch last.pt;
+``train.seed`` sets the data order and dropout (default: the root ``seed``). Outputs: ``runs/<name>/`` with
 config.yaml, metrics.jsonl, last.pt, best.pt and curves.png; ``--cv`` adds
 ``runs/<name>-cv/`` with cv.json, cv.md and the best fold's best.pt.
 """

@@ -30,6 +30,7 @@ from serwild.builder.config import AudioConfig
 from serwild.builder.scan import load_noise
 from serwild.cli import main
 from serwild.config import load_config
+from serwild.progress import LOG_LINE
 from tests.builder.conftest import make_noise, tone, write_dialog
 
 SR = 16000
@@ -313,7 +314,7 @@ def _tiny_tree(root: Path) -> Path:
 def _cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     rc = main(argv)
     out, err = capsys.readouterr()
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not LOG_LINE.match(line)]  # progress: not errors
     assert rc == 2, (rc, out, err)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"serwild {argv[0]}: error: "), lines[0]

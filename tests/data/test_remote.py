@@ -5,7 +5,6 @@ itself after its max lifetime); nothing but 127.0.0.1 is contacted."""
 from __future__ import annotations
 
 import builtins
-import importlib
 import io
 import json
 import os
@@ -28,7 +27,6 @@ from serwild.data.remote import (
     RemoteError,
     RemoteOptions,
     open_location,
-    register_wds_opener,
     safe_relpath,
 )
 from serwild.errors import UsageError
@@ -80,7 +78,9 @@ def test_join_and_open_location_per_scheme(tmp_path: Path) -> None:
     assert http.kind == "http" and http.join(rel) == f"http://127.0.0.1:8000/pub/build/{rel}"
     pipe = open_location("pipe:aws s3 cp s3://bucket/build/{path} -")
     assert pipe.kind == "pipe" and pipe.join(rel) == f"pipe:aws s3 cp s3://bucket/build/{rel} -"
-    for bad, words in [("s3://bucket/build", "pipe:aws s3 cp"), ("pipe:cat /srv/x", "{path}"),
+    s3 = open_location("s3://bucket/pub/build")
+    assert s3.kind == "store" and s3.join(rel) == f"s3://bucket/pub/build/{rel}" and s3.is_remote
+    for bad, words in [("ftp://host/build", "s3://"), ("s3:///build", "bucket"), ("pipe:cat /srv/x", "{path}"),
                        ("https://h/build/?X-Amz-Signature=1", "query"), ("file://otherhost/x", "local file://")]:
         with pytest.raises(UsageError) as info:
             open_location(bad)
@@ -318,35 +318,24 @@ def test_the_server_helper_stops_itself(tiny_build: Path) -> None:  # noqa: F811
 # ----------------------------------------------------------------------------- webdataset
 
 
-@pytest.fixture
-def wds_opener(monkeypatch: pytest.MonkeyPatch):
-    """serwild's http(s) opener in webdataset for one test (the previous ones restored)."""
-    wds = pytest.importorskip("webdataset")
-    schemes = importlib.import_module("webdataset.gopen").gopen_schemes
-    for scheme in ("http", "https", "pipe"):
-        monkeypatch.setitem(schemes, scheme, schemes[scheme])
-    register_wds_opener(FAST)
-    return wds
-
-
-def test_webdataset_streams_over_http_and_never_hangs(tiny_build: Path, wds_opener) -> None:  # noqa: F811
-    wds = wds_opener
+def test_loaders_stream_over_http_and_never_hang(tiny_build: Path) -> None:  # noqa: F811
+    """The loaders open shards through the same transport (no opener patched into webdataset)."""
+    loaders = pytest.importorskip("serwild.data.loaders")
     m = manifest_of(tiny_build)
     shards = _test_shards(m)
     with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
-        build = open_location(srv.url(), FAST)
-        urls = build.shard_urls(shards)
-        samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "json"))
+        urls = open_location(srv.url(), FAST).shard_urls(shards)
+        expected = dict(zip(urls, (s["count"] for s in shards)))
+        samples = list(loaders.read_shards([{"url": u} for u in urls], expected, FAST))
         assert len(samples) == sum(s["count"] for s in shards)
-        assert samples[0][0].shape == (257, 259, 3)
-        assert {meta["condition"] for _, meta in samples} == set(m["conditions"])
+        assert {json.loads(x["json"])["condition"] for x in samples} == set(m["conditions"])
         srv.stall_after(len(srv.requests) + 1)
         t0 = time.monotonic()
         with pytest.raises(RemoteError) as info:
-            for _ in wds.WebDataset(urls, shardshuffle=False):
+            for _ in loaders.read_shards([{"url": u} for u in urls], expected, FAST):
                 pass
         assert _one_line(info.value).startswith(f"{urls[1]}: no answer within 0.5 s")
-        assert isinstance(info.value, OSError)  # what webdataset handlers and tar readers expect
+        assert isinstance(info.value, OSError)  # what tar readers expect
         assert time.monotonic() - t0 < FAST.worst_case_s() + SLACK_S
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 import webdataset as wds
 
+from serwild import __version__
 from serwild.checkpoint import load_checkpoint
 from serwild.cli import main
 from serwild.data.manifest import load_manifest
@@ -55,10 +56,18 @@ def test_one_process_report(one_process: Path, build_and_checkpoint: tuple[Path,
         assert len({(r["utterance"], r["block"]) for r in mine}) == sum(sizes)  # each sample once
         assert c["utterance"]["n"] == len({r["utterance"] for r in mine})
         assert sum(map(sum, c["block"]["confusion"])) == sum(sizes)
-        assert (one_process / f"confusion-{cond}.png").is_file()
     md = (one_process / "report.md").read_text()
     assert "| 15 dB | 7 |" in md and "| 40 dB | 7 |" in md and "| clean | 9 |" in md
-    assert (one_process / "weighted_f1.png").is_file() and (one_process / "config.yaml").is_file()
+    for figure in ("confusion.png", "weighted_f1.png"):  # one confusion figure, a panel per condition
+        assert (one_process / figure).is_file() and f"]({figure})" in md
+    assert (one_process / "config.yaml").is_file()
+    # what produced the numbers: budget, N per condition, versions (git: a revision or "unknown")
+    v = m["versions"]
+    assert v["serwild"] == __version__ and v["torch"] == torch.__version__ and v["git"]
+    assert m["budget"]["epochs_done"] == 2 and m["budget"]["epochs"] == 6  # the fixture's checkpoint
+    assert f"serwild {__version__} (git {v['git']}), torch {torch.__version__}" in md
+    assert "**Training budget:** 2 of 6 epochs" in md
+    assert "**Test set (N per condition):** clean 9 blocks / " in md
 
 
 def test_scores_match_an_independent_reading(one_process: Path, build_and_checkpoint: tuple[Path, Path]) -> None:

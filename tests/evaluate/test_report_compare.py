@@ -11,7 +11,8 @@ from PIL import Image
 
 from serwild.cli import main
 from serwild.errors import UsageError
-from serwild.evaluate import compare, report
+from serwild.evaluate import compare, health, report
+from serwild.evaluate.figures import chance_level
 from serwild.metrics import condition_metrics
 
 CLASSES = ["ang", "hap", "sad", "neu"]
@@ -56,10 +57,13 @@ def test_report_folder(tmp_path: Path) -> None:
     wf1 = result["conditions"]["snr15"]["block"]["weighted"]["f1"]
     assert f"{wf1:.3f}" in rows_md[1]
     assert "## Per utterance" in md
-    for c in CONDITIONS:
-        with Image.open(out / f"confusion-{c}.png") as im:
-            assert im.size[0] > 300
+    with Image.open(out / "confusion.png") as im:  # one figure: a panel per condition
+        assert im.size[0] > 4 * 300
+    assert not list(out.glob("confusion-*.png"))
     assert (out / "weighted_f1.png").stat().st_size > 1000
+    # captions under the figures, in the report (the figures have no titles)
+    assert "![weighted F1 per test condition](weighted_f1.png)\n\n*Figure 1." in md
+    assert "![confusion matrices](confusion.png)\n\n*Figure 2." in md
     lines = (out / "predictions.csv").read_text().splitlines()
     assert lines[0].startswith("condition,utterance,block,true,predicted,p_ang")
     assert lines[1].startswith("clean,u0,0,hap,sad,0.1000")
@@ -115,3 +119,86 @@ def test_compare_missing_run_names_it(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["compare", str(a), str(tmp_path / "never-evaluated")]) == 2
     assert "never-evaluated" in capsys.readouterr().err
     assert main(["compare", str(a)]) == 2  # one run is nothing to compare
+
+
+def _one_class(result: dict, cls: int = 3) -> dict:
+    """The same report from a model that answers class ``cls`` for every block."""
+    for c in result["conditions"].values():
+        for unit in ("block", "utterance"):
+            cm = np.asarray(c[unit]["confusion"])
+            c[unit]["confusion"] = np.outer(cm.sum(axis=1), np.eye(len(CLASSES))[cls]).astype(int).tolist()
+    return result
+
+
+def test_health_flags_one_class_and_chance() -> None:
+    good = fake_result("good", 0.9, 1)
+    assert health.model_flags(good) == {"degenerate": False, "one_class": None, "at_chance": [], "messages": []}
+    bad = _one_class(fake_result("bad", 0.9, 1))
+    flags = health.model_flags(bad)
+    assert flags["degenerate"] and flags["one_class"] == {"class": "neu", "share": 1.0,
+                                                          "where": "all test conditions"}
+    assert health.flag_lines("bad", bad) == [
+        "⚠ bad: DEGENERATE MODEL: predicts 'neu' for 100% of the blocks (all test conditions): its numbers "
+        "describe a model that has not learnt the task"]
+    # UA's interval includes chance (1/4) on some conditions: a warning naming them, not "degenerate"
+    some = fake_result("some", 0.9, 1)
+    for c, (lo, hi) in {"snr15": (0.20, 0.31), "snr20": (0.26, 0.40), "clean": (0.5, 0.9)}.items():
+        some["conditions"][c]["block"]["ci"] = {"ua": {"low": lo, "high": hi}}
+    flags = health.model_flags(some)
+    assert flags["at_chance"] == ["15 dB"] and not flags["degenerate"]
+    assert flags["messages"] == ["WARNING: its UA 95 % interval includes chance (0.25) at 15 dB: on those "
+                                 "conditions it cannot be told from guessing"]
+    for c in some["conditions"].values():
+        c["block"]["ci"] = {"ua": {"low": 0.1, "high": 0.3}}
+    assert health.model_flags(some)["degenerate"]  # at chance everywhere
+    # one class on one condition only (≥ 95 % of its blocks) is flagged, naming the condition
+    one = fake_result("one", 0.9, 1)
+    cm = np.asarray(one["conditions"]["snr15"]["block"]["confusion"])
+    one["conditions"]["snr15"]["block"]["confusion"] = np.outer(cm.sum(axis=1), [0, 1, 0, 0]).tolist()
+    assert health.model_flags(one)["one_class"] == {"class": "hap", "share": 1.0, "where": "15 dB"}
+
+
+def test_chance_levels() -> None:
+    assert chance_level("wa", [10, 10, 10, 10]) == pytest.approx(0.25)
+    assert chance_level("ua", [5, 30, 10, 5]) == pytest.approx(0.25)
+    assert chance_level("weighted_f1", [10, 10, 10, 10]) == pytest.approx(0.25)
+    p = np.array([0.6, 0.2, 0.1, 0.1])  # uniform guessing: precision = prior, recall = 1/K
+    f1 = 2 * p * 0.25 / (p + 0.25)
+    assert chance_level("weighted_f1", [60, 20, 10, 10]) == pytest.approx(float((p * f1).sum()))
+    assert chance_level("weighted_precision", [60, 20, 10, 10]) == pytest.approx(float((p * p).sum()))
+
+
+def test_report_and_compare_mark_a_degenerate_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _evaluated_run(tmp_path, "good", 0.9, 1)
+    bad = tmp_path / "bad"
+    report.write_report(_one_class(fake_result("bad", 0.9, 2)), bad / "report")
+    md = (bad / "report" / "report.md").read_text()
+    assert md.split("\n")[2].startswith("> ⚠ **DEGENERATE MODEL**: predicts 'neu' for 100% of the blocks")
+    assert "DEGENERATE" not in (good / "report" / "report.md").read_text()
+    assert main(["compare", str(good), str(bad), "--bootstrap", "0"]) == 0
+    printed = capsys.readouterr().out
+    line = "⚠ bad: DEGENERATE MODEL: predicts 'neu' for 100% of the blocks (all test conditions)"
+    assert line in printed and "good: " not in printed.split("Δ = arm")[1]
+    out = tmp_path / "compare_good_vs_bad"
+    assert f"> {line}" in (out / "compare.md").read_text()
+    comp = json.loads((out / "compare.json").read_text())
+    assert comp["flags"]["good"] == [] and comp["flags"]["bad"][0].startswith(line)
+    assert comp["chance"] == [pytest.approx(chance_level("weighted_f1", report.supports(
+        json.loads((good / "report" / "metrics.json").read_text())["conditions"][c]["block"])))
+        for c in comp["conditions"]]
+
+
+def test_compare_difference_figure(tmp_path: Path) -> None:
+    a = _evaluated_run(tmp_path, "a", 0.3, 1)
+    b = _evaluated_run(tmp_path, "b", 0.9, 2)
+    out = compare.compare_runs([a, b], out=tmp_path / "cmp")
+    md = (out / "compare.md").read_text()
+    for figure in ("compare.png", "difference.png"):
+        with Image.open(out / figure) as im:
+            assert im.size[0] > 600 and im.size[1] > 400
+        caption = md.split(f"]({figure})\n\n", 1)[1].split("\n")[0]
+        assert caption.startswith(f"*Figure {1 + (figure == 'difference.png')}. ") and caption.endswith("*")
+    comp = json.loads((out / "compare.json").read_text())
+    points = compare.difference_points(comp)["b"]
+    assert [p["delta"] for p in points] == pytest.approx([vb - va for va, vb in zip(comp["values"]["a"],
+                                                                                     comp["values"]["b"])])

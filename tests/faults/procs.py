@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from serwild.progress import LOG_LINE
+
 REPO = Path(__file__).resolve().parents[2]
 SERWILD = [sys.executable, "-m", "serwild"]
 
@@ -118,8 +120,9 @@ def wait_for(cond: Callable[[], bool], proc: subprocess.Popen, seconds: float, w
 
 
 def lines(err: str) -> list[str]:
-    """Non-empty stderr lines as a terminal shows them (progress-bar frames overwrite each other)."""
-    return [seg for x in err.split("\n") if (seg := x.split("\r")[-1].strip())]
+    """Non-empty stderr lines as a terminal shows them (progress-bar frames overwrite each other),
+    less the progress lines a non-terminal gets instead of bars (serwild.progress)."""
+    return [seg for x in err.split("\n") if (seg := x.split("\r")[-1].strip()) and not LOG_LINE.match(seg)]
 
 
 def dead_pid() -> int:

@@ -347,3 +347,10 @@ def test_a_full_disk_ray_build_under_load_leaves_no_temp_shard(ray_corpus: Path,
                             one_line(proc.stderr, proc.returncode, 1))
         left = [p for p in out.rglob("*") if ".tmp-" in p.name]
         assert left == [] and not (out / "manifest.json").exists(), left
+
+
+def test_a_build_into_a_bucket_is_refused_with_the_publish_command(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path) -> None:
+    said = cli(capsys, "build", "out=s3://bucket/serwild/demo", f"corpus.root={tmp_path / 'nothing'}")
+    assert "serwild publish <folder> s3://bucket/serwild/demo" in said
+    assert not any(tmp_path.iterdir()) and not Path("s3:").exists()  # nothing written, not even a folder "s3:"

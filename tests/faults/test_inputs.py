@@ -36,6 +36,7 @@ from serwild.data.manifest import verify_build
 from serwild.errors import UsageError
 from tests.builder.conftest import make_noise, make_tree, tone, write_dialog
 from tests.evaluate.conftest import write_build, write_checkpoint
+from tests.faults.procs import lines as procs_lines
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ def one_line(err: str, rc: int, expect_rc: int, *needles: str) -> str:
     """The single non-empty stderr line (no traceback), which must name every needle."""
     # What a terminal shows: a progress bar's frames (``\r``) overwrite each other, and one
     # that is cleared when done (tqdm leave=False) leaves nothing.
-    lines = [seg for x in err.split("\n") if (seg := x.split("\r")[-1].strip()) and not PROGRESS.search(seg)]
+    lines = [seg for seg in procs_lines(err) if not PROGRESS.search(seg)]
     assert rc == expect_rc, (rc, err[-3000:])
     assert "Traceback" not in err, err[-3000:]
     assert len(lines) == 1, err[-3000:]

@@ -22,14 +22,15 @@ def test_tiny_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     runs = tmp_path / "runs"
     for name in ("demo-clean", "demo-augmented"):
         report = runs / name / "report"
-        for f in ("report.md", "metrics.json", "confusion-clean.png", "confusion-snr15.png", "weighted_f1.png"):
+        for f in ("report.md", "metrics.json", "confusion.png", "weighted_f1.png"):
             assert (report / f).is_file(), f"{name}: {f} missing"
         metrics = json.loads((report / "metrics.json").read_text())
         assert metrics["dataset"] == "ahsn"
         text = (report / "report.md").read_text()
         assert "15 dB" in text and "40 dB" in text and "scratch" in text
+        assert "**Training budget:** 1 of 1 epochs, 32" in text and "**Software:** serwild " in text
     compare = runs / "demo-compare"
-    assert (compare / "compare.png").is_file() and (compare / "spectrograms.png").is_file()
+    assert all((compare / f).is_file() for f in ("compare.png", "difference.png", "spectrograms.png"))
     out = capsys.readouterr().out
     assert "demo-clean" in out and "demo-augmented" in out and "15 dB" in out
     # the closing table gives each difference its paired interval, and says how to read it

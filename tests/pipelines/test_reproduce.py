@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from serwild.evaluate import report
+from serwild.evaluate import health, report
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -167,6 +167,21 @@ def test_reproduce_killed_and_resumed(tmp_path: Path) -> None:
         assert match.groups()[:3] == (f"{v2 - v1:+.3f}", f"{d['low']:+.2f}", f"{d['high']:+.2f}")
         assert bool(match.group(4)) == d["excludes_zero"]
     assert (out / "compare-ahsn" / "compare.png").stat().st_size > 1000
+    assert (out / "compare-ahsn" / "difference.png").stat().st_size > 1000
+    assert "](compare-ahsn/difference.png)\n\n*Figure 4 (AHSN)." in md
+    # what produced the numbers: N per condition, each model's budget, the software
+    n = {c: metrics[1]["conditions"][c]["block"]["n"] for c in conds}
+    assert f"**Test set (N per condition):** clean {n['clean']} blocks / " in md
+    for k in (1, 2):
+        assert f"- Exp {k}: 1 of 1 epochs, 32 samples per epoch, global batch 8 = 1 rank(s) × 8 per rank" in md
+        assert data["datasets"]["ahsn"][f"exp{k}"]["n"] == n
+    assert "**Software:** serwild " in md and "(git " in md and ", torch " in md
+    # models that learnt nothing are marked, in the report and on the terminal
+    for k in (1, 2):
+        flags = health.flag_lines(f"AHSN exp{k}", metrics[k])
+        assert data["flags"][f"ahsn exp{k}"] == flags
+        assert all(f"> {line}" in md and f"serwild reproduce: {line}" in done.stderr for line in flags)
+    assert any(data["flags"].values()), "one epoch of 32 samples from scratch: expected a chance-level model"
     assert "Brackets: 95% percentile interval from a cluster bootstrap" in md
     assert "split `block`, 2-fold cross-validation" in md
     # every stage's wall time, the reused ones with the time they took in the killed run

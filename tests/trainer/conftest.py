@@ -66,7 +66,8 @@ def tiny_config(build: Path, run_dir: Path, **extra: object) -> Config:
 def torchrun(args: list[str], nproc: int = 2, max_restarts: int = 0, env: dict | None = None,
              timeout: int = TORCHRUN_TIMEOUT_S) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node N <args>`` as a subprocess, output captured."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir=/dev/null",
+           f"--nproc_per_node={nproc}",
            f"--max-restarts={max_restarts}", *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)

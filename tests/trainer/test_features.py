@@ -337,7 +337,8 @@ def test_two_ranks_share_the_build_and_train_the_head_in_sync(tiny_build: Path, 
     script = tmp_path / "ddp_features.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir=/dev/null", "--nproc_per_node=2",
+           str(script),
            str(tiny_build), str(weights_file), manifest["fingerprint"], str(tmp_path / "cache"), str(out),
            json.dumps(records)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,

@@ -69,10 +69,15 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
+CACHED = {"train.recipe": "paper", "train.feature_cache": "on", "train.pretrained": "WEIGHTS"}
+
+
 @pytest.mark.parametrize(("nproc", "extra"), [
     (2, {}),  # streaming shards, the scratch recipe, dropout on every rank
-    (1, {"train.recipe": "paper", "train.feature_cache": "on", "train.pretrained": "WEIGHTS"}),
-], ids=["streaming-2-ranks", "cached-1-rank"])
+    (1, {}),
+    (2, CACHED),  # the paper's recipe from the feature cache
+    (1, CACHED),
+], ids=["streaming-2-ranks", "streaming-1-rank", "cached-2-ranks", "cached-1-rank"])
 def test_a_sigkill_mid_epoch_resumes_to_identical_weights(tiny_build: Path, weights_file: Path, tmp_path: Path,
                                                          nproc: int, extra: dict) -> None:
     extra = {k: (weights_file if v == "WEIGHTS" else v) for k, v in extra.items()}

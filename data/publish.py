@@ -1,0 +1,176 @@
+"""Upload a finished build so that strangers can stream it: a folder, ``file://``, ``s3://``
+or ``hf://datasets/<user>/<repo>`` (with huggingface_hub), through fsspec.
+
+    publish("shards/demo", "s3://bucket/serwild/demo", options)
+
+Order is what keeps readers safe: the local build is verified first; then the shards, the
+other metadata, the hub card (README.md) and **manifest.json last**, so a reader never meets
+a manifest whose shards are not all there. A destination whose manifest describes another
+build loses that manifest before any of its shards is overwritten. A rerun (after a kill, a
+network failure) uploads only what is missing or differs: size, then sha256 against the
+manifest (S3: the ``sha256`` metadata each upload records, else the object streamed; the HF
+Hub: its LFS sha256). The destination is then verified by streaming, as ``serwild verify``
+would. No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serwild.data.manifest import MANIFEST, load_manifest, verify_build
+from serwild.data.records import ShardRecord
+from serwild.data.remote import (
+    OBJECT_STORES,
+    READ_CHUNK,
+    NotFound,
+    RemoteError,
+    RemoteOptions,
+    _classify,
+    filesystem,
+    open_location,
+    safe_relpath,
+    split_url,
+)
+from serwild.errors import UsageError
+
+CARD = "README.md"
+NOT_PUBLISHED = ("build-log.jsonl",)  # the builder's own log: paths and hosts of the machine that built it
+
+
+@dataclass(frozen=True)
+class Published:
+    """What one :func:`publish` did."""
+
+    uploaded: tuple[str, ...]
+    kept: tuple[str, ...]  # already at the destination, same bytes
+    shards: int
+    samples: int
+
+
+def refuse_remote_out(out: str) -> None:
+    """``serwild build out=s3://…``: a build writes a folder; say which command uploads it."""
+    scheme = out.split("://", 1)[0].lower() if "://" in out else ""
+    if scheme and scheme != "file":
+        raise UsageError(f"out={out}: a build is written to a local folder; build there, then upload it with "
+                         f"`serwild publish <folder> {out}` (shards first, manifest last, resumable)")
+
+
+def _destination(dest: str, opts: RemoteOptions) -> tuple[Any, str, str]:
+    """(fsspec filesystem, root path in it, the URL readers open) of ``dest``."""
+    scheme = dest.split("://", 1)[0].lower() if "://" in dest else ""
+    if scheme in OBJECT_STORES:
+        location = open_location(dest, opts)  # checks the URL (bucket present, no query)
+        protocol, root = split_url(location.base)
+        return filesystem(protocol, opts), root.rstrip("/"), location.base
+    if scheme not in ("", "file"):
+        raise UsageError(f"{dest}: publish writes to a folder, file://, {', '.join(s + '://' for s in OBJECT_STORES)}"
+                         " (http(s):// is read-only: upload with the service's own tool)")
+    import fsspec.implementations.local
+
+    root = str(Path(open_location(dest).base).resolve())
+    return fsspec.implementations.local.LocalFileSystem(), root, root
+
+
+def _files(build: Path, manifest: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(relative path, bytes, sha256) in upload order: shards, metadata, the card, the manifest."""
+    shards = [ShardRecord.of(r) for r in manifest["shards"]]
+    files = [(r.path, r.bytes, r.sha256) for r in shards]
+    others = sorted(p.name for p in build.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.name not in (MANIFEST, CARD, *NOT_PUBLISHED) and ".tmp" not in p.name)
+    for name in [*others, *([CARD] if (build / CARD).is_file() else []), MANIFEST]:
+        safe_relpath(name)
+        files.append((name, (build / name).stat().st_size, _sha256(build / name)))
+    return files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _remote_sha256(fs: Any, path: str, info: dict[str, Any]) -> str:
+    """The sha256 a destination holds: recorded at upload (S3 metadata, HF LFS), else streamed."""
+    lfs = info.get("lfs") or {}
+    if isinstance(lfs, dict) and lfs.get("sha256"):
+        return str(lfs["sha256"])
+    if hasattr(fs, "metadata"):
+        recorded = (fs.metadata(path) or {}).get("sha256")
+        if recorded:
+            return str(recorded)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK * 16):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _already_there(fs: Any, path: str, size: int, sha256: str) -> bool:
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return False
+    return int(info.get("size") or 0) == size and _remote_sha256(fs, path, info) == sha256
+
+
+def _upload(fs: Any, local: Path, path: str, sha256: str) -> None:
+    """One file to ``path``: on S3 with its sha256 recorded (a rerun compares without reading
+    it back); in a folder through a temp file and a rename (a kill leaves no cut file there)."""
+    if getattr(fs, "protocol", None) in ("s3", ("s3", "s3a")):
+        fs.put_file(str(local), path, Metadata={"sha256": sha256})
+    elif "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.put_file(str(local), tmp)
+        os.replace(tmp, path)
+    else:
+        fs.put_file(str(local), path)
+
+
+def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = None,
+            say: Callable[[str], None] = print) -> Published:
+    """Upload ``build_dir`` to ``dest`` (see the module docstring); one line per file to ``say``."""
+    opts = options or RemoteOptions()
+    build = Path(build_dir)
+    manifest, problems = verify_build(build)
+    bad = [p for p in problems if not p.startswith("extra: ")]
+    if bad:
+        raise UsageError(f"{build} fails its own verify ({bad[0]}{f', and {len(bad) - 1} more' if bad[1:] else ''})"
+                         f": run `serwild verify {build}` and rebuild before publishing")
+    fs, root, url = _destination(dest, opts)
+    files = _files(build, manifest)
+    try:
+        todo = [(rel, n, sha) for rel, n, sha in files if not _already_there(fs, f"{root}/{rel}", n, sha)]
+        if todo and any(rel == MANIFEST for rel, _, _ in todo) and fs.exists(f"{root}/{MANIFEST}"):
+            # Its shards are about to be replaced: better no manifest for a while than a wrong one.
+            fs.rm_file(f"{root}/{MANIFEST}")
+            say(f"publish: removed {url.rstrip('/')}/{MANIFEST} (another build's) until the new shards are up")
+        for rel, n, sha in todo:
+            _upload(fs, build / rel, f"{root}/{rel}", sha)
+            say(f"uploaded {rel} ({n} bytes)")
+    except RemoteError:
+        raise
+    except Exception as e:  # fsspec backends raise their own errors: one line naming the destination
+        raise _one_line(e, url, opts) from None
+    kept = tuple(rel for rel, _, _ in files if rel not in {t[0] for t in todo})
+    problems = open_location(url, opts).verify(load_manifest(url, opts)["shards"])
+    if problems:
+        raise UsageError(f"{url}: published, but {len(problems)} shard(s) do not verify there ({problems[0]})")
+    return Published(tuple(rel for rel, _, _ in todo), kept, len(manifest["shards"]),
+                     sum(r["count"] for r in manifest["shards"]))
+
+
+def _one_line(e: BaseException, url: str, opts: RemoteOptions) -> RemoteError:
+    # the readers' wording (_classify) for the same failures
+    if isinstance(e, FileNotFoundError):
+        return NotFound(f"{url}: {e.strerror or e} (does the bucket exist? publish does not create buckets)")
+    verdict = _classify(e, opts)
+    text = verdict[1] if verdict else f"{type(e).__name__}: {e}"
+    return RemoteError(f"{url}: {text.splitlines()[0] if text else type(e).__name__}")

@@ -1,0 +1,331 @@
+"""A trained model as a small folder anyone can load: ``serwild export RUN_DIR --out DIR``.
+
+    DIR/
+      model.safetensors   the weights (float32, no optimiser state), safetensors format
+      config.json         what a loader needs: classes (and id2label), the audio and rendering
+                          settings, the image transform; plus the build it was trained on
+                          (fingerprint, location), the training recipe and budget, versions,
+                          the evaluation summary and the model's flags; ``weights_sha256``
+      training_config.yaml  the run's whole resolved config
+      README.md           the model card, in the Hub's format (YAML metadata with a model-index
+                          of every test condition's metrics and their intervals)
+      evaluation/         the run's report folder (metrics.json, report.md, figures,
+                          predictions.csv), when the run was evaluated
+      model.onnx          with ``--onnx``: image (N, 3, 256, 256) → logits (N, K), checked
+                          against torch with onnxruntime before it is kept
+
+:func:`read_export` loads it back (``Predictor.from_pretrained``): no run folder, build or
+training state is needed. config.json is written last, so a folder without it is an
+unfinished export and is refused. Nothing is written outside ``DIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from serwild import atomic
+from serwild.builder.config import AudioConfig
+from serwild.checkpoint import load_checkpoint
+from serwild.config import config_from_resolved
+from serwild.data.manifest import sha256_file
+from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
+from serwild.errors import UsageError
+from serwild.evaluate import card, health, provenance
+
+FORMAT = "serwild-model/1"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+ONNX = "model.onnx"
+ONNX_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and torch on random images
+CHECKPOINTS = ("best.pt", "last.pt")  # a run folder's model, in order of preference
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """What a loader needs from an export folder or a checkpoint."""
+
+    state: dict[str, torch.Tensor]
+    classes: list[str]
+    audio: AudioConfig
+    dataset: str
+    source: str  # "exported model DIR" or "checkpoint PATH"
+    info: dict[str, Any]  # config.json (an export) or the checkpoint's metadata
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """``run`` is a run folder (its best.pt, else last.pt) or a checkpoint file."""
+    p = Path(run)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise UsageError(f"{run} does not exist (give a run folder or a checkpoint)")
+    for name in CHECKPOINTS:
+        if (p / name).is_file():
+            return p / name
+    raise UsageError(f"{run} holds no {' or '.join(CHECKPOINTS)}: is it a run folder of serwild train?")
+
+
+def export_run(run: str | Path, out: str | Path, *, report_dir: str | Path | None = None, onnx: bool = False,
+               license_id: str | None = None, dataset_id: str | None = None, overwrite: bool = False) -> Path:
+    """Write the export folder ``out`` for the run (or checkpoint) ``run``; returns ``out``."""
+    path = find_checkpoint(run)
+    out = Path(out)
+    prepare_out(out, overwrite)
+    print(f"serwild export: reading {path} ({path.stat().st_size / 1e6:.0f} MB) …", file=sys.stderr, flush=True)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    report = find_report(path, ckpt, report_dir)
+    meta = export_config(ckpt, path, report)
+    digest = write_weights(out / WEIGHTS, ckpt["model"], meta)
+    atomic.write_text(out / "training_config.yaml", yaml.safe_dump(ckpt["config"], sort_keys=False))
+    if report is not None:
+        copy_report(report, out / "evaluation")
+    if onnx:
+        meta["onnx"] = write_onnx(ckpt, out / ONNX)
+    meta["weights_sha256"] = digest
+    atomic.write_text(out / "README.md", card.model_card(meta, out.name, license_id, dataset_id))
+    atomic.write_json(out / CONFIG, meta)  # last: its presence marks a finished export
+    return out
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """``out`` must be new, empty, or (with ``overwrite``) an earlier export, whose files go."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"--out {out} is not empty: choose a new folder, or pass --overwrite to replace "
+                             "an earlier export there")
+        if not (out / CONFIG).is_file() and not (out / WEIGHTS).is_file():
+            raise UsageError(f"--out {out} holds files that are not a serwild export; refusing to replace them")
+        for name in (CONFIG, WEIGHTS, ONNX, "README.md", "training_config.yaml"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "evaluation", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def find_report(checkpoint: Path, ckpt: dict[str, Any], report_dir: str | Path | None) -> Path | None:
+    """The run's report folder when it evaluated this very model (same build, dataset and
+    epoch); a report of another model is left out, with a note."""
+    folder = Path(report_dir) if report_dir is not None else checkpoint.parent / "report"
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        if report_dir is not None:
+            raise UsageError(f"--report {report_dir} holds no metrics.json (a serwild evaluate report folder)")
+        print(f"serwild export: note: {folder} has no evaluation: the card will have no results "
+              f"(run serwild evaluate --checkpoint {checkpoint} first)", file=sys.stderr)
+        return None
+    try:
+        m = json.loads(metrics.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{metrics} is not readable JSON ({e})") from None
+    same = (m.get("manifest_fingerprint") == ckpt["manifest_fingerprint"] and m.get("dataset") == ckpt["dataset"]
+            and (m.get("protocol") or {}).get("epoch") == ckpt.get("epoch"))
+    if not same:
+        why = f"{metrics} is the evaluation of another model (build, dataset or epoch differ)"
+        if report_dir is not None:
+            raise UsageError(why)
+        print(f"serwild export: note: {why}: left out", file=sys.stderr)
+        return None
+    return folder
+
+
+def export_config(ckpt: dict[str, Any], path: Path, report: Path | None) -> dict[str, Any]:
+    """config.json: what loading needs, then what a reader of the model needs to know."""
+    cfg = config_from_resolved(ckpt["config"])
+    classes = list(ckpt["classes"])
+    metrics = json.loads((report / "metrics.json").read_text()) if report is not None else None
+    return {
+        "format": FORMAT, "arch": ckpt["arch"], "num_classes": len(classes), "classes": classes,
+        "id2label": {str(i): c for i, c in enumerate(classes)}, "label2id": {c: i for i, c in enumerate(classes)},
+        "dataset": ckpt["dataset"], "audio": asdict(cfg.audio),
+        "image": {"size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD), "colormap": cfg.audio.colormap},
+        "build": {"fingerprint": ckpt["manifest_fingerprint"], "location": ckpt.get("shards"),
+                  "corpus": cfg.corpus.kind, "split": cfg.split.strategy, "snr_db": list(cfg.snr_db)},
+        "training": {"conditions": list(cfg.train.conditions), "fold": cfg.cv.fold, "pretrained": cfg.train.pretrained,
+                     "recipe": ckpt.get("recipe"), "epoch": ckpt.get("epoch"), "best": ckpt.get("best"),
+                     "seed": cfg.seed, "budget": provenance.training_budget(ckpt, path),
+                     "checkpoint": str(path)},
+        "smoke": bool(provenance.smoke_note(ckpt["config"])),
+        "versions": {"trained_with": ckpt.get("serwild_version"), "exported_with": provenance.versions()},
+        "evaluation": evaluation_summary(metrics) if metrics is not None else None,
+    }
+
+
+def evaluation_summary(m: dict[str, Any]) -> dict[str, Any]:
+    """Per test condition and unit: n, WA, UA, weighted and macro F1 with their intervals; the flags."""
+    keys = {"wa": "wa", "ua": "ua", "weighted_f1": "weighted.f1", "macro_f1": "macro.f1"}
+    conds: dict[str, Any] = {}
+    for name, c in m["conditions"].items():
+        conds[name] = {"snr_db": c.get("snr_db")}
+        for unit in ("block", "utterance"):
+            u = c[unit]
+            values: dict[str, Any] = {"n": u["n"]}
+            for key, where in keys.items():
+                node: Any = u
+                for part in where.split("."):
+                    node = node[part]
+                values[key] = float(node)
+                ci = (u.get("ci") or {}).get(key)
+                if ci:
+                    values[f"{key}_ci"] = [float(ci["low"]), float(ci["high"])]
+            conds[name][unit] = values
+    return {"conditions": conds, "uncertainty": m.get("uncertainty"), "flags": health.model_flags(m),
+            "report": "evaluation/report.md"}
+
+
+def write_weights(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """The state_dict as safetensors (contiguous CPU copies); returns the file's sha256."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    data = save(tensors, metadata={"format": "pt", "serwild": FORMAT, "arch": str(meta["arch"]),
+                                   "classes": json.dumps(meta["classes"])})
+    atomic.write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def copy_report(src: Path, dst: Path) -> None:
+    """The report folder's plain files (no links, no sub-folders)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.is_symlink() and not f.name.startswith("."):
+            atomic.write_bytes(dst / f.name, f.read_bytes())
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+def write_onnx(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    """image → logits as ONNX (torch's exporter, a dynamic batch), kept only once onnxruntime's
+    logits match torch's on random images to :data:`ONNX_TOLERANCE`."""
+    try:
+        import onnxruntime  # noqa: F401  (checked before the slow export)
+        import onnxscript  # noqa: F401  (torch's exporter needs it)
+    except ImportError as e:
+        raise UsageError(f"--onnx needs the onnx extra ({e.name} is not installed): pip install 'serwild[onnx]'") \
+            from None
+    from serwild.trainer.model import model_from_checkpoint
+
+    model = model_from_checkpoint(ckpt).eval()
+    example = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    buf = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
+                                        output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                        external_data=False, verbose=False)
+            data = program.model_proto.SerializeToString()
+    except Exception as e:  # an exporter failure of this torch build: one line, and no model.onnx
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"torch {torch.__version__} could not export the model to ONNX ({type(e).__name__}: "
+                         f"{first})") from None
+    diff = onnx_difference(data, model)
+    if diff > ONNX_TOLERANCE:
+        raise UsageError(f"the ONNX model's logits differ from torch's by {diff:.2g} (> {ONNX_TOLERANCE:g}): "
+                         "not written")
+    atomic.write_bytes(path, data)
+    return {"file": ONNX, "input": f"image: float32 (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), ImageNet-normalised",
+            "output": "logits: float32 (N, K)", "checked_max_abs_diff": diff, "checked_with": "onnxruntime"}
+
+
+def onnx_difference(model_bytes: bytes, model: torch.nn.Module, batch: int = 3) -> float:
+    """Largest |logit| difference between onnxruntime and torch on ``batch`` random images."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = model(x).numpy()
+    got = session.run(["logits"], {"image": x.numpy()})[0]
+    return float(abs(got - want).max())
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_export(folder: str | Path) -> Pretrained:
+    """An export folder's weights and settings, checked: format, sha256 of the weights,
+    finite weights, classes. One UsageError line for anything wrong."""
+    folder = Path(folder)
+    meta = read_config(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise UsageError(f"{folder} has no {WEIGHTS}: the export is incomplete")
+    want = meta.get("weights_sha256")
+    if want and sha256_file(weights) != want:
+        raise UsageError(f"{weights} does not match the sha256 in {CONFIG}: the file is damaged or was replaced")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(weights)
+    except (SafetensorError, ValueError) as e:
+        raise UsageError(f"{weights} is not readable safetensors ({e})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UsageError(f"{weights}: weight {bad[0]} is not finite (NaN or inf): the model is damaged")
+    try:
+        audio = AudioConfig(**meta["audio"])
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{folder / CONFIG}: audio settings are not valid ({e})") from None
+    return Pretrained(state, list(meta["classes"]), audio, str(meta.get("dataset")), f"exported model {folder}", meta)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG
+    if not path.is_file():
+        hint = " (an export in progress, or not an export folder)" if (folder / WEIGHTS).is_file() else ""
+        raise UsageError(f"{folder} has no {CONFIG}{hint}: give a folder written by serwild export")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise UsageError(f"{path} is not a serwild model config (format {got!r}, expected {FORMAT!r})")
+    if meta.get("arch") != "alexnet":
+        raise UsageError(f"{path}: architecture {meta.get('arch')!r} is not supported (alexnet)")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise UsageError(f"{path}: 'classes' must list at least two class names")
+    return meta
+
+
+def read_checkpoint(path: str | Path) -> Pretrained:
+    ckpt = load_checkpoint(path, map_location="cpu")
+    cfg = config_from_resolved(ckpt["config"])
+    info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng")}
+    return Pretrained(ckpt["model"], list(ckpt["classes"]), cfg.audio, str(ckpt["dataset"]), f"checkpoint {path}",
+                      info)
+
+
+def read_pretrained(path: str | Path) -> Pretrained:
+    """An export folder, a run folder (its best.pt) or a checkpoint file."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        p = p.parent
+    if p.is_dir() and ((p / CONFIG).is_file() or (p / WEIGHTS).is_file()):
+        return read_export(p)
+    if p.is_dir() and any((p / n).is_file() for n in CHECKPOINTS):
+        return read_checkpoint(find_checkpoint(p))
+    if p.is_file():
+        return read_checkpoint(p)
+    what = "folder" if p.is_dir() else "path"
+    raise UsageError(f"{path}: this {what} is not an exported model (config.json + {WEIGHTS}), a run folder "
+                     "or a checkpoint" if p.exists() else f"{path} does not exist")

@@ -1,0 +1,194 @@
+"""`serwild export` and `Predictor.from_pretrained`: a run folder becomes a small folder that a
+new process loads, with no run folder left, and scores a WAV, a numpy array and a 0.6 s
+recording exactly as `serwild predict --checkpoint` scores them on the original checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from serwild.checkpoint import load_checkpoint, save_checkpoint
+from serwild.cli import main
+from serwild.evaluate.config import EvalConfig
+from serwild.evaluate.evaluate import evaluate_checkpoint
+from serwild.evaluate.export import export_run
+
+from .conftest import CLASSES, write_checkpoint
+from .test_predict import speechlike
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run(build_and_checkpoint: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder as serwild train leaves it (best.pt, metrics.jsonl), evaluated. Its last layer
+    is scaled up so that blocks get clearly different probabilities (a random AlexNet's are all
+    about 1/K, which would make any two outputs look alike)."""
+    build, _ = build_and_checkpoint
+    run = tmp_path_factory.mktemp("exportfix") / "runs" / "demo-x"
+    ckpt_path = write_checkpoint(run / "best.pt", build, seed=3)
+    ckpt = load_checkpoint(ckpt_path)
+    ckpt["model"]["classifier.6.weight"] *= 400.0
+    save_checkpoint(ckpt_path, ckpt)
+    lines = [{"epoch": e, "steps": 4, "samples": 32, "world_size": 1, "train_loss": 1.0, "val": None} for e in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    evaluate_checkpoint(ckpt_path, settings=EvalConfig(batch_size=8, num_workers=0, device="cpu", bootstrap=100))
+    return run
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("exportwavs")
+    files = {"speech": d / "speech.wav", "stereo": d / "stereo.wav", "no": d / "no.wav"}
+    sf.write(files["speech"], speechlike(2.5, 16000, 170.0, 4), 16000, subtype="PCM_16")
+    both = np.stack([speechlike(1.7, 22050, 210.0, 5), speechlike(1.7, 22050, 140.0, 6)], axis=1)
+    sf.write(files["stereo"], both, 22050)
+    sf.write(files["no"], speechlike(0.6, 16000, 250.0, 7), 16000)  # "No!": shorter than one block
+    return files
+
+
+def _scored(entry: dict) -> dict:
+    """What a prediction says, without the name it was given under."""
+    return {k: v for k, v in entry.items() if k != "file"}
+
+
+def test_export_loads_in_a_new_process_and_scores_like_the_checkpoint(
+        run: Path, recordings: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 1. the reference: serwild predict on the original checkpoint
+    paths = [str(recordings[k]) for k in ("speech", "stereo", "no")]
+    assert main(["predict", "--checkpoint", str(run / "best.pt"), *paths, "--json"]) == 0
+    reference = json.loads(capsys.readouterr().out)
+    assert reference["files"][2]["padded_s"] == pytest.approx(0.4) and len(reference["files"][2]["blocks"]) == 1
+    assert max(max(b["probs"].values()) for f in reference["files"] for b in f["blocks"]) > 0.5  # not all 1/K
+
+    # 2. export, then take the run folder (checkpoint, report, history) away
+    work = tmp_path / "elsewhere"
+    shutil.copytree(run, work / "runs" / "demo-x")
+    out = export_run(work / "runs" / "demo-x", tmp_path / "share" / "demo-x")
+    shutil.rmtree(work)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert size < 250e6, f"export is {size / 1e6:.0f} MB"
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "README.md",
+                                               "training_config.yaml", "evaluation"}
+
+    # 3. a new process: from_pretrained, then a file and the same audio as an array
+    script = textwrap.dedent(f"""
+        import json, sys
+        import soundfile as sf
+        from serwild.evaluate import Predictor
+        model = Predictor.from_pretrained({str(out)!r}, device="cpu")
+        out = []
+        for path in sys.argv[1:]:
+            samples, sr = sf.read(path, dtype="float32")
+            out.append([model.predict_file(path).to_dict(), model.predict_array(samples, sr).to_dict()])
+        print(json.dumps({{"classes": model.classes, "results": out}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loading" in done.stderr and "ready in" in done.stderr and "4 classes" in done.stderr
+    got = json.loads(done.stdout)
+    assert got["classes"] == reference["classes"] == CLASSES
+    for want, (from_file, from_array) in zip(reference["files"], got["results"]):
+        assert from_file["file"] == want["file"] and from_array["file"] == "<array>"
+        assert _scored(from_file) == _scored(want)
+        assert _scored(from_array) == _scored(want)
+
+
+def test_export_folder_contents_and_card(run: Path, tmp_path: Path) -> None:
+    out = export_run(run, tmp_path / "demo-x", license_id="cc-by-4.0", dataset_id="me/serwild-demo")
+    meta = json.loads((out / "config.json").read_text())
+    ckpt = load_checkpoint(run / "best.pt")
+    assert meta["classes"] == CLASSES and meta["id2label"]["2"] == "sad" and meta["label2id"]["neu"] == 3
+    assert meta["audio"]["sample_rate"] == 16000 and meta["image"]["size"] == 256
+    assert meta["build"]["fingerprint"] == ckpt["manifest_fingerprint"]
+    budget = meta["training"]["budget"]
+    assert (budget["epochs_done"], budget["samples_per_epoch"], budget["global_batch"], budget["per_rank_batch"],
+            budget["world_size"], budget["optimizer_steps"]) == (2, 32, 8, 8, 1, 8)
+    assert meta["versions"]["exported_with"]["torch"] == torch.__version__
+    report = json.loads((run / "report" / "metrics.json").read_text())
+    assert json.loads((out / "evaluation" / "metrics.json").read_text()) == report
+    assert meta["evaluation"]["flags"]["degenerate"] == report["flags"]["degenerate"]
+    assert (out / "training_config.yaml").read_text() == yaml.safe_dump(ckpt["config"], sort_keys=False)
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model.safetensors")
+    assert weights.keys() == ckpt["model"].keys()
+    assert all(torch.equal(weights[k], ckpt["model"][k]) for k in weights)
+    # the card: the Hub's format, read back with the Hub's own parser
+    hub = pytest.importorskip("huggingface_hub")
+    card = hub.ModelCard.load(out / "README.md")
+    assert card.data.license == "cc-by-4.0" and card.data.datasets == ["me/serwild-demo"]
+    assert card.data.pipeline_tag == "audio-classification" and card.data.library_name == "serwild"
+    results = card.data.eval_results
+    conds = sorted(report["conditions"])
+    assert sorted({r.dataset_split for r in results}) == sorted(f"test_{c}" for c in conds)
+    for r in results:
+        cond = report["conditions"][r.dataset_split.removeprefix("test_")]["block"]
+        assert r.dataset_type == "me/serwild-demo" and r.task_type == "audio-classification"
+        if r.metric_type == "accuracy":
+            ci = cond["ci"]["wa"]
+            assert r.metric_value == round(cond["wa"], 4)
+            assert r.metric_name == f"WA (accuracy), 95% CI [{ci['low']:.3f}, {ci['high']:.3f}]"
+    assert {(r.metric_type, (r.metric_args or {}).get("average")) for r in results} == {
+        ("accuracy", None), ("recall", "macro"), ("f1", "weighted"), ("f1", "macro")}
+    text = card.text
+    assert "Predictor.from_pretrained" in text and "serwild predict --model" in text
+    if report["flags"]["degenerate"]:
+        assert "DEGENERATE MODEL" in text
+
+
+def test_export_refusals_are_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine\n")
+    assert main(["export", str(run), "--out", str(foreign)]) == 2
+    assert main(["export", str(run), "--out", str(foreign), "--overwrite"]) == 2
+    assert (foreign / "todo.txt").read_text() == "mine\n"  # never touched
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(ln.startswith("serwild export: error: ") for ln in err), err
+    assert "not empty" in err[0] and "not a serwild export" in err[1] and "does not exist" in err[2]
+    assert not (tmp_path / "x").exists()
+
+    # a damaged or unfinished export is refused when loaded, in one line
+    out = export_run(run, tmp_path / "good")
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(data))
+    wav = tmp_path / "a.wav"
+    sf.write(wav, speechlike(1.2, 16000), 16000)
+    assert main(["predict", "--model", str(out), str(wav)]) == 2
+    (out / "config.json").unlink()
+    assert main(["predict", "--model", str(out), str(wav)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert "does not match the sha256" in err[0] and "has no config.json" in err[1], err
+
+
+def test_onnx_export_matches_torch(run: Path, recordings: dict[str, Path], tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from serwild.evaluate.predict import Predictor
+
+    out = export_run(run, tmp_path / "with-onnx", onnx=True)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["onnx"]["file"] == "model.onnx" and meta["onnx"]["checked_max_abs_diff"] < 1e-4
+    # real rendered blocks, not only the random images the export checked
+    model = Predictor(out, device="cpu")
+    res, rec = model.open_file(recordings["speech"])
+    images = torch.cat(list(model.batches(res, 8, rec)))
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"image": images.numpy()})[0]
+    with torch.inference_mode():
+        want = model.model(images).numpy()
+    assert got.shape == (len(res.blocks), len(CLASSES)) and np.abs(got - want).max() < 1e-3

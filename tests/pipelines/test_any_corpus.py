@@ -1,0 +1,95 @@
+"""Any corpus, any label set: six classes (one of them ``calm``), some utterances as segments of
+longer recordings, from a CSV → build → train one epoch → evaluate; every stage names the six
+classes, HF ``load_dataset`` gives a six-name ClassLabel, and a view with an empty class is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serwild.builder.build import run_build
+from serwild.config import ConfigError, load_config
+from tests.builder.conftest import make_noise, tone
+
+pytestmark = pytest.mark.slow
+SR = 16000
+CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful"]
+
+
+def _corpus(root: Path) -> Path:
+    """Per class: 3 whole recordings and 3 segments of one long recording (with gaps between)."""
+    rows = ["path,label,speaker,session,start,end"]
+    for c, name in enumerate(CLASSES):
+        f0 = 120.0 + 40 * c
+        for i in range(3):
+            rel = f"{name}/u{i}.wav"
+            (root / name).mkdir(parents=True, exist_ok=True)
+            sf.write(root / rel, tone(1.2, f0 + i, seed=10 * c + i), SR, subtype="PCM_16")
+            rows.append(f"{rel},{name.capitalize()},spk{i},s{i},,")
+        long = np.concatenate([tone(2.0, f0 + 5 + k, seed=100 + 10 * c + k) for k in range(4)])
+        sf.write(root / f"{name}/dialog.wav", long, SR, subtype="PCM_16")
+        rows += [f"{name}/dialog.wav,{name},spk{k},d{c},{2 * k + 0.3},{2 * k + 1.6}" for k in range(3)]
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    return root / "list.csv"
+
+
+def test_six_classes_with_segments_end_to_end(tmp_path: Path) -> None:
+    listing = _corpus(tmp_path / "corpus")
+    make_noise(tmp_path / "noise")
+    base = ["corpus.kind=csv", f"corpus.root={listing}", f"noise.dir={tmp_path / 'noise'}",
+            f"views.six.classes=[{', '.join(CLASSES)}]", "snr_db=[15]", "split.strategy=utterance",
+            "split.test_fraction=0.34", "split.folds=2", "shard.max_samples=50"]
+    # A seventh class nobody recorded: refused before anything is rendered, naming view and class.
+    with pytest.raises(ConfigError, match=r"^dataset 'seven': class 'surprised' has no utterance in this corpus"):
+        run_build(load_config(None, [*base, f"views.seven.classes=[{', '.join(CLASSES)}, surprised]",
+                                     "datasets=[seven]", f"out={tmp_path / 'refused'}"]), executor="serial")
+    assert not any((tmp_path / "refused").rglob("*.tar"))
+
+    out = run_build(load_config(None, [*base, "datasets=[six]", f"out={tmp_path / 'shards'}"]), executor="serial")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["datasets"] == {"six": {"classes": CLASSES}}
+    assert all(m["counts"]["six"][part]["clean"].get(c) for part in ("train", "test") for c in CLASSES)
+    assert "| split | condition | " + " | ".join(CLASSES) + " | total |" in (out / "README.md").read_text()
+    metas = _metas(out)
+    seg = [x for x in metas if x["utterance"].startswith("dialog_")]
+    assert seg and all(x["start_s"] >= 0.3 for x in seg)  # a segment's block starts inside it
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert len({x["utterance"] for x in metas}) + len([r for r in rejects if r["stage"] == "corpus"]) == 36
+
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(out), "six", split="test_clean")
+    assert ds.features["json"]["class_index"].names == CLASSES
+
+    runs = tmp_path / "runs"
+    train = [sys.executable, "-m", "serwild", "train", "--nproc", "1", f"out={out}", *base, "datasets=[six]",
+             f"train.run_dir={runs}", "train.name=six", "train.pretrained=none", "train.batch_size=4",
+             "train.samples_per_epoch=8", "train.epochs=1", "train.num_workers=0", "train.timeout_s=120"]
+    proc = subprocess.run(train, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import torch
+
+    ckpt = torch.load(runs / "six" / "best.pt", map_location="cpu", weights_only=False)
+    assert list(ckpt["classes"]) == CLASSES and ckpt["dataset"] == "six"
+    from serwild.cli import main
+
+    assert main(["evaluate", "--checkpoint", str(runs / "six" / "best.pt"), "--out", str(tmp_path / "report"),
+                 "eval.num_workers=0", "eval.batch_size=8"]) == 0
+    report = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "report").rglob("*")
+                       if p.suffix in (".json", ".md", ".csv"))
+    assert all(c in report for c in CLASSES)
+
+
+def _metas(out: Path) -> list[dict]:
+    import tarfile
+
+    metas = []
+    for tar in sorted(out.rglob("*.tar")):
+        with tarfile.open(tar) as tf:
+            metas += [json.loads(tf.extractfile(x).read()) for x in tf.getmembers() if x.name.endswith(".json")]
+    return [x for x in metas if x["condition"] == "clean"]
