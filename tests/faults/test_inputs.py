@@ -244,8 +244,9 @@ def test_csv_duplicates_are_rejected_and_the_build_verifies(tmp_path: Path) -> N
 
 def test_plan_refuses_two_samples_with_one_key(tmp_path: Path) -> None:
     cfg = load_config(None, ["snr_db=[]", "datasets=[ahsn]", "split.folds=2", "split.strategy=utterance"])
+    # ten of each class: every class gets a test sample
     scanned = [ScannedUtterance(Utterance(f"u{i}", str(tmp_path / f"u{i}.wav"), f"u{i}.wav", lab, "s", "s"), SR,
-                                (0, 1)) for i, lab in enumerate(["ang", "hap", "sad", "neu"] * 3)]
+                                (0, 1)) for i, lab in enumerate(["ang", "hap", "sad", "neu"] * 10)]
     scanned.append(ScannedUtterance(Utterance("u0", str(tmp_path / "other.wav"), "other.wav", "ang", "s", "s"), SR,
                                     (0,)))
     with pytest.raises(UsageError, match=r"two samples share the key 'u0_b000_clean'.*other\.wav"):
@@ -348,7 +349,7 @@ def test_ray_gives_up_naming_the_shard_and_its_first_input(tmp_path: Path) -> No
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need not import tests/
     cfg = load_config(None, ["ray.num_cpus=1", f"out={tmp_path}"])
     scanned = [ScannedUtterance(Utterance(f"u{i}", str(tmp_path / f"input{i}.wav"), f"input{i}.wav", lab, "s", "s"),
-                                SR, (0,)) for i, lab in enumerate(["ang", "hap", "sad", "neu"] * 3)]
+                                SR, (0,)) for i, lab in enumerate(["ang", "hap", "sad", "neu"] * 10)]
     spec = plan_shards(scanned, [], load_config(None, ["snr_db=[]", "datasets=[ahsn]", "split.folds=2",
                                                        "split.strategy=utterance"]))[0]
     first = spec.samples[0].path

@@ -126,15 +126,15 @@ def test_predict_json_never_holds_nan(built: tuple[Path, Path], wav: Path, capsy
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Finite weights whose outputs overflow (fc8 at 1e38): the file fails, the JSON stays JSON."""
     _, ckpt = built
-    real = predict_mod.model_from_checkpoint
+    real = predict_mod._model
 
-    def overflowing(c: dict) -> torch.nn.Module:
-        model = real(c)
+    def overflowing(loaded: object) -> torch.nn.Module:
+        model = real(loaded)
         with torch.no_grad():
             model.classifier[6].weight.fill_(1e38)
         return model
 
-    monkeypatch.setattr(predict_mod, "model_from_checkpoint", overflowing)
+    monkeypatch.setattr(predict_mod, "_model", overflowing)
     rc = main(["predict", "--checkpoint", str(ckpt), "--json", str(wav), "eval.device=cpu"])
     out = capsys.readouterr()
 
