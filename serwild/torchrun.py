@@ -71,19 +71,18 @@ try:
 except SignalException as e:
     sys.exit(128 + int(e.sigval))
 except ChildFailedError as e:
-    said = sorted({f.exitcode for f in e.failures.values()} & SAID)
-    if said:  # the others stopped because of it
-        sys.exit(said[0])
     # Ranks the agent stopped itself (SIGTERM, after the first failure) are among the failures
     # too: name those killed by another signal (the OOM killer's SIGKILL), or, when SIGTERMs are
-    # all there is, the first.
+    # all there is, the first. A rank that said its error (or that it stopped for another's) has
+    # said everything: whichever rank's exit the agent saw first, nothing is added.
     failed = sorted(e.failures.items())
+    said = sorted({f.exitcode for f in e.failures.values()} & SAID)
     killed = [(r, f) for r, f in failed if f.exitcode < 0 and f.signal_name() != "SIGTERM"]
-    if not killed and all(f.exitcode < 0 for _, f in failed):
+    if not said and not killed and all(f.exitcode < 0 for _, f in failed):
         killed = [e.get_first_failure()]
     for rank, f in killed:
         print(f"torchrun: error: rank {rank} (PID {f.pid}) was killed by {f.signal_name()}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(said[0] if said and not killed else 1)
 api.removeFilter(hold)
 for r in hold.held:
     api.handle(r)

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         # Another rank died (its own error says why): one line here, not a gloo traceback.
         print(f"serwild.trainer: rank {os.environ.get('RANK', '?')} stopped: another rank failed "
               "(its error says why)", file=sys.stderr, flush=True)
-        return 1
+        return SAID_EXIT  # said; the agent may see this exit before the failing rank's own
     except NonFiniteLoss as e:  # every rank raises it at the same step (a collective): rank 0 says it
         if os.environ.get("RANK", "0") == "0":
             print(f"serwild.trainer: error: {e}", file=sys.stderr, flush=True)
