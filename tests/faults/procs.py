@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -123,6 +124,20 @@ def lines(err: str) -> list[str]:
     """Non-empty stderr lines as a terminal shows them (progress-bar frames overwrite each other),
     less the progress lines a non-terminal gets instead of bars (serwild.progress)."""
     return [seg for x in err.split("\n") if (seg := x.split("\r")[-1].strip()) and not LOG_LINE.match(seg)]
+
+
+PROGRESS = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # a tqdm frame, which a pipe receives line by line
+
+
+def one_line(err: str, rc: int, expect_rc: int = 2, *needles: str) -> str:
+    """The single line a terminal shows of a failed command's stderr (no traceback, progress
+    left out), which must name every needle; the exit status must be ``expect_rc``."""
+    said = [x for x in lines(err) if not PROGRESS.search(x)]
+    assert rc == expect_rc and "Traceback" not in err, (rc, err[-3000:])
+    assert len(said) == 1, err[-3000:]
+    for n in needles:
+        assert n in said[0], (n, said[0])
+    return said[0]
 
 
 def dead_pid() -> int:

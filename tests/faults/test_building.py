@@ -35,20 +35,10 @@ from serwild.cli import main
 from serwild.config import ConfigError, config_from_resolved, load_config, to_dict
 from tests.builder.conftest import make_noise, tone
 from tests.faults import procs
-from tests.faults.procs import SERWILD, full_disk, lines
+from tests.faults.procs import SERWILD, full_disk, one_line
 
 SR = 16000
 LABELS = ("ang", "hap", "sad", "neu")
-PROGRESS = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # a tqdm frame, which a pipe receives line by line
-
-
-def one_line(err: str, rc: int, expect_rc: int = 2) -> str:
-    """The single non-empty stderr line a terminal shows (no traceback)."""
-    shown = [x for x in lines(err) if not PROGRESS.search(x)]
-    assert rc == expect_rc, (rc, err[-3000:])
-    assert "Traceback" not in err, err[-3000:]
-    assert len(shown) == 1, err[-3000:]
-    return shown[0]
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

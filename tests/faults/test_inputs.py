@@ -36,24 +36,10 @@ from serwild.data.manifest import verify_build
 from serwild.errors import UsageError
 from tests.builder.conftest import make_noise, make_tree, tone, write_dialog
 from tests.evaluate.conftest import write_build, write_checkpoint
-from tests.faults.procs import lines as procs_lines
+from tests.faults.procs import one_line
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[2]
-PROGRESS = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # a tqdm frame, which a pipe receives line by line
-
-
-def one_line(err: str, rc: int, expect_rc: int, *needles: str) -> str:
-    """The single non-empty stderr line (no traceback), which must name every needle."""
-    # What a terminal shows: a progress bar's frames (``\r``) overwrite each other, and one
-    # that is cleared when done (tqdm leave=False) leaves nothing.
-    lines = [seg for seg in procs_lines(err) if not PROGRESS.search(seg)]
-    assert rc == expect_rc, (rc, err[-3000:])
-    assert "Traceback" not in err, err[-3000:]
-    assert len(lines) == 1, err[-3000:]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def cli(capsys: pytest.CaptureFixture[str], argv: list[str], expect_rc: int, *needles: str) -> str:

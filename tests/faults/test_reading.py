@@ -34,7 +34,7 @@ from serwild.evaluate import predict as predict_mod
 from tests.builder.conftest import tone
 from tests.evaluate.conftest import write_build, write_checkpoint
 from tests.faults import procs
-from tests.faults.procs import SERWILD, lines, pids_running, wait_gone
+from tests.faults.procs import SERWILD, one_line, pids_running, wait_gone
 
 CAP = f"{MAX_METADATA_BYTES >> 20} MiB"
 
@@ -63,18 +63,9 @@ def _variant(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
     return dst
 
 
-def _one_line(err: str, rc: int, expect_rc: int, *needles: str) -> str:
-    said = lines(err)
-    assert rc == expect_rc and "Traceback" not in err, (rc, err[-3000:])
-    assert len(said) == 1, err[-3000:]
-    for n in needles:
-        assert n in said[0], (n, said[0])
-    return said[0]
-
-
 def _cli(capsys: pytest.CaptureFixture[str], argv: list[str], expect_rc: int, *needles: str) -> str:
     rc = main(argv)
-    return _one_line(capsys.readouterr().err, rc, expect_rc, *needles)
+    return one_line(capsys.readouterr().err, rc, expect_rc, *needles)
 
 
 def _edit_manifest(build: Path, edit: Callable[[dict], None]) -> None:
@@ -94,7 +85,7 @@ def test_a_checkpoints_recorded_pipe_command_never_runs(built: tuple[Path, Path]
     proc = subprocess.run([*SERWILD, "evaluate", "--checkpoint", str(shared), "--out", str(tmp_path / "report"),
                            "eval.device=cpu", "eval.num_workers=0"], capture_output=True, text=True,
                           env=procs.env(), timeout=300, cwd=procs.REPO)
-    line = _one_line(proc.stderr, proc.returncode, 2, "serwild evaluate: error:", str(shared), "pipe:",
+    line = one_line(proc.stderr, proc.returncode, 2, "serwild evaluate: error:", str(shared), "pipe:",
                      "pass --shards yourself")
     assert not pwned.exists(), line
     assert not (tmp_path / "report").exists()
@@ -144,7 +135,7 @@ def test_predict_json_never_holds_nan(built: tuple[Path, Path], wav: Path, capsy
     data = json.loads(out.out, parse_constant=no_constants)
     (only,) = data["files"]
     assert rc == 1 and only["probs"] is None and "not finite" in only["error"], (rc, only)
-    _one_line(out.err, rc, 1, str(wav), "not finite")
+    one_line(out.err, rc, 1, str(wav), "not finite")
 
 
 # ----------------------------------------------------------------------------- 6. endless metadata
@@ -206,7 +197,7 @@ def test_an_endless_manifest_is_cut_at_the_cap(kind: str, tmp_path: Path) -> Non
         where = url + "manifest.json" if kind == "http" else f"pipe:yes manifest.json {marker}"
         proc = subprocess.run([*SERWILD, "verify", location], capture_output=True, text=True, env=procs.env(),
                               timeout=120, cwd=procs.REPO, preexec_fn=_limit_memory)
-    _one_line(proc.stderr, proc.returncode, 2, "serwild verify: error:", where, CAP)
+    one_line(proc.stderr, proc.returncode, 2, "serwild verify: error:", where, CAP)
     assert wait_gone(str(marker), 5) == []
 
 
