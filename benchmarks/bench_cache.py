@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix = resolve_feature_cache("auto", train.freeze)
         assert prefix is not None, "the paper recipe freezes conv1–conv4"
         shards = shard_set(build, records)
-        spec = cache_spec(tmp / "cache", manifest["fingerprint"], model_c, prefix, "fp16")
+        spec = cache_spec(tmp / "cache", manifest["fingerprint"], model_c, prefix)
         head = head_from(model_c, prefix)
         stream, cached, build_stats, load_s = [], [], None, 0.0
         for epoch in range(args.epochs):

@@ -15,6 +15,8 @@ webdataset, HF ``datasets``, serwild); tests run those snippets against a real b
 from __future__ import annotations
 
 import re
+import string
+from importlib import resources
 from typing import Any
 
 import yaml
@@ -129,7 +131,7 @@ def card_front_matter(manifest: dict[str, Any]) -> str:
 def readme(manifest: dict[str, Any]) -> str:
     """The whole card: front matter, description, layout, counts, how to load, versions."""
     m = manifest
-    parts = [card_front_matter(m), *_description(m), *_empty_classes(m), *_layout(m), *_counts(m), *_load(m),
+    parts = [card_front_matter(m), *_description(m), *_empty_classes(m), *_layout(m), *_counts(m), _load(m),
              "## Versions", "", ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), ""]
     return "\n".join(parts)
 
@@ -211,70 +213,15 @@ def _counts(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _load(m: dict[str, Any]) -> list[str]:
-    """How-to-load snippets (plain webdataset, HF datasets, serwild); a test executes them."""
+def _load(m: dict[str, Any]) -> str:
+    """How-to-load snippets (plain webdataset, HF datasets, serwild) from card_load.md, with this
+    build's first dataset, first noisy condition and image size filled in; a test executes them."""
     image = m.get("image", {})
     conds = list(m["conditions"])
-    d0 = next(iter(m["datasets"]))
     noisy = next((c for c in conds if m["conditions"][c] is not None), conds[0])
-    return [
-        "## Load",
-        "",
-        "Each snippet runs from this folder (a test runs them on a real build). Check integrity first: "
-        "`serwild verify <this folder or its URL>` streams every shard once and compares its sha256 and "
-        "sample count with the manifest.",
-        "",
-        "### Plain webdataset",
-        "",
-        "```python",
-        "import json",
-        "",
-        "import webdataset as wds",
-        "",
-        "manifest = json.load(open('manifest.json'))",
-        f"urls = [s['path'] for s in manifest['shards'] if s['dataset'] == '{d0}' and s['split'] == 'test'",
-        "        and s['condition'] == 'clean']  # over HTTP: the build's base URL + s['path']",
-        "ds = wds.WebDataset(urls, shardshuffle=False).decode('rgb8').to_tuple('png', 'json')",
-        "image, meta = next(iter(ds))",
-        f"assert image.shape == ({image.get('height', 257)}, {image.get('width', 259)}, 3)  # uint8 RGB",
-        "print(meta['label'], meta['condition'], meta['snr_db'])  # snr_db is None for clean samples",
-        "```",
-        "",
-        "### Hugging Face datasets",
-        "",
-        "```python",
-        "from pathlib import Path",
-        "",
-        "from datasets import load_dataset, load_dataset_builder",
-        "",
-        "here = str(Path('.').resolve())  # this folder: datasets wants a named path, not '.'",
-        f"ds = load_dataset(here, '{d0}')  # on the Hub: load_dataset('<user>/<repo>', '{d0}')",
-        "print(ds)",
-        "row = ds['test_clean'][0]",
-        "print(row['png'].size, row['png'].mode, row['json']['label'], row['json']['snr_db'])",
-        f"stream = load_dataset(here, '{d0}', split='test_{noisy}', streaming=True)  # no full download",
-        "print(next(iter(stream))['json']['condition'])",
-        "# Tars picked by hand: pass this card's features (inferred ones type the clean samples'",
-        "# null fields as null, and the first noisy sample then fails to cast)",
-        f"features = load_dataset_builder(here, '{d0}').info.features",
-        f"raw = load_dataset('webdataset', data_files={{'test': '{d0}/test/*.tar'}}, features=features, split='test')",
-        "```",
-        "",
-        "### serwild",
-        "",
-        "```python",
-        "from serwild.data import open_build",
-        "",
-        "# this folder, file:///…, https://host/prefix/ (the Hub: …/datasets/<user>/<repo>/resolve/main/)",
-        "# or a command: 'pipe:aws s3 cp s3://bucket/prefix/{path} -'",
-        "build = open_build('.')",
-        f"test = build.records('{d0}', 'test')  # manifest records; conditions=[...] narrows them",
-        "print(build.check(test) or 'test shards match the manifest')  # sha256 + count, one pass each",
-        f"batches = build.loader('{d0}', 'test', batch_size=32)  # (images, labels, metadata), each sample once",
-        "print(sum(len(labels) for _, labels, _ in batches), 'test samples')",
-        "```",
-        "",
-    ]
+    template = string.Template(resources.files("serwild.builder").joinpath("card_load.md").read_text("utf-8"))
+    return template.substitute(dataset=next(iter(m["datasets"])), noisy=noisy, height=image.get("height", 257),
+                               width=image.get("width", 259))
 
 
 def _size_category(n: int) -> str:

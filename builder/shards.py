@@ -13,7 +13,7 @@ import io
 import json
 import tarfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +42,6 @@ class ShardStats:
     sha256: str
     digest: str  # the plan digest this shard was built from (for resume)
     rejects: list[dict] = field(default_factory=list)
-
-    def record(self) -> dict:
-        """The manifest's entry for this shard."""
-        d = asdict(self)
-        d.pop("rejects")
-        return d
 
 
 def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> ShardStats:

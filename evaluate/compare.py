@@ -20,15 +20,18 @@ or UA at chance: serwild.evaluate.health) gets a warning line, in the terminal a
 An arm is one run (each positional run is its own arm) or several
 (seeds, folds: shown as mean ± std). The first arm is the baseline. When every run was
 evaluated on the same test blocks (same build fingerprint, same blocks in each run's
-``predictions.csv``), each difference gets a paired cluster-bootstrap interval: both arms
-are scored on the same resampled test utterances, so the difficulty they share cancels.
+``logits.npz``), each difference gets a paired cluster-bootstrap interval: both arms are
+scored on the same resampled test utterances, so the difficulty they share cancels. The
+decisions come from the exact logits the evaluator scored (never from predictions.csv's
+rounded probabilities), so a paired Δ is the metrics.json difference exactly.
+:func:`compare_runs` returns the comparison (:class:`Comparison`) as well as writing it.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +41,27 @@ from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health
 from serwild.evaluate.figures import Interval, chance_level, plot_differences, plot_series
-from serwild.evaluate.report import ci_span, condition_label, order_conditions, protocol_line, supports
+from serwild.evaluate.report import (
+    LOGITS_FILE,
+    ci_span,
+    condition_label,
+    order_conditions,
+    protocol_line,
+    read_logits,
+    supports,
+)
 from serwild.evaluate.report import metric as get
 from serwild.evaluate.uncertainty import arm_difference_ci, mean_std
+from serwild.metrics import METRICS, utterance_logits
 
-METRICS = {"weighted_f1": "weighted.f1", "wa": "wa", "ua": "ua", "macro_f1": "macro.f1",
-           "weighted_precision": "weighted.precision", "weighted_recall": "weighted.recall"}
-TITLES = {"weighted_f1": "weighted F1", "wa": "WA (accuracy)", "ua": "UA (macro recall)", "macro_f1": "macro F1",
-          "weighted_precision": "weighted precision", "weighted_recall": "weighted recall"}
+
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare_runs` wrote, for callers to use without reading it back."""
+
+    out: Path  # the folder: compare.md, compare.json, compare.png, difference.png
+    table: dict[str, Any]  # compare.json's content: conditions, values, std, deltas, flags, runs, …
+    markdown: str  # compare.md's text
 
 
 # ----------------------------------------------------------------------------- library
@@ -100,7 +116,7 @@ def comparison(reports: Mapping[str, Mapping[str, Any]], metric: str = "weighted
         for c, v in rep["conditions"].items():
             snr.setdefault(c, v.get("snr_db"))
     conds = order_conditions(snr)
-    values = {name: [get(rep["conditions"][c][unit], METRICS[metric]) if c in rep["conditions"] else None
+    values = {name: [get(rep["conditions"][c][unit], METRICS[metric].path) if c in rep["conditions"] else None
                      for c in conds] for name, rep in reports.items()}
     return {"metric": metric, "unit": unit, "conditions": conds,
             "labels": [condition_label(c, snr[c]) for c in conds], "values": values}
@@ -157,7 +173,7 @@ def notes(comp: Mapping[str, Any]) -> list[str]:
     """The sentences under the table: what Δ, the brackets, ``*`` and ± mean."""
     names = list(comp["values"])
     u = comp.get("uncertainty") or {}
-    out = [f"Δ = arm − baseline ({names[0]}), {TITLES[comp['metric']]} per {comp['unit']}."]
+    out = [f"Δ = arm − baseline ({names[0]}), {METRICS[comp['metric']].title} per {comp['unit']}."]
     if any("low" in (d or {}) for ds in (comp.get("deltas") or {}).values() for d in ds):
         out.append(f"Brackets: {u.get('level', 0.95):.0%} paired cluster-bootstrap interval of the difference "
                    f"({u.get('n_resamples')} resamples of the test utterances, seed {u.get('seed')}; both arms "
@@ -185,45 +201,36 @@ def parse_arms(groups: Sequence[Sequence[str]]) -> dict[str, list[str]]:
     return arms
 
 
-# ----------------------------------------------------------------------------- predictions
+# ----------------------------------------------------------------------------- the scored blocks
 
 
-def find_predictions(run: str | Path) -> Path | None:
-    """The predictions.csv next to a run's metrics.json (None when the report has none)."""
-    p = find_metrics(run).parent / "predictions.csv"
+def find_logits(run: str | Path) -> Path | None:
+    """The logits.npz next to a run's metrics.json (None when the report has none)."""
+    p = find_metrics(run).parent / LOGITS_FILE
     return p if p.is_file() else None
 
 
-def load_predictions(path: Path, classes: Sequence[str], unit: str) -> dict[str, dict[str, Any]]:
-    """condition → ``{"keys", "true", "pred", "groups"}``, sorted by sample, per ``unit``.
-
-    Per block: the ``predicted`` column. Per utterance: the argmax of the mean of the blocks'
-    log probabilities, which is the argmax of the mean logits the evaluator uses (a softmax
-    only shifts each block's logits by a constant), up to the CSV's 4-decimal rounding.
-    """
-    index = {c: i for i, c in enumerate(classes)}
-    raw: dict[str, list[tuple[str, int, int, int, list[float]]]] = {}
-    try:
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                raw.setdefault(r["condition"], []).append(
-                    (r["utterance"], int(r["block"]), index[r["true"]], index[r["predicted"]],
-                     [float(r[f"p_{c}"]) for c in classes]))
-    except (OSError, KeyError, ValueError, csv.Error) as e:
-        raise UsageError(f"{path} is not a serwild predictions.csv ({type(e).__name__}: {e})") from None
+def load_decisions(path: Path, classes: Sequence[str], unit: str) -> dict[str, dict[str, Any]]:
+    """condition → ``{"keys", "true", "pred", "groups"}`` per ``unit``, sorted by sample, from a
+    run's exact logits: per block their argmax, per utterance the argmax of the mean of its
+    blocks' logits (serwild.metrics.utterance_logits): the decisions its metrics.json scored."""
+    found, outputs = read_logits(path)
+    if found != list(classes):
+        raise UsageError(f"{path} holds classes {found}, its metrics.json {list(classes)}")
     out = {}
-    for cond, rows in raw.items():
-        rows.sort(key=lambda r: (r[0], r[1]))
+    for cond, o in outputs.items():
+        order = sorted(range(len(o["labels"])), key=lambda i: (o["utterances"][i], o["blocks"][i]))
+        utts = [o["utterances"][i] for i in order]
+        logits, labels = o["logits"][order], o["labels"][order]
         if unit == "block":
-            out[cond] = {"keys": [(u, b) for u, b, *_ in rows], "true": np.array([r[2] for r in rows]),
-                         "pred": np.array([r[3] for r in rows]), "groups": [r[0] for r in rows]}
+            out[cond] = {"keys": list(zip(utts, [o["blocks"][i] for i in order])), "true": labels,
+                         "pred": np.argmax(logits, axis=1), "groups": utts}
             continue
-        utts: dict[str, list] = {}
-        for u, _, t, _, probs in rows:
-            utts.setdefault(u, [t, []])[1].append(np.log(np.maximum(probs, 1e-12)))
-        ids = sorted(utts)
-        out[cond] = {"keys": ids, "true": np.array([utts[u][0] for u in ids]),
-                     "pred": np.array([int(np.argmax(np.mean(utts[u][1], axis=0))) for u in ids]), "groups": ids}
+        try:
+            u_logits, u_labels, ids = utterance_logits(logits, labels, utts)
+        except ValueError as e:  # blocks of one utterance with two labels: a damaged file
+            raise UsageError(f"{path}: {cond}: {e}") from None
+        out[cond] = {"keys": ids, "true": u_labels, "pred": np.argmax(u_logits, axis=1), "groups": ids}
     return out
 
 
@@ -247,11 +254,11 @@ def paired_deltas(arms: Mapping[str, Sequence[str | Path]], reports: Mapping[str
     for n, runs in arms.items():
         preds[n] = []
         for r in runs:
-            path = find_predictions(r)
+            path = find_logits(r)
             if path is None:
-                return deltas, {m: f"{find_metrics(r).parent} has no predictions.csv (re-run serwild evaluate)"
+                return deltas, {m: f"{find_metrics(r).parent} has no {LOGITS_FILE} (re-run serwild evaluate)"
                                 for m in names[1:]}
-            preds[n].append(load_predictions(path, list(next(iter(classes))), unit))
+            preds[n].append(load_decisions(path, list(next(iter(classes))), unit))
     for n in names[1:]:
         for i, cond in enumerate(conditions):
             parts = [p.get(cond) for p in preds[base] + preds[n]]
@@ -273,8 +280,8 @@ def paired_deltas(arms: Mapping[str, Sequence[str | Path]], reports: Mapping[str
 
 def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None, metric: str = "weighted_f1",
                  unit: str = "block", arms: Mapping[str, Sequence[str | Path]] | None = None,
-                 bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> Path:
-    """Write compare.png / difference.png / compare.md / compare.json; returns the output folder.
+                 bootstrap: int = 1000, seed: int = 0, alpha: float = 0.05) -> Comparison:
+    """Write compare.png / difference.png / compare.md / compare.json; returns what they hold.
 
     ``runs``: one arm per run (named after its folder); or ``arms``: ``{name: [runs]}``.
     ``bootstrap`` resamples (0: no intervals), ``seed`` and ``alpha`` set the paired intervals.
@@ -297,14 +304,16 @@ def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None,
     names = list(arms)
     out_dir = Path(out) if out is not None else default_out([rs[0] for rs in arms.values()], names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_series(out_dir / "compare.png", comp["labels"], comp["values"], TITLES[metric],
+    plot_series(out_dir / "compare.png", comp["labels"], comp["values"], METRICS[metric].title,
                 plot_intervals(reports, comp["conditions"], comp, metric, unit), chance=comp["chance"])
     plot_differences(out_dir / "difference.png", comp["labels"],
-                     {f"{n} − {names[0]}": pts for n, pts in difference_points(comp).items()}, f"Δ {TITLES[metric]}")
-    atomic.write_text(out_dir / "compare.md", render_compare(comp, arms, reports))
-    sources = {name: [str(find_metrics(r)) for r in rs] for name, rs in arms.items()}
-    atomic.write_json(out_dir / "compare.json", {**comp, "runs": sources})
-    return out_dir
+                     {f"{n} − {names[0]}": pts for n, pts in difference_points(comp).items()},
+                     f"Δ {METRICS[metric].title}")
+    markdown = render_compare(comp, arms, reports)
+    atomic.write_text(out_dir / "compare.md", markdown)
+    table = {**comp, "runs": {name: [str(find_metrics(r)) for r in rs] for name, rs in arms.items()}}
+    atomic.write_json(out_dir / "compare.json", table)
+    return Comparison(out_dir, table, markdown)
 
 
 def arm_comparison(reports: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, unit: str) -> dict[str, Any]:
@@ -353,7 +362,7 @@ def difference_points(comp: Mapping[str, Any]) -> dict[str, list[dict[str, Any] 
 def render_compare(comp: Mapping[str, Any], arms: Mapping[str, Sequence[str | Path]],
                    reports: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     """compare.md: flags, the table, its notes, the two figures with captions, the runs."""
-    title, unit = TITLES[comp["metric"]], comp["unit"]
+    title, unit = METRICS[comp["metric"]].title, comp["unit"]
     flags = [f"> {line}" for lines in comp["flags"].values() for line in lines]
     lines = [f"# Comparison: {title} per test condition (per {unit})", "", *flags, *([""] if flags else []),
              markdown_table(comp), "", *notes(comp)]
@@ -373,13 +382,14 @@ def render_compare(comp: Mapping[str, Any], arms: Mapping[str, Sequence[str | Pa
 def figure_caption(comp: Mapping[str, Any], datasets: set[Any], label: str = "Figure") -> str:
     several = any(n > 1 for n in comp["n_runs"].values())
     bars = ("a run's 95 % cluster-bootstrap interval" + (", or ± std over an arm's runs" if several else ""))
-    return (f"*{label}. {TITLES[comp['metric']][0].upper() + TITLES[comp['metric']][1:]} per test condition "
+    title = METRICS[comp["metric"]].title
+    return (f"*{label}. {title[0].upper() + title[1:]} per test condition "
             f"({'/'.join(sorted(map(str, datasets))).upper()}, per {comp['unit']}), one bar per arm; error bars: "
             f"{bars}; dashed: chance (a guess that picks each class with probability 1/K).*")
 
 
 def difference_caption(comp: Mapping[str, Any], label: str = "Figure") -> str:
-    return (f"*{label}. Each arm minus the baseline ({comp['baseline']}), {TITLES[comp['metric']]} per "
+    return (f"*{label}. Each arm minus the baseline ({comp['baseline']}), {METRICS[comp['metric']].title} per "
             f"{comp['unit']}, per test condition, with its {comp['uncertainty']['level']:.0%} paired "
             "cluster-bootstrap interval (both arms scored on the same resampled test utterances). A filled marker "
             "is an interval that excludes 0 (`*` in the table); a point without a bar has no paired interval "

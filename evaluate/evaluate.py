@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 from torch import nn
 
@@ -41,6 +40,7 @@ from serwild.evaluate.config import EvalConfig
 from serwild.progress import progress
 from serwild.trainer.distributed import Dist, all_gather_object, setup, teardown
 from serwild.trainer.model import model_from_checkpoint
+from serwild.trainer.outputs import model_outputs
 
 REPORT_FORMAT = "serwild-report/1"
 EVAL_TIMEOUT_S = 1800  # collectives wait at most for the slowest rank's share of one condition
@@ -85,12 +85,11 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
     d = setup(settings.device, timeout_s=EVAL_TIMEOUT_S)
     try:
         model = model_from_checkpoint(target.ckpt).to(d.device).eval()
-        conditions, rows = {}, []
+        conditions, outputs = {}, {}
         for cond, records in todo.items():
-            conditions[cond], cond_rows = score_condition(model, target, cond, records, settings, d)
-            rows += cond_rows
+            conditions[cond], outputs[cond] = score_condition(model, target, cond, records, settings, d)
         if d.is_main:
-            write_outputs(target, conditions, rows, out_dir, d, check_sha256, settings)
+            write_outputs(target, conditions, outputs, out_dir, d, check_sha256, settings)
     finally:
         teardown(d)
     return out_dir
@@ -162,8 +161,9 @@ def test_shards(target: Target, check_sha256: bool) -> dict[str, list[dict[str, 
 
 
 def score_condition(model: nn.Module, target: Target, cond: str, records: list[dict[str, Any]],
-                    settings: EvalConfig, d: Dist) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One condition's metrics (gathered over ranks) and its per-block prediction rows."""
+                    settings: EvalConfig, d: Dist) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One condition's metrics and its scored blocks (logits, labels, utterances, blocks, sorted
+    by sample), gathered over ranks."""
     shards = target.build.shard_set(records)
     k = len(target.classes)
     local = _guarded(d, functools.partial(score_shards, model, shards, k, settings.batch_size,
@@ -179,11 +179,7 @@ def score_condition(model: nn.Module, target: Target, cond: str, records: list[d
     if settings.bootstrap:
         for unit, ci in condition_intervals(logits, merged["labels"], merged["utterances"], k, settings).items():
             result[unit]["ci"] = ci
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    rows = [{"condition": cond, "utterance": u, "block": int(b), "true": int(t), "pred": int(p), "probs": pr}
-            for u, b, t, p, pr in zip(merged["utterances"], merged["blocks"], merged["labels"],
-                                      np.argmax(logits, 1), probs)]
-    return result, rows
+    return result, merged
 
 
 def condition_intervals(logits: np.ndarray, labels: np.ndarray, utterances: list[str], n_classes: int,
@@ -209,7 +205,7 @@ def uncertainty_settings(settings: EvalConfig) -> dict[str, Any] | None:
             "n_resamples": settings.bootstrap, "seed": settings.bootstrap_seed, "alpha": settings.alpha}
 
 
-def write_outputs(target: Target, conditions: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path,
+def write_outputs(target: Target, conditions: dict[str, Any], outputs: dict[str, dict[str, Any]], out_dir: Path,
                   d: Dist, check_sha256: bool, settings: EvalConfig | None = None) -> None:
     result = {
         "format": REPORT_FORMAT, "run": target.path.parent.name, "checkpoint": str(target.path),
@@ -222,7 +218,7 @@ def write_outputs(target: Target, conditions: dict[str, Any], rows: list[dict[st
         "uncertainty": uncertainty_settings(settings or EvalConfig()), "conditions": conditions,
     }
     result["flags"] = health.model_flags(result)
-    report.write_report(result, out_dir, rows)
+    report.write_report(result, out_dir, outputs)
     atomic.write_text(out_dir / "config.yaml", yaml.safe_dump(target.ckpt["config"], sort_keys=False))
     flags = "".join(f"\n{line}" for line in health.flag_lines(result["run"], result))
     print(f"\n{report.metrics_table(result, 'block')}\n{flags}\n\nreport: {out_dir / 'report.md'}")
@@ -247,19 +243,12 @@ def score_shards(model: nn.Module, shards: ShardSet, num_classes: int, batch_siz
     loader = make_eval_loader(shards.urls, batch_size, num_workers, rank=d.rank, world_size=d.world_size,
                               counts=shards.counts, num_classes=num_classes, remote=shards.remote,
                               identities=shards.identities)
-    logits, labels, utts, blocks = [], [], [], []
     total = -(-shards.samples // d.world_size)  # about this rank's share: shards are dealt to ranks
-    with torch.inference_mode(), progress(total, f"evaluate {desc}", unit="blk", command="evaluate",
-                                          enabled=d.is_main, leave=False) as bar:
-        for images, y, metas in loader:
-            logits.append(model(images.to(d.device)).float().cpu().numpy())
-            labels.append(y.numpy())
-            utts += [m["utterance"] for m in metas]
-            blocks += [int(m["block"]) for m in metas]
-            bar.update(len(metas))
-    return {"logits": np.concatenate(logits) if logits else np.zeros((0, num_classes), np.float32),
-            "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
-            "utterances": utts, "blocks": blocks}
+    with progress(total, f"evaluate {desc}", unit="blk", command="evaluate", enabled=d.is_main,
+                  leave=False) as bar:
+        out = model_outputs(model, loader, d.device, on_batch=bar.update)
+    return {"logits": out.logits, "labels": out.labels, "utterances": [m["utterance"] for m in out.keys],
+            "blocks": [int(m["block"]) for m in out.keys]}
 
 
 def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]) -> dict[str, Any]:

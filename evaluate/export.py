@@ -37,7 +37,7 @@ import yaml
 
 from serwild import atomic
 from serwild.builder.config import AudioConfig
-from serwild.checkpoint import load_checkpoint
+from serwild.checkpoint import ARCHS, load_checkpoint
 from serwild.config import config_from_resolved
 from serwild.data.manifest import sha256_file
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
@@ -299,8 +299,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise UsageError(f"{path} is not a serwild model config (format {got!r}, expected {FORMAT!r})")
-    if meta.get("arch") != "alexnet":
-        raise UsageError(f"{path}: architecture {meta.get('arch')!r} is not supported (alexnet)")
+    if meta.get("arch") not in ARCHS:
+        raise UsageError(f"{path}: architecture {meta.get('arch')!r} is not supported ({', '.join(ARCHS)})")
     classes = meta.get("classes")
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise UsageError(f"{path}: 'classes' must list at least two class names")

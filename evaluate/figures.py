@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from serwild import atomic
-from serwild.evaluate.uncertainty import METRICS
+from serwild.metrics import METRICS
 
 Interval = tuple[float, float] | None  # (low, high) of a 95 % interval, or unknown
 DPI = 150
@@ -33,7 +33,7 @@ LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "n
 
 
 def chance_level(metric: str, supports: Sequence[int]) -> float | None:
-    """The ``metric`` (a serwild.evaluate.uncertainty.METRICS name) of a guess that ignores the
+    """The ``metric`` (a serwild.metrics.METRICS name) of a guess that ignores the
     input and picks each of the K classes with probability 1/K, on a test set with these
     class ``supports``: the metric of its expected confusion matrix (row t = support_t / K in
     every column). 1/K for accuracy and UA; for weighted F1 it depends on the class balance."""
@@ -41,7 +41,7 @@ def chance_level(metric: str, supports: Sequence[int]) -> float | None:
         return None
     s = np.asarray(supports, dtype=np.float64)
     cm = np.repeat(s[:, None] / len(s), len(s), axis=1)
-    return float(METRICS[metric](cm))
+    return float(METRICS[metric].fn(cm))
 
 
 def _legend_below(fig: Figure, ax: Any, ncols: int) -> None:

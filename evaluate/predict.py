@@ -248,12 +248,13 @@ class Predictor:
 
 
 def _model(loaded: Pretrained) -> torch.nn.Module:
-    model = build_model(len(loaded.classes), pretrained="none")
+    arch = str(loaded.info.get("arch", "alexnet"))  # config.json or the checkpoint: both checked against ARCHS
+    model = build_model(len(loaded.classes), pretrained="none", arch=arch)
     try:
         model.load_state_dict(loaded.state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise UsageError(f"{loaded.source}: the weights do not fit AlexNet with {len(loaded.classes)} classes "
+        raise UsageError(f"{loaded.source}: the weights do not fit {arch} with {len(loaded.classes)} classes "
                          f"({first})") from None
     return model.eval()
 

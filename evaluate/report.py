@@ -11,7 +11,11 @@
                         row-normalised, with counts and a colour bar)
       weighted_f1.png   weighted F1 per test condition (per block and per utterance), 95 %
                         intervals, chance level
-      predictions.csv   every scored block: condition, utterance, block, true, predicted, probs
+      predictions.csv   every scored block: condition, utterance, block, true, predicted, and the
+                        probabilities rounded to 4 decimals, for reading
+      logits.npz        the same blocks in the same order with the model's exact float32 logits
+                        (what serwild compare pairs runs on): arrays classes, condition,
+                        utterance, block, label, logits (N × K)
 
 Figures have no titles: their captions are in report.md, under each figure.
 """
@@ -20,27 +24,26 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serwild import atomic
+from serwild.errors import UsageError
 from serwild.evaluate import health, provenance
 from serwild.evaluate.figures import Interval, chance_level, plot_confusions, plot_series
+from serwild.metrics import BY_PATH, METRICS, Metric
 
 UNITS = {"block": "Per 1 s block (the paper's unit)",
          "utterance": "Per utterance (mean of its block logits)"}
 
-# (column title, getter) for the main table; the paper reports accuracy and weighted P/R/F1.
-COLUMNS: list[tuple[str, str]] = [
-    ("WA (accuracy)", "wa"), ("UA (macro recall)", "ua"),
-    ("Weighted P", "weighted.precision"), ("Weighted R", "weighted.recall"),
-    ("Weighted F1", "weighted.f1"), ("Macro F1", "macro.f1"),
-]
-# metric path → its name in a unit's "ci" entry (serwild.evaluate.uncertainty.METRICS)
-CI_NAMES = {"wa": "wa", "ua": "ua", "weighted.precision": "weighted_precision", "weighted.recall": "weighted_recall",
-            "weighted.f1": "weighted_f1", "macro.f1": "macro_f1", "macro.precision": "macro_precision",
-            "macro.recall": "macro_recall"}
+# The main table's columns: the paper reports accuracy and weighted P/R/F1; UA and macro F1 are the field's.
+COLUMNS: list[Metric] = [METRICS[n] for n in ("wa", "ua", "weighted_precision", "weighted_recall", "weighted_f1",
+                                              "macro_f1")]
+LOGITS_FILE = "logits.npz"
 
 
 def metric(m: Mapping[str, Any], path: str) -> float:
@@ -53,7 +56,7 @@ def metric(m: Mapping[str, Any], path: str) -> float:
 
 def interval(m: Mapping[str, Any], path: str) -> tuple[float, float] | None:
     """The (low, high) interval of ``metric(m, path)`` from the unit's ``ci`` entry, if any."""
-    ci = (m.get("ci") or {}).get(CI_NAMES.get(path, path))
+    ci = (m.get("ci") or {}).get(BY_PATH[path].name if path in BY_PATH else path)
     return None if ci is None else (float(ci["low"]), float(ci["high"]))
 
 
@@ -113,13 +116,13 @@ def _short(v: Any) -> str:
 
 def metrics_table(result: Mapping[str, Any], unit: str) -> str:
     """Markdown table: rows = test conditions, columns = metrics (the paper's Tables 5/6)."""
-    head = ["Test condition", "N"] + [title for title, _ in COLUMNS]
+    head = ["Test condition", "N"] + [c.column for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     conds = result["conditions"]
     for name in order_conditions({c: v["snr_db"] for c, v in conds.items()}):
         m = conds[name][unit]
         cells = [condition_label(name, conds[name]["snr_db"]), str(m["n"])]
-        cells += [cell(m, key) for _, key in COLUMNS]
+        cells += [cell(m, c.path) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -221,22 +224,64 @@ def write_figures(result: Mapping[str, Any], out: Path) -> None:
 
 
 def write_report(result: Mapping[str, Any], out: str | Path,
-                 predictions: Sequence[Mapping[str, Any]] = ()) -> Path:
-    """Write metrics.json, report.md, the figures and (if given) predictions.csv into ``out``."""
+                 outputs: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write metrics.json, report.md, the figures and (given ``outputs``, condition → the scored
+    blocks' ``logits``, ``labels``, ``utterances`` and ``blocks``) predictions.csv and logits.npz."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     write_figures(result, out)
-    if predictions:
-        write_predictions(out / "predictions.csv", predictions, result["classes"])
+    if outputs:
+        write_predictions(out / "predictions.csv", outputs, result["classes"])
+        write_logits(out / LOGITS_FILE, outputs, result["classes"])
     atomic.write_text(out / "report.md", render_markdown(result))
     return out
 
 
-def write_predictions(path: Path, rows: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> None:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))  # shifted: large logits must not overflow
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def write_predictions(path: Path, outputs: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> None:
+    """predictions.csv: one row per block, for people (rounded); compare reads logits.npz."""
     with atomic.atomic_write(path, "w") as f:
         w = csv.writer(f)
         w.writerow(["condition", "utterance", "block", "true", "predicted"] + [f"p_{c}" for c in classes])
-        for r in rows:
-            w.writerow([r["condition"], r["utterance"], r["block"], classes[r["true"]], classes[r["pred"]]]
-                       + [f"{p:.4f}" for p in r["probs"]])
+        for cond, o in outputs.items():
+            for u, b, t, z, pr in zip(o["utterances"], o["blocks"], o["labels"], o["logits"], softmax(o["logits"])):
+                w.writerow([cond, u, int(b), classes[int(t)], classes[int(np.argmax(z))]] + [f"{p:.4f}" for p in pr])
+
+
+def write_logits(path: Path, outputs: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> None:
+    """logits.npz: the rows of predictions.csv with the exact logits (plain arrays: no pickle to load)."""
+    conds = list(outputs)
+    arrays = {"classes": np.asarray(classes, dtype=str),
+              "condition": np.asarray([c for c in conds for _ in outputs[c]["labels"]], dtype=str),
+              "utterance": np.asarray([u for c in conds for u in outputs[c]["utterances"]], dtype=str),
+              "block": np.asarray([b for c in conds for b in outputs[c]["blocks"]], dtype=np.int64),
+              "label": np.concatenate([np.asarray(outputs[c]["labels"], dtype=np.int64) for c in conds]),
+              "logits": np.concatenate([np.asarray(outputs[c]["logits"], dtype=np.float32) for c in conds])}
+    with atomic.atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_logits(path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(classes, condition → ``{"utterances", "blocks", "labels", "logits"}``) of a logits.npz, rows
+    in file order; a file that is not one is one line."""
+    keys = ("classes", "condition", "utterance", "block", "label", "logits")
+    try:
+        with np.load(path, allow_pickle=False) as z:  # never unpickle what a file says
+            a = {k: z[k] for k in keys}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path} is not a serwild logits.npz ({type(e).__name__}: {e})") from None
+    n, k = len(a["label"]), len(a["classes"])
+    if a["logits"].shape != (n, k) or any(len(a[x]) != n for x in ("condition", "utterance", "block")):
+        raise UsageError(f"{path} is not a serwild logits.npz (arrays of {n} rows and {k} classes disagree)")
+    out: dict[str, dict[str, Any]] = {}
+    for cond in dict.fromkeys(a["condition"].tolist()):
+        rows = a["condition"] == cond
+        out[cond] = {"utterances": a["utterance"][rows].tolist(), "blocks": a["block"][rows].tolist(),
+                     "labels": a["label"][rows], "logits": a["logits"][rows]}
+    return a["classes"].tolist(), out

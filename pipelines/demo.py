@@ -5,63 +5,39 @@ optimiser steps) → evaluate both on every test condition → compare → Figur
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import webdataset as wds
 from matplotlib.figure import Figure
 
-from serwild import atomic, torchrun
-from serwild.builder.build import run_build
+from serwild import atomic
 from serwild.config import load_config
 from serwild.configs import shipped
-from serwild.data.manifest import load_manifest, select_shards, verify_build
-from serwild.errors import UsageError
+from serwild.data.manifest import load_manifest, select_shards
 from serwild.evaluate.compare import compare_runs
-from serwild.evaluate.evaluate import evaluate_checkpoint
-from serwild.trainer.launch import LaunchOptions, train
-
-EXPERIMENTS = {
-    "clean": ["train.conditions=[clean]"],
-    "augmented": ["train.conditions=[clean, snr15, snr20, snr40]"],
-}
+from serwild.pipelines.reproduce import DEMO, run_preset
 
 
 def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-             nproc: int | None = None) -> int:
-    """The whole demo; 0 on success. ``config`` defaults to the shipped demo.yaml."""
+             nproc: int | None = None, overwrite: bool = False) -> int:
+    """The whole demo; 0 on success. ``config`` defaults to the shipped demo.yaml.
+
+    The protocol's own steps (:func:`serwild.pipelines.reproduce.run_preset`) with the
+    :data:`~serwild.pipelines.reproduce.DEMO` preset: one run per experiment on every training
+    fold, no cross-validation, ``train.dataset`` only; then the two compared, and Figure 2."""
     config = str(config or shipped("demo.yaml"))
-    if not Path(config).is_file():
-        raise UsageError(f"demo config {config} not found")
     t0 = time.time()
     cfg = load_config(config, overrides)
-    _step(f"1-2/4  build shards from {cfg.corpus.root} → {cfg.out}")
-    run_build(cfg)
-    _, problems = verify_build(cfg.out)
-    if problems:
-        raise UsageError(f"the fresh build {cfg.out} fails its own verify: {'; '.join(problems[:3])}")
-    runs = []
-    for name, extra in EXPERIMENTS.items():
-        run_name = f"demo-{name}"
-        _step(f"3/4  train experiment '{name}' → {cfg.train.run_dir}/{run_name}")
-        more = [*overrides, *extra, f"train.name={run_name}"]
-        if name == "augmented" and cfg.train.samples_per_epoch == "all":
-            # Equal optimiser steps: experiment 2 draws as many samples per epoch as
-            # experiment 1 has, so the comparison differs in the data, not in the compute.
-            more.append("train.samples_per_epoch=clean")
-        opts = LaunchOptions(config=config, overrides=more, nproc=nproc or torchrun.default_nproc(), overwrite=True)
-        if train(load_config(config, more), opts) != 0:
-            return 1
-        runs.append(Path(cfg.train.run_dir) / run_name)
-    _step("4/4  evaluate each test condition, compare")
-    for r in runs:
-        evaluate_checkpoint(r / "best.pt", shards=cfg.out, settings=cfg.eval)
-    out = compare_runs(runs, out=Path(cfg.train.run_dir) / "demo-compare", bootstrap=cfg.eval.bootstrap,
-                       seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
+    out = Path(cfg.train.run_dir) / f"{cfg.train.name or 'demo'}-compare"
+    exps, results, _, _ = run_preset(DEMO, config, overrides, out, nproc, overwrite)
+    runs = [Path(results[e.base]["cv_dir"]) for e in exps]
+    compared = compare_runs(runs, out=out, bootstrap=cfg.eval.bootstrap,
+                            seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
+    out = compared.out
     figure = example_spectrograms(Path(cfg.out), cfg.train.dataset, out / "spectrograms.png")
     print()
-    print((out / "compare.md").read_text())
+    print(compared.markdown)
     print(f"reports:  {runs[0]}/report/report.md, {runs[1]}/report/report.md")
     print(f"compare:  {out}/compare.md, {out}/compare.png, {out}/difference.png;  example spectrograms: {figure}")
     print(f"demo took {(time.time() - t0) / 60:.1f} min")
@@ -90,7 +66,3 @@ def example_spectrograms(build_dir: Path, dataset: str, dest: Path) -> Path:
         ax.set_ylabel("frequency (kHz)")
     fig.tight_layout()
     return atomic.save_figure(fig, dest, dpi=110)
-
-
-def _step(msg: str) -> None:
-    print(f"\n=== serwild demo: {msg}", file=sys.stderr, flush=True)

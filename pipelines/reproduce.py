@@ -39,13 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from serwild import atomic, torchrun
 from serwild.builder.build import run_build
-from serwild.config import NOT_BUILD_KEYS, Config, load_config, to_dict
-from serwild.data.manifest import load_manifest, train_folds
+from serwild.config import Config, build_identity, load_config, to_dict
+from serwild.data.manifest import load_manifest, train_folds, verify_build
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance, report
 from serwild.evaluate.compare import compare_runs, difference_caption, figure_caption, markdown_table, notes
@@ -53,12 +52,26 @@ from serwild.evaluate.evaluate import evaluate_checkpoint, uncertainty_settings
 from serwild.trainer.cv import KEYS as CV_KEYS
 from serwild.trainer.cv import summarise
 from serwild.trainer.launch import LaunchOptions, train
-from serwild.trainer.preflight import RUN_FILES, resolve
+from serwild.trainer.preflight import RunRef, run_state
 
 # The paper's Tables 5/6 columns: accuracy and weighted P/R/F1 (per 1 s block).
 TABLE_COLUMNS = [("WA", "wa"), ("W-P", "weighted.precision"), ("W-R", "weighted.recall"), ("W-F1", "weighted.f1")]
 EXPERIMENTS = {1: "clean", 2: "clean + noisy"}
 FIGURES = {"ahsn": 4, "aesn": 5}  # the paper's figure numbers
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What ``serwild reproduce`` (the paper's protocol) and ``serwild demo`` (its quick form)
+    set differently; everything else (build, the two experiments, training, evaluation) is shared."""
+
+    cross_validate: bool  # k-fold CV, then the best fold's model; or one run on every training fold
+    every_dataset: bool  # every built dataset (``datasets``); or only ``train.dataset``
+    names: dict[int, str]  # experiment number → the last part of its run name
+
+
+PROTOCOL = Preset(cross_validate=True, every_dataset=True, names={1: "exp1", 2: "exp2"})
+DEMO = Preset(cross_validate=False, every_dataset=False, names={1: "clean", 2: "augmented"})
 
 
 @dataclass
@@ -69,8 +82,12 @@ class Experiment:
     number: int
     conditions: list[str]
     overrides: list[str]  # the experiment's own, after the user's
-    base: str  # run name stem: <base>-fold<k>, <base>-cv
-    folds: list[int] = field(default_factory=list)
+    run: RunRef  # its run (no CV) or the stem of its folds (<name>-fold<k>, <name>-cv)
+    folds: list[int] = field(default_factory=list)  # empty: one run, no cross-validation
+
+    @property
+    def base(self) -> str:
+        return self.run.name
 
     @property
     def title(self) -> str:
@@ -111,30 +128,12 @@ class Progress:
 def run_reproduce(config: str | Path | None, overrides: Sequence[str] = (), nproc: int | None = None,
                   report_dir: str | Path | None = None, overwrite: bool = False, executor: str = "ray") -> Path:
     """The whole protocol (see the module's docstring); returns the report folder."""
-    config = str(config) if config is not None else None
-    if config is not None and not Path(config).is_file():
-        raise UsageError(f"config {config} not found")
-    overrides = list(overrides)
     t_all = time.time()
-    cfg = load_config(config, overrides)
-    nproc = nproc or torchrun.default_nproc()
+    cfg = load_config(_existing(config), overrides)
     out = Path(report_dir) if report_dir is not None else Path(cfg.train.run_dir) / "reproduce"
-    out.mkdir(parents=True, exist_ok=True)
-    total = 2 + len(cfg.datasets) * 2 * (cfg.split.folds + 2)  # build, per experiment folds+cv+eval, report
-    progress = Progress(total, out / "stages.json")
-
-    t0 = progress.start("build", f"build {cfg.out}")
-    manifest, reused = ensure_build(cfg, overwrite, executor)
-    progress.finish("build", f"build {cfg.out}", t0, reused)
-    exps = experiments(cfg, manifest)
-    progress.total = 2 + sum(len(e.folds) + 2 for e in exps)
-
-    results: dict[str, dict[str, Any]] = {}
-    for e in exps:
-        results[e.base] = run_experiment(e, config, overrides, cfg, manifest, nproc, overwrite, progress)
-
+    exps, results, manifest, progress = run_preset(PROTOCOL, config, overrides, out, nproc, overwrite, executor)
     t0 = progress.start("report", f"report → {out}")
-    write_protocol_report(out, cfg, config, overrides, manifest, exps, results, progress, t_all)
+    write_protocol_report(out, cfg, config, list(overrides), manifest, exps, results, progress, t_all)
     progress.finish("report", f"report → {out}", t0, False)
     print((out / "report.md").read_text())
     print(f"report: {out / 'report.md'}", file=sys.stderr)
@@ -142,6 +141,33 @@ def run_reproduce(config: str | Path | None, overrides: Sequence[str] = (), npro
     for line in (line for lines in flags.values() for line in lines):  # last: the report may have scrolled by
         print(f"serwild reproduce: {line}", file=sys.stderr)
     return out
+
+
+def run_preset(preset: Preset, config: str | Path | None, overrides: Sequence[str], out: Path,
+               nproc: int | None = None, overwrite: bool = False, executor: str = "ray",
+               ) -> tuple[list[Experiment], dict[str, dict[str, Any]], dict[str, Any], Progress]:
+    """Build (or reuse the build), then train and evaluate every experiment of ``preset``; the
+    experiments, their results, the manifest and the progress (its wall times in ``out``)."""
+    config = _existing(config)
+    cfg = load_config(config, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_each = cfg.split.folds + 2 if preset.cross_validate else 2  # train (every fold), CV summary, evaluate
+    progress = Progress(2 + (len(cfg.datasets) if preset.every_dataset else 1) * 2 * runs_each, out / "stages.json")
+    t0 = progress.start("build", f"build {cfg.out}")
+    manifest, reused = ensure_build(cfg, overwrite, executor)
+    progress.finish("build", f"build {cfg.out}", t0, reused)
+    exps = experiments(cfg, manifest, preset)
+    progress.total = 2 + sum(len(e.folds) + 2 if e.folds else 2 for e in exps)
+    ctx = Context(config, list(overrides), cfg, manifest["fingerprint"], nproc or torchrun.default_nproc(),
+                  overwrite, progress)
+    results = {e.base: run_experiment(e, ctx) for e in exps}
+    return exps, results, manifest, progress
+
+
+def _existing(config: str | Path | None) -> str | None:
+    if config is not None and not Path(config).is_file():
+        raise UsageError(f"config {config} not found")
+    return str(config) if config is not None else None
 
 
 # ----------------------------------------------------------------------------- build
@@ -154,30 +180,31 @@ def ensure_build(cfg: Config, overwrite: bool, executor: str) -> tuple[dict[str,
     path = Path(cfg.out) / "manifest.json"
     if path.is_file():
         try:
-            old = {k: v for k, v in json.loads(path.read_text())["config"].items() if k not in NOT_BUILD_KEYS}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            old = build_identity(json.loads(path.read_text())["config"])
+        except (OSError, ValueError, KeyError, TypeError):
             old = None
-        new = {k: v for k, v in json.loads(json.dumps(to_dict(cfg))).items() if k not in NOT_BUILD_KEYS}
-        if old == new:
+        if old == build_identity(cfg):
             return load_manifest(cfg.out), True
     run_build(cfg, executor=executor, overwrite=overwrite)
+    _, problems = verify_build(cfg.out)
+    if problems:
+        raise UsageError(f"the fresh build {cfg.out} fails its own verify: {'; '.join(problems[:3])}")
     return load_manifest(cfg.out), False
 
 
-def experiments(cfg: Config, manifest: Mapping[str, Any]) -> list[Experiment]:
-    """Every dataset × experiment of the protocol, on this build."""
+def experiments(cfg: Config, manifest: Mapping[str, Any], preset: Preset = PROTOCOL) -> list[Experiment]:
+    """Every dataset × experiment of the protocol, on this build (its conditions, whatever ``snr_db`` was)."""
     conds = report.order_conditions(manifest["conditions"])
     noisy = [c for c in conds if manifest["conditions"][c] is not None]
     if "clean" not in conds or not noisy:
         raise UsageError(f"{cfg.out} has conditions {conds}: the protocol needs clean and at least one noisy "
                          "condition (set snr_db)")
-    prefix = cfg.train.name or "protocol"
     out = []
-    for ds in cfg.datasets:
+    for ds in cfg.datasets if preset.every_dataset else [cfg.train.dataset]:
         if ds not in manifest["datasets"]:
             raise UsageError(f"dataset {ds} is not in {cfg.out} (built: {', '.join(manifest['datasets'])})")
-        folds = train_folds(dict(manifest), ds)
-        if len(folds) < 2:
+        folds = train_folds(dict(manifest), ds) if preset.cross_validate else []
+        if preset.cross_validate and len(folds) < 2:
             raise UsageError(f"{cfg.out}: dataset {ds} has {len(folds)} training fold(s); cross-validation needs 2")
         for number, train_conds in ((1, ["clean"]), (2, ["clean", *noisy])):
             extra = [f"train.dataset={ds}", f"train.conditions=[{', '.join(train_conds)}]"]
@@ -185,76 +212,89 @@ def experiments(cfg: Config, manifest: Mapping[str, Any]) -> list[Experiment]:
                 # Equal optimiser steps: experiment 2 draws as many samples per epoch as
                 # experiment 1 has, so the two differ in the data, not in the compute.
                 extra.append("train.samples_per_epoch=clean")
-            out.append(Experiment(ds, number, train_conds, extra, f"{prefix}-{ds}-exp{number}", folds))
+            out.append(Experiment(ds, number, train_conds, extra, run_ref(cfg, ds, number, preset), folds))
     return out
+
+
+def run_ref(cfg: Config, dataset: str, number: int, preset: Preset) -> RunRef:
+    """``<train.name or "protocol">-<dataset>-exp<n>`` for the protocol, ``<train.name or "demo">-clean``
+    and ``-augmented`` for the demo."""
+    if preset.every_dataset:
+        name = f"{cfg.train.name or 'protocol'}-{dataset}-{preset.names[number]}"
+    else:
+        name = f"{cfg.train.name or 'demo'}-{preset.names[number]}"
+    return RunRef(Path(cfg.train.run_dir), name)
 
 
 # ----------------------------------------------------------------------------- one experiment
 
 
-def run_experiment(e: Experiment, config: str | None, overrides: list[str], cfg: Config,
-                   manifest: Mapping[str, Any], nproc: int, overwrite: bool, progress: Progress) -> dict[str, Any]:
-    """Train (or reuse) every fold, summarise, evaluate the best fold; what the report needs."""
-    runs = Path(cfg.train.run_dir)
-    fingerprint = manifest["fingerprint"]
-    trained = False
-    for k in e.folds:
-        name = f"{e.base}-fold{k}"
-        more = [*overrides, *e.overrides, f"cv.fold={k}", f"train.name={name}"]
-        fold_cfg = load_config(config, more)
-        label = f"{e.title}: train fold {k} → {runs / name}"
-        t0 = progress.start(f"{name}", label)
-        state, why = fold_state(runs / name, fold_cfg, fingerprint)
-        if state == "other" and not overwrite:
-            raise UsageError(f"{runs / name} holds another run ({why}): pass --overwrite to retrain it, or set "
-                             f"train.run_dir or train.name to keep both")
-        if state != "done":
-            opts = LaunchOptions(config=config, overrides=more, nproc=nproc, resume=state == "partial",
-                                 overwrite=state in ("fresh", "other"))
-            if train(fold_cfg, opts) != 0:
-                raise UsageError(f"training {runs / name} failed (see the messages above); run the same "
-                                 f"command again to resume")
-            trained = True
-        progress.finish(name, label, t0, state == "done")
+@dataclass(frozen=True)
+class Context:
+    """What every run of one invocation shares."""
 
-    cv_dir = runs / f"{e.base}-cv"
+    config: str | None
+    overrides: list[str]
+    cfg: Config
+    fingerprint: str
+    nproc: int
+    overwrite: bool
+    progress: Progress
+
+
+def run_experiment(e: Experiment, ctx: Context) -> dict[str, Any]:
+    """Train (or reuse) the experiment's runs, and evaluate its model; what the report needs."""
+    if not e.folds:
+        trained = train_run(e, e.run, [], ctx)
+        tested, summary = e.run, None
+    else:
+        trained = any([train_run(e, e.run.fold_run(k), [f"cv.fold={k}"], ctx) for k in e.folds])
+        summary = summarise_folds(e, ctx, trained)
+        tested = e.run.fold_run(summary["best_fold"])
+    model_dir = e.run.cv_dir if e.folds else e.run.dir
+    report_dir = model_dir / "report"
+    which = f"fold {tested.fold}'s model" if e.folds else "its model"
+    label = f"{e.title}: evaluate {which} on every test condition → {report_dir}"
+    t0 = ctx.progress.start(f"{e.base}-eval", label)
+    reuse = not trained and evaluation_reusable(report_dir, tested.dir, tested.fold, ctx.fingerprint, ctx.cfg)
+    if not reuse:
+        evaluate_checkpoint(model_dir / "best.pt", shards=ctx.cfg.out, out=report_dir, settings=ctx.cfg.eval)
+    ctx.progress.finish(f"{e.base}-eval", label, t0, reuse)
+    return {"cv": summary, "cv_dir": str(model_dir), "metrics_path": str(report_dir / "metrics.json"),
+            "metrics": json.loads((report_dir / "metrics.json").read_text())}
+
+
+def train_run(e: Experiment, ref: RunRef, extra: list[str], ctx: Context) -> bool:
+    """Train ``ref`` unless its folder holds it finished (resume a half-trained one); whether it trained."""
+    more = [*ctx.overrides, *e.overrides, *extra, f"train.name={ref.name}"]
+    run_cfg = load_config(ctx.config, more)
+    label = f"{e.title}: train {'fold ' + str(ref.fold) if ref.fold is not None else ''}→ {ref.dir}"
+    t0 = ctx.progress.start(ref.name, label)
+    state, why = run_state(ref.dir, run_cfg, ctx.fingerprint)
+    if state == "other" and not ctx.overwrite:
+        raise UsageError(f"{ref.dir} holds another run ({why}): pass --overwrite to retrain it, or set "
+                         f"train.run_dir or train.name to keep both")
+    if state != "done":
+        opts = LaunchOptions(nproc=ctx.nproc, resume=state == "partial", overwrite=state != "partial")
+        if train(run_cfg, opts) != 0:
+            raise UsageError(f"training {ref.dir} failed (see the messages above); run the same command again "
+                             f"to resume")
+    ctx.progress.finish(ref.name, label, t0, state == "done")
+    return state != "done"
+
+
+def summarise_folds(e: Experiment, ctx: Context, trained: bool) -> dict[str, Any]:
+    """The folds' CV summary (``<name>-cv``), reused when no fold was trained again."""
+    cv_dir = e.run.cv_dir
     label = f"{e.title}: CV summary → {cv_dir}"
-    t0 = progress.start(f"{e.base}-cv", label)
+    t0 = ctx.progress.start(f"{e.base}-cv", label)
     summary = _read_json(cv_dir / "cv.json")
     reuse = (not trained and summary is not None and sorted(map(int, summary.get("folds", {}))) == e.folds
              and (cv_dir / "best.pt").is_file() and (cv_dir / "cv.md").is_file())
     if not reuse:
-        summary = summarise(runs, e.base, e.folds, cfg.train.best_metric)
-    assert summary is not None
-    progress.finish(f"{e.base}-cv", label, t0, reuse)
-
-    best = runs / f"{e.base}-fold{summary['best_fold']}"
-    report_dir = cv_dir / "report"
-    label = f"{e.title}: evaluate fold {summary['best_fold']}'s model on every test condition → {report_dir}"
-    t0 = progress.start(f"{e.base}-eval", label)
-    reuse = not trained and evaluation_reusable(report_dir, best, summary["best_fold"], fingerprint, cfg)
-    if not reuse:
-        evaluate_checkpoint(cv_dir / "best.pt", shards=cfg.out, out=report_dir, settings=cfg.eval)
-    progress.finish(f"{e.base}-eval", label, t0, reuse)
-    return {"cv": summary, "cv_dir": str(cv_dir), "metrics_path": str(report_dir / "metrics.json"),
-            "metrics": json.loads((report_dir / "metrics.json").read_text())}
-
-
-def _comparable(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """A resolved config as YAML reads it back, without the evaluator's section (it does not
-    change what is trained)."""
-    return {k: v for k, v in json.loads(json.dumps(resolved)).items() if k != "eval"}
-
-
-def _diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        x, y = a.get(k, "-"), b.get(k, "-")
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _diff(x, y, f"{prefix}{k}.")
-        elif x != y:
-            out.append(f"{prefix}{k}: {x} vs {y}")
-    return out
+        summary = summarise(e.run.root, e.base, e.folds, ctx.cfg.train.best_metric)
+    ctx.progress.finish(f"{e.base}-cv", label, t0, reuse)
+    return summary
 
 
 def _read_yaml(path: Path) -> Any:
@@ -271,49 +311,10 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def fold_state(run_dir: Path, cfg: Config, fingerprint: str) -> tuple[str, str]:
-    """``(state, why)`` of one fold's run folder against the run this config would train:
-
-    - ``done``: config.yaml is this resolved config and last.pt holds every epoch, on this build;
-    - ``partial``: same config and build, fewer epochs: resume from last.pt;
-    - ``fresh``: nothing, or only what a run killed before its first epoch leaves: start;
-    - ``other``: another config or build (``why`` says which keys differ).
-    """
-    have = [f for f in RUN_FILES if (run_dir / f).exists()]
-    if not have:
-        return "fresh", ""
-    written = _read_yaml(run_dir / "config.yaml")
-    if not isinstance(written, dict):
-        return "other", "no readable config.yaml"
-    want = _comparable(to_dict(resolve(cfg)))
-    diff = _diff(_comparable(written), want)
-    if diff:
-        return "other", "; ".join(diff[:3]) + (" …" if len(diff) > 3 else "")
-    if not (run_dir / "last.pt").is_file():
-        return "fresh", ""
-    info = checkpoint_info(run_dir / "last.pt")
-    if info is None:
-        return "other", "last.pt is not readable"
-    if info["manifest_fingerprint"] != fingerprint:
-        return "other", f"trained on another build (fingerprint {str(info['manifest_fingerprint'])[:12]})"
-    if info["epoch"] >= cfg.train.epochs and (run_dir / "best.pt").is_file():
-        return "done", ""
-    return "partial", ""
-
-
-def checkpoint_info(path: Path) -> dict[str, Any] | None:
-    """A checkpoint's epoch and build fingerprint, read without loading its tensors (mmap)."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return {"epoch": int(ck["epoch"]), "manifest_fingerprint": ck["manifest_fingerprint"]}
-    except Exception:  # a cut or foreign file: treated as not reusable
-        return None
-
-
 def evaluation_reusable(report_dir: Path, best_run: Path, best_fold: int, fingerprint: str, cfg: Config) -> bool:
     """The report folder holds the evaluation of this best fold's model, on this build, with
     these interval settings, every file written."""
-    if not all((report_dir / f).is_file() for f in ("metrics.json", "predictions.csv", "report.md", "config.yaml")):
+    if not all((report_dir / f).is_file() for f in ("metrics.json", "logits.npz", "report.md", "config.yaml")):
         return False
     m = _read_json(report_dir / "metrics.json")
     if not isinstance(m, dict):
@@ -410,9 +411,9 @@ def dataset_section(out: Path, ds: str, dexps: Sequence[Experiment], results: Ma
              report.test_set_line(first), ""]
     arms = {f"exp1 ({EXPERIMENTS[1]})": [results[dexps[0].base]["cv_dir"]],
             f"exp2 ({EXPERIMENTS[2]})": [results[dexps[1].base]["cv_dir"]]}
-    cmp_dir = compare_runs(out=out / f"compare-{ds}", arms=arms, bootstrap=cfg.eval.bootstrap,
-                           seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
-    comp = json.loads((cmp_dir / "compare.json").read_text())
+    compared = compare_runs(out=out / f"compare-{ds}", arms=arms, bootstrap=cfg.eval.bootstrap,
+                            seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
+    cmp_dir, comp = compared.out, compared.table
     fig = FIGURES.get(ds, "")
     parts += [f"Figure {fig}: weighted F1 per test condition, experiment 2 − experiment 1 with its paired "
               "interval:", "", markdown_table(comp), "", *notes(comp), "",

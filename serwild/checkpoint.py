@@ -24,7 +24,7 @@ key                    value
 ``recipe``             the optimiser recipe actually used (:func:`recipe.describe`)
 ``metrics``            this epoch's validation metrics (``None`` without a validation fold)
 ``best``               ``{"metric", "score", "epoch"}``: the best validated epoch so far
-``arch``               ``"alexnet"``
+``arch``               ``train.arch``: ``"alexnet"`` (the paper's model) or ``"tiny"`` (its small twin)
 ``serwild_version``    the serwild version that wrote it
 =====================  ==================================================================
 
@@ -50,6 +50,9 @@ from serwild.atomic import atomic_write
 from serwild.errors import UsageError
 
 REQUIRED = ("model", "epoch", "config", "classes", "dataset", "manifest_fingerprint", "arch")
+# The models serwild.trainer.model builds (train.arch's values): here, below the trainer, so
+# every reader (evaluate, export, predict) checks a file against one list.
+ARCHS = ("alexnet", "tiny")
 
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
@@ -100,8 +103,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UsageError(f"{path} is not a serwild checkpoint (needs keys {', '.join(REQUIRED)}; has {have})")
-    if ckpt["arch"] != "alexnet":
-        raise UsageError(f"{path}: architecture {ckpt['arch']!r} is not supported (alexnet)")
+    if ckpt["arch"] not in ARCHS:
+        raise UsageError(f"{path}: architecture {ckpt['arch']!r} is not supported ({', '.join(ARCHS)})")
     _check_weights(path, ckpt["model"])
     return ckpt
 

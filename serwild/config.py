@@ -9,9 +9,11 @@ and does the generic, strict loading: an unknown key or a value of the wrong typ
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -45,10 +47,11 @@ MAX_SNRS = 16  # each SNR is one more full copy of the build
 SNR_RANGE = (-50.0, 100.0)  # dB: from noise 300x louder than speech to noise inaudible
 
 
-# Top-level keys that do not change a build's bytes: where it is (a moved or copied folder is the
-# same build), how Ray runs it, the later stages' sections. A build compares the rest with the
-# config of the build already in its folder, and a run's config.yaml takes the rest from its build.
-NOT_BUILD_KEYS = ("out", "ray", "train", "cv", "eval", "remote", "smoke")
+# The top-level keys that make a build's bytes: an allow-list, so a key added later (a stage's
+# setting, where the build lives, how Ray runs it) is not part of a build's identity until it is
+# named here. A build compares these with the config of the build already in its folder, and a
+# run's config.yaml takes them from its build (see build_identity).
+BUILD_KEYS = ("seed", "datasets", "views", "snr_db", "corpus", "noise", "split", "audio", "shard")
 
 
 class ConfigError(UsageError):
@@ -279,27 +282,39 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: expected one of {choices}, got {value!r}")
         return value
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}"[:300])
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str) or isinstance(k, bool):
-                raise ConfigError(f"config key {key!r}: keys are names, got {k!r}")
-            out[k] = _coerce(args[1], v, f"{key}.{k}")
-        return out
+        return _coerce_mapping(args[1], value, key)
     if origin is list:
-        if not isinstance(value, list):
-            value = [value]  # a scalar where a list is expected: `train.conditions=clean`
-        items = [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-        # A repeated SNR, dataset or condition would be built, trained or scored twice. A set, not
-        # a list: a list of a few hundred thousand values (1 MiB of YAML) must not take hours here.
-        seen: set[Any] = set()
-        for v in items:
-            if isinstance(v, (str, int, float)) and v in seen:
-                raise ConfigError(f"config key {key!r}: {v!r} is listed more than once")
-            if isinstance(v, (str, int, float)):
-                seen.add(v)
-        return items
+        return _coerce_list(args[0], value, key)
+    return _coerce_scalar(tp, value, key)
+
+
+def _coerce_mapping(tp: Any, value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}"[:300])
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or isinstance(k, bool):
+            raise ConfigError(f"config key {key!r}: keys are names, got {k!r}")
+        out[k] = _coerce(tp, v, f"{key}.{k}")
+    return out
+
+
+def _coerce_list(tp: Any, value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        value = [value]  # a scalar where a list is expected: `train.conditions=clean`
+    items = [_coerce(tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    # A repeated SNR, dataset or condition would be built, trained or scored twice. A set, not
+    # a list: a list of a few hundred thousand values (1 MiB of YAML) must not take hours here.
+    seen: set[Any] = set()
+    for v in items:
+        if isinstance(v, (str, int, float)) and v in seen:
+            raise ConfigError(f"config key {key!r}: {v!r} is listed more than once")
+        if isinstance(v, (str, int, float)):
+            seen.add(v)
+    return items
+
+
+def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
@@ -328,9 +343,30 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dump_yaml(cfg: Any, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def build_identity(data: Config | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The part of a config that makes a build's bytes (:data:`BUILD_KEYS`), as plain data read
+    back through the schema, so a key added since (at its default) is no difference; None for data
+    that is not a config (a damaged manifest's)."""
+    try:
+        cfg = data if isinstance(data, Config) else config_from_resolved(dict(data))
+    except (UsageError, TypeError, ValueError):
+        return None
+    plain = json.loads(json.dumps(to_dict(cfg)))
+    return {k: plain[k] for k in BUILD_KEYS}
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 3) -> str:
+    """``key: old → new`` for the first ``limit`` dotted keys where two configs (as plain data) differ."""
+    a, b = _flat(dict(old)), _flat(dict(new))
+    diff = [f"{k.rstrip('.')}: {a.get(k, '-')} → {b.get(k, '-')}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+    return "; ".join(diff[:limit]) + (" …" if len(diff) > limit else "")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}{key}.").items()} if d else {prefix: d}
 
 
 def config_from_resolved(data: dict[str, Any], source: str | None = None) -> Config:

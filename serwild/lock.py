@@ -14,8 +14,9 @@ the old one; a released lock is an empty file.
 A flock belongs to one open file, so a second ``acquire`` of the same folder in the same
 process is counted here (re-entrant) rather than refused. Processes started by a holder
 (``serwild train`` → torchrun → ranks) find the holder's PID in ``SERWILD_LOCK_HOLDER`` and
-work under its lock instead of taking their own. On NFS, Linux emulates flock with POSIX
-byte-range locks (held server-side): the same rules hold across nodes.
+work under its lock instead of taking their own: the holder puts it in their environment
+(:func:`child_env`, given as ``env=`` to the child), never in its own. On NFS, Linux emulates
+flock with POSIX byte-range locks (held server-side): the same rules hold across nodes.
 """
 
 from __future__ import annotations
@@ -53,15 +54,9 @@ class FolderLock:
             os.ftruncate(self.fd, 0)
         os.close(self.fd)  # closing the file releases the flock
         self.fd = None
-        if not any(held.fd is not None for held in _HELD.values()):  # no lock of our own left
-            if _PREVIOUS_ENV[0] is None:
-                os.environ.pop(HOLDER_ENV, None)
-            else:
-                os.environ[HOLDER_ENV] = _PREVIOUS_ENV[0]
 
 
 _HELD: dict[str, FolderLock] = {}
-_PREVIOUS_ENV: list[str | None] = [None]
 
 
 def _key(folder: Path) -> str:
@@ -111,12 +106,19 @@ def acquire(folder: str | Path, command: str | None = None) -> FolderLock:
     except OSError as e:  # a full disk, say: name the file
         os.close(fd)
         raise OSError(e.errno, e.strerror, str(folder / LOCK_NAME)) from None
-    if not any(held.fd is not None for held in _HELD.values()):
-        _PREVIOUS_ENV[0] = os.environ.get(HOLDER_ENV)
-    os.environ[HOLDER_ENV] = str(os.getpid())  # inherited by the processes we start
     lock = FolderLock(folder, fd)
     _HELD[_key(folder)] = lock
     return lock
+
+
+def child_env() -> dict[str, str]:
+    """The environment a process we start needs to work under our locks (merge it into its
+    ``env=``): our PID while we hold a lock of our own; else the holder we work under, if any,
+    passed on as we got it (a launcher's lock reaches the ranks through torchrun's agent)."""
+    if any(held.fd is not None for held in _HELD.values()):
+        return {HOLDER_ENV: str(os.getpid())}
+    inherited = os.environ.get(HOLDER_ENV)
+    return {HOLDER_ENV: inherited} if inherited else {}
 
 
 def release(folder: str | Path) -> None:

@@ -2,7 +2,8 @@
 
 ``python -m torch.distributed.run --standalone --nproc-per-node N [--max-restarts R] -m MODULE …``:
 gloo on CPUs, NCCL on GPUs (chosen inside the ranks). Kept here, once, so the two launchers
-cannot drift apart.
+cannot drift apart. :func:`launch` runs it as :mod:`serwild.torchrun_agent` (the same torchrun,
+quiet), under this process's folder locks (:func:`serwild.lock.child_env`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import tempfile
 import threading
 
 import torch
+
+from serwild import lock
 
 
 def default_nproc() -> int:
@@ -35,58 +38,7 @@ USAGE_EXIT = 2  # a rank's one-line user error (see serwild.trainer.__main__)
 SAID_EXIT = 3  # a rank's one-line error of its surroundings or its data (a full disk, a non-finite loss)
 AGENT_ENV = "SERWILD_TORCHRUN_PID"  # torchrun's agent, as the ranks must see it (see follow_agent)
 PR_SET_PDEATHSIG = 1
-# torchrun, run as ``python -m torch.distributed.run`` would, with changes to what it prints
-# and leaves behind:
-# - the SignalException it stops with on SIGTERM/SIGINT (after stopping the ranks) ends it
-#   with status 128 + signal instead of a 25-line traceback;
-# - when a failed rank exited with status 2 (a user's mistake) or 3 (a full disk, a
-#   non-finite loss), which the rank has already said in one line, it exits with that status;
-# - any other failed rank has said why itself (its traceback, once) unless a signal killed
-#   it: that gets one line; torchrun's own traceback and failure report (which repeat the
-#   rank's traceback, or say no more than that line) are never printed, and the status is 1;
-# - its PID is in the ranks' environment (AGENT_ENV), so a rank can tell that its agent
-#   died before it could ask to die with it.
-QUIET_TORCHRUN = f"SAID = {{{USAGE_EXIT}, {SAID_EXIT}}}\nAGENT_ENV = {AGENT_ENV!r}\n" + """
-import logging, os, runpy, sys
-from torch.distributed.elastic.multiprocessing.api import SignalException
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-class HoldExits(logging.Filter):  # torchrun's per-rank exit lines, held until we know why it stopped
-    def __init__(self):
-        super().__init__()
-        self.held = []
-    def filter(self, record):
-        text = str(record.msg)
-        if "failed (exitcode" in text or "closing signal" in text:
-            self.held.append(record)
-            return False
-        return True
-
-hold, api = HoldExits(), logging.getLogger("torch.distributed.elastic.multiprocessing.api")
-api.addFilter(hold)
-os.environ[AGENT_ENV] = str(os.getpid())
-
-try:
-    runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
-except SignalException as e:
-    sys.exit(128 + int(e.sigval))
-except ChildFailedError as e:
-    # Ranks the agent stopped itself (SIGTERM, after the first failure) are among the failures
-    # too: name those killed by another signal (the OOM killer's SIGKILL), or, when SIGTERMs are
-    # all there is, the first. A rank that said its error (or that it stopped for another's) has
-    # said everything: whichever rank's exit the agent saw first, nothing is added.
-    failed = sorted(e.failures.items())
-    said = sorted({f.exitcode for f in e.failures.values()} & SAID)
-    killed = [(r, f) for r, f in failed if f.exitcode < 0 and f.signal_name() != "SIGTERM"]
-    if not said and not killed and all(f.exitcode < 0 for _, f in failed):
-        killed = [e.get_first_failure()]
-    for rank, f in killed:
-        print(f"torchrun: error: rank {rank} (PID {f.pid}) was killed by {f.signal_name()}", file=sys.stderr)
-    sys.exit(said[0] if said and not killed else 1)
-api.removeFilter(hold)
-for r in hold.held:
-    api.handle(r)
-"""
+AGENT_MODULE = "serwild.torchrun_agent"  # torchrun, quiet: what launch() runs in its place
 
 
 def launch(cmd: list[str], nproc: int) -> int:
@@ -99,20 +51,23 @@ def launch(cmd: list[str], nproc: int) -> int:
     terminal reaches it once (through us) rather than twice, and it gets SIGTERM if we die
     without passing anything on (kill -9).
     """
-    env = dict(os.environ)
+    env = {**os.environ, **lock.child_env()}  # the ranks work under our run-folder lock
     # torchrun would pin every CPU process to one thread; share the cores out instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
     main_thread = threading.current_thread() is threading.main_thread()
-    scratch = None
-    if cmd[1:3] == ["-m", "torch.distributed.run"]:  # the same torchrun, quiet (QUIET_TORCHRUN)
-        scratch = None if _logs_to_devnull() else tempfile.mkdtemp(prefix="serwild-torchrun-")
-        cmd = [cmd[0], "-c", QUIET_TORCHRUN, f"--log-dir={scratch or os.devnull}", *cmd[3:]]
+    scratch = tempfile.mkdtemp(prefix="serwild-torchrun-")  # removed when torchrun ends
+    # torch._dynamo, which every optimiser imports, makes its compile cache folder
+    # (torchinductor_<user>) in the system's temp folder as it is imported, and leaves it there;
+    # nothing here compiles, so it goes into the scratch folder.
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(scratch, "inductor"))
+    if cmd[1:3] == ["-m", "torch.distributed.run"]:  # the same torchrun, quiet (AGENT_MODULE)
+        logs = os.devnull if _logs_to_devnull() else scratch
+        cmd = [cmd[0], "-m", AGENT_MODULE, f"--log-dir={logs}", *cmd[3:]]
     try:
         return _run(cmd, env, main_thread)
     finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _logs_to_devnull() -> bool:
@@ -166,7 +121,7 @@ def follow_agent() -> None:
     The agent stops its ranks when it is stopped; killed outright, it cannot, and its ranks
     would go on training and writing checkpoints that nobody waits for (and that a restarted
     run then competes with). The kernel's parent-death signal (Linux prctl) covers that; the
-    agent's PID (AGENT_ENV, set by QUIET_TORCHRUN) tells whether it died before prctl took
+    agent's PID (AGENT_ENV, set by serwild.torchrun_agent) tells whether it died before prctl took
     effect. Ranks of a plain ``torchrun`` take their parent at this moment as the agent."""
     if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
         return

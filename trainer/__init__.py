@@ -3,9 +3,11 @@
     serwild train --config configs/demo.yaml [--nproc N] [--cv] [--resume] [k=v …]   (launch.py)
     torchrun --nproc_per_node=N -m serwild.trainer --config … [--resume] [k=v …]       (__main__.py)
 
-Modules, in the order a run uses them: ``config`` (TrainConfig, CvConfig), ``setup`` (resolve
-the config, select + verify shards, the run folder), ``distributed`` (process group from
-torchrun's environment), ``data`` (streaming loaders), ``transforms`` (the one image
-transform), ``model`` (AlexNet + weights), ``recipe`` (frozen layers, optimiser, schedule),
-``train`` (train_one_epoch / evaluate / main), ``metrics``, ``checkpoint``, ``cv``.
+Modules, in the order a run uses them: ``launch`` (``serwild train``: resolve, check, write
+the run spec, start torchrun), ``__main__`` (the rank's entry point), ``preflight`` (the run
+spec and run folder, shard selection and checks), ``distributed`` (the process group from
+torchrun's environment), ``model`` (AlexNet and its small twin, weights), ``recipe`` (frozen
+layers, optimiser, schedule), ``features`` (the frozen-feature cache), ``outputs`` (the one
+evaluation loop), ``train`` (prepare → fit), ``history`` (metrics.jsonl, curves), ``cv``
+(mean ± std over folds).
 """

@@ -69,6 +69,9 @@ class TrainConfig:
     # experiment-2 run (4× the data) takes the same number of optimiser steps as experiment 1.
     samples_per_epoch: int | Literal["all", "clean"] = "all"  # or 1..10^9
     pretrained: str = "imagenet"  # imagenet | none | <path to a state_dict or checkpoint file>
+    # alexnet: the paper's model; tiny: the same layers, names and module paths at small widths
+    # (~50 k parameters: tests and smoke runs); imagenet weights exist for alexnet only.
+    arch: Literal["alexnet", "tiny"] = "alexnet"
     recipe: Literal["auto", "paper", "scratch"] = "auto"
     lr: float = 4e-4  # paper: trained pretrained layers (conv5, fc6, fc7)
     new_layer_lr: float = 0.01  # paper: the replaced last layer (weight and bias)
@@ -78,7 +81,9 @@ class TrainConfig:
     lr_gamma: float = 0.2  # (0, 1]
     scratch_lr: float = 1e-4  # recipe scratch: Adam, all layers
     freeze: list[str] | None = None  # layers kept fixed (conv1…fc8); None: the recipe's choice
-    best_metric: Literal["weighted_f1", "accuracy", "ua"] = "weighted_f1"
+    # A serwild.metrics.VALIDATION name. "accuracy" is wa's name before serwild.metrics named every
+    # metric once: configs (and checkpoints, which carry theirs) of earlier versions still load, as wa.
+    best_metric: Literal["weighted_f1", "wa", "ua", "accuracy"] = "weighted_f1"
     num_workers: int = 2  # DataLoader workers per rank; 0..256
     prefetch_factor: int = 2  # batches each worker keeps ready; 1..64
     shuffle_buffer: int = 1000  # samples (PNG bytes, decoded after the shuffle); 1..100000
@@ -107,6 +112,8 @@ class TrainConfig:
         if self.seed is not None:
             check_range("train.seed", self.seed, 0, 2**63 - 1)
         check_every(self.checkpoint_every)
+        if self.best_metric == "accuracy":
+            object.__setattr__(self, "best_metric", "wa")  # frozen: the one way to normalise in place
         if not self.conditions:
             raise ValueError("train.conditions must name at least one condition (e.g. [clean])")
         if isinstance(self.samples_per_epoch, int):
@@ -126,6 +133,9 @@ class TrainConfig:
         check_range("train.prefetch_factor", self.prefetch_factor, 1, 64)
         check_range("train.shuffle_buffer", self.shuffle_buffer, 1, 100_000)
         check_range("train.timeout_s", self.timeout_s, 1, 86_400)
+        if self.arch != "alexnet" and self.pretrained == "imagenet":
+            raise ValueError(f"config key 'train.pretrained' is imagenet (AlexNet's weights), but train.arch is "
+                             f"{self.arch}: give train.pretrained=none or a {self.arch} weights file")
         bad = [x for x in (self.freeze or []) if x not in LAYERS]
         if bad:
             raise ValueError(f"train.freeze: unknown layer(s) {bad}; known: {', '.join(LAYERS)}")

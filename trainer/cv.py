@@ -14,14 +14,16 @@ from typing import Any
 from serwild import atomic
 from serwild.checkpoint import link_checkpoint
 from serwild.errors import UsageError
+from serwild.metrics import METRICS, VALIDATION, renamed
 from serwild.trainer.history import read_jsonl
 
-KEYS = ("accuracy", "ua", "weighted_f1", "macro_f1")
+KEYS = VALIDATION  # the validation scores every epoch records (serwild.metrics)
 
 
 def fold_result(run_dir: Path, metric: str) -> dict[str, Any]:
     """The epoch of one fold's run with the best validation ``metric`` (what its best.pt holds)."""
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("val")]
+    # renamed: a fold trained by an earlier serwild wrote "accuracy" for wa
+    records = [{**r, "val": renamed(r["val"])} for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("val")]
     if not records:
         raise UsageError(f"{run_dir}/metrics.jsonl has no validated epoch: did this fold's training finish?")
     best = records[0]
@@ -60,7 +62,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [f"# {summary['base']}: {len(summary['folds'])}-fold cross-validation", "",
              "Validation on the held-out fold, at each fold's best epoch by "
              f"{summary['metric']}. UA = mean per-class recall.", "",
-             "| fold | epoch | accuracy (WA) | UA | weighted F1 | macro F1 |", "|---|---|---|---|---|---|"]
+             "| fold | epoch | " + " | ".join(METRICS[k].title for k in KEYS) + " |", "|---|---|" + "---|" * len(KEYS)]
     for k, r in summary["folds"].items():
         mark = " **best**" if int(k) == summary["best_fold"] else ""
         lines.append(f"| {k}{mark} | {r['epoch']} | " + " | ".join(f"{r[x]:.3f}" for x in KEYS) + " |")

@@ -100,15 +100,6 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return work.to(t.device)
 
 
-def broadcast_object(obj: Any, d: Dist, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank (picklable objects)."""
-    if not d.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_gather_object(obj: Any, d: Dist) -> list[Any]:
     if not d.distributed:
         return [obj]

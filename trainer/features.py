@@ -11,11 +11,16 @@ of the per-image compute, with no PNG decoding.
   not count. Only ``model.features`` is ever cut: the classifier starts with Dropout, which
   is random in training, so fc6's input is never a fixed function of the image.
 - **When it is on** (:func:`resolve_feature_cache`, config ``train.feature_cache``):
-  ``auto`` where it is exact (a frozen prefix and no augmentation that changes images),
-  ``on`` insists (an error where it is not exact), ``off`` never.
+  ``auto`` where it is exact (a frozen prefix; no random image transform exists to break
+  that: the paper's only augmentation is the noise mixed into the audio, which is in the
+  shards), ``on`` insists (an error where it is not exact), ``off`` never.
 - **Key** (:func:`cache_key`): sha256 over the build's fingerprint, the sha256 of the
   prefix's weights (:func:`weights_digest`), the cut, the storage dtype and the image
   transform, so a cache is never read with other data, weights or preprocessing.
+- **A data source** (:class:`FeatureData`): a run on the cache gets its training and
+  validation batches from it and runs them through :class:`FeatureHead`, the model after the
+  cut; validation, like the cache's own pass through the prefix, goes through the trainer's
+  one evaluation loop (serwild.trainer.outputs).
 - **Layout**: ``<cache_root>/<key>/<shard path, / → __>.pt``, one file per TRAIN shard of a
   dataset (every condition and fold: both experiments and all folds of one build read the
   same files), each ``{"features": (N, C, H, W) fp16, "labels": (N,) int64, "keys": [N
@@ -30,15 +35,15 @@ of the per-image compute, with no PNG decoding.
   objects other than tensors and plain data is refused without running them and left for
   the user to look at.
 - **DDP** (:func:`build_feature_cache`): rank r computes the shards ``records[r::world]``,
-  reading each once with the evaluation loader; after a barrier every rank opens the files
+  reading each once with the evaluation loader through the evaluation loop; after a barrier every rank opens the files
   it needs (:func:`load_feature_cache`), memory-mapped, so ranks on one node share one copy
   in the page cache (or copied onto the GPU). The paper's ~60k training images (both
   datasets, every condition) take ~6.9 GB in fp16 (115 KB each); one dataset's experiment-2
   training set of one fold is ~2.8 GB.
 - **Storage dtype**: fp16 (10-bit mantissa, relative rounding error ≤ 2⁻¹¹ on conv4's
   non-negative outputs) rather than bf16 (7 bits, 8× coarser); a value past fp16's range
-  (65504) stops the build with a message to use bf16. Features are upcast to the head's
-  dtype on arrival, so the head computes exactly as in the uncached model.
+  (65504) stops the build with a message to turn the cache off. Features are upcast to the
+  head's dtype on arrival, so the head computes exactly as in the uncached model.
 """
 
 from __future__ import annotations
@@ -63,15 +68,16 @@ from serwild.checkpoint import unreadable_reason  # one wording for every refuse
 from serwild.data.loaders import make_eval_loader
 from serwild.data.manifest import select_shards
 from serwild.data.records import sample_key
-from serwild.data.transforms import IMAGE_SIZE, MEAN, STD, normalise
+from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
 from serwild.trainer.model import LAYER_MODULES
+from serwild.trainer.outputs import batch_outputs
 from serwild.trainer.preflight import unwritable
 
 CACHE_FORMAT = 1  # bump when the file layout or the preprocessing (data.transforms) changes: new keys
 CACHE_MODES = ("auto", "on", "off")
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+STORE, STORE_NAME = torch.float16, "fp16"  # the storage dtype (why fp16: the module's docstring); in every key
 FILE_SUFFIX = ".pt"
 INFO_FILE = "cache.json"
 HOSTILE = "it holds objects other than tensors"  # how unreadable_reason starts for a refused pickle
@@ -103,34 +109,26 @@ def frozen_prefix_length(freeze: Sequence[str]) -> int | None:
     return index + 2  # the conv and the ReLU after it
 
 
-def resolve_feature_cache(mode: str, freeze: Sequence[str], augment: bool = False) -> int | None:
+def resolve_feature_cache(mode: str, freeze: Sequence[str]) -> int | None:
     """``train.feature_cache`` → the cut to cache at, or None for the streaming path.
 
-    ``auto``: cache where it is exact (a frozen prefix, and no augmentation that changes
-    the images); ``on``: the same, but an error where it would not be exact; ``off``: never.
-    ``augment`` is True when any random image transform runs (there is none today: the
-    paper's only augmentation is the noise mixed into the audio, which is in the shards).
+    ``auto``: cache where it is exact (a frozen prefix from conv1); ``on``: the same, but an
+    error where it would not be exact; ``off``: never.
     """
     if mode not in CACHE_MODES:
         raise UsageError(f"train.feature_cache={mode!r}: choose {' | '.join(CACHE_MODES)}")
     if mode == "off":
         return None
     prefix = frozen_prefix_length(freeze)
-    if prefix is not None and not augment:
-        return prefix
-    if mode == "on":
-        why = "images are augmented at random" if augment else "conv1 is trained (train.freeze has no conv1)"
-        raise UsageError(f"train.feature_cache=on but cached features would not be exact: {why}; "
-                         f"use train.feature_cache=auto or off")
-    return None
-
-
-def _base(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model  # through a DDP wrapper
+    if prefix is None and mode == "on":
+        raise UsageError("train.feature_cache=on but cached features would not be exact: conv1 is trained "
+                         "(train.freeze has no conv1); use train.feature_cache=auto or off")
+    return prefix
 
 
 def _check_prefix(model: nn.Module, prefix: int) -> nn.Sequential:
-    features = _base(model).features
+    """``model.features`` (the unwrapped AlexNet's: the trainer never hands a DDP wrapper here)."""
+    features = model.features
     if not 0 < prefix <= len(features):
         raise ValueError(f"prefix {prefix} is outside 1..{len(features)} (AlexNet's features)")
     return features
@@ -146,20 +144,12 @@ def weights_digest(model: nn.Module, prefix: int) -> str:
     return h.hexdigest()
 
 
-def _dtype_name(dtype: torch.dtype | str) -> str:
-    for name, d in DTYPES.items():
-        if dtype in (name, d):
-            return name
-    raise ValueError(f"feature dtype {dtype!r}: choose {' | '.join(DTYPES)}")
-
-
-def cache_key(fingerprint: str, weights_digest: str, prefix: int, dtype: torch.dtype | str) -> str:
-    """The cache folder name: ``p<cut>-<dtype>-<sha256[:20]>`` of everything the features depend on."""
-    name = _dtype_name(dtype)
+def cache_key(fingerprint: str, weights_digest: str, prefix: int) -> str:
+    """The cache folder name: ``p<cut>-fp16-<sha256[:20]>`` of everything the features depend on."""
     what = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "weights": weights_digest, "prefix": prefix,
-            "dtype": name, "transform": {"size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD)}}
+            "dtype": STORE_NAME, "transform": {"size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD)}}
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-    return f"p{prefix}-{name}-{digest[:20]}"
+    return f"p{prefix}-{STORE_NAME}-{digest[:20]}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +159,6 @@ class CacheSpec:
     root: Path  # cache_root (many caches side by side)
     key: str
     prefix: int
-    dtype: str  # fp16 | bf16 | fp32
     fingerprint: str
     weights: str  # weights_digest of the prefix
 
@@ -177,17 +166,11 @@ class CacheSpec:
     def dir(self) -> Path:
         return self.root / self.key
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
 
-
-def cache_spec(cache_root: str | Path, fingerprint: str, model: nn.Module, prefix: int,
-               dtype: torch.dtype | str = "fp16") -> CacheSpec:
+def cache_spec(cache_root: str | Path, fingerprint: str, model: nn.Module, prefix: int) -> CacheSpec:
     """The cache for ``model``'s first ``prefix`` feature modules on the build ``fingerprint``."""
     digest = weights_digest(model, prefix)
-    return CacheSpec(Path(cache_root), cache_key(fingerprint, digest, prefix, dtype), prefix, _dtype_name(dtype),
-                     fingerprint, digest)
+    return CacheSpec(Path(cache_root), cache_key(fingerprint, digest, prefix), prefix, fingerprint, digest)
 
 
 def default_cache_root(build_dir: str | Path) -> Path:
@@ -238,16 +221,16 @@ def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: n
                         world_size: int = 1, batch_size: int = 64, num_workers: int = 0) -> CacheBuild:
     """Write this rank's share (``records[rank::world_size]``) of the cache; skip finished files.
 
-    ``spec`` comes from :func:`cache_spec` for this ``model``. Each shard is read once with
-    the evaluation loader (which refuses a short or corrupt shard), with at most one loader
-    worker, so samples arrive in shard order and are split into files by the manifest's
-    counts. Every rank must then meet the others (a barrier, or ``agree``, which also hands a
-    failure on one rank to all) before loading the cache.
+    ``spec`` comes from :func:`cache_spec` for this (unwrapped) ``model``. Each shard is read
+    once with the evaluation loader (which refuses a short or corrupt shard), with at most one
+    loader worker, so samples arrive in shard order and are split into files by the manifest's
+    counts as the evaluation loop hands them over, batch by batch (one rank's share of a
+    paper-size cache is gigabytes). Every rank must then meet the others (a barrier, or
+    ``agree``, which also hands a failure on one rank to all) before loading the cache.
     """
     start = time.perf_counter()
     if weights_digest(model, spec.prefix) != spec.weights:
         raise ValueError(f"the model's features[:{spec.prefix}] are not the weights cache {spec.key} was made for")
-    store = spec.torch_dtype
     front = _check_prefix(model, spec.prefix)[:spec.prefix]
     cache_dir = spec.dir
     mine = list(records)[rank::world_size]
@@ -265,16 +248,15 @@ def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: n
         loader = make_eval_loader([str(Path(build_dir) / r["path"]) for r in todo], batch_size,
                                   min(1, num_workers), counts=[int(r["count"]) for r in todo],
                                   num_classes=num_classes, as_uint8=on_gpu, pin_memory=on_gpu)
-        with torch.no_grad():
+        with torch.no_grad():  # an empty shard's file still needs the features' shape
             writer.shape = tuple(front(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)).shape[1:])
-            writer.drain()  # shards with no samples
-            for images, labels, _ in loader:
-                x = images.to(device, non_blocking=True)
-                out = front(normalise(x) if x.dtype == torch.uint8 else x.float())
-                peak = out.abs().max().item() if out.numel() else 0.0
-                if store == torch.float16 and peak > torch.finfo(torch.float16).max:
-                    raise UsageError(f"features reach {peak:.3g}, past fp16's range: use a bf16 cache")
-                writer.add(out.to("cpu", store), labels.long())
+        writer.drain()  # shards with no samples
+        for feats, labels, _ in batch_outputs(front, loader, device):
+            peak = feats.abs().max().item() if feats.numel() else 0.0
+            if peak > torch.finfo(STORE).max:
+                raise UsageError(f"features reach {peak:.3g}, past {STORE_NAME}'s range: they cannot be cached; "
+                                 f"train with train.feature_cache=off")
+            writer.add(feats.to(STORE), labels)
         writer.finish()
     if rank == 0:
         _write_info(spec, model)
@@ -288,7 +270,7 @@ def _needs_building(path: Path, record: dict, key: str, build_dir: Path, notes: 
     if not path.is_file():
         return True
     try:
-        why = stale_reason(read_cache_file(path), key, record, int(record["count"]), build_dir)
+        why = stale_reason(read_cache_file(path), key, record, build_dir)
     except CacheFileError as e:
         if e.hostile:
             raise
@@ -321,7 +303,7 @@ class _ShardWriter:
             n = int(record["count"])
             feats = torch.cat([f for f, _ in self.parts]) if self.parts else torch.empty(0, *self.shape)
             labels = torch.cat([x for _, x in self.parts]) if self.parts else torch.empty(0, dtype=torch.long)
-            self.bytes += _write_shard(self.spec, record, feats[:n].to(self.spec.torch_dtype), labels[:n],
+            self.bytes += _write_shard(self.spec, record, feats[:n].to(STORE), labels[:n],
                                        self.build_dir / record["path"])
             self.written += 1
             self.parts = [(feats[n:], labels[n:])] if n < len(labels) else []
@@ -352,8 +334,8 @@ def _write_info(spec: CacheSpec, model: nn.Module) -> None:
     path = spec.dir / INFO_FILE
     if path.is_file():
         return
-    info = {"format": CACHE_FORMAT, "key": spec.key, "prefix": spec.prefix, "dtype": spec.dtype,
-            "cut_after": f"features.{spec.prefix - 1} ({_base(model).features[spec.prefix - 1]})",
+    info = {"format": CACHE_FORMAT, "key": spec.key, "prefix": spec.prefix, "dtype": STORE_NAME,
+            "cut_after": f"features.{spec.prefix - 1} ({model.features[spec.prefix - 1]})",
             "build_fingerprint": spec.fingerprint, "weights_sha256": spec.weights,
             "transform": {"size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD)}}
     with atomic_write(path, "w") as f:
@@ -373,7 +355,7 @@ class CacheFileError(UsageError):
         self.why, self.hostile = why, hostile
 
 
-def read_cache_file(path: Path, mmap: bool = True) -> dict[str, Any]:
+def read_cache_file(path: Path) -> dict[str, Any]:
     """One cache file's contents (tensors memory-mapped), read with ``weights_only=True``.
 
     Any failure is a :class:`CacheFileError` of one line; one that holds objects other than
@@ -382,7 +364,7 @@ def read_cache_file(path: Path, mmap: bool = True) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # empty or cut files, zip errors, refused objects
         why = unreadable_reason(path, e)
         raise CacheFileError(path, f"is unreadable ({why})", why.startswith(HOSTILE)) from None
@@ -391,25 +373,23 @@ def read_cache_file(path: Path, mmap: bool = True) -> dict[str, Any]:
     return obj
 
 
-def stale_reason(obj: dict[str, Any], key: str | None, record: dict | None, count: int | None,
-                 build_dir: str | Path | None = None) -> str | None:
+def stale_reason(obj: dict[str, Any], key: str, record: dict, build_dir: str | Path | None = None) -> str | None:
     """Why the cache file contents ``obj`` do not stand for ``record`` (a manifest shard record)
-    in cache ``key``; None when they do. Without ``record`` only the key and ``count`` are
-    checked; with ``build_dir`` also the sample keys against the shard's tar."""
-    if obj.get("format") != CACHE_FORMAT or (key is not None and obj.get("key") != key):
+    in cache ``key``; None when they do. With ``build_dir`` the sample keys are checked against
+    the shard's tar too."""
+    if obj.get("format") != CACHE_FORMAT or obj.get("key") != key:
         return f"belongs to another cache ({obj.get('key')}, format {obj.get('format')}), expected {key}"
-    n = len(obj["labels"])
+    n, count = len(obj["labels"]), int(record["count"])
     if len(obj["features"]) != n or len(obj["keys"]) != n:
         return f"holds {len(obj['features'])} features, {n} labels and {len(obj['keys'])} sample keys"
-    if record is not None:
-        if obj.get("shard") != record["path"]:
-            return f"holds {obj.get('shard')}, not {record['path']}"
-        if record.get("sha256") and obj.get("sha256") != record["sha256"]:
-            return (f"was made from another version of {record['path']} (sha256 {str(obj.get('sha256'))[:12]}…, "
-                    f"the manifest says {record['sha256'][:12]}…)")
-    if count is not None and n != count:
+    if obj.get("shard") != record["path"]:
+        return f"holds {obj.get('shard')}, not {record['path']}"
+    if record.get("sha256") and obj.get("sha256") != record["sha256"]:
+        return (f"was made from another version of {record['path']} (sha256 {str(obj.get('sha256'))[:12]}…, "
+                f"the manifest says {record['sha256'][:12]}…)")
+    if n != count:
         return f"holds {n} samples, the manifest says {count}"
-    if record is not None and build_dir is not None and list(obj["keys"]) != tar_keys(Path(build_dir) / record["path"]):
+    if build_dir is not None and list(obj["keys"]) != tar_keys(Path(build_dir) / record["path"]):
         return f"lists sample keys other than those of {record['path']}"
     return None
 
@@ -431,24 +411,21 @@ class CachedTrainData:
     replacement, so there some samples come twice and others not at all in an epoch.)
     """
 
-    def __init__(self, files: Sequence[str | Path], key: str | None = None,
-                 counts: Sequence[int] | None = None, mmap: bool = True,
-                 device: torch.device | str | None = None, records: Sequence[dict] | None = None,
-                 build_dir: str | Path | None = None) -> None:
-        """``records`` (the manifest's, one per file) bind each file to its shard (:func:`stale_reason`);
-        ``build_dir`` adds the check of sample keys against the shards' tars."""
-        if (counts is not None and len(counts) != len(files)) or (records is not None and len(records) != len(files)):
-            raise ValueError("counts and records must give one entry per file")
+    def __init__(self, files: Sequence[str | Path], key: str, records: Sequence[dict],
+                 device: torch.device | str | None = None, build_dir: str | Path | None = None) -> None:
+        """``records`` (the manifest's, one per file) bind each file to its shard of cache ``key``
+        (:func:`stale_reason`); ``build_dir`` adds the check of sample keys against the shards' tars."""
+        if len(records) != len(files):
+            raise ValueError("records must give one entry per file")
         self.files = [Path(f) for f in files]
         self.feats: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
         self.keys: list[str] = []
-        for i, path in enumerate(self.files):
+        for path, record in zip(self.files, records):
             if not path.is_file():
                 raise UsageError(f"feature cache file {path} is missing: build the cache first")
-            obj = read_cache_file(path, mmap)
-            why = stale_reason(obj, key, records[i] if records is not None else None,
-                               counts[i] if counts is not None else None, build_dir)
+            obj = read_cache_file(path)
+            why = stale_reason(obj, key, record, build_dir)
             if why is not None:
                 raise CacheFileError(path, why, False)
             self.feats.append(obj["features"])
@@ -469,10 +446,6 @@ class CachedTrainData:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(f.numel() * f.element_size() for f in self.feats)
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, labels) of samples ``index`` (positions in file order), in that order."""
@@ -495,14 +468,12 @@ class CachedTrainData:
         return perm[rank::world_size][:samples].contiguous()
 
     def batches(self, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
-                world_size: int = 1, pin_memory: bool = False, start: int = 0
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                world_size: int = 1, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start`` … ``num_batches - 1`` of (features (B, C, H, W) fp16, labels (B,)):
         ``start`` > 0 continues an epoch exactly where a mid-epoch checkpoint left it."""
         idx = self.order(batch_size * num_batches, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
         for b in range(start, num_batches):
-            feats, labels = self.take(idx[b * batch_size:(b + 1) * batch_size])
-            yield (feats.pin_memory(), labels.pin_memory()) if pin_memory else (feats, labels)
+            yield self.take(idx[b * batch_size:(b + 1) * batch_size])
 
     def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
@@ -520,9 +491,37 @@ def load_feature_cache(spec: CacheSpec, records: Sequence[dict], device: torch.d
     """The cached features of ``records`` (e.g. one run's training shards), each file checked
     against the key and its shard's record (path, sha256, count; with ``build_dir`` the sample
     keys too): memory-mapped, or all in one tensor on ``device``."""
-    return CachedTrainData([shard_cache_file(spec.dir, r) for r in records], key=spec.key,
-                           counts=[int(r["count"]) for r in records], device=device, records=records,
+    return CachedTrainData([shard_cache_file(spec.dir, r) for r in records], spec.key, records, device=device,
                            build_dir=build_dir)
+
+
+@dataclass(frozen=True)
+class FeatureData:
+    """The feature cache as a run's data source (the trainer's other one streams the shards): the
+    cached features of its training and validation shards, which enter the model after the cut,
+    so a step and validation run :meth:`net` of the model, its :class:`FeatureHead`."""
+
+    prefix: int
+    train: CachedTrainData
+    val: CachedTrainData | None  # None: no validation fold
+    steps: int  # batches per epoch, every rank
+    seed: int  # the run's training seed: the epochs' sample order
+    batch: int  # this rank's validation batch
+    rank: int
+    world_size: int
+
+    def train_batches(self, epoch: int, first: int, rank: int, world_size: int,
+                      batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``first`` … of rank ``rank``'s ``epoch`` in a world of ``world_size`` ranks of
+        ``batch`` samples (another world's, for a resumed epoch that world began)."""
+        return self.train.batches(batch, self.steps, seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
+                                  start=first)
+
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        return iter(()) if self.val is None else self.val.eval_batches(self.batch, self.rank, self.world_size)
+
+    def net(self, model: nn.Module) -> nn.Module:
+        return head_from(model, self.prefix)
 
 
 # ----------------------------------------------------------------------------- the trained rest
@@ -538,16 +537,15 @@ class FeatureHead(nn.Module):
 
     def __init__(self, model: nn.Module, prefix: int) -> None:
         super().__init__()
-        base = _base(model)
-        features = _check_prefix(base, prefix)
+        features = _check_prefix(model, prefix)
         trained = [n for n, p in features[:prefix].named_parameters() if p.requires_grad]
         if trained:
             raise ValueError(f"features[:{prefix}] has trained parameters ({', '.join(trained)}): "
                              f"a cache would not be exact (freeze the layers before the cut first)")
         self.prefix = prefix
         self.rest = features[prefix:]  # a new Sequential over the same module objects
-        self.avgpool = base.avgpool
-        self.classifier = base.classifier
+        self.avgpool = model.avgpool
+        self.classifier = model.classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.classifier[-1].weight.dtype)

@@ -36,7 +36,7 @@ def plot_curves(records: list[dict[str, Any]], out: str | Path, title: str) -> P
     ax1.plot(epochs, [r["train_loss"] for r in records], marker="o", label="training loss")
     ax1.set(xlabel="epoch", ylabel="training loss (cross-entropy)")
     val = [r for r in records if r.get("val")]
-    for key, label in (("accuracy", "validation accuracy (WA)"), ("ua", "validation UA"),
+    for key, label in (("wa", "validation accuracy (WA)"), ("ua", "validation UA"),
                        ("weighted_f1", "validation weighted F1")):
         ax2.plot([r["epoch"] for r in val], [r["val"][key] for r in val], marker="o", label=label)
     ax2.set(xlabel="epoch", ylabel="validation score" if val else "no validation fold", ylim=(0, 1))

@@ -11,14 +11,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from serwild import lock, torchrun
-from serwild.config import Config
+from serwild import atomic, lock, torchrun
+from serwild.config import Config, replace
 from serwild.data.manifest import train_folds
 from serwild.errors import UsageError
 from serwild.trainer.cv import summarise
 from serwild.trainer.features import INFO_FILE, default_cache_root, resolve_feature_cache
 from serwild.trainer.model import fetch_imagenet_weights
-from serwild.trainer.preflight import DataPlan, check_run_folder, plan_data, resolve, run_name, unwritable
+from serwild.trainer.preflight import (
+    DataPlan,
+    RunRef,
+    check_run_folder,
+    plan_data,
+    refuse_existing,
+    resolve,
+    spec_yaml,
+    unwritable,
+)
 
 MODULE = "serwild.trainer"  # the torchrun target (serwild/trainer/__main__.py)
 STOPPED = {128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGINT: "SIGINT"}  # torchrun.launch's signal exits
@@ -26,8 +35,6 @@ STOPPED = {128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGINT: "SIGINT"}  # to
 
 @dataclass(frozen=True)
 class LaunchOptions:
-    config: str | None  # the YAML path, passed on to every rank
-    overrides: list[str]
     nproc: int
     cv: bool = False
     resume: bool = False
@@ -35,9 +42,9 @@ class LaunchOptions:
     max_restarts: int = 0
 
 
-def rank_args(opts: LaunchOptions, extra: list[str]) -> list[str]:
-    """The ranks' command line: the same config and overrides, plus ``extra`` (fold, name)."""
-    args = (["--config", opts.config] if opts.config else []) + list(opts.overrides) + extra
+def rank_args(spec: Path, opts: LaunchOptions) -> list[str]:
+    """The ranks' command line: the run's spec file (its resolved config.yaml), and how to start."""
+    args = ["--config", str(spec)]
     # A restarted worker must pick up last.pt, so restarts imply --resume (a fresh start when none).
     if opts.resume or opts.max_restarts > 0:
         args.append("--resume")
@@ -58,9 +65,7 @@ def check_options(cfg: Config, opts: LaunchOptions) -> None:
 def check_run_dir(run_dir: Path, opts: LaunchOptions) -> None:
     if opts.resume and not (run_dir / "last.pt").is_file() and not opts.cv:
         raise UsageError(f"--resume: {run_dir}/last.pt does not exist (nothing to continue)")
-    if not (opts.resume or opts.overwrite) and (run_dir / "last.pt").is_file():
-        raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite "
-                         f"to start again, or set train.name=<another name>")
+    refuse_existing(run_dir, opts.resume, opts.overwrite)
 
 
 def check_cache_folder(cfg: Config, plan: DataPlan) -> None:
@@ -82,47 +87,61 @@ def check_cache_folder(cfg: Config, plan: DataPlan) -> None:
 
 def train(cfg: Config, opts: LaunchOptions) -> int:
     """Train one run (or every fold with ``opts.cv``); 0 on success, 1 if a run failed, 128 + the
-    signal when stopped by SIGTERM or SIGINT (the remaining folds are not started)."""
+    signal when stopped by SIGTERM or SIGINT (the remaining folds are not started).
+
+    Each run's resolved config is written into its folder (config.yaml, :func:`spec_yaml`) and
+    the ranks start from that file alone: what they train is exactly what was checked here."""
     check_options(cfg, opts)
     resolved = resolve(cfg)
-    check_run_folder(Path(cfg.train.run_dir) / str(resolved.train.name))
+    check_run_folder(RunRef.of(resolved).dir)
     plan = plan_data(resolved)  # a bad build folder or selection fails here, before torchrun
     check_cache_folder(resolved, plan)
     if cfg.train.pretrained == "imagenet":
         fetch_imagenet_weights(progress=True)  # once, here, rather than in every rank
-    folds: list[int | None] = list(train_folds(plan.manifest, cfg.train.dataset)) if opts.cv else [cfg.cv.fold]
-    base = run_name(cfg, None)
-    for fold in folds:
-        extra: list[str] = []
-        if opts.cv:
-            extra = [f"cv.fold={fold}", f"train.name={base}-fold{fold}"]
-            print(f"=== fold {fold} of {folds} ===", file=sys.stderr, flush=True)
-        run_dir = Path(cfg.train.run_dir) / (f"{base}-fold{fold}" if opts.cv else run_name(cfg, cfg.cv.fold))
-        check_run_dir(run_dir, opts)
-        # The run folder is ours while torchrun runs: a second `serwild train` on it is refused at
-        # once; the ranks work under this lock (serwild.lock.HOLDER_ENV) instead of taking their own.
-        with lock.locked(run_dir, "serwild train"):
-            code = torchrun.launch(torchrun.command(MODULE, rank_args(opts, extra), opts.nproc, opts.max_restarts),
-                                   opts.nproc)
-        if code in STOPPED:  # SIGTERM (preemption) or Ctrl-C: no more folds; last.pt holds the last epoch
-            print(f"serwild train: stopped by {STOPPED[code]}; continue with --resume", file=sys.stderr)
-            return code
-        if code in (torchrun.USAGE_EXIT, torchrun.SAID_EXIT):  # a rank said what is wrong in one line
-            return 2 if code == torchrun.USAGE_EXIT else 1
-        if code > 128:  # torchrun's agent itself was killed (torchrun.launch's convention)
-            again = ("run again with --resume to continue" if (run_dir / "last.pt").is_file()
-                     else "no epoch was saved: run again with --overwrite")
-            print(f"serwild train: torchrun was killed by {signal_name(code - 128)} (its ranks stopped with it); "
-                  f"{again}", file=sys.stderr)
-            return 1
-        if code != 0:
-            print(f"serwild train: training failed (exit status {code}); see the messages above", file=sys.stderr)
-            return 1
+    runs = [(None, resolved)]
     if opts.cv:
-        summary = summarise(cfg.train.run_dir, base, [f for f in folds if f is not None], cfg.train.best_metric)
-        out = Path(cfg.train.run_dir) / f"{base}-cv"
-        print((out / "cv.md").read_text(), end="")
-        print(f"cross-validation summary: {out}/cv.json; best fold {summary['best_fold']}", file=sys.stderr)
+        base = RunRef.of(cfg)
+        runs = [(k, resolve(replace(cfg, cv=replace(cfg.cv, fold=k),
+                                    train=replace(cfg.train, name=base.fold_run(k).name))))
+                for k in train_folds(plan.manifest, cfg.train.dataset)]
+    for fold, spec in runs:
+        if fold is not None:
+            print(f"=== fold {fold} of {[k for k, _ in runs]} ===", file=sys.stderr, flush=True)
+        code = _launch_run(spec, plan, opts)
+        if code != 0:
+            return code
+    if opts.cv:
+        base = RunRef.of(cfg)
+        summary = summarise(base.root, base.name, [k for k, _ in runs if k is not None], cfg.train.best_metric)
+        print((base.cv_dir / "cv.md").read_text(), end="")
+        print(f"cross-validation summary: {base.cv_dir}/cv.json; best fold {summary['best_fold']}", file=sys.stderr)
+    return 0
+
+
+def _launch_run(spec: Config, plan: DataPlan, opts: LaunchOptions) -> int:
+    """One run under torchrun, from its spec file; 0, or the exit status ``train`` returns."""
+    run_dir = RunRef.of(spec).dir
+    check_run_dir(run_dir, opts)
+    # The run folder is ours while torchrun runs: a second `serwild train` on it is refused at
+    # once; the ranks work under this lock (serwild.lock.HOLDER_ENV) instead of taking their own.
+    with lock.locked(run_dir, "serwild train"):
+        atomic.write_text(run_dir / "config.yaml", spec_yaml(spec, plan))
+        code = torchrun.launch(torchrun.command(MODULE, rank_args(run_dir / "config.yaml", opts), opts.nproc,
+                                                opts.max_restarts), opts.nproc)
+    if code in STOPPED:  # SIGTERM (preemption) or Ctrl-C: no more folds; last.pt holds the last epoch
+        print(f"serwild train: stopped by {STOPPED[code]}; continue with --resume", file=sys.stderr)
+        return code
+    if code in (torchrun.USAGE_EXIT, torchrun.SAID_EXIT):  # a rank said what is wrong in one line
+        return 2 if code == torchrun.USAGE_EXIT else 1
+    if code > 128:  # torchrun's agent itself was killed (torchrun.launch's convention)
+        again = ("run again with --resume to continue" if (run_dir / "last.pt").is_file()
+                 else "no epoch was saved: run again with --overwrite")
+        print(f"serwild train: torchrun was killed by {signal_name(code - 128)} (its ranks stopped with it); "
+              f"{again}", file=sys.stderr)
+        return 1
+    if code != 0:
+        print(f"serwild train: training failed (exit status {code}); see the messages above", file=sys.stderr)
+        return 1
     return 0
 
 

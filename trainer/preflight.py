@@ -7,6 +7,7 @@ fail together with the same message, and none is left waiting in a collective.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+import yaml
+
 from serwild import atomic, lock
-from serwild.config import Config, replace
+from serwild.config import Config, build_identity, config_differences, config_from_resolved, replace, to_dict
 from serwild.data.build import BuildReader, open_build
 from serwild.data.loaders import ShardSet
 from serwild.data.manifest import select_shards, train_folds
@@ -46,16 +50,46 @@ class DataPlan:
         return self.build.location
 
 
-def run_name(cfg: Config, fold: int | None) -> str:
-    """``train.name``, or ``<dataset>-<conditions>[-fold<k>]``: the run folder's name."""
-    base = cfg.train.name or f"{cfg.train.dataset}-{'+'.join(cfg.train.conditions)}"
-    return base if fold is None or cfg.train.name else f"{base}-fold{fold}"
+@dataclass(frozen=True)
+class RunRef:
+    """One run's name and folder, the only place they are spelled: ``<train.run_dir>/<name>``,
+    where the name is ``train.name`` as given, or ``<dataset>-<conditions>`` with ``-fold<k>``
+    for a cross-validation fold; the folds of a ``--cv`` run are ``<base>-fold<k>`` and their
+    summary ``<base>-cv``."""
+
+    root: Path
+    base: str
+    fold: int | None = None
+
+    @classmethod
+    def of(cls, cfg: Config) -> RunRef:
+        t = cfg.train
+        if t.name:
+            return cls(Path(t.run_dir), t.name)
+        return cls(Path(t.run_dir), f"{t.dataset}-{'+'.join(t.conditions)}", cfg.cv.fold)
+
+    @property
+    def name(self) -> str:
+        return self.base if self.fold is None else f"{self.base}-fold{self.fold}"
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+    def fold_run(self, fold: int) -> RunRef:
+        """Fold ``fold`` of this run's cross-validation (its name is this run's plus ``-fold<k>``)."""
+        return RunRef(self.root, self.name, fold)
+
+    @property
+    def cv_dir(self) -> Path:
+        """Where ``--cv`` summarises the folds (cv.json, cv.md, the best fold's best.pt)."""
+        return self.root / f"{self.name}-cv"
 
 
 def resolve(cfg: Config) -> Config:
     """Fill in what the config leaves to defaults: the build folder, run name and recipe."""
     train = resolve_recipe(cfg.train)
-    train = replace(train, shards=train.shards or cfg.out, name=run_name(cfg, cfg.cv.fold))
+    train = replace(train, shards=train.shards or cfg.out, name=RunRef.of(cfg).name)
     cv = replace(cfg.cv, val_conditions=cfg.cv.val_conditions or list(train.conditions))
     return replace(cfg, train=train, cv=cv)
 
@@ -88,6 +122,18 @@ def plan_data(cfg: Config) -> DataPlan:
     return DataPlan(reader, manifest, classes, reader.shard_set(train_records),
                     reader.shard_set(val_records) if val_records else None, max(1, samples),
                     train_records, val_records)
+
+
+def spec_yaml(cfg: Config, plan: DataPlan) -> str:
+    """A run's spec, the config.yaml in its folder: the resolved config as the run uses it, with the
+    build's own settings (corpus, audio, split, … from its manifest, not this config's defaults),
+    headed by the build's location and fingerprint. ``serwild train`` writes it before the ranks
+    start, and the ranks start from it; rank 0 writes the same text again before epoch 1 (for runs
+    started by torchrun directly)."""
+    data = to_dict(cfg)
+    data.update(build_identity(plan.manifest.get("config") or {}) or {})
+    head = f"# trained on the build {plan.location} (manifest fingerprint {plan.manifest['fingerprint']})\n"
+    return head + yaml.safe_dump(data, sort_keys=False)
 
 
 def agree(d: Dist, fn: Callable[[], T], on: bool) -> list[T | None]:
@@ -163,6 +209,70 @@ def check_run_folder(run_dir: Path) -> None:
         raise UsageError(f"the run folder {run_dir} cannot be written ({why}): set train.run_dir to a writable folder")
 
 
+def run_state(run_dir: Path, spec: Config | None = None, fingerprint: str | None = None) -> tuple[str, str]:
+    """``(state, why)``: what ``run_dir`` holds, the one answer the launcher, the ranks and
+    ``reproduce`` act on.
+
+    - ``empty``: no run files (a config.yaml alone, which ``serwild train`` writes before its
+      ranks start, does not count);
+    - ``started``: run files but no last.pt: a run killed before its first epoch ended;
+    - ``partial``: last.pt with fewer than ``train.epochs`` epochs (or no ``spec`` to tell);
+    - ``done``: last.pt with every epoch, and best.pt;
+    - ``other``: only with ``spec``: a run of another resolved config, or (with ``fingerprint``)
+      trained on another build, or files that cannot be read; ``why`` says which.
+    """
+    files = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if not [f for f in files if f != "config.yaml"] and spec is None:
+        return "empty", ""
+    if spec is not None and files:
+        why = _other_spec(run_dir, spec)
+        if why:
+            return "other", why
+    if not (run_dir / "last.pt").is_file():
+        return ("empty", "") if files in ([], ["config.yaml"]) else ("started", ", ".join(files))
+    info = checkpoint_info(run_dir / "last.pt")
+    if spec is None:
+        return "partial", ""
+    if info is None:
+        return "other", "last.pt is not readable"
+    if fingerprint is not None and info["manifest_fingerprint"] != fingerprint:
+        return "other", f"trained on another build (fingerprint {str(info['manifest_fingerprint'])[:12]})"
+    done = info["epoch"] >= spec.train.epochs and (run_dir / "best.pt").is_file()
+    return ("done" if done else "partial"), ""
+
+
+def _other_spec(run_dir: Path, spec: Config) -> str:
+    """Why the run in ``run_dir`` is not the run ``spec`` would train ("" when it is): the
+    resolved configs compared by equality, without the evaluator's section (it changes no weights)."""
+    try:
+        written = yaml.safe_load((run_dir / "config.yaml").read_text())
+        old = to_dict(config_from_resolved(written))
+    except (OSError, yaml.YAMLError, UsageError, TypeError):
+        return "no readable config.yaml"
+    old.pop("eval")
+    new = to_dict(resolve(spec))
+    new.pop("eval")
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+    return "" if old == new else config_differences(old, new)
+
+
+def checkpoint_info(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's epoch and build fingerprint, read without loading its tensors (mmap)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {"epoch": int(ck["epoch"]), "manifest_fingerprint": ck["manifest_fingerprint"]}
+    except Exception:  # a cut or foreign file: treated as not reusable
+        return None
+
+
+def refuse_existing(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Starting afresh (neither ``resume`` nor ``overwrite``) on a folder that holds a run is refused."""
+    if run_state(run_dir)[0] != "empty" and not (resume or overwrite):
+        held = ", ".join(f for f in RUN_FILES if (run_dir / f).exists())
+        raise UsageError(f"{run_dir} already holds a run ({held}): pass --resume to continue it, --overwrite "
+                         f"to start again, or set train.name=<another name>")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     """The checkpoint to resume from (None: start fresh), after checking what is there.
 
@@ -171,7 +281,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     ends, or the process does): under ``serwild train`` the launcher already holds that lock and
     this is a no-op; ranks started by torchrun directly take it here, so a second run on the
     same folder is refused either way. Then temp files of writers that were killed mid-save
-    (``.last.pt.tmp-<pid>``, the size of a checkpoint) are removed.
+    (``.last.pt.tmp-<pid>``, the size of a checkpoint) are removed. config.yaml is never removed
+    here: the ranks of ``serwild train`` start from it, and rank 0 rewrites it before epoch 1.
     """
     check_run_folder(run_dir)
     lock.acquire(run_dir, "serwild.trainer")
@@ -180,12 +291,10 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     if resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         return last if last.is_file() else None
-    existing = [f for f in RUN_FILES if (run_dir / f).exists()]
-    if existing and not overwrite:
-        raise UsageError(f"{run_dir} already holds a run ({', '.join(existing)}): pass --resume to "
-                         f"continue it, --overwrite to start again, or set train.name=<another name>")
-    for f in existing:
-        (run_dir / f).unlink()
+    refuse_existing(run_dir, resume, overwrite)
+    for f in RUN_FILES:
+        if f != "config.yaml":
+            (run_dir / f).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return None
 

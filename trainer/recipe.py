@@ -69,7 +69,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torc
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-
 def state_buffers(optimizer: torch.optim.Optimizer) -> int:
     """Tensors the optimiser keeps per trained weight, the size of each: Adam's two moments, SGD's momentum."""
     if isinstance(optimizer, torch.optim.Adam):

@@ -9,9 +9,7 @@ writes checkpoints; every rank runs the same number of batches per epoch.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -21,37 +19,43 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from serwild import __version__, atomic, lock, seeds
 from serwild import checkpoint as ckpt_io
-from serwild.config import NOT_BUILD_KEYS, Config, to_dict
+from serwild.config import Config, to_dict
 from serwild.data.loaders import make_eval_loader, make_train_loader, steps_per_epoch
 from serwild.data.transforms import normalise
 from serwild.errors import UsageError
-from serwild.metrics import scores_from_confusion
+from serwild.metrics import confusion, renamed, validation_scores
 from serwild.progress import progress
 from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
 from serwild.trainer.features import (
-    CachedTrainData,
+    FeatureData,
     build_feature_cache,
     cache_records,
     cache_spec,
     default_cache_root,
-    head_from,
     load_feature_cache,
     resolve_feature_cache,
 )
 from serwild.trainer.history import append_jsonl, plot_curves, read_jsonl
 from serwild.trainer.model import build_model, fetch_imagenet_weights
-from serwild.trainer.preflight import DataPlan, agree, disk_note, plan_data, prepare_run_dir, resolve, verify_shards
+from serwild.trainer.outputs import autocast, model_outputs
+from serwild.trainer.preflight import (
+    DataPlan,
+    agree,
+    disk_note,
+    plan_data,
+    prepare_run_dir,
+    resolve,
+    spec_yaml,
+    verify_shards,
+)
 from serwild.trainer.recipe import describe, make_optimizer, make_scheduler
 
 T = TypeVar("T")
-FAULT_ENV = "SERWILD_FAULT"  # "epoch:batch:rank" (0-based): that rank exits there, first attempt only
-FAULT_EXIT = 17
 
 
 def log(d: Dist, msg: str) -> None:
@@ -73,38 +77,13 @@ def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def autocast(d: Dist, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(d.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def with_fault(loader: Iterable[T], epoch: int, rank: int) -> Iterable[T]:
-    """The loader as it is, unless the test hook ``SERWILD_FAULT=epoch:batch:rank`` names this
-    rank and epoch: then this rank dies at that batch, as a crash would (first torchrun
-    attempt only, so a restart can be tested)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return loader
-    at_epoch, at_batch, at_rank = (int(x) for x in spec.split(":"))
-    if (at_epoch, at_rank) != (epoch, rank):
-        return loader
-
-    def faulty() -> Iterator[T]:
-        for i, item in enumerate(loader):
-            if i == at_batch:
-                print(f"{FAULT_ENV}: rank {rank} exits at epoch {epoch} batch {i}", file=sys.stderr, flush=True)
-                os._exit(FAULT_EXIT)
-            yield item
-
-    return faulty()
-
-
 def train_one_epoch(run: Run, loader: Any, epoch: int, first: int = 0,
                     carried: list[float] | None = None) -> dict[str, Any]:
     """Batches ``first`` … ``run.steps - 1`` of ``epoch`` (``first`` > 0: resumed mid-epoch,
     ``carried``: the loss sum, correct and samples of the batches before it, all ranks); writes
     a mid-epoch last.pt whenever ``train.checkpoint_every`` says so. Returns local loss sum,
     counts and seconds."""
-    model, optimizer, scaler, dtype, d, cfg, steps = (run.ddp, run.optimizer, run.scaler, run.dtype, run.d,
+    model, optimizer, scaler, dtype, d, cfg, steps = (run.model, run.optimizer, run.scaler, run.dtype, run.d,
                                                       run.cfg, run.steps)
     model.train()
     channels_last = cfg.train.channels_last and d.device.type == "cuda"
@@ -116,14 +95,14 @@ def train_one_epoch(run: Run, loader: Any, epoch: int, first: int = 0,
     due = CheckpointClock(cfg.train.checkpoint_every, d)
     bar = progress(steps, f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", command="train",
                    enabled=d.is_main, initial=first, leave=False)  # a bar on a terminal, whole lines in a log
-    batches_in = InputTimer(with_fault(loader, epoch, d.rank))
+    batches_in = InputTimer(loader)
     for images, labels in batches_in:
         images = images.to(d.device, non_blocking=True)
         labels = labels.to(d.device, non_blocking=True)
         x = normalise(images) if images.dtype == torch.uint8 else images
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(d, dtype):
+        with autocast(d.device, dtype):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), labels)
         check_finite(loss, d, epoch, batches)
@@ -199,13 +178,15 @@ class CheckpointClock:
 
 def _save_position(run: Run, epoch: int, step: int, sums: list) -> None:
     """last.pt at batch ``step`` of ``epoch``: weights, optimiser, every rank's RNG and the
-    epoch's loss sums so far, so that ``--resume`` continues at the next batch exactly."""
+    epoch's loss sums so far, so that ``--resume`` continues at the next batch exactly. The
+    per-rank batch goes with the world size (the number of RNG states): together they say how
+    the epoch's batches were dealt, which a resume with another world size must regroup."""
     d = run.d
     totals = all_reduce_sum(torch.tensor([float(sums[0]), float(sums[1]), float(sums[2])], dtype=torch.float64),
                             d).tolist()
     rng = all_gather_object(ckpt_io.rng_state(), d)
     if d.is_main:
-        ck = {**_checkpoint(run, epoch, rng, None), "step": step, "partial": totals}
+        ck = {**_checkpoint(run, epoch, rng, None), "step": step, "partial": totals, "batch": run.batch}
         ckpt_io.save_checkpoint(run.run_dir / "last.pt", ck)
         log(d, f"checkpoint: epoch {epoch + 1} batch {step}/{run.steps} → {run.run_dir / 'last.pt'}")
     barrier(d)  # every rank past the save: a kill now costs nothing already saved
@@ -230,30 +211,6 @@ class InputTimer:
             yield item
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, d: Dist, num_classes: int, dtype: torch.dtype | None) -> torch.Tensor:
-    """Confusion matrix over this rank's share, summed over ranks (each sample counted once).
-
-    ``model`` is the unwrapped module: DDP's forward could start collectives, and ranks may
-    hold different numbers of validation batches (or none).
-    """
-    model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for images, labels, _ in loader:
-        images = images.to(d.device, non_blocking=True)
-        x = normalise(images) if images.dtype == torch.uint8 else images
-        with autocast(d, dtype):
-            preds = model(x).argmax(1)
-        cm += confusion(labels, preds.cpu(), num_classes)
-    return all_reduce_sum(cm, d)
-
-
-def confusion(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(num_classes, num_classes) int64 counts, rows = true class, columns = predicted."""
-    idx = labels.to(torch.int64) * num_classes + preds.to(torch.int64)
-    return torch.bincount(idx.cpu(), minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
 # ----------------------------------------------------------------------------- a run
 
 
@@ -265,9 +222,9 @@ class Run:
     d: Dist
     plan: DataPlan
     run_dir: Path
-    model: nn.Module  # the whole AlexNet: optimiser, checkpoints and resume always use it
-    net: nn.Module  # what a step runs: the model, or its head after the cached frozen prefix
-    ddp: nn.Module  # ``net``, wrapped in DDP when distributed
+    raw_model: nn.Module  # the whole network, unwrapped: optimiser, checkpoints and resume use it
+    model: nn.Module  # what a step runs, ``data.net(raw_model)``, wrapped in DDP when distributed
+    data: ShardData | FeatureData  # where batches come from: the shards, or the feature cache
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -278,8 +235,7 @@ class Run:
     best: dict[str, Any]
     start_step: int = 0  # batches of epoch ``start`` already trained (a mid-epoch last.pt)
     carried: list[float] | None = None  # their loss sum, correct and samples, all ranks
-    cache: CachedTrainData | None = None  # training features (the feature cache is on)
-    val_cache: CachedTrainData | None = None
+    streams: tuple[int, int] | None = None  # (ranks, batch) that began epoch ``start``, where not this run's
 
 
 def main(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -311,7 +267,7 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
         torch.backends.cudnn.benchmark = True  # fixed 256 × 256 inputs: pick the fastest kernels once
         torch.set_float32_matmul_precision("high")  # TF32 where AMP is off
     seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.INIT))  # identical initial weights on every rank
-    model = build_model(len(plan.classes), t.pretrained)
+    model = build_model(len(plan.classes), t.pretrained, t.arch)
     if t.channels_last and d.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.to(d.device)
@@ -320,7 +276,7 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
     batch_steps = steps_per_epoch(plan.samples_per_epoch, batch, d.world_size)
     resumed = Resumed(0, 0, None, {"metric": t.best_metric, "score": None, "epoch": None})
     if resume_from is not None:
-        resumed = _restore(resume_from, plan, cfg, d, (model, optimizer, scheduler), batch_steps)
+        resumed = _restore(resume_from, plan, cfg, d, (model, optimizer, scheduler), batch_steps, batch)
         at = f"epoch {resumed.epoch + 1} batch {resumed.step}" if resumed.step else f"after epoch {resumed.epoch}"
         log(d, f"resuming {run_dir} at {at} (lr {[g['lr'] for g in optimizer.param_groups]})")
     else:
@@ -331,31 +287,71 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
         if (low := disk_note(run_dir, model, optimizer)) is not None:
             log(d, low)
     dtype = amp_dtype(t.amp, d.device)
-    net, cache, val_cache = _feature_cache(cfg, d, plan, model, batch)
-    ddp = (DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)
-           if d.distributed else net)
-    return Run(cfg=cfg, d=d, plan=plan, run_dir=run_dir, model=model, net=net, ddp=ddp, optimizer=optimizer,
-               scheduler=scheduler, scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16),
+    data = _data_source(cfg, d, plan, model, batch, batch_steps)
+    net = data.net(model)
+    wrapped = (DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)
+               if d.distributed else net)
+    return Run(cfg=cfg, d=d, plan=plan, run_dir=run_dir, raw_model=model, model=wrapped, data=data,
+               optimizer=optimizer, scheduler=scheduler,
+               scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16),
                dtype=dtype, batch=batch, steps=batch_steps, start=start, best=best, start_step=resumed.step,
-               carried=resumed.carried, cache=cache, val_cache=val_cache)
+               carried=resumed.carried, streams=resumed.streams)
 
 
-def _feature_cache(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch: int
-                   ) -> tuple[nn.Module, CachedTrainData | None, CachedTrainData | None]:
-    """(what a step runs, training features, validation features): the model and no cache, or
-    the head after the frozen prefix and the cached features of this run's shards. Every rank
+@dataclass(frozen=True)
+class ShardData:
+    """A run's batches streamed from its shards: images, for the whole model (the other data
+    source is the feature cache's :class:`~serwild.trainer.features.FeatureData`)."""
+
+    plan: DataPlan
+    cfg: Config
+    d: Dist
+    steps: int  # batches per epoch, every rank
+    batch: int  # this rank's validation batch
+
+    def train_batches(self, epoch: int, first: int, rank: int, world_size: int, batch: int) -> Any:
+        """Batches ``first`` … of rank ``rank``'s ``epoch`` in a world of ``world_size`` ranks of
+        ``batch`` samples (another world's, for a resumed epoch that world began)."""
+        t, on_gpu = self.cfg.train, self.d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
+        return make_train_loader(self.plan.train, len(self.plan.classes), batch, self.steps,
+                                 seed=train_seed(self.cfg), epoch=epoch, rank=rank, world_size=world_size,
+                                 num_workers=t.num_workers, prefetch_factor=t.prefetch_factor,
+                                 shuffle_buffer=t.shuffle_buffer, start_batch=first, pin_memory=on_gpu,
+                                 as_uint8=on_gpu)
+
+    def val_batches(self) -> Any:
+        val, on_gpu = self.plan.val, self.d.device.type == "cuda"
+        if val is None:
+            return iter(())
+        return make_eval_loader(val.urls, self.batch, self.cfg.train.num_workers, self.d.rank, self.d.world_size,
+                                counts=val.counts, num_classes=len(self.plan.classes), as_uint8=on_gpu,
+                                pin_memory=on_gpu, remote=val.remote)
+
+    def net(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+def _data_source(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch: int,
+                 steps: int) -> ShardData | FeatureData:
+    """The feature cache where it is on and exact, else the streamed shards."""
+    return _feature_data(cfg, d, plan, model, batch, steps) or ShardData(plan, cfg, d, steps, batch)
+
+
+def _feature_data(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch: int,
+                  steps: int) -> FeatureData | None:
+    """The cached features of this run's shards, or None where the cache is off. Every rank
     computes its share of the build's missing cache files (all conditions and folds, so every
     run of the build reuses them); ``agree`` is the barrier, and a data error on one rank
     stops all of them."""
     t = cfg.train
     prefix = resolve_feature_cache(t.feature_cache, t.freeze or [])
     if prefix is None:
-        return model, None, None
+        return None
     if plan.build.is_remote:  # the cache is written next to the build: a local folder only
         if t.feature_cache == "on":
             raise UsageError(f"train.feature_cache=on needs a local build folder, not {plan.location}")
         log(d, f"note: feature cache off: {plan.location} is not a local folder")
-        return model, None, None
+        return None
     spec = cache_spec(t.feature_cache_dir or default_cache_root(plan.location), plan.manifest["fingerprint"],
                       model, prefix)
     built = agree(d, lambda: build_feature_cache(plan.location, cache_records(plan.manifest, t.dataset), model,
@@ -369,8 +365,8 @@ def _feature_cache(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch
     place = d.device if d.device.type == "cuda" else None  # a GPU holds all features; a CPU memory-maps them
     val = (load_feature_cache(spec, plan.val_records, device=place, build_dir=plan.location)
            if plan.val_records else None)
-    return head_from(model, prefix), load_feature_cache(spec, plan.train_records, device=place,
-                                                        build_dir=plan.location), val
+    train = load_feature_cache(spec, plan.train_records, device=place, build_dir=plan.location)
+    return FeatureData(prefix, train, val, steps, train_seed(cfg), batch, d.rank, d.world_size)
 
 
 def per_rank_batch(t: Any, d: Dist) -> int:
@@ -390,22 +386,11 @@ def per_rank_batch(t: Any, d: Dist) -> int:
 
 def _start_history(cfg: Config, plan: DataPlan, run_dir: Path, start: int) -> None:
     """config.yaml, and metrics.jsonl without lines of epochs last.pt does not hold (a kill
-    between the two writes)."""
-    kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start]
+    between the two writes); kept lines of an earlier serwild get today's metric names."""
+    kept = [{**r, "val": renamed(r["val"]) if r.get("val") else r.get("val")}
+            for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start]
     atomic.write_jsonl(run_dir / "metrics.jsonl", kept)
-    atomic.write_text(run_dir / "config.yaml", run_config_yaml(cfg, plan))
-
-
-def run_config_yaml(cfg: Config, plan: DataPlan) -> str:
-    """The resolved config as the run used it: the build's own settings (corpus, audio, split, …,
-    from its manifest, not this config's defaults), headed by the build's location and fingerprint."""
-    data = to_dict(cfg)
-    built = plan.manifest.get("config") or {}
-    for key in data:
-        if key not in NOT_BUILD_KEYS and key in built:
-            data[key] = built[key]
-    head = f"# trained on the build {plan.location} (manifest fingerprint {plan.manifest['fingerprint']})\n"
-    return head + yaml.safe_dump(data, sort_keys=False)
+    atomic.write_text(run_dir / "config.yaml", spec_yaml(cfg, plan))
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -439,30 +424,45 @@ def train_seed(cfg: Config) -> int:
 
 def _train_loader(run: Run, epoch: int, first: int = 0) -> Any:
     """Batches ``first`` … ``run.steps - 1`` of this rank's ``epoch``: the cached features or the
-    streamed shards, both exact epochs in an order fixed by (train seed, epoch, rank, world size)."""
-    t, d, seed = run.cfg.train, run.d, train_seed(run.cfg)
-    if run.cache is not None:
-        return run.cache.batches(run.batch, run.steps, seed=seed, epoch=epoch, rank=d.rank,
-                                 world_size=d.world_size, start=first)
-    on_gpu = d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
-    return make_train_loader(run.plan.train, len(run.plan.classes), run.batch, run.steps, seed=seed,
-                             epoch=epoch, rank=d.rank, world_size=d.world_size, num_workers=t.num_workers,
-                             prefetch_factor=t.prefetch_factor, shuffle_buffer=t.shuffle_buffer,
-                             start_batch=first, pin_memory=on_gpu, as_uint8=on_gpu)
+    streamed shards, both exact epochs in an order fixed by (train seed, epoch, rank, world size).
+    An epoch begun by another number of ranks (a mid-epoch last.pt) continues as they dealt it."""
+    if first and run.streams is not None:
+        return _regrouped(run, epoch, first, *run.streams)
+    return _stream(run, epoch, first, run.d.rank, run.d.world_size, run.batch)
+
+
+def _stream(run: Run, epoch: int, first: int, rank: int, world_size: int, batch: int) -> Any:
+    """Batches ``first`` … ``run.steps - 1`` of rank ``rank``'s ``epoch`` in a world of
+    ``world_size`` ranks of ``batch`` samples each, from the run's data source."""
+    return run.data.train_batches(epoch, first, rank, world_size, batch)
+
+
+def _regrouped(run: Run, epoch: int, first: int, ranks: int, batch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """This rank's share of batches ``first`` … of an epoch that ``ranks`` ranks of ``batch``
+    began (the same global batch as this run's, :func:`_continuation`): each global batch is
+    theirs, their batches side by side in rank order, and rank r takes samples
+    ``[r * run.batch, (r + 1) * run.batch)`` of it. So the epoch ends on exactly the samples and
+    global batches the old world would have trained, whatever the new world size; only the
+    rounding of the gradient's mean and the dropout masks differ. Each rank reads just the old
+    streams its span overlaps."""
+    lo, hi = run.d.rank * run.batch, (run.d.rank + 1) * run.batch
+    mine = [r for r in range(ranks) if r * batch < hi and (r + 1) * batch > lo]
+    base = mine[0] * batch
+    for parts in zip(*(_stream(run, epoch, first, r, ranks, batch) for r in mine)):
+        yield tuple(torch.cat(column)[lo - base:hi - base] for column in zip(*parts))
 
 
 def _validate(run: Run) -> dict[str, Any] | None:
+    """The validation fold's scores (None without one): each rank runs its share through the
+    evaluation loop, and the ranks' confusion matrices are summed, so every sample counts once
+    and every rank gets the same scores. The loop runs the unwrapped ``data.net(raw_model)``, not
+    DDP: its forward may start collectives, and ranks may hold different numbers of batches."""
     if run.plan.val is None:
         return None
-    d, on_gpu = run.d, run.d.device.type == "cuda"
     k = len(run.plan.classes)
-    if run.val_cache is not None:
-        batches = run.val_cache.eval_batches(run.batch, d.rank, d.world_size)
-        return scores_from_confusion(evaluate(run.net, batches, d, k, run.dtype).numpy(), run.plan.classes)
-    loader = make_eval_loader(run.plan.val.urls, run.batch, run.cfg.train.num_workers, d.rank, d.world_size,
-                              counts=run.plan.val.counts, num_classes=k, as_uint8=on_gpu, pin_memory=on_gpu,
-                              remote=run.plan.val.remote)
-    return scores_from_confusion(evaluate(run.model, loader, d, k, run.dtype).numpy(), run.plan.classes)
+    out = model_outputs(run.data.net(run.raw_model), run.data.val_batches(), run.d.device, run.dtype)
+    cm = all_reduce_sum(torch.from_numpy(confusion(out.labels, out.preds, k)), run.d)
+    return validation_scores(cm.numpy(), run.plan.classes)
 
 
 def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any] | None) -> None:
@@ -482,7 +482,7 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
         # Weights only: the optimiser's state (one or two copies of the weights) is what resuming
         # needs, and resuming reads last.pt alone.
         ckpt_io.save_checkpoint(run.run_dir / "best.pt", ckpt_io.weights_only(full))
-    v = f"  val acc {val['accuracy']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}" if val else ""
+    v = f"  val WA {val['wa']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}" if val else ""
     lr = ", ".join(f"{x:.2g}" for x in record["lr"])
     log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
            f"{record['images_per_s']:.0f} img/s ({record['input_wait_fraction']:.0%} waiting for input)  "
@@ -491,11 +491,11 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
 
 def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> dict[str, Any]:
     cfg, plan = run.cfg, run.plan
-    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+    return {"model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "epoch": epoch, "rng": rng, "config": to_dict(cfg),
             "classes": plan.classes, "dataset": cfg.train.dataset,
             "manifest_fingerprint": plan.manifest["fingerprint"], "shards": plan.location,
-            "recipe": describe(cfg.train), "metrics": metrics, "best": run.best, "arch": "alexnet",
+            "recipe": describe(cfg.train), "metrics": metrics, "best": run.best, "arch": cfg.train.arch,
             "serwild_version": __version__, "world_size": run.d.world_size, "steps": run.steps}
 
 
@@ -522,13 +522,14 @@ class Resumed:
     step: int
     carried: list[float] | None  # the loss sum, correct and samples of those ``step`` batches
     best: dict[str, Any]
+    streams: tuple[int, int] | None = None  # (ranks, batch) that began that epoch, where not this run's
 
 
 def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, state: tuple[nn.Module, Any, Any],
-             steps: int) -> Resumed:
-    """Load last.pt into model, optimiser, scheduler and RNGs. A mid-epoch last.pt continues only
-    where its batches are this run's batches (same ranks, same steps per epoch); an epoch-end one
-    with another world size continues with re-seeded dropout, and says so."""
+             steps: int, batch: int) -> Resumed:
+    """Load last.pt into model, optimiser, scheduler and RNGs. A mid-epoch last.pt continues where
+    its global batches are this run's (:func:`_continuation`). Where the world size changed (a
+    node lost, or one more), one line says so and dropout is re-seeded from (seed, position, rank)."""
     model, optimizer, scheduler = state
     ck = ckpt_io.load_checkpoint(path, map_location=d.device)
     ckpt_io.check_compatible(ck, plan.manifest, cfg.train.dataset, str(path),
@@ -537,22 +538,43 @@ def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, state: tuple[nn.M
         raise UsageError(f"{path} holds weights only (no optimiser state): it cannot be resumed")
     start, step = int(ck["epoch"]), int(ck.get("step", 0))
     rng = ck.get("rng") or []
-    if step and (len(rng) != d.world_size or int(ck.get("steps", steps)) != steps):
-        raise UsageError(f"{path} was saved in the middle of epoch {start + 1} (batch {step} of "
-                         f"{ck.get('steps')}) by {len(rng)} rank(s); this run has {d.world_size} rank(s) and "
-                         f"{steps} batches per epoch, so it cannot continue that epoch exactly: resume with "
-                         f"--nproc {len(rng)} and the same batch size, or start a new run")
+    streams = _continuation(path, ck, d, steps, batch) if step else None
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
     if len(rng) == d.world_size:
         ckpt_io.set_rng_state(rng[d.rank])
     else:
-        log(d, f"note: last.pt holds random states for {len(rng)} rank(s), this run has {d.world_size}: "
-               f"dropout streams are re-seeded (deterministic, but not those of an uninterrupted run)")
-        seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.RESUMED, start, d.rank))
+        how = "shrank" if d.world_size < len(rng) else "grew"
+        where = (f"epoch {start + 1} goes on from batch {step + 1} of {steps} with the same global batches, "
+                 f"regrouped" if step else f"training goes on after epoch {start}")
+        log(d, f"note: the world {how} from {len(rng)} to {d.world_size} rank(s) since last.pt was saved: {where}; "
+               f"dropout is re-seeded (deterministic, but not an uninterrupted run's)")
+        seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.RESUMED, start, step, d.rank))
     best = ck.get("best") or {"metric": cfg.train.best_metric, "score": None, "epoch": None}
-    return Resumed(start, step, ck.get("partial") if step else None, best)
+    return Resumed(start, step, ck.get("partial") if step else None, best, streams)
+
+
+def _continuation(path: Path, ck: dict[str, Any], d: Dist, steps: int, batch: int) -> tuple[int, int] | None:
+    """How this run continues the epoch a mid-epoch ``ck`` stopped in: None, each rank its own
+    stream, where the world is the one that saved it; (ranks, batch) of the streams to regroup
+    (:func:`_regrouped`) where the world size changed but the global batch and the batches per
+    epoch did not. Regrouping, rather than starting the epoch again from the last epoch's end
+    (which last.pt no longer holds), keeps the work done and trains every sample of the epoch
+    once, in the global batches an uninterrupted run would use. Anything else is refused."""
+    ranks, saved_batch, saved_steps = len(ck.get("rng") or []), ck.get("batch"), int(ck.get("steps", steps))
+    if saved_steps == steps and ranks == d.world_size and saved_batch in (None, batch):
+        return None
+    if saved_steps == steps and saved_batch is not None and ranks * int(saved_batch) == d.world_size * batch:
+        return ranks, int(saved_batch)
+    # A last.pt of an older serwild does not say its batch: only its own world can continue it.
+    saved, hint = ((f"{ranks} rank(s) × {saved_batch} samples", "the same global batch (train.batch_size) and "
+                    "samples per epoch") if saved_batch is not None else
+                   (f"{ranks} rank(s)", f"--nproc {ranks} and the same batch size"))
+    raise UsageError(f"{path} was saved in the middle of epoch {int(ck['epoch']) + 1} (batch {ck['step']} of "
+                     f"{saved_steps}, by {saved}); this run has {steps} batches per epoch of {d.world_size} "
+                     f"rank(s) × {batch} samples, so it cannot continue that epoch exactly: resume with {hint}, "
+                     f"or start a new run")
 
 
 def _finish(run: Run, val: dict | None) -> dict[str, Any]:

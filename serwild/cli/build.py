@@ -2,7 +2,7 @@
 
     serwild build --config configs/demo.yaml
     serwild build --config configs/iemocap.yaml corpus.root=/data/IEMOCAP ray.num_cpus=16
-    serwild build --config configs/iemocap.yaml ray.address=auto      # join a running Ray cluster
+    serwild build --config configs/iemocap.yaml ray.address=HEAD:6379 # join a running Ray cluster (or =auto)
 
 Stages: read the corpus → scan audio (Ray tasks) → plan every sample (driver, seeded) →
 build shards (one Ray task per shard, progress bar) → manifest.json, rejects.jsonl,

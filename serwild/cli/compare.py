@@ -19,10 +19,10 @@ An arm of several runs (seeds, folds) shows mean ± std. Runs evaluated on the s
 from __future__ import annotations
 
 import argparse
-import json
 
 from serwild.errors import UsageError
-from serwild.evaluate.compare import METRICS, TITLES, compare_runs, markdown_table, notes, parse_arms
+from serwild.evaluate.compare import compare_runs, markdown_table, notes, parse_arms
+from serwild.metrics import METRICS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give at least two runs (or two --arm groups) to compare")
     if args.bootstrap < 0 or not 0.0 < args.alpha < 1.0:
         raise UsageError("--bootstrap must be >= 0 and --alpha in (0, 1)")
-    out = compare_runs(args.runs, out=args.out, metric=args.metric, unit=args.unit, arms=arms,
-                       bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha)
-    comp = json.loads((out / "compare.json").read_text())
+    result = compare_runs(args.runs, out=args.out, metric=args.metric, unit=args.unit, arms=arms,
+                          bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha)
+    comp, out = result.table, result.out
     text = "\n".join(notes(comp))
     flags = "".join(f"{line}\n" for lines in comp["flags"].values() for line in lines)
-    print(f"\n{TITLES[args.metric]} per test condition (per {args.unit}):\n\n{markdown_table(comp)}\n\n{text}\n")
+    print(f"\n{METRICS[args.metric].title} per test condition (per {args.unit}):\n\n{markdown_table(comp)}\n\n{text}\n")
     if flags:
         print(flags)
     print(f"figures: {out / 'compare.png'}, {out / 'difference.png'}\ntable:   {out / 'compare.md'}")

@@ -9,8 +9,14 @@
 3. train experiment 1 (clean blocks only) and experiment 2 (clean + noisy blocks, with as
    many optimiser steps as experiment 1, so only the data differs) on AHSN;
 4. evaluate both on each test condition, compare them (the paper's Figures 4/5), and draw
-   the same test block clean and at 15 dB (the paper's Figure 2).
+   the same test block clean and at the lowest SNR (the paper's Figure 2).
 It ends by printing the comparison table and where the reports are.
+
+The demo is ``serwild reproduce``'s protocol with a lighter preset: the same build, the same
+two experiments (on whatever conditions ``snr_db`` builds), but one run each on every training
+fold instead of k-fold cross-validation, and ``train.dataset`` only. Like reproduce, a second
+invocation reuses a finished build, runs and evaluations of the same config and resumes a
+half-trained run; ``--overwrite`` retrains runs of another config.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, default_help="the demo.yaml installed with serwild")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="training processes (default: the GPU count, or 1 on a CPU)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain runs of another config (a second demo reuses finished runs of the same one)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_demo(args.config, args.overrides, args.nproc)
+    return run_demo(args.config, args.overrides, args.nproc, args.overwrite)

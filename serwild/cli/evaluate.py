@@ -15,7 +15,8 @@ size, loader workers and device are the config's ``eval`` section (``--config`` 
 ``eval.*`` overrides). Writes the report folder (default ``<run dir>/report/``):
 metrics.json, report.md (the paper's Tables 5/6, with the training budget, N per condition
 and the software versions), confusion.png (a panel per condition), weighted_f1.png (with
-intervals and chance) and predictions.csv. A model that predicts one class for ≥ 95 % of
+intervals and chance), predictions.csv (readable, rounded) and logits.npz (the exact
+logits, what ``serwild compare`` decides from). A model that predicts one class for ≥ 95 % of
 its blocks, or whose UA interval includes chance, gets a warning line, printed and at the
 top of report.md.
 """

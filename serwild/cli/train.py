@@ -8,9 +8,10 @@
 
 Runs ``python -m torch.distributed.run --standalone --nproc-per-node N -m serwild.trainer …``
 (gloo on CPUs, NCCL on GPUs). For several nodes run torchrun yourself on each node, e.g.
-``torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint host0:29500
---rdzv-id ser1 --max-restarts 3 -m serwild.trainer --config cfg.yaml --resume`` (the run
-folder must be on a file system every node sees).
+``torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=node0:29500
+--rdzv-id=ser1 --local-addr=node0 -m serwild.trainer --config cfg.yaml --resume`` (--local-addr:
+the node itself; the build, the run folder and the feature cache on storage every node sees;
+README.md, "Several nodes (torchrun)", has the elastic variant).
 
 Batches: ``train.batch_size`` is the GLOBAL batch (all ranks together, divided across them);
 ``train.batch_size_per_rank=N`` sets the per-device batch instead (global = N × ranks).
@@ -43,7 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    opts = LaunchOptions(config=args.config, overrides=list(args.overrides),
-                         nproc=args.nproc if args.nproc is not None else torchrun.default_nproc(),
+    opts = LaunchOptions(nproc=args.nproc if args.nproc is not None else torchrun.default_nproc(),
                          cv=args.cv, resume=args.resume, overwrite=args.overwrite, max_restarts=args.max_restarts)
     return train(cfg, opts)

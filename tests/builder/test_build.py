@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -16,11 +17,12 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from serwild.builder.build import HOLD_ENV, run_build
+from serwild.builder.build import run_build
 from serwild.cli import main as cli
 from tests.builder.conftest import tree_config
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _hashes(out: Path) -> dict[str, str]:
@@ -90,15 +92,69 @@ def test_worker_count_does_not_change_bytes(ray_build: tuple[Path, Path], tmp_pa
     assert fp(one) == fp(out2)
 
 
+def test_the_log_says_which_node_built_each_shard_and_the_manifest_does_not(ray_build: tuple[Path, Path]) -> None:
+    _, out = ray_build
+    lines = [json.loads(x) for x in (out / "build-log.jsonl").read_text().splitlines()]
+    shards, per_node = lines[:-1], lines[-1]["shard_tasks_per_node"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    [(node, n)] = per_node.items()  # one local Ray: one node, at 127.0.0.1
+    assert node.startswith("127.0.0.1/") and n == len(shards) == len(manifest["shards"])
+    assert {r["node"] for r in shards} == {node}
+    assert not [s for s in manifest["shards"] if "node" in s]  # a run detail: not in the data's record
+
+
+def _listening(pids: list[int]) -> set[str]:
+    """The local addresses the TCP sockets of ``pids`` listen on (from /proc/net/tcp{,6})."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir() if Path(f"/proc/{pid}/fd").is_dir() else []:
+            try:
+                if (target := os.readlink(fd)).startswith("socket:["):
+                    inodes.add(target[8:-1])
+            except OSError:
+                continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                raw = bytes.fromhex(cols[1].split(":")[0])
+                words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]  # each 32-bit word is host order
+                found.add(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, b"".join(words)))
+    return found
+
+
+def test_a_local_ray_listens_on_loopback_only_with_token_auth(tmp_path: Path) -> None:
+    """The Ray a local build starts: token authentication on (Ray's default), every node and every
+    listening socket of its processes at 127.0.0.1 (Ray would use the machine's network address)."""
+    import math
+
+    import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    from serwild.builder import executors
+    from serwild.config import load_config
+
+    with executors.open_executor("ray", load_config(None, ["ray.num_cpus=1"]).ray, tmp_path) as ex:
+        [done] = list(ex.map(math.sqrt, [(16.0,)], "a task"))
+        assert done.result == 4.0 and done.node.startswith("127.0.0.1/")
+        assert is_token_auth_enabled()
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        addresses = _listening([pid for pid, _ in executors.ray_descendants(os.getpid())])
+        assert addresses and addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
+    assert not ray.is_initialized() and not list(tmp_path.iterdir())  # Ray's session folder went with it
+
+
 def test_killed_build_resumes_to_identical_bytes(ray_build: tuple[Path, Path], tmp_path: Path) -> None:
     _, reference = ray_build
     cfg = tree_config(tmp_path, datasets="[ahsn]")
     overrides = ["corpus.kind=iemocap", f"corpus.root={cfg.corpus.root}", f"noise.dir={cfg.noise.dir}",
                  f"out={cfg.out}", "shard.max_samples=40", "datasets=[ahsn]"]
-    cmd = [sys.executable, "-m", "serwild", "build", "--serial", *overrides]
-    # The hook holds the driver after 3 shards, so the kill always lands mid-build.
+    # `serwild build` through the test's own driver, which holds it after 3 shards: the kill
+    # always lands mid-build.
+    cmd = [sys.executable, "-m", "tests.faults.held_build", "3", "--serial", *overrides]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, HOLD_ENV: "3"})
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     log = Path(cfg.out) / "build-log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):

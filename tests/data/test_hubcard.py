@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from serwild.builder.hubcard import SAMPLE_FIELDS, card_front_matter, readme, split_globs, split_shards
-from tests.data.tinybuild import SNR_DB, manifest_of, tiny_build  # noqa: F401 - fixture
+from tests.data.tinybuild import SNR_DB, card_build, manifest_of  # noqa: F401 - fixture
 
 # Before `datasets` (and huggingface_hub) read them at import: nothing here may go online.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,9 +28,9 @@ SPLITS = ["train"] + [f"test_{c}" for c in CONDITIONS]
 
 
 @pytest.fixture
-def hub_build(tiny_build: Path, tmp_path: Path) -> Path:  # noqa: F811 - fixture use
-    """A copy of the tiny build, with the README.md the builder wrote."""
-    out = Path(shutil.copytree(tiny_build, tmp_path / "build"))
+def hub_build(card_build: Path, tmp_path: Path) -> Path:  # noqa: F811 - fixture use
+    """A copy of the card build, with the README.md the builder wrote."""
+    out = Path(shutil.copytree(card_build, tmp_path / "build"))
     assert (out / "README.md").read_text() == readme(manifest_of(out))
     return out
 
@@ -53,8 +53,8 @@ def _front_matter(text: str) -> dict:
     return yaml.safe_load(m.group(1))
 
 
-def test_front_matter_declares_configs_splits_and_every_field(tiny_build: Path) -> None:  # noqa: F811
-    m = manifest_of(tiny_build)
+def test_front_matter_declares_configs_splits_and_every_field(card_build: Path) -> None:  # noqa: F811
+    m = manifest_of(card_build)
     meta = _front_matter(card_front_matter(m))
     assert [c["config_name"] for c in meta["configs"]] == ["ahsn", "aesn"] == list(m["datasets"])
     for config, info in zip(meta["configs"], meta["dataset_info"]):
@@ -81,22 +81,22 @@ def test_front_matter_declares_configs_splits_and_every_field(tiny_build: Path) 
     # the card types exactly the fields the shards carry
     keys = set()
     for shard in m["shards"]:
-        with tarfile.open(tiny_build / shard["path"]) as tf:
+        with tarfile.open(card_build / shard["path"]) as tf:
             for member in tf:
                 if member.name.endswith(".json"):
                     keys.add(tuple(sorted(json.loads(tf.extractfile(member).read()))))  # type: ignore[union-attr]
     assert keys == {tuple(sorted(SAMPLE_FIELDS))}
 
 
-def test_split_shards_refuses_a_shard_no_split_matches(tiny_build: Path) -> None:  # noqa: F811
-    m = manifest_of(tiny_build)
+def test_split_shards_refuses_a_shard_no_split_matches(card_build: Path) -> None:  # noqa: F811
+    m = manifest_of(card_build)
     m["shards"].append(dict(m["shards"][0], dataset="ahsn", path="ahsn/valid/clean-000000.tar"))
     with pytest.raises(ValueError, match="ahsn/valid/clean-000000.tar matches 0 card splits"):
         split_shards(m, "ahsn")
 
 
-def test_readme_body_counts_and_snippets(tiny_build: Path) -> None:  # noqa: F811
-    m = manifest_of(tiny_build)
+def test_readme_body_counts_and_snippets(card_build: Path) -> None:  # noqa: F811
+    m = manifest_of(card_build)
     text = readme(m)
     assert text.startswith(card_front_matter(m))
     n = sum(s["count"] for s in m["shards"] if s["path"].startswith("aesn/test/snr7p5-"))

@@ -1,7 +1,9 @@
 """A published build, used end to end over HTTP as a user would: ``serwild verify URL``,
 ``serwild train --nproc 2 train.shards=URL``, ``serwild evaluate --shards URL``, and a
 server that stops answering mid-epoch. The server is tests/data/server.py on 127.0.0.1
-(in this process, bounded lifetime); training and evaluation run as real subprocesses."""
+(in this process, bounded lifetime). The commands run in-process (their exit status and
+output are what is checked) and training's ranks in real torchrun processes; the stalled
+job's launcher is a process of its own (a session the test can end whatever happens)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,15 +27,10 @@ from tests.data.tinybuild import manifest_of, tiny_build  # noqa: F401 - fixture
 pytestmark = pytest.mark.slow
 
 TRAIN = ["train.dataset=ahsn", "train.epochs=1", "train.batch_size=8", "train.num_workers=0",
-         "train.pretrained=none", "train.shuffle_buffer=8", "train.timeout_s=60", "train.device=cpu"]
+         "train.arch=tiny", "train.pretrained=none", "train.shuffle_buffer=8", "train.timeout_s=60", "train.device=cpu"]
 REMOTE = ["remote.timeout_s=1", "remote.retries=1", "remote.backoff_s=0.1"]
-WORST_S = RemoteOptions(timeout_s=1, retries=1, backoff_s=0.1).worst_case_s()
+ATTEMPTS = 2  # remote.retries=1: a stalled read is tried twice, then given up
 SUBPROCESS_TIMEOUT_S = 240  # a hang fails the test instead of stalling the suite
-
-
-def serwild(args: list[str], cwd: Path, timeout: float = SUBPROCESS_TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serwild", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ))
 
 
 def test_verify_a_url_and_a_shard_cut_on_the_server(tiny_build: Path, tmp_path: Path,  # noqa: F811
@@ -72,24 +70,26 @@ def test_open_build_loads_a_url_like_a_folder(tiny_build: Path) -> None:  # noqa
         assert remote.manifest == local.manifest == m and remote.location == srv.url()
         assert remote.verify() == [] and remote.verify(full=False) == []
         for build in (local, remote):
-            batches = list(build.loader("aesn", "test", ["clean", "snr15"], batch_size=4, as_uint8=True))
+            batches = list(build.loader("ahsn", "test", ["clean", "snr15"], batch_size=4, as_uint8=True))
             metas = [meta for _, _, ms in batches for meta in ms]
-            assert len(metas) == sum(s["count"] for s in build.records("aesn", "test", ["clean", "snr15"]))
+            assert len(metas) == sum(s["count"] for s in build.records("ahsn", "test", ["clean", "snr15"]))
             assert batches[0][0].shape[1:] == (3, 256, 256) and str(batches[0][0].dtype) == "torch.uint8"
             assert {meta["condition"] for meta in metas} == {"clean", "snr15"}
-        assert remote.shard_urls(remote.records("aesn", "test", ["clean"]))[0].startswith(srv.url("aesn/test/"))
+        assert remote.shard_urls(remote.records("ahsn", "test", ["clean"]))[0].startswith(srv.url("ahsn/test/"))
 
 
-def test_train_two_ranks_then_evaluate_from_a_url(tiny_build: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_train_two_ranks_then_evaluate_from_a_url(tiny_build: Path, tmp_path: Path,  # noqa: F811
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """The launcher runs in-process; capfd also holds what its torchrun processes print."""
     m = manifest_of(tiny_build)
     runs = tmp_path / "runs"
     with LoopbackServer(tiny_build, max_lifetime_s=200) as srv:
         url = srv.url()
-        proc = serwild(["train", "--nproc", "2", f"train.shards={url}", f"out={tmp_path / 'unused'}",
-                        f"train.run_dir={runs}", "train.name=remote", "train.samples_per_epoch=16", *TRAIN, *REMOTE],
-                       tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "is remote: shard sizes checked (HEAD)" in proc.stderr
+        rc = cli(["train", "--nproc", "2", f"train.shards={url}", f"out={tmp_path / 'unused'}",
+                  f"train.run_dir={runs}", "train.name=remote", "train.samples_per_epoch=16", *TRAIN, *REMOTE])
+        err = capfd.readouterr().err
+        assert rc == 0, err[-3000:]
+        assert "is remote: shard sizes checked (HEAD)" in err
         assert not (tmp_path / "unused").exists()
         # the default pre-flight did not download the build twice: shards were HEADed, then streamed
         heads = {p for meth, p, _ in srv.requests if meth == "HEAD"}
@@ -99,13 +99,14 @@ def test_train_two_ranks_then_evaluate_from_a_url(tiny_build: Path, tmp_path: Pa
 
         ckpt = torch.load(runs / "remote" / "best.pt", map_location="cpu", weights_only=False)
         assert ckpt["shards"] == url  # a URL stays a URL (Path("http://…") would collapse the //)
+        assert ckpt["arch"] == "tiny"  # the checkpoint records the model it holds
         record = json.loads((runs / "remote" / "metrics.jsonl").read_text().splitlines()[0])
         assert record["samples"] == 16 and record["world_size"] == 2
 
-        proc = serwild(["evaluate", "--checkpoint", str(runs / "remote" / "best.pt"), "--shards", url,
-                        "--out", str(tmp_path / "report"), "eval.batch_size=16", "eval.num_workers=0",
-                        "eval.device=cpu", *REMOTE], tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        rc = cli(["evaluate", "--checkpoint", str(runs / "remote" / "best.pt"), "--shards", url,
+                  "--out", str(tmp_path / "report"), "eval.batch_size=16", "eval.num_workers=0",
+                  "eval.device=cpu", *REMOTE])
+        assert rc == 0, capfd.readouterr().err[-3000:]
     result = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert result["shards"] == url
     expected = {c: sum(s["count"] for s in m["shards"] if s["dataset"] == "ahsn" and s["split"] == "test"
@@ -128,10 +129,10 @@ def test_a_server_that_stops_answering_mid_epoch_ends_the_job(tiny_build: Path, 
             while not any(meth == "GET" and p in shard_paths for meth, p, _ in list(srv.requests)):
                 assert proc.poll() is None and time.monotonic() < deadline, "training never started streaming"
                 time.sleep(0.05)
-            srv.stall_after(len(srv.requests) + 2)  # two more requests, then silence: mid-epoch
-            stalled_at = time.monotonic()
+            stalled_at = len(srv.requests) + 2
+            srv.stall_after(stalled_at)  # two more requests, then silence: mid-epoch
             _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
-            elapsed = time.monotonic() - stalled_at
+            unanswered = srv.requests[stalled_at:]
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
@@ -143,7 +144,7 @@ def test_a_server_that_stops_answering_mid_epoch_ends_the_job(tiny_build: Path, 
                for line in errors), errors
     assert "serwild train: training failed" not in err and "ChildFailedError" not in err
     assert "[rank0]:" not in err and "[rank1]:" not in err  # no rank's traceback (gloo's "closed by peer")
-    # the stalled read gives up after the configured worst case; torchrun then stops the other rank
-    assert elapsed < WORST_S + 30, elapsed
-    print(f"\nstalled server: {errors[0]!r}; job ended {elapsed:.1f} s after the stall "
-          f"({len(errors)} rank(s) reported it)")
+    # Bounded: each rank reads one shard at a time and gave up after its attempts (each ends at
+    # remote.timeout_s); nothing asked the silent server again, and the job ended.
+    asked = Counter(path for _, path, _ in unanswered)
+    assert asked and sum(asked.values()) <= 2 * ATTEMPTS, asked

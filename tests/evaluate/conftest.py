@@ -1,5 +1,7 @@
 """Tiny fixtures for the evaluator: a hand-written build (odd sample counts, a condition
-with a single shard) in the published shard format, and a random-init AlexNet checkpoint.
+with a single shard) in the published shard format, and a random-init checkpoint of the tiny
+model (``train.arch=tiny``: AlexNet's layers at small widths, so it is written and read in
+milliseconds; nothing here is about AlexNet's size).
 
 The build is written here rather than by ``serwild build`` so the tests control the exact
 counts (odd numbers, fewer shards than ranks) and run in a second; it follows
@@ -25,6 +27,7 @@ from serwild.data.manifest import FORMAT, sha256_file
 from serwild.trainer.model import build_model
 
 CLASSES = ["ang", "hap", "sad", "neu"]
+ARCH = "tiny"
 # condition → (snr, samples per test shard): odd totals, and snr15 has one shard for two ranks
 TEST_SHARDS: dict[str, tuple[float | None, list[int]]] = {
     "clean": (None, [5, 4]), "snr15": (15.0, [7]), "snr40": (40.0, [3, 3, 1])}
@@ -76,16 +79,16 @@ def write_build(root: Path, test_shards: dict = TEST_SHARDS, seed: int = 0) -> P
 
 
 def write_checkpoint(path: Path, build: Path, seed: int = 0) -> Path:
-    """A checkpoint as serwild train writes it, around a random-init AlexNet."""
+    """A checkpoint as serwild train writes it, around a random-init tiny model."""
     torch.manual_seed(seed)
-    model = build_model(len(CLASSES), pretrained="none")
+    model = build_model(len(CLASSES), pretrained="none", arch=ARCH)
     manifest = json.loads((build / "manifest.json").read_text())
-    cfg = load_config(None, ["train.pretrained=none", "train.conditions=[clean, snr15]", "eval.batch_size=8",
-                             "eval.num_workers=0", f"out={build}"])
+    cfg = load_config(None, [f"train.arch={ARCH}", "train.pretrained=none", "train.conditions=[clean, snr15]",
+                             "eval.batch_size=8", "eval.num_workers=0", f"out={build}"])
     ckpt = {"model": model.state_dict(), "epoch": 2, "config": to_dict(cfg), "classes": CLASSES,
             "dataset": "ahsn", "manifest_fingerprint": manifest["fingerprint"], "shards": str(build),
             "recipe": {"name": "scratch", "optimizer": "adam", "lr": 1e-4, "frozen": []},
-            "metrics": {}, "arch": "alexnet", "serwild_version": "0.1.0"}
+            "metrics": {}, "arch": ARCH, "serwild_version": "0.1.0"}
     save_checkpoint(path, ckpt)
     return path
 

@@ -20,11 +20,13 @@ from serwild import __version__
 from serwild.checkpoint import load_checkpoint
 from serwild.cli import main
 from serwild.data.manifest import load_manifest
-from serwild.data.transforms import image_transform
+from serwild.data.transforms import image_transform, normalise
 from serwild.errors import UsageError
 from serwild.evaluate.config import EvalConfig
 from serwild.evaluate.evaluate import check_build, evaluate_checkpoint, merge_parts
+from serwild.evaluate.report import LOGITS_FILE, read_logits
 from serwild.trainer.model import model_from_checkpoint
+from serwild.trainer.outputs import model_outputs
 from tests.evaluate.conftest import TEST_SHARDS
 
 
@@ -80,13 +82,44 @@ def test_scores_match_an_independent_reading(one_process: Path, build_and_checkp
     ds = wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "json")
     images, metas = zip(*ds)
     with torch.inference_mode():
-        probs = torch.softmax(model(torch.stack([image_transform(i) for i in images])), dim=1).numpy()
+        logits = model(torch.stack([image_transform(i) for i in images]))
+    probs = torch.softmax(logits, dim=1).numpy()
     want = {(m["utterance"], str(m["block"])): p for m, p in zip(metas, probs)}
     got = {(r["utterance"], r["block"]): r for r in _predictions(one_process) if r["condition"] == "snr40"}
     assert set(got) == set(want)
     classes = manifest["datasets"]["ahsn"]["classes"]
     for k, p in want.items():
         assert np.allclose([float(got[k][f"p_{c}"]) for c in classes], p, atol=2e-4)
+    # logits.npz: the logits themselves, in predictions.csv's order (other batches: float32 rounding only)
+    found, outputs = read_logits(one_process / LOGITS_FILE)
+    assert found == classes and list(outputs) == ["clean", "snr15", "snr40"]
+    exact = {(m["utterance"], m["block"]): z for m, z in zip(metas, logits.numpy())}
+    stored = outputs["snr40"]
+    keys = list(zip(stored["utterances"], stored["blocks"]))
+    assert keys == sorted(exact) and [f"{u},{b}" for u, b in keys] == \
+        [f"{r['utterance']},{r['block']}" for r in _predictions(one_process) if r["condition"] == "snr40"]
+    np.testing.assert_allclose(stored["logits"], np.stack([exact[k] for k in keys]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_evaluation_loop_gives_exact_outputs_labels_and_keys() -> None:
+    """One loop for validation, evaluate and the feature cache: uint8 batches are normalised on the
+    way in, float ones go in as they are, outputs come back float32 and unrounded with their labels
+    and keys in batch order, without gradients, and the model is left in eval mode."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(3 * 4 * 4, 5)).train()
+    raw = torch.randint(0, 256, (7, 3, 4, 4), dtype=torch.uint8)
+    batches = [(raw[:4], torch.arange(4), ["a", "b", "c", "d"]), (normalise(raw[4:]), torch.tensor([4, 0, 1]),
+                                                                  ["e", "f", "g"])]
+    seen: list[int] = []
+    out = model_outputs(model, batches, torch.device("cpu"), on_batch=seen.append)
+    assert not model.training and seen == [4, 3]
+    with torch.no_grad():  # the same batches, in eval mode (no dropout): the same numbers, bit for bit
+        want = torch.cat([model(normalise(raw[:4])), model(normalise(raw[4:]))]).numpy()
+    assert out.logits.dtype == np.float32 and np.array_equal(out.logits, want)
+    assert out.labels.tolist() == [0, 1, 2, 3, 4, 0, 1] and out.keys == list("abcdefg")
+    assert np.array_equal(out.preds, want.argmax(1))
+    empty = model_outputs(model, [], torch.device("cpu"))  # a rank with no shard of a condition
+    assert empty.logits.size == 0 and empty.preds.tolist() == [] and empty.keys == []
 
 
 def test_two_process_torchrun_scores_each_sample_once(one_process: Path, build_and_checkpoint: tuple[Path, Path],

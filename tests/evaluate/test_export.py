@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def run(build_and_checkpoint: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder as serwild train leaves it (best.pt, metrics.jsonl), evaluated. Its last layer
-    is scaled up so that blocks get clearly different probabilities (a random AlexNet's are all
+    is scaled up so that blocks get clearly different probabilities (a random model's are all
     about 1/K, which would make any two outputs look alike)."""
     build, _ = build_and_checkpoint
     run = tmp_path_factory.mktemp("exportfix") / "runs" / "demo-x"

@@ -1,5 +1,5 @@
 """Intervals end to end, without training: the evaluator's ``ci`` entries, the report's
-``value [low, high]`` cells, and compare's paired Δ intervals from predictions.csv files."""
+``value [low, high]`` cells, and compare's paired Δ intervals from the runs' exact logits."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 
 from serwild.cli import main
 from serwild.config import load_config
+from serwild.errors import UsageError
 from serwild.evaluate import compare, report, uncertainty
 from serwild.evaluate.evaluate import evaluate_checkpoint
-from serwild.metrics import condition_metrics
+from serwild.metrics import METRICS, condition_metrics
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 CONDITIONS = {"clean": None, "snr15": 15.0}
@@ -35,8 +36,8 @@ def _outputs(n_utts: int, skill: float, seed: int, truth_seed: int = 0) -> tuple
 
 def write_run(root: Path, name: str, skills: dict[str, float], seed: int, fingerprint: str = "ab" * 32,
               with_ci: bool = False) -> Path:
-    """A run's report folder as `serwild evaluate` writes it, predictions.csv included."""
-    conds, rows = {}, []
+    """A run's report folder as `serwild evaluate` writes it, predictions.csv and logits.npz included."""
+    conds, outputs = {}, {}
     for j, (c, snr) in enumerate(CONDITIONS.items()):
         logits, labels, utts, blocks = _outputs(40, skills[c], seed * 10 + j, truth_seed=j)
         conds[c] = {"snr_db": snr, "shards": 1, "samples": len(labels),
@@ -44,9 +45,7 @@ def write_run(root: Path, name: str, skills: dict[str, float], seed: int, finger
         if with_ci:
             cis = uncertainty.bootstrap_ci(labels, logits.argmax(1), utts, n_resamples=200, n_classes=4)
             conds[c]["block"]["ci"] = {k: {"low": v["low"], "high": v["high"]} for k, v in cis.items()}
-        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        rows += [{"condition": c, "utterance": u, "block": b, "true": int(t), "pred": int(p), "probs": list(pr)}
-                 for u, b, t, p, pr in zip(utts, blocks, labels, logits.argmax(1), probs)]
+        outputs[c] = {"logits": logits.astype(np.float32), "labels": labels, "utterances": utts, "blocks": blocks}
     result = {
         "format": "serwild-report/1", "run": name, "checkpoint": f"runs/{name}/best.pt", "shards": "shards/x",
         "manifest_fingerprint": fingerprint, "dataset": "ahsn", "classes": CLASSES,
@@ -57,15 +56,15 @@ def write_run(root: Path, name: str, skills: dict[str, float], seed: int, finger
                          "n_resamples": 200, "seed": 0, "alpha": 0.05} if with_ci else None),
         "conditions": conds,
     }
-    report.write_report(result, root / name / "report", rows)
+    report.write_report(result, root / name / "report", outputs)
     return root / name
 
 
-def _predictions(run: Path, cond: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    rows = [ln.split(",") for ln in (run / "report" / "predictions.csv").read_text().splitlines()[1:]]
-    rows = sorted((r for r in rows if r[0] == cond), key=lambda r: (r[1], int(r[2])))
-    return (np.array([CLASSES.index(r[3]) for r in rows]), np.array([CLASSES.index(r[4]) for r in rows]),
-            [r[1] for r in rows])
+def _decisions(run: Path, cond: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, block decisions, utterances) of one condition, from the run's logits.npz."""
+    _, outputs = report.read_logits(run / "report" / report.LOGITS_FILE)
+    o = outputs[cond]
+    return o["labels"], o["logits"].argmax(1), o["utterances"]
 
 
 def test_compare_paired_intervals_from_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,11 +75,11 @@ def test_compare_paired_intervals_from_predictions(tmp_path: Path, capsys: pytes
     printed = capsys.readouterr().out
     comp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     clean, snr15 = comp["deltas"]["augmented"]
-    # the interval is the paired cluster bootstrap over the runs' predictions.csv rows
-    y, pa, groups = _predictions(a, "clean")
-    y_b, pb, groups_b = _predictions(b, "clean")
+    # the interval is the paired cluster bootstrap over the decisions of the runs' exact logits
+    y, pa, groups = _decisions(a, "clean")
+    y_b, pb, groups_b = _decisions(b, "clean")
     assert np.array_equal(y, y_b) and groups == groups_b
-    want = uncertainty.paired_difference_ci(y, pa, pb, groups, "weighted_f1", n_resamples=1000, seed=0, n_classes=4)
+    want = uncertainty.arm_difference_ci(y, [pa], [pb], groups, "weighted_f1", n_resamples=1000, seed=0, n_classes=4)
     assert clean == pytest.approx(want)
     assert clean["excludes_zero"] and clean["low"] > 0
     assert not snr15["excludes_zero"] and snr15["low"] < 0 < snr15["high"]
@@ -95,19 +94,21 @@ def test_compare_paired_intervals_from_predictions(tmp_path: Path, capsys: pytes
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert table in md and table in printed
     assert "`*` marks an interval that excludes 0" in md and "`*` marks an interval that excludes 0" in printed
-    # per utterance: pairs utterances (40 of them), still paired
-    out = compare.compare_runs([a, b], out=tmp_path / "cmp-u", unit="utterance", bootstrap=300, seed=3)
-    du = json.loads((out / "compare.json").read_text())["deltas"]["augmented"][0]
+    # per utterance: pairs utterances (40 of them), still paired; the result is returned as written
+    result = compare.compare_runs([a, b], out=tmp_path / "cmp-u", unit="utterance", bootstrap=300, seed=3)
+    assert result.table == json.loads((result.out / "compare.json").read_text())
+    assert result.markdown == (result.out / "compare.md").read_text()
+    du = result.table["deltas"]["augmented"][0]
     assert du["low"] <= du["delta"] <= du["high"]
 
 
 def test_compare_refuses_to_pair_other_builds(tmp_path: Path) -> None:
     a = write_run(tmp_path, "a", {"clean": 0.3, "snr15": 0.5}, seed=1)
     b = write_run(tmp_path, "b", {"clean": 0.9, "snr15": 0.5}, seed=2, fingerprint="cd" * 32)
-    out = compare.compare_runs([a, b], out=tmp_path / "cmp")
-    comp = json.loads((out / "compare.json").read_text())
+    result = compare.compare_runs([a, b], out=tmp_path / "cmp")
+    comp = result.table
     assert comp["deltas"]["b"] == [None, None] and "different builds" in comp["unpaired"]["b"]
-    md = (out / "compare.md").read_text()
+    md = result.markdown
     assert "No interval for b: the runs were evaluated on different builds" in md
     assert "[" not in md.split("| clean |")[1].splitlines()[0]  # a plain Δ, no interval
 
@@ -138,14 +139,43 @@ def test_compare_arms_of_several_runs(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "give a name and at least one run" in capsys.readouterr().err
 
 
-def test_arm_difference_ci_with_one_run_each_is_the_paired_interval() -> None:
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 300)
-    pa, pb = np.where(rng.random(300) < 0.5, y, rng.integers(0, 4, 300)), np.where(rng.random(300) < 0.8, y, 0)
-    groups = np.arange(300) // 3
-    for metric in ("wa", "weighted_f1", "ua"):
-        assert (uncertainty.arm_difference_ci(y, [pa], [pb], groups, metric, n_resamples=300, seed=5)
-                == uncertainty.paired_difference_ci(y, pa, pb, groups, metric, n_resamples=300, seed=5))
+def test_compare_pairs_the_exact_logits_not_rounded_probabilities(tmp_path: Path) -> None:
+    """Two classes a millionth apart in one utterance's logits: rounded to predictions.csv's 4
+    decimals they tie (the old reading decided for the first); from logits.npz compare decides
+    as metrics.json did, so its Δ is the reports' difference exactly, per block and per utterance."""
+    a = write_run(tmp_path, "a", {"clean": 0.5, "snr15": 0.5}, seed=1)
+    b = write_run(tmp_path, "b", {"clean": 0.5, "snr15": 0.5}, seed=2)
+    path = b / "report" / report.LOGITS_FILE
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    first = (arrays["utterance"] == arrays["utterance"][0]) & (arrays["condition"] == "clean")
+    labels = np.asarray(arrays["label"])
+    winner = int(labels[first][0]) or 1  # its true class, or class 1 where that is class 0
+    arrays["logits"][first] = -5.0
+    arrays["logits"][first, 0] = 1.0  # what a tie of rounded probabilities decides for
+    arrays["logits"][first, winner] = np.float32(1.0) + np.float32(1e-6)  # what the exact logits decide
+    np.savez(path, **arrays)
+    result = json.loads((b / "report" / "metrics.json").read_text())
+    clean = arrays["condition"] == "clean"
+    result["conditions"]["clean"].update(condition_metrics(arrays["logits"][clean], labels[clean],
+                                                           arrays["utterance"][clean].tolist(), CLASSES))
+    (b / "report" / "metrics.json").write_text(json.dumps(result))
+    for unit in ("block", "utterance"):
+        comp = compare.compare_runs([a, b], out=tmp_path / f"cmp-{unit}", unit=unit, bootstrap=200).table
+        va, vb = comp["values"]["a"][0], comp["values"]["b"][0]
+        assert comp["deltas"]["b"][0]["delta"] == pytest.approx(vb - va, abs=1e-12), unit
+
+
+def test_compare_without_logits_names_the_report_to_redo(tmp_path: Path) -> None:
+    a = write_run(tmp_path, "a", {"clean": 0.3, "snr15": 0.5}, seed=1)
+    b = write_run(tmp_path, "b", {"clean": 0.9, "snr15": 0.5}, seed=2)
+    (b / "report" / report.LOGITS_FILE).unlink()  # a report written before logits.npz existed
+    comp = compare.compare_runs([a, b], out=tmp_path / "cmp").table
+    assert comp["deltas"]["b"] == [None, None]
+    assert comp["unpaired"]["b"] == f"{b / 'report'} has no logits.npz (re-run serwild evaluate)"
+    (b / "report" / report.LOGITS_FILE).write_bytes(b"not a zip")
+    with pytest.raises(UsageError, match="is not a serwild logits.npz"):
+        compare.compare_runs([a, b], out=tmp_path / "cmp")
 
 
 def test_report_cells_show_intervals(tmp_path: Path) -> None:
@@ -159,10 +189,10 @@ def test_report_cells_show_intervals(tmp_path: Path) -> None:
         m = result["conditions"][cond]["block"]
         cells = [c.strip() for c in row.split("|")[3:-1]]
         assert len(cells) == len(report.COLUMNS)
-        for c, (_, key) in zip(cells, report.COLUMNS):
+        for c, col in zip(cells, report.COLUMNS):
             value, low, high = CELL.match(c).groups()  # type: ignore[union-attr]
-            ci = m["ci"][report.CI_NAMES[key]]
-            assert (value, low, high) == (f"{report.metric(m, key):.3f}", f"{ci['low']:.3f}", f"{ci['high']:.3f}")
+            ci = m["ci"][col.name]
+            assert (value, low, high) == (f"{report.metric(m, col.path):.3f}", f"{ci['low']:.3f}", f"{ci['high']:.3f}")
             assert float(low) <= float(value) <= float(high)
     assert "95% percentile interval from a cluster bootstrap (200 resamples of the test utterances" in md
     # no intervals in the report (bootstrap 0, or an older metrics.json): plain cells, no sentence
@@ -182,7 +212,7 @@ def test_evaluate_writes_seeded_intervals(build_and_checkpoint: tuple[Path, Path
     for cond, c in first["conditions"].items():
         for unit in ("block", "utterance"):
             ci = c[unit]["ci"]
-            assert set(ci) == set(uncertainty.METRICS)
+            assert set(ci) == set(METRICS)
             assert ci == again["conditions"][cond][unit]["ci"]  # seeded: the same interval, bit for bit
             for name, path in (("wa", "wa"), ("ua", "ua"), ("weighted_f1", "weighted.f1")):
                 assert ci[name]["low"] <= report.metric(c[unit], path) + 1e-12

@@ -43,9 +43,9 @@ def fake_result(run: str, skill: float, seed: int = 0) -> dict:
 
 def test_report_folder(tmp_path: Path) -> None:
     result = fake_result("clean-only", 0.8)
-    rows = [{"condition": "clean", "utterance": "u0", "block": 0, "true": 1, "pred": 2,
-             "probs": [0.1, 0.2, 0.6, 0.1]}]
-    out = report.write_report(result, tmp_path / "report", rows)
+    logits = np.array([[0.5, 1.25, 2.0, -30.0], [3.0, 0.0, 0.0, 1e-7]], dtype=np.float32)
+    outputs = {"clean": {"logits": logits, "labels": np.array([1, 3]), "utterances": ["u0", "u1"], "blocks": [0, 2]}}
+    out = report.write_report(result, tmp_path / "report", outputs)
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
     md = (out / "report.md").read_text()
     assert "**Protocol:** dataset AHSN" in md and "split `utterance`" in md and "pretrained `none`" in md
@@ -64,9 +64,17 @@ def test_report_folder(tmp_path: Path) -> None:
     # captions under the figures, in the report (the figures have no titles)
     assert "![weighted F1 per test condition](weighted_f1.png)\n\n*Figure 1." in md
     assert "![confusion matrices](confusion.png)\n\n*Figure 2." in md
+    # predictions.csv: for people, probabilities (the softmax) rounded; logits.npz: the exact logits
     lines = (out / "predictions.csv").read_text().splitlines()
-    assert lines[0].startswith("condition,utterance,block,true,predicted,p_ang")
-    assert lines[1].startswith("clean,u0,0,hap,sad,0.1000")
+    assert lines[0] == "condition,utterance,block,true,predicted,p_ang,p_hap,p_sad,p_neu"
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert lines[1] == "clean,u0,0,hap,sad," + ",".join(f"{p:.4f}" for p in probs[0])
+    assert lines[2].startswith("clean,u1,2,neu,ang,")
+    classes, back = report.read_logits(out / report.LOGITS_FILE)
+    assert classes == CLASSES and list(back) == ["clean"]
+    assert back["clean"]["logits"].dtype == np.float32 and np.array_equal(back["clean"]["logits"], logits)
+    assert back["clean"]["labels"].tolist() == [1, 3] and back["clean"]["utterances"] == ["u0", "u1"]
+    assert back["clean"]["blocks"] == [0, 2]
 
 
 def _evaluated_run(root: Path, name: str, skill: float, seed: int) -> Path:
@@ -82,6 +90,7 @@ def test_compare_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     out = tmp_path / "runs" / "compare_clean-only_vs_augmented"
     printed = capsys.readouterr().out
     comp = json.loads((out / "compare.json").read_text())
+    assert "has no logits.npz (re-run serwild evaluate)" in comp["unpaired"]["augmented"]  # reports without it
     assert comp["labels"] == ["clean", "15 dB", "20 dB", "40 dB"]
     for run_dir, name in ((a, "clean-only"), (b, "augmented")):
         m = json.loads((run_dir / "report" / "metrics.json").read_text())
@@ -100,9 +109,9 @@ def test_compare_other_metric_unit_and_missing_condition(tmp_path: Path) -> None
     r = fake_result("b", 0.5, 3)
     del r["conditions"]["snr20"]
     report.write_report(r, tmp_path / "b" / "report")
-    out = compare.compare_runs([a / "report", tmp_path / "b" / "report" / "metrics.json"], out=tmp_path / "cmp",
-                               metric="ua", unit="utterance")
-    comp = json.loads((out / "compare.json").read_text())
+    result = compare.compare_runs([a / "report", tmp_path / "b" / "report" / "metrics.json"],
+                                  out=tmp_path / "cmp", metric="ua", unit="utterance")
+    out, comp = result.out, result.table
     assert list(comp["values"]) == ["a", "b"]
     i20 = comp["conditions"].index("snr20")
     assert comp["values"]["b"][i20] is None
@@ -191,14 +200,14 @@ def test_report_and_compare_mark_a_degenerate_model(tmp_path: Path, capsys: pyte
 def test_compare_difference_figure(tmp_path: Path) -> None:
     a = _evaluated_run(tmp_path, "a", 0.3, 1)
     b = _evaluated_run(tmp_path, "b", 0.9, 2)
-    out = compare.compare_runs([a, b], out=tmp_path / "cmp")
-    md = (out / "compare.md").read_text()
+    result = compare.compare_runs([a, b], out=tmp_path / "cmp")
+    out, md = result.out, result.markdown
     for figure in ("compare.png", "difference.png"):
         with Image.open(out / figure) as im:
             assert im.size[0] > 600 and im.size[1] > 400
         caption = md.split(f"]({figure})\n\n", 1)[1].split("\n")[0]
         assert caption.startswith(f"*Figure {1 + (figure == 'difference.png')}. ") and caption.endswith("*")
-    comp = json.loads((out / "compare.json").read_text())
-    points = compare.difference_points(comp)["b"]
+    points = compare.difference_points(result.table)["b"]
+    comp = result.table
     assert [p["delta"] for p in points] == pytest.approx([vb - va for va, vb in zip(comp["values"]["a"],
                                                                                      comp["values"]["b"])])

@@ -1,55 +1,29 @@
-"""Cluster-bootstrap intervals: exact metrics, determinism, pairing, clustering, and coverage.
+"""Cluster-bootstrap intervals: exact point values, determinism, pairing, clustering, coverage.
 
-Self-contained (no conftest fixtures): every dataset is simulated here from a fixed seed.
+Self-contained (no conftest fixtures): every dataset is simulated here from a fixed seed. The
+metrics themselves are checked against scikit-learn in test_metrics.py.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import pytest
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-)
+from sklearn.metrics import accuracy_score, confusion_matrix
 
 from serwild.evaluate.uncertainty import (
-    METRICS,
-    accuracy,
+    arm_difference_ci,
     bootstrap_ci,
     group_confusions,
     mean_std,
-    paired_difference_ci,
     resample_counts,
     resampled_confusions,
 )
+from serwild.metrics import METRICS
+from tests.evaluate.test_metrics import sklearn_metrics
 
 K = 4
-
-
-def sklearn_metrics(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> dict[str, float]:
-    labels = list(range(k))
-    kw = {"labels": labels, "zero_division": 0}
-    with warnings.catch_warnings():
-        # balanced accuracy warns when a predicted class has no true samples -- the case we test
-        warnings.simplefilter("ignore", UserWarning)
-        ua = balanced_accuracy_score(y_true, y_pred)
-    return {
-        "wa": accuracy_score(y_true, y_pred),
-        "ua": ua,
-        "macro_recall": recall_score(y_true, y_pred, average="macro", **kw),
-        "macro_precision": precision_score(y_true, y_pred, average="macro", **kw),
-        "macro_f1": f1_score(y_true, y_pred, average="macro", **kw),
-        "weighted_precision": precision_score(y_true, y_pred, average="weighted", **kw),
-        "weighted_recall": recall_score(y_true, y_pred, average="weighted", **kw),
-        "weighted_f1": f1_score(y_true, y_pred, average="weighted", **kw),
-    }
 
 
 def clustered(rng: np.random.Generator, n_utts: int, p: float, concentration: float, k: int = K,
@@ -66,42 +40,7 @@ def clustered(rng: np.random.Generator, n_utts: int, p: float, concentration: fl
     return y_true, np.where(correct, y_true, wrong), groups
 
 
-# ------------------------------------------------------------------------------ exact metrics
-
-@pytest.mark.parametrize("trial", range(30))
-def test_confusion_metrics_equal_sklearn(trial: int) -> None:
-    rng = np.random.default_rng(trial)
-    k = int(rng.integers(2, 7))
-    n = int(rng.integers(1, 60))
-    # skewed label draws so some classes go missing from y_true, y_pred or both
-    y_true = rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 0.5)))
-    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 0.5))))
-    cm = confusion_matrix(y_true, y_pred, labels=list(range(k)))
-    expected = sklearn_metrics(y_true, y_pred, k)
-    for name, fn in METRICS.items():
-        assert float(fn(cm)) == pytest.approx(expected[name], abs=1e-12), name
-
-
-def test_zero_division_edge_cases() -> None:
-    # class 2 never predicted (precision 0), class 3 neither true nor predicted
-    y_true = np.array([0, 0, 1, 2, 2])
-    y_pred = np.array([0, 1, 1, 0, 1])
-    cm = confusion_matrix(y_true, y_pred, labels=[0, 1, 2, 3])
-    expected = sklearn_metrics(y_true, y_pred, 4)
-    for name, fn in METRICS.items():
-        assert float(fn(cm)) == pytest.approx(expected[name], abs=1e-12), name
-    assert float(METRICS["ua"](cm)) == pytest.approx((1 / 2 + 1 + 0) / 3)  # over the 3 classes present
-    assert float(METRICS["macro_recall"](cm)) == pytest.approx((1 / 2 + 1 + 0 + 0) / 4)  # over all 4
-
-
-def test_metrics_are_vectorised_over_stacks() -> None:
-    rng = np.random.default_rng(1)
-    stack = rng.integers(0, 5, size=(3, 2, K, K))
-    for name, fn in METRICS.items():
-        out = fn(stack)
-        assert out.shape == (3, 2), name
-        assert out[2, 1] == pytest.approx(float(fn(stack[2, 1]))), name
-
+# ------------------------------------------------------------------------------ resampling
 
 def test_resampled_confusion_is_the_confusion_of_the_resampled_blocks() -> None:
     # the vectorised trick (weighted sum of per-utterance matrices) vs. literally rebuilding
@@ -141,8 +80,8 @@ def test_same_seed_same_interval_other_seed_differs() -> None:
     other = bootstrap_ci(y_true, y_pred, groups, n_resamples=300, seed=8)
     assert first == again  # bit-identical
     assert (first["wa"]["low"], first["wa"]["high"]) != (other["wa"]["low"], other["wa"]["high"])
-    pa = paired_difference_ci(y_true, y_pred, y_true, groups, "wa", n_resamples=300, seed=7)
-    assert pa == paired_difference_ci(y_true, y_pred, y_true, groups, "wa", n_resamples=300, seed=7)
+    pa = arm_difference_ci(y_true, [y_pred], [y_true], groups, "wa", n_resamples=300, seed=7)
+    assert pa == arm_difference_ci(y_true, [y_pred], [y_true], groups, "wa", n_resamples=300, seed=7)
 
 
 def test_cluster_interval_wider_than_naive_block_interval_on_correlated_blocks() -> None:
@@ -153,9 +92,8 @@ def test_cluster_interval_wider_than_naive_block_interval_on_correlated_blocks()
     y_true = np.repeat(rng.integers(0, K, n_utts), blocks)
     utt_correct = np.repeat(rng.random(n_utts) < 0.7, blocks)
     y_pred = np.where(utt_correct, y_true, (y_true + 1) % K)
-    metric = {"wa": accuracy}
-    cluster = bootstrap_ci(y_true, y_pred, groups, metric, n_resamples=1000, seed=0)["wa"]
-    naive = bootstrap_ci(y_true, y_pred, np.arange(groups.size), metric, n_resamples=1000, seed=0)["wa"]
+    cluster = bootstrap_ci(y_true, y_pred, groups, n_resamples=1000, seed=0)["wa"]
+    naive = bootstrap_ci(y_true, y_pred, np.arange(groups.size), n_resamples=1000, seed=0)["wa"]
     cluster_w, naive_w = cluster["high"] - cluster["low"], naive["high"] - naive["low"]
     assert cluster["value"] == naive["value"]
     # theory: sqrt(10) ~ 3.2x wider; leave room for Monte Carlo noise
@@ -171,10 +109,9 @@ def test_coverage_of_95_percent_interval_matches_nominal() -> None:
     cover_cluster = cover_naive = 0
     for sim in range(sims):
         y_true, y_pred, groups = clustered(np.random.default_rng(10_000 + sim), 100, p, 3.0)
-        ci = bootstrap_ci(y_true, y_pred, groups, {"wa": accuracy}, n_resamples=400, seed=sim)["wa"]
+        ci = bootstrap_ci(y_true, y_pred, groups, n_resamples=400, seed=sim)["wa"]
         cover_cluster += ci["low"] <= p <= ci["high"]
-        naive = bootstrap_ci(y_true, y_pred, np.arange(groups.size), {"wa": accuracy}, n_resamples=400,
-                             seed=sim)["wa"]
+        naive = bootstrap_ci(y_true, y_pred, np.arange(groups.size), n_resamples=400, seed=sim)["wa"]
         cover_naive += naive["low"] <= p <= naive["high"]
     coverage = cover_cluster / sims
     # binomial sd at 95% over 200 sims is 0.015; percentile intervals run slightly short
@@ -205,13 +142,13 @@ def test_paired_difference_excludes_zero_when_b_is_clearly_better() -> None:
     # b fixes 60% of a's wrong blocks and breaks nothing
     fix = (pred_a != y_true) & (rng.random(y_true.size) < 0.6)
     pred_b = np.where(fix, y_true, pred_a)
-    out = paired_difference_ci(y_true, pred_a, pred_b, groups, "wa", n_resamples=1000, seed=0)
+    out = arm_difference_ci(y_true, [pred_a], [pred_b], groups, "wa", n_resamples=1000, seed=0)
     assert out["delta"] == pytest.approx(accuracy_score(y_true, pred_b) - accuracy_score(y_true, pred_a))
     assert out["delta"] > 0.15
     assert out["excludes_zero"] and out["low"] > 0
     assert out["low"] <= out["delta"] <= out["high"]
     # reversed arms: same interval mirrored
-    back = paired_difference_ci(y_true, pred_b, pred_a, groups, "wa", n_resamples=1000, seed=0)
+    back = arm_difference_ci(y_true, [pred_b], [pred_a], groups, "wa", n_resamples=1000, seed=0)
     assert back["delta"] == pytest.approx(-out["delta"])
     assert (back["low"], back["high"]) == pytest.approx((-out["high"], -out["low"]))
 
@@ -219,7 +156,7 @@ def test_paired_difference_excludes_zero_when_b_is_clearly_better() -> None:
 def test_paired_difference_includes_zero_when_arms_are_equally_good() -> None:
     rng = np.random.default_rng(9)
     y_true, pred_a, groups = clustered(rng, 150, 0.7, 3.0)
-    same = paired_difference_ci(y_true, pred_a, pred_a, groups, "macro_f1", n_resamples=500, seed=0)
+    same = arm_difference_ci(y_true, [pred_a], [pred_a], groups, "macro_f1", n_resamples=500, seed=0)
     assert same == {"delta": 0.0, "low": 0.0, "high": 0.0, "excludes_zero": False}
     # b: a with noise -- it fixes 40 of a's wrong blocks and breaks 40 of its right ones
     right, wrong = np.flatnonzero(pred_a == y_true), np.flatnonzero(pred_a != y_true)
@@ -229,7 +166,7 @@ def test_paired_difference_includes_zero_when_arms_are_equally_good() -> None:
     pred_b[broken] = (y_true[broken] + 1) % K
     assert accuracy_score(y_true, pred_b) == accuracy_score(y_true, pred_a)
     for metric in ("wa", "ua", "weighted_f1"):
-        out = paired_difference_ci(y_true, pred_a, pred_b, groups, metric, n_resamples=1000, seed=0)
+        out = arm_difference_ci(y_true, [pred_a], [pred_b], groups, metric, n_resamples=1000, seed=0)
         assert out["low"] < 0 < out["high"], (metric, out)
         assert not out["excludes_zero"]
 
@@ -239,8 +176,8 @@ def test_pairing_is_tighter_than_independent_intervals() -> None:
     rng = np.random.default_rng(10)
     y_true, pred_a, groups = clustered(rng, 150, 0.7, 3.0)
     pred_b = np.where(rng.random(y_true.size) < 0.05, y_true, pred_a)
-    paired = paired_difference_ci(y_true, pred_a, pred_b, groups, accuracy, n_resamples=1000, seed=0)
-    ci_a = bootstrap_ci(y_true, pred_a, groups, {"wa": accuracy}, n_resamples=1000, seed=0)["wa"]
+    paired = arm_difference_ci(y_true, [pred_a], [pred_b], groups, "wa", n_resamples=1000, seed=0)
+    ci_a = bootstrap_ci(y_true, pred_a, groups, n_resamples=1000, seed=0)["wa"]
     assert paired["high"] - paired["low"] < 0.5 * (ci_a["high"] - ci_a["low"])
 
 
@@ -264,8 +201,6 @@ def test_mean_std() -> None:
     ({"y_pred": [0.5, 1.0, 0.0]}, "integer"),
     ({"y_pred": [0, -1, 1]}, "negative"),
     ({"n_classes": 1}, "n_classes"),
-    ({"metric_fns": {}}, "empty"),
-    ({"metric_fns": {"bad": lambda cm: 0.5}}, "must map"),
 ])
 def test_bootstrap_ci_rejects_bad_input(kwargs: dict, match: str) -> None:
     args = {"y_true": [0, 1, 1], "y_pred": [0, 1, 0], "groups": [0, 0, 1]} | kwargs
@@ -275,8 +210,10 @@ def test_bootstrap_ci_rejects_bad_input(kwargs: dict, match: str) -> None:
 
 def test_paired_difference_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="lengths differ"):
-        paired_difference_ci([0, 1, 1], [0, 1, 1], [0, 1], [0, 1, 2], "wa")
+        arm_difference_ci([0, 1, 1], [[0, 1, 1]], [[0, 1]], [0, 1, 2], "wa")
     with pytest.raises(ValueError, match="unknown metric"):
-        paired_difference_ci([0, 1], [0, 1], [0, 1], [0, 1], "auc")
+        arm_difference_ci([0, 1], [[0, 1]], [[0, 1]], [0, 1], "auc")
     with pytest.raises(ValueError, match="alpha"):
-        paired_difference_ci([0, 1], [0, 1], [0, 1], [0, 1], "wa", alpha=1.5)
+        arm_difference_ci([0, 1], [[0, 1]], [[0, 1]], [0, 1], "wa", alpha=1.5)
+    with pytest.raises(ValueError, match="at least one"):
+        arm_difference_ci([0, 1], [], [[0, 1]], [0, 1], "wa")

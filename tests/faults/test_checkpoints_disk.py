@@ -3,7 +3,7 @@
 A 0-byte last.pt, a cut one and pickles whose ``__reduce__`` would run a shell command must
 each be one line naming the file (never torch's advice to retry with weights_only=False, and
 the command never runs). A build or a checkpoint that runs out of space (a real tmpfs of a
-few hundred KB or MB, mounted here and unmounted afterwards; a file size limit where
+few hundred KB, mounted here and unmounted afterwards; a file size limit where
 mounting is not allowed) ends with one line naming the file it was writing, and leaves no
 temp file behind.
 """
@@ -22,10 +22,11 @@ import torch
 
 from serwild import atomic
 from serwild.checkpoint import load_checkpoint
+from serwild.cli import main
 from serwild.errors import UsageError
 from tests.faults import procs
 from tests.faults.procs import SERWILD, full_disk, lines
-from tests.faults.test_signals_locks import build_args, corpus, small_build  # noqa: F401 (fixtures)
+from tests.faults.test_signals_locks import build_args, corpus  # noqa: F401 (fixtures)
 from tests.trainer.conftest import overrides
 
 ADVICE = ("weights_only=False", "weights_only` set to `False", "will likely succeed", "trusted source")
@@ -41,7 +42,7 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_and_cut_checkpoints_are_refused_unrun(tmp_path: Path) -> None:
+def test_malicious_and_cut_checkpoints_are_refused_unrun(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps(Evil(marker)))
@@ -57,24 +58,23 @@ def test_malicious_and_cut_checkpoints_are_refused_unrun(tmp_path: Path) -> None
         assert msg.startswith(f"{path} is not a serwild checkpoint (") and "\n" not in msg, msg
         assert not any(a in msg for a in ADVICE), msg
     assert not marker.exists()
-    # The same through the CLI, in a process of its own: one line, status 2, nothing run.
+    # The same through the CLI: one line, status 2, nothing run.
     wav = tmp_path / "x.wav"
     wav.write_bytes(b"")
-    proc = subprocess.run([*SERWILD, "predict", "--checkpoint", str(wrapped), str(wav)], capture_output=True,
-                          text=True, env=procs.env(), timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    (line,) = lines(proc.stderr)
+    capsys.readouterr()
+    rc = main(["predict", "--checkpoint", str(wrapped), str(wav)])
+    line = procs.one_line(capsys.readouterr().err, rc, 2)
     assert line.startswith(f"serwild predict: error: {wrapped} is not a serwild checkpoint (it holds objects other "
                            "than tensors and plain data; refused without running them"), line
     assert not any(a in line for a in ADVICE) and not marker.exists()
 
 
-def test_an_empty_last_pt_is_one_line_on_resume(small_build: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_an_empty_last_pt_is_one_line_on_resume(tiny_build: Path, tmp_path: Path) -> None:
     """What a node that died while the file system was full leaves: a 0-byte last.pt."""
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
     (run / "last.pt").write_bytes(b"")
-    args = overrides(small_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None})
+    args = overrides(tiny_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None})
     proc = subprocess.run([sys.executable, "-m", "serwild.trainer", "--resume", *args], capture_output=True,
                           text=True, env=procs.env(), timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -103,12 +103,13 @@ def test_a_full_disk_build_is_one_line(corpus: Path, tmp_path: Path, executor: l
 
 
 @pytest.mark.slow
-def test_a_full_disk_checkpoint_is_one_line(small_build: Path, tmp_path: Path) -> None:  # noqa: F811
-    """Two ranks under torchrun; rank 0 writes last.pt (hundreds of MB) onto a 64 MB file system.
-    It was warned of at the start; the rank says so in one line and torchrun adds no failure report."""
-    with full_disk(tmp_path / "disk", "64m") as (disk, limit):
-        args = overrides(small_build, disk / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 1,
-                                                         "train.batch_size": 2, "train.samples_per_epoch": 4})
+def test_a_full_disk_checkpoint_is_one_line(tiny_build: Path, tmp_path: Path) -> None:
+    """Two ranks under torchrun; rank 0 writes last.pt (the tiny model's weights and Adam's two
+    moments: ~0.65 MB) onto a 256 KB file system, where config.yaml and metrics.jsonl fit. It was
+    warned of at the start; the rank says so in one line and torchrun adds no failure report."""
+    with full_disk(tmp_path / "disk", "256k") as (disk, limit):
+        args = overrides(tiny_build, disk / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 1,
+                                                        "train.batch_size": 2, "train.samples_per_epoch": 4})
         proc = subprocess.run([*SERWILD, "train", "--nproc", "2", *args], capture_output=True, text=True,
                               env=procs.env(), timeout=400, preexec_fn=limit)
         run = disk / "runs" / "r"
@@ -116,8 +117,8 @@ def test_a_full_disk_checkpoint_is_one_line(small_build: Path, tmp_path: Path) -
         for noise in ("Traceback", "ChildFailedError", "Root Cause", "training failed"):
             assert noise not in proc.stderr, proc.stderr[-3000:]
         if limit is None:  # a real small file system (not a file size limit): warned before it ran
-            assert re.search(rf"note: {re.escape(str(run))} has 0\.0\d GB free; a checkpoint of this model is "
-                             r"about 0\.\d\d GB", proc.stderr), proc.stderr[-3000:]
+            assert re.search(rf"note: {re.escape(str(run))} has 0\.00 GB free; a checkpoint of this model is "
+                             r"about 0\.00 GB and saving one needs room for three", proc.stderr), proc.stderr[-3000:]
         said = [x for x in lines(proc.stderr) if "no space left" in x]
         assert said == [f"serwild.trainer: error: no space left on device writing {run}/last.pt"], proc.stderr
         assert _no_temps(run) == [] and not (run / "last.pt").exists()

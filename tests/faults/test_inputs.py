@@ -330,7 +330,8 @@ def test_ray_gives_up_naming_the_shard_and_its_first_input(tmp_path: Path) -> No
     import ray
     from ray import cloudpickle
 
-    from serwild.builder import build as build_mod
+    from serwild.builder import executors
+    from serwild.builder.build import describe_task
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need not import tests/
     cfg = load_config(None, ["ray.num_cpus=1", f"out={tmp_path}"])
@@ -340,8 +341,8 @@ def test_ray_gives_up_naming_the_shard_and_its_first_input(tmp_path: Path) -> No
                                                        "split.strategy=utterance"]))[0]
     first = spec.samples[0].path
     try:
-        with build_mod._executor("ray", cfg) as pmap, pytest.raises(UsageError) as e:
-            list(pmap(_crash, [(spec, str(tmp_path), cfg.audio)], "build shards"))
+        with executors.open_executor("ray", cfg.ray, tmp_path) as ex, pytest.raises(UsageError) as e:
+            list(ex.map(_crash, [(spec, str(tmp_path), cfg.audio)], "build shards", describe_task))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
         if ray.is_initialized():
@@ -375,13 +376,3 @@ def test_evaluate_no_sha256_mislabelled_block_is_one_line(tmp_path: Path, capsys
     else:
         cli(capsys, argv, 2, "serwild evaluate: error:", *needles)
     assert not (tmp_path / "run" / "report" / "metrics.json").exists()
-
-
-@pytest.mark.slow  # starts torchrun (~12 s idle, more on a busy machine)
-def test_torchrun_adds_nothing_to_a_ranks_one_line_error(tmp_path: Path) -> None:
-    code = ("import sys; from serwild import torchrun; "
-            f"sys.exit(torchrun.launch(torchrun.command('serwild.trainer', ['out={tmp_path / 'none'}'], 1), 1))")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
-    err = "\n".join(x for x in p.stderr.splitlines() if not x.startswith("+ "))  # the launcher echoes its command
-    one_line(err, p.returncode, 2, "serwild.trainer: error:", "manifest.json not found")

@@ -77,16 +77,15 @@ def _edit_manifest(build: Path, edit: Callable[[dict], None]) -> None:
 # ----------------------------------------------------------------------------- 1. commands from files
 
 
-def test_a_checkpoints_recorded_pipe_command_never_runs(built: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_checkpoints_recorded_pipe_command_never_runs(built: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     build, ckpt = built
     pwned = tmp_path / "PWNED"
     hostile = f"pipe:touch {pwned}; cat {build}/{{path}}"
     shared = _variant(ckpt, tmp_path / "shared" / "best.pt", lambda c: c.update(shards=hostile))
-    proc = subprocess.run([*SERWILD, "evaluate", "--checkpoint", str(shared), "--out", str(tmp_path / "report"),
-                           "eval.device=cpu", "eval.num_workers=0"], capture_output=True, text=True,
-                          env=procs.env(), timeout=300, cwd=procs.REPO)
-    line = one_line(proc.stderr, proc.returncode, 2, "serwild evaluate: error:", str(shared), "pipe:",
-                     "pass --shards yourself")
+    line = _cli(capsys, ["evaluate", "--checkpoint", str(shared), "--out", str(tmp_path / "report"),
+                         "eval.device=cpu", "eval.num_workers=0"], 2, "serwild evaluate: error:", str(shared), "pipe:",
+                "pass --shards yourself")
     assert not pwned.exists(), line
     assert not (tmp_path / "report").exists()
     # The library refuses it too, whoever calls it with a location read from a file.
@@ -115,14 +114,16 @@ def test_nan_weights_are_refused_by_evaluate_and_predict(built: tuple[Path, Path
 
 def test_predict_json_never_holds_nan(built: tuple[Path, Path], wav: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Finite weights whose outputs overflow (fc8 at 1e38): the file fails, the JSON stays JSON."""
+    """Finite weights whose outputs overflow (fc7's units at >= 1, fc8 at 1e38): the file fails, the
+    JSON stays JSON."""
     _, ckpt = built
     real = predict_mod._model
 
     def overflowing(loaded: object) -> torch.nn.Module:
         model = real(loaded)
         with torch.no_grad():
-            model.classifier[6].weight.fill_(1e38)
+            model.classifier[4].bias.fill_(1.0)  # after ReLU every fc7 unit is >= 1…
+            model.classifier[6].weight.fill_(1e38)  # …so each logit sums 64+ terms of 1e38: inf
         return model
 
     monkeypatch.setattr(predict_mod, "_model", overflowing)

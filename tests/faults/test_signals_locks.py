@@ -19,6 +19,7 @@ import pytest
 
 from serwild import atomic, lock
 from serwild.checkpoint import load_checkpoint
+from serwild.cli import main
 from serwild.trainer.preflight import prepare_run_dir
 from tests.builder.conftest import make_noise, make_tree
 from tests.faults import procs
@@ -26,6 +27,7 @@ from tests.faults.procs import SERWILD, dead_pid, hold_lock, lines, session, sta
 from tests.trainer.conftest import overrides
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
+HELD_BUILD = [sys.executable, "-m", "tests.faults.held_build"]  # + N: `serwild build` held after N shards
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +45,9 @@ def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def small_build(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished tiny build (read-only for tests), made by a real `serwild build --serial`."""
+    """A finished build of ``corpus`` with :func:`build_args` (read-only for tests), by `serwild build --serial`."""
     out = tmp_path_factory.mktemp("fault_build") / "shards"
-    proc = subprocess.run([*SERWILD, "build", "--serial", *build_args(corpus, out)], capture_output=True,
-                          text=True, env=procs.env(), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["build", "--serial", *build_args(corpus, out)]) == 0
     return out
 
 
@@ -76,11 +76,13 @@ def test_lock_names_its_holder_and_a_killed_holders_lock_is_taken_over(tmp_path:
         assert lock.holder(folder) == (None, "")  # released: the file stays, empty
 
 
-def test_a_second_build_is_refused_at_once_and_spares_the_first_builds_temp_files(corpus: Path,
-                                                                                  tmp_path: Path) -> None:
+def test_a_second_build_is_refused_at_once_and_spares_the_first_builds_temp_files(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The first build is a process of its own (it holds the lock, is signalled); the second and
+    the resumed one run in-process (their exit status and message are what is checked)."""
     out = tmp_path / "shards"
     args = build_args(corpus, out)
-    first = start([*SERWILD, "build", "--serial", *args], SERWILD_BUILD_HOLD_AFTER="1")
+    first = start([*HELD_BUILD, "1", "--serial", *args])  # `serwild build`, stopped after its first shard
     with session(first):
         log = out / "build-log.jsonl"
         wait_for(lambda: log.is_file() and log.read_text().strip() != "", first, 120, "the first shard")
@@ -92,12 +94,10 @@ def test_a_second_build_is_refused_at_once_and_spares_the_first_builds_temp_file
         stale_temp.write_bytes(b"half a shard")
         before = shard_bytes(out)
 
-        second = subprocess.run([*SERWILD, "build", "--serial", *args], capture_output=True, text=True,
-                                env=procs.env(), timeout=120)
-        assert second.returncode == 2, second.stderr[-3000:]
-        assert "Traceback" not in second.stderr
-        assert lines(second.stderr) == [f"serwild build: error: {out} is in use by PID {first.pid} (serwild build): "
-                                        f"wait for it to finish or stop it, then try again"]
+        capsys.readouterr()
+        second = main(["build", "--serial", *args])
+        procs.one_line(capsys.readouterr().err, second, 2, f"serwild build: error: {out} is in use by PID "
+                       f"{first.pid} (serwild build): wait for it to finish or stop it, then try again")
         assert live_temp.read_bytes() == b"half a shard" and stale_temp.exists() and shard_bytes(out) == before
 
         # SIGTERM stops the first build like Ctrl-C: one line, status 143, the lock released.
@@ -109,52 +109,49 @@ def test_a_second_build_is_refused_at_once_and_spares_the_first_builds_temp_file
         assert not (out / "manifest.json").exists() and lock.holder(out) == (None, "")
 
     # The next build resumes; now both temps' writers are dead and their files go.
-    again = subprocess.run([*SERWILD, "build", "--serial", *args], capture_output=True, text=True,
-                           env=procs.env(), timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resume: 1 shard(s) already built" in again.stderr
+    capsys.readouterr()
+    again = main(["build", "--serial", *args])
+    err = capsys.readouterr().err
+    assert again == 0, err[-3000:]
+    assert "resume: 1 shard(s) already built" in err
     assert not live_temp.exists() and not stale_temp.exists()
-    assert subprocess.run([*SERWILD, "verify", str(out)], capture_output=True, env=procs.env()).returncode == 0
+    assert main(["verify", str(out)]) == 0
 
 
-def test_a_build_of_another_config_needs_overwrite(small_build: Path, corpus: Path, tmp_path: Path) -> None:
+def test_a_build_of_another_config_needs_overwrite(small_build: Path, corpus: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
     out = tmp_path / "shards"
     shutil.copytree(small_build, out)
     before = shard_bytes(out)
     manifest = (out / "manifest.json").read_bytes()
-    refused = subprocess.run([*SERWILD, "build", "--serial", *build_args(corpus, out, "seed=1")],
-                             capture_output=True, text=True, env=procs.env(), timeout=120)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    assert "Traceback" not in refused.stderr
-    assert lines(refused.stderr) == [f"serwild build: error: {out} holds a build of another config (seed: 0 → 1): "
-                                     f"pass --overwrite to replace it, or set out=<another folder>"]
+    capsys.readouterr()
+    refused = main(["build", "--serial", *build_args(corpus, out, "seed=1")])  # exit status and message: in-process
+    procs.one_line(capsys.readouterr().err, refused, 2, f"serwild build: error: {out} holds a build of another "
+                   "config (seed: 0 → 1): pass --overwrite to replace it, or set out=<another folder>")
     assert shard_bytes(out) == before and (out / "manifest.json").read_bytes() == manifest
     # The same config again (another Ray setting) is a resume: no flag needed, nothing rebuilt.
-    same = subprocess.run([*SERWILD, "build", "--serial", *build_args(corpus, out, "ray.num_cpus=1")],
-                          capture_output=True, text=True, env=procs.env(), timeout=120)
-    assert same.returncode == 0, same.stderr[-3000:]
+    assert main(["build", "--serial", *build_args(corpus, out, "ray.num_cpus=1")]) == 0
     assert shard_bytes(out) == before
-    replaced = subprocess.run([*SERWILD, "build", "--serial", "--overwrite", *build_args(corpus, out, "seed=1")],
-                              capture_output=True, text=True, env=procs.env(), timeout=300)
-    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert main(["build", "--serial", "--overwrite", *build_args(corpus, out, "seed=1")]) == 0
     assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 1
     assert shard_bytes(out) != before
 
 
-def test_a_second_trainer_on_a_run_folder_is_refused(small_build: Path, tmp_path: Path) -> None:
+def test_a_second_trainer_on_a_run_folder_is_refused(tiny_build: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "runs" / "r"
     holder = hold_lock(run)
     with session(holder):
-        args = overrides(small_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 1})
-        launcher = subprocess.run([*SERWILD, "train", "--nproc", "1", *args], capture_output=True, text=True,
-                                  env=procs.env(), timeout=300)
+        args = overrides(tiny_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 1})
+        capsys.readouterr()
+        launcher = main(["train", "--nproc", "1", *args])  # refused before torchrun: in-process
+        launcher_err = capsys.readouterr().err
         rank = subprocess.run([sys.executable, "-m", "serwild.trainer", *args], capture_output=True, text=True,
                               env=procs.env(), timeout=300)
     expected = f"{run} is in use by PID {holder.pid} (test holder): wait for it to finish or stop it, then try again"
-    assert launcher.returncode == 2 and "Traceback" not in launcher.stderr, launcher.stderr[-3000:]
-    assert lines(launcher.stderr) == [f"serwild train: error: {expected}"]
+    procs.one_line(launcher_err, launcher, 2, f"serwild train: error: {expected}")
     assert rank.returncode == 2 and "Traceback" not in rank.stderr, rank.stderr[-3000:]
     assert lines(rank.stderr)[-1] == f"serwild.trainer: error: {expected}"
     assert sorted(p.name for p in run.iterdir()) == [lock.LOCK_NAME]  # nothing written
@@ -181,11 +178,13 @@ def test_the_run_folder_loses_only_dead_writers_temp_files(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_sigterm_stops_training_and_resume_finishes(small_build: Path, tmp_path: Path) -> None:
+def test_sigterm_stops_training_and_resume_finishes(tiny_build: Path, tmp_path: Path,
+                                                    capfd: pytest.CaptureFixture[str]) -> None:
     """SIGTERM to `serwild train` mid-epoch-2: torchrun and the rank stop, status 143 and one
-    line; last.pt (epoch 1) stays loadable and --resume finishes the run."""
-    args = overrides(small_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 2,
-                                                       "train.batch_size": 2, "train.samples_per_epoch": 4})
+    line; last.pt (epoch 1) stays loadable and --resume finishes the run. An epoch is 120 steps
+    of the tiny model (seconds), so SIGTERM, sent once epoch 1's last.pt appears, lands inside epoch 2."""
+    args = overrides(tiny_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 2,
+                                                       "train.batch_size": 2, "train.samples_per_epoch": 240})
     run = tmp_path / "runs" / "r"
     proc = start([*SERWILD, "train", "--nproc", "1", *args])
     with session(proc):
@@ -198,13 +197,14 @@ def test_sigterm_stops_training_and_resume_finishes(small_build: Path, tmp_path:
         assert procs.wait_session_gone(proc.pid, 20) == [], "torchrun outlived serwild train"
         left = procs.wait_gone(str(tmp_path), 20)  # ranks run in sessions of their own
         assert left == [], procs.describe(left)
-    assert "epoch 2/2" not in err  # stopped before epoch 2 ended
+    assert "epoch 2/2: started" in err and "epoch 2/2  loss" not in err  # stopped inside epoch 2, before its end
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
     assert lock.holder(run) == (None, "")
-    resumed = subprocess.run([*SERWILD, "train", "--nproc", "1", "--resume", *args], capture_output=True, text=True,
-                             env=procs.env(), timeout=400)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "after epoch 1" in resumed.stderr
+    capfd.readouterr()
+    resumed = main(["train", "--nproc", "1", "--resume", *args])  # in-process launcher; capfd: the rank's output too
+    err = capfd.readouterr().err
+    assert resumed == 0, err[-3000:]
+    assert "after epoch 1" in err
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert not [p for p in run.iterdir() if atomic.TMP_MARK in p.name]
@@ -219,7 +219,7 @@ def test_a_stopped_ray_build_leaves_no_ray_process(corpus: Path, tmp_path: Path,
     """SIGTERM: one line, 143, ray.shutdown ran (no stack dump). SIGKILL of the driver alone
     (not its group): Ray's processes of this session end by themselves."""
     out = tmp_path / "shards"
-    proc = start([*SERWILD, "build", *build_args(corpus, out, "ray.num_cpus=1")], SERWILD_BUILD_HOLD_AFTER="1")
+    proc = start([*HELD_BUILD, "1", *build_args(corpus, out, "ray.num_cpus=1")])
     with session(proc):
         log = out / "build-log.jsonl"
         wait_for(lambda: log.is_file() and log.read_text().strip() != "", proc, 180, "the first shard")

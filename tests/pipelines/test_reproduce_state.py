@@ -1,5 +1,6 @@
-"""`serwild reproduce`'s resume decisions and experiment plan, without training: which run
-folders are reused, resumed, started or refused."""
+"""`serwild reproduce`'s experiment plan and its refusal of another config's run folder, without
+training. What a run folder holds (empty, started, partial, done, another run's) is the
+trainer's one answer, ``serwild.trainer.preflight.run_state``, tested in tests/trainer."""
 
 from __future__ import annotations
 
@@ -24,24 +25,6 @@ def _run(run_dir: Path, cfg, epoch: int | None = 1, fingerprint: str = FP) -> Pa
         torch.save({"epoch": epoch, "manifest_fingerprint": fingerprint}, run_dir / "last.pt")
         (run_dir / "best.pt").write_bytes((run_dir / "last.pt").read_bytes())
     return run_dir
-
-
-def test_fold_state(tmp_path: Path) -> None:
-    cfg = load_config(None, ["train.epochs=1", "cv.fold=0", "train.name=p-ahsn-exp1-fold0"])
-    assert reproduce.fold_state(tmp_path / "missing", cfg, FP) == ("fresh", "")
-    assert reproduce.fold_state(_run(tmp_path / "done", cfg), cfg, FP) == ("done", "")
-    # the evaluator's section does not change what is trained
-    assert reproduce.fold_state(tmp_path / "done", load_config(None, [
-        "train.epochs=1", "cv.fold=0", "train.name=p-ahsn-exp1-fold0", "eval.bootstrap=0"]), FP)[0] == "done"
-    two = load_config(None, ["train.epochs=2", "cv.fold=0", "train.name=p-ahsn-exp1-fold0"])
-    assert reproduce.fold_state(_run(tmp_path / "half", two), two, FP) == ("partial", "")
-    assert reproduce.fold_state(_run(tmp_path / "killed", cfg, epoch=None), cfg, FP) == ("fresh", "")
-    state, why = reproduce.fold_state(_run(tmp_path / "other-build", cfg, fingerprint="0" * 64), cfg, FP)
-    assert state == "other" and "another build" in why
-    state, why = reproduce.fold_state(tmp_path / "done", two, FP)
-    assert state == "other" and "train.epochs: 1 vs 2" in why
-    (tmp_path / "done" / "last.pt").write_bytes(b"not a checkpoint")
-    assert reproduce.fold_state(tmp_path / "done", cfg, FP) == ("other", "last.pt is not readable")
 
 
 def _manifest(conditions: dict) -> dict:
@@ -72,7 +55,7 @@ def test_a_run_folder_of_another_config_is_refused(tmp_path: Path) -> None:
     theirs = load_config(None, [f"train.run_dir={tmp_path}", "train.epochs=1", *exp.overrides, "cv.fold=0",
                                 f"train.name={exp.base}-fold0"])
     _run(tmp_path / f"{exp.base}-fold0", theirs)
-    progress = reproduce.Progress(10, tmp_path / "stages.json")
-    with pytest.raises(UsageError, match=r"holds another run \(train.epochs: 1 vs 3\): pass --overwrite"):
-        reproduce.run_experiment(exp, None, [f"train.run_dir={tmp_path}", "train.epochs=3"], cfg,
-                                 _manifest({"clean": None, "snr15": 15.0}), 1, False, progress)
+    ctx = reproduce.Context(None, [f"train.run_dir={tmp_path}", "train.epochs=3"], cfg, FP, 1, False,
+                            reproduce.Progress(10, tmp_path / "stages.json"))
+    with pytest.raises(UsageError, match=r"holds another run \(train.epochs: 1 → 3\): pass --overwrite"):
+        reproduce.run_experiment(exp, ctx)

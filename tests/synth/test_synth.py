@@ -8,6 +8,7 @@ builder/corpus.py, so the generator is pinned to IEMOCAP and not to our own read
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from serwild.cli import main
-from serwild.synth.corpus import plan_corpus, write_synthetic_corpus
+from serwild.synth.corpus import plan_corpus
 
 HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]"
 SUMMARY = re.compile(r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(Ses0([1-5])[FM]_(impro\d\d[ab]?|script\d\d_\d[ab]?)"
@@ -66,10 +67,10 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[dict]]:
-    root = tmp_path_factory.mktemp("synth") / "corpus"
-    summary = write_synthetic_corpus(root, "tiny", seed=0)
-    return root, summary, parse(root)
+def tiny(tiny_corpus: Path) -> tuple[Path, dict, list[dict]]:
+    """The session's tiny corpus (tests/conftest.py: ``write_synthetic_corpus(root, "tiny", seed=0)``),
+    its summary as written to SYNTH.json, and its label files parsed."""
+    return tiny_corpus, json.loads((tiny_corpus / "SYNTH.json").read_text()), parse(tiny_corpus)
 
 
 def test_layout_and_every_wav_listed(tiny: tuple[Path, dict, list[dict]]) -> None:

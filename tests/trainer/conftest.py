@@ -1,14 +1,14 @@
-"""Shared fixtures: one tiny build (synthetic corpus → shards, no Ray) for the whole session,
-an AlexNet weights file to fine-tune from, and helpers to run the trainer under torchrun.
+"""The trainer's fixtures: the shared tiny build (tests/conftest.py), weights files to
+fine-tune from, and helpers to run the trainer under torchrun.
 
-The build has 5 folds, conditions clean + snr15 and at most 12 samples per shard, so one
-fold's validation set is ~2 shards and the 2-rank tests see odd shard and sample counts.
-AlexNet on two shared CPU cores is slow: runs use batches of 2-4 and 1-2 steps per epoch.
+Runs train ``train.arch=tiny`` (AlexNet's layers, names and module paths at small widths, so
+a step takes milliseconds and a checkpoint under 1 MB) unless a test is about AlexNet itself:
+pass ``**{"train.arch": "alexnet"}`` and a weights file of that architecture
+(``alexnet_weights_file``). Batches of 2-4 and 1-2 steps per epoch keep runs short.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,43 +17,42 @@ from pathlib import Path
 import pytest
 import torch
 
-from serwild.builder.build import run_build
 from serwild.config import Config, load_config
-from serwild.synth.corpus import write_synthetic_corpus
-from serwild.trainer.model import build_model
+from serwild.trainer.model import new_model
+from tests.conftest import tiny_build  # noqa: F401 (the root's fixture, importable from here as before)
 
 TORCHRUN_TIMEOUT_S = 300  # a hang fails the test instead of stalling the suite
+ARCH = "tiny"  # what test runs train (overrides' default)
 
 
 @pytest.fixture(scope="session")
-def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished build folder (read-only for tests: copy before damaging anything)."""
-    root = tmp_path_factory.mktemp("trainer_build")
-    write_synthetic_corpus(root / "corpus", size="tiny", seed=0)
-    cfg = load_config(None, ["corpus.kind=synthetic", f"corpus.root={root / 'corpus'}",
-                             f"noise.dir={root / 'corpus' / 'noise'}", f"out={root / 'shards'}",
-                             "datasets=[ahsn]", "snr_db=[15]", "split.folds=5", "shard.max_samples=12"])
-    return run_build(cfg, executor="serial")
+def manifest(tiny_manifest: dict) -> dict:  # the root's fixture, under the trainer tests' name
+    return tiny_manifest
 
 
-@pytest.fixture(scope="session")
-def manifest(tiny_build: Path) -> dict:
-    return json.loads((tiny_build / "manifest.json").read_text())
+def weights(path: Path, arch: str) -> Path:
+    """A 1000-class ``arch`` state_dict standing in for ImageNet weights (pretrained=<path>)."""
+    torch.manual_seed(123)
+    torch.save(new_model(arch, 1000).state_dict(), path)
+    return path
 
 
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1000-class AlexNet state_dict standing in for ImageNet weights (pretrained=<path>)."""
-    torch.manual_seed(123)
-    path = tmp_path_factory.mktemp("weights") / "alexnet.pth"
-    torch.save(build_model(1000, "none").state_dict(), path)
-    return path
+    """Weights of the tiny model (what ``overrides`` trains): train.pretrained=<this file>."""
+    return weights(tmp_path_factory.mktemp("weights") / "tiny.pth", ARCH)
+
+
+@pytest.fixture(scope="session")
+def alexnet_weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights of the paper's AlexNet (233 MB), for the tests about AlexNet itself."""
+    return weights(tmp_path_factory.mktemp("weights") / "alexnet.pth", "alexnet")
 
 
 def overrides(build: Path, run_dir: Path, **extra: object) -> list[str]:
     """key=value overrides for a tiny run (paper recipe would need pretrained=<file>)."""
-    base = {"out": build, "train.run_dir": run_dir, "train.pretrained": "none", "train.batch_size": 4,
-            "train.samples_per_epoch": 8, "train.epochs": 2, "train.num_workers": 0,
+    base = {"out": build, "train.run_dir": run_dir, "train.arch": ARCH, "train.pretrained": "none",
+            "train.batch_size": 4, "train.samples_per_epoch": 8, "train.epochs": 2, "train.num_workers": 0,
             "train.shuffle_buffer": 20, "train.timeout_s": 120}
     base.update(extra)
     return [f"{k}={'null' if v is None else v}" for k, v in base.items()]

@@ -28,10 +28,10 @@ class NotAllowed:
 
 
 def _ckpt(manifest: dict, **over: object) -> dict:
-    ck = {"model": build_model(4).state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 1, "rng": [],
+    ck = {"model": build_model(4, arch="tiny").state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 1, "rng": [],
           "config": to_dict(tiny_config(Path("b"), Path("r"))), "classes": ["ang", "hap", "sad", "neu"],
           "dataset": "ahsn", "manifest_fingerprint": manifest["fingerprint"], "shards": "b",
-          "recipe": {"name": "scratch"}, "metrics": None, "arch": "alexnet", "serwild_version": "0"}
+          "recipe": {"name": "scratch"}, "metrics": None, "arch": "tiny", "serwild_version": "0"}
     ck.update(over)
     return ck
 
@@ -43,9 +43,12 @@ def test_round_trip_is_atomic_and_weights_only(manifest: dict, tmp_path: Path) -
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
     back = load_checkpoint(path)
     assert back["classes"] == ck["classes"] and back["config"] == ck["config"]
-    model = model_from_checkpoint(back)
-    assert not model.training
+    model = model_from_checkpoint(back)  # the architecture the checkpoint names
+    assert not model.training and type(model).__name__ == "TinyAlexNet"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ck["model"].values()))
+    save_checkpoint(path, {**ck, "arch": "resnet"})
+    with pytest.raises(UsageError, match="architecture 'resnet' is not supported .alexnet, tiny."):
+        load_checkpoint(path)
 
 
 def test_unreadable_checkpoints_are_usage_errors(tmp_path: Path) -> None:

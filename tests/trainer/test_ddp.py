@@ -6,12 +6,16 @@ few AlexNet steps of 2 images per rank.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ import yaml
 
 from serwild.checkpoint import load_checkpoint
 from serwild.trainer.model import LAYER_MODULES, model_from_checkpoint
-from serwild.trainer.train import FAULT_ENV
+from tests.faults import procs
 from tests.trainer.conftest import overrides, torchrun
 
 pytestmark = pytest.mark.slow
@@ -107,17 +111,64 @@ def test_resume_continues_at_the_next_epoch_with_the_decayed_lr(ddp_run: Path, t
     assert ck["epoch"] == 3 and ck["scheduler"]["last_epoch"] == 3
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc: every process's parent PID)."""
+    found = []
+    for d in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            if d.isdigit() and int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(d))
+    return found
+
+
+def rank_of(pid: int) -> int:
+    """The global rank torchrun gave process ``pid`` (its RANK environment variable)."""
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(e for e in env if e.startswith(b"RANK=")).split(b"=", 1)[1])
+
+
+def lines_until(proc: subprocess.Popen, needle: str, seconds: float) -> tuple[list[str], threading.Thread]:
+    """Read ``proc``'s stderr on a thread into the returned list; return once a line holds
+    ``needle`` (or the process ended, or ``seconds`` passed: the caller checks which)."""
+    err: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err.append(line)
+            if needle in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + seconds
+    while not seen.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
+        pass
+    return err, reader
+
+
 def test_killed_rank_is_restarted_and_resumes(tiny_build: Path, weights_file: Path, tmp_path: Path) -> None:
-    """Rank 1 dies in epoch 2; torchrun --max-restarts restarts both, which resume from last.pt."""
+    """Rank 1 is SIGKILLed once epoch 2 is under way; torchrun --max-restarts restarts both ranks,
+    which resume from last.pt (epoch 1's end)."""
     args = overrides(tiny_build, tmp_path, **{"train.pretrained": weights_file, "train.lr_step": 1,
                                               "cv.fold": None, "train.name": "killed"})
     (tmp_path / "cfg.yaml").write_text("seed: 0\n")  # everything else comes as overrides
-    cmd = [sys.executable, "-m", "serwild", "train", "--nproc", "2", "--max-restarts", "1",
-           "--config", str(tmp_path / "cfg.yaml"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400,
-                          env={**os.environ, FAULT_ENV: "1:0:1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"{FAULT_ENV}: rank 1 exits at epoch 1" in proc.stderr and "after epoch 1" in proc.stderr
+    proc = procs.start([*procs.SERWILD, "train", "--nproc", "2", "--max-restarts", "1",
+                        "--config", str(tmp_path / "cfg.yaml"), *args])
+    with procs.session(proc):
+        err, reader = lines_until(proc, "epoch 2/2: started", 300)  # rank 0's progress line
+        assert any("epoch 2/2: started" in x for x in err), "".join(err)[-3000:]
+        (agent,) = children(proc.pid)  # serwild train → torchrun's agent → the ranks
+        victim = next(p for p in children(agent) if rank_of(p) == 1)
+        os.kill(victim, signal.SIGKILL)
+        proc.wait(400)
+        reader.join(30)
+    stderr = "".join(err)
+    assert proc.returncode == 0, stderr[-3000:]
+    # The first attempt started fresh (no last.pt); only the restarted ranks resume, after epoch 1.
+    assert "resuming" in stderr and "after epoch 1" in stderr, stderr[-3000:]
     run = tmp_path / "killed"
     lines = _metrics(run)
     assert [r["epoch"] for r in lines] == [1, 2]  # epoch 2 redone once, epoch 1 not repeated

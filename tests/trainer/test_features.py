@@ -1,16 +1,19 @@
-"""The frozen-feature cache: exact first step, keyed to build + weights, resumable, DDP-shared.
+"""The frozen-feature cache: exact first step, keyed to build + weights, resumable, DDP-shared,
+and a data source of the trainer's one evaluation loop.
 
-The model is AlexNet loaded with ``build_model(4, pretrained=<file>)`` from ``weights_file``
-(conftest: a seeded random 1000-class AlexNet the tests write), paper recipe (conv1–conv4
-frozen); both paths see the same samples and the same dropout masks. Tolerances:
+The model is the tiny AlexNet-shaped model (``train.arch=tiny``: AlexNet's layers, cut points
+and module paths at small widths; nothing here depends on AlexNet's size) loaded with
+``build_model(4, pretrained=<file>, arch="tiny")`` from ``weights_file`` (conftest: a seeded
+random 1000-class model), paper recipe (conv1–conv4 frozen); both paths see the same samples
+and the same dropout masks. Tolerances:
 
-- fp32 cache: loss and every trained gradient equal the uncached model's to rtol 1e-5
-  (measured: bit-identical on this CPU).
-- fp16 cache (the default): loss to rtol 1e-4 (measured ≤ 1e-6); per layer
-  ‖Δgrad‖ / ‖grad‖ ≤ 3e-2 (measured ≤ 1.1e-2, conv5's weight; bf16 ~4e-2, asserted
-  worse). The features are within one fp16 rounding (2⁻¹¹ relative); gradients move more
-  because a ~2e-4 nudge flips a few ReLU gates and max-pool winners downstream, each moving
-  one sample's whole contribution, far below the step-to-step noise of SGD on a minibatch.
+- the head on the exact (fp32) features: loss and every trained gradient equal the uncached
+  model's to rtol 1e-5 (measured: bit-identical on this CPU).
+- the fp16 cache: loss to rtol 1e-4; per layer ‖Δgrad‖ / ‖grad‖ ≤ 3e-2 (the same features
+  rounded to bf16 are asserted worse: why the cache stores fp16). The features are within one
+  fp16 rounding (2⁻¹¹ relative); gradients move more because a small nudge flips a few ReLU
+  gates and max-pool winners downstream, each moving one sample's whole contribution, far
+  below the step-to-step noise of SGD on a minibatch.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,6 +36,7 @@ from serwild.errors import UsageError
 from serwild.trainer.config import TrainConfig
 from serwild.trainer.features import (
     CachedTrainData,
+    FeatureData,
     build_feature_cache,
     cache_key,
     cache_records,
@@ -45,16 +50,18 @@ from serwild.trainer.features import (
     weights_digest,
 )
 from serwild.trainer.model import build_model
+from serwild.trainer.outputs import model_outputs
 from serwild.trainer.recipe import make_optimizer, resolve_recipe
 
 CPU = torch.device("cpu")
 NUM_CLASSES = 4
+ARCH = "tiny"
 
 
 def _paper_model(weights: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer, TrainConfig]:
-    train = resolve_recipe(TrainConfig(pretrained=str(weights), recipe="paper"))
+    train = resolve_recipe(TrainConfig(pretrained=str(weights), recipe="paper", arch=ARCH))
     torch.manual_seed(0)  # the fresh fc8
-    model = build_model(NUM_CLASSES, pretrained=str(weights))
+    model = build_model(NUM_CLASSES, pretrained=str(weights), arch=ARCH)
     return model, make_optimizer(model, train), train
 
 
@@ -102,11 +109,8 @@ def test_cache_on_where_exact_off_where_not() -> None:
     assert resolve_feature_cache("on", paper) == 10
     assert resolve_feature_cache("off", paper) is None
     assert resolve_feature_cache("auto", []) is None  # scratch recipe: conv1 trains
-    assert resolve_feature_cache("auto", paper, augment=True) is None  # images change every epoch
     with pytest.raises(UsageError, match="conv1 is trained"):
         resolve_feature_cache("on", ["conv2"])
-    with pytest.raises(UsageError, match="augmented"):
-        resolve_feature_cache("on", paper, augment=True)
     with pytest.raises(UsageError, match="auto | on | off"):
         resolve_feature_cache("yes", paper)
 
@@ -138,42 +142,60 @@ def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest:
         batch = next(iter(make_eval_loader([url], 64, 0, num_classes=NUM_CLASSES)))
         images.update(zip(keys, batch[0]))
         labels.update(zip(keys, batch[1].tolist()))
+    spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, prefix)
+    stats = build_feature_cache(tiny_build, shards, model, CPU, spec, NUM_CLASSES, batch_size=16)
+    assert stats.written == 2 and stats.samples == sum(r["count"] for r in shards)
+    data = load_feature_cache(spec, shards)
+    assert len(data) == stats.samples and data.feats[0].dtype == torch.float16
+    assert data.feats[0].shape[1:] == model.features[:prefix](torch.zeros(1, 3, 256, 256)).shape[1:]
+    # The first training batch the cached path serves, and the same samples uncached.
+    feats, y = next(data.batches(12, 3, seed=0, epoch=0))
+    keys = [data.keys[i] for i in data.order(12, seed=0, epoch=0)]
+    assert y.tolist() == [labels[k] for k in keys]
+    x = torch.stack([images[k] for k in keys])
+    with torch.no_grad():
+        exact = model.features[:prefix](x)
+    assert ((feats.float() - exact).abs() <= 2.0**-11 * exact.abs() + 1e-7).all()  # rounded to fp16 once
+    loss0, grads0 = _step(model, x, y, model)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
     errors = {}
-    for dtype in ("fp32", "fp16"):
-        spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, prefix, dtype)
-        stats = build_feature_cache(tiny_build, shards, model, CPU, spec, NUM_CLASSES, batch_size=16)
-        assert stats.written == 2 and stats.samples == sum(r["count"] for r in shards)
-        data = load_feature_cache(spec, shards)
-        assert len(data) == stats.samples and data.feats[0].dtype == spec.torch_dtype
-        assert data.feats[0].shape[1:] == (256, 15, 15)
-        # The first training batch the cached path serves, and the same samples uncached.
-        feats, y = next(data.batches(12, 3, seed=0, epoch=0))
-        keys = [data.keys[i] for i in data.order(12, seed=0, epoch=0)]
-        assert y.tolist() == [labels[k] for k in keys]
-        x = torch.stack([images[k] for k in keys])
-        with torch.no_grad():
-            exact = model.features[:prefix](x)
-        loss0, grads0 = _step(model, x, y, model)
-        if dtype == "fp32":
-            assert torch.equal(feats, exact)  # the same computation, stored as is
-            candidates = {"fp32": feats, "bf16": exact.to(torch.bfloat16)}  # bf16: what a bf16 build stores
-        else:
-            assert ((feats.float() - exact).abs() <= 2.0**-11 * exact.abs() + 1e-7).all()  # rounded once
-            candidates = {"fp16": feats}
-        for name, f in candidates.items():
-            loss1, grads1 = _step(head_from(model, prefix), f, y, model)
-            trained = {n for n, p in model.named_parameters() if p.requires_grad}
-            assert set(grads0) == set(grads1) == trained and not any(n.startswith("features.8.") for n in grads0)
-            if name == "fp32":
-                assert loss1 == pytest.approx(loss0, rel=1e-5)
-                for n in grads0:  # (bit-identical here; assert_close is the stated tolerance)
-                    if not torch.equal(grads1[n], grads0[n]):
-                        torch.testing.assert_close(grads1[n], grads0[n], rtol=1e-5, atol=1e-7)
-            errors[name] = (abs(loss1 - loss0) / loss0,
-                            max(((grads1[n] - grads0[n]).norm() / grads0[n].norm()).item() for n in grads0))
+    for name, f in {"exact": exact, "fp16": feats, "bf16": exact.to(torch.bfloat16)}.items():
+        loss1, grads1 = _step(head_from(model, prefix), f, y, model)
+        assert set(grads0) == set(grads1) == trained and not any(n.startswith("features.8.") for n in grads0)
+        if name == "exact":  # the head computes what the whole model computes after the cut
+            assert loss1 == pytest.approx(loss0, rel=1e-5)
+            for n in grads0:  # (bit-identical here; assert_close is the stated tolerance)
+                if not torch.equal(grads1[n], grads0[n]):
+                    torch.testing.assert_close(grads1[n], grads0[n], rtol=1e-5, atol=1e-7)
+        errors[name] = (abs(loss1 - loss0) / loss0,
+                        max(((grads1[n] - grads0[n]).norm() / grads0[n].norm()).item() for n in grads0))
     loss_err, grad_err = errors["fp16"]
     assert loss_err < 1e-4 and grad_err < 3e-2, errors
     assert errors["fp16"][1] < errors["bf16"][1], errors  # why the cache stores fp16, not bf16
+
+
+def test_validation_from_the_cache_runs_the_same_loop(tiny_build: Path, manifest: dict, records: list[dict],
+                                                      paper: tuple, tmp_path: Path) -> None:
+    """The cache is a data source: its validation batches go through the one evaluation loop
+    into the head, and come out as the streamed shards through the whole model do (the same
+    samples in the same order; outputs within fp16's rounding of the features)."""
+    model, _, train = paper
+    prefix = resolve_feature_cache("auto", train.freeze)
+    spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, prefix)
+    build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES)
+    val = records[2:]
+    data = FeatureData(prefix, load_feature_cache(spec, records[:2]), load_feature_cache(spec, val), steps=2, seed=0,
+                       batch=5, rank=0, world_size=1)
+    cached = model_outputs(data.net(model), data.val_batches(), CPU)
+    loader = make_eval_loader([str(tiny_build / r["path"]) for r in val], 5, 0,
+                              counts=[r["count"] for r in val], num_classes=NUM_CLASSES)
+    streamed = model_outputs(model, loader, CPU)
+    assert cached.keys == [k for r in val for k in tar_keys(tiny_build / r["path"])]
+    assert len(cached.keys) == len(streamed.keys) == sum(r["count"] for r in val)
+    assert np.array_equal(cached.labels, streamed.labels)
+    np.testing.assert_allclose(cached.logits, streamed.logits, rtol=1e-2, atol=1e-3)
+    shares = [FeatureData(prefix, data.train, data.val, 2, 0, 5, rank, 2).val_batches() for rank in (0, 1)]
+    assert sorted(k for share in shares for *_, keys in share for k in keys) == sorted(cached.keys)  # once each
 
 
 def test_head_shares_the_models_parameters(weights_file: Path) -> None:
@@ -187,13 +209,14 @@ def test_head_shares_the_models_parameters(weights_file: Path) -> None:
     # A step through the head moves the full model's state_dict (what checkpoints save).
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer.zero_grad()
-    F.cross_entropy(head(torch.rand(2, 256, 15, 15, dtype=torch.float16)), torch.tensor([0, 1])).backward()
+    feats = model.features[:10](torch.rand(2, 3, 256, 256)).detach().half()  # what the cache would hold
+    F.cross_entropy(head(feats), torch.tensor([0, 1])).backward()
     optimizer.step()
     after = model.state_dict()
     assert not torch.equal(after["classifier.6.weight"], before["classifier.6.weight"])
     assert torch.equal(after["features.8.weight"], before["features.8.weight"])
     with torch.device("meta"), pytest.raises(ValueError, match="trained parameters"):
-        head_from(build_model(NUM_CLASSES), 10)  # nothing frozen: not exact
+        head_from(build_model(NUM_CLASSES, arch=ARCH), 10)  # nothing frozen: not exact
 
 
 # ----------------------------------------------------------------------------- (b) keyed
@@ -204,10 +227,10 @@ def test_key_follows_build_weights_cut_and_dtype(manifest: dict, paper: tuple, t
     model, _, _ = paper
     fp = manifest["fingerprint"]
     digest = weights_digest(model, 10)
-    key = cache_key(fp, digest, 10, "fp16")
-    assert key == cache_key(fp, digest, 10, torch.float16) == cache_spec(tmp_path, fp, model, 10).key
-    assert key != cache_key("0" * 64, digest, 10, "fp16")  # another build
-    assert key != cache_key(fp, digest, 8, "fp16") and key != cache_key(fp, digest, 10, "bf16")
+    key = cache_key(fp, digest, 10)
+    assert key == cache_spec(tmp_path, fp, model, 10).key and key.startswith("p10-fp16-")
+    assert key != cache_key("0" * 64, digest, 10)  # another build
+    assert key != cache_key(fp, digest, 8)  # another cut
     other = copy.deepcopy(model)
     with torch.no_grad():  # weights after the cut (trained every step) do not change the key
         other.classifier[6].weight.add_(1.0)
@@ -216,12 +239,12 @@ def test_key_follows_build_weights_cut_and_dtype(manifest: dict, paper: tuple, t
     with torch.no_grad():  # any weight before the cut does
         other.features[8].bias[0] += 1e-6
     assert weights_digest(other, 10) != digest
-    assert cache_key(fp, weights_digest(other, 10), 10, "fp16") != key
+    assert cache_key(fp, weights_digest(other, 10), 10) != key
     # Files of one key are refused by another, and a model that does not match its spec is refused.
     spec = cache_spec(tmp_path, fp, model, 10)
     build_feature_cache(tiny_build, records[:1], model, CPU, spec, NUM_CLASSES)
     with pytest.raises(UsageError, match="another cache"):
-        CachedTrainData([shard_cache_file(spec.dir, records[0])], key=cache_spec(tmp_path, fp, other, 10).key)
+        CachedTrainData([shard_cache_file(spec.dir, records[0])], cache_spec(tmp_path, fp, other, 10).key, records[:1])
     with pytest.raises(ValueError, match="not the weights"):
         build_feature_cache(tiny_build, records[:1], other, CPU, spec, NUM_CLASSES)
     info = json.loads((spec.dir / "cache.json").read_text())
@@ -269,7 +292,7 @@ def test_cached_batches_exact_count_deterministic_and_disjoint_across_ranks(
     data = load_feature_cache(spec, records)
     n = len(data)
     batches = list(data.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
-    assert len(batches) == 5 and all(x.shape == (3, 256, 15, 15) and len(y) == 3 for x, y in batches)
+    assert len(batches) == 5 and all(x.shape == (3, *data.feats[0].shape[1:]) and len(y) == 3 for x, y in batches)
     again = list(data.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
     flat = load_feature_cache(spec, records, device="cpu")  # one tensor (what a GPU run would hold)
@@ -304,8 +327,8 @@ records = json.loads(sys.argv[6])
 d = setup("cpu", timeout_s=60)
 try:
     torch.manual_seed(0)
-    train = resolve_recipe(TrainConfig(pretrained=weights, recipe="paper"))
-    model = build_model(4, weights)
+    train = resolve_recipe(TrainConfig(pretrained=weights, recipe="paper", arch="tiny"))
+    model = build_model(4, weights, "tiny")
     optimizer = make_optimizer(model, train)
     frozen = model.features[8].weight.clone()
     spec = cache_spec(root, fingerprint, model, 10)
@@ -354,13 +377,14 @@ def test_the_trainer_trains_the_paper_recipe_from_the_cache(tiny_build: Path, we
                                                             tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     """`train.feature_cache=auto` on the paper recipe: the first run computes the cache, the next
     one (another experiment of the same build) reuses every file; checkpoints hold the whole
-    model, which evaluates like any other."""
+    model, which evaluates like any other; validation reads the fold from the cache and scores
+    every sample once, as the streamed shards do."""
     from serwild.checkpoint import load_checkpoint
     from serwild.trainer.train import main as train_main
     from tests.trainer.conftest import tiny_config
 
     common = {"train.recipe": "paper", "train.pretrained": str(weights_file), "train.epochs": 1,
-              "train.feature_cache_dir": str(tmp_path / "cache")}
+              "train.feature_cache_dir": str(tmp_path / "cache"), "cv.fold": 0}
     train_main(tiny_config(tiny_build, tmp_path, **common, **{"train.name": "one"}))
     first = capfd.readouterr().err
     assert re.search(r"feature cache .*: [1-9]\d* shard\(s\) computed, 0 reused", first), first
@@ -372,3 +396,6 @@ def test_the_trainer_trains_the_paper_recipe_from_the_cache(tiny_build: Path, we
     assert "features.0.weight" in ckpt["model"] and ckpt["recipe"]["frozen"] == ["conv1", "conv2", "conv3", "conv4"]
     train_main(tiny_config(tiny_build, tmp_path, **common, **{"train.name": "nocache", "train.feature_cache": "off"}))
     assert "feature cache" not in capfd.readouterr().err
+    cached, streamed = (json.loads((tmp_path / n / "metrics.jsonl").read_text())["val"] for n in ("one", "nocache"))
+    assert cached["n"] == streamed["n"] == sum(map(sum, streamed["confusion"])) > 0
+    assert set(cached) == set(streamed) == {"n", "wa", "ua", "weighted_f1", "macro_f1", "recall", "confusion"}

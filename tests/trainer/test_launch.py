@@ -9,17 +9,20 @@ import pytest
 
 from serwild import torchrun
 from serwild.cli import main as cli
+from serwild.config import load_config
+from serwild.metrics import VALIDATION
 from serwild.trainer import launch
 from tests.trainer.conftest import overrides
 
 
-def test_torchrun_command() -> None:
-    opts = launch.LaunchOptions(config="c.yaml", overrides=["train.epochs=1"], nproc=2)
-    cmd = torchrun.command(launch.MODULE, launch.rank_args(opts, []), 2, 0)
-    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=2" in cmd
-    assert cmd[cmd.index("-m", 2):] == ["-m", "serwild.trainer", "--config", "c.yaml", "train.epochs=1"]
-    restarts = launch.rank_args(launch.LaunchOptions(config=None, overrides=[], nproc=1, max_restarts=3), [])
-    assert restarts == ["--resume"]
+def test_torchrun_command(tmp_path: Path) -> None:
+    """The ranks get the run's spec file and how to start, nothing else."""
+    spec = tmp_path / "run" / "config.yaml"
+    cmd = torchrun.command(launch.MODULE, launch.rank_args(spec, launch.LaunchOptions(nproc=2)), 2, 0)
+    assert "--standalone" in cmd and "--nproc-per-node=2" in cmd
+    assert cmd[cmd.index("-m", 2):] == ["-m", "serwild.trainer", "--config", str(spec)]
+    restarts = launch.rank_args(spec, launch.LaunchOptions(nproc=1, max_restarts=3))
+    assert restarts == ["--config", str(spec), "--resume"]
 
 
 def test_refusals_come_before_torchrun(tiny_build: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -42,12 +45,11 @@ def test_cv_trains_every_fold_then_summarises(tiny_build: Path, tmp_path: Path,
     launched = []
 
     def fake_launch(cmd: list[str], nproc: int) -> int:  # stands in for torchrun: writes a fold's run
-        opts = dict(a.split("=", 1) for a in cmd if "=" in a and not a.startswith("--"))
-        fold, run = int(opts["cv.fold"]), tmp_path / opts["train.name"]
-        launched.append((fold, opts["train.name"], nproc))
-        run.mkdir(exist_ok=True)  # the launcher made it, for its lock
+        spec = load_config(cmd[cmd.index("--config") + 1])  # the run's config.yaml, resolved by the launcher
+        fold, run = spec.cv.fold, Path(spec.train.run_dir) / spec.train.name
+        launched.append((fold, spec.train.name, nproc))
         f1 = 0.2 + 0.1 * fold * (fold % 2)
-        val = {"accuracy": f1, "ua": f1, "weighted_f1": f1, "macro_f1": f1}
+        val = dict.fromkeys(VALIDATION, f1)
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val": val, "recipe": "scratch"}) + "\n")
         (run / "best.pt").write_bytes(str(fold).encode())
         return 0

@@ -1,6 +1,8 @@
 """Mid-epoch checkpoints: a run SIGKILLed in the middle of an epoch and resumed ends with
-weights bit-identical to an uninterrupted run (CPU, same seed), streaming at 2 ranks and
-from the feature cache at 1 rank; a resume with another world size is refused in one line."""
+weights bit-identical to an uninterrupted run (CPU, same seed), streaming and from the feature
+cache, at 1 and 2 ranks; a resume with another global batch is refused in one line. With another
+world size (and the same global batch) the epoch's remaining global batches are regrouped over
+the new ranks: each is the old world's, sample for sample."""
 
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from serwild.trainer import train
+from serwild.trainer.distributed import Dist
+from serwild.trainer.preflight import plan_data, resolve
 from tests.faults import procs
-from tests.trainer.conftest import overrides
+from tests.trainer.conftest import overrides, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -89,9 +95,9 @@ def test_a_sigkill_mid_epoch_resumes_to_identical_weights(tiny_build: Path, weig
     assert "epoch 2/2  loss" not in err  # killed inside epoch 2, before its end-of-epoch line
     ck = torch.load(runs / "killed" / "last.pt", map_location="cpu", weights_only=True)
     assert (ck["epoch"], ck["step"]) == (1, 2)
-    if nproc == 2:  # another world size cannot continue that epoch exactly: one line, nothing trained
-        other = subprocess.run(_train(tiny_build, runs, "killed", 1, extra, "--resume"), capture_output=True,
-                               text=True, cwd=procs.REPO, env=procs.env(), timeout=300)
+    if nproc == 2:  # another global batch (8, not 4) cannot continue that epoch exactly: one line, nothing trained
+        other = subprocess.run(_train(tiny_build, runs, "killed", 1, {**extra, "train.batch_size": 8}, "--resume"),
+                               capture_output=True, text=True, cwd=procs.REPO, env=procs.env(), timeout=300)
         said = procs.lines(other.stderr)
         assert other.returncode != 0 and "Traceback" not in other.stderr, other.stderr[-3000:]
         assert any("cannot continue that epoch exactly" in x for x in said), other.stderr[-3000:]
@@ -112,3 +118,27 @@ def test_keep_last_false_leaves_only_the_weights(tiny_build: Path, tmp_path: Pat
     best = torch.load(runs / "lean" / "best.pt", map_location="cpu", weights_only=True)
     assert "optimizer" not in best and best["epoch"] == 1
     assert (runs / "lean" / "best.pt").stat().st_size < 0.25e9  # AlexNet's 57 M weights, no optimiser state
+
+
+def test_another_world_size_continues_the_epoch_on_the_old_worlds_global_batches(tiny_build: Path,
+                                                                                 tmp_path: Path) -> None:
+    """What a mid-epoch resume with another world size trains, on the real streaming loader: the
+    rest of an epoch that 2 ranks of 2 began, at 1 rank of 4 (a node lost) and at 4 ranks of 1
+    (more nodes). Batch k over the new ranks, in rank order, is the old ranks' batch k side by side."""
+    cfg = resolve(tiny_config(tiny_build, tmp_path, **{"train.samples_per_epoch": 24, "cv.fold": None}))
+    plan, steps, first = plan_data(cfg), 6, 2  # 24 samples, a global batch of 4: 6 steps; 2 done
+
+    def batches(rank: int, world: int, streams: tuple[int, int] | None) -> list:
+        d = Dist(rank=rank, world_size=world)
+        run = SimpleNamespace(d=d, batch=4 // world, steps=steps, streams=streams,
+                              data=train.ShardData(plan, cfg, d, steps, 4 // world))
+        return list(train._train_loader(run, 1, first))
+
+    old = [batches(r, 2, None) for r in range(2)]
+    assert [len(b) for b in old] == [steps - first] * 2 and old[0][0][0].shape[0] == 2
+    for world in (1, 4):
+        new = [batches(r, world, (2, 2)) for r in range(world)]
+        for k in range(steps - first):
+            for column in (0, 1):  # images, labels
+                regrouped = torch.cat([n[k][column] for n in new])
+                assert torch.equal(regrouped, torch.cat([old[0][k][column], old[1][k][column]])), (world, k)

@@ -1,0 +1,89 @@
+"""torchrun, quiet: ``python -m serwild.torchrun_agent [torchrun's arguments] -m MODULE …``.
+
+The same program as ``python -m torch.distributed.run`` (same arguments, same elastic agent),
+run by :func:`serwild.torchrun.launch` for every command that starts ranks, with changes to
+what it prints and leaves behind:
+
+- the SignalException it stops with on SIGTERM/SIGINT (after stopping the ranks) ends it
+  with status 128 + signal instead of a 25-line traceback;
+- when a failed rank exited with status 2 (a user's mistake) or 3 (a full disk, a
+  non-finite loss, a rank that stopped for another's failure), which the rank has already
+  said in one line, it exits with that status;
+- any other failed rank has said why itself (its traceback, once) unless a signal killed
+  it: that gets one line; torchrun's own traceback and failure report (which repeat the
+  rank's traceback, or say no more than that line) are never printed, and the status is 1;
+- its PID is in the ranks' environment (``AGENT_ENV``), so that a rank can tell that its
+  agent died before it could ask to die with it (:func:`serwild.torchrun.follow_agent`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from serwild.torchrun import AGENT_ENV, SAID_EXIT, USAGE_EXIT
+
+SAID = (USAGE_EXIT, SAID_EXIT)  # a rank exiting with one of these has said what went wrong
+EXIT_LOGGER = "torch.distributed.elastic.multiprocessing.api"  # where torchrun logs each rank's exit
+
+
+class HoldExits(logging.Filter):
+    """torchrun's per-rank exit lines, held back until we know why it stopped: after a
+    failure they only repeat what the rank said; after a success they are let through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if "failed (exitcode" in text or "closing signal" in text:
+            self.held.append(record)
+            return False
+        return True
+
+
+def failure_status(e: ChildFailedError) -> tuple[int, list[str]]:
+    """The exit status for torchrun's failure ``e`` and the lines to print (at most one per rank).
+
+    Ranks the agent stopped itself (SIGTERM, after the first failure) are among the failures
+    too: name those killed by another signal (the OOM killer's SIGKILL), or, when SIGTERMs are
+    all there is, the first. A rank that said its error (or that it stopped for another's) has
+    said everything: whichever rank's exit the agent saw first, nothing is added."""
+    failed = sorted(e.failures.items())
+    said = sorted({f.exitcode for f in e.failures.values()} & set(SAID))
+    killed = [(r, f) for r, f in failed if f.exitcode < 0 and f.signal_name() != "SIGTERM"]
+    if not said and not killed and all(f.exitcode < 0 for _, f in failed):
+        killed = [e.get_first_failure()]
+    lines = [f"torchrun: error: rank {rank} (PID {f.pid}) was killed by {f.signal_name()}" for rank, f in killed]
+    return (said[0] if said and not killed else 1), lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    hold = HoldExits()
+    exits = logging.getLogger(EXIT_LOGGER)
+    exits.addFilter(hold)
+    # This program is the agent: what it sets here, torchrun hands to every rank it starts.
+    os.environ[AGENT_ENV] = str(os.getpid())
+    try:
+        torchrun.main(sys.argv[1:] if argv is None else argv)
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        status, lines = failure_status(e)
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+        return status
+    exits.removeFilter(hold)
+    for record in hold.held:
+        exits.handle(record)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
