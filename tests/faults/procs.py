@@ -13,6 +13,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,3 +177,24 @@ def full_disk(where: Path, size: str) -> Iterator[tuple[Path, Callable[[], None]
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     yield where, limit_file_size
+
+
+def lines_until(proc: subprocess.Popen, needle: str, seconds: float) -> tuple[list[str], threading.Thread]:
+    """Read ``proc``'s stderr on a thread into the returned list; return once a line holds
+    ``needle`` (or the process ended, or ``seconds`` passed: the caller checks which)."""
+    err: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err.append(line)
+            if needle in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + seconds
+    while not seen.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
+        pass
+    return err, reader

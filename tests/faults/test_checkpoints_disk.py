@@ -87,13 +87,12 @@ def _no_temps(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if atomic.TMP_MARK in p.name]
 
 
-@pytest.mark.parametrize("executor", [["--serial"], pytest.param(["ray.num_cpus=1"], marks=pytest.mark.slow)],
-                         ids=["serial", "ray"])
-def test_a_full_disk_build_is_one_line(corpus: Path, tmp_path: Path, executor: list[str]) -> None:  # noqa: F811
-    """Serially, and with Ray (the shard's writer is a Ray worker: its error comes wrapped)."""
+def test_a_full_disk_build_is_one_line(corpus: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A serial build. With Ray (the shard's writer is a Ray worker: its error comes wrapped) it is
+    tests/faults/test_building.py's full-disk Ray build, several workers writing at once."""
     with full_disk(tmp_path / "disk", "200k") as (disk, limit):
         out = disk / "shards"
-        proc = subprocess.run([*SERWILD, "build", *build_args(corpus, out), *executor], capture_output=True,
+        proc = subprocess.run([*SERWILD, "build", "--serial", *build_args(corpus, out)], capture_output=True,
                               text=True, env=procs.env(), timeout=300, preexec_fn=limit)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         (line,) = lines(proc.stderr)

@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -128,27 +126,6 @@ def rank_of(pid: int) -> int:
     return int(next(e for e in env if e.startswith(b"RANK=")).split(b"=", 1)[1])
 
 
-def lines_until(proc: subprocess.Popen, needle: str, seconds: float) -> tuple[list[str], threading.Thread]:
-    """Read ``proc``'s stderr on a thread into the returned list; return once a line holds
-    ``needle`` (or the process ended, or ``seconds`` passed: the caller checks which)."""
-    err: list[str] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            err.append(line)
-            if needle in line:
-                seen.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + seconds
-    while not seen.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
-        pass
-    return err, reader
-
-
 def test_killed_rank_is_restarted_and_resumes(tiny_build: Path, weights_file: Path, tmp_path: Path) -> None:
     """Rank 1 is SIGKILLed once epoch 2 is under way; torchrun --max-restarts restarts both ranks,
     which resume from last.pt (epoch 1's end)."""
@@ -158,7 +135,7 @@ def test_killed_rank_is_restarted_and_resumes(tiny_build: Path, weights_file: Pa
     proc = procs.start([*procs.SERWILD, "train", "--nproc", "2", "--max-restarts", "1",
                         "--config", str(tmp_path / "cfg.yaml"), *args])
     with procs.session(proc):
-        err, reader = lines_until(proc, "epoch 2/2: started", 300)  # rank 0's progress line
+        err, reader = procs.lines_until(proc, "epoch 2/2: started", 300)  # rank 0's progress line
         assert any("epoch 2/2: started" in x for x in err), "".join(err)[-3000:]
         (agent,) = children(proc.pid)  # serwild train → torchrun's agent → the ranks
         victim = next(p for p in children(agent) if rank_of(p) == 1)

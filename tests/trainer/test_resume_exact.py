@@ -10,8 +10,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,23 +43,9 @@ def _killed_after_mark(cmd: list[str], needle: str) -> str:
     """Run ``cmd`` until rank 0 reports the mid-epoch save, then SIGKILL every process of it (the
     launcher, torchrun and the ranks, found by ``needle`` in their command lines) at once."""
     proc = procs.start(cmd)
-    err: list[str] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            err.append(line)
-            if MARK in line:
-                seen.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
     with procs.session(proc):
-        deadline = time.monotonic() + 300
-        while not seen.wait(0.5) and proc.poll() is None and time.monotonic() < deadline:
-            pass
-        assert seen.is_set(), "".join(err)[-3000:]
+        err, reader = procs.lines_until(proc, MARK, 300)
+        assert any(MARK in line for line in err), "".join(err)[-3000:]
         for pid in {*procs.session_pids(proc.pid), *procs.pids_running(needle)}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
