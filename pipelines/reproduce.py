@@ -268,7 +268,7 @@ def train_run(e: Experiment, ref: RunRef, extra: list[str], ctx: Context) -> boo
     """Train ``ref`` unless its folder holds it finished (resume a half-trained one); whether it trained."""
     more = [*ctx.overrides, *e.overrides, *extra, f"train.name={ref.name}"]
     run_cfg = load_config(ctx.config, more)
-    label = f"{e.title}: train {'fold ' + str(ref.fold) if ref.fold is not None else ''}→ {ref.dir}"
+    label = f"{e.title}: train {f'fold {ref.fold} ' if ref.fold is not None else ''}→ {ref.dir}"
     t0 = ctx.progress.start(ref.name, label)
     state, why = run_state(ref.dir, run_cfg, ctx.fingerprint)
     if state == "other" and not ctx.overwrite:
