@@ -31,7 +31,7 @@ def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str,
     cfg = load_config(config, overrides)
     out = Path(cfg.train.run_dir) / f"{cfg.train.name or 'demo'}-compare"
     exps, results, _, _ = run_preset(DEMO, config, overrides, out, nproc, overwrite)
-    runs = [Path(results[e.base]["cv_dir"]) for e in exps]
+    runs = [Path(results[e.base]["model_dir"]) for e in exps]
     compared = compare_runs(runs, out=out, bootstrap=cfg.eval.bootstrap,
                             seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
     out = compared.out

@@ -260,7 +260,7 @@ def run_experiment(e: Experiment, ctx: Context) -> dict[str, Any]:
     if not reuse:
         evaluate_checkpoint(model_dir / "best.pt", shards=ctx.cfg.out, out=report_dir, settings=ctx.cfg.eval)
     ctx.progress.finish(f"{e.base}-eval", label, t0, reuse)
-    return {"cv": summary, "cv_dir": str(model_dir), "metrics_path": str(report_dir / "metrics.json"),
+    return {"cv": summary, "model_dir": str(model_dir), "metrics_path": str(report_dir / "metrics.json"),
             "metrics": json.loads((report_dir / "metrics.json").read_text())}
 
 
@@ -409,8 +409,8 @@ def dataset_section(out: Path, ds: str, dexps: Sequence[Experiment], results: Ma
     parts = [f"## {ds.upper()}", "", "Tables 5 (experiment 1) and 6 (experiment 2), per 1 s block (WA = accuracy; "
              "W- = weighted average over the classes):", "", table(dexps, results), "",
              report.test_set_line(first), ""]
-    arms = {f"exp1 ({EXPERIMENTS[1]})": [results[dexps[0].base]["cv_dir"]],
-            f"exp2 ({EXPERIMENTS[2]})": [results[dexps[1].base]["cv_dir"]]}
+    arms = {f"exp1 ({EXPERIMENTS[1]})": [results[dexps[0].base]["model_dir"]],
+            f"exp2 ({EXPERIMENTS[2]})": [results[dexps[1].base]["model_dir"]]}
     compared = compare_runs(out=out / f"compare-{ds}", arms=arms, bootstrap=cfg.eval.bootstrap,
                             seed=cfg.eval.bootstrap_seed, alpha=cfg.eval.alpha)
     cmp_dir, comp = compared.out, compared.table
@@ -431,7 +431,7 @@ def dataset_section(out: Path, ds: str, dexps: Sequence[Experiment], results: Ma
         parts.append(f"- Exp {e.number}: {report.protocol_line(results[e.base]['metrics'])} "
                      f"Numbers from `{results[e.base]['metrics_path']}`.")
     parts.append("")
-    data = {f"exp{e.number}": {"run": results[e.base]["cv_dir"], "metrics": results[e.base]["metrics_path"],
+    data = {f"exp{e.number}": {"run": results[e.base]["model_dir"], "metrics": results[e.base]["metrics_path"],
                                "best_fold": results[e.base]["cv"]["best_fold"],
                                "cv_mean_std": results[e.base]["cv"]["mean_std"],
                                "budget": results[e.base]["metrics"].get("budget"),
