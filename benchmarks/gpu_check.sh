@@ -48,10 +48,11 @@ EOF
 fi
 
 if [[ "$MODE" == gpu ]]; then
-  DEV=cuda; AMP=bf16; NPROC=1; BATCH=128; EPOCHS=3; WORKERS=8; SPE=all
+  DEV=cuda; AMP=bf16; NPROC=1; BATCH=128; EPOCHS=3; WORKERS=8; SPE=all; ARCH=alexnet
   BUILD="${BUILD:-$BUNDLE/build}"
 else
-  DEV=cpu; AMP=none; NPROC=1; BATCH=8; EPOCHS=2; WORKERS=0; SPE=32
+  # The tiny network (AlexNet's layers at small widths): the same code path, in seconds.
+  DEV=cpu; AMP=none; NPROC=1; BATCH=8; EPOCHS=2; WORKERS=0; SPE=32; ARCH=tiny
   if [[ -z "${BUILD:-}" ]]; then  # BUILD=<a finished build> skips this
     BUILD="$OUT/build"
     step "build (tiny, serial)"
@@ -63,13 +64,13 @@ fi
 CONDS=$("$PY" -c "import json, sys; print('[' + ', '.join(json.load(open(sys.argv[1]))['conditions']) + ']')" \
         "$BUILD/manifest.json")
 
-step "weights file (random AlexNet: ImageNet weights cannot be downloaded offline)"
+step "weights file (a random $ARCH: ImageNet weights cannot be downloaded offline)"
 "$PY" -c "
-import torch; from serwild.trainer.model import build_model
-torch.manual_seed(0); torch.save(build_model(1000).state_dict(), '$OUT/weights.pt')"
+import torch; from serwild.trainer.model import new_model
+torch.manual_seed(0); torch.save(new_model('$ARCH', 1000).state_dict(), '$OUT/weights.pt')"
 
 COMMON=(--nproc "$NPROC" --overwrite --config configs/demo-tiny.yaml train.shards="$BUILD" train.run_dir="$OUT/runs"
-        train.recipe=paper train.pretrained="$OUT/weights.pt" train.device="$DEV" train.amp="$AMP"
+        train.arch="$ARCH" train.recipe=paper train.pretrained="$OUT/weights.pt" train.device="$DEV" train.amp="$AMP"
         train.channels_last=true train.batch_size="$BATCH" train.epochs="$EPOCHS" train.num_workers="$WORKERS"
         train.samples_per_epoch="$SPE" train.conditions="$CONDS" train.verify=size
         train.feature_cache_dir="$OUT/feature-cache")

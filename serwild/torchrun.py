@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -17,14 +18,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-
-import torch
+from typing import NoReturn
 
 from serwild import lock
 
 
 def default_nproc() -> int:
     """One process per visible GPU, or one on a CPU-only machine."""
+    import torch  # here: the launchers and `serwild --help` need no torch to say who they are
+
     return max(1, torch.cuda.device_count())
 
 
@@ -56,7 +58,7 @@ def launch(cmd: list[str], nproc: int) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
     main_thread = threading.current_thread() is threading.main_thread()
-    scratch = tempfile.mkdtemp(prefix="serwild-torchrun-")  # removed when torchrun ends
+    scratch = scratch_folder()  # removed when torchrun ends
     # torch._dynamo, which every optimiser imports, makes its compile cache folder
     # (torchinductor_<user>) in the system's temp folder as it is imported, and leaves it there;
     # nothing here compiles, so it goes into the scratch folder.
@@ -68,6 +70,33 @@ def launch(cmd: list[str], nproc: int) -> int:
         return _run(cmd, env, main_thread)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+SCRATCH = "serwild-torchrun-"  # a launch's temp folder: SCRATCH + the launcher's PID + "-" + random
+
+
+def scratch_folder() -> str:
+    """A new temp folder for one launch, named by this process's PID.
+
+    A launcher killed outright (SIGKILL, the OOM killer) cannot remove its folder: any folder of
+    ours whose PID no process has any more is removed here first, so they do not pile up."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(SCRATCH):].split("-", 1)[0] if name.startswith(SCRATCH) else ""
+        path = os.path.join(root, name)
+        if pid.isdigit() and not _alive(int(pid)) and os.stat(path).st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _logs_to_devnull() -> bool:
@@ -129,3 +158,17 @@ def follow_agent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     if os.getppid() != agent:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End this torchrun process (a rank, or a standalone agent whose ranks are gone) with status
+    ``code`` now, without the interpreter's teardown.
+
+    Its work is done and on disk (every file is written atomically and closed, the process
+    group destroyed). What teardown would add is the C++ destructors of gloo's and the store's
+    threads, which under load sometimes abort a rank whose run succeeded ("terminate called
+    without an active exception", SIGABRT, and torchrun reports a failure), and about a second."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -26,7 +26,7 @@ from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-from serwild.torchrun import AGENT_ENV, SAID_EXIT, USAGE_EXIT
+from serwild.torchrun import AGENT_ENV, SAID_EXIT, USAGE_EXIT, exit_now
 
 SAID = (USAGE_EXIT, SAID_EXIT)  # a rank exiting with one of these has said what went wrong
 EXIT_LOGGER = "torch.distributed.elastic.multiprocessing.api"  # where torchrun logs each rank's exit
@@ -86,4 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    if "--standalone" in sys.argv:  # its store served only its own ranks, all gone: end as they do
+        exit_now(status)
+    raise SystemExit(status)  # other nodes may still be closing the rendezvous in this agent's store

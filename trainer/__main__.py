@@ -27,7 +27,7 @@ from serwild.config import load_config
 from serwild.data.loaders import ShardError
 from serwild.data.remote import RemoteError
 from serwild.errors import UsageError
-from serwild.torchrun import SAID_EXIT, USAGE_EXIT, follow_agent
+from serwild.torchrun import SAID_EXIT, USAGE_EXIT, exit_now, follow_agent
 from serwild.trainer.train import NonFiniteLoss
 from serwild.trainer.train import main as train_main
 
@@ -96,4 +96,4 @@ def peer_lost(e: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())  # a bug's exception is raised before this, with its traceback

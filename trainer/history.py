@@ -6,9 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
 from serwild import atomic
 
 
@@ -30,6 +27,10 @@ def plot_curves(records: list[dict[str, Any]], out: str | Path, title: str) -> P
     Epochs are whole numbers on the axis (a 2-epoch run would otherwise get ticks at 1.25,
     1.5, …); the legend sits outside the axes; ``title`` names the run, in small type at the
     top (which run, not a caption: that belongs under the figure where it is shown)."""
+    # Imported here: only rank 0 plots, once a run, and matplotlib costs every process ~0.5 s to import.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in records]
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh is never a stub: its CPU mode runs every step the GPU run does
+"""benchmarks/gpu_check.sh is never a stub: its CPU mode runs every step the GPU run does, on the tiny network
 (torchrun training with and without the feature cache, evaluate, predict, the summary)."""
 
 from __future__ import annotations

@@ -84,12 +84,12 @@ def test_every_input_is_used_or_rejected(ray_build: tuple[Path, Path]) -> None:
 
 
 def test_worker_count_does_not_change_bytes(ray_build: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two Ray workers and one serial process write the same bytes (and the same fingerprint)."""
     _, out2 = ray_build
-    one = run_build(tree_config(tmp_path / "ray1", datasets="[ahsn]", **{"ray.num_cpus": 1}), executor="ray")
     serial = run_build(tree_config(tmp_path / "serial", datasets="[ahsn]"), executor="serial")
-    assert _hashes(one) == _hashes(out2) == _hashes(serial)
+    assert _hashes(serial) == _hashes(out2)
     fp = lambda o: json.loads((o / "manifest.json").read_text())["fingerprint"]  # noqa: E731
-    assert fp(one) == fp(out2)
+    assert fp(serial) == fp(out2)
 
 
 def test_the_log_says_which_node_built_each_shard_and_the_manifest_does_not(ray_build: tuple[Path, Path]) -> None:

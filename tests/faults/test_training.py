@@ -249,9 +249,14 @@ def test_a_non_finite_loss_is_one_line_and_exit_1(tiny_build: Path, weights_file
 
 def test_torchrun_adds_nothing_to_a_ranks_one_line_error_nor_to_the_temp_folder(tmp_path: Path) -> None:
     """A rank's one-line error (no build there) is all a user reads: torchrun adds no report. And
-    torchrun's agent, which made a ``torchelastic_*`` folder in TMPDIR on every launch, leaves none."""
+    torchrun's agent, which made a ``torchelastic_*`` folder in TMPDIR on every launch, leaves none;
+    the launch's own temp folder goes with it, and so does one a SIGKILLed launcher left."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
+    killed = subprocess.run([sys.executable, "-c", "import os; from serwild import torchrun; "
+                             "print(torchrun.scratch_folder(), flush=True); os.kill(os.getpid(), 9)"],
+                            capture_output=True, text=True, timeout=60, env=procs.env(TMPDIR=str(tmp)))
+    assert killed.returncode == -9 and Path(killed.stdout.strip()).is_dir()  # what a killed launcher leaves
     code = ("import sys; from serwild import torchrun; "
             f"sys.exit(torchrun.launch(torchrun.command('serwild.trainer', ['out={tmp_path / 'none'}'], 1), 1))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=200, cwd=tmp_path,

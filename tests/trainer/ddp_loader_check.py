@@ -15,6 +15,7 @@ import sys
 import torch
 
 from serwild.data.loaders import ShardSet, make_eval_loader, make_train_loader
+from serwild.torchrun import exit_now
 from serwild.trainer.distributed import all_gather_object, all_reduce_sum, setup, teardown
 
 
@@ -46,3 +47,4 @@ def main(spec_path: str, out_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    exit_now(0)  # as serwild's ranks end (see serwild.torchrun.exit_now)

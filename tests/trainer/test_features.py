@@ -321,6 +321,7 @@ from serwild.trainer.distributed import all_gather_object, barrier, setup, teard
 from serwild.trainer.features import build_feature_cache, cache_spec, head_from, load_feature_cache
 from serwild.trainer.model import build_model
 from serwild.trainer.recipe import make_optimizer, resolve_recipe
+from serwild.torchrun import exit_now
 
 build, weights, fingerprint, root, out = sys.argv[1:6]
 records = json.loads(sys.argv[6])
@@ -351,6 +352,7 @@ try:
     del head  # DDP's reducer must go before its process group (else an abort at exit)
 finally:
     teardown(d)
+exit_now(0)  # as serwild's ranks end (see serwild.torchrun.exit_now)
 '''
 
 

@@ -16,7 +16,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from serwild.torchrun import USAGE_EXIT
 from serwild.trainer import train
+from serwild.trainer.__main__ import main as rank_main
 from serwild.trainer.distributed import Dist
 from serwild.trainer.preflight import plan_data, resolve
 from tests.faults import procs
@@ -24,13 +26,18 @@ from tests.trainer.conftest import overrides, tiny_config
 
 pytestmark = pytest.mark.slow
 
-MARK = "checkpoint: epoch 2 batch 2/"  # the kill comes right after this save
+# The kill comes right after this save, with 6 of epoch 2's 12 steps and its validation still to run
+# (milliseconds each on the tiny model: room for the kill to land first even under load).
+MARK = "checkpoint: epoch 2 batch 6/"
+
+
+def _settings(name: str, extra: dict) -> dict:
+    return {"train.name": name, "train.epochs": 2, "train.samples_per_epoch": 48, "train.batch_size": 4,
+            "train.checkpoint_every": 6, "cv.fold": 0, **extra}
 
 
 def _train(build: Path, runs: Path, name: str, nproc: int, extra: dict, *flags: str) -> list[str]:
-    over = overrides(build, runs, **{"train.name": name, "train.epochs": 2, "train.samples_per_epoch": 16,
-                                     "train.batch_size": 4, "train.checkpoint_every": 2, "cv.fold": 0, **extra})
-    return [*procs.SERWILD, "train", "--nproc", str(nproc), *flags, *over]
+    return [*procs.SERWILD, "train", "--nproc", str(nproc), *flags, *overrides(build, runs, **_settings(name, extra))]
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -69,7 +76,8 @@ CACHED = {"train.recipe": "paper", "train.feature_cache": "on", "train.pretraine
     (1, CACHED),
 ], ids=["streaming-2-ranks", "streaming-1-rank", "cached-2-ranks", "cached-1-rank"])
 def test_a_sigkill_mid_epoch_resumes_to_identical_weights(tiny_build: Path, weights_file: Path, tmp_path: Path,
-                                                         nproc: int, extra: dict) -> None:
+                                                         capsys: pytest.CaptureFixture[str], nproc: int,
+                                                         extra: dict) -> None:
     extra = {k: (weights_file if v == "WEIGHTS" else v) for k, v in extra.items()}
     if "train.feature_cache" in extra:  # its own cache folder: the session's build stays read-only
         extra["train.feature_cache_dir"] = tmp_path / "cache"
@@ -78,15 +86,17 @@ def test_a_sigkill_mid_epoch_resumes_to_identical_weights(tiny_build: Path, weig
     err = _killed_after_mark(_train(tiny_build, runs, "killed", nproc, extra), str(runs))
     assert "epoch 2/2  loss" not in err  # killed inside epoch 2, before its end-of-epoch line
     ck = torch.load(runs / "killed" / "last.pt", map_location="cpu", weights_only=True)
-    assert (ck["epoch"], ck["step"]) == (1, 2)
+    assert (ck["epoch"], ck["step"]) == (1, 6)
     if nproc == 2:  # another global batch (8, not 4) cannot continue that epoch exactly: one line, nothing trained
-        other = subprocess.run(_train(tiny_build, runs, "killed", 1, {**extra, "train.batch_size": 8}, "--resume"),
-                               capture_output=True, text=True, cwd=procs.REPO, env=procs.env(), timeout=300)
-        said = procs.lines(other.stderr)
-        assert other.returncode != 0 and "Traceback" not in other.stderr, other.stderr[-3000:]
-        assert any("cannot continue that epoch exactly" in x for x in said), other.stderr[-3000:]
+        before = (runs / "killed" / "last.pt").read_bytes()
+        # One rank in this process (the refusal is the rank's: it needs the world size), as torchrun runs it.
+        other = _settings("killed", {**extra, "train.batch_size": 8})
+        code = rank_main(["--resume", *overrides(tiny_build, runs, **other)])
+        said = procs.lines(capsys.readouterr().err)
+        assert code == USAGE_EXIT and len(said) == 1 and "cannot continue that epoch exactly" in said[0], said
+        assert (runs / "killed" / "last.pt").read_bytes() == before
     resumed = _run(_train(tiny_build, runs, "killed", nproc, extra, "--resume"))
-    assert "at epoch 2 batch 2" in resumed.stderr
+    assert "at epoch 2 batch 6" in resumed.stderr
     whole, again = _weights(runs / "whole"), _weights(runs / "killed")
     assert whole.keys() == again.keys()
     assert all(torch.equal(whole[k], again[k]) for k in whole), "weights differ after a mid-epoch resume"
