@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from collections import defaultdict
@@ -296,51 +295,48 @@ def short_temp_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _nothing_left(tmp: Path, out: Path) -> None:
+    """Nothing of the build's outside ``out`` in the temp folder ``tmp``, and no Ray folder in ``out``."""
+    left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p != out and out not in p.parents)
+    assert left == [], left
+    assert not [p for p in out.rglob("*") if "ray" in p.name.lower() or "session_" in p.name], \
+        sorted(p.name for p in out.iterdir())
+
+
+def _without_ray_tmpdir(tmp: Path) -> dict[str, str]:
+    return {k: v for k, v in procs.env(TMPDIR=str(tmp)).items() if k != "RAY_TMPDIR"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["short-out", "long-out"])
-def test_a_ray_build_leaves_nothing_in_the_temp_folder(ray_corpus: Path, tmp_path: Path, where: str) -> None:
+def test_a_ray_build_leaves_nothing_in_the_temp_folder(ray_corpus: Path) -> None:
     """Ray's session folder lives in the build folder when its sockets' paths fit (about 40
-    bytes of folder), else in a short folder of its own; either way it is gone at the end."""
+    bytes of folder, as here), else in a short folder of its own (the full-disk case below, whose
+    build folder is long); either way it is gone at the end."""
     with short_temp_folder() as tmp:
-        out = tmp / "b" if where == "short-out" else tmp_path / ("x" * 40) / "shards"
-        environ = {k: v for k, v in procs.env(TMPDIR=str(tmp)).items() if k != "RAY_TMPDIR"}
+        out = tmp / "b"
         proc = subprocess.run([*SERWILD, "build", *ray_args(ray_corpus, out, "ray.num_cpus=1")], capture_output=True,
-                              text=True, env=environ, timeout=300, cwd=procs.REPO)
+                              text=True, env=_without_ray_tmpdir(tmp), timeout=300, cwd=procs.REPO)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p != out and out not in p.parents)
-        assert left == [], left
-        assert not [p for p in out.rglob("*") if "ray" in p.name.lower() or "session_" in p.name], \
-            sorted(p.name for p in out.iterdir())
-
-
-@contextlib.contextmanager
-def cpu_load(n: int) -> Iterator[None]:
-    """``n`` busy processes competing for the CPUs, ended by PID afterwards."""
-    hogs = [procs.start([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        yield
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
+        _nothing_left(tmp, out)
 
 
 @pytest.mark.slow
 def test_a_full_disk_ray_build_under_load_leaves_no_temp_shard(ray_corpus: Path, tmp_path: Path) -> None:
     """Several workers write shards at once onto a 300 KB file system while the CPUs are busy
-    (four Ray workers and a busy process on this machine's two cores, beside whatever else runs:
-    a load of 5 or more, where this once failed): when the first fails, the others are
-    mid-write. After the driver exits, no temp of any of them is left."""
-    with full_disk(tmp_path / "disk", "300k") as (disk, limit), cpu_load(1):
-        out = disk / "shards"
+    (four Ray workers on this machine's two cores, beside the rest of the suite: a load of 5 or
+    more, where this once failed): when the first fails, the others are mid-write. After the
+    driver exits, no temp of any of them is left, nor anything of Ray's in TMPDIR."""
+    with full_disk(tmp_path / "disk", "300k") as (disk, limit), short_temp_folder() as tmp:
+        out = disk / "shards"  # a long path: Ray's session folder goes to a short folder in TMPDIR
         proc = subprocess.run([*SERWILD, "build", *ray_args(ray_corpus, out, "ray.num_cpus=4", "shard.max_samples=4")],
-                              capture_output=True, text=True, env=procs.env(), timeout=300, preexec_fn=limit,
-                              cwd=procs.REPO)
+                              capture_output=True, text=True, env=_without_ray_tmpdir(tmp), timeout=300,
+                              preexec_fn=limit, cwd=procs.REPO)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert re.fullmatch(rf"serwild build: error: no space left on device writing {re.escape(str(out))}/\S+",
                             one_line(proc.stderr, proc.returncode, 1))
         left = [p for p in out.rglob("*") if ".tmp-" in p.name]
         assert left == [] and not (out / "manifest.json").exists(), left
+        _nothing_left(tmp, out)
 
 
 def test_a_build_into_a_bucket_is_refused_with_the_publish_command(capsys: pytest.CaptureFixture[str],

@@ -128,10 +128,10 @@ def rank_of(pid: int) -> int:
 
 def test_killed_rank_is_restarted_and_resumes(tiny_build: Path, weights_file: Path, tmp_path: Path) -> None:
     """Rank 1 is SIGKILLed once epoch 2 is under way; torchrun --max-restarts restarts both ranks,
-    which resume from last.pt (epoch 1's end). An epoch is 40 steps (a second or two, not the
+    which resume from last.pt (epoch 1's end). An epoch is 24 steps (about a second, not the
     milliseconds of 2 steps), so that the kill lands inside epoch 2 even when the reader lags."""
     args = overrides(tiny_build, tmp_path, **{"train.pretrained": weights_file, "train.lr_step": 1,
-                                              "cv.fold": None, "train.name": "killed", "train.samples_per_epoch": 160})
+                                              "cv.fold": None, "train.name": "killed", "train.samples_per_epoch": 96})
     (tmp_path / "cfg.yaml").write_text("seed: 0\n")  # everything else comes as overrides
     proc = procs.start([*procs.SERWILD, "train", "--nproc", "2", "--max-restarts", "1",
                         "--config", str(tmp_path / "cfg.yaml"), *args])
@@ -150,7 +150,7 @@ def test_killed_rank_is_restarted_and_resumes(tiny_build: Path, weights_file: Pa
     run = tmp_path / "killed"
     lines = _metrics(run)
     assert [r["epoch"] for r in lines] == [1, 2]  # epoch 2 redone once, epoch 1 not repeated
-    assert lines[1]["lr"] == pytest.approx(_lrs(2)) and lines[1]["batches_per_rank"] == [40, 40]
+    assert lines[1]["lr"] == pytest.approx(_lrs(2)) and lines[1]["batches_per_rank"] == [24, 24]
     assert load_checkpoint(run / "last.pt")["epoch"] == 2 and (run / "best.pt").is_file()
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from serwild.cli import main as cli
 from serwild.torchrun import USAGE_EXIT
 from serwild.trainer import train
 from serwild.trainer.__main__ import main as rank_main
@@ -37,19 +38,29 @@ def _settings(name: str, extra: dict) -> dict:
 
 
 def _train(build: Path, runs: Path, name: str, nproc: int, extra: dict, *flags: str) -> list[str]:
-    return [*procs.SERWILD, "train", "--nproc", str(nproc), *flags, *overrides(build, runs, **_settings(name, extra))]
+    return ["train", "--nproc", str(nproc), *flags, *overrides(build, runs, **_settings(name, extra))]
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=procs.REPO, env=procs.env(), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+@pytest.fixture
+def run(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], str]:
+    """``serwild <argv>`` with this process as the launcher (torchrun and the ranks are processes
+    of their own, as always): it must succeed; what it and the ranks said. One thread per rank,
+    as in the killed runs' processes (the thread count may change a float's last bit)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def run(argv: list[str]) -> str:
+        capfd.readouterr()
+        code = cli(argv)
+        err = capfd.readouterr().err
+        assert code == 0, err[-3000:]
+        return err
+    return run
 
 
 def _killed_after_mark(cmd: list[str], needle: str) -> str:
     """Run ``cmd`` until rank 0 reports the mid-epoch save, then SIGKILL every process of it (the
     launcher, torchrun and the ranks, found by ``needle`` in their command lines) at once."""
-    proc = procs.start(cmd)
+    proc = procs.start([*procs.SERWILD, *cmd])
     with procs.session(proc):
         err, reader = procs.lines_until(proc, MARK, 300)
         assert any(MARK in line for line in err), "".join(err)[-3000:]
@@ -76,13 +87,14 @@ CACHED = {"train.recipe": "paper", "train.feature_cache": "on", "train.pretraine
     (1, CACHED),
 ], ids=["streaming-2-ranks", "streaming-1-rank", "cached-2-ranks", "cached-1-rank"])
 def test_a_sigkill_mid_epoch_resumes_to_identical_weights(tiny_build: Path, weights_file: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str], nproc: int,
+                                                         run: Callable[[list[str]], str],
+                                                         capfd: pytest.CaptureFixture[str], nproc: int,
                                                          extra: dict) -> None:
     extra = {k: (weights_file if v == "WEIGHTS" else v) for k, v in extra.items()}
     if "train.feature_cache" in extra:  # its own cache folder: the session's build stays read-only
         extra["train.feature_cache_dir"] = tmp_path / "cache"
     runs = tmp_path / "runs"
-    _run(_train(tiny_build, runs, "whole", nproc, extra))
+    run(_train(tiny_build, runs, "whole", nproc, extra))
     err = _killed_after_mark(_train(tiny_build, runs, "killed", nproc, extra), str(runs))
     assert "epoch 2/2  loss" not in err  # killed inside epoch 2, before its end-of-epoch line
     ck = torch.load(runs / "killed" / "last.pt", map_location="cpu", weights_only=True)
@@ -92,11 +104,10 @@ def test_a_sigkill_mid_epoch_resumes_to_identical_weights(tiny_build: Path, weig
         # One rank in this process (the refusal is the rank's: it needs the world size), as torchrun runs it.
         other = _settings("killed", {**extra, "train.batch_size": 8})
         code = rank_main(["--resume", *overrides(tiny_build, runs, **other)])
-        said = procs.lines(capsys.readouterr().err)
+        said = procs.lines(capfd.readouterr().err)
         assert code == USAGE_EXIT and len(said) == 1 and "cannot continue that epoch exactly" in said[0], said
         assert (runs / "killed" / "last.pt").read_bytes() == before
-    resumed = _run(_train(tiny_build, runs, "killed", nproc, extra, "--resume"))
-    assert "at epoch 2 batch 6" in resumed.stderr
+    assert "at epoch 2 batch 6" in run(_train(tiny_build, runs, "killed", nproc, extra, "--resume"))
     whole, again = _weights(runs / "whole"), _weights(runs / "killed")
     assert whole.keys() == again.keys()
     assert all(torch.equal(whole[k], again[k]) for k in whole), "weights differ after a mid-epoch resume"
@@ -104,9 +115,10 @@ def test_a_sigkill_mid_epoch_resumes_to_identical_weights(tiny_build: Path, weig
     assert "optimizer" not in best and "rng" not in best  # best.pt is weights only
 
 
-def test_keep_last_false_leaves_only_the_weights(tiny_build: Path, tmp_path: Path) -> None:
+def test_keep_last_false_leaves_only_the_weights(tiny_build: Path, tmp_path: Path,
+                                                run: Callable[[list[str]], str]) -> None:
     runs = tmp_path / "runs"
-    _run(_train(tiny_build, runs, "lean", 1, {"train.keep_last": "false", "train.epochs": 1,
+    run(_train(tiny_build, runs, "lean", 1, {"train.keep_last": "false", "train.epochs": 1,
                                              "train.checkpoint_every": "null"}))
     assert not (runs / "lean" / "last.pt").exists()
     best = torch.load(runs / "lean" / "best.pt", map_location="cpu", weights_only=True)
