@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_input.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_bootstrap.py
 
 clean:
 	rm -rf corpora runs shards/demo shards/tiny demo-out

@@ -16,15 +16,14 @@ from typing import Any
 import yaml
 
 from serwild.evaluate import provenance
+from serwild.metrics import METRICS, VALIDATION
 
 PAPER = ("Yusuf et al. (2022), *Speech Emotion Recognition using a Novel Noise Augmentation Approach and Deep "
          "Learning*")
-METRIC_ROWS = [  # (key in the evaluation summary, model-index type, args, pretty name)
-    ("wa", "accuracy", None, "WA (accuracy)"),
-    ("ua", "recall", {"average": "macro"}, "UA (macro recall)"),
-    ("weighted_f1", "f1", {"average": "weighted"}, "Weighted F1"),
-    ("macro_f1", "f1", {"average": "macro"}, "Macro F1"),
-]
+# How Hugging Face's model-index names each validation metric (serwild.metrics.VALIDATION): type, args.
+MODEL_INDEX: dict[str, tuple[str, dict[str, str] | None]] = {
+    "wa": ("accuracy", None), "ua": ("recall", {"average": "macro"}),
+    "weighted_f1": ("f1", {"average": "weighted"}), "macro_f1": ("f1", {"average": "macro"})}
 
 
 def _label(name: str, snr: float | None) -> str:
@@ -57,7 +56,8 @@ def model_index(meta: Mapping[str, Any], name: str, dataset_id: str | None) -> l
     for c in _order(conds):
         block = conds[c]["block"]
         metrics = []
-        for key, mtype, args, pretty in METRIC_ROWS:
+        for key in VALIDATION:
+            (mtype, args), pretty = MODEL_INDEX[key], METRICS[key].column
             ci = block.get(f"{key}_ci")
             entry: dict[str, Any] = {"type": mtype, "value": round(block[key], 4),
                                      "name": pretty + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")}
@@ -171,11 +171,11 @@ def evaluation_section(meta: Mapping[str, Any]) -> list[str]:
     lines = ["## Evaluation", "", "Each test condition scored separately (test noise never heard in training); "
              "95 % intervals from a cluster bootstrap over test utterances.", ""]
     for unit, title in (("block", "Per 1 s block"), ("utterance", "Per utterance (mean of its block logits)")):
-        lines += [f"{title}:", "", "| Test condition | N | " + " | ".join(p for *_, p in METRIC_ROWS) + " |",
-                  "|---|---|" + "---|" * len(METRIC_ROWS)]
+        lines += [f"{title}:", "", "| Test condition | N | " + " | ".join(METRICS[k].column for k in VALIDATION) + " |",
+                  "|---|---|" + "---|" * len(VALIDATION)]
         for c in _order(conds):
             m = conds[c][unit]
-            cells = [_cell(m[k], m.get(f"{k}_ci")) for k, *_ in METRIC_ROWS]
+            cells = [_cell(m[k], m.get(f"{k}_ci")) for k in VALIDATION]
             lines.append(f"| {_label(c, conds[c].get('snr_db'))} | {m['n']} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["The full report (per-class tables, confusion matrices, figures, every block's prediction) is in "

@@ -43,6 +43,7 @@ from serwild.data.manifest import sha256_file
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
 from serwild.evaluate import card, health, provenance
+from serwild.metrics import METRICS, VALIDATION
 
 FORMAT = "serwild-model/1"
 WEIGHTS = "model.safetensors"
@@ -168,7 +169,7 @@ def export_config(ckpt: dict[str, Any], path: Path, report: Path | None) -> dict
 
 def evaluation_summary(m: dict[str, Any]) -> dict[str, Any]:
     """Per test condition and unit: n, WA, UA, weighted and macro F1 with their intervals; the flags."""
-    keys = {"wa": "wa", "ua": "ua", "weighted_f1": "weighted.f1", "macro_f1": "macro.f1"}
+    keys = {name: METRICS[name].path for name in VALIDATION}
     conds: dict[str, Any] = {}
     for name, c in m["conditions"].items():
         conds[name] = {"snr_db": c.get("snr_db")}

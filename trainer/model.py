@@ -161,9 +161,8 @@ def build_model(num_classes: int, pretrained: str = "none", arch: str = "alexnet
 
 
 def layer(model: nn.Module, name: str) -> nn.Module:
-    """The module of paper layer ``name`` (conv1 … fc8); works through a DDP wrapper."""
-    base = model.module if hasattr(model, "module") else model
-    return base.get_submodule(LAYER_MODULES[name])
+    """The module of paper layer ``name`` (conv1 … fc8) of the model itself (not its DDP wrapper)."""
+    return model.get_submodule(LAYER_MODULES[name])
 
 
 def layer_parameters(model: nn.Module, names: list[str]) -> Iterator[nn.Parameter]:

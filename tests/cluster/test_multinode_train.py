@@ -186,7 +186,7 @@ def test_a_node_lost_mid_epoch_the_other_finishes_from_last_pt(tiny_build: Path,
                                                                weights_file: Path,  # noqa: F811
                                                                tmp_path: Path) -> None:
     """Many short steps, so that the epoch is still under way when the kill lands."""
-    write_config(tmp_path, tiny_build, weights_file, epochs=1, samples_per_epoch=2000, checkpoint_every=50)
+    write_config(tmp_path, tiny_build, weights_file, epochs=1, samples_per_epoch=1000, checkpoint_every=50)
     shards = len(cache_records(tiny_manifest, "ahsn"))
     port = free_port()
     cmd = readme_command("1:2", port)
