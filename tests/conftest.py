@@ -27,6 +27,11 @@ from pathlib import Path
 
 import pytest
 
+# One thread per process, set before anything imports torch: the suite runs two workers on two
+# cores, each starting torchrun ranks, Ray workers and builds; more threads per process only
+# wait for each other (OpenMP's idle threads spin). Every subprocess inherits it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 TINY_BUILD = ["corpus.kind=synthetic", "datasets=[ahsn]", "snr_db=[15]", "split.folds=5", "shard.max_samples=12"]
 
 
