@@ -182,15 +182,19 @@ def test_sigterm_stops_training_and_resume_finishes(tiny_build: Path, tmp_path: 
                                                     capfd: pytest.CaptureFixture[str]) -> None:
     """SIGTERM to `serwild train` mid-epoch-2: torchrun and the rank stop, status 143 and one
     line; last.pt (epoch 1) stays loadable and --resume finishes the run. An epoch is 120 steps
-    of the tiny model (seconds), so SIGTERM, sent once epoch 1's last.pt appears, lands inside epoch 2."""
+    of the tiny model (a second or more), so SIGTERM, sent once rank 0 says epoch 2 started
+    (after epoch 1's last.pt), lands inside epoch 2."""
     args = overrides(tiny_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 2,
                                                        "train.batch_size": 2, "train.samples_per_epoch": 240})
     run = tmp_path / "runs" / "r"
     proc = start([*SERWILD, "train", "--nproc", "1", *args])
     with session(proc):
-        wait_for(lambda: (run / "last.pt").is_file(), proc, 400, "last.pt of epoch 1")
+        said, reader = procs.lines_until(proc, "epoch 2/2: started", 400)
+        assert any("epoch 2/2: started" in x for x in said), "".join(said)[-3000:]
         os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        proc.wait(120)
+        reader.join(30)
+        err = "".join(said)
         assert proc.returncode == SIGTERM_EXIT, err[-3000:]
         assert lines(err)[-1] == "serwild train: stopped by SIGTERM; continue with --resume"
         assert "Traceback" not in err, err[-3000:]  # torchrun's SignalException included
