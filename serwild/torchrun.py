@@ -25,7 +25,7 @@ from serwild import lock
 
 def default_nproc() -> int:
     """One process per visible GPU, or one on a CPU-only machine."""
-    import torch  # here: the launchers and `serwild --help` need no torch to say who they are
+    import torch  # here, when asked: importing this module (as every rank does to end) costs nothing
 
     return max(1, torch.cuda.device_count())
 
@@ -84,8 +84,9 @@ def scratch_folder() -> str:
     for name in os.listdir(root):
         pid = name[len(SCRATCH):].split("-", 1)[0] if name.startswith(SCRATCH) else ""
         path = os.path.join(root, name)
-        if pid.isdigit() and not _alive(int(pid)) and os.stat(path).st_uid == os.getuid():
-            shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another launch may be removing the same folder
+            if pid.isdigit() and not _alive(int(pid)) and os.stat(path).st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-")
 
 
