@@ -145,6 +145,11 @@ def _die_with(parent: int):
     return set_parent_death_signal
 
 
+def is_rank() -> bool:
+    """Whether this process is a rank that torchrun started (its agent sets TORCHELASTIC_RUN_ID)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def follow_agent() -> None:
     """In a rank started by torchrun: end (SIGTERM) when torchrun's agent ends, even by SIGKILL.
 
@@ -153,7 +158,7 @@ def follow_agent() -> None:
     run then competes with). The kernel's parent-death signal (Linux prctl) covers that; the
     agent's PID (AGENT_ENV, set by serwild.torchrun_agent) tells whether it died before prctl took
     effect. Ranks of a plain ``torchrun`` take their parent at this moment as the agent."""
-    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+    if not sys.platform.startswith("linux") or not is_rank():
         return
     agent = int(os.environ.get(AGENT_ENV) or os.getppid())
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
