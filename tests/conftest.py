@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -72,6 +73,24 @@ def build_of(corpus: Path, config: str | None, overrides: list[str]) -> Callable
                                    f"out={folder / 'shards'}"])
         run_build(cfg, executor="serial")
     return make
+
+
+@contextlib.contextmanager
+def short_temp_folder() -> Iterator[Path]:
+    """An empty folder of this test's own with a short path (what TMPDIR usually is), removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="sw", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def nothing_left(tmp: Path, out: Path) -> None:
+    """Nothing of the build's outside ``out`` in the temp folder ``tmp``, and no Ray folder in ``out``."""
+    left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p != out and out not in p.parents)
+    assert left == [], left
+    assert not [p for p in out.rglob("*") if "ray" in p.name.lower() or "session_" in p.name], \
+        sorted(p.name for p in out.iterdir())
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import webdataset as wds
 from serwild.builder.build import run_build
 from serwild.cli import main as cli
 from tests.builder.conftest import tree_config
+from tests.conftest import nothing_left, short_temp_folder
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -30,10 +33,19 @@ def _hashes(out: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ray_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("ray2")
-    cfg = tree_config(base, datasets="[ahsn]", **{"ray.num_cpus": 2})
-    return base, run_build(cfg, executor="ray")
+def ray_build() -> Iterator[tuple[Path, Path]]:
+    """A 2-worker Ray build into a short folder (``<base>/shards``), with TMPDIR an empty folder of
+    its own: Ray's session folder lives in the build folder when its sockets' paths fit (about 40
+    bytes of folder, as here; else a short folder in TMPDIR: tests/faults' full-disk case), and
+    once the build is done nothing of Ray's is left there, nor anything in TMPDIR."""
+    with short_temp_folder() as base, short_temp_folder() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(tmp))
+        mp.delenv("RAY_TMPDIR", raising=False)
+        mp.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+        cfg = tree_config(base, datasets="[ahsn]", **{"ray.num_cpus": 2})
+        out = run_build(cfg, executor="ray")
+        nothing_left(tmp, out)
+        yield base, out
 
 
 def test_shards_read_back_with_plain_webdataset(ray_build: tuple[Path, Path]) -> None:

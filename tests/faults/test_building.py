@@ -11,7 +11,6 @@ worker, even while the machine is busy.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -20,9 +19,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +30,7 @@ from serwild.builder.build import run_build
 from serwild.cli import main
 from serwild.config import ConfigError, config_from_resolved, load_config, to_dict
 from tests.builder.conftest import make_noise, tone
+from tests.conftest import nothing_left, short_temp_folder
 from tests.faults import procs
 from tests.faults.procs import SERWILD, full_disk, one_line
 
@@ -285,39 +283,8 @@ def ray_args(corpus: Path, out: Path, *extra: str) -> list[str]:
             f"out={out}", "datasets=[ahsn]", "split.folds=2", "snr_db=[15]", *extra]
 
 
-@contextlib.contextmanager
-def short_temp_folder() -> Iterator[Path]:
-    """An empty folder of this test's own with a short path (what TMPDIR usually is), removed after."""
-    folder = Path(tempfile.mkdtemp(prefix="sw", dir="/tmp"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _nothing_left(tmp: Path, out: Path) -> None:
-    """Nothing of the build's outside ``out`` in the temp folder ``tmp``, and no Ray folder in ``out``."""
-    left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p != out and out not in p.parents)
-    assert left == [], left
-    assert not [p for p in out.rglob("*") if "ray" in p.name.lower() or "session_" in p.name], \
-        sorted(p.name for p in out.iterdir())
-
-
 def _without_ray_tmpdir(tmp: Path) -> dict[str, str]:
     return {k: v for k, v in procs.env(TMPDIR=str(tmp)).items() if k != "RAY_TMPDIR"}
-
-
-@pytest.mark.slow
-def test_a_ray_build_leaves_nothing_in_the_temp_folder(ray_corpus: Path) -> None:
-    """Ray's session folder lives in the build folder when its sockets' paths fit (about 40
-    bytes of folder, as here), else in a short folder of its own (the full-disk case below, whose
-    build folder is long); either way it is gone at the end."""
-    with short_temp_folder() as tmp:
-        out = tmp / "b"
-        proc = subprocess.run([*SERWILD, "build", *ray_args(ray_corpus, out, "ray.num_cpus=1")], capture_output=True,
-                              text=True, env=_without_ray_tmpdir(tmp), timeout=300, cwd=procs.REPO)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        _nothing_left(tmp, out)
 
 
 @pytest.mark.slow
@@ -336,7 +303,7 @@ def test_a_full_disk_ray_build_under_load_leaves_no_temp_shard(ray_corpus: Path,
                             one_line(proc.stderr, proc.returncode, 1))
         left = [p for p in out.rglob("*") if ".tmp-" in p.name]
         assert left == [] and not (out / "manifest.json").exists(), left
-        _nothing_left(tmp, out)
+        nothing_left(tmp, out)
 
 
 def test_a_build_into_a_bucket_is_refused_with_the_publish_command(capsys: pytest.CaptureFixture[str],

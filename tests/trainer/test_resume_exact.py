@@ -1,6 +1,9 @@
 """Mid-epoch checkpoints: a run SIGKILLed in the middle of an epoch and resumed ends with
 weights bit-identical to an uninterrupted run (CPU, same seed), streaming and from the feature
-cache, at 1 and 2 ranks; a resume with another global batch is refused in one line. With another
+cache, at 1 and 2 ranks; a resume with another global batch is refused in one line. Two ranks
+run as users run them (``serwild train --nproc 2``: torchrun and its ranks); one rank runs the
+trainer module itself, as ``python -m serwild.trainer`` (the same ``main``, without torchrun's
+agent around it), the killed run as a process of its own and the others in this process. With another
 world size (and the same global batch) the epoch's remaining global batches are regrouped over
 the new ranks: each is the old world's, sample for sample."""
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,19 +42,21 @@ def _settings(name: str, extra: dict) -> dict:
 
 
 def _train(build: Path, runs: Path, name: str, nproc: int, extra: dict, *flags: str) -> list[str]:
-    return ["train", "--nproc", str(nproc), *flags, *overrides(build, runs, **_settings(name, extra))]
+    """``serwild train`` at 2 ranks; the trainer module's own arguments at 1 (see the docstring above)."""
+    args = [*flags, *overrides(build, runs, **_settings(name, extra))]
+    return ["train", "--nproc", str(nproc), *args] if nproc > 1 else args
 
 
 @pytest.fixture
 def run(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], str]:
-    """``serwild <argv>`` with this process as the launcher (torchrun and the ranks are processes
-    of their own, as always): it must succeed; what it and the ranks said. One thread per rank,
-    as in the killed runs' processes (the thread count may change a float's last bit)."""
+    """``_train``'s command with this process as the launcher (torchrun and the ranks are processes
+    of their own, as always) or as the one rank: it must succeed; what it and the ranks said. One
+    thread per rank, as in the killed runs' processes (the thread count may change a float's last bit)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     def run(argv: list[str]) -> str:
         capfd.readouterr()
-        code = cli(argv)
+        code = cli(argv) if argv[0] == "train" else rank_main(argv)
         err = capfd.readouterr().err
         assert code == 0, err[-3000:]
         return err
@@ -60,7 +66,7 @@ def run(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> C
 def _killed_after_mark(cmd: list[str], needle: str) -> str:
     """Run ``cmd`` until rank 0 reports the mid-epoch save, then SIGKILL every process of it (the
     launcher, torchrun and the ranks, found by ``needle`` in their command lines) at once."""
-    proc = procs.start([*procs.SERWILD, *cmd])
+    proc = procs.start([*procs.SERWILD, *cmd] if cmd[0] == "train" else [sys.executable, "-m", "serwild.trainer", *cmd])
     with procs.session(proc):
         err, reader = procs.lines_until(proc, MARK, 300)
         assert any(MARK in line for line in err), "".join(err)[-3000:]
