@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,15 +120,16 @@ def test_the_evaluation_loop_gives_exact_outputs_labels_and_keys() -> None:
 
 
 def test_two_process_torchrun_scores_each_sample_once(one_process: Path, build_and_checkpoint: tuple[Path, Path],
-                                                      tmp_path: Path) -> None:
-    """Odd sample counts, and snr15's single shard leaves rank 1 with nothing to read."""
+                                                      tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Odd sample counts, and snr15's single shard leaves rank 1 with nothing to read. This process
+    is the launcher; torchrun and its two ranks are processes of their own."""
     _, ckpt = build_and_checkpoint
     out = tmp_path / "report2"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "serwild", "evaluate", "--checkpoint", str(ckpt), "--nproc", "2",
-                           "--out", str(out), "eval.batch_size=8", "eval.num_workers=0", "eval.device=cpu"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--nproc", "2", "--out", str(out), "eval.batch_size=8",
+               "eval.num_workers=0", "eval.device=cpu"])
+    assert rc == 0, capfd.readouterr().err[-3000:]
     one = json.loads((one_process / "metrics.json").read_text())
     two = json.loads((out / "metrics.json").read_text())
     assert two["world_size"] == 2
