@@ -12,13 +12,13 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 setup: $(VENV)/.installed
 
+# The last step fills librosa's numba cache (its kernels compile on first import and first use,
+# ~18 s of CPU, into a cache beside its code): the first build's processes, its Ray workers and
+# the test suite's processes then load it, instead of each compiling it and writing it at once.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
-	# librosa's numba kernels compile on first import and first use (~18 s of CPU) into a cache
-	# beside its code: fill it once here, so the first build's processes (and Ray workers, and
-	# the test suite's processes) load it instead of each compiling, and writing it, at once.
 	$(BIN)/python -c "import numpy as np, librosa; y = np.random.default_rng(0).standard_normal(16000).astype(np.float32); librosa.istft(librosa.stft(y)); librosa.yin(y, fmin=60, fmax=500, sr=16000)"
 	touch $@
 

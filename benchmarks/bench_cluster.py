@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.faults.procs: the tests' free-port helper
+from tests.faults.procs import free_port  # noqa: E402
+
 RAY_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_TMPDIR",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 
@@ -44,11 +47,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def start_cluster(folder: Path, nodes: int) -> tuple[subprocess.Popen, dict, float]:
     """The loopback cluster (see the module's docstring): its process, its description, seconds to start."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)

@@ -14,7 +14,6 @@ import os
 import secrets
 import selectors
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,13 +55,6 @@ class RayCluster:
         return proc
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on at 127.0.0.1 (just now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _first_line(proc: subprocess.Popen, seconds: float) -> str:
     """The first line ``proc`` prints, waiting at most ``seconds``; "" if none came."""
     assert proc.stdout is not None
@@ -81,7 +73,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     env = {k: v for k, v in procs.env().items() if k not in NOT_PASSED}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_TMPDIR=str(folder),
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.raycluster", str(free_port()), str(WORKERS)],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.raycluster", str(procs.free_port()), str(WORKERS)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             cwd=procs.REPO, env=env, start_new_session=True)
     cluster = None

@@ -22,7 +22,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -56,12 +55,6 @@ def readme_command(nnodes: str, port: int) -> list[str]:
     line = found[0].replace("node0:29500", f"node0:{port}")
     argv = shlex.split(re.sub(r"\bnode[01]\b", "127.0.0.1", line))
     return [TORCHRUN, *argv[1:]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(where: Path, build: Path, weights: Path, **train: object) -> Path:
@@ -160,7 +153,7 @@ def test_two_nodes_train_bit_identically_to_one_node_of_two_ranks(tiny_build: Pa
                                                                   tmp_path: Path) -> None:
     write_config(tmp_path, tiny_build, weights_file)
     shards = len(cache_records(tiny_manifest, "ahsn"))
-    cmd = readme_command("2", free_port())
+    cmd = readme_command("2", procs.free_port())
     with nodes((cmd, tmp_path), (cmd, tmp_path)) as (a, b):
         codes = [a.wait(), b.wait()]
     assert codes == [0, 0], a.err[-3000:] + b.err[-3000:]
@@ -188,7 +181,7 @@ def test_a_node_lost_mid_epoch_the_other_finishes_from_last_pt(tiny_build: Path,
     """Many short steps, so that the epoch is still under way when the kill lands."""
     write_config(tmp_path, tiny_build, weights_file, epochs=1, samples_per_epoch=1000, checkpoint_every=50)
     shards = len(cache_records(tiny_manifest, "ahsn"))
-    port = free_port()
+    port = procs.free_port()
     cmd = readme_command("1:2", port)
     run = tmp_path / "runs" / "multi"
     with nodes((cmd, tmp_path), (cmd, tmp_path)) as pair:

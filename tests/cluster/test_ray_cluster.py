@@ -30,8 +30,9 @@ from pathlib import Path
 import pytest
 
 from serwild.atomic import TEMP_NAME, TMP_MARK
-from tests.cluster.conftest import RayCluster, free_port, raylet_children
+from tests.cluster.conftest import RayCluster, raylet_children
 from tests.conftest import TINY_BUILD
+from tests.faults import procs
 from tests.faults.procs import one_line
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ def refused(ray_cluster: RayCluster, tiny_corpus: Path,
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         cases = {"no token": (ray_cluster.address, [], False),
-                 "nobody": (f"127.0.0.1:{free_port()}", [], True),
+                 "nobody": (f"127.0.0.1:{procs.free_port()}", [], True),
                  "silent": (f"127.0.0.1:{silent.getsockname()[1]}", ["ray.connect_timeout_s=3"], True)}
         started = {name: (address, ray_cluster.start_build(
             build_args(tiny_corpus, base / name.replace(" ", "-"), f"ray.address={address}", *extra), token=token))
