@@ -271,20 +271,21 @@ def _end(pids: list[int]) -> None:
             os.kill(p, signal.SIGKILL)
 
 
-def _two_rank_run(tmp_path: Path, build: Path, epochs: int) -> tuple[subprocess.Popen, Path]:
+def _run(tmp_path: Path, build: Path, epochs: int, nproc: int) -> tuple[subprocess.Popen, Path]:
     args = overrides(build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": epochs,
                                                  "train.batch_size": 2, "train.samples_per_epoch": 8})
-    return start([*SERWILD, "train", "--nproc", "2", *args]), tmp_path / "runs" / "r"
+    return start([*SERWILD, "train", "--nproc", str(nproc), *args]), tmp_path / "runs" / "r"
 
 
 def test_ranks_end_with_a_sigkilled_torchrun_agent(tiny_build: Path, tmp_path: Path) -> None:  # noqa: F811
-    proc, run = _two_rank_run(tmp_path, tiny_build, epochs=1)
+    """One rank: each rank asks for the parent-death signal itself, so one shows what every rank does."""
+    proc, run = _run(tmp_path, tiny_build, epochs=1, nproc=1)
     with session(proc):
         try:
-            # metrics.jsonl: rank 0 writes it once both ranks met in the process group, so both have
-            # asked for the parent-death signal (config.yaml is the launcher's, written before they start).
-            wait_for(lambda: (run / "metrics.jsonl").is_file() and len(_ranks(str(tmp_path), proc.pid)) == 2, proc,
-                     300, "both ranks at work")
+            # metrics.jsonl: rank 0 writes it once the ranks met in the process group, after each asked for
+            # the parent-death signal (config.yaml is the launcher's, written before they start).
+            wait_for(lambda: (run / "metrics.jsonl").is_file() and len(_ranks(str(tmp_path), proc.pid)) == 1, proc,
+                     300, "the rank at work")
             (agent,) = [p for p in procs.session_pids(proc.pid) if p != proc.pid]
             os.kill(agent, signal.SIGKILL)
             left = procs._wait_empty(lambda: _ranks(str(tmp_path), proc.pid), 3)
@@ -300,7 +301,7 @@ def test_ranks_end_with_a_sigkilled_torchrun_agent(tiny_build: Path, tmp_path: P
 
 def test_a_sigkilled_rank_is_one_line_without_torchruns_report(tiny_build: Path,  # noqa: F811
                                                                tmp_path: Path) -> None:
-    proc, run = _two_rank_run(tmp_path, tiny_build, epochs=3)
+    proc, run = _run(tmp_path, tiny_build, epochs=3, nproc=2)
     with session(proc):
         try:
             wait_for(lambda: (run / "config.yaml").is_file() and len(_ranks(str(tmp_path), proc.pid)) == 2, proc,

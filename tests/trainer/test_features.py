@@ -1,5 +1,8 @@
-"""The frozen-feature cache: exact first step, keyed to build + weights, resumable, DDP-shared,
-and a data source of the trainer's one evaluation loop.
+"""The frozen-feature cache: exact first step, keyed to build + weights, resumable, disjoint
+across ranks, and a data source of the trainer's one evaluation loop. Two ranks building one
+cache (each its share) and training from it under torchrun are the trainer's own runs in
+tests/cluster/test_multinode_train.py (two nodes, one folder) and tests/trainer/test_resume_exact.py
+(cached-2-ranks).
 
 The model is the tiny AlexNet-shaped model (``train.arch=tiny``: AlexNet's layers, cut points
 and module paths at small widths; nothing here depends on AlexNet's size) loaded with
@@ -20,10 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -308,71 +308,6 @@ def test_cached_batches_exact_count_deterministic_and_disjoint_across_ranks(
     seen = [k for _, _, keys in data.eval_batches(7, rank=0, world_size=2) for k in keys]
     seen += [k for _, _, keys in data.eval_batches(7, rank=1, world_size=2) for k in keys]
     assert sorted(seen) == sorted(data.keys)
-
-
-# ----------------------------------------------------------------------------- under torchrun
-
-DDP_SCRIPT = r'''
-import json, sys
-import torch, torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from serwild.trainer.config import TrainConfig
-from serwild.trainer.distributed import all_gather_object, barrier, setup, teardown
-from serwild.trainer.features import build_feature_cache, cache_spec, head_from, load_feature_cache
-from serwild.trainer.model import build_model
-from serwild.trainer.recipe import make_optimizer, resolve_recipe
-from serwild.torchrun import exit_now
-
-build, weights, fingerprint, root, out = sys.argv[1:6]
-records = json.loads(sys.argv[6])
-d = setup("cpu", timeout_s=60)
-try:
-    torch.manual_seed(0)
-    train = resolve_recipe(TrainConfig(pretrained=weights, recipe="paper", arch="tiny"))
-    model = build_model(4, weights, "tiny")
-    optimizer = make_optimizer(model, train)
-    frozen = model.features[8].weight.clone()
-    spec = cache_spec(root, fingerprint, model, 10)
-    stats = build_feature_cache(build, records, model, d.device, spec, 4, rank=d.rank, world_size=d.world_size)
-    barrier(d)
-    data = load_feature_cache(spec, records)
-    head = DistributedDataParallel(head_from(model, 10))
-    torch.manual_seed(100 + d.rank)
-    for x, y in data.batches(4, 2, seed=0, epoch=0, rank=d.rank, world_size=d.world_size):
-        optimizer.zero_grad()
-        F.cross_entropy(head(x), y).backward()
-        optimizer.step()
-    state = model.state_dict()
-    result = {"written": all_gather_object(stats.written, d), "samples": all_gather_object(stats.samples, d),
-              "fc8": all_gather_object(state["classifier.6.weight"].sum().item(), d),
-              "conv5": all_gather_object(state["features.10.weight"].sum().item(), d),
-              "frozen_same": all_gather_object(torch.equal(state["features.8.weight"], frozen), d)}
-    if d.rank == 0:
-        open(out, "w").write(json.dumps(result))
-    del head  # DDP's reducer must go before its process group (else an abort at exit)
-finally:
-    teardown(d)
-exit_now(0)  # as serwild's ranks end (see serwild.torchrun.exit_now)
-'''
-
-
-@pytest.mark.slow
-def test_two_ranks_share_the_build_and_train_the_head_in_sync(tiny_build: Path, manifest: dict, weights_file: Path,
-                                                                records: list[dict], tmp_path: Path) -> None:
-    script = tmp_path / "ddp_features.py"
-    script.write_text(DDP_SCRIPT)
-    out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir=/dev/null", "--nproc_per_node=2",
-           str(script),
-           str(tiny_build), str(weights_file), manifest["fingerprint"], str(tmp_path / "cache"), str(out),
-           json.dumps(records)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["written"] == [2, 2] and sum(result["samples"]) == sum(r["count"] for r in records)
-    assert len(set(result["fc8"])) == 1 and len(set(result["conv5"])) == 1  # DDP kept the ranks identical
-    assert result["frozen_same"] == [True, True]
 
 
 def test_the_trainer_trains_the_paper_recipe_from_the_cache(tiny_build: Path, weights_file: Path,
