@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -93,13 +94,17 @@ def _short_copy(src: Path, dst: Path, keep_samples: int) -> None:
             tout.addfile(m, io.BytesIO(tin.extractfile(m).read()))
 
 
-def test_short_shard_is_refused_by_both_loaders(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:
+def test_short_shard_is_refused_by_both_loaders(tiny_build: Path, manifest: dict, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     record = _records(manifest)[0]
     short = tmp_path / "short.tar"
     _short_copy(tiny_build / record["path"], short, record["count"] - 1)
     good = ShardSet([str(short)], [record["count"]])
     with pytest.raises(ShardError, match="manifest says"):
         list(make_eval_loader(good.urls, 4, 0, counts=good.counts, num_classes=4))
+    # The worker that raises ends without removing the pymp-* folder multiprocessing made in its
+    # temp folder to pass tensors (one was left in /tmp per suite run): it inherits this test's.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(ShardError, match="manifest says"):  # also through a worker process
         list(make_eval_loader(good.urls, 4, 1, counts=good.counts, num_classes=4))
     with pytest.raises(ShardError, match="manifest says"):
