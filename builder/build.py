@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO
 
 from serwild import atomic, lock
 from serwild.builder import executors, hubcard, plan, scan
@@ -118,22 +116,19 @@ def _build_shards(ex: executors.Executor, out: Path, todo: list[plan.ShardSpec],
     how many shard tasks each node ran. Temp shards left by attempts that died with their node
     (their retry wrote the shard) are removed."""
     nodes: Counter[str] = Counter()
-    with open(out / LOG, "a") as log:
-        for finished in ex.map(build_shard, [(s, str(out), audio_cfg) for s in todo], "build shards", describe_task):
-            stats = finished.result
-            done[stats.path] = {**asdict(stats), "node": finished.node}
-            nodes[finished.node] += 1
-            _log_line(log, done[stats.path])
-        _log_line(log, {"shard_tasks_per_node": dict(nodes.most_common())})
+    for finished in ex.map(build_shard, [(s, str(out), audio_cfg) for s in todo], "build shards", describe_task):
+        stats = finished.result
+        done[stats.path] = {**asdict(stats), "node": finished.node}
+        nodes[finished.node] += 1
+        _log_line(out, done[stats.path])
+    _log_line(out, {"shard_tasks_per_node": dict(nodes.most_common())})
     executors.remove_worker_temps(out, wait_s=0)
     if nodes:
         stage("build", f"shard tasks per node: {', '.join(f'{n} {k}' for n, k in nodes.most_common())}")
 
 
-def _log_line(log: IO[str], record: dict) -> None:
-    log.write(json.dumps(record, sort_keys=True) + "\n")
-    log.flush()
-    os.fsync(log.fileno())
+def _log_line(out: Path, record: dict) -> None:
+    atomic.append_line(out / LOG, json.dumps(record, sort_keys=True))
 
 
 @contextlib.contextmanager

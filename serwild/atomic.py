@@ -112,6 +112,23 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             tmp.unlink()
 
 
+def append_line(path: str | Path, line: str) -> None:
+    """``line`` appended to the log at ``path``, synced (a log, unlike the files above, grows in
+    place: a reader trusts each whole line). Unbuffered, so a failed write leaves nothing for the
+    close to write again; a disk-full error names ``path``, as the atomic writes do (the write
+    itself raises ENOSPC without a file name)."""
+    data = memoryview((line + "\n").encode())
+    try:
+        with open(path, "ab", buffering=0) as f:
+            while data:
+                data = data[f.write(data):]
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno in DISK_FULL and not e.filename:
+            raise DiskFullError(e.errno, os.strerror(e.errno), str(path)) from None
+        raise
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_write(path, "wb") as f:
         f.write(data)

@@ -101,6 +101,15 @@ def test_a_full_disk_build_is_one_line(corpus: Path, tmp_path: Path) -> None:  #
         assert _no_temps(out) == [] and not (out / "manifest.json").exists()
 
 
+def test_a_full_log_names_its_file() -> None:
+    """The build log grows in place (not an atomic write): the kernel's ENOSPC on a write names no
+    file, so a full disk met there was "(a file it did not name)" (the Ray build's CLI line, when
+    the driver's log line came after the workers had filled the disk). /dev/full: every write fails so."""
+    with pytest.raises(atomic.DiskFullError) as e:
+        atomic.append_line("/dev/full", '{"shard": 1}')
+    assert e.value.filename == "/dev/full" and atomic.disk_full_path(e.value) == "/dev/full"
+
+
 @pytest.mark.slow
 def test_a_full_disk_checkpoint_is_one_line(tiny_build: Path, tmp_path: Path) -> None:
     """Two ranks under torchrun; rank 0 writes last.pt (the tiny model's weights and Adam's two

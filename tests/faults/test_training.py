@@ -271,15 +271,17 @@ def _end(pids: list[int]) -> None:
             os.kill(p, signal.SIGKILL)
 
 
-def _run(tmp_path: Path, build: Path, epochs: int, nproc: int) -> tuple[subprocess.Popen, Path]:
-    args = overrides(build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": epochs,
-                                                 "train.batch_size": 2, "train.samples_per_epoch": 8})
+def _run(tmp_path: Path, build: Path, nproc: int) -> tuple[subprocess.Popen, Path]:
+    """A run still in its first epoch when the test kills a process of it: 50,000 steps an epoch
+    (one of 4 steps was over before the kill under load, and its checkpoint changed the verdict)."""
+    args = overrides(build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 2,
+                                                 "train.batch_size": 2, "train.samples_per_epoch": 100_000})
     return start([*SERWILD, "train", "--nproc", str(nproc), *args]), tmp_path / "runs" / "r"
 
 
 def test_ranks_end_with_a_sigkilled_torchrun_agent(tiny_build: Path, tmp_path: Path) -> None:  # noqa: F811
     """One rank: each rank asks for the parent-death signal itself, so one shows what every rank does."""
-    proc, run = _run(tmp_path, tiny_build, epochs=1, nproc=1)
+    proc, run = _run(tmp_path, tiny_build, nproc=1)
     with session(proc):
         try:
             # metrics.jsonl: rank 0 writes it once the ranks met in the process group, after each asked for
@@ -301,7 +303,7 @@ def test_ranks_end_with_a_sigkilled_torchrun_agent(tiny_build: Path, tmp_path: P
 
 def test_a_sigkilled_rank_is_one_line_without_torchruns_report(tiny_build: Path,  # noqa: F811
                                                                tmp_path: Path) -> None:
-    proc, run = _run(tmp_path, tiny_build, epochs=3, nproc=2)
+    proc, run = _run(tmp_path, tiny_build, nproc=2)
     with session(proc):
         try:
             wait_for(lambda: (run / "config.yaml").is_file() and len(_ranks(str(tmp_path), proc.pid)) == 2, proc,
