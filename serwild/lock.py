@@ -80,7 +80,10 @@ def acquire(folder: str | Path, command: str | None = None) -> FolderLock:
     if held is not None:
         held.count += 1
         return held
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file, or a link to nothing, on the way
+        raise UsageError(f"{folder} is not a folder (a file or a broken link is there)") from None
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

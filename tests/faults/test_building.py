@@ -311,3 +311,20 @@ def test_a_build_into_a_bucket_is_refused_with_the_publish_command(capsys: pytes
     said = cli(capsys, "build", "out=s3://bucket/serwild/demo", f"corpus.root={tmp_path / 'nothing'}")
     assert "serwild publish <folder> s3://bucket/serwild/demo" in said
     assert not any(tmp_path.iterdir()) and not Path("s3:").exists()  # nothing written, not even a folder "s3:"
+
+
+@pytest.mark.parametrize("what", ["file", "broken-link"])
+def test_an_out_that_is_not_a_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 what: str) -> None:
+    """out= a file, or a link to nothing (a scratch disk not mounted): refused, the file left as it was."""
+    corpus = tmp_path / "corpus"
+    listing = write_csv(corpus / "list.csv", csv_corpus(corpus, 8))
+    out = tmp_path / "shards"
+    if what == "file":
+        out.write_text("mine")
+    else:
+        out.symlink_to(tmp_path / "unmounted" / "shards")
+    line = cli(capsys, "build", "--serial", "corpus.kind=csv", f"corpus.root={listing}", f"out={out}", "snr_db=[]",
+               "datasets=[ahsn]", "split.folds=2")
+    assert line == f"serwild build: error: {out} is not a folder (a file or a broken link is there)", line
+    assert (out.read_text() == "mine") if what == "file" else not (tmp_path / "unmounted").exists()
