@@ -48,6 +48,15 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def kernels(device: torch.device) -> str:
+    """What the arithmetic runs on. Floating-point sums round differently across CPU instruction
+    sets, thread counts and GPU models, and a from-scratch run's trajectory amplifies the last
+    bits: the same config gives the same numbers to the digit only on the same kernels."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    return f"CPU {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thread(s)"
+
+
 def setup(device_preference: str = "auto", timeout_s: int = 600) -> Dist:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:

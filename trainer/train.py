@@ -30,7 +30,7 @@ from serwild.data.transforms import normalise
 from serwild.errors import UsageError
 from serwild.metrics import confusion, renamed, validation_scores
 from serwild.progress import progress
-from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, setup, teardown
+from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, kernels, setup, teardown
 from serwild.trainer.features import (
     FeatureData,
     build_feature_cache,
@@ -399,7 +399,7 @@ def fit(run: Run) -> dict[str, Any]:
     log(d, f"{run.run_dir}: {t.dataset} {list(t.conditions)} fold {run.cfg.cv.fold}, {run.plan.train.samples} "
            f"training samples in {len(run.plan.train.urls)} shards, {run.steps} steps/epoch × {d.world_size} "
            f"rank(s) × batch {run.batch}, recipe {describe(t)['name']} (pretrained {t.pretrained}), "
-           f"device {d.device}, amp {run.dtype}")
+           f"device {d.device} ({kernels(d.device)}), amp {run.dtype}")
     val = None
     for epoch in range(run.start, t.epochs):
         lrs = [g["lr"] for g in run.optimizer.param_groups]
@@ -408,7 +408,7 @@ def fit(run: Run) -> dict[str, Any]:
         run.scheduler.step()
         val = _validate(run)
         record = {"epoch": epoch + 1, "steps": run.steps, **_train_summary(stats, d), "val": val, "lr": lrs,
-                  "recipe": describe(t)["name"], "world_size": d.world_size}
+                  "recipe": describe(t)["name"], "world_size": d.world_size, "kernels": kernels(d.device)}
         _end_epoch(run, epoch, record, val)
         # No rank starts the next epoch before last.pt is complete: a rank killed there can
         # then only cost the epoch in progress.

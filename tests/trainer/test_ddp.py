@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,8 @@ def test_two_ranks_ran_the_same_batches(ddp_run: Path, manifest: dict) -> None:
         assert r["batches_per_rank"] == [2, 2] and r["samples"] == 8 and r["world_size"] == 2
         assert r["lr"] == pytest.approx(_lrs(r["epoch"]))
         assert r["recipe"] == "paper" and r["val"]["n"] == fold0  # each validation sample once
+        # the kernels the numbers came from (torchrun() pins OMP_NUM_THREADS=1 for the ranks)
+        assert re.fullmatch(r"CPU [A-Z0-9_]+, 1 thread\(s\)", r["kernels"]), r["kernels"]
         assert 0.0 <= r["val"]["weighted_f1"] <= 1.0 and r["images_per_s"] > 0
     cfg = yaml.safe_load((ddp_run / "config.yaml").read_text())
     assert cfg["train"]["recipe"] == "paper" and cfg["train"]["freeze"] == ["conv1", "conv2", "conv3", "conv4"]
