@@ -88,6 +88,19 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path
 
 
 @contextlib.contextmanager
+def _naming(path: Path | str) -> Iterator[None]:
+    """A disk-full error raised inside names ``path``, the file being written: the kernel's
+    ENOSPC on a write names no file (or the temp), and torch.save wraps it in a RuntimeError."""
+    try:
+        yield
+    except Exception as e:
+        full = disk_full_cause(e)
+        if full is not None and not isinstance(full, DiskFullError):
+            raise DiskFullError(full.errno, os.strerror(full.errno), str(path)) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write to a temp name beside ``path``, fsync, then rename over ``path``.
 
@@ -97,16 +110,12 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as e:
-        full = disk_full_cause(e)  # torch.save, for one, turns it into a RuntimeError
-        if full is not None and not isinstance(full, DiskFullError):  # name the file, not the temp
-            raise DiskFullError(full.errno, os.strerror(full.errno), str(path)) from None
-        raise
+        with _naming(path):
+            with open(tmp, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -115,18 +124,12 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
 def append_line(path: str | Path, line: str) -> None:
     """``line`` appended to the log at ``path``, synced (a log, unlike the files above, grows in
     place: a reader trusts each whole line). Unbuffered, so a failed write leaves nothing for the
-    close to write again; a disk-full error names ``path``, as the atomic writes do (the write
-    itself raises ENOSPC without a file name)."""
+    close to write again."""
     data = memoryview((line + "\n").encode())
-    try:
-        with open(path, "ab", buffering=0) as f:
-            while data:
-                data = data[f.write(data):]
-            os.fsync(f.fileno())
-    except OSError as e:
-        if e.errno in DISK_FULL and not e.filename:
-            raise DiskFullError(e.errno, os.strerror(e.errno), str(path)) from None
-        raise
+    with _naming(path), open(path, "ab", buffering=0) as f:
+        while data:
+            data = data[f.write(data):]
+        os.fsync(f.fileno())
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -396,10 +396,11 @@ def _start_history(cfg: Config, plan: DataPlan, run_dir: Path, start: int) -> No
 def fit(run: Run) -> dict[str, Any]:
     """Every remaining epoch: train, validate, log, checkpoint."""
     t, d = run.cfg.train, run.d
+    on = kernels(d.device)
     log(d, f"{run.run_dir}: {t.dataset} {list(t.conditions)} fold {run.cfg.cv.fold}, {run.plan.train.samples} "
            f"training samples in {len(run.plan.train.urls)} shards, {run.steps} steps/epoch × {d.world_size} "
            f"rank(s) × batch {run.batch}, recipe {describe(t)['name']} (pretrained {t.pretrained}), "
-           f"device {d.device} ({kernels(d.device)}), amp {run.dtype}")
+           f"device {d.device} ({on}), amp {run.dtype}")
     val = None
     for epoch in range(run.start, t.epochs):
         lrs = [g["lr"] for g in run.optimizer.param_groups]
@@ -408,7 +409,7 @@ def fit(run: Run) -> dict[str, Any]:
         run.scheduler.step()
         val = _validate(run)
         record = {"epoch": epoch + 1, "steps": run.steps, **_train_summary(stats, d), "val": val, "lr": lrs,
-                  "recipe": describe(t)["name"], "world_size": d.world_size, "kernels": kernels(d.device)}
+                  "recipe": describe(t)["name"], "world_size": d.world_size, "kernels": on}
         _end_epoch(run, epoch, record, val)
         # No rank starts the next epoch before last.pt is complete: a rank killed there can
         # then only cost the epoch in progress.
