@@ -103,6 +103,9 @@ def export_run(run: str | Path, out: str | Path, *, report_dir: str | Path | Non
     return out
 
 
+EXPORT_FILES = (CONFIG, WEIGHTS, ONNX, "README.md", "training_config.yaml")  # and the folder evaluation/
+
+
 def prepare_out(out: Path, overwrite: bool) -> None:
     """``out`` must be new, empty, or (with ``overwrite``) an earlier export, whose files go."""
     if out.exists() and not out.is_dir():
@@ -111,12 +114,33 @@ def prepare_out(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise UsageError(f"--out {out} is not empty: choose a new folder, or pass --overwrite to replace "
                              "an earlier export there")
-        if not (out / CONFIG).is_file() and not (out / WEIGHTS).is_file():
-            raise UsageError(f"--out {out} holds files that are not a serwild export; refusing to replace them")
-        for name in (CONFIG, WEIGHTS, ONNX, "README.md", "training_config.yaml"):
+        why = not_an_export(out)
+        if why is not None:
+            raise UsageError(f"--out {out} is not an earlier serwild export ({why}): refusing to replace "
+                             "anything in it; choose a new folder")
+        for name in EXPORT_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "evaluation", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def not_an_export(folder: Path) -> str | None:
+    """Why ``folder`` is not an earlier serwild export (None: it is one, and only that). Any
+    ``config.json`` is not enough: an HF model folder has one too, beside files of its own."""
+    config = folder / CONFIG
+    if config.is_symlink() or not config.is_file():
+        return f"no {CONFIG} of its own"
+    try:
+        fmt = json.loads(config.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != FORMAT:
+        return f"its {CONFIG} is not a {FORMAT} config"
+    for entry in sorted(folder.iterdir()):
+        known = entry.name in EXPORT_FILES or entry.name == "evaluation"
+        if not known or entry.is_symlink() or (entry.name == "evaluation") != entry.is_dir():
+            return f"{entry.name} is not an export's"
+    return None
 
 
 def find_report(checkpoint: Path, ckpt: dict[str, Any], report_dir: str | Path | None) -> Path | None:

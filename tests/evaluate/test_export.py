@@ -158,8 +158,30 @@ def test_export_refusals_are_one_line(run: Path, tmp_path: Path, capsys: pytest.
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(ln.startswith("serwild export: error: ") for ln in err), err
-    assert "not empty" in err[0] and "not a serwild export" in err[1] and "does not exist" in err[2]
+    assert "not empty" in err[0] and "not an earlier serwild export" in err[1] and "does not exist" in err[2]
     assert not (tmp_path / "x").exists()
+
+    # an HF model folder has a config.json too: --overwrite must not take it for an earlier export
+    hf = tmp_path / "hf-model"
+    (hf / "evaluation" / "results").mkdir(parents=True)
+    before = {"config.json": '{"architectures": ["Wav2Vec2ForSequenceClassification"], "num_labels": 4}\n',
+              "README.md": "---\nlicense: apache-2.0\n---\n# my model\n", "training_config.yaml": "lr: 1e-4\n",
+              "evaluation/results/run1.csv": "epoch,acc\n1,0.5\n"}
+    for name, text in before.items():
+        (hf / name).write_text(text)
+    assert main(["export", str(run), "--out", str(hf), "--overwrite"]) == 2
+    assert {n: (hf / n).read_text() for n in before} == before and not (hf / "model.safetensors").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"serwild export: error: --out {hf} is not an earlier serwild export (its config.json is not a "
+                   "serwild-model/1 config): refusing to replace anything in it; choose a new folder"], err
+    # an earlier export with a file of the user's beside it is not replaced either
+    again = export_run(run, tmp_path / "again")
+    (again / "notes.txt").write_text("mine\n")
+    assert main(["export", str(run), "--out", str(again), "--overwrite"]) == 2
+    assert (again / "notes.txt").read_text() == "mine\n" and (again / "config.json").is_file()
+    assert "notes.txt is not an export's" in capsys.readouterr().err
+    (again / "notes.txt").unlink()
+    assert main(["export", str(run), "--out", str(again), "--overwrite"]) == 0  # an export alone: replaced
 
     # a damaged or unfinished export is refused when loaded, in one line
     out = export_run(run, tmp_path / "good")
