@@ -313,7 +313,7 @@ class ShardData:
         """Batches ``first`` … of rank ``rank``'s ``epoch`` in a world of ``world_size`` ranks of
         ``batch`` samples (another world's, for a resumed epoch that world began)."""
         t, on_gpu = self.cfg.train, self.d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
-        return make_train_loader(self.plan.train, len(self.plan.classes), batch, self.steps,
+        return make_train_loader(self.plan.train, self.plan.classes, batch, self.steps,
                                  seed=train_seed(self.cfg), epoch=epoch, rank=rank, world_size=world_size,
                                  num_workers=t.num_workers, prefetch_factor=t.prefetch_factor,
                                  shuffle_buffer=t.shuffle_buffer, start_batch=first, pin_memory=on_gpu,
@@ -324,7 +324,7 @@ class ShardData:
         if val is None:
             return iter(())
         return make_eval_loader(val.urls, self.batch, self.cfg.train.num_workers, self.d.rank, self.d.world_size,
-                                counts=val.counts, num_classes=len(self.plan.classes), as_uint8=on_gpu,
+                                counts=val.counts, classes=self.plan.classes, as_uint8=on_gpu,
                                 pin_memory=on_gpu, remote=val.remote)
 
     def net(self, model: nn.Module) -> nn.Module:
@@ -355,7 +355,7 @@ def _feature_data(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch:
     spec = cache_spec(t.feature_cache_dir or default_cache_root(plan.location), plan.manifest["fingerprint"],
                       model, prefix)
     built = agree(d, lambda: build_feature_cache(plan.location, cache_records(plan.manifest, t.dataset), model,
-                                                  d.device, spec, len(plan.classes), rank=d.rank,
+                                                  d.device, spec, plan.classes, rank=d.rank,
                                                   world_size=d.world_size, batch_size=batch,
                                                   num_workers=t.num_workers), on=True)
     for note in (n for b in built if b for n in b.notes):  # stale or unreadable files, rebuilt by any rank
@@ -478,11 +478,13 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
         return
     append_jsonl(run.run_dir / "metrics.jsonl", record)
     full = _checkpoint(run, epoch + 1, rng, val)
-    ckpt_io.save_checkpoint(run.run_dir / "last.pt", full)
     if improved or run.plan.val is None:  # no validation fold: best.pt is the latest model
         # Weights only: the optimiser's state (one or two copies of the weights) is what resuming
-        # needs, and resuming reads last.pt alone.
+        # needs, and resuming reads last.pt alone. best.pt first: a kill between the two writes
+        # then leaves a best.pt newer than last.pt's record, which resuming adopts (_best_on_disk),
+        # never a last.pt naming a best.pt that was not written.
         ckpt_io.save_checkpoint(run.run_dir / "best.pt", ckpt_io.weights_only(full))
+    ckpt_io.save_checkpoint(run.run_dir / "last.pt", full)
     v = f"  val WA {val['wa']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}" if val else ""
     lr = ", ".join(f"{x:.2g}" for x in record["lr"])
     log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
@@ -552,8 +554,21 @@ def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, state: tuple[nn.M
         log(d, f"note: the world {how} from {len(rng)} to {d.world_size} rank(s) since last.pt was saved: {where}; "
                f"dropout is re-seeded (deterministic, but not an uninterrupted run's)")
         seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.RESUMED, start, step, d.rank))
-    best = ck.get("best") or {"metric": cfg.train.best_metric, "score": None, "epoch": None}
+    best = _best_on_disk(path.parent / "best.pt", ck.get("best")) or {"metric": cfg.train.best_metric,
+                                                                        "score": None, "epoch": None}
     return Resumed(start, step, ck.get("partial") if step else None, best, streams)
+
+
+def _best_on_disk(best_pt: Path, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The best epoch a resumed run goes on from: last.pt's record, or best.pt's own where a kill
+    came after best.pt was written and before last.pt was (best.pt then holds a later epoch that
+    last.pt does not know, and the record must name what the file holds)."""
+    if not best_pt.is_file():
+        return recorded
+    on_disk = ckpt_io.load_checkpoint(best_pt).get("best")
+    later = (isinstance(on_disk, dict) and on_disk.get("epoch") is not None
+             and (recorded is None or recorded.get("epoch") is None or on_disk["epoch"] > recorded["epoch"]))
+    return on_disk if later else recorded
 
 
 def _continuation(path: Path, ck: dict[str, Any], d: Dist, steps: int, batch: int) -> tuple[int, int] | None:
@@ -582,6 +597,9 @@ def _finish(run: Run, val: dict | None) -> dict[str, Any]:
     records = read_jsonl(run.run_dir / "metrics.jsonl") if run.d.is_main else []
     if run.d.is_main and not run.cfg.train.keep_last:  # a finished run keeps its weights-only best.pt
         (run.run_dir / "last.pt").unlink(missing_ok=True)
+    if run.d.is_main and records and not (run.run_dir / "best.pt").is_file():
+        raise UsageError(f"{run.run_dir}/best.pt is missing at the end of the run (removed while it ran?): "
+                         "train again with --overwrite")
     if run.d.is_main and records:
         plot_curves(records, run.run_dir / "curves.png", f"{run.run_dir.name} ({records[-1]['recipe']} recipe)")
         best = run.best

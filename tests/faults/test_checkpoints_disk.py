@@ -15,6 +15,7 @@ import pickle
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,75 @@ def test_a_full_disk_checkpoint_is_one_line(tiny_build: Path, tmp_path: Path) ->
         assert said == [f"serwild.trainer: error: no space left on device writing {run}/last.pt"], proc.stderr
         assert _no_temps(run) == [] and not (run / "last.pt").exists()
         assert (run / "config.yaml").is_file()  # what fitted is whole
+
+
+# ----------------------------------------------------------------------------- the best.pt / last.pt window
+
+
+def _blocked_on_fifo(pid: int) -> bool:
+    """The process sleeps in open() of a FIFO no one reads (the kernel's wait_for_partner)."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text().strip() == "wait_for_partner"
+    except OSError:
+        return False
+
+
+def _train_held_at(run: Path, fifo: str, args: list[str], when: Callable[[subprocess.Popen], bool] | None = None
+                   ) -> None:
+    """One rank (the trainer module itself, so its PID is known) whose write of ``fifo``'s checkpoint
+    (``.last.pt`` or ``.best.pt``) blocks on a FIFO at its temp name, then SIGKILLed there: a real
+    kill in the window between the two checkpoint writes. ``when``: make the FIFO once it holds (the
+    process then exists), else before the process starts (``exec`` keeps the shell's PID)."""
+    run.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "serwild.trainer", "--resume", *args]
+    shell = f'mkfifo "{run}/.{fifo}.tmp-$$" && exec "$@"'
+    proc = procs.start(cmd if when else ["sh", "-c", shell, "sh", *cmd])
+    with procs.session(proc):
+        if when is not None:
+            procs.wait_for(lambda: when(proc), proc, 300, f"the moment to hold {fifo}")
+            os.mkfifo(run / f".{fifo}.tmp-{proc.pid}")
+        procs.wait_for(lambda: _blocked_on_fifo(proc.pid), proc, 300, f"the write of {fifo} to block")
+        proc.kill()
+        proc.wait(30)
+    (run / f".{fifo}.tmp-{proc.pid}").unlink()
+
+
+def _resume(args: list[str]) -> str:
+    done = subprocess.run([sys.executable, "-m", "serwild.trainer", "--resume", *args], capture_output=True,
+                          text=True, env=procs.env(), timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return lines(done.stderr)[-1]
+
+
+@pytest.mark.slow
+def test_a_kill_before_best_pt_is_written_never_loses_the_best_model(tiny_build: Path, tmp_path: Path) -> None:
+    """Epoch 1 always improves on nothing, so its end writes best.pt; killed while that write
+    blocks, a resume must end with the best model on disk (it once found last.pt saying "best at
+    epoch 1", had nothing left to train, and ended with no best.pt)."""
+    run = tmp_path / "runs" / "r"
+    args = overrides(tiny_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": 0, "train.epochs": 1})
+    _train_held_at(run, "best.pt", args)
+    assert not (run / "best.pt").exists()
+    line = _resume(args)
+    epoch = int(re.fullmatch(r".*done: \S+/best\.pt \(best \S+ \S+ at epoch (\d+)\)", line)[1])  # type: ignore[index]
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == best["best"]["epoch"] == epoch == 1
+
+
+@pytest.mark.slow
+def test_a_kill_between_best_pt_and_last_pt_leaves_best_pt_of_its_epoch(tiny_build: Path, tmp_path: Path) -> None:
+    """No validation fold: every epoch's end writes best.pt (the latest model), then last.pt. Killed
+    between the two at epoch 2, best.pt already holds epoch 2 and last.pt epoch 1; the resumed run
+    trains epoch 2 again and ends with best.pt of epoch 2 (it once ended with epoch 1's under the
+    name of the last epoch's model)."""
+    run = tmp_path / "runs" / "r"
+    args = overrides(tiny_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 2,
+                                                       "train.samples_per_epoch": 400})
+
+    def epoch_one_saved(_: subprocess.Popen) -> bool:
+        return (run / "last.pt").is_file()
+
+    _train_held_at(run, "last.pt", args, when=epoch_one_saved)
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2 and load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert _resume(args).endswith("best.pt (no validation fold: the last epoch's model)")
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
