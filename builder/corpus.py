@@ -186,6 +186,7 @@ class _Columns:
     speaker: bool  # the list has a speaker column (required for kind csv)
     session: bool
     segments: bool  # start and end columns
+    contained: bool  # paths must stay inside the list's folder (an audiofolder, as HF's loader requires)
 
 
 def read_audiofolder(root: Path, label_column: str = "label") -> tuple[list[Utterance], list[Reject]]:
@@ -238,7 +239,7 @@ def _columns(csv_path: Path, names: list[str], label_column: str, audiofolder: b
         raise UsageError(f"{csv_path}: bad header: missing column(s) {', '.join(missing)} (the header reads "
                          f"{found!r}); expected {what}")
     assert path_col is not None
-    return _Columns(path_col, label_column, "speaker" in names, "session" in names, "start" in names)
+    return _Columns(path_col, label_column, "speaker" in names, "session" in names, "start" in names, audiofolder)
 
 
 def _csv_row(csv_path: Path, row: dict, cols: _Columns, item: str, spans: dict[Path, list[tuple[float, float, str]]],
@@ -255,6 +256,10 @@ def _csv_row(csv_path: Path, row: dict, cols: _Columns, item: str, spans: dict[P
         return Reject(item, "empty label", "corpus", str(path))
     if len(raw_label) > MAX_LABEL_CHARS:
         return Reject(item, f"label longer than {MAX_LABEL_CHARS} characters", "corpus", str(path))
+    if cols.contained and not path.is_relative_to(csv_path.parent.resolve()):
+        # ../x, an absolute path or a link out: rendered into shards, it would leave with a publish.
+        return Reject(item, "file_name leaves the audiofolder (.., an absolute path or a link out of it)", "corpus",
+                      rel[:200])
     if (problem := _audio_file_problem(rel, path)) is not None:
         return Reject(item, problem, "corpus", str(path))
     span = _segment(row) if cols.segments else None

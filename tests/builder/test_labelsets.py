@@ -97,6 +97,28 @@ def test_csv_segments_each_row_used_or_rejected_once(tmp_path: Path) -> None:
     assert np.allclose(y, whole[4 * SR:5 * SR], atol=1e-6)
 
 
+def test_an_audiofolders_file_name_never_leaves_the_folder(tmp_path: Path) -> None:
+    """HF's audiofolder reads files inside the folder; a file_name of ``..``, an absolute path or a
+    link out would be rendered into the shards (and leave with a publish). Each is a reject, kept in
+    rejects.jsonl with its reason; the files inside are read."""
+    outside = tmp_path / "private"
+    _wav(outside / "x.wav", 1.5)
+    _wav(tmp_path / "af" / "a.wav", 1.5)
+    (tmp_path / "af" / "out").symlink_to(outside)
+    (tmp_path / "af" / "metadata.csv").write_text(
+        f"file_name,emotion\na.wav,calm\n../private/x.wav,calm\n{outside}/x.wav,calm\nout/x.wav,calm\n")
+    views = resolve_views(["v"], load_config(None, ["views.v.classes=[calm, ang]", "datasets=[v]"]).views)
+    utts, rejects = read_corpus(CorpusConfig(kind="audiofolder", root=str(tmp_path / "af"), label_column="emotion"),
+                                ["v"], views)
+    assert [u.source for u in utts] == ["a.wav"]
+    assert [(r.item, r.reason.split(" (")[0]) for r in rejects] == [
+        (f"metadata.csv:{n}", "file_name leaves the audiofolder") for n in (3, 4, 5)]
+    # a CSV list names its files where they are: the same paths are the user's to give
+    (tmp_path / "af" / "list.csv").write_text("path,label,speaker\n../private/x.wav,calm,s1\n")
+    utts, rejects = read_corpus(CorpusConfig(kind="csv", root=str(tmp_path / "af" / "list.csv")), ["v"], views)
+    assert len(utts) == 1 and not rejects
+
+
 def test_audiofolder_and_csv_format_errors(tmp_path: Path) -> None:
     _wav(tmp_path / "af" / "a.wav", 1.5)
     _wav(tmp_path / "af" / "b" / "c.wav", 1.5, 300.0, seed=2)
