@@ -231,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         head = head_from(model_c, prefix)
         stream, cached, build_stats, load_s = [], [], None, 0.0
         for epoch in range(args.epochs):
-            loader = make_train_loader(shards, len(classes), args.batch_size, steps, seed=0, epoch=epoch,
+            loader = make_train_loader(shards, classes, args.batch_size, steps, seed=0, epoch=epoch,
                                        num_workers=args.workers, shuffle_buffer=train.shuffle_buffer)
             stream.append(run_epoch(model, loader, optimizer))
             scheduler.step()
             start = time.perf_counter()
             if epoch == 0:
-                build_stats = build_feature_cache(build, records, model_c, torch.device("cpu"), spec, len(classes),
+                build_stats = build_feature_cache(build, records, model_c, torch.device("cpu"), spec, classes,
                                                   batch_size=64, num_workers=args.workers)
                 t1 = time.perf_counter()
                 data = load_feature_cache(spec, records)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         bounds = {}
         for bs in dict.fromkeys([args.batch_size, *([args.paper_batch] if args.paper_batch else [])]):
             images, labels = [], []
-            for x, y, _ in make_eval_loader(urls, bs, 0, num_classes=len(classes)):
+            for x, y, _ in make_eval_loader(urls, bs, 0, classes=classes):
                 images.append(x)
                 labels.append(y)
                 if sum(len(t) for t in labels) >= bs:
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         # serving an epoch's batches from the cache, and PNG decode + resize + normalise on one core.
         gather = best_of(3, lambda: sum(len(y) for _, y in data.batches(args.batch_size, steps, seed=0, epoch=99)))
         decode = best_of(3, lambda: sum(len(y) for _, y, _ in make_eval_loader(urls[:2], 32, 0,
-                                                                               num_classes=len(classes))))
+                                                                               classes=classes)))
         prec = precision(model_c, head, images, labels, prefix)
         counts = macs(model_c, prefix)
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 
-def baseline_loader(shards, num_classes: int, batch: int, num_batches: int, workers: int):
+def baseline_loader(shards, classes, batch: int, num_batches: int, workers: int):
     """The resampling pipeline serwild trained with before exact epochs."""
     from itertools import islice
 
@@ -36,7 +36,7 @@ def baseline_loader(shards, num_classes: int, batch: int, num_batches: int, work
         wds.ResampledShards(shards.urls, seed=0, deterministic=True),
         wds.pipelinefilter(read_shards)(dict(zip(shards.urls, shards.counts))),
         wds.shuffle(1000, initial=100, seed=0),
-        wds.map(_Decode(num_classes, False)),
+        wds.map(_Decode(classes, False)),
         wds.batched(batch, collation_fn=collate_train, partial=False),
     ).with_epoch(per_worker)
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers,
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         build = Path(args.shards) if args.shards else small_build(Path(t))
         manifest = load_manifest(build)
         shards = shard_set(build, select_shards(manifest, args.dataset, "train"))
-        k = len(manifest["datasets"][args.dataset]["classes"])
+        k = manifest["datasets"][args.dataset]["classes"]
         steps = max(4, shards.samples // args.batch_size)
         print(f"{shards.samples} training samples in {len(shards.urls)} shards, batch {args.batch_size}, "
               f"{steps} batches per pass, best of {args.rounds} rounds, {os.cpu_count()} CPU cores")

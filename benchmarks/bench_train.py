@@ -51,10 +51,12 @@ def loader_rate(args: argparse.Namespace, batch: int) -> float:
     from serwild.data.loaders import make_train_loader, shard_set
     from serwild.data.manifest import load_manifest, select_shards
 
-    shards = shard_set(args.shards, select_shards(load_manifest(args.shards), args.dataset, "train", ["clean"]))
+    manifest = load_manifest(args.shards)
+    shards = shard_set(args.shards, select_shards(manifest, args.dataset, "train", ["clean"]))
+    classes = manifest["datasets"][args.dataset]["classes"]
     n_batches = max(4, 2 * args.steps)
     start, n = time.perf_counter(), 0
-    for images, _ in make_train_loader(shards, 8, batch, n_batches, seed=0, epoch=0, num_workers=args.workers,
+    for images, _ in make_train_loader(shards, classes, batch, n_batches, seed=0, epoch=0, num_workers=args.workers,
                                        as_uint8=args.device == "cuda"):
         n += images.shape[0]
     return n / (time.perf_counter() - start)

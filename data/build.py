@@ -99,7 +99,7 @@ class BuildReader:
 
         shards = self.shard_set(self.records(dataset, split, conditions, folds))
         return make_eval_loader(shards.urls, batch_size, num_workers, rank=rank, world_size=world_size,
-                                counts=shards.counts, num_classes=len(self.classes(dataset)), as_uint8=as_uint8,
+                                counts=shards.counts, classes=self.classes(dataset), as_uint8=as_uint8,
                                 remote=shards.remote, identities=shards.identities)
 
 

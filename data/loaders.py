@@ -158,7 +158,7 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def decode_sample(sample: dict, num_classes: int, as_uint8: bool = False,
+def decode_sample(sample: dict, classes: Sequence[str], as_uint8: bool = False,
                   expect: dict[str, Any] | None = None) -> tuple[torch.Tensor, int, dict]:
     """A raw sample → (image (3, 256, 256), class index, metadata).
 
@@ -166,7 +166,9 @@ def decode_sample(sample: dict, num_classes: int, as_uint8: bool = False,
     on arrival: a quarter of the bytes to move). On a CPU, normalising image by image here
     is several times faster than normalising a whole batch later (cache-sized tensors).
     ``expect``: the identity of the record the shard was listed under; a sample whose JSON
-    says otherwise (a training shard listed as test) is refused.
+    says otherwise (a training shard listed as test) is refused, and so is one whose ``label``
+    is not ``classes[class_index]`` (a manifest that names the classes in another order would
+    otherwise train, score and export every block under another class's name).
     """
     key, url = sample.get("__key__"), sample.get("__url__")
     if "png" not in sample or "json" not in sample:
@@ -183,8 +185,11 @@ def decode_sample(sample: dict, num_classes: int, as_uint8: bool = False,
         raise ShardError(f"sample {key} in {url} says {wrong}, but the manifest lists its shard as "
                          f"{ {k: expect[k] for k in wrong} }: the manifest does not describe this build")
     label = meta.get("class_index")
-    if not isinstance(label, int) or not 0 <= label < num_classes:
-        raise ShardError(f"sample {key} in {url}: class_index {label!r} is not in 0..{num_classes - 1}")
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(classes):
+        raise ShardError(f"sample {key} in {url}: class_index {label!r} is not in 0..{len(classes) - 1}")
+    if meta.get("label") != classes[label]:
+        raise ShardError(f"sample {key} in {url} is labelled {str(meta.get('label'))[:64]!r} at class_index {label}, "
+                         f"where the manifest names {classes[label]!r}: the manifest does not describe this build")
     image = resize_uint8(rgb)
     return (image if as_uint8 else normalise(image)), label, meta
 
@@ -204,11 +209,11 @@ def collate_eval(batch: list[tuple[torch.Tensor, int, dict]]) -> tuple[torch.Ten
 class _Decode:
     """A picklable map stage (DataLoader workers may be spawned, not forked)."""
 
-    def __init__(self, num_classes: int, as_uint8: bool, identities: dict[str, dict] | None = None) -> None:
-        self.num_classes, self.as_uint8, self.identities = num_classes, as_uint8, identities or {}
+    def __init__(self, classes: Sequence[str], as_uint8: bool, identities: dict[str, dict] | None = None) -> None:
+        self.classes, self.as_uint8, self.identities = tuple(classes), as_uint8, identities or {}
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int, dict]:
-        return decode_sample(sample, self.num_classes, self.as_uint8, self.identities.get(sample.get("__url__")))
+        return decode_sample(sample, self.classes, self.as_uint8, self.identities.get(sample.get("__url__")))
 
 
 # ----------------------------------------------------------------------------- the epoch plan
@@ -318,7 +323,7 @@ def steps_per_epoch(samples_per_epoch: int, batch_per_rank: int, world_size: int
     return max(1, math.ceil(samples_per_epoch / (batch_per_rank * world_size)))
 
 
-def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_batches: int, *,
+def make_train_loader(shards: ShardSet, classes: Sequence[str], batch_size: int, num_batches: int, *,
                       seed: int, epoch: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                       prefetch_factor: int = 2, shuffle_buffer: int = 1000, start_batch: int = 0,
                       pin_memory: bool = False, as_uint8: bool = False
@@ -332,7 +337,7 @@ def make_train_loader(shards: ShardSet, num_classes: int, batch_size: int, num_b
     pieces = epoch_pieces(shards.counts, batch_size * num_batches, seed=seed, epoch=epoch, rank=rank,
                           world_size=world_size)
     identities = dict(zip(shards.urls, shards.identities)) if shards.identities is not None else None
-    stream = EpochStream(shards, pieces, _Decode(num_classes, as_uint8, identities), batch_size,
+    stream = EpochStream(shards, pieces, _Decode(classes, as_uint8, identities), batch_size,
                          range(start_batch, num_batches), shuffle_buffer, seeds.derive31(seed, epoch, rank, "shuffle"))
     workers = max(0, min(num_workers, num_batches - start_batch))
     # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise,
@@ -351,7 +356,7 @@ class _WorkerInit:
 
 
 def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, rank: int = 0,
-                     world_size: int = 1, counts: Sequence[int] | None = None, num_classes: int = 1000,
+                     world_size: int = 1, counts: Sequence[int] | None = None, *, classes: Sequence[str],
                      as_uint8: bool = False, pin_memory: bool = False, remote: RemoteOptions | None = None,
                      identities: Sequence[dict[str, Any]] | None = None
                      ) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
@@ -361,9 +366,9 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
     no resampling, last batch may be short. ``counts`` (the manifest's, per URL) turns on the
     short-shard check; ``identities`` (``ShardSet.identities``) the check that every sample
     belongs to the record it was listed under. Images are float and normalised unless
-    ``as_uint8``. A rank with no shard yields nothing. ``num_classes`` bounds the labels (the
-    manifest's class count). ``remote``: the build's network options when ``urls`` are remote
-    (``ShardSet.remote``).
+    ``as_uint8``. A rank with no shard yields nothing. ``classes``: the manifest's class names,
+    in index order (each sample's label is checked against them). ``remote``: the build's network
+    options when ``urls`` are remote (``ShardSet.remote``).
     """
     if counts is not None and len(counts) != len(urls):
         raise ValueError("counts must give one count per url")
@@ -378,7 +383,7 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
         wds.SimpleShardList(mine),
         wds.split_by_worker,
         wds.pipelinefilter(read_shards)(expected, remote),
-        wds.map(_Decode(num_classes, as_uint8, dict(zip(urls, identities)) if identities is not None else None)),
+        wds.map(_Decode(classes, as_uint8, dict(zip(urls, identities)) if identities is not None else None)),
         wds.batched(batch_size, collation_fn=collate_eval, partial=True),
     )
     # Its own generator, as the training loader's: scoring (validation, the feature cache) must not

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,7 @@ def score_condition(model: nn.Module, target: Target, cond: str, records: list[d
     by sample), gathered over ranks."""
     shards = target.build.shard_set(records)
     k = len(target.classes)
-    local = _guarded(d, functools.partial(score_shards, model, shards, k, settings.batch_size,
+    local = _guarded(d, functools.partial(score_shards, model, shards, target.classes, settings.batch_size,
                                           settings.num_workers, d, desc=cond))
     merged = merge_parts(all_gather_object(local, d), cond, shards.samples, records)
     logits = merged["logits"]
@@ -237,11 +237,11 @@ def protocol(ckpt: dict[str, Any], cfg: Config, manifest: dict[str, Any]) -> dic
 # ----------------------------------------------------------------------------- scoring
 
 
-def score_shards(model: nn.Module, shards: ShardSet, num_classes: int, batch_size: int, num_workers: int, d: Dist,
+def score_shards(model: nn.Module, shards: ShardSet, classes: Sequence[str], batch_size: int, num_workers: int, d: Dist,
                  desc: str = "") -> dict[str, Any]:
     """This rank's share of ``shards`` (a trainer ShardSet): logits, labels and sample identities."""
     loader = make_eval_loader(shards.urls, batch_size, num_workers, rank=d.rank, world_size=d.world_size,
-                              counts=shards.counts, num_classes=num_classes, remote=shards.remote,
+                              counts=shards.counts, classes=classes, remote=shards.remote,
                               identities=shards.identities)
     total = -(-shards.samples // d.world_size)  # about this rank's share: shards are dealt to ranks
     with progress(total, f"evaluate {desc}", unit="blk", command="evaluate", enabled=d.is_main,

@@ -217,7 +217,7 @@ def tar_keys(path: str | Path) -> list[str]:
 
 
 def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: nn.Module,
-                        device: torch.device, spec: CacheSpec, num_classes: int, *, rank: int = 0,
+                        device: torch.device, spec: CacheSpec, classes: Sequence[str], *, rank: int = 0,
                         world_size: int = 1, batch_size: int = 64, num_workers: int = 0) -> CacheBuild:
     """Write this rank's share (``records[rank::world_size]``) of the cache; skip finished files.
 
@@ -247,7 +247,7 @@ def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: n
         on_gpu = device.type == "cuda"
         loader = make_eval_loader([str(Path(build_dir) / r["path"]) for r in todo], batch_size,
                                   min(1, num_workers), counts=[int(r["count"]) for r in todo],
-                                  num_classes=num_classes, as_uint8=on_gpu, pin_memory=on_gpu)
+                                  classes=classes, as_uint8=on_gpu, pin_memory=on_gpu)
         with torch.no_grad():  # an empty shard's file still needs the features' shape
             writer.shape = tuple(front(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)).shape[1:])
         writer.drain()  # shards with no samples

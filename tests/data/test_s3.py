@@ -21,10 +21,13 @@ from tests.data.tinybuild import manifest_of, tiny_build  # noqa: F401 - fixture
 s3fs = pytest.importorskip("s3fs")
 s3server = pytest.importorskip("tests.data.s3server")
 
+from serwild.builder.labels import PRESETS  # noqa: E402
 from serwild.cli import main as cli  # noqa: E402 - after the skips
 from serwild.data import open_build, remote  # noqa: E402
 from serwild.data.loaders import make_train_loader, shard_set  # noqa: E402
 from serwild.data.remote import RemoteError, RemoteOptions  # noqa: E402
+
+CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
 
 REMOTE = ["remote.timeout_s=2", "remote.retries=1", "remote.backoff_s=0.1"]
 FAST = RemoteOptions(timeout_s=0.5, retries=1, backoff_s=0.05)
@@ -98,7 +101,7 @@ def test_publish_then_verify_train_and_evaluate_from_s3(tiny_build: Path, tmp_pa
 
     # The bucket gives the trainer the very batches the folder gives (same seed, same order)…
     records = [r for r in m["shards"] if r["split"] == "train" and r["condition"] == "clean"]
-    batches = {name: list(make_train_loader(shard_set(open_build(where, FAST), records), 4, 8, 4, seed=3, epoch=0,
+    batches = {name: list(make_train_loader(shard_set(open_build(where, FAST), records), CLASSES, 8, 4, seed=3, epoch=0,
                                             shuffle_buffer=8, as_uint8=True))
                for name, where in (("s3", url), ("local", str(tiny_build)))}
     assert all(torch.equal(a, b) for xa, xb in zip(batches["s3"], batches["local"]) for a, b in zip(xa, xb))

@@ -27,6 +27,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from serwild.builder.manifest import fingerprint
 from serwild.checkpoint import save_checkpoint
 from serwild.cli import main
 from serwild.data.remote import MAX_METADATA_BYTES, RemoteError, RemoteOptions, open_location
@@ -253,6 +254,31 @@ def test_a_manifest_that_lists_a_shard_under_another_condition_is_refused(built:
     _cli(capsys, ["evaluate", "--checkpoint", str(built[1]), "--shards", str(build), "--out", str(tmp_path / "r"),
                   "eval.device=cpu", "eval.num_workers=0", "eval.bootstrap=0"], 2, "serwild evaluate: error:",
          "the manifest lists its shard as")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_manifest_that_renames_the_classes_under_the_data_is_refused(built: tuple[Path, Path], tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Two class names swapped in the manifest, and in a checkpoint trained under it: sizes,
+    hashes, fingerprint and the checkpoint's classes all agree, but every angry block would be
+    scored as happy. The samples' own labels disagree, and the reader says so."""
+    build = shutil.copytree(built[0], tmp_path / "shards")
+    classes = json.loads((build / "manifest.json").read_text())["datasets"]["ahsn"]["classes"]
+    swapped = [classes[1], classes[0], *classes[2:]]
+
+    def rename(m: dict) -> None:  # a careful forger: the fingerprint is made anew
+        m["datasets"]["ahsn"]["classes"] = swapped
+        m["fingerprint"] = fingerprint(m["shards"], m["datasets"])
+
+    _edit_manifest(build, rename)
+    print_ = json.loads((build / "manifest.json").read_text())["fingerprint"]
+    ckpt = _variant(built[1], tmp_path / "run" / "best.pt",
+                    lambda c: c.update(classes=swapped, manifest_fingerprint=print_))
+    assert main(["verify", str(build)]) == 0  # nothing a verify can see
+    capsys.readouterr()
+    _cli(capsys, ["evaluate", "--checkpoint", str(ckpt), "--shards", str(build), "--out", str(tmp_path / "r"),
+                  "eval.device=cpu", "eval.num_workers=0", "eval.bootstrap=0"], 2, "serwild evaluate: error:",
+         f"where the manifest names {swapped[0]!r}", "the manifest does not describe this build")
     assert not (tmp_path / "r").exists()
 
 

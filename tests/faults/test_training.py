@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from serwild.builder.labels import PRESETS
 from serwild.cli import main
 from serwild.errors import UsageError
 from serwild.trainer.features import (
@@ -38,6 +39,8 @@ from tests.faults.procs import SERWILD, lines, session, start, wait_for
 from tests.faults.test_checkpoints_disk import ADVICE, Evil
 from tests.trainer.conftest import ARCH, overrides, tiny_build, weights_file  # noqa: F401 (fixtures)
 
+CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
+
 CPU = torch.device("cpu")
 FROZEN = "[conv1,conv2,conv3,conv4]"  # the paper's frozen prefix: the feature cache is on
 REPORT = ("Traceback", "ChildFailedError", "Root Cause", "FAILED")  # torchrun's failure report
@@ -53,7 +56,7 @@ def _cache(build: Path, root: Path, records: list[dict]):
     torch.manual_seed(0)
     model = build_model(len(manifest["datasets"]["ahsn"]["classes"]), "none", ARCH)
     spec = cache_spec(root, manifest["fingerprint"], model, 10)
-    done = build_feature_cache(build, records, model, CPU, spec, len(manifest["datasets"]["ahsn"]["classes"]))
+    done = build_feature_cache(build, records, model, CPU, spec, manifest["datasets"]["ahsn"]["classes"])
     assert done.written == len(records)
     return model, spec
 
@@ -108,7 +111,7 @@ def test_swapped_or_stale_cache_files_are_refused_on_load_and_rebuilt(tiny_build
     fa.write_bytes(b)
     fb.write_bytes(a)
     manifest = _manifest(tiny_build)
-    again = build_feature_cache(tiny_build, pair, model, CPU, spec, len(manifest["datasets"]["ahsn"]["classes"]))
+    again = build_feature_cache(tiny_build, pair, model, CPU, spec, manifest["datasets"]["ahsn"]["classes"])
     assert again.written == 2 and len(again.notes) == 2, again
     assert all(n.startswith("note: feature cache file ") and "rebuilt" in n for n in again.notes), again.notes
     data = load_feature_cache(spec, pair, build_dir=tiny_build)
@@ -133,15 +136,14 @@ def test_cut_and_empty_cache_files_are_rebuilt_and_a_hostile_one_is_refused_unru
         assert str(f) in str(e.value), e.value
     assert not marker.exists()
     # Building: a hostile file is refused (left for the user to look at) without running it…
-    k = len(_manifest(tiny_build)["datasets"]["ahsn"]["classes"])
     with pytest.raises(UsageError) as e:
-        build_feature_cache(tiny_build, recs, model, CPU, spec, k)
+        build_feature_cache(tiny_build, recs, model, CPU, spec, CLASSES)
     _one_line(str(e.value))
     assert str(hostile) in str(e.value) and "refused without running" in str(e.value), e.value
     assert not marker.exists() and hostile.stat().st_size > 0
     # …and without it, the empty and the cut files are rebuilt, each with a note.
     hostile.unlink()
-    redo = build_feature_cache(tiny_build, recs, model, CPU, spec, k)
+    redo = build_feature_cache(tiny_build, recs, model, CPU, spec, CLASSES)
     assert redo.written == 3, redo
     assert len(redo.notes) == 2 and all("rebuilt" in n for n in redo.notes), redo.notes
     for n in redo.notes:
@@ -199,11 +201,10 @@ def test_read_only_run_or_cache_folder_is_one_line_before_any_work(tiny_build: P
                                                  "written (read-only file system"), rank.stderr[-3000:]
         # …and a cache there, read-only with files missing, is one line when it would be built.
         manifest = _manifest(tiny_build)
-        k = len(manifest["datasets"]["ahsn"]["classes"])
-        model = build_model(k, "none", ARCH)
+        model = build_model(len(CLASSES), "none", ARCH)
         spec = cache_spec(ro / "cache", manifest["fingerprint"], model, 10)
         with pytest.raises(UsageError) as e:
-            build_feature_cache(tiny_build, cache_records(manifest, "ahsn")[:1], model, CPU, spec, k)
+            build_feature_cache(tiny_build, cache_records(manifest, "ahsn")[:1], model, CPU, spec, CLASSES)
         _one_line(str(e.value))
         assert str(e.value).startswith(f"feature cache folder {spec.dir} cannot be written (read-only"), e.value
         assert list(ro.iterdir()) == []
@@ -222,11 +223,10 @@ def test_a_non_finite_loss_is_one_line_and_exit_1(tiny_build: Path, weights_file
     launch, leaves none; the launch's own temp folder goes with it, and so does one that a
     SIGKILLed launcher left."""
     manifest = _manifest(tiny_build)
-    k = len(manifest["datasets"]["ahsn"]["classes"])
-    model = build_model(k, str(weights_file), ARCH)  # conv1-conv4 from the file: the trainer's exactly
+    model = build_model(len(CLASSES), str(weights_file), ARCH)  # conv1-conv4 from the file: the trainer's exactly
     spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, 10)
     records = cache_records(manifest, "ahsn")
-    build_feature_cache(tiny_build, records, model, CPU, spec, k)
+    build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     for r in records:
         obj = torch.load(shard_cache_file(spec.dir, r), weights_only=True)
         obj["features"] = torch.full_like(obj["features"], float("nan"))

@@ -14,9 +14,12 @@ import sys
 
 import torch
 
+from serwild.builder.labels import PRESETS
 from serwild.data.loaders import ShardSet, make_eval_loader, make_train_loader
 from serwild.torchrun import exit_now
 from serwild.trainer.distributed import all_gather_object, all_reduce_sum, setup, teardown
+
+CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
 
 
 def main(spec_path: str, out_path: str) -> None:
@@ -28,14 +31,14 @@ def main(spec_path: str, out_path: str) -> None:
         for name, case in spec["cases"].items():
             shards = ShardSet(case["urls"], case["counts"])
             steps = 0
-            for _images, _labels in make_train_loader(shards, 4, 3, spec["batches"], seed=0, epoch=0, rank=d.rank,
+            for _images, _labels in make_train_loader(shards, CLASSES, 3, spec["batches"], seed=0, epoch=0, rank=d.rank,
                                                       world_size=d.world_size,
                                                       num_workers=1, shuffle_buffer=8):
                 all_reduce_sum(torch.ones(1), d)
                 steps += 1
             keys = []
             for _, _, metas in make_eval_loader(shards.urls, 4, 1, d.rank, d.world_size, counts=shards.counts,
-                                                num_classes=4):
+                                                classes=CLASSES):
                 keys += [f"{m['utterance']}_b{m['block']:03d}_{m['condition']}" for m in metas]
             result[name] = {"train_batches": all_gather_object(steps, d), "eval_keys": all_gather_object(keys, d)}
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from serwild.builder.labels import PRESETS
 from serwild.data.build import BuildReader
 from serwild.data.loaders import (
     ShardError,
@@ -25,6 +26,8 @@ from serwild.data.remote import open_location
 from serwild.errors import UsageError
 from serwild.trainer.preflight import DataPlan, plan_data, resolve, verify_shards
 from tests.trainer.conftest import tiny_config
+
+CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
 
 
 def _records(manifest: dict, condition: str = "clean", fold: int = 0) -> list[dict]:
@@ -43,7 +46,7 @@ def _keys(urls: list[str]) -> list[str]:
 def test_train_loader_gives_exactly_the_asked_batches(tiny_build: Path, manifest: dict) -> None:
     shards = shard_set(tiny_build, _records(manifest)[:1])  # one shard, fewer samples than asked
     for workers in (0, 2):
-        batches = list(make_train_loader(shards, 4, batch_size=3, num_batches=7, seed=0, epoch=0,
+        batches = list(make_train_loader(shards, CLASSES, batch_size=3, num_batches=7, seed=0, epoch=0,
                                          num_workers=workers, shuffle_buffer=10))
         assert len(batches) == 7
         for images, labels in batches:
@@ -56,7 +59,7 @@ def test_train_loader_is_deterministic_per_epoch(tiny_build: Path, manifest: dic
     shards = shard_set(tiny_build, _records(manifest))
 
     def images(epoch: int) -> torch.Tensor:
-        return torch.cat([x for x, _ in make_train_loader(shards, 4, 4, 3, seed=5, epoch=epoch,
+        return torch.cat([x for x, _ in make_train_loader(shards, CLASSES, 4, 3, seed=5, epoch=epoch,
                                                           shuffle_buffer=16, as_uint8=True)])
 
     first = images(0)
@@ -74,7 +77,7 @@ def test_eval_loader_reads_every_sample_once_across_ranks(tiny_build: Path, mani
     for rank in range(2):
         n = 0
         for images, labels, metas in make_eval_loader(shards.urls, 5, 1, rank=rank, world_size=2,
-                                                      counts=shards.counts, num_classes=4):
+                                                      counts=shards.counts, classes=CLASSES):
             assert images.shape[1:] == (3, 256, 256) and len(labels) == len(metas) <= 5
             seen += [f"{m['utterance']}_b{m['block']:03d}_{m['condition']}" for m in metas]
             n += len(metas)
@@ -101,14 +104,14 @@ def test_short_shard_is_refused_by_both_loaders(tiny_build: Path, manifest: dict
     _short_copy(tiny_build / record["path"], short, record["count"] - 1)
     good = ShardSet([str(short)], [record["count"]])
     with pytest.raises(ShardError, match="manifest says"):
-        list(make_eval_loader(good.urls, 4, 0, counts=good.counts, num_classes=4))
+        list(make_eval_loader(good.urls, 4, 0, counts=good.counts, classes=CLASSES))
     # The worker that raises ends without removing the pymp-* folder multiprocessing made in its
     # temp folder to pass tensors (one was left in /tmp per suite run): it inherits this test's.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(ShardError, match="manifest says"):  # also through a worker process
-        list(make_eval_loader(good.urls, 4, 1, counts=good.counts, num_classes=4))
+        list(make_eval_loader(good.urls, 4, 1, counts=good.counts, classes=CLASSES))
     with pytest.raises(ShardError, match="manifest says"):
-        list(make_train_loader(good, 4, 2, 3 * record["count"], seed=0, epoch=0, shuffle_buffer=2))
+        list(make_train_loader(good, CLASSES, 2, 3 * record["count"], seed=0, epoch=0, shuffle_buffer=2))
 
 
 def test_corrupt_shard_is_refused(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:
@@ -118,7 +121,7 @@ def test_corrupt_shard_is_refused(tiny_build: Path, manifest: dict, tmp_path: Pa
     data[5000:9000] = b"\x00" * 4000  # inside the first PNG
     bad.write_bytes(bytes(data))
     with pytest.raises(ShardError):
-        list(make_eval_loader([str(bad)], 4, 0, counts=[record["count"]], num_classes=4))
+        list(make_eval_loader([str(bad)], 4, 0, counts=[record["count"]], classes=CLASSES))
 
 
 def test_verify_refuses_a_changed_shard_before_training(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:

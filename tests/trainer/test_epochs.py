@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from serwild.builder.labels import PRESETS
 from serwild.data.loaders import (
     ShardError,
     decode_sample,
@@ -20,6 +21,8 @@ from serwild.data.loaders import (
     shard_set,
 )
 from tests.trainer.test_data import _keys
+
+CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
 
 
 def _records(manifest: dict) -> list[dict]:
@@ -55,7 +58,7 @@ def _truth(shards) -> Counter:
     out: Counter = Counter()
     for url in shards.urls:
         for sample in read_shards([{"url": url}], {}):
-            image, label, _ = decode_sample(sample, 4, as_uint8=True)
+            image, label, _ = decode_sample(sample, CLASSES, as_uint8=True)
             out[(label, int(image.sum()))] += 1
     return out
 
@@ -64,7 +67,7 @@ def _epoch_keys(shards, batch: int, steps: int, rank: int, world: int, workers: 
                 start: int = 0) -> list[tuple[int, ...]]:
     """(label, pixel checksum) per sample, in the order the rank trains on them."""
     out = []
-    for images, labels in make_train_loader(shards, 4, batch, steps, seed=7, epoch=epoch, rank=rank,
+    for images, labels in make_train_loader(shards, CLASSES, batch, steps, seed=7, epoch=epoch, rank=rank,
                                             world_size=world, num_workers=workers, shuffle_buffer=10,
                                             start_batch=start, as_uint8=True):
         out += [(int(y), int(x.sum())) for x, y in zip(images, labels)]
@@ -112,9 +115,9 @@ def test_a_manifest_that_lists_a_shard_under_another_split_is_refused(tiny_build
     lying = {**train, "split": "test", "fold": None}
     shards = shard_set(build, [lying])
     with pytest.raises(ShardError, match="manifest lists its shard"):
-        list(make_eval_loader(shards.urls, 4, 0, counts=shards.counts, num_classes=4, identities=shards.identities))
+        list(make_eval_loader(shards.urls, 4, 0, counts=shards.counts, classes=CLASSES, identities=shards.identities))
     with pytest.raises(ShardError, match="manifest lists its shard"):
-        list(make_train_loader(shards, 4, 2, 2, seed=0, epoch=0))
+        list(make_train_loader(shards, CLASSES, 2, 2, seed=0, epoch=0))
     honest = shard_set(build, [train])
-    assert sum(len(y) for _, y, _ in make_eval_loader(honest.urls, 4, 0, counts=honest.counts, num_classes=4,
+    assert sum(len(y) for _, y, _ in make_eval_loader(honest.urls, 4, 0, counts=honest.counts, classes=CLASSES,
                                                        identities=honest.identities)) == train["count"]

@@ -31,6 +31,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from serwild.builder.labels import PRESETS
 from serwild.data.loaders import make_eval_loader
 from serwild.errors import UsageError
 from serwild.trainer.config import TrainConfig
@@ -53,8 +54,10 @@ from serwild.trainer.model import build_model
 from serwild.trainer.outputs import model_outputs
 from serwild.trainer.recipe import make_optimizer, resolve_recipe
 
+CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
+
 CPU = torch.device("cpu")
-NUM_CLASSES = 4
+NUM_CLASSES = len(CLASSES)
 ARCH = "tiny"
 
 
@@ -139,11 +142,11 @@ def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest:
     images, labels = {}, {}
     for url in [str(tiny_build / r["path"]) for r in shards]:
         keys = tar_keys(url)
-        batch = next(iter(make_eval_loader([url], 64, 0, num_classes=NUM_CLASSES)))
+        batch = next(iter(make_eval_loader([url], 64, 0, classes=CLASSES)))
         images.update(zip(keys, batch[0]))
         labels.update(zip(keys, batch[1].tolist()))
     spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, prefix)
-    stats = build_feature_cache(tiny_build, shards, model, CPU, spec, NUM_CLASSES, batch_size=16)
+    stats = build_feature_cache(tiny_build, shards, model, CPU, spec, CLASSES, batch_size=16)
     assert stats.written == 2 and stats.samples == sum(r["count"] for r in shards)
     data = load_feature_cache(spec, shards)
     assert len(data) == stats.samples and data.feats[0].dtype == torch.float16
@@ -182,13 +185,13 @@ def test_validation_from_the_cache_runs_the_same_loop(tiny_build: Path, manifest
     model, _, train = paper
     prefix = resolve_feature_cache("auto", train.freeze)
     spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, prefix)
-    build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES)
+    build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     val = records[2:]
     data = FeatureData(prefix, load_feature_cache(spec, records[:2]), load_feature_cache(spec, val), steps=2, seed=0,
                        batch=5, rank=0, world_size=1)
     cached = model_outputs(data.net(model), data.val_batches(), CPU)
     loader = make_eval_loader([str(tiny_build / r["path"]) for r in val], 5, 0,
-                              counts=[r["count"] for r in val], num_classes=NUM_CLASSES)
+                              counts=[r["count"] for r in val], classes=CLASSES)
     streamed = model_outputs(model, loader, CPU)
     assert cached.keys == [k for r in val for k in tar_keys(tiny_build / r["path"])]
     assert len(cached.keys) == len(streamed.keys) == sum(r["count"] for r in val)
@@ -242,11 +245,11 @@ def test_key_follows_build_weights_cut_and_dtype(manifest: dict, paper: tuple, t
     assert cache_key(fp, weights_digest(other, 10), 10) != key
     # Files of one key are refused by another, and a model that does not match its spec is refused.
     spec = cache_spec(tmp_path, fp, model, 10)
-    build_feature_cache(tiny_build, records[:1], model, CPU, spec, NUM_CLASSES)
+    build_feature_cache(tiny_build, records[:1], model, CPU, spec, CLASSES)
     with pytest.raises(UsageError, match="another cache"):
         CachedTrainData([shard_cache_file(spec.dir, records[0])], cache_spec(tmp_path, fp, other, 10).key, records[:1])
     with pytest.raises(ValueError, match="not the weights"):
-        build_feature_cache(tiny_build, records[:1], other, CPU, spec, NUM_CLASSES)
+        build_feature_cache(tiny_build, records[:1], other, CPU, spec, CLASSES)
     info = json.loads((spec.dir / "cache.json").read_text())
     assert info["build_fingerprint"] == fp and info["weights_sha256"] == digest and info["prefix"] == 10
 
@@ -259,19 +262,19 @@ def test_rerun_skips_finished_files_and_redoes_only_missing(tiny_build: Path, ma
     model, _, _ = paper
     spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
     # Two ranks of a world of 2 (run one after the other): disjoint shares, together all shards.
-    shares = [build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES, rank=r, world_size=2)
+    shares = [build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES, rank=r, world_size=2)
               for r in (0, 1)]
     assert [s.written for s in shares] == [2, 2] and sum(s.samples for s in shares) == sum(r["count"] for r in records)
     files = [shard_cache_file(spec.dir, r) for r in records]
     assert all(f.is_file() for f in files) and sorted(spec.dir.glob("*.pt")) == sorted(files)
     mtimes = {f: f.stat().st_mtime_ns for f in files}
-    again = build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES)
+    again = build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     assert (again.written, again.skipped, again.samples) == (0, 4, 0)
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
     # A rank killed mid-write leaves only a temp file: the shard is redone, the rest untouched.
     files[2].unlink()
     (spec.dir / f".{files[2].name}.tmp-99999").write_bytes(b"half a file")
-    redo = build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES)
+    redo = build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     assert (redo.written, redo.skipped, redo.samples) == (1, 3, records[2]["count"])
     assert all(f.stat().st_mtime_ns == mtimes[f] for f in files if f != files[2])
     data = load_feature_cache(spec, records)
@@ -288,7 +291,7 @@ def test_cached_batches_exact_count_deterministic_and_disjoint_across_ranks(
         tiny_build: Path, manifest: dict, paper: tuple, records: list[dict], tmp_path: Path) -> None:
     model, _, _ = paper
     spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
-    build_feature_cache(tiny_build, records, model, CPU, spec, NUM_CLASSES)
+    build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     data = load_feature_cache(spec, records)
     n = len(data)
     batches = list(data.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
