@@ -250,6 +250,10 @@ def test_plan_refuses_two_samples_with_one_key(tmp_path: Path) -> None:
     ("snr_db=[15, 15]", ("'snr_db'", "15.0", "more than once")),
     ("datasets=[ahsn, aesn, ahsn]", ("'datasets'", "ahsn", "more than once")),
     ("train.conditions=[clean, clean]", ("'train.conditions'", "clean", "more than once")),
+    ("train.name=..", ("'train.name'", "one folder name inside train.run_dir")),
+    ("train.name=.", ("'train.name'", "one folder name inside train.run_dir")),
+    ("train.name=/tmp/elsewhere", ("'train.name'", "'/tmp/elsewhere'")),
+    ("train.name=a/../../b", ("'train.name'", "one folder name")),
 ])
 def test_config_refuses_non_finite_and_repeated_values(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        override: str, needles: tuple[str, ...]) -> None:
