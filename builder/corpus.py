@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from serwild.builder.config import CorpusConfig
-from serwild.builder.labels import LABEL_ALIASES, MAX_LABEL_CHARS, PRESETS, View, canonical_label, resolve_views
+from serwild.builder.labels import LABEL_ALIASES, PRESETS, View, canonical_label, resolve_views
 from serwild.errors import UsageError
-from serwild.text import decode_utf8
+from serwild.text import MAX_LABEL_CHARS, decode_utf8
 
 __all__ = ["DATASETS", "LABEL_ALIASES", "Reject", "Utterance", "read_corpus"]
 

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from serwild.text import MAX_CLASSES, MAX_LABEL_CHARS
+
 if TYPE_CHECKING:
     from serwild.builder.config import ViewConfig
 
@@ -32,8 +34,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "aesn": ("ang", "exc", "sad", "neu"),
 }
 VIEW_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a folder name and a hub config name
-MAX_CLASSES = 1000
-MAX_LABEL_CHARS = 64
 
 
 def canonical_label(raw: str) -> str:
@@ -63,8 +63,9 @@ def make_view(name: str, classes: Iterable[str], merge: Mapping[str, str] | None
         raise ValueError(f"{where}.classes' needs 2..{MAX_CLASSES} classes, got {len(classes)}")
     index: dict[str, int] = {}
     for i, c in enumerate(classes):
-        if not c.strip() or len(c) > MAX_LABEL_CHARS:
-            raise ValueError(f"{where}.classes': class names are 1..{MAX_LABEL_CHARS} characters, got {c!r}")
+        if not c.strip() or len(c) > MAX_LABEL_CHARS or not c.isprintable():
+            raise ValueError(f"{where}.classes': class names are 1..{MAX_LABEL_CHARS} printable characters, "
+                             f"got {c[:80]!r}")
         key = canonical_label(c)
         if key in index:
             raise ValueError(f"{where}.classes': {classes[index[key]]!r} and {c!r} are the same label")

@@ -19,6 +19,7 @@ from typing import Any
 from serwild.data.records import ShardRecord, sample_key
 from serwild.data.remote import Build, NotFound, RemoteOptions, open_location, safe_relpath
 from serwild.errors import UsageError
+from serwild.text import class_names_problem
 
 FORMAT = "serwild-shards/1"
 MANIFEST = "manifest.json"
@@ -69,12 +70,9 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
     if not isinstance(datasets, dict) or not datasets:
         raise UsageError(f"{where}: 'datasets' must map each dataset to its classes")
     for name, d in datasets.items():
-        classes = d.get("classes") if isinstance(d, dict) else None
-        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-            raise UsageError(f"{where}: datasets.{name}.classes must be a list of class names")
-        twice = sorted({c for c in classes if classes.count(c) > 1})
-        if twice:
-            raise UsageError(f"{where}: datasets.{name}.classes names {', '.join(map(repr, twice))} more than once")
+        problem = class_names_problem(d.get("classes") if isinstance(d, dict) else None)
+        if problem is not None:
+            raise UsageError(f"{where}: datasets.{str(name)[:80]}.classes {problem}")
     if not isinstance(conditions, dict) or not conditions:
         raise UsageError(f"{where}: 'conditions' must map each condition to its SNR (null for clean)")
     for name, snr in conditions.items():

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import io
 import json
+import re
 import shutil
 import sys
 import warnings
@@ -38,12 +39,13 @@ import yaml
 from serwild import atomic
 from serwild.builder.config import AudioConfig
 from serwild.checkpoint import ARCHS, load_checkpoint
-from serwild.config import config_from_resolved
+from serwild.config import ConfigError, config_from_resolved, from_dict
 from serwild.data.manifest import sha256_file
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
 from serwild.evaluate import card, health, provenance
 from serwild.metrics import METRICS, VALIDATION
+from serwild.text import class_names_problem
 
 FORMAT = "serwild-model/1"
 WEIGHTS = "model.safetensors"
@@ -290,10 +292,15 @@ def read_export(folder: str | Path) -> Pretrained:
     folder = Path(folder)
     meta = read_config(folder)
     weights = folder / WEIGHTS
+    if weights.is_symlink():  # an export is plain files: a link may point anywhere (/etc/passwd)
+        raise UsageError(f"{weights} is a symbolic link: an export folder holds its own files")
     if not weights.is_file():
         raise UsageError(f"{folder} has no {WEIGHTS}: the export is incomplete")
     want = meta.get("weights_sha256")
-    if want and sha256_file(weights) != want:
+    if not isinstance(want, str) or not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise UsageError(f"{folder / CONFIG} has no weights_sha256 (64 hex digits) to check {WEIGHTS} against: "
+                         "the export is incomplete or was edited")
+    if sha256_file(weights) != want:
         raise UsageError(f"{weights} does not match the sha256 in {CONFIG}: the file is damaged or was replaced")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -305,15 +312,17 @@ def read_export(folder: str | Path) -> Pretrained:
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise UsageError(f"{weights}: weight {bad[0]} is not finite (NaN or inf): the model is damaged")
-    try:
-        audio = AudioConfig(**meta["audio"])
-    except (TypeError, ValueError) as e:
+    try:  # typed as a config file is: n_fft 512.5 or keep_tail "no" are refused, not used
+        audio = from_dict(AudioConfig, meta.get("audio"), "audio.")
+    except ConfigError as e:
         raise UsageError(f"{folder / CONFIG}: audio settings are not valid ({e})") from None
     return Pretrained(state, list(meta["classes"]), audio, str(meta.get("dataset")), f"exported model {folder}", meta)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link: an export folder holds its own files")
     if not path.is_file():
         hint = " (an export in progress, or not an export folder)" if (folder / WEIGHTS).is_file() else ""
         raise UsageError(f"{folder} has no {CONFIG}{hint}: give a folder written by serwild export")
@@ -326,9 +335,9 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise UsageError(f"{path} is not a serwild model config (format {got!r}, expected {FORMAT!r})")
     if meta.get("arch") not in ARCHS:
         raise UsageError(f"{path}: architecture {meta.get('arch')!r} is not supported ({', '.join(ARCHS)})")
-    classes = meta.get("classes")
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise UsageError(f"{path}: 'classes' must list at least two class names")
+    problem = class_names_problem(meta.get("classes"))
+    if problem is not None:
+        raise UsageError(f"{path}: 'classes' {problem}")
     return meta
 
 

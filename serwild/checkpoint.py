@@ -48,6 +48,7 @@ import torch
 
 from serwild.atomic import atomic_write
 from serwild.errors import UsageError
+from serwild.text import class_names_problem
 
 REQUIRED = ("model", "epoch", "config", "classes", "dataset", "manifest_fingerprint", "arch")
 # The models serwild.trainer.model builds (train.arch's values): here, below the trainer, so
@@ -105,6 +106,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UsageError(f"{path} is not a serwild checkpoint (needs keys {', '.join(REQUIRED)}; has {have})")
     if ckpt["arch"] not in ARCHS:
         raise UsageError(f"{path}: architecture {ckpt['arch']!r} is not supported ({', '.join(ARCHS)})")
+    if (problem := class_names_problem(ckpt["classes"])) is not None:
+        raise UsageError(f"{path}: 'classes' {problem}")
     _check_weights(path, ckpt["model"])
     return ckpt
 

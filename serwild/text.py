@@ -18,3 +18,27 @@ def decode_utf8(raw: bytes, what: str, error: type[UsageError] = UsageError) -> 
         line = raw[:at].count(b"\n") + 1
         raise error(f"{what} is not UTF-8 text (byte {at}, line {line}: {raw[at:at + 1]!r}); "
                     "save it as UTF-8") from None
+
+
+MAX_CLASSES = 1000  # a view's classes, and what any file read back may name
+MAX_LABEL_CHARS = 64
+
+
+def class_names_problem(classes: object) -> str | None:
+    """Why ``classes`` is not a list of class names (None: it is one): 2..MAX_CLASSES distinct,
+    printable names of 1..MAX_LABEL_CHARS characters. Manifests, checkpoints and exports are
+    read through this: a million names would size a layer of gigabytes before the weights are
+    compared, a name given twice drops a class from ``probs``, and an escape sequence in a name
+    would recolour the terminal or forge lines. Linear: a set, not a count per name."""
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        return "must be a list of class names"
+    if not 2 <= len(classes) <= MAX_CLASSES:
+        return f"must list 2..{MAX_CLASSES} class names, got {len(classes)}"
+    bad = next((c for c in classes if not 1 <= len(c) <= MAX_LABEL_CHARS or not c.isprintable()), None)
+    if bad is not None:
+        return f"class names are 1..{MAX_LABEL_CHARS} printable characters, got {bad[:80]!r}"
+    seen: set[str] = set()
+    twice = sorted({c for c in classes if c in seen or seen.add(c)})  # type: ignore[func-returns-value]
+    if twice:
+        return f"names {', '.join(map(repr, twice[:5]))} more than once"
+    return None

@@ -214,3 +214,43 @@ def test_onnx_export_matches_torch(run: Path, recordings: dict[str, Path], tmp_p
     with torch.inference_mode():
         want = model.model(images).numpy()
     assert got.shape == (len(res.blocks), len(CLASSES)) and np.abs(got - want).max() < 1e-3
+
+
+def _edit_config(folder: Path, edit) -> None:
+    meta = json.loads((folder / "config.json").read_text())
+    edit(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda m: m.pop("weights_sha256"), "has no weights_sha256 (64 hex digits)"),
+    (lambda m: m.update(classes=[CLASSES[0], CLASSES[0], *CLASSES[2:]]), f"names {CLASSES[0]!r} more than once"),
+    (lambda m: m.update(classes=["\x1b[31mang", *CLASSES[1:]]), "printable characters"),
+    (lambda m: m.update(classes=[f"c{i}" for i in range(10**6)]), "must list 2..1000 class names, got 1000000"),
+    (lambda m: m["audio"].update(n_fft=512.5), "'audio.n_fft': expected an integer"),
+    (lambda m: m["audio"].update(keep_tail="no"), "'audio.keep_tail': expected true or false"),
+    ("link-weights", "model.safetensors is a symbolic link"),
+    ("link-config", "config.json is a symbolic link"),
+])
+def test_an_export_is_trusted_no_further_than_it_checks(run: Path, tmp_path: Path, edit, needle: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A hand-edited or hostile export folder: each is one line from predict; nothing is opened
+    through a link, no layer is sized from a million names, no escape reaches the terminal."""
+    out = export_run(run, tmp_path / "x")
+    if edit == "link-weights":
+        (tmp_path / "elsewhere.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+        (out / "model.safetensors").unlink()
+        (out / "model.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    elif edit == "link-config":
+        (out / "config.json").rename(tmp_path / "config.json")
+        (out / "config.json").symlink_to(tmp_path / "config.json")
+    else:
+        _edit_config(out, edit)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, speechlike(1.2, 16000), 16000)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out), str(wav)]) == 2
+    said = capsys.readouterr().err
+    err = [ln for ln in said.splitlines() if "error" in ln]
+    assert len(err) == 1 and err[0].startswith("serwild predict: error: ") and needle in err[0], said
+    assert "\x1b" not in said and "Traceback" not in said
