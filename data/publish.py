@@ -6,22 +6,28 @@ or ``hf://datasets/<user>/<repo>`` (with huggingface_hub), through fsspec.
 Order is what keeps readers safe: the local build is verified first; then the shards, the
 other metadata, the hub card (README.md) and **manifest.json last**, so a reader never meets
 a manifest whose shards are not all there. A destination whose manifest describes another
-build loses that manifest before any of its shards is overwritten. A rerun (after a kill, a
-network failure) uploads only what is missing or differs: size, then sha256 against the
-manifest (S3: the ``sha256`` metadata each upload records, else the object streamed; the HF
-Hub: its LFS sha256). The destination is then verified by streaming, as ``serwild verify``
-would. No torch here.
+build loses that manifest before any of its shards is overwritten. A destination that holds
+files of another build (or anything else) is refused, naming one, unless ``replace=True``
+(``--replace``): then they are deleted after the old manifest and before the new shards, so
+the destination ends holding exactly this build. A folder destination is never written
+through a link it did not make, and its temp files go on any error and at the next run. A
+rerun (after a kill, a network failure) uploads only what is missing or differs: size, then
+sha256 against the manifest (the object streamed; the HF Hub: its own LFS sha256, which it
+computes; an S3 object's metadata is anyone's to write, so it is not evidence). The
+destination is then verified by streaming, as ``serwild verify`` would. No torch here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serwild import atomic
 from serwild.data.manifest import MANIFEST, load_manifest, verify_build
 from serwild.data.records import ShardRecord
 from serwild.data.remote import (
@@ -97,14 +103,11 @@ def _sha256(path: Path) -> str:
 
 
 def _remote_sha256(fs: Any, path: str, info: dict[str, Any]) -> str:
-    """The sha256 a destination holds: recorded at upload (S3 metadata, HF LFS), else streamed."""
+    """The sha256 a destination holds: the HF Hub's LFS sha256 (the Hub computes it), else the
+    object streamed (an S3 ``sha256`` metadata field is written by whoever uploads: not evidence)."""
     lfs = info.get("lfs") or {}
     if isinstance(lfs, dict) and lfs.get("sha256"):
         return str(lfs["sha256"])
-    if hasattr(fs, "metadata"):
-        recorded = (fs.metadata(path) or {}).get("sha256")
-        if recorded:
-            return str(recorded)
     h = hashlib.sha256()
     with fs.open(path, "rb") as f:
         while chunk := f.read(READ_CHUNK * 16):
@@ -125,17 +128,45 @@ def _upload(fs: Any, local: Path, path: str, sha256: str) -> None:
     it back); in a folder through a temp file and a rename (a kill leaves no cut file there)."""
     if getattr(fs, "protocol", None) in ("s3", ("s3", "s3a")):
         fs.put_file(str(local), path, Metadata={"sha256": sha256})
-    elif "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        tmp = f"{path}.tmp-{os.getpid()}"
+    elif _is_local(fs):
         fs.makedirs(os.path.dirname(path), exist_ok=True)
-        fs.put_file(str(local), tmp)
-        os.replace(tmp, path)
+        with atomic.atomic_write(path) as f, open(local, "rb") as src:  # a temp, removed on any error
+            shutil.copyfileobj(src, f, 1 << 20)
     else:
         fs.put_file(str(local), path)
 
 
+def _is_local(fs: Any) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _refuse_links(root: Path) -> None:
+    """A folder destination holding a symbolic link (a folder or a file): writing there would
+    put the build wherever the link points."""
+    if not root.exists():
+        return
+    for top, dirs, names in os.walk(root):
+        for name in (*dirs, *names):
+            if os.path.islink(os.path.join(top, name)):
+                link = Path(top, name).relative_to(root)
+                raise UsageError(f"{root}: {link} is a symbolic link; publish never writes through a link it did "
+                                 "not make: remove it, or publish to another folder")
+
+
+def _others(fs: Any, root: str, ours: set[str]) -> list[str]:
+    """Files under ``root`` that are not this build's (relative paths, sorted): another build's
+    shards, or anything else. A live writer's temp file is not counted."""
+    try:
+        found = fs.find(root)
+    except FileNotFoundError:
+        return []
+    rels = (str(p)[len(root):].lstrip("/") for p in found)
+    hub = {".gitattributes"}  # every Hub repository has one: the Hub's, not another build's
+    return sorted(r for r in rels if r and r not in ours and r not in hub and not atomic.TEMP_NAME.match(Path(r).name))
+
+
 def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = None,
-            say: Callable[[str], None] = print) -> Published:
+            say: Callable[[str], None] = print, replace: bool = False) -> Published:
     """Upload ``build_dir`` to ``dest`` (see the module docstring); one line per file to ``say``."""
     opts = options or RemoteOptions()
     build = Path(build_dir)
@@ -147,15 +178,26 @@ def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = No
     fs, root, url = _destination(dest, opts)
     files = _files(build, manifest)
     try:
+        if _is_local(fs):
+            _refuse_links(Path(root))
+            atomic.remove_stale_temps(root, recursive=True)
+        others = _others(fs, root, {rel for rel, _, _ in files})
+        if others and not replace:
+            raise UsageError(f"{dest} holds {len(others)} file(s) that are not this build's (e.g. {others[0]}): "
+                             "publish to an empty destination, or pass --replace to delete them")
         todo = [(rel, n, sha) for rel, n, sha in files if not _already_there(fs, f"{root}/{rel}", n, sha)]
         if todo and any(rel == MANIFEST for rel, _, _ in todo) and fs.exists(f"{root}/{MANIFEST}"):
             # Its shards are about to be replaced: better no manifest for a while than a wrong one.
             fs.rm_file(f"{root}/{MANIFEST}")
             say(f"publish: removed {url.rstrip('/')}/{MANIFEST} (another build's) until the new shards are up")
+        for rel in others:
+            fs.rm_file(f"{root}/{rel}")
+        if others:
+            say(f"publish: deleted {len(others)} file(s) of another build (--replace)")
         for rel, n, sha in todo:
             _upload(fs, build / rel, f"{root}/{rel}", sha)
             say(f"uploaded {rel} ({n} bytes)")
-    except RemoteError:
+    except (RemoteError, UsageError):
         raise
     except Exception as e:  # fsspec backends raise their own errors: one line naming the destination
         raise _one_line(e, url, opts) from None

@@ -25,12 +25,16 @@ from serwild.data.publish import publish
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("build_dir", metavar="BUILD", help="a finished build folder (holds manifest.json)")
     p.add_argument("dest", metavar="DEST", help="a folder, file://, s3://bucket/prefix or hf://datasets/user/repo")
+    p.add_argument("--replace", action="store_true",
+                   help="delete files at DEST that are not this build's (another build's shards); without it, "
+                        "such a destination is refused")
     add_config_arguments(p, default_help="built-in defaults; only the remote section matters here")
 
 
 def run(args: argparse.Namespace) -> int:
     opts = load_config(args.config, args.overrides).remote.options()
-    done = publish(args.build_dir, args.dest, opts, say=lambda line: print(line, flush=True))
+    done = publish(args.build_dir, args.dest, opts, say=lambda line: print(line, flush=True),
+                   replace=args.replace)
     print(f"publish: {len(done.uploaded)} file(s) uploaded, {len(done.kept)} already there; {args.dest} verified: "
           f"{done.shards} shards, {done.samples} samples OK", flush=True)
     return 0

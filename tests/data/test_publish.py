@@ -1,0 +1,87 @@
+"""Publishing to a folder: the destination ends holding exactly the build, or is refused.
+
+Another build's shards at the destination (refused, or deleted with ``--replace``), a symbolic
+link inside it (refused: nothing is written through it), a full disk (a real tmpfs: one line,
+no temp file) and a temp file a killed publish left (removed at the next run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from serwild.cli import main
+from serwild.data.manifest import load_manifest
+from tests.evaluate.conftest import write_build
+from tests.faults.procs import full_disk, one_line
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _expected(build: Path) -> set[str]:
+    m = load_manifest(build)
+    return {r["path"] for r in m["shards"]} | {"manifest.json"}
+
+
+@pytest.fixture
+def builds(tmp_path: Path) -> tuple[Path, Path]:
+    a = write_build(tmp_path / "a", {"clean": (None, [3, 2]), "snr15": (15.0, [2]), "snr20": (20.0, [2])}, seed=1)
+    b = write_build(tmp_path / "b", {"clean": (None, [4])}, seed=2)
+    return a, b
+
+
+def test_publish_onto_another_build_is_refused_or_replaced_whole(builds: tuple[Path, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = builds
+    dest = tmp_path / "pub"
+    assert main(["publish", str(a), str(dest)]) == 0
+    assert _files(dest) == _expected(a)
+    capsys.readouterr()
+    before = {f: (dest / f).read_bytes() for f in _files(dest)}
+    rc = main(["publish", str(b), str(dest)])
+    one_line(capsys.readouterr().err, rc, 2, f"{dest} holds 3 file(s) that are not this build's",
+             "pass --replace to delete them")
+    assert {f: (dest / f).read_bytes() for f in _files(dest)} == before  # nothing touched
+    assert main(["publish", str(b), str(dest), "--replace"]) == 0
+    assert "deleted 3 file(s) of another build (--replace)" in capsys.readouterr().out
+    assert _files(dest) == _expected(b)  # exactly the build: no stale shard for a glob reader or verify
+    assert main(["verify", str(dest)]) == 0
+
+
+def test_publish_never_writes_through_a_link_and_leaves_no_temp(builds: tuple[Path, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = builds
+    dest, elsewhere = tmp_path / "pub", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dest.mkdir()
+    (dest / "ahsn").symlink_to(elsewhere)
+    rc = main(["publish", str(a), str(dest)])
+    one_line(capsys.readouterr().err, rc, 2, "ahsn is a symbolic link; publish never writes through a link")
+    assert list(elsewhere.iterdir()) == []
+    (dest / "ahsn").unlink()
+
+    # a temp file of a killed publish (its PID no longer runs) goes at the next run
+    (dest / "ahsn" / "test").mkdir(parents=True)
+    stale = dest / "ahsn" / "test" / ".clean-000000.tar.tmp-999999999"
+    stale.write_bytes(b"cut")
+    assert main(["publish", str(a), str(dest)]) == 0
+    assert not stale.exists() and _files(dest) == _expected(a)
+
+
+def test_a_full_disk_publish_is_one_line_and_leaves_no_temp(builds: tuple[Path, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = builds
+    size = sum(f.stat().st_size for f in a.rglob("*.tar"))
+    with full_disk(tmp_path / "disk", f"{max(8, size // 2048)}k") as (disk, limit):
+        if limit is not None:
+            pytest.skip("no tmpfs can be mounted here (not root): the full-disk publish needs a real small disk")
+        rc = main(["publish", str(a), str(disk / "pub")])
+        line = one_line(capsys.readouterr().err, rc, 2)
+        assert "no space left on device" in line.lower(), line
+        assert [p for p in (disk / "pub").rglob("*") if ".tmp-" in p.name] == []
+        assert not (disk / "pub" / "manifest.json").exists()
+    assert os.path.exists(a / "manifest.json")
