@@ -365,7 +365,7 @@ def _relabel(shard: Path, key: str, new: int) -> None:
 
 @pytest.mark.parametrize(("new", "needles", "process"), [
     (7, ("Ses01F_impro01_F000_b000_clean", "clean-000000.tar", "class_index 7"), False),
-    (1, ("Ses01F_impro01_F000", "different labels", "clean-000000.tar"), True),
+    (1, ("Ses01F_impro01_F000_b000_clean", "at class_index 1, where the manifest names", "clean-000000.tar"), True),
 ], ids=["out-of-range", "utterance-disagrees"])
 def test_evaluate_no_sha256_mislabelled_block_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           new: int, needles: tuple[str, ...], process: bool) -> None:
