@@ -178,6 +178,7 @@ def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = No
     fs, root, url = _destination(dest, opts)
     files = _files(build, manifest)
     try:
+        fs.invalidate_cache()  # the destination as it is now, not as a cached listing of an earlier run saw it
         if _is_local(fs):
             _refuse_links(Path(root))
             atomic.remove_stale_temps(root, recursive=True)
