@@ -64,6 +64,7 @@ def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite
     """
     refuse_remote_out(cfg.out)  # a build writes a folder; `serwild publish` uploads it
     out = Path(cfg.out)
+    atomic.require_writable(out, "the build folder", "set out= to a writable folder")
     _ensure_corpus(cfg)
     views = resolve_views(cfg.datasets, cfg.views)
     utts, rejects = read_corpus(cfg.corpus, cfg.datasets, views)

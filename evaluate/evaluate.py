@@ -79,6 +79,7 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
     settings = settings or EvalConfig()
     target = open_target(checkpoint, shards, allow_other_build, remote)
     out_dir = Path(out) if out is not None else target.path.parent / "report"
+    atomic.require_writable(out_dir, "the report folder", "give --out a writable folder")  # before any scoring
     # Every rank checks every shard before any reads: all ranks fail the same way, together,
     # instead of one rank failing and the others waiting in a collective.
     todo = test_shards(target, check_sha256)

@@ -110,6 +110,7 @@ EXPORT_FILES = (CONFIG, WEIGHTS, ONNX, "README.md", "training_config.yaml")  # a
 
 def prepare_out(out: Path, overwrite: bool) -> None:
     """``out`` must be new, empty, or (with ``overwrite``) an earlier export, whose files go."""
+    atomic.require_writable(out, "--out", "choose a writable folder")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):

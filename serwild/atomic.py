@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from serwild.errors import UsageError
+
 TMP_MARK = ".tmp-"  # temp names are ``.<name>.tmp-<pid>``: clean-ups look for this
 TEMP_NAME = re.compile(r"^\..+" + re.escape(TMP_MARK) + r"(\d+)$")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # out of space, over quota, over a file size limit
@@ -45,6 +47,34 @@ def disk_full_path(e: BaseException) -> str | None:
     if cause is None:
         return None
     return str(cause.filename) if cause.filename else "(a file it did not name)"
+
+
+def unwritable(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be written, or None when it can.
+
+    A folder not there yet is judged by the nearest one above it that is (where it would be
+    made). The kernel is asked (access(2)), so nothing is written, and a read-only mount says
+    so even to root, whom file modes do not stop."""
+    there = Path(folder).absolute()
+    if there.is_symlink() and not there.exists():
+        return f"{there} is a link to nothing (a disk not mounted?)"
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        return f"{there} is not a folder"
+    if os.access(there, os.W_OK | os.X_OK):
+        return None
+    if os.statvfs(there).f_flag & os.ST_RDONLY:
+        return f"read-only file system at {there}"
+    return f"permission denied on {there}"
+
+
+def require_writable(folder: str | Path, what: str, hint: str) -> None:
+    """Refuse, in one line, an output folder that cannot be written, before any work is done
+    (a whole test set scored, then a traceback at the first write, loses that work)."""
+    why = unwritable(folder)
+    if why is not None:
+        raise UsageError(f"{what} {folder} cannot be written ({why}): {hint}")
 
 
 def temp_name(path: Path) -> Path:

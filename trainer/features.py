@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from serwild import seeds
-from serwild.atomic import atomic_write
+from serwild.atomic import atomic_write, unwritable
 from serwild.checkpoint import unreadable_reason  # one wording for every refused torch.load
 from serwild.data.loaders import make_eval_loader
 from serwild.data.manifest import select_shards
@@ -72,7 +72,6 @@ from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
 from serwild.trainer.model import LAYER_MODULES
 from serwild.trainer.outputs import batch_outputs
-from serwild.trainer.preflight import unwritable
 
 CACHE_FORMAT = 1  # bump when the file layout or the preprocessing (data.transforms) changes: new keys
 CACHE_MODES = ("auto", "on", "off")

@@ -26,7 +26,6 @@ from serwild.trainer.preflight import (
     refuse_existing,
     resolve,
     spec_yaml,
-    unwritable,
 )
 
 MODULE = "serwild.trainer"  # the torchrun target (serwild/trainer/__main__.py)
@@ -78,7 +77,7 @@ def check_cache_folder(cfg: Config, plan: DataPlan) -> None:
     if plan.build.is_remote or resolve_feature_cache(t.feature_cache, t.freeze or []) is None:
         return
     root = Path(t.feature_cache_dir) if t.feature_cache_dir else default_cache_root(plan.location)
-    why = unwritable(root)
+    why = atomic.unwritable(root)
     if why is not None and not any(root.glob(f"*/{INFO_FILE}")):
         setting = "train.feature_cache_dir" if t.feature_cache_dir else "the default feature cache folder"
         raise UsageError(f"{setting} {root} cannot be written ({why}): set train.feature_cache_dir to a writable "

@@ -8,7 +8,6 @@ fail together with the same message, and none is left waiting in a collective.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,29 +183,9 @@ def verify_shards(plan: DataPlan, level: str) -> str | None:
     return None
 
 
-def unwritable(folder: Path) -> str | None:
-    """Why ``folder`` cannot be written, or None when it can.
-
-    A folder not there yet is judged by the nearest one above it that is (where it would be
-    made). The kernel is asked (access(2)), so nothing is written, and a read-only mount says
-    so even to root, whom file modes do not stop."""
-    there = Path(folder).absolute()
-    while not there.exists() and there != there.parent:
-        there = there.parent
-    if not there.is_dir():
-        return f"{there} is not a folder"
-    if os.access(there, os.W_OK | os.X_OK):
-        return None
-    if os.statvfs(there).f_flag & os.ST_RDONLY:
-        return f"read-only file system at {there}"
-    return f"permission denied on {there}"
-
-
 def check_run_folder(run_dir: Path) -> None:
     """Refuse, in one line, a run folder that cannot be written (before anything else is done)."""
-    why = unwritable(run_dir)
-    if why is not None:
-        raise UsageError(f"the run folder {run_dir} cannot be written ({why}): set train.run_dir to a writable folder")
+    atomic.require_writable(run_dir, "the run folder", "set train.run_dir to a writable folder")
 
 
 def run_state(run_dir: Path, spec: Config | None = None, fingerprint: str | None = None) -> tuple[str, str]:

@@ -20,6 +20,7 @@ exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
@@ -90,15 +91,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"serwild {args.command}: interrupted", file=sys.stderr)
         return 130
-    except OSError as e:  # a full disk: the file it was writing, not a traceback
+    except OSError as e:  # a full disk, or a path the system refuses: the file, not a traceback
         path = disk_full_path(e)
-        if path is None:
+        if path is not None:
+            print(f"serwild {args.command}: error: no space left on device writing {path}", file=sys.stderr)
+            return 1
+        if e.errno not in PATH_ERRORS or not e.filename:
             raise
-        print(f"serwild {args.command}: error: no space left on device writing {path}", file=sys.stderr)
-        return 1
+        print(f"serwild {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+# A path the user named that the system refuses (read-only, not a folder, /proc…): their
+# choice to make again, so a usage error's status; anything else propagates as the bug it is.
+PATH_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
+                         errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
 
 
 class Terminated(KeyboardInterrupt):

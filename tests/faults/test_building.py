@@ -326,5 +326,7 @@ def test_an_out_that_is_not_a_folder_is_one_line(tmp_path: Path, capsys: pytest.
         out.symlink_to(tmp_path / "unmounted" / "shards")
     line = cli(capsys, "build", "--serial", "corpus.kind=csv", f"corpus.root={listing}", f"out={out}", "snr_db=[]",
                "datasets=[ahsn]", "split.folds=2")
-    assert line == f"serwild build: error: {out} is not a folder (a file or a broken link is there)", line
+    why = f"{out} is not a folder" if what == "file" else f"{out} is a link to nothing (a disk not mounted?)"
+    assert line == f"serwild build: error: the build folder {out} cannot be written ({why}): set out= to a writable " \
+                   "folder", line
     assert (out.read_text() == "mine") if what == "file" else not (tmp_path / "unmounted").exists()

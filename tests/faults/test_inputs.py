@@ -10,6 +10,7 @@ rejects.jsonl with a reason, never both) and that the build passes its own verif
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -380,3 +381,33 @@ def test_evaluate_no_sha256_mislabelled_block_is_one_line(tmp_path: Path, capsys
     else:
         cli(capsys, argv, 2, "serwild evaluate: error:", *needles)
     assert not (tmp_path / "run" / "report" / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- 5. output folders that cannot be written
+
+
+@pytest.mark.parametrize("where", ["read-only", "proc"])
+def test_an_unwritable_output_folder_is_one_line_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 where: str) -> None:
+    """``evaluate --out``, ``export --out`` and ``build out=`` on a read-only file system (checked
+    before a test set is scored or a corpus read), or under /proc (refused by the kernel at the
+    first write): one line each, no traceback."""
+    from tests.faults.test_training import read_only
+
+    build = write_build(tmp_path / "shards", {"clean": (None, [3])})
+    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", build)
+    with read_only(tmp_path / "ro") if where == "read-only" else contextlib.nullcontext(Path("/proc")) as base:
+        out = base / "serwild-out"
+        for argv, rc, needle in (
+                (["evaluate", "--checkpoint", str(ckpt), "--out", str(out), "eval.device=cpu", "eval.num_workers=0",
+                  "eval.bootstrap=0"], 2, "serwild evaluate: error: "),
+                (["export", str(ckpt), "--out", str(out)], 2, "serwild export: error: "),
+                (["build", "--serial", f"out={out}", "corpus.kind=csv", f"corpus.root={tmp_path / 'none.csv'}"], 2,
+                 "serwild build: error: ")):
+            got = main(argv)
+            # Under /proc the build's first write comes after its corpus is read: that one line then.
+            named = () if where == "proc" and argv[0] == "build" else (str(out),)
+            line = one_line(capsys.readouterr().err, got, rc, needle, *named)
+            if where == "read-only":
+                assert "cannot be written (read-only file system" in line, line
+        assert not out.exists()
