@@ -80,6 +80,7 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
             raise UsageError(f"{where}: conditions.{name} must be a number or null, got {snr!r}")
     if not isinstance(shards, list):
         raise UsageError(f"{where}: 'shards' must be a list of shard records")
+    paths: dict[str, int] = {}
     for i, r in enumerate(shards):
         if not isinstance(r, dict):
             raise UsageError(f"{where}: shard record {i} is not a mapping")
@@ -93,6 +94,8 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
             safe_relpath(r["path"])
         except UsageError as e:
             raise UsageError(f"{where}: shard record {i}: {e}") from None
+        if (first := paths.setdefault(r["path"], i)) != i:  # training would read it twice per epoch
+            raise UsageError(f"{where}: shard record {i} lists {r['path']} again (first as record {first})")
         if not _SHA256.fullmatch(r["sha256"]):
             raise UsageError(f"{where}: shard record {i} ({r['path']}): 'sha256' is not 64 hex digits")
         for key, known in (("dataset", datasets), ("condition", conditions)):

@@ -293,8 +293,9 @@ def _edit_manifest(build: Path, fn) -> None:
     (lambda m: m.update(shards={"a": 1}), ("'shards'", "list")),
     (lambda m: m.pop("datasets"), ("'datasets'",)),
     (lambda m: m["shards"][0].update(condition="snr99"), ("shard record 0", "snr99")),
+    (lambda m: m["shards"].append(dict(m["shards"][0])), ("shard record 3 lists", "again (first as record 0)")),
 ], ids=["no-sha256", "count-str", "no-split", "fold-str", "dotdot", "absolute", "shards-dict", "no-datasets",
-        "unknown-condition"])
+        "unknown-condition", "listed-twice"])
 def test_verify_refuses_a_malformed_manifest_in_one_line(hand_build: Path, capsys: pytest.CaptureFixture[str],
                                                          edit, needles: tuple[str, ...]) -> None:
     _edit_manifest(hand_build, edit)
