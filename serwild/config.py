@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -149,6 +150,11 @@ class StrictLoader(yaml.SafeLoader):
 
 
 StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+# YAML 1.2 (and every other YAML reader) reads 1e9 and 1e-4 as numbers; PyYAML's 1.1 rules need a dot
+# (1.0e9) and would hand "1e9" on as text, a config error for a number the user wrote plainly.
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
 
 
 def parse_yaml(text: str) -> Any:
@@ -320,6 +326,8 @@ def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            return int(value)  # 1e6 samples: a whole number written as a float
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
         return value

@@ -365,6 +365,7 @@ def test_cli_bad_noise_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ("seed: 1\n", ["split.strtegy=session"], r"unknown config key 'split\.strtegy'"),
     ("seed: 1\n", ["split.strategy=random"], r"'split\.strategy': expected one of block \| utterance \| session"),
     ("seed: 1\n", ["shard.max_samples=lots"], r"'shard\.max_samples': expected an integer, got 'lots'"),
+    ("seed: 1\n", ["shard.max_samples=12.5"], r"'shard\.max_samples': expected an integer, got 12\.5"),
     ("seed: 1\n", ["split.folds=1"], r"split\.folds must be at least 2"),
     ("seed: 1\n", ["snr_db=[15, loud]"], r"'snr_db\[1\]': expected a number"),
     ("seed: 1\n", ["noseparator"], r"override 'noseparator' must look like key=value"),
@@ -376,3 +377,13 @@ def test_cli_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str], text
         cfg.write_text(text)
     line = _cli_error(capsys, ["build", "--config", str(cfg), "--serial", *overrides])
     assert re.search(expect, line), line
+
+
+def test_numbers_in_exponent_notation_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.2 and every other reader take 1e9 and 1e-4 as numbers; PyYAML's 1.1 rules made them
+    text (a config error for a number written plainly). A whole one fills an integer key."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("train:\n  lr: 1e-3\n  samples_per_epoch: 2e3\n")
+    loaded = load_config(cfg, ["train.scratch_lr=5E-5"])
+    assert loaded.train.lr == 1e-3 and loaded.train.scratch_lr == 5e-5
+    assert loaded.train.samples_per_epoch == 2000 and isinstance(loaded.train.samples_per_epoch, int)
