@@ -413,7 +413,7 @@ def installed_configs() -> dict[str, Path]:
 
 def resolve_config_path(name: str | Path) -> Path:
     """``--config``'s file: the path itself when it exists; else, for ``NAME``, ``NAME.yaml`` or
-    ``configs/NAME.yaml`` (the README's spelling, run from anywhere), the installed copy. A
+    ``configs/NAME.yaml`` (the docs' spelling, run from anywhere), the installed copy. A
     ConfigError listing the installed configs when neither exists."""
     p = Path(name)
     if p.exists() or p.is_absolute() or str(p.parent) not in (".", "configs"):

@@ -2,7 +2,7 @@
 
     torchrun --standalone --nproc_per_node=2 -m serwild.trainer --config configs/demo.yaml [k=v …]
     torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=node0:29500 --rdzv-id=ser1 \\
-        --local-addr=node0 -m serwild.trainer --config cfg.yaml --resume    # on every node (README)
+        --local-addr=node0 -m serwild.trainer --config cfg.yaml --resume    # on every node (docs/training.md)
     python -m serwild.trainer --config configs/demo.yaml        # one process, no torchrun
 
 ``--resume`` continues from ``runs/<name>/last.pt`` when it exists (and starts fresh when

@@ -11,7 +11,7 @@ Runs ``python -m torch.distributed.run --standalone --nproc-per-node N -m serwil
 ``torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=node0:29500
 --rdzv-id=ser1 --local-addr=node0 -m serwild.trainer --config cfg.yaml --resume`` (--local-addr:
 the node itself; the build, the run folder and the feature cache on storage every node sees;
-README.md, "Several nodes (torchrun)", has the elastic variant).
+docs/training.md, "Several nodes (torchrun)", has the elastic variant).
 
 Batches: ``train.batch_size`` is the GLOBAL batch (all ranks together, divided across them);
 ``train.batch_size_per_rank=N`` sets the per-device batch instead (global = N × ranks).

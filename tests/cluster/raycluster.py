@@ -6,7 +6,7 @@ Ray's own :class:`ray.cluster_utils.Cluster` in this process: a head node whose 
 127.0.0.1:PORT and WORKERS worker nodes, each node its own raylet (and agents) with one CPU,
 every node's IP 127.0.0.1. The same nodes as `ray start --head --node-ip-address=… --port=PORT
 --num-cpus=1` and `ray start --address=… --node-ip-address=… --num-cpus=1` on separate hosts
-(README, "Running on many cores and many machines"); `ray start` itself cannot make them on one
+(docs/building.md, "Running on many cores and many machines"); `ray start` itself cannot make them on one
 machine: it rewrites 127.0.0.1 to the machine's network address.
 
 The environment decides the rest: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH (token

@@ -1,7 +1,7 @@
 """Multi-node torchrun on one machine: two "nodes" (two torchrun launchers, one rank each) meet
 over c10d rendezvous on 127.0.0.1 and train as one world.
 
-Each node runs the README's multi-node command (read from README.md) with 127.0.0.1 in place of
+Each node runs the documented multi-node command (read from docs/training.md) with 127.0.0.1 in place of
 the host names node0 and node1, and a free port in place of 29500 (two test sessions on one
 machine must not meet); gloo is pinned to the loopback interface (GLOO_SOCKET_IFNAME=lo). The
 paper recipe trains the tiny AlexNet from a weights file, from the feature cache in one folder
@@ -39,26 +39,26 @@ from tests.trainer.test_ddp import children
 
 pytestmark = pytest.mark.slow
 
-README = procs.REPO / "README.md"
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))  # the venv's torchrun, as the README's `torchrun`
+TRAINING_DOC = procs.REPO / "docs" / "training.md"  # the page that holds the command
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))  # the venv's torchrun, as the page's `torchrun`
 TIMEOUT_S = 300  # a hang fails the test instead of stalling the suite
 CACHE_LINE = re.compile(r"feature cache (\S+): (\d+) shard\(s\) computed, (\d+) reused")
 SHRANK = "the world shrank from 2 to 1 rank(s)"
 
 
 def readme_command(nnodes: str, port: int) -> list[str]:
-    """The README's multi-node ``torchrun --nnodes=<nnodes>`` command, as this machine runs it:
+    """The documented multi-node ``torchrun --nnodes=<nnodes>`` command, as this machine runs it:
     host names → 127.0.0.1, the rendezvous port 29500 → ``port``."""
-    text = README.read_text().replace("\\\n", " ")
+    text = TRAINING_DOC.read_text().replace("\\\n", " ")
     found = [x.strip() for x in text.splitlines() if x.strip().startswith(f"torchrun --nnodes={nnodes} ")]
-    assert len(found) == 1, f"README.md has {len(found)} torchrun --nnodes={nnodes} commands"
+    assert len(found) == 1, f"docs/training.md has {len(found)} torchrun --nnodes={nnodes} commands"
     line = found[0].replace("node0:29500", f"node0:{port}")
     argv = shlex.split(re.sub(r"\bnode[01]\b", "127.0.0.1", line))
     return [TORCHRUN, *argv[1:]]
 
 
 def write_config(where: Path, build: Path, weights: Path, **train: object) -> Path:
-    """``cfg.yaml`` (the README command's ``--config cfg.yaml``) for a tiny run in ``where``."""
+    """``cfg.yaml`` (the documented command's ``--config cfg.yaml``) for a tiny run in ``where``."""
     cfg = {"out": str(build), "cv": {"fold": None},
            "train": {"run_dir": str(where / "runs"), "name": "multi", "arch": "tiny", "pretrained": str(weights),
                      "feature_cache_dir": str(where / "cache"), "batch_size": 4, "samples_per_epoch": 16,
