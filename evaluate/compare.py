@@ -40,7 +40,7 @@ import numpy as np
 from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health
-from serwild.evaluate.figures import Interval, chance_level, plot_differences, plot_series
+from serwild.evaluate.figures import Interval, plot_differences, plot_series
 from serwild.evaluate.report import (
     LOGITS_FILE,
     ci_span,
@@ -52,7 +52,7 @@ from serwild.evaluate.report import (
 )
 from serwild.evaluate.report import metric as get
 from serwild.evaluate.uncertainty import arm_difference_ci, mean_std
-from serwild.metrics import METRICS, utterance_logits
+from serwild.metrics import METRICS, chance_level, utterance_logits
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,8 @@ def markdown_table(comp: Mapping[str, Any]) -> str:
     for i, label in enumerate(comp["labels"]):
         vals = [comp["values"][n][i] for n in names]
         cells = [label] + [_value_cell(v, stds[n][i], n_runs.get(n, 1)) for n, v in zip(names, vals)]
-        cells += [_delta_cell(v, vals[0], deltas[n][i]) for n, v in zip(names[1:], vals[1:])]
+        cells += [_delta_cell(v, vals[0], deltas[n][i], _flagged(comp, base) or _flagged(comp, n))
+                  for n, v in zip(names[1:], vals[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -161,12 +162,18 @@ def _value_cell(v: float | None, std: float | None, n_runs: int) -> str:
     return f"{v:.3f}" if n_runs < 2 or std is None else f"{v:.3f} ± {std:.3f}"
 
 
-def _delta_cell(v: float | None, base: float | None, d: Mapping[str, Any] | None) -> str:
+def _flagged(comp: Mapping[str, Any], arm: str) -> bool:
+    """The arm's model has a health warning (a class never predicted, at chance, one class)."""
+    return bool((comp.get("flags") or {}).get(arm))
+
+
+def _delta_cell(v: float | None, base: float | None, d: Mapping[str, Any] | None, flagged: bool = False) -> str:
     if v is None or base is None:
         return "—"
     if not d or "low" not in d:
         return f"{v - base:+.3f}"
-    return f"{v - base:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}]" + (" *" if d["excludes_zero"] else "")
+    star = (" * ⚠" if flagged else " *") if d["excludes_zero"] else ""
+    return f"{v - base:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}]{star}"
 
 
 def notes(comp: Mapping[str, Any]) -> list[str]:
@@ -179,6 +186,10 @@ def notes(comp: Mapping[str, Any]) -> list[str]:
                    f"({u.get('n_resamples')} resamples of the test utterances, seed {u.get('seed')}; both arms "
                    f"scored on the same resampled utterances); `*` marks an interval that excludes 0, i.e. a "
                    f"difference unlikely to come only from which utterances happened to be in the test set.")
+    stars = [n for n, ds in (comp.get("deltas") or {}).items() if any((d or {}).get("excludes_zero") for d in ds)]
+    if any(_flagged(comp, names[0]) or _flagged(comp, n) for n in stars):
+        out.append("`* ⚠`: the interval excludes 0, but one of the two models has a health warning (above): a "
+                   "difference between models that have not learnt every class is not evidence of robustness.")
     if any(n > 1 for n in (comp.get("n_runs") or {}).values()):
         out.append("An arm of several runs (seeds or folds) shows the mean ± std (ddof 1) over its runs; its "
                    "interval is for the difference of the arms' means on these test utterances and does "

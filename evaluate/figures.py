@@ -24,24 +24,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from serwild import atomic
-from serwild.metrics import METRICS
 
 Interval = tuple[float, float] | None  # (low, high) of a 95 % interval, or unknown
 DPI = 150
 CHANCE_STYLE = {"color": "0.35", "linestyle": (0, (4, 3)), "linewidth": 1.0}
 LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
-
-
-def chance_level(metric: str, supports: Sequence[int]) -> float | None:
-    """The ``metric`` (a serwild.metrics.METRICS name) of a guess that ignores the
-    input and picks each of the K classes with probability 1/K, on a test set with these
-    class ``supports``: the metric of its expected confusion matrix (row t = support_t / K in
-    every column). 1/K for accuracy and UA; for weighted F1 it depends on the class balance."""
-    if metric not in METRICS or not len(supports) or sum(supports) <= 0:
-        return None
-    s = np.asarray(supports, dtype=np.float64)
-    cm = np.repeat(s[:, None] / len(s), len(s), axis=1)
-    return float(METRICS[metric].fn(cm))
 
 
 def _legend_below(fig: Figure, ax: Any, ncols: int) -> None:

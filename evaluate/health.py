@@ -6,13 +6,20 @@ wherever its numbers are shown (``evaluate``, ``compare``, ``reproduce``, an exp
 
 - **one class**: the most predicted class takes at least :data:`ONE_CLASS_SHARE` (95 %) of
   the blocks, over all test conditions together or on any single one;
+- **never predicted**: a class with test blocks that the model predicts for under
+  :data:`NEVER_SHARE` (1 %) of all blocks, over all test conditions together. A six-class
+  model that never says three of them can clear UA's chance by predicting two classes, and
+  a one-class rule misses it; this names them, as sklearn's ``classification_report`` shows a
+  zero recall;
 - **at chance**: the 95 % interval of UA (mean per-class recall) includes chance, 1/K for the
-  K classes present in the test set (what any guess that ignores the input scores on
-  average), on some test condition.
+  K classes present in the test set, or the interval of weighted F1 (the paper's headline)
+  includes its chance (:func:`serwild.metrics.chance_level`: a guess that ignores the input),
+  on some test condition.
 
 A model is *degenerate* when it predicts one class overall, or is at chance on every test
 condition; at chance on only some conditions (a clean-trained model at 15 dB) is a finding
-about those conditions, and the warning names them.
+about those conditions, and the warning names them. A class never predicted is always a
+warning: the model's numbers do not cover it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from serwild.metrics import chance_level
+
 ONE_CLASS_SHARE = 0.95
+NEVER_SHARE = 0.01
 
 
 def _label(name: str, cond: Mapping[str, Any]) -> str:
@@ -49,17 +59,24 @@ def chance_ua(unit: Mapping[str, Any]) -> float:
     return 1.0 / k
 
 
-def model_flags(result: Mapping[str, Any], unit: str = "block") -> dict[str, Any]:
-    """``{"degenerate", "one_class", "at_chance", "messages"}`` for one evaluate report.
+def _includes(unit: Mapping[str, Any], metric: str, chance: float) -> bool:
+    ci = (unit.get("ci") or {}).get(metric)
+    return ci is not None and float(ci["low"]) <= chance <= float(ci["high"])
 
-    ``one_class``: ``{"class", "share", "where"}`` or None; ``at_chance``: the labels of the
-    conditions whose UA interval includes chance; ``messages``: one line per finding (empty
-    when there is nothing to say)."""
+
+def model_flags(result: Mapping[str, Any], unit: str = "block") -> dict[str, Any]:
+    """``{"degenerate", "one_class", "never_predicted", "at_chance", "messages"}`` for one
+    evaluate report.
+
+    ``one_class``: ``{"class", "share", "where"}`` or None; ``never_predicted``: the classes
+    (with test blocks) predicted for under :data:`NEVER_SHARE` of the blocks; ``at_chance``: the
+    labels of the conditions whose UA or weighted-F1 interval includes chance; ``messages``: one
+    line per finding (empty when there is nothing to say)."""
     conds = result.get("conditions") or {}
     classes = list(result.get("classes") or [])
     order = _order(conds)
     if not order:
-        return {"degenerate": False, "one_class": None, "at_chance": [], "messages": []}
+        return {"degenerate": False, "one_class": None, "never_predicted": [], "at_chance": [], "messages": []}
     total = sum(np.asarray(conds[c][unit]["confusion"], dtype=np.float64) for c in order)
     one_class = _one_class(prediction_shares(total), classes, "all test conditions")
     if one_class is None:
@@ -68,15 +85,21 @@ def model_flags(result: Mapping[str, Any], unit: str = "block") -> dict[str, Any
             if found is not None:
                 one_class = found
                 break
-    at_chance = []
-    for c in order:
-        ci = (conds[c][unit].get("ci") or {}).get("ua")
-        if ci is not None and float(ci["low"]) <= chance_ua(conds[c][unit]) <= float(ci["high"]):
-            at_chance.append(_label(c, conds[c]))
-    degenerate = bool((one_class and one_class["where"] == "all test conditions")
-                      or (at_chance and len(at_chance) == len(order)))
-    return {"degenerate": degenerate, "one_class": one_class, "at_chance": at_chance,
-            "messages": _messages(one_class, at_chance, chance_ua(conds[order[0]][unit]), degenerate)}
+    shares, support = prediction_shares(total), total.sum(axis=1)
+    overall = bool(one_class and one_class["where"] == "all test conditions")  # then it says it all
+    never = [] if overall else [classes[i] if i < len(classes) else str(i) for i in range(len(shares))
+                                if support[i] > 0 and shares[i] < NEVER_SHARE]
+    at_chance = [_label(c, conds[c]) for c in order
+                 if _includes(conds[c][unit], "ua", chance_ua(conds[c][unit]))
+                 or _includes(conds[c][unit], "weighted_f1", _chance_wf1(conds[c][unit]))]
+    degenerate = bool(overall or (at_chance and len(at_chance) == len(order)))
+    return {"degenerate": degenerate, "one_class": one_class, "never_predicted": never, "at_chance": at_chance,
+            "messages": _messages(one_class, never, at_chance, degenerate)}
+
+
+def _chance_wf1(unit: Mapping[str, Any]) -> float:
+    supports = np.asarray(unit.get("confusion") or [[0]], dtype=np.float64).sum(axis=1)
+    return chance_level("weighted_f1", supports.tolist()) or 0.0
 
 
 def _one_class(shares: np.ndarray, classes: Sequence[str], where: str) -> dict[str, Any] | None:
@@ -86,19 +109,22 @@ def _one_class(shares: np.ndarray, classes: Sequence[str], where: str) -> dict[s
     return {"class": classes[i] if i < len(classes) else str(i), "share": float(shares[i]), "where": where}
 
 
-def _messages(one_class: Mapping[str, Any] | None, at_chance: list[str], chance: float,
+def _messages(one_class: Mapping[str, Any] | None, never: list[str], at_chance: list[str],
               degenerate: bool) -> list[str]:
     out = []
     if one_class:
         out.append(f"predicts '{one_class['class']}' for {one_class['share']:.0%} of the blocks "
                    f"({one_class['where']})")
+    if never:
+        out.append(f"never (under {NEVER_SHARE:.0%} of the blocks) predicts {', '.join(repr(c) for c in never)}")
     if at_chance:
-        out.append(f"its UA 95 % interval includes chance ({chance:.2f}) at {', '.join(at_chance)}")
+        out.append(f"its UA or weighted-F1 95 % interval includes chance at {', '.join(at_chance)}")
     if not out:
         return []
     head = "DEGENERATE MODEL" if degenerate else "WARNING"
     tail = (": its numbers describe a model that has not learnt the task" if degenerate
-            else ": on those conditions it cannot be told from guessing")
+            else ": on those conditions it cannot be told from guessing" if at_chance
+            else ": its numbers do not cover those classes")
     return [f"{head}: " + "; ".join(out) + tail]
 
 

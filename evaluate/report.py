@@ -34,8 +34,8 @@ import numpy as np
 from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance
-from serwild.evaluate.figures import Interval, chance_level, plot_confusions, plot_series
-from serwild.metrics import BY_PATH, METRICS, Metric
+from serwild.evaluate.figures import Interval, plot_confusions, plot_series
+from serwild.metrics import BY_PATH, METRICS, Metric, chance_level
 
 UNITS = {"block": "Per 1 s block (the paper's unit)",
          "utterance": "Per utterance (mean of its block logits)"}

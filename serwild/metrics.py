@@ -222,3 +222,15 @@ def condition_metrics(logits: np.ndarray, labels: np.ndarray, utterances: Sequen
     u_logits, u_labels, _ = utterance_logits(logits, labels, utterances)
     utterance = classification_metrics(u_labels, u_logits.argmax(axis=1), classes)
     return {"block": block, "utterance": utterance}
+
+
+def chance_level(metric: str, supports: Sequence[int]) -> float | None:
+    """The ``metric`` (a serwild.metrics.METRICS name) of a guess that ignores the
+    input and picks each of the K classes with probability 1/K, on a test set with these
+    class ``supports``: the metric of its expected confusion matrix (row t = support_t / K in
+    every column). 1/K for accuracy and UA; for weighted F1 it depends on the class balance."""
+    if metric not in METRICS or not len(supports) or sum(supports) <= 0:
+        return None
+    s = np.asarray(supports, dtype=np.float64)
+    cm = np.repeat(s[:, None] / len(s), len(s), axis=1)
+    return float(METRICS[metric].fn(cm))

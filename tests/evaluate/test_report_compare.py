@@ -12,8 +12,7 @@ from PIL import Image
 from serwild.cli import main
 from serwild.errors import UsageError
 from serwild.evaluate import compare, health, report
-from serwild.evaluate.figures import chance_level
-from serwild.metrics import condition_metrics
+from serwild.metrics import chance_level, condition_metrics
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 CONDITIONS = {"snr40": 40.0, "clean": None, "snr15": 15.0, "snr20": 20.0}
@@ -141,7 +140,8 @@ def _one_class(result: dict, cls: int = 3) -> dict:
 
 def test_health_flags_one_class_and_chance() -> None:
     good = fake_result("good", 0.9, 1)
-    assert health.model_flags(good) == {"degenerate": False, "one_class": None, "at_chance": [], "messages": []}
+    assert health.model_flags(good) == {"degenerate": False, "one_class": None, "never_predicted": [], "at_chance": [],
+                                        "messages": []}
     bad = _one_class(fake_result("bad", 0.9, 1))
     flags = health.model_flags(bad)
     assert flags["degenerate"] and flags["one_class"] == {"class": "neu", "share": 1.0,
@@ -155,7 +155,7 @@ def test_health_flags_one_class_and_chance() -> None:
         some["conditions"][c]["block"]["ci"] = {"ua": {"low": lo, "high": hi}}
     flags = health.model_flags(some)
     assert flags["at_chance"] == ["15 dB"] and not flags["degenerate"]
-    assert flags["messages"] == ["WARNING: its UA 95 % interval includes chance (0.25) at 15 dB: on those "
+    assert flags["messages"] == ["WARNING: its UA or weighted-F1 95 % interval includes chance at 15 dB: on those "
                                  "conditions it cannot be told from guessing"]
     for c in some["conditions"].values():
         c["block"]["ci"] = {"ua": {"low": 0.1, "high": 0.3}}
@@ -165,6 +165,28 @@ def test_health_flags_one_class_and_chance() -> None:
     cm = np.asarray(one["conditions"]["snr15"]["block"]["confusion"])
     one["conditions"]["snr15"]["block"]["confusion"] = np.outer(cm.sum(axis=1), [0, 1, 0, 0]).tolist()
     assert health.model_flags(one)["one_class"] == {"class": "hap", "share": 1.0, "where": "15 dB"}
+
+
+def test_health_sees_classes_never_predicted_and_weighted_f1_at_chance() -> None:
+    """A model that answers only two of four classes clears UA's chance and the one-class rule (the
+    newcomer's six-class model that never said ang, dis or hap); the classes it never predicts are
+    named, and a weighted-F1 interval that includes its chance is flagged like UA's."""
+    two = fake_result("two", 0.9, 1)
+    for c in two["conditions"].values():
+        cm = np.asarray(c["block"]["confusion"])
+        rows = cm.sum(axis=1)
+        c["block"]["confusion"] = [[0, 0, int(n - n // 2), int(n // 2)] for n in rows]  # only 'sad' and 'neu'
+        c["block"]["ci"] = {"ua": {"low": 0.40, "high": 0.60}}  # clear of 1/4
+    flags = health.model_flags(two)
+    assert flags["one_class"] is None and flags["at_chance"] == [] and not flags["degenerate"]
+    assert flags["never_predicted"] == ["ang", "hap"]
+    assert flags["messages"] == ["WARNING: never (under 1% of the blocks) predicts 'ang', 'hap': its numbers do "
+                                 "not cover those classes"]
+    wf1 = fake_result("wf1", 0.9, 1)
+    supports = np.asarray(wf1["conditions"]["clean"]["block"]["confusion"]).sum(axis=1).tolist()
+    chance = chance_level("weighted_f1", supports)
+    wf1["conditions"]["clean"]["block"]["ci"] = {"weighted_f1": {"low": chance - 0.01, "high": chance + 0.2}}
+    assert health.model_flags(wf1)["at_chance"] == ["clean"]
 
 
 def test_chance_levels() -> None:
@@ -211,3 +233,15 @@ def test_compare_difference_figure(tmp_path: Path) -> None:
     comp = result.table
     assert [p["delta"] for p in points] == pytest.approx([vb - va for va, vb in zip(comp["values"]["a"],
                                                                                      comp["values"]["b"])])
+
+
+def test_a_star_beside_a_flagged_model_says_so() -> None:
+    """Two under-trained models can differ with an interval clear of 0: compare marks such a star."""
+    comp = {"values": {"a": [0.5], "b": [0.7]}, "labels": ["clean"], "metric": "weighted_f1", "unit": "block",
+            "deltas": {"a": [None], "b": [{"low": 0.1, "high": 0.3, "excludes_zero": True}]},
+            "flags": {"a": [], "b": ["⚠ b: WARNING: never (under 1% of the blocks) predicts 'ang'"]}}
+    assert "| clean | 0.500 | 0.700 | +0.200 [+0.10, +0.30] * ⚠ |" in compare.markdown_table(comp)
+    assert any(n.startswith("`* ⚠`: the interval excludes 0, but one of the two models") for n in compare.notes(comp))
+    comp["flags"]["b"] = []
+    assert "+0.200 [+0.10, +0.30] * |" in compare.markdown_table(comp)
+    assert not any("⚠" in n for n in compare.notes(comp))
