@@ -4,6 +4,8 @@
     model = Predictor.from_pretrained("exports/demo-augmented")   # or a run folder, or a checkpoint
     result = model.predict_file("rec.wav")                        # result.label, .probs, .blocks
     result = model.predict_array(samples, 16000)                  # a numpy array (or torch tensor)
+    model(["rec.wav", samples], top_k=2)       # transformers' pipeline shape: [[{"label", "score"}, …], …]
+    model.classify_batch(wavs, wav_lens)       # SpeechBrain's shape: (log-probs, score, index, labels)
 
     serwild predict --model exports/demo-augmented rec1.wav rec2.flac … [--json]
     serwild predict --checkpoint runs/<name>/best.pt rec.wav
@@ -137,6 +139,65 @@ class Predictor:
         return self.score(res, rec, batch_size)
 
     predict = predict_file  # the name of earlier versions
+
+    # ------------------------------------------------------------------ the ecosystem's shapes
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.classes))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def __call__(self, inputs: Any, top_k: int | None = None, sampling_rate: int | None = None,
+                 batch_size: int = DEFAULT_BATCH) -> Any:
+        """As ``transformers``' ``pipeline("audio-classification")``: per input, ``[{"label",
+        "score"}]`` sorted by score (the whole recording's probabilities), the ``top_k`` first
+        (all classes by default). ``inputs``: a path, samples (numpy or torch, at
+        ``sampling_rate``, default the model's), a ``{"array"|"raw", "sampling_rate"}`` dict as
+        HF ``datasets`` gives it, or a list of these (then a list of lists). A recording that
+        cannot be scored raises ValueError naming it (``predict_file`` returns its ``error``)."""
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        many = isinstance(inputs, list)
+        out = [self._ranked(x, top_k, sampling_rate, batch_size) for x in (inputs if many else [inputs])]
+        return out if many else out[0]
+
+    def _ranked(self, x: Any, top_k: int | None, sampling_rate: int | None, batch_size: int) -> list[dict[str, Any]]:
+        if isinstance(x, (str, Path)):
+            res = self.predict_file(x, batch_size)
+        elif isinstance(x, dict):
+            samples = x.get("array", x.get("raw"))
+            if samples is None or "sampling_rate" not in x:
+                raise ValueError("a dict input needs 'array' (or 'raw') and 'sampling_rate', as HF datasets' Audio")
+            res = self.predict_array(samples, int(x["sampling_rate"]), batch_size)
+        else:
+            res = self.predict_array(x, sampling_rate or self.renderer.cfg.sample_rate, batch_size)
+        if res.error is not None or res.probs is None:
+            raise ValueError(f"{res.file}: {res.error}")
+        ranked = sorted(res.probs.items(), key=lambda kv: -kv[1])
+        return [{"label": c, "score": p} for c, p in ranked[:top_k or len(ranked)]]
+
+    def classify_batch(self, wavs: Any, wav_lens: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                         list[str]]:
+        """As SpeechBrain's ``EncoderClassifier.classify_batch``: ``wavs`` (batch, time) at the
+        model's sample rate, padded; ``wav_lens`` each row's length relative to the longest (1.0:
+        all of it; None: every row whole). Returns (log-probabilities (batch, K) of each
+        recording, the best score, its index, its label). A row that cannot be scored raises."""
+        x = wavs.detach().cpu().float() if isinstance(wavs, torch.Tensor) else torch.as_tensor(np.asarray(wavs))
+        if x.ndim != 2:
+            raise ValueError(f"wavs must be (batch, time), got shape {tuple(x.shape)}")
+        lens = torch.ones(len(x)) if wav_lens is None else torch.as_tensor(wav_lens, dtype=torch.float64).cpu()
+        rows = []
+        for row, rel in zip(x, lens.tolist()):
+            n = max(1, int(round(float(rel) * x.shape[1])))
+            probs = self._ranked(row[:n].numpy(), None, self.renderer.cfg.sample_rate, DEFAULT_BATCH)
+            by_class = {d["label"]: d["score"] for d in probs}
+            rows.append([by_class[c] for c in self.classes])
+        out_prob = torch.log(torch.tensor(rows, dtype=torch.float64).clamp_min(1e-12)).float()
+        score, index = out_prob.max(dim=1)
+        return out_prob, score, index, [self.classes[i] for i in index.tolist()]
 
     # ------------------------------------------------------------------ scanning
 

@@ -254,3 +254,30 @@ def test_an_export_is_trusted_no_further_than_it_checks(run: Path, tmp_path: Pat
     err = [ln for ln in said.splitlines() if "error" in ln]
     assert len(err) == 1 and err[0].startswith("serwild predict: error: ") and needle in err[0], said
     assert "\x1b" not in said and "Traceback" not in said
+
+
+def test_the_predictor_answers_in_the_ecosystems_shapes(run: Path, tmp_path: Path,
+                                                        recordings: dict[str, Path]) -> None:
+    """transformers' audio-classification pipeline (``[{"label", "score"}]`` sorted, ``top_k``)
+    and SpeechBrain's ``classify_batch(wavs, wav_lens)``, over the same scoring as predict_file."""
+    from serwild.evaluate.predict import Predictor
+
+    model = Predictor.from_pretrained(export_run(run, tmp_path / "x"), device="cpu", verbose=False)
+    assert model.id2label == dict(enumerate(CLASSES)) and model.label2id == {c: i for i, c in enumerate(CLASSES)}
+    samples, sr = sf.read(recordings["speech"], dtype="float32")
+    want = model.predict_file(recordings["speech"]).probs
+    both = model([str(recordings["speech"]), samples], top_k=2)
+    ranked = sorted(want.items(), key=lambda kv: -kv[1])[:2]
+    assert both == [[{"label": c, "score": p} for c, p in ranked]] * 2  # a file and its samples agree
+    assert model({"array": samples, "sampling_rate": sr}) == model(samples)  # HF datasets' Audio dict
+    assert len(model(samples)) == len(CLASSES)
+    with pytest.raises(ValueError, match="silent"):
+        model(np.zeros(16000, dtype=np.float32))
+    # a padded batch: the second row's own length is 60 % of the first's
+    short = samples[: int(0.6 * len(samples))]
+    wavs = torch.zeros(2, len(samples))
+    wavs[0], wavs[1, : len(short)] = torch.from_numpy(samples), torch.from_numpy(short)
+    out_prob, score, index, labels = model.classify_batch(wavs, torch.tensor([1.0, len(short) / len(samples)]))
+    assert out_prob.shape == (2, len(CLASSES)) and labels[0] == model.predict_file(recordings["speech"]).label
+    assert labels[1] == model.predict_array(short, sr).label and index.tolist() == [model.label2id[x] for x in labels]
+    assert torch.allclose(score, out_prob.max(dim=1).values)
