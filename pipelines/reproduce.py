@@ -43,7 +43,7 @@ import yaml
 
 from serwild import atomic, torchrun
 from serwild.builder.build import run_build
-from serwild.config import Config, build_identity, load_config, to_dict
+from serwild.config import Config, build_identity, load_config, resolve_config_path, to_dict
 from serwild.data.manifest import load_manifest, train_folds, verify_build
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance, report
@@ -165,9 +165,13 @@ def run_preset(preset: Preset, config: str | Path | None, overrides: Sequence[st
 
 
 def _existing(config: str | Path | None) -> str | None:
-    if config is not None and not Path(config).is_file():
+    """``--config`` as every command reads it: a path, or the name of an installed config."""
+    if config is None:
+        return None
+    path = resolve_config_path(config)
+    if not path.is_file():
         raise UsageError(f"config {config} not found")
-    return str(config) if config is not None else None
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- build

@@ -194,3 +194,14 @@ def test_reproduce_killed_and_resumed(pipeline_build: Path, tiny_corpus: Path, t
     assert len(stages) == 9 and stages["protocol-ahsn-exp1-fold0"]["reused"] is True
     assert all(s["seconds"] is not None for s in stages.values())
     assert "## Wall time" in md and "| reused |" in md and "| ran |" in md
+
+
+def test_reproduce_reads_an_installed_config_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--config protocol-tiny`` is the installed config, as for every other command (it was
+    "not found" unless the path existed from the current folder); an unknown name lists them."""
+    rc = cli(["reproduce", "--config", "protocol-tiny", "--serial", "corpus.kind=csv",
+              f"corpus.root={tmp_path / 'none.csv'}", f"out={tmp_path / 'shards'}", f"train.run_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "CSV list not found" in err[-1], err  # past the config: its corpus is what is missing
+    assert cli(["reproduce", "--config", "no-such-protocol"]) == 2
+    assert "installed: " in capsys.readouterr().err
