@@ -15,7 +15,6 @@ config.yaml, every line of metrics.jsonl and each checkpoint name the recipe act
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,7 +48,11 @@ def check_every(every: int | str | None) -> None:
                      f"such as \"10min\", got {every!r}")
 
 
-RUN_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")  # train.name: one folder inside train.run_dir
+
+def is_folder_name(name: str) -> bool:
+    """``name`` names one folder inside another: no separator, not ``.`` or ``..``, printable."""
+    return 1 <= len(name) <= 128 and name.isprintable() and not any(c in name for c in "/\\") \
+        and name not in (".", "..")
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -142,11 +145,11 @@ class TrainConfig:
         bad = [x for x in (self.freeze or []) if x not in LAYERS]
         if bad:
             raise ValueError(f"train.freeze: unknown layer(s) {bad}; known: {', '.join(LAYERS)}")
-        if self.name is not None and (not RUN_NAME.fullmatch(str(self.name)) or str(self.name) in (".", "..")):
+        if self.name is not None and not is_folder_name(str(self.name)):
             # One folder inside train.run_dir: '..', '.', 'a/b' or an absolute path would put the run
             # (checkpoints, lock) somewhere the user did not name.
             raise ValueError(f"config key 'train.name' is {str(self.name)[:80]!r}: a run name is one folder name "
-                             "inside train.run_dir, 1..128 letters, digits, '.', '_' or '-' (not '.' or '..')")
+                             "inside train.run_dir (1..128 printable characters, no '/', not '.' or '..')")
 
 
 @dataclass(frozen=True)
