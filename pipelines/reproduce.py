@@ -280,7 +280,7 @@ def train_run(e: Experiment, ref: RunRef, extra: list[str], ctx: Context) -> boo
                          f"train.run_dir or train.name to keep both")
     if state != "done":
         opts = LaunchOptions(nproc=ctx.nproc, resume=state == "partial", overwrite=state != "partial")
-        if train(run_cfg, opts) != 0:
+        if train(run_cfg, opts) != 0:  # a stop by SIGTERM is raised, and the command's line says so
             raise UsageError(f"training {ref.dir} failed (see the messages above); run the same command again "
                              f"to resume")
     ctx.progress.finish(ref.name, label, t0, state == "done")

@@ -14,7 +14,7 @@ from pathlib import Path
 from serwild import atomic, lock, torchrun
 from serwild.config import Config, replace
 from serwild.data.manifest import train_folds
-from serwild.errors import UsageError
+from serwild.errors import Terminated, UsageError
 from serwild.trainer.cv import summarise
 from serwild.trainer.features import INFO_FILE, default_cache_root, resolve_feature_cache
 from serwild.trainer.model import fetch_imagenet_weights
@@ -85,8 +85,9 @@ def check_cache_folder(cfg: Config, plan: DataPlan) -> None:
 
 
 def train(cfg: Config, opts: LaunchOptions) -> int:
-    """Train one run (or every fold with ``opts.cv``); 0 on success, 1 if a run failed, 128 + the
-    signal when stopped by SIGTERM or SIGINT (the remaining folds are not started).
+    """Train one run (or every fold with ``opts.cv``); 0 on success, 1 if a run failed; stopped by
+    SIGTERM or SIGINT, :class:`~serwild.errors.Terminated` or KeyboardInterrupt is raised (the
+    remaining folds are not started).
 
     Each run's resolved config is written into its folder (config.yaml, :func:`spec_yaml`) and
     the ranks start from that file alone: what they train is exactly what was checked here."""
@@ -127,9 +128,10 @@ def _launch_run(spec: Config, plan: DataPlan, opts: LaunchOptions) -> int:
         atomic.write_text(run_dir / "config.yaml", spec_yaml(spec, plan))
         code = torchrun.launch(torchrun.command(MODULE, rank_args(run_dir / "config.yaml", opts), opts.nproc,
                                                 opts.max_restarts), opts.nproc)
-    if code in STOPPED:  # SIGTERM (preemption) or Ctrl-C: no more folds; last.pt holds the last epoch
-        print(f"serwild train: stopped by {STOPPED[code]}; continue with --resume", file=sys.stderr)
-        return code
+    if code in STOPPED:  # SIGTERM (preemption) or Ctrl-C: no more folds; last.pt holds the last epoch.
+        # Raised, not returned: the command that launched it (train, reproduce, demo) says so in
+        # its one line and exits 143 or 130, whoever received the signal.
+        raise Terminated() if code == 128 + signal.SIGTERM else KeyboardInterrupt()
     if code in (torchrun.USAGE_EXIT, torchrun.SAID_EXIT):  # a rank said what is wrong in one line
         return 2 if code == torchrun.USAGE_EXIT else 1
     if code > 128:  # torchrun's agent itself was killed (torchrun.launch's convention)

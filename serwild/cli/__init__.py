@@ -29,7 +29,7 @@ from typing import Any
 
 from serwild import __version__
 from serwild.atomic import disk_full_path
-from serwild.errors import UsageError
+from serwild.errors import Terminated, UsageError
 
 # name → one-line help; the module is serwild.cli.<name>.
 COMMANDS: dict[str, str] = {
@@ -111,12 +111,8 @@ PATH_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, 
                          errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's stop or preemption), raised where the program is, like Ctrl-C's
-    KeyboardInterrupt: clean-ups (``finally``, ``with``) run, then one line and exit status 143."""
-
-
-RESUME_HINT = {"build": "; run the same command again to resume", "train": "; continue with --resume"}
+RESUME_HINT = {"build": "; run the same command again to resume", "train": "; continue with --resume",
+               "reproduce": "; run the same command again to resume", "demo": "; run the same command again to resume"}
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -25,6 +25,7 @@ import pytest
 from serwild.cli import main as cli
 from serwild.evaluate import health, report
 from serwild.metrics import BY_PATH
+from tests.faults.procs import lines_until
 from tests.pipelines.conftest import ARCH, PROTOCOL, PROTOCOL_TINY, corpus_args
 
 pytestmark = pytest.mark.slow
@@ -205,3 +206,30 @@ def test_reproduce_reads_an_installed_config_by_name(tmp_path: Path, capsys: pyt
     assert rc == 2 and "CSV list not found" in err[-1], err  # past the config: its corpus is what is missing
     assert cli(["reproduce", "--config", "no-such-protocol"]) == 2
     assert "installed: " in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_to_reproduce_is_143_and_one_line(pipeline_build: Path, tiny_corpus: Path, tmp_path: Path) -> None:
+    """A scheduler's SIGTERM while a fold trains: passed to torchrun, then the status a shell
+    expects of a stop (143, not 2, "a usage error") and one line saying how to go on."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "serwild", "reproduce", "--config", str(PROTOCOL_TINY), "--serial",
+           *corpus_args(tiny_corpus), f"out={pipeline_build}", f"train.run_dir={runs}", *PROTOCOL, *ARCH,
+           "train.samples_per_epoch=20000"]  # a long first epoch: the signal lands in it
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        err, reader = lines_until(proc, "steps/epoch", 300)  # a rank's start-up line: training has begun
+        assert proc.poll() is None, "".join(err)[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        reader.join(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = "".join(err)
+    said = [ln for ln in text.strip().splitlines() if ln.startswith("serwild ")]
+    assert proc.returncode == 143, text[-3000:]
+    assert said[-1] == "serwild reproduce: stopped by SIGTERM; run the same command again to resume", text[-3000:]
+    assert "Traceback" not in text
