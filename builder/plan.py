@@ -143,13 +143,15 @@ def check_classes(train: list[Unit], test: list[Unit], by_id: dict[str, ScannedU
     is rendered, naming the view and the class; a view with ``allow_empty`` gets a warning."""
     for part, units in (("training", train), ("test", test)):
         present = {by_id[u].utt.label for u, _ in units}
-        for c in classes:
-            if c in present:
-                continue
-            if allow_empty:
-                print(f"serwild build: warning: dataset '{dataset}': class '{c}' has no {part} sample "
-                      "(allowed by allow_empty; the hub card says so)", file=sys.stderr)
-                continue
+        empty = [c for c in classes if c not in present]
+        if empty and allow_empty:  # one line per part, however many classes (a view may have hundreds)
+            more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+            shown = ", ".join(f"'{c}'" for c in empty[:10]) + more
+            print(f"serwild build: warning: dataset '{dataset}': {len(empty)} class(es) have no {part} sample: "
+                  f"{shown} (allowed by allow_empty; the hub card says so)", file=sys.stderr)
+            continue
+        if empty:
+            c = empty[0]
             raise ConfigError(f"dataset '{dataset}': class '{c}' has no {part} sample (of "
                               f"{sum(1 for s in by_id.values() if s.utt.label == c)} utterance(s) in the corpus): "
                               f"add recordings of it, use a view without it, or set views.{dataset}.allow_empty: "

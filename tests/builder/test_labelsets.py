@@ -214,3 +214,20 @@ def test_non_tty_build_prints_stage_and_progress_lines(tmp_path: Path, capsys: p
     for needle in ("serwild build: corpus:", "serwild build: scan audio: started", "serwild build: plan:",
                    "serwild build: build shards: done", "serwild build: writing manifest.json"):
         assert needle in err, (needle, err[-2000:])
+
+
+def test_allow_empty_warns_once_per_part_however_many_classes(capsys: pytest.CaptureFixture[str]) -> None:
+    """A view of 300 classes where most are empty: one warning line for training, one for test
+    (it was a line per class: 600 lines)."""
+    from serwild.builder.corpus import Utterance
+    from serwild.builder.plan import check_classes
+    from serwild.builder.scan import ScannedUtterance
+
+    by_id = {f"u{i}": ScannedUtterance(Utterance(f"u{i}", f"/x/u{i}.wav", f"u{i}.wav", "c0", "s", "s"), SR, (0,))
+             for i in range(2)}
+    classes = tuple(f"c{i}" for i in range(300))
+    check_classes([("u0", 0)], [("u1", 0)], by_id, classes, "many", allow_empty=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"serwild build: warning: dataset 'many': 299 class(es) have no {part} sample: "
+                   + ", ".join(f"'c{i}'" for i in range(1, 11)) + " and 289 more (allowed by allow_empty; the hub "
+                   "card says so)" for part in ("training", "test")]
