@@ -21,6 +21,7 @@ import threading
 from typing import NoReturn
 
 from serwild import lock
+from serwild.errors import Terminated
 
 
 def default_nproc() -> int:
@@ -44,14 +45,15 @@ AGENT_MODULE = "serwild.torchrun_agent"  # torchrun, quiet: what launch() runs i
 
 
 def launch(cmd: list[str], nproc: int) -> int:
-    """Run ``cmd`` (torchrun); its exit status, or ``128 + signal`` when we were stopped by one.
+    """Run ``cmd`` (torchrun); its exit status.
 
     SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) sent to us are passed on to
     torchrun, whose agent passes them on to every rank and exits: the ranks stop where they
-    are (last.pt is written atomically, so the last complete epoch stays) and the caller sees
-    143 (SIGTERM) or 130 (SIGINT). torchrun runs in its own process group, so a Ctrl-C at the
-    terminal reaches it once (through us) rather than twice, and it gets SIGTERM if we die
-    without passing anything on (kill -9).
+    are (last.pt is written atomically, so the last complete epoch stays), and once torchrun
+    has ended :class:`~serwild.errors.Terminated` (or KeyboardInterrupt) is raised here, which
+    the command line turns into its one line and status 143 (or 130). torchrun runs in its own
+    process group, so a Ctrl-C at the terminal reaches it once (through us) rather than twice,
+    and it gets SIGTERM if we die without passing anything on (kill -9).
     """
     env = {**os.environ, **lock.child_env()}  # the ranks work under our run-folder lock
     # torchrun would pin every CPU process to one thread; share the cores out instead.
@@ -63,6 +65,9 @@ def launch(cmd: list[str], nproc: int) -> int:
     # (torchinductor_<user>) in the system's temp folder as it is imported, and leaves it there;
     # nothing here compiles, so it goes into the scratch folder.
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(scratch, "inductor"))
+    # The ranks' temp files too: a rank or loader worker stopped by a signal leaves multiprocessing's
+    # pymp-* folder behind, inside the scratch folder rather than the system's.
+    env["TMPDIR"] = scratch
     if cmd[1:3] == ["-m", "torch.distributed.run"]:  # the same torchrun, quiet (AGENT_MODULE)
         logs = os.devnull if _logs_to_devnull() else scratch
         cmd = [cmd[0], "-m", AGENT_MODULE, f"--log-dir={logs}", *cmd[3:]]
@@ -128,8 +133,8 @@ def _run(cmd: list[str], env: dict[str, str], main_thread: bool) -> int:
         if proc.poll() is None:  # only on an exception in this process: don't leave torchrun behind
             proc.terminate()
             proc.wait()
-    if received:
-        return 128 + received[0]
+    if received:  # we were stopped, and torchrun with us: the command says so in its one line
+        raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
     return 128 - code if code < 0 else code  # torchrun itself killed by a signal: the shell's convention
 
 

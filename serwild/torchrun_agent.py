@@ -30,6 +30,7 @@ from serwild.torchrun import AGENT_ENV, SAID_EXIT, USAGE_EXIT, exit_now
 
 SAID = (USAGE_EXIT, SAID_EXIT)  # a rank exiting with one of these has said what went wrong
 EXIT_LOGGER = "torch.distributed.elastic.multiprocessing.api"  # where torchrun logs each rank's exit
+AGENT_LOGGER = "torch.distributed.elastic.agent.server.api"  # where it logs a signal it received
 
 
 class HoldExits(logging.Filter):
@@ -64,10 +65,19 @@ def failure_status(e: ChildFailedError) -> tuple[int, list[str]]:
     return (said[0] if said and not killed else 1), lines
 
 
+class DropDeathSignal(logging.Filter):
+    """The agent's "Received 15 death signal, shutting down workers": the launcher says the
+    stop in its own one line (``stopped by SIGTERM``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "death signal" not in str(record.msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     hold = HoldExits()
     exits = logging.getLogger(EXIT_LOGGER)
     exits.addFilter(hold)
+    logging.getLogger(AGENT_LOGGER).addFilter(DropDeathSignal())
     # This program is the agent: what it sets here, torchrun hands to every rank it starts.
     os.environ[AGENT_ENV] = str(os.getpid())
     try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 
 from serwild import torchrun
 from serwild.cli.options import add_config_arguments
@@ -68,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return torchrun.launch(torchrun.command("serwild", rank_argv(args), args.nproc), args.nproc)
     torchrun.follow_agent()  # a rank ends with its torchrun agent, even one killed outright
+    if torchrun.is_rank():
+        # A scoring rank has nothing to save (the report is written at the end, atomically): on
+        # SIGTERM it ends at once. Raised as an exception instead, it waited inside a collective
+        # or its loader workers' shutdown until torchrun killed it 30 s later.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     evaluate_checkpoint(args.checkpoint, shards=args.shards, out=args.out, settings=cfg.eval,
                         check_sha256=args.sha256, allow_other_build=args.allow_other_build,
                         remote=cfg.remote.options())

@@ -246,3 +246,38 @@ def test_a_stopped_ray_build_leaves_no_ray_process(corpus: Path, tmp_path: Path,
 
 
 RAY_GONE_S = 20
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_rank_evaluation_with_loader_workers(tmp_path: Path) -> None:
+    """SIGTERM to `serwild evaluate --nproc 2` while its ranks score with two loader workers each:
+    it used to wait 30 s for torchrun to SIGKILL a rank stuck in a collective or its workers'
+    shutdown, print 76 lines, and leave multiprocessing's pymp-* folders in the temp folder. Now:
+    143 within seconds, one line, no process and no temp folder left, no report."""
+    from tests.evaluate.conftest import write_build, write_checkpoint
+
+    build = write_build(tmp_path / "shards", {"clean": (None, [300, 300]), "snr15": (15.0, [300])})
+    ckpt = write_checkpoint(tmp_path / "run" / "best.pt", build)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = start([*SERWILD, "evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "rep"), "--nproc", "2",
+                  "eval.num_workers=2", "eval.batch_size=1", "eval.device=cpu", "eval.bootstrap=0"],
+                 TMPDIR=str(temp))
+    with session(proc):
+        said, reader = procs.lines_until(proc, "evaluate clean: started", 300)
+        assert proc.poll() is None, "".join(said)[-3000:]
+        os.kill(proc.pid, signal.SIGTERM)
+        start_s = time.monotonic()
+        proc.wait(60)
+        took = time.monotonic() - start_s
+        reader.join(30)
+        err = "".join(said)
+        assert proc.returncode == SIGTERM_EXIT and took < 15, (took, err[-3000:])
+        assert lines(err)[-1] == "serwild evaluate: stopped by SIGTERM", err[-3000:]
+        assert "Traceback" not in err and "death signal" not in err, err[-3000:]
+        assert procs.wait_gone(str(tmp_path / "rep"), 20) == []
+    assert not (tmp_path / "rep" / "metrics.json").exists()
+    deadline = time.monotonic() + 20  # loader workers notice their rank is gone within a few seconds
+    while list(temp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(temp.iterdir()) == []
