@@ -490,6 +490,23 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
     log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
            f"{record['images_per_s']:.0f} img/s ({record['input_wait_fraction']:.0%} waiting for input)  "
            f"{record['seconds']:.1f} s")
+    if (note := divergence_note(record["train_loss"], len(run.plan.classes), lr)) is not None:
+        log(d, note)
+
+
+DIVERGED = 10.0  # a training loss this many times a uniform guess's (ln K) is no longer learning
+
+
+def divergence_note(loss: float, k: int, lr: str) -> str | None:
+    """A warning when an epoch's loss is far above a uniform guess's, ln K, where every model
+    starts: the loss is still finite (the non-finite check passes), but the weights are running
+    away, as a learning rate at the top of its range does; the run would otherwise end with
+    exit 0 and a model that predicts nothing."""
+    if loss <= DIVERGED * math.log(k):
+        return None
+    return (f"warning: the training loss ({loss:.3g}) is over {DIVERGED:g}x a uniform guess's (ln {k} = "
+            f"{math.log(k):.2f}): the run is diverging; lower the learning rate (now {lr}: train.lr, "
+            "train.new_layer_lr, train.scratch_lr)")
 
 
 def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> dict[str, Any]:

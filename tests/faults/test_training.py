@@ -319,3 +319,18 @@ def test_a_sigkilled_rank_is_one_line_without_torchruns_report(tiny_build: Path,
     said = [x for x in _run_lines(err) if "killed" in x or "fail" in x or "stopped" in x]
     assert f"torchrun: error: rank 1 (PID {victim}) was killed by SIGKILL" in said, err[-3000:]
     assert len(said) <= 3, err  # that line, maybe the other rank's "stopped", the launcher's verdict
+
+
+@pytest.mark.slow
+def test_a_diverging_run_is_warned_of(tiny_build: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The largest learning rate allowed (train.scratch_lr=10, Adam) sends the loss to ~10^29 while
+    it stays finite: the run ends with exit 0 as before, but each such epoch says it is diverging
+    and which key to lower."""
+    args = overrides(tiny_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 2,
+                                                      "train.samples_per_epoch": 32, "train.scratch_lr": 10})
+    proc = subprocess.run([*SERWILD, "train", "--nproc", "1", *args], capture_output=True, text=True,
+                          env=procs.env(), timeout=400)
+    warned = [x for x in _run_lines(proc.stderr) if "the run is diverging" in x]
+    assert warned and all(re.search(r"warning: the training loss \(\S+\) is over 10x a uniform guess's "
+                                    r"\(ln 4 = 1\.39\): the run is diverging; lower the learning rate \(now 10:", x) for x in warned), \
+        proc.stderr[-3000:]
