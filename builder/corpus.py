@@ -16,7 +16,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,20 +72,26 @@ def read_corpus(cfg: CorpusConfig, datasets: list[str],
     """Utterances whose label one of ``datasets`` (resolved as ``views``; default: the presets) uses,
     and rejects for all the rest."""
     views = views if views is not None else resolve_views(datasets, {})
+
+    def outside(label: str) -> str | None:
+        """Why a label is not used (None: some view uses it)."""
+        if any(v.class_of(label) is not None for v in views.values()):
+            return None
+        names = "; ".join(f"{d}: {' '.join(v.classes)}" for d, v in views.items())
+        return f"label '{label}' not in the selected datasets ({names})"
+
     if cfg.kind == "csv":
-        utts, rejects = read_csv_list(Path(cfg.root), cfg.label_column)
+        utts, rejects = read_csv_list(Path(cfg.root), cfg.label_column, unused=outside)
     elif cfg.kind == "audiofolder":
-        utts, rejects = read_audiofolder(Path(cfg.root), cfg.label_column)
+        utts, rejects = read_audiofolder(Path(cfg.root), cfg.label_column, unused=outside)
     else:
         utts, rejects = read_iemocap(Path(cfg.root), cfg.improvised_only)
     kept = []
     for u in utts:
-        if any(v.class_of(u.label) is not None for v in views.values()):
+        if (why := outside(u.label)) is None:
             kept.append(u)
         else:
-            names = "; ".join(f"{d}: {' '.join(v.classes)}" for d, v in views.items())
-            rejects.append(Reject(u.id, f"label '{u.label}' not in the selected datasets ({names})",
-                                  "corpus", u.path))
+            rejects.append(Reject(u.id, why, "corpus", u.path))
     return kept, rejects
 
 
@@ -189,18 +195,21 @@ class _Columns:
     contained: bool  # paths must stay inside the list's folder (an audiofolder, as HF's loader requires)
 
 
-def read_audiofolder(root: Path, label_column: str = "label") -> tuple[list[Utterance], list[Reject]]:
+def read_audiofolder(root: Path, label_column: str = "label",
+                     unused: Callable[[str], str | None] | None = None) -> tuple[list[Utterance], list[Reject]]:
     """A folder laid out for HF's ``audiofolder`` (``metadata.csv``: ``file_name`` + a label column)."""
     meta = root if root.name == "metadata.csv" else root / "metadata.csv"
     if not meta.is_file():
         raise UsageError(f"corpus.root {root}: no metadata.csv found; corpus.kind audiofolder reads "
                          f"{AUDIOFOLDER_FORMAT}, label column '{label_column}' (corpus.label_column)")
-    return read_csv_list(meta, label_column, audiofolder=True)
+    return read_csv_list(meta, label_column, audiofolder=True, unused=unused)
 
 
-def read_csv_list(csv_path: Path, label_column: str = "label",
-                  audiofolder: bool = False) -> tuple[list[Utterance], list[Reject]]:
-    """``path,label,speaker[,session][,start,end]`` (header required); paths relative to the CSV."""
+def read_csv_list(csv_path: Path, label_column: str = "label", audiofolder: bool = False,
+                  unused: Callable[[str], str | None] | None = None) -> tuple[list[Utterance], list[Reject]]:
+    """``path,label,speaker[,session][,start,end]`` (header required); paths relative to the CSV.
+    ``unused``: why a (canonical) label is not used, or None; such a row is a reject before its
+    segment claims any audio, so it never blocks a wanted segment that overlaps it."""
     if not csv_path.is_file():
         hint = " (a folder: for one with metadata.csv set corpus.kind=audiofolder)" if csv_path.is_dir() else ""
         raise UsageError(f"corpus.root {csv_path}: CSV list not found{hint}; corpus.kind csv reads {CSV_FORMAT}")
@@ -216,7 +225,7 @@ def read_csv_list(csv_path: Path, label_column: str = "label",
     spans: dict[Path, list[tuple[float, float, str]]] = {}  # audio path → its kept spans, sorted
     for n, row in enumerate(rows, start=2):  # line 1 is the header
         item = f"{csv_path.name}:{n}"
-        got = _csv_row(csv_path, row, cols, item, spans, seen)
+        got = _csv_row(csv_path, row, cols, item, spans, seen, unused)
         if isinstance(got, Reject):
             rejects.append(got)
         else:
@@ -243,7 +252,7 @@ def _columns(csv_path: Path, names: list[str], label_column: str, audiofolder: b
 
 
 def _csv_row(csv_path: Path, row: dict, cols: _Columns, item: str, spans: dict[Path, list[tuple[float, float, str]]],
-             seen: set[str]) -> Utterance | Reject:
+             seen: set[str], unused: Callable[[str], str | None] | None = None) -> Utterance | Reject:
     """One row → an utterance, or the reason it is not one."""
     rel = (row.get(cols.path) or "").strip()
     path = (csv_path.parent / rel.replace("\0", "")).resolve()
@@ -256,6 +265,8 @@ def _csv_row(csv_path: Path, row: dict, cols: _Columns, item: str, spans: dict[P
         return Reject(item, "empty label", "corpus", str(path))
     if len(raw_label) > MAX_LABEL_CHARS:
         return Reject(item, f"label longer than {MAX_LABEL_CHARS} characters", "corpus", str(path))
+    if unused is not None and (why := unused(canonical_label(raw_label))) is not None:
+        return Reject(item, why, "corpus", str(path))
     if cols.contained and not path.is_relative_to(csv_path.parent.resolve()):
         # ../x, an absolute path or a link out: rendered into shards, it would leave with a publish.
         return Reject(item, "file_name leaves the audiofolder (.., an absolute path or a link out of it)", "corpus",

@@ -68,7 +68,8 @@ def _segment_corpus(tmp_path: Path) -> Path:
         "long.wav,sad,s1,d1,7,\n"            # 7: only a start
         "calm.wav,Calm,s3,,,\n"              # 8: a whole file
         "calm.wav,calm,s3,,0.5,1\n"          # 9: inside a file already used whole
-        "long.wav,fru,s1,d1,7,8.5\n")        # 10: a label no view uses
+        "long.wav,fru,s1,d1,7,8.5\n"         # 10: a label no view uses…
+        "long.wav,hap,s2,d1,7,8.5\n")        # 11: …does not block this row (it did: "overlaps list.csv:10")
     return tmp_path / "list.csv"
 
 
@@ -79,14 +80,14 @@ def test_csv_segments_each_row_used_or_rejected_once(tmp_path: Path) -> None:
     utts, rejects = read_corpus(CorpusConfig(kind="csv", root=str(listing)), ["v"], views)
     assert [(u.id, u.label, u.segment) for u in utts] == [
         ("long_0-3000", "calm", (0.0, 3.0)), ("long_3000-6500", "hap", (3.0, 6.5)),
-        ("long_9000-12000", "sad", (9.0, 12.0)), ("calm", "calm", None)]
+        ("long_9000-12000", "sad", (9.0, 12.0)), ("calm", "calm", None), ("long_7000-8500", "hap", (7.0, 8.5))]
     reasons = {r.item: r.reason for r in rejects}
     assert reasons["list.csv:4"] == "segment 5-7 s overlaps list.csv:3 (its segment 3-6.5 s) of the same file"
     assert reasons["list.csv:5"] == "segment of zero or negative length (start 8 s, end 8 s)"
     assert reasons["list.csv:7"] == "segment with only one of start and end"
     assert reasons["list.csv:9"] == "segment 0.5-1 s overlaps list.csv:8 (the whole file) of the same file"
-    assert reasons["long_7000-8500"].startswith("label 'fru' not in the selected datasets (v: calm hap sad)")
-    assert len(utts) + len(rejects) == 9  # every row once
+    assert reasons["list.csv:10"].startswith("label 'fru' not in the selected datasets (v: calm hap sad)")
+    assert len(utts) + len(rejects) == 10  # every row once
     ok, bad = scan_chunk(utts, AudioConfig())
     assert [b.reason for b in bad] == ["segment ends at 12 s, past the file's end (10.000 s)"]
     # blocks are cut inside the segment only: 3.5 s → 3 blocks, starting at the segment's start
