@@ -14,12 +14,16 @@ through a link it did not make, and its temp files go on any error and at the ne
 rerun (after a kill, a network failure) uploads only what is missing or differs: size, then
 sha256 against the manifest (the object streamed; the HF Hub: its own LFS sha256, which it
 computes; an S3 object's metadata is anyone's to write, so it is not evidence). The
-destination is then verified by streaming, as ``serwild verify`` would. No torch here.
+destination is then verified by streaming, as ``serwild verify`` would. ``manifest.json`` and
+``rejects.jsonl`` go out portable: the absolute paths of this machine in them (the corpus, the
+noise folder, the build) become relative to the corpus or noise folder, or their last part. No
+torch here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -82,16 +86,78 @@ def _destination(dest: str, opts: RemoteOptions) -> tuple[Any, str, str]:
     return fsspec.implementations.local.LocalFileSystem(), root, root
 
 
-def _files(build: Path, manifest: dict[str, Any]) -> list[tuple[str, int, str]]:
-    """(relative path, bytes, sha256) in upload order: shards, metadata, the card, the manifest."""
+@dataclass(frozen=True)
+class Upload:
+    """One file of the build as it is published: a shard from its file, a metadata file as bytes."""
+
+    rel: str
+    size: int
+    sha256: str
+    data: bytes | None = None  # None: the local file as it is
+
+
+def _files(build: Path, manifest: dict[str, Any]) -> list[Upload]:
+    """The uploads in order: shards, metadata, the card, the manifest. The manifest and the
+    rejects go out portable (:func:`portable`): a stranger's copy names no folder of this machine."""
     shards = [ShardRecord.of(r) for r in manifest["shards"]]
-    files = [(r.path, r.bytes, r.sha256) for r in shards]
+    files = [Upload(r.path, r.bytes, r.sha256) for r in shards]
     others = sorted(p.name for p in build.iterdir() if p.is_file() and not p.name.startswith(".")
                     and p.name not in (MANIFEST, CARD, *NOT_PUBLISHED) and ".tmp" not in p.name)
+    roots = _local_roots(manifest)
     for name in [*others, *([CARD] if (build / CARD).is_file() else []), MANIFEST]:
         safe_relpath(name)
-        files.append((name, (build / name).stat().st_size, _sha256(build / name)))
+        if name in PORTABLE:
+            data = PORTABLE[name]((build / name).read_bytes(), roots)
+            files.append(Upload(name, len(data), hashlib.sha256(data).hexdigest(), data))
+        else:
+            files.append(Upload(name, (build / name).stat().st_size, _sha256(build / name)))
     return files
+
+
+def _local_roots(manifest: dict[str, Any]) -> list[Path]:
+    """The build's input folders (corpus root, noise folder), absolute: paths under them are
+    published relative to them."""
+    cfg = manifest.get("config") or {}
+    found = [(cfg.get("corpus") or {}).get("root"), (cfg.get("noise") or {}).get("dir")]
+    return [Path(f).resolve() for f in found if isinstance(f, str) and f]
+
+
+def portable_path(text: str, roots: list[Path]) -> str:
+    """``text`` as a stranger may read it: an absolute path under one of ``roots`` becomes
+    ``<root's name>/<the rest>``, any other absolute path its last part; the rest is unchanged."""
+    if not os.path.isabs(text):
+        return text
+    path = Path(text)
+    for root in roots:
+        if path.is_relative_to(root):
+            return str(Path(root.name) / path.relative_to(root))
+    return path.name
+
+
+def _portable_json(value: Any, roots: list[Path]) -> Any:
+    if isinstance(value, str):
+        return portable_path(value, roots)
+    if isinstance(value, dict):
+        return {k: _portable_json(v, roots) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable_json(v, roots) for v in value]
+    return value
+
+
+def _portable_manifest(data: bytes, roots: list[Path]) -> bytes:
+    """The manifest with its config's absolute paths made portable (the shard records are
+    relative already; the fingerprint covers the records and classes, not the config)."""
+    m = json.loads(data)
+    m["config"] = _portable_json(m.get("config") or {}, roots)
+    return (json.dumps(m, indent=1) + "\n").encode()
+
+
+def _portable_rejects(data: bytes, roots: list[Path]) -> bytes:
+    lines = [json.dumps(_portable_json(json.loads(ln), roots), sort_keys=True) for ln in data.splitlines() if ln]
+    return "".join(ln + "\n" for ln in lines).encode()
+
+
+PORTABLE = {MANIFEST: _portable_manifest, "rejects.jsonl": _portable_rejects}
 
 
 def _sha256(path: Path) -> str:
@@ -123,17 +189,23 @@ def _already_there(fs: Any, path: str, size: int, sha256: str) -> bool:
     return int(info.get("size") or 0) == size and _remote_sha256(fs, path, info) == sha256
 
 
-def _upload(fs: Any, local: Path, path: str, sha256: str) -> None:
-    """One file to ``path``: on S3 with its sha256 recorded (a rerun compares without reading
-    it back); in a folder through a temp file and a rename (a kill leaves no cut file there)."""
-    if getattr(fs, "protocol", None) in ("s3", ("s3", "s3a")):
-        fs.put_file(str(local), path, Metadata={"sha256": sha256})
-    elif _is_local(fs):
+def _upload(fs: Any, build: Path, up: Upload, path: str) -> None:
+    """One file to ``path``: on S3 with its sha256 recorded (for readers; a rerun reads the bytes
+    back); in a folder through a temp file and a rename (a kill leaves no cut file there)."""
+    if _is_local(fs):
         fs.makedirs(os.path.dirname(path), exist_ok=True)
-        with atomic.atomic_write(path) as f, open(local, "rb") as src:  # a temp, removed on any error
-            shutil.copyfileobj(src, f, 1 << 20)
+        with atomic.atomic_write(path) as f:  # a temp, removed on any error
+            if up.data is not None:
+                f.write(up.data)
+            else:
+                with open(build / up.rel, "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 20)
+        return
+    extra = {"Metadata": {"sha256": up.sha256}} if getattr(fs, "protocol", None) in ("s3", ("s3", "s3a")) else {}
+    if up.data is not None:
+        fs.pipe_file(path, up.data, **extra)
     else:
-        fs.put_file(str(local), path)
+        fs.put_file(str(build / up.rel), path, **extra)
 
 
 def _is_local(fs: Any) -> bool:
@@ -182,12 +254,12 @@ def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = No
         if _is_local(fs):
             _refuse_links(Path(root))
             atomic.remove_stale_temps(root, recursive=True)
-        others = _others(fs, root, {rel for rel, _, _ in files})
+        others = _others(fs, root, {f.rel for f in files})
         if others and not replace:
             raise UsageError(f"{dest} holds {len(others)} file(s) that are not this build's (e.g. {others[0]}): "
                              "publish to an empty destination, or pass --replace to delete them")
-        todo = [(rel, n, sha) for rel, n, sha in files if not _already_there(fs, f"{root}/{rel}", n, sha)]
-        if todo and any(rel == MANIFEST for rel, _, _ in todo) and fs.exists(f"{root}/{MANIFEST}"):
+        todo = [f for f in files if not _already_there(fs, f"{root}/{f.rel}", f.size, f.sha256)]
+        if todo and any(f.rel == MANIFEST for f in todo) and fs.exists(f"{root}/{MANIFEST}"):
             # Its shards are about to be replaced: better no manifest for a while than a wrong one.
             fs.rm_file(f"{root}/{MANIFEST}")
             say(f"publish: removed {url.rstrip('/')}/{MANIFEST} (another build's) until the new shards are up")
@@ -195,18 +267,18 @@ def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = No
             fs.rm_file(f"{root}/{rel}")
         if others:
             say(f"publish: deleted {len(others)} file(s) of another build (--replace)")
-        for rel, n, sha in todo:
-            _upload(fs, build / rel, f"{root}/{rel}", sha)
-            say(f"uploaded {rel} ({n} bytes)")
+        for f in todo:
+            _upload(fs, build, f, f"{root}/{f.rel}")
+            say(f"uploaded {f.rel} ({f.size} bytes)")
     except (RemoteError, UsageError):
         raise
     except Exception as e:  # fsspec backends raise their own errors: one line naming the destination
         raise _one_line(e, url, opts) from None
-    kept = tuple(rel for rel, _, _ in files if rel not in {t[0] for t in todo})
+    kept = tuple(f.rel for f in files if f.rel not in {t.rel for t in todo})
     problems = open_location(url, opts).verify(load_manifest(url, opts)["shards"])
     if problems:
         raise UsageError(f"{url}: published, but {len(problems)} shard(s) do not verify there ({problems[0]})")
-    return Published(tuple(rel for rel, _, _ in todo), kept, len(manifest["shards"]),
+    return Published(tuple(f.rel for f in todo), kept, len(manifest["shards"]),
                      sum(r["count"] for r in manifest["shards"]))
 
 

@@ -7,6 +7,7 @@ no temp file) and a temp file a killed publish left (removed at the next run).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -85,3 +86,35 @@ def test_a_full_disk_publish_is_one_line_and_leaves_no_temp(builds: tuple[Path, 
         assert [p for p in (disk / "pub").rglob("*") if ".tmp-" in p.name] == []
         assert not (disk / "pub" / "manifest.json").exists()
     assert os.path.exists(a / "manifest.json")
+
+
+def test_a_published_build_names_no_folder_of_this_machine(builds: tuple[Path, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The manifest's config and rejects.jsonl hold this machine's absolute paths (the corpus,
+    the noise folder, the build itself); the published copies hold them relative to the corpus
+    or noise folder, or just their last part. The fingerprint and every shard are the same."""
+    a, _ = builds
+    corpus, noise = tmp_path / "home" / "alice" / "corpus", tmp_path / "home" / "alice" / "noise"
+    m = json.loads((a / "manifest.json").read_text())
+    m["config"].update(out=str(a))
+    m["config"]["corpus"]["root"], m["config"]["noise"]["dir"] = str(corpus), str(noise)
+    (a / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
+    rejects = [{"item": "list.csv:3", "path": str(corpus / "s1" / "x.wav"), "reason": "audio file missing",
+                "stage": "corpus", "block": None},
+               {"item": str(noise / "hum.wav"), "path": str(noise / "hum.wav"), "reason": "silent", "stage": "noise",
+                "block": None},
+               {"item": "u9", "path": "/mnt/elsewhere/y.wav", "reason": "unreadable", "stage": "audio", "block": None}]
+    (a / "rejects.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
+    dest = tmp_path / "pub"
+    assert main(["publish", str(a), str(dest)]) == 0
+    for name in ("manifest.json", "rejects.jsonl"):
+        assert str(tmp_path) not in (dest / name).read_text(), name
+    got = json.loads((dest / "manifest.json").read_text())
+    assert got["config"]["corpus"]["root"] == "corpus" and got["config"]["noise"]["dir"] == "noise"
+    assert got["config"]["out"] == a.name and got["fingerprint"] == m["fingerprint"]
+    assert [json.loads(x)["path"] for x in (dest / "rejects.jsonl").read_text().splitlines()] == [
+        "corpus/s1/x.wav", "noise/hum.wav", "y.wav"]
+    assert main(["verify", str(dest)]) == 0
+    capsys.readouterr()
+    assert main(["publish", str(a), str(dest)]) == 0  # a rerun finds every file already there
+    assert "publish: 0 file(s) uploaded, 6 already there" in capsys.readouterr().out
