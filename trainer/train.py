@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,8 @@ from serwild.data.loaders import make_eval_loader, make_train_loader, steps_per_
 from serwild.data.transforms import normalise
 from serwild.errors import UsageError
 from serwild.metrics import confusion, renamed, validation_scores
-from serwild.progress import progress
+from serwild.progress import progress, stage
+from serwild.trainer.budget import Budget
 from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, kernels, setup, teardown
 from serwild.trainer.features import (
     FeatureData,
@@ -115,6 +116,8 @@ def train_one_epoch(run: Run, loader: Any, epoch: int, first: int = 0,
         samples += labels.numel()
         batches += 1
         bar.update(1)
+        if (said := run.budget.step()) is not None and d.is_main:
+            stage("train", said)
         if first + batches < steps and due(first + batches):
             _save_position(run, epoch, first + batches, [loss_sum, correct, samples])
     bar.close()
@@ -236,6 +239,7 @@ class Run:
     start_step: int = 0  # batches of epoch ``start`` already trained (a mid-epoch last.pt)
     carried: list[float] | None = None  # their loss sum, correct and samples, all ranks
     streams: tuple[int, int] | None = None  # (ranks, batch) that began epoch ``start``, where not this run's
+    budget: Budget = field(default_factory=lambda: Budget(0, 0))  # what this process trains; set in fit()
 
 
 def main(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -401,6 +405,8 @@ def fit(run: Run) -> dict[str, Any]:
            f"training samples in {len(run.plan.train.urls)} shards, {run.steps} steps/epoch × {d.world_size} "
            f"rank(s) × batch {run.batch}, recipe {describe(t)['name']} (pretrained {t.pretrained}), "
            f"device {d.device} ({on}), amp {run.dtype}")
+    run.budget = Budget(steps_left=(t.epochs - run.start) * run.steps - run.start_step,
+                        images_per_step=run.batch * d.world_size)
     val = None
     for epoch in range(run.start, t.epochs):
         lrs = [g["lr"] for g in run.optimizer.param_groups]
@@ -487,9 +493,9 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
     ckpt_io.save_checkpoint(run.run_dir / "last.pt", full)
     v = f"  val WA {val['wa']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}" if val else ""
     lr = ", ".join(f"{x:.2g}" for x in record["lr"])
-    log(d, f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
-           f"{record['images_per_s']:.0f} img/s ({record['input_wait_fraction']:.0%} waiting for input)  "
-           f"{record['seconds']:.1f} s")
+    stage("train", f"epoch {epoch + 1}/{t.epochs}  loss {record['train_loss']:.4f}{v}  lr {lr}  "
+                   f"{record['images_per_s']:.0f} img/s ({record['input_wait_fraction']:.0%} waiting for input)  "
+                   f"{record['seconds']:.1f} s; {run.budget.eta(epoch + 1 - run.start, t.epochs - epoch - 1)}")
     if (note := divergence_note(record["train_loss"], len(run.plan.classes), lr)) is not None:
         log(d, note)
 

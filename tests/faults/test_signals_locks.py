@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,6 +203,11 @@ def test_sigterm_stops_training_and_resume_finishes(tiny_build: Path, tmp_path: 
         left = procs.wait_gone(str(tmp_path), 20)  # ranks run in sessions of their own
         assert left == [], procs.describe(left)
     assert "epoch 2/2: started" in err and "epoch 2/2  loss" not in err  # stopped inside epoch 2, before its end
+    # the budget, said early: the rate over the first steps and the run's cost, then a run ETA per epoch
+    assert re.search(r"\d\d:\d\d serwild train: budget: [\d.]+ images/s measured over steps 2-10; this run "
+                     r"trains 240 steps × 2 images: about \S+ of training left \(validation not counted\), done "
+                     r"around \d\d:\d\d", err), err[-3000:]
+    assert re.search(r"\d\d:\d\d serwild train: epoch 1/2  loss .*; run ETA \S+ \(about \d\d:\d\d\)", err), err
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
     assert lock.holder(run) == (None, "")
     capfd.readouterr()
@@ -209,6 +215,8 @@ def test_sigterm_stops_training_and_resume_finishes(tiny_build: Path, tmp_path: 
     err = capfd.readouterr().err
     assert resumed == 0, err[-3000:]
     assert "after epoch 1" in err
+    assert re.search(r"serwild train: budget: .* this run trains 120 steps × 2 images", err)  # what is left
+    assert re.search(r"serwild train: epoch 2/2  loss .*; run done", err), err[-3000:]
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert not [p for p in run.iterdir() if atomic.TMP_MARK in p.name]
