@@ -78,6 +78,7 @@ def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite
         noises, noise_rejects = scan.scan_noise(Path(cfg.noise.dir), cfg.audio, cfg.noise.test_fraction)
     rejects += noise_rejects
     plan.check_corpus_classes(utts, views)
+    plan.check_speaker_split(utts, views, cfg)
     ex = executors.open_executor(executor, cfg.ray, out) if isinstance(executor, str) else executor
     with _claim(out, cfg, overwrite), ex:
         scanned = []
@@ -89,6 +90,12 @@ def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite
         specs = plan.plan_shards(scanned, noises, cfg)
         stage("build", f"plan: {len(specs)} shard(s), {sum(len(x.samples) for x in specs)} sample(s) "
               f"from {len(scanned)} utterance(s)")
+        speakers = plan.held_out_speakers(specs)
+        if cfg.split.strategy in ("speaker", "session"):
+            for d, sp in speakers.items():
+                test, n = sp["test_speakers"], len(sp["test_speakers"]) + len(sp["train_speakers"])
+                stage("build", f"split {cfg.split.strategy}: dataset {d}: test speakers {', '.join(test)} "
+                               f"({len(test)} of {n})")
         out.mkdir(parents=True, exist_ok=True)
         done, todo = _resume_state(out, specs, cfg.audio)
         _remove_strays(out, {s.path for s in specs}, cfg.datasets)
@@ -104,7 +111,7 @@ def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite
         atomic.write_text(out / "rejects.jsonl", "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n"
                                                           for r in rejects))
         stage("build", f"writing manifest.json, rejects.jsonl ({len(rejects)}) and README.md")
-        manifest = make_manifest(cfg, records, rejects, scanned)
+        manifest = make_manifest(cfg, records, rejects, scanned, speakers)
         atomic.write_json(out / "manifest.json", manifest)
         atomic.write_text(out / "README.md", hubcard.readme(manifest))  # the one dataset card (what hubs read)
     return out

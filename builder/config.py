@@ -82,11 +82,12 @@ MAX_FOLDS = 100
 @dataclass(frozen=True)
 class SplitConfig:
     # block: the paper's random 80/20 over 1 s blocks (one utterance can straddle train and
-    # test); utterance: whole utterances; session: leave sessions out (speaker independent).
-    strategy: Literal["block", "utterance", "session"] = "block"
-    test_fraction: float = 0.2
+    # test); utterance: whole utterances; speaker: a seeded fraction of the speakers held out
+    # (speaker independent, any corpus); session: the sessions named in test_sessions held out.
+    strategy: Literal["block", "utterance", "speaker", "session"] = "block"
+    test_fraction: float = 0.2  # block, utterance, speaker: the share held out for test
     folds: int = 5  # 2..MAX_FOLDS
-    test_sessions: list[str] = field(default_factory=lambda: ["Ses05"])
+    test_sessions: list[str] = field(default_factory=list)  # session: e.g. [Ses05] (IEMOCAP's configs)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
@@ -94,6 +95,18 @@ class SplitConfig:
         if self.folds < 2:
             raise ValueError(f"split.folds must be at least 2, got {self.folds}")
         check_range("split.folds", self.folds, 2, MAX_FOLDS)
+        if self.strategy == "session" and not self.test_sessions:
+            raise ValueError("config key 'split.test_sessions': split.strategy session holds out the sessions it "
+                             "names (e.g. [Ses05] for IEMOCAP); for any corpus, split.strategy speaker holds out a "
+                             "seeded split.test_fraction of the speakers")
+
+    def identity(self) -> dict[str, object]:
+        """What of this section makes a build's bytes: the test fraction plays no part in a session
+        split, nor the sessions in any other."""
+        keep = {"strategy": self.strategy, "folds": self.folds}
+        if self.strategy == "session":
+            return {**keep, "test_sessions": list(self.test_sessions)}
+        return {**keep, "test_fraction": self.test_fraction}
 
 
 # What a WAV header may claim, for input files and for audio.sample_rate. Validity bounds,

@@ -136,6 +136,21 @@ def readme(manifest: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _split_line(split: dict[str, Any], held: dict[str, Any]) -> str:
+    """How train and test were split, naming what it holds out (the fraction only where it plays a part)."""
+    strategy = split.get("strategy", "?")
+    how = (f"sessions {', '.join(split.get('test_sessions') or [])} held out" if strategy == "session"
+           else f"test fraction {split.get('test_fraction', '?')}"
+           + (", speakers held out (seeded, stratified by class)" if strategy == "speaker" else ""))
+    line = (f"`{strategy}` ({how}, {split.get('folds', '?')} CV folds over train; every condition of a block "
+            "shares its split and fold)")
+    for d, sp in (held.get("datasets") or {}).items():
+        line += (f"; `{d}` test speakers: {', '.join(f'`{x}`' for x in sp.get('test_speakers', []))} "
+                 f"({len(sp.get('test_speakers', []))} of "
+                 f"{len(sp.get('test_speakers', [])) + len(sp.get('train_speakers', []))})")
+    return line
+
+
 def _description(m: dict[str, Any]) -> list[str]:
     cfg = m.get("config", {})
     kind = cfg.get("corpus", {}).get("kind", "?")
@@ -154,8 +169,7 @@ def _description(m: dict[str, Any]) -> list[str]:
         f"`y = clean + λ·noise`, peak normalisation, power STFT in dB (n_fft {audio.get('n_fft', '?')}, "
         f"hop {audio.get('hop_length', '?')}), matplotlib's jet colours.",
         "",
-        f"- split: `{split.get('strategy', '?')}` (test fraction {split.get('test_fraction', '?')}, "
-        f"{split.get('folds', '?')} CV folds over train; every condition of a block shares its split and fold)",
+        f"- split: {_split_line(split, m.get('split') or {})}",
         f"- noise: the last {noise.get('test_fraction', 0):.0%} of every noise file is reserved for test samples",
         f"- seed {cfg.get('seed', '?')}; fingerprint `{m['fingerprint'][:16]}…`; {len(m['shards'])} shards, "
         f"{n_samples} samples, {totals.get('rejects', 0)} inputs rejected (see `rejects.jsonl`)",

@@ -66,7 +66,10 @@ def versions() -> dict[str, str]:
 
 
 def make_manifest(cfg: Config, records: list[dict], rejects: list[Reject],
-                  scanned: list[ScannedUtterance]) -> dict[str, Any]:
+                  scanned: list[ScannedUtterance], speakers: dict[str, dict[str, list[str]]] | None = None
+                  ) -> dict[str, Any]:
+    """The manifest. ``speakers``: per dataset, its test and train speakers; recorded as ``split``
+    (outside the fingerprint) when the split is speaker-independent (speaker, session)."""
     shards = sorted(records, key=lambda r: r["path"])
     datasets = dataset_entries(cfg, counts_table(shards))
     conditions = {condition_name(s): s for s in [None, *cfg.snr_db]}
@@ -81,6 +84,8 @@ def make_manifest(cfg: Config, records: list[dict], rejects: list[Reject],
         "totals": {"shards": len(shards), "samples": sum(r["count"] for r in shards),
                    "utterances_used": len(scanned), "rejects": len(rejects)},
         "counts": counts_table(shards),
+        **({"split": {"strategy": cfg.split.strategy, "datasets": speakers}}
+           if speakers is not None and cfg.split.strategy in ("speaker", "session") else {}),
         "config": to_dict(cfg),
         "versions": versions(),
         "shards": shards,

@@ -99,10 +99,16 @@ def assign_splits(utts: list[ScannedUtterance], cfg: Config, dataset: str = "",
     else:
         units = [(s.utt.id, -1) for s in utts]
     labels = [by_id[u].utt.label for u, _ in units]
-    if sp.strategy == "session":
-        test_sessions = set(sp.test_sessions)
-        is_test = [by_id[u].utt.session in test_sessions for u, _ in units]
+    if sp.strategy in ("session", "speaker"):
+        held = (set(sp.test_sessions) if sp.strategy == "session"
+                else set(test_speakers([s.utt for s in utts], sp.test_fraction, cfg.seed, dataset)))
+        is_test = [(by_id[u].utt.session if sp.strategy == "session" else by_id[u].utt.speaker) in held
+                   for u, _ in units]
         if not any(is_test) or all(is_test):
+            if sp.strategy == "speaker":
+                raise ConfigError(f"split.strategy speaker of dataset {dataset!r}: the speakers left after reading "
+                                  "the audio make no train or no test part: add speakers, or change "
+                                  "split.test_fraction")
             present = sorted({s.utt.session for s in utts})
             raise ConfigError(f"split.test_sessions {sp.test_sessions} must leave both a test and a "
                               f"train part (sessions present: {', '.join(present)})")
@@ -121,6 +127,38 @@ def assign_splits(utts: list[ScannedUtterance], cfg: Config, dataset: str = "",
     for unit in test:
         out[unit] = ("test", None)
     return out
+
+
+def speaker_folds(fraction: float) -> int:
+    """The speakers are dealt into this many label-stratified groups, one held out: the held-out
+    share is 1/n, the nearest to ``fraction`` (0.2 → 5, 0.25 → 4, 0.3 → 3)."""
+    return max(2, round(1 / fraction))
+
+
+def test_speakers(utts: list[Utterance], fraction: float, seed: int, dataset: str = "") -> list[str]:
+    """The speakers a ``split.strategy: speaker`` build holds out for test: a seeded,
+    label-stratified group of about ``fraction`` of them (scikit-learn's StratifiedGroupKFold,
+    Lhotse's and every SER paper's speaker-independent protocol). Read from the utterance list
+    alone, so a split that cannot be made is refused before any audio is read."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    speakers = sorted({u.speaker for u in utts})
+    n = speaker_folds(fraction)
+    where = f" of dataset {dataset!r}" if dataset else ""
+    if speakers == ["unknown"]:
+        raise ConfigError(f"split.strategy speaker{where}: the corpus names no speakers (an audiofolder without a "
+                          "speaker column): add one, or use split.strategy utterance")
+    if len(speakers) < n + 1:
+        raise ConfigError(f"split.strategy speaker{where}: {len(speakers)} speaker(s), but holding out "
+                          f"{fraction:g} of them needs at least {n + 1} (one test group of {n}, and a train "
+                          f"part): add speakers, raise split.test_fraction, or use split.strategy utterance")
+    labels = [u.label for u in utts]
+    groups = [u.speaker for u in utts]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed % 2**32)
+        _, test_idx = next(iter(splitter.split(np.zeros(len(utts)), labels, groups)))
+    return sorted({groups[i] for i in test_idx})
 
 
 def _stratified_holdout(units: list[Unit], labels: list[str], fraction: float, seed: int):
@@ -156,6 +194,27 @@ def check_classes(train: list[Unit], test: list[Unit], by_id: dict[str, ScannedU
                               f"{sum(1 for s in by_id.values() if s.utt.label == c)} utterance(s) in the corpus): "
                               f"add recordings of it, use a view without it, or set views.{dataset}.allow_empty: "
                               "true in a view of your own")
+
+
+def check_speaker_split(utts: list[Utterance], views: dict[str, View], cfg: Config) -> None:
+    """``split.strategy: speaker``: refuse, right after the corpus is read, a split that cannot be
+    made (too few speakers for the test fraction, no speaker column), per view."""
+    if cfg.split.strategy != "speaker":
+        return
+    for name, view in views.items():
+        mine = [dataclasses.replace(u, label=view.classes[i])
+                for u in utts if (i := view.class_of(u.label)) is not None]
+        test_speakers(mine, cfg.split.test_fraction, cfg.seed, name)
+
+
+def held_out_speakers(specs: list[ShardSpec]) -> dict[str, dict[str, list[str]]]:
+    """Per dataset, the speakers of its test and of its train part (a speaker-independent split
+    holds none in both): what the manifest, the card and every report name."""
+    parts: dict[str, dict[str, set[str]]] = defaultdict(lambda: {"test": set(), "train": set()})
+    for spec in specs:
+        for x in spec.samples:
+            parts[x.dataset][x.split].add(x.speaker)
+    return {d: {"test_speakers": sorted(p["test"]), "train_speakers": sorted(p["train"])} for d, p in parts.items()}
 
 
 def check_corpus_classes(utts: list[Utterance], views: dict[str, View]) -> None:
@@ -195,7 +254,7 @@ def _folds(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config) -
 
     k = cfg.split.folds
     labels = [by_id[u].utt.label for u, _ in train]
-    if cfg.split.strategy == "session":
+    if cfg.split.strategy in ("session", "speaker"):
         # Speaker-independent folds: no speaker in both a fold and the rest of the train part.
         groups = [by_id[u].utt.speaker for u, _ in train]
         if len(set(groups)) < k:

@@ -360,7 +360,9 @@ def build_identity(data: Config | Mapping[str, Any]) -> dict[str, Any] | None:
     except (UsageError, TypeError, ValueError):
         return None
     plain = json.loads(json.dumps(to_dict(cfg)))
-    return {k: plain[k] for k in BUILD_KEYS}
+    out = {k: plain[k] for k in BUILD_KEYS}
+    out["split"] = cfg.split.identity()
+    return out
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 3) -> str:
@@ -445,7 +447,7 @@ KEY_NOTES = {
     "split": "how blocks are split into train (with CV folds) and test",
     "split.test_fraction": "share held out for test (block and utterance strategies); (0, 1)",
     "split.folds": "cross-validation folds over the train part; 2..100",
-    "split.test_sessions": "session strategy: the sessions held out for test",
+    "split.test_sessions": "session strategy: the sessions held out for test (IEMOCAP's configs: [Ses05])",
     "audio": "the spectrogram: block length, STFT and image settings",
     "audio.sample_rate": "every file is resampled to this rate, Hz; 4000..384000",
     "audio.block_seconds": "length of one block (one image), s; 0.1..30",

@@ -363,7 +363,8 @@ def test_cli_bad_noise_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ("- just\n- a list\n", [], r"must be a mapping of keys, not list"),
     ("corpus:\n  kind: iemocap\n  rot: /data\n", [], r"unknown config key 'corpus\.rot'"),
     ("seed: 1\n", ["split.strtegy=session"], r"unknown config key 'split\.strtegy'"),
-    ("seed: 1\n", ["split.strategy=random"], r"'split\.strategy': expected one of block \| utterance \| session"),
+    ("seed: 1\n", ["split.strategy=random"], r"'split\.strategy': expected one of block \| utterance \| speaker \| "
+                                              r"session"),
     ("seed: 1\n", ["shard.max_samples=lots"], r"'shard\.max_samples': expected an integer, got 'lots'"),
     ("seed: 1\n", ["shard.max_samples=12.5"], r"'shard\.max_samples': expected an integer, got 12\.5"),
     ("seed: 1\n", ["split.folds=1"], r"split\.folds must be at least 2"),

@@ -83,8 +83,8 @@ def test_csv_manifest(tmp_path: Path) -> None:
     assert [(u.id, u.label, u.speaker, u.session) for u in utts] == [
         ("x-1", "ang", "spk1", "s1"), ("b", "neu", "spk2", "spk2")]
     # any label is read; a row whose label no view uses is a reject naming it, before it claims any audio
-    assert sorted(r.reason for r in rejects) == ["audio file missing",
-                                                 "label 'confused' not in the selected datasets (ahsn: ang hap sad neu)"]
+    assert sorted(r.reason for r in rejects) == [
+        "audio file missing", "label 'confused' not in the selected datasets (ahsn: ang hap sad neu)"]
 
 
 def test_unique_ids_have_no_dots_and_do_not_clash() -> None:

@@ -30,9 +30,10 @@ def test_condition_names_have_no_dots() -> None:
     assert [condition_name(x) for x in (None, 15.0, 7.5, -5.0)] == ["clean", "snr15", "snr7p5", "snrm5"]
 
 
-@pytest.mark.parametrize("strategy", ["block", "utterance", "session"])
+@pytest.mark.parametrize("strategy", ["block", "utterance", "speaker", "session"])
 def test_every_condition_of_a_block_shares_split_and_fold(tmp_path: Path, strategy: str) -> None:
-    cfg, _, specs = _plan(tmp_path, **{"split.strategy": strategy, "split.folds": 3})
+    extra = {"split.test_sessions": "[Ses05]"} if strategy == "session" else {}
+    cfg, _, specs = _plan(tmp_path, **{"split.strategy": strategy, "split.folds": 3, **extra})
     where = defaultdict(set)
     for s in _samples(specs):
         where[(s.utterance, s.block)].add((s.split, s.fold))
@@ -55,7 +56,7 @@ def test_utterance_split_keeps_utterances_whole(tmp_path: Path) -> None:
 
 
 def test_session_split_is_speaker_independent(tmp_path: Path) -> None:
-    _, _, specs = _plan(tmp_path, **{"split.strategy": "session", "split.folds": 4})
+    _, _, specs = _plan(tmp_path, **{"split.strategy": "session", "split.test_sessions": "[Ses05]", "split.folds": 4})
     samples = _samples(specs)
     assert {s.session for s in samples if s.split == "test"} == {"Ses05"}
     assert "Ses05" not in {s.session for s in samples if s.split == "train"}
@@ -65,7 +66,7 @@ def test_session_split_is_speaker_independent(tmp_path: Path) -> None:
             folds_of_speaker[s.speaker].add(s.fold)
     assert all(len(f) == 1 for f in folds_of_speaker.values())
     with pytest.raises(ConfigError, match="only 8 speakers"):
-        _plan(tmp_path / "again", **{"split.strategy": "session", "split.folds": 9})
+        _plan(tmp_path / "again", **{"split.strategy": "session", "split.test_sessions": "[Ses05]", "split.folds": 9})
 
 
 def test_test_noise_never_overlaps_training_noise(tmp_path: Path) -> None:

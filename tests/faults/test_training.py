@@ -331,6 +331,6 @@ def test_a_diverging_run_is_warned_of(tiny_build: Path, tmp_path: Path) -> None:
     proc = subprocess.run([*SERWILD, "train", "--nproc", "1", *args], capture_output=True, text=True,
                           env=procs.env(), timeout=400)
     warned = [x for x in _run_lines(proc.stderr) if "the run is diverging" in x]
-    assert warned and all(re.search(r"warning: the training loss \(\S+\) is over 10x a uniform guess's "
-                                    r"\(ln 4 = 1\.39\): the run is diverging; lower the learning rate \(now 10:", x) for x in warned), \
-        proc.stderr[-3000:]
+    pattern = (r"warning: the training loss \(\S+\) is over 10x a uniform guess's \(ln 4 = 1\.39\): the run is "
+               r"diverging; lower the learning rate \(now 10:")
+    assert warned and all(re.search(pattern, x) for x in warned), proc.stderr[-3000:]

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_overrides_and_types() -> None:
-    cfg = load_config(None, ["split.strategy=session", "snr_db=[5, 7.5]", "ray.num_cpus=3", "train.conditions=clean"])
+    cfg = load_config(None, ["split.strategy=session", "split.test_sessions=[Ses05]", "snr_db=[5, 7.5]",
+                             "ray.num_cpus=3", "train.conditions=clean"])
     assert cfg.split.strategy == "session"
     assert cfg.snr_db == [5.0, 7.5]
     assert cfg.ray.num_cpus == 3
@@ -24,7 +25,7 @@ def test_defaults_overrides_and_types() -> None:
 
 @pytest.mark.parametrize("override, words", [
     ("split.stratgy=block", ["unknown config key", "split.stratgy"]),
-    ("split.strategy=speaker", ["split.strategy", "block | utterance | session"]),
+    ("split.strategy=speakers", ["split.strategy", "block | utterance | speaker | session"]),
     ("seed=abc", ["seed", "integer"]),
     ("split.folds=1", ["split.folds", "at least 2"]),
     ("noise.test_fraction=1.5", ["noise.test_fraction"]),
