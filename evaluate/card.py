@@ -147,7 +147,8 @@ def training_section(meta: Mapping[str, Any]) -> list[str]:
     fold = "all training folds" if t.get("fold") is None else f"fold {t['fold']} held out for validation"
     return ["## Training", "",
             f"- Data: build `{b.get('location')}` (manifest fingerprint `{str(b.get('fingerprint'))[:12]}`), "
-            f"{b.get('corpus')} corpus, split `{b.get('split')}`, noise at {', '.join(f'{s:g}' for s in b['snr_db'])} "
+            f"{b.get('corpus')} corpus, split `{b.get('split')}`{_held(b)}, noise at "
+            f"{', '.join(f'{s:g}' for s in b['snr_db'])} "
             f"dB SNR; trained on {', '.join(t['conditions'])}; {fold}; seed {t.get('seed')}.",
             f"- Recipe: {_recipe(t.get('recipe'))}; pretrained `{t.get('pretrained')}`.",
             f"- Budget: {provenance.budget_line(t.get('budget'))}.",
@@ -155,6 +156,11 @@ def training_section(meta: Mapping[str, Any]) -> list[str]:
                                                         f"{t['best']['score']:.3f} at epoch {t['best']['epoch']}"
                                                         if (t.get("best") or {}).get("score") is not None else "")
             + ".", ""]
+
+
+def _held(build: Mapping[str, Any]) -> str:
+    speakers = build.get("test_speakers")
+    return f" (tested on speakers unseen in training: {', '.join(speakers)})" if speakers else ""
 
 
 def _recipe(r: Any) -> str:

@@ -228,8 +228,10 @@ def write_outputs(target: Target, conditions: dict[str, Any], outputs: dict[str,
 def protocol(ckpt: dict[str, Any], cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
     """What produced these numbers: the build's split and the training run's choices."""
     split = (manifest.get("config") or {}).get("split") or {}
+    held = ((manifest.get("split") or {}).get("datasets") or {}).get(ckpt["dataset"]) or {}
     return {
         "dataset": ckpt["dataset"], "split_strategy": split.get("strategy", cfg.split.strategy),
+        "test_speakers": held.get("test_speakers"),  # a speaker-independent build's held-out speakers
         "train_conditions": list(cfg.train.conditions), "fold": cfg.cv.fold,
         "pretrained": cfg.train.pretrained, "recipe": ckpt.get("recipe") or {}, "epoch": ckpt.get("epoch"),
     }

@@ -98,8 +98,10 @@ def protocol_line(result: Mapping[str, Any]) -> str:
     fold_text = "all train folds" if fold is None else f"fold {fold} held out for validation"
     recipe = p.get("recipe") or {}
     recipe_text = ", ".join(f"{k}={_short(v)}" for k, v in recipe.items()) if recipe else "n/a"
+    speakers = p.get("test_speakers")
+    held = f" (test speakers, unseen in training: {', '.join(speakers)})" if speakers else ""
     return (f"**Protocol:** dataset {p['dataset'].upper()} ({', '.join(result['classes'])}); "
-            f"split `{p.get('split_strategy')}`; trained on {', '.join(p.get('train_conditions') or [])}; "
+            f"split `{p.get('split_strategy')}`{held}; trained on {', '.join(p.get('train_conditions') or [])}; "
             f"{fold_text}; pretrained `{p.get('pretrained')}`; recipe: {recipe_text}; "
             f"checkpoint epoch {p.get('epoch')}.")
 

@@ -245,3 +245,24 @@ def test_a_star_beside_a_flagged_model_says_so() -> None:
     comp["flags"]["b"] = []
     assert "+0.200 [+0.10, +0.30] * |" in compare.markdown_table(comp)
     assert not any("⚠" in n for n in compare.notes(comp))
+
+
+def test_held_out_speakers_reach_the_report_and_the_model_card() -> None:
+    """A speaker-independent build's test speakers (the manifest's ``split``) are named in the
+    evaluation's protocol (metrics.json), its report line and an export's model card."""
+    from serwild.config import load_config
+    from serwild.evaluate import card
+    from serwild.evaluate.evaluate import protocol
+
+    manifest = {"config": {"split": {"strategy": "speaker"}},
+                "split": {"strategy": "speaker", "datasets": {"ahsn": {"test_speakers": ["spk2", "spk7"],
+                                                                        "train_speakers": ["spk1"]}}}}
+    p = protocol({"dataset": "ahsn", "recipe": {}, "epoch": 3}, load_config(None), manifest)
+    assert p["test_speakers"] == ["spk2", "spk7"] and p["split_strategy"] == "speaker"
+    line = report.protocol_line({"protocol": p, "classes": CLASSES})
+    assert "split `speaker` (test speakers, unseen in training: spk2, spk7);" in line
+    meta = {"training": {"conditions": ["clean"], "fold": None, "seed": 0, "recipe": {}, "budget": None},
+            "build": {"location": "hf://datasets/me/x", "fingerprint": "abc", "corpus": "csv", "split": "speaker",
+                      "snr_db": [15.0], "test_speakers": p["test_speakers"]}}
+    assert "split `speaker` (tested on speakers unseen in training: spk2, spk7)" in "\n".join(
+        card.training_section(meta))
