@@ -47,6 +47,7 @@ from serwild.data.remote import (
     split_url,
 )
 from serwild.errors import UsageError
+from serwild.text import portable_json
 
 CARD = "README.md"
 NOT_PUBLISHED = ("build-log.jsonl",)  # the builder's own log: paths and hosts of the machine that built it
@@ -122,38 +123,16 @@ def _local_roots(manifest: dict[str, Any]) -> list[Path]:
     return [Path(f).resolve() for f in found if isinstance(f, str) and f]
 
 
-def portable_path(text: str, roots: list[Path]) -> str:
-    """``text`` as a stranger may read it: an absolute path under one of ``roots`` becomes
-    ``<root's name>/<the rest>``, any other absolute path its last part; the rest is unchanged."""
-    if not os.path.isabs(text):
-        return text
-    path = Path(text)
-    for root in roots:
-        if path.is_relative_to(root):
-            return str(Path(root.name) / path.relative_to(root))
-    return path.name
-
-
-def _portable_json(value: Any, roots: list[Path]) -> Any:
-    if isinstance(value, str):
-        return portable_path(value, roots)
-    if isinstance(value, dict):
-        return {k: _portable_json(v, roots) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_portable_json(v, roots) for v in value]
-    return value
-
-
 def _portable_manifest(data: bytes, roots: list[Path]) -> bytes:
     """The manifest with its config's absolute paths made portable (the shard records are
     relative already; the fingerprint covers the records and classes, not the config)."""
     m = json.loads(data)
-    m["config"] = _portable_json(m.get("config") or {}, roots)
+    m["config"] = portable_json(m.get("config") or {}, roots)
     return (json.dumps(m, indent=1) + "\n").encode()
 
 
 def _portable_rejects(data: bytes, roots: list[Path]) -> bytes:
-    lines = [json.dumps(_portable_json(json.loads(ln), roots), sort_keys=True) for ln in data.splitlines() if ln]
+    lines = [json.dumps(portable_json(json.loads(ln), roots), sort_keys=True) for ln in data.splitlines() if ln]
     return "".join(ln + "\n" for ln in lines).encode()
 
 

@@ -25,10 +25,12 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
 from serwild.evaluate import card, health, provenance
 from serwild.metrics import METRICS, VALIDATION
-from serwild.text import class_names_problem
+from serwild.text import class_names_problem, portable_json, portable_path
 
 FORMAT = "serwild-model/1"
 WEIGHTS = "model.safetensors"
@@ -92,11 +94,12 @@ def export_run(run: str | Path, out: str | Path, *, report_dir: str | Path | Non
     print(f"serwild export: reading {path} ({path.stat().st_size / 1e6:.0f} MB) …", file=sys.stderr, flush=True)
     ckpt = load_checkpoint(path, map_location="cpu")
     report = find_report(path, ckpt, report_dir)
-    meta = export_config(ckpt, path, report)
+    meta = portable_json(export_config(ckpt, path, report), [])  # shared: no folder of this machine
     digest = write_weights(out / WEIGHTS, ckpt["model"], meta)
-    atomic.write_text(out / "training_config.yaml", yaml.safe_dump(ckpt["config"], sort_keys=False))
+    atomic.write_text(out / "training_config.yaml", yaml.safe_dump(portable_json(ckpt["config"], []),
+                                                                   sort_keys=False))
     if report is not None:
-        copy_report(report, out / "evaluation")
+        copy_report(report, out / "evaluation", local_paths(ckpt, path, report))
     if onnx:
         meta["onnx"] = write_onnx(ckpt, out / ONNX)
     meta["weights_sha256"] = digest
@@ -228,12 +231,40 @@ def write_weights(path: Path, state: dict[str, torch.Tensor], meta: dict[str, An
     return hashlib.sha256(data).hexdigest()
 
 
-def copy_report(src: Path, dst: Path) -> None:
-    """The report folder's plain files (no links, no sub-folders)."""
+def local_paths(ckpt: dict[str, Any], path: Path, report: Path) -> list[str]:
+    """The absolute paths of this machine a run's report may name (its build, run folder,
+    checkpoint, corpus…), longest first: what :func:`copy_report` makes portable."""
+    found: set[str] = {str(path.resolve()), str(path), str(path.parent), str(report)}
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str) and os.path.isabs(v):
+            found.add(v)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(ckpt.get("config"))
+    walk(ckpt.get("shards"))
+    walk(json.loads((report / "metrics.json").read_text()))
+    return sorted((p for p in found if os.path.isabs(p) and p != "/"), key=len, reverse=True)
+
+
+def copy_report(src: Path, dst: Path, local: Sequence[str] = ()) -> None:
+    """The report folder's plain files (no links, no sub-folders); in its text files each of the
+    ``local`` paths becomes its last part (the export is shared; this machine's folders are not)."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
         if f.is_file() and not f.is_symlink() and not f.name.startswith("."):
-            atomic.write_bytes(dst / f.name, f.read_bytes())
+            data = f.read_bytes()
+            if f.suffix in (".md", ".json", ".csv", ".yaml", ".txt"):
+                text = data.decode("utf-8", errors="surrogateescape")
+                for p in local:
+                    text = text.replace(p, portable_path(p, []))
+                data = text.encode("utf-8", errors="surrogateescape")
+            atomic.write_bytes(dst / f.name, data)
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -1,9 +1,13 @@
-"""Text files users hand us (configs, CSV lists): UTF-8, a byte-order mark allowed (Excel
-writes one), and anything else one line naming the file, the byte and the line."""
+"""Text in and out: files users hand us (configs, CSV lists: UTF-8, a byte-order mark allowed,
+anything else one line naming the file, the byte and the line), the class names files may hold,
+and paths made portable for what is shared (a published build, an exported model)."""
 
 from __future__ import annotations
 
 import codecs
+import os
+from pathlib import Path
+from typing import Any
 
 from serwild.errors import UsageError
 
@@ -42,3 +46,26 @@ def class_names_problem(classes: object) -> str | None:
     if twice:
         return f"names {', '.join(map(repr, twice[:5]))} more than once"
     return None
+
+
+def portable_path(text: str, roots: list[Path]) -> str:
+    """``text`` as a stranger may read it: an absolute path under one of ``roots`` becomes
+    ``<root's name>/<the rest>``, any other absolute path its last part; the rest is unchanged."""
+    if not os.path.isabs(text):
+        return text
+    path = Path(text)
+    for root in roots:
+        if path.is_relative_to(root):
+            return str(Path(root.name) / path.relative_to(root))
+    return path.name
+
+
+def portable_json(value: Any, roots: list[Path]) -> Any:
+    """``value`` (JSON-like data) with every string made portable (:func:`portable_path`)."""
+    if isinstance(value, str):
+        return portable_path(value, roots)
+    if isinstance(value, dict):
+        return {k: portable_json(v, roots) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_json(v, roots) for v in value]
+    return value

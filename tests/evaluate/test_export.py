@@ -22,6 +22,7 @@ from serwild.cli import main
 from serwild.evaluate.config import EvalConfig
 from serwild.evaluate.evaluate import evaluate_checkpoint
 from serwild.evaluate.export import export_run
+from serwild.text import portable_json
 
 from .conftest import CLASSES, write_checkpoint
 from .test_predict import speechlike
@@ -117,9 +118,11 @@ def test_export_folder_contents_and_card(run: Path, tmp_path: Path) -> None:
             budget["world_size"], budget["optimizer_steps"]) == (2, 32, 8, 8, 1, 8)
     assert meta["versions"]["exported_with"]["torch"] == torch.__version__
     report = json.loads((run / "report" / "metrics.json").read_text())
-    assert json.loads((out / "evaluation" / "metrics.json").read_text()) == report
+    assert json.loads((out / "evaluation" / "metrics.json").read_text()) == portable_json(report, [])  # the same, but
+    # the build and checkpoint by their last part (test_an_export_names_no_folder_of_this_machine)
     assert meta["evaluation"]["flags"]["degenerate"] == report["flags"]["degenerate"]
-    assert (out / "training_config.yaml").read_text() == yaml.safe_dump(ckpt["config"], sort_keys=False)
+    assert (out / "training_config.yaml").read_text() == yaml.safe_dump(portable_json(ckpt["config"], []),
+                                                                        sort_keys=False)
     from safetensors.torch import load_file
 
     weights = load_file(out / "model.safetensors")
@@ -281,3 +284,14 @@ def test_the_predictor_answers_in_the_ecosystems_shapes(run: Path, tmp_path: Pat
     assert out_prob.shape == (2, len(CLASSES)) and labels[0] == model.predict_file(recordings["speech"]).label
     assert labels[1] == model.predict_array(short, sr).label and index.tolist() == [model.label2id[x] for x in labels]
     assert torch.allclose(score, out_prob.max(dim=1).values)
+
+
+def test_an_export_names_no_folder_of_this_machine(run: Path, tmp_path: Path) -> None:
+    """config.json, the model card, training_config.yaml and the copied evaluation name the build,
+    the run and the checkpoint by their last part (or fingerprint), never by this machine's path."""
+    out = export_run(run, tmp_path / "x")
+    root = str(run.parents[1])  # the temp folder every path of the fixture's build and run is under
+    for f in sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".yaml", ".csv")):
+        assert root not in f.read_text(), f
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["training"]["checkpoint"] == "best.pt" and "/" not in str(meta["build"]["location"])
