@@ -140,6 +140,13 @@ class Predictor:
 
     predict = predict_file  # the name of earlier versions
 
+    def stream(self, chunks: Any, sample_rate: int, hop_s: float | None = None, smooth: int = 3) -> Any:
+        """Score a live recording chunk by chunk: one :class:`~serwild.evaluate.stream.BlockResult`
+        per block as soon as it is complete (see :mod:`serwild.evaluate.stream`)."""
+        from serwild.evaluate.stream import stream
+
+        return stream(self, chunks, sample_rate, hop_s, smooth)
+
     # ------------------------------------------------------------------ the ecosystem's shapes
 
     @property

@@ -295,3 +295,41 @@ def test_an_export_names_no_folder_of_this_machine(run: Path, tmp_path: Path) ->
         assert root not in f.read_text(), f
     meta = json.loads((out / "config.json").read_text())
     assert meta["training"]["checkpoint"] == "best.pt" and "/" not in str(meta["build"]["location"])
+
+
+def test_streaming_gives_predicts_labels_block_for_block(run: Path, tmp_path: Path,
+                                                         recordings: dict[str, Path]) -> None:
+    """Predictor.stream over chunks of an odd size, and `serwild listen` over a WAV piped in, give
+    per block the labels predict gives the whole recording; silence is reported as silence."""
+    from serwild.evaluate.predict import Predictor
+
+    out = export_run(run, tmp_path / "x")
+    model = Predictor.from_pretrained(out, device="cpu", verbose=False)
+    samples, sr = sf.read(recordings["stereo"], dtype="float32")  # 22.05 kHz stereo
+    quiet = np.zeros((sr, 2), dtype=np.float32)  # a silent second between two copies
+    whole = np.concatenate([samples, quiet, samples])
+    want = model.predict_array(whole, sr)
+    got = list(model.stream((whole[i:i + 777] for i in range(0, len(whole), 777)), sr))
+    scored = {b["start_s"]: b["label"] for b in want.blocks}
+    assert [r.label for r in got if not r.silent] == [scored[round(r.start_s, 6)] for r in got if not r.silent]
+    assert [r.block for r in got if r.silent] == want.skipped_blocks and len(got) == len(want.blocks) + len(
+        want.skipped_blocks)
+    assert all(r.running_label in CLASSES and r.latency_ms >= 0 for r in got if not r.silent)
+    assert len(list(model.stream([whole], sr, hop_s=0.5))) == 2 * len(got) - 1  # overlapping blocks
+
+    wav = tmp_path / "live.wav"
+    sf.write(wav, whole, sr, subtype="PCM_16")
+    pcm, _ = sf.read(wav, dtype="float32")
+    want = model.predict_array(pcm, sr)  # what predict gives the 16-bit file
+    for how in (["--json"], ["--json", "--raw", "--rate", str(sr), "--channels", "2"]):
+        pcm16 = (np.clip(pcm, -1, 1 - 2**-15) * 2**15).astype("<i2").tobytes()  # the file's own samples
+        data = wav.read_bytes() if "--raw" not in how else pcm16
+        proc = subprocess.run([sys.executable, "-m", "serwild", "listen", "--model", str(out), *how, "eval.device=cpu"],
+                              input=data, capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        lines = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+        assert [x["label"] for x in lines if not x["silent"]] == [b["label"] for b in want.blocks], how
+    bad = subprocess.run([sys.executable, "-m", "serwild", "listen", "--model", str(out)], input=b"not a wav",
+                         capture_output=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.decode().strip().splitlines()[-1].startswith(
+        "serwild listen: error: standard input is not a PCM WAV stream")
