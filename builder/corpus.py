@@ -49,6 +49,8 @@ class Utterance:
     # A segment of a longer recording, in seconds into the file (None: the whole file).
     start: float | None = None
     end: float | None = None
+    # A list's columns beyond the known ones (CREMA-D's sentence, intensity…), as (name, value) text.
+    extra: tuple[tuple[str, str], ...] = ()
 
     @property
     def segment(self) -> tuple[float, float] | None:
@@ -185,6 +187,10 @@ AUDIOFOLDER_FORMAT = ("a folder with metadata.csv: a header line with file_name 
                       "recording (file_name relative to the folder; speaker, session, start, end optional)")
 
 
+EXTRA_COLUMN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a metadata key, an HF feature name and a CSV header alike
+MAX_EXTRA_COLUMNS = 64
+
+
 @dataclass(frozen=True)
 class _Columns:
     path: str
@@ -193,6 +199,7 @@ class _Columns:
     session: bool
     segments: bool  # start and end columns
     contained: bool  # paths must stay inside the list's folder (an audiofolder, as HF's loader requires)
+    extra: tuple[str, ...] = ()  # every other column: carried, as text, into each sample's metadata
 
 
 def read_audiofolder(root: Path, label_column: str = "label",
@@ -248,7 +255,15 @@ def _columns(csv_path: Path, names: list[str], label_column: str, audiofolder: b
         raise UsageError(f"{csv_path}: bad header: missing column(s) {', '.join(missing)} (the header reads "
                          f"{found!r}); expected {what}")
     assert path_col is not None
-    return _Columns(path_col, label_column, "speaker" in names, "session" in names, "start" in names, audiofolder)
+    known = {path_col, label_column, "speaker", "session", "start", "end"}
+    extra = tuple(c for c in names if c not in known)
+    bad = next((c for c in extra if not EXTRA_COLUMN.fullmatch(c)), None)
+    if bad is not None or len(extra) > MAX_EXTRA_COLUMNS:
+        why = (f"column name {bad[:80]!r} is not 1..64 letters, digits, '_' or '-'" if bad is not None
+               else f"{len(extra)} extra columns (at most {MAX_EXTRA_COLUMNS})")
+        raise UsageError(f"{csv_path}: bad header: {why}; extra columns are carried into every sample's metadata")
+    return _Columns(path_col, label_column, "speaker" in names, "session" in names, "start" in names, audiofolder,
+                    extra)
 
 
 def _csv_row(csv_path: Path, row: dict, cols: _Columns, item: str, spans: dict[Path, list[tuple[float, float, str]]],
@@ -283,7 +298,8 @@ def _csv_row(csv_path: Path, row: dict, cols: _Columns, item: str, spans: dict[P
     name = Path(rel) if span is None else Path(rel).with_name(f"{Path(rel).stem}_{_ms(span[0])}-{_ms(span[1])}.seg")
     uid = unique_id(name, seen)
     start, end = span if span is not None else (None, None)
-    return Utterance(uid, str(path), rel, canonical_label(raw_label), speaker, session, start, end)
+    extra = tuple((c, (row.get(c) or "").strip()[:MAX_LABEL_CHARS * 16]) for c in cols.extra)
+    return Utterance(uid, str(path), rel, canonical_label(raw_label), speaker, session, start, end, extra)
 
 
 def _segment(row: dict) -> tuple[float, float] | str | None:

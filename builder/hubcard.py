@@ -84,6 +84,9 @@ def features(manifest: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
             fields.append({"name": name, "dtype": {"class_label": {"names": names}}})
         else:
             fields.append({"name": name, "dtype": dtype})
+    if manifest.get("extra_columns"):  # the list's own columns, text, under "extra" (keys sorted, as in the JSON)
+        fields.append({"name": "extra", "struct": [{"name": c, "dtype": "string"} for c in manifest["extra_columns"]]})
+        fields.sort(key=lambda f: f["name"])
     return [
         {"name": "png", "dtype": {"image": {"mode": "RGB"}}},  # palette PNGs, decoded to RGB
         {"name": "json", "struct": fields},

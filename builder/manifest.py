@@ -86,6 +86,7 @@ def make_manifest(cfg: Config, records: list[dict], rejects: list[Reject],
         "counts": counts_table(shards),
         **({"split": {"strategy": cfg.split.strategy, "datasets": speakers}}
            if speakers is not None and cfg.split.strategy in ("speaker", "session") else {}),
+        **({"extra_columns": extra} if (extra := sorted({k for s in scanned for k, _ in s.utt.extra})) else {}),
         "config": to_dict(cfg),
         "versions": versions(),
         "shards": shards,

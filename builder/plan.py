@@ -50,11 +50,12 @@ class SampleSpec:
     split: str
     fold: int | None
     segment: tuple[float, float] | None = None  # seconds into the file (None: the whole file)
+    extra: tuple[tuple[str, str], ...] = ()  # the list's extra columns (name, value)
 
 
 # Fields added to SampleSpec after PLAN_FORMAT 3, with the value that means "as before": left out of
 # the digest at that value, so a build that does not use them keeps its digests (and resumes).
-LATER_FIELDS = {"segment": None}
+LATER_FIELDS: dict[str, object] = {"segment": None, "extra": ()}
 
 
 @dataclass(frozen=True)
@@ -362,4 +363,5 @@ def _sample(item: tuple[ScannedUtterance, int], dataset: str, classes: tuple[str
         key=key, dataset=dataset, label=u.label, class_index=classes.index(u.label), utterance=u.id,
         speaker=u.speaker, session=u.session, path=u.path, source=u.source, native_sr=s.native_sr,
         block=b, condition=cond, snr_db=snr, noise=noise.name if noise else None,
-        noise_path=noise.path if noise else None, noise_offset=offset, split=split, fold=fold, segment=u.segment)
+        noise_path=noise.path if noise else None, noise_offset=offset, split=split, fold=fold, segment=u.segment,
+        extra=u.extra)

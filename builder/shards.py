@@ -99,6 +99,8 @@ def render_sample(s: SampleSpec, renderer: Renderer) -> tuple[bytes, bytes]:
         "noise_offset_s": None if s.noise_offset is None else round(s.noise_offset / cfg.sample_rate, 6),
         "noise_gain": None if gain is None else round(gain, 8), "split": s.split, "fold": s.fold,
     }
+    if s.extra:  # a list's own columns, as is (only then: a build without them keeps its bytes)
+        meta["extra"] = dict(s.extra)
     return png, json.dumps(meta, sort_keys=True).encode()
 
 

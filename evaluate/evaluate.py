@@ -251,7 +251,7 @@ def score_shards(model: nn.Module, shards: ShardSet, classes: Sequence[str], bat
                   leave=False) as bar:
         out = model_outputs(model, loader, d.device, on_batch=bar.update)
     return {"logits": out.logits, "labels": out.labels, "utterances": [m["utterance"] for m in out.keys],
-            "blocks": [int(m["block"]) for m in out.keys]}
+            "blocks": [int(m["block"]) for m in out.keys], "extra": [m.get("extra") or {} for m in out.keys]}
 
 
 def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]) -> dict[str, Any]:
@@ -266,6 +266,7 @@ def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]
     labels = np.concatenate([p["labels"] for p in parts])
     utts = [u for p in parts for u in p["utterances"]]
     blocks = [b for p in parts for b in p["blocks"]]
+    extra = [x for p in parts for x in p.get("extra") or [{}] * len(p["utterances"])]
     ids = list(zip(utts, blocks))
     if len(set(ids)) != len(ids):
         raise UsageError(f"evaluating {cond}: {len(ids) - len(set(ids))} sample(s) were scored more than once")
@@ -283,7 +284,7 @@ def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]
                              "the build is damaged (run `serwild verify`)")
     order = sorted(range(len(ids)), key=ids.__getitem__)
     return {"logits": logits[order], "labels": labels[order], "utterances": [utts[i] for i in order],
-            "blocks": [blocks[i] for i in order]}
+            "blocks": [blocks[i] for i in order], "extra": [extra[i] for i in order]}
 
 
 def _guarded(d: Dist, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:

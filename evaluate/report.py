@@ -248,12 +248,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def write_predictions(path: Path, outputs: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> None:
     """predictions.csv: one row per block, for people (rounded); compare reads logits.npz."""
+    # A list's own columns (intensity, sentence…) follow, so a reader can slice the scores by them.
+    extra = sorted({k for o in outputs.values() for x in o.get("extra") or [] for k in x})
     with atomic.atomic_write(path, "w") as f:
         w = csv.writer(f)
-        w.writerow(["condition", "utterance", "block", "true", "predicted"] + [f"p_{c}" for c in classes])
+        w.writerow(["condition", "utterance", "block", "true", "predicted"] + [f"p_{c}" for c in classes] + extra)
         for cond, o in outputs.items():
-            for u, b, t, z, pr in zip(o["utterances"], o["blocks"], o["labels"], o["logits"], softmax(o["logits"])):
-                w.writerow([cond, u, int(b), classes[int(t)], classes[int(np.argmax(z))]] + [f"{p:.4f}" for p in pr])
+            more = o.get("extra") or [{}] * len(o["utterances"])
+            for u, b, t, z, pr, x in zip(o["utterances"], o["blocks"], o["labels"], o["logits"],
+                                         softmax(o["logits"]), more):
+                w.writerow([cond, u, int(b), classes[int(t)], classes[int(np.argmax(z))]]
+                           + [f"{p:.4f}" for p in pr] + [x.get(k, "") for k in extra])
 
 
 def write_logits(path: Path, outputs: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> None:

@@ -23,17 +23,17 @@ CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful"]
 
 def _corpus(root: Path) -> Path:
     """Per class: 3 whole recordings and 3 segments of one long recording (with gaps between)."""
-    rows = ["path,label,speaker,session,start,end"]
+    rows = ["path,label,speaker,session,start,end,intensity"]  # intensity: a column of the corpus's own
     for c, name in enumerate(CLASSES):
         f0 = 120.0 + 40 * c
         for i in range(3):
             rel = f"{name}/u{i}.wav"
             (root / name).mkdir(parents=True, exist_ok=True)
             sf.write(root / rel, tone(1.2, f0 + i, seed=10 * c + i), SR, subtype="PCM_16")
-            rows.append(f"{rel},{name.capitalize()},spk{i},s{i},,")
+            rows.append(f"{rel},{name.capitalize()},spk{i},s{i},,,{'HI' if i % 2 else 'LO'}")
         long = np.concatenate([tone(2.0, f0 + 5 + k, seed=100 + 10 * c + k) for k in range(4)])
         sf.write(root / f"{name}/dialog.wav", long, SR, subtype="PCM_16")
-        rows += [f"{name}/dialog.wav,{name},spk{k},d{c},{2 * k + 0.3},{2 * k + 1.6}" for k in range(3)]
+        rows += [f"{name}/dialog.wav,{name},spk{k},d{c},{2 * k + 0.3},{2 * k + 1.6},MD" for k in range(3)]
     (root / "list.csv").write_text("\n".join(rows) + "\n")
     return root / "list.csv"
 
@@ -61,9 +61,12 @@ def test_six_classes_with_segments_end_to_end(tmp_path: Path, capfd: pytest.Capt
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert len({x["utterance"] for x in metas}) + len([r for r in rejects if r["stage"] == "corpus"]) == 36
 
+    # the corpus's own column rides along: every sample's JSON, the manifest, the card's features
+    assert {x["extra"]["intensity"] for x in metas} == {"HI", "LO", "MD"} and m["extra_columns"] == ["intensity"]
     datasets = pytest.importorskip("datasets")
     ds = datasets.load_dataset(str(out), "six", split="test_clean")
     assert ds.features["json"]["class_index"].names == CLASSES
+    assert {row["json"]["extra"]["intensity"] for row in ds} <= {"HI", "LO", "MD"}
 
     runs = tmp_path / "runs"
     train = ["train", "--nproc", "1", f"out={out}", *base, "datasets=[six]",
@@ -80,6 +83,11 @@ def test_six_classes_with_segments_end_to_end(tmp_path: Path, capfd: pytest.Capt
     report = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "report").rglob("*")
                        if p.suffix in (".json", ".md", ".csv"))
     assert all(c in report for c in CLASSES)
+    import csv
+
+    with open(tmp_path / "report" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["intensity"] for r in rows} <= {"HI", "LO", "MD"} and all(r["intensity"] for r in rows)
 
 
 def _metas(out: Path) -> list[dict]:
