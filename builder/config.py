@@ -199,3 +199,28 @@ class RayConfig:
             # Ray Client (ray://) is refused too: the driver writes the build folder, so it runs on a node.
             raise ValueError(f"config key 'ray.address' must be HOST:PORT (the head's `ray start --head --port`) "
                              f"or auto, got {self.address!r}")
+
+
+@dataclass(frozen=True)
+class CardConfig:
+    """What the Hub's dataset and model cards say of the corpus (both cards read this section):
+    left empty, each key is defaulted from corpus.kind where serwild knows the corpus (IEMOCAP,
+    the synthetic one), and a CSV or audiofolder corpus is ``license: unknown`` until you say."""
+
+    pretty_name: str | None = None  # e.g. "CREMA-D noisy spectrograms"
+    license: str | None = None  # a Hub licence id (cc-by-4.0, mit, other…)
+    license_name: str | None = None  # with license: other, a short name of it
+    license_link: str | None = None  # where the licence is (a URL, or LICENSE in the repo)
+    language: list[str] = field(default_factory=list)  # ISO 639-1 codes of the speech, e.g. [en]
+    source_datasets: list[str] = field(default_factory=list)  # e.g. [crema-d] or a Hub id
+    citation: str | None = None  # the corpus's BibTeX entry
+    description: str | None = None  # a paragraph about the corpus, for both cards
+
+    def __post_init__(self) -> None:
+        for key in ("pretty_name", "license", "license_name", "license_link", "citation", "description"):
+            value = getattr(self, key)
+            if value is not None and len(value) > MAX_CARD_TEXT:
+                raise ValueError(f"config key 'card.{key}' is longer than {MAX_CARD_TEXT} characters")
+
+
+MAX_CARD_TEXT = 20_000

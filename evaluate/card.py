@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from serwild.builder.hubcard import citation_section, corpus_card, hub_fields
 from serwild.evaluate import provenance
 from serwild.metrics import METRICS, VALIDATION
 
@@ -35,16 +36,25 @@ def _order(conds: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def license_fields(meta: Mapping[str, Any], license_id: str | None) -> dict[str, Any]:
-    """The user's licence; by default MIT for a model of the synthetic corpus (serwild's own
-    data), else ``other``: weights inherit the licence of the corpus they were trained on."""
+    """The user's licence (``--license``), else the corpus's (the ``card:`` section, or what serwild
+    knows of its kind: MIT for the synthetic corpus, IEMOCAP's own licence, ``unknown`` for a list
+    of recordings nobody described): weights inherit the licence of the data they learnt."""
     if license_id:
         return {"license": license_id}
-    kind = (meta.get("build") or {}).get("corpus")
-    if kind == "synthetic":
-        return {"license": "mit"}
-    return {"license": "other", "license_name": "source-corpus",
-            "license_details": f"Trained on the {kind} corpus: the weights inherit its licence (IEMOCAP: the USC "
-                               "SAIL licence). serwild's code is MIT."}
+    fields = hub_fields(dict(meta.get("card") or corpus_card({"corpus": {"kind": (meta.get("build") or {})
+                                                                          .get("corpus")}})))
+    return {k: fields[k] for k in ("license", "license_name", "license_link") if k in fields}
+
+
+def hub_dataset_id(meta: Mapping[str, Any], dataset_id: str | None) -> str | None:
+    """The build's Hub id: ``--dataset-id``, or the repo of an ``hf://datasets/<user>/<repo>`` build."""
+    if dataset_id:
+        return dataset_id
+    location = str((meta.get("build") or {}).get("location") or "")
+    if location.startswith("hf://datasets/"):
+        parts = location[len("hf://datasets/"):].split("/")
+        return "/".join(parts[:2]) if len(parts) >= 2 else None
+    return None
 
 
 def model_index(meta: Mapping[str, Any], name: str, dataset_id: str | None) -> list[dict[str, Any]]:
@@ -74,8 +84,10 @@ def model_index(meta: Mapping[str, Any], name: str, dataset_id: str | None) -> l
 
 
 def front_matter(meta: Mapping[str, Any], name: str, license_id: str | None, dataset_id: str | None) -> str:
-    data: dict[str, Any] = {**license_fields(meta, license_id), "library_name": "serwild",
-                            "pipeline_tag": "audio-classification",
+    dataset_id = hub_dataset_id(meta, dataset_id)
+    language = (meta.get("card") or {}).get("language") or []
+    data: dict[str, Any] = {**license_fields(meta, license_id), **({"language": language} if language else {}),
+                            "library_name": "serwild", "pipeline_tag": "audio-classification",
                             "tags": ["audio-classification", "speech-emotion-recognition", "spectrogram", "alexnet",
                                      "noise-robustness", "serwild"]}
     if dataset_id:
@@ -91,8 +103,8 @@ def model_card(meta: Mapping[str, Any], name: str, license_id: str | None = None
                dataset_id: str | None = None) -> str:
     parts = [front_matter(meta, name, license_id, dataset_id), f"# {name}", "", *warnings(meta), summary(meta), "",
              *usage(name), *input_section(meta), *training_section(meta), *evaluation_section(meta),
-             *limits(meta), *files_section(meta), "## Versions", "", versions_text(meta), "", "## Citation", "",
-             f"The method is {PAPER}; this model was trained and exported with serwild.", ""]
+             *limits(meta), *files_section(meta), "## Versions", "", versions_text(meta), "",
+             *citation_section(dict(meta.get("card") or {}), "This model, trained and exported with serwild,")]
     return "\n".join(parts)
 
 

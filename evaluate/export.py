@@ -40,6 +40,7 @@ import yaml
 
 from serwild import atomic
 from serwild.builder.config import AudioConfig
+from serwild.builder.hubcard import corpus_card
 from serwild.checkpoint import ARCHS, load_checkpoint
 from serwild.config import ConfigError, config_from_resolved, from_dict
 from serwild.data.manifest import sha256_file
@@ -192,6 +193,7 @@ def export_config(ckpt: dict[str, Any], path: Path, report: Path | None) -> dict
                      "recipe": ckpt.get("recipe"), "epoch": ckpt.get("epoch"), "best": ckpt.get("best"),
                      "seed": cfg.seed, "budget": provenance.training_budget(ckpt, path),
                      "checkpoint": str(path)},
+        "card": corpus_card(ckpt["config"]),  # the corpus's licence, language, citation (the card: section)
         "smoke": bool(provenance.smoke_note(ckpt["config"])),
         "versions": {"trained_with": ckpt.get("serwild_version"), "exported_with": provenance.versions()},
         "evaluation": evaluation_summary(metrics) if metrics is not None else None,

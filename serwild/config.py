@@ -26,6 +26,7 @@ from serwild.builder.config import (
     SEED_MAX,
     VIEW_NAME,
     AudioConfig,
+    CardConfig,
     CorpusConfig,
     NoiseConfig,
     RayConfig,
@@ -77,6 +78,7 @@ class Config:
     cv: CvConfig = field(default_factory=CvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)  # network reads of a build given as a URL
+    card: CardConfig = field(default_factory=CardConfig)  # what the dataset and model cards say of the corpus
     # A smoke-sized config (a tiny corpus, an epoch or two): its reports say the numbers show the
     # pipeline runs, not what the method does.
     smoke: bool = False

@@ -151,3 +151,28 @@ def test_card_snippets_run(hub_build: Path, hf, monkeypatch: pytest.MonkeyPatch)
     assert outputs["Hugging Face datasets"].rstrip().endswith("snr15")
     n_test = sum(s["count"] for s in manifest_of(hub_build)["shards"] if s["path"].startswith("ahsn/test/"))
     assert outputs["serwild"].splitlines() == ["test shards match the manifest", f"{n_test} test samples"]
+
+
+def test_the_card_says_what_the_card_section_and_the_corpus_kind_say(card_build: Path) -> None:  # noqa: F811
+    """The Hub's fields (licence, its link, language, source datasets, a BibTeX citation) from the
+    ``card:`` section, else from what serwild knows of the corpus kind; a CSV corpus is never given
+    IEMOCAP's licence. The card parses with huggingface_hub's own DatasetCard."""
+    hub = pytest.importorskip("huggingface_hub")
+    m = manifest_of(card_build)
+    csv = {**m, "config": {**m["config"], "corpus": {**m["config"]["corpus"], "kind": "csv"}}}
+    card = hub.DatasetCard(readme(csv))
+    assert card.data.license == "unknown" and "IEMOCAP" not in readme(csv).split("## Layout")[0]
+    assert "set `card.license`" in card.text and "@article{yusuf2022noise" in card.text
+    mine = {**csv, "config": {**csv["config"], "card": {
+        "pretty_name": "CREMA-D noisy spectrograms", "license": "odbl", "license_link": "https://example.org/odbl",
+        "language": ["en"], "source_datasets": ["crema-d"], "citation": "@article{cao2014crema, title={CREMA-D}}",
+        "description": "91 actors, six emotions."}}}
+    card = hub.DatasetCard(readme(mine))
+    assert (card.data.license, card.data.license_link, card.data.language, card.data.source_datasets,
+            card.data.pretty_name) == ("odbl", "https://example.org/odbl", ["en"], ["crema-d"],
+                                       "CREMA-D noisy spectrograms")
+    assert "```bibtex\n@article{cao2014crema, title={CREMA-D}}\n```" in card.text and "91 actors" in card.text
+    iemocap = {**m, "config": {**m["config"], "corpus": {**m["config"]["corpus"], "kind": "iemocap"}}}
+    card = hub.DatasetCard(readme(iemocap))
+    assert (card.data.license, card.data.language) == ("other", ["en"]) and "busso2008iemocap" in card.text
+    assert card.data.license_link.startswith("https://sail.usc.edu/")

@@ -333,3 +333,25 @@ def test_streaming_gives_predicts_labels_block_for_block(run: Path, tmp_path: Pa
                          capture_output=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.decode().strip().splitlines()[-1].startswith(
         "serwild listen: error: standard input is not a PCM WAV stream")
+
+
+def test_the_model_card_carries_the_corpus_card_and_the_hub_id(run: Path, tmp_path: Path) -> None:
+    """license, license_link and language from the corpus's card (here its kind's defaults, then the
+    card: section), ``datasets`` and the model-index's dataset type from the build's Hub id (an
+    hf:// build location), and a BibTeX block; parsed with huggingface_hub's ModelCard."""
+    hub = pytest.importorskip("huggingface_hub")
+    from serwild.evaluate import card
+
+    meta = json.loads((export_run(run, tmp_path / "x") / "config.json").read_text())
+    meta["card"] = {**meta["card"], "license": "cc-by-4.0", "license_link": "https://example.org/l",
+                    "language": ["en"], "citation": "@misc{corpus, title={A corpus}}"}
+    meta["build"]["location"] = "hf://datasets/me/serwild-cremad/"
+    parsed = hub.ModelCard(card.model_card(meta, "m"))
+    assert (parsed.data.license, parsed.data.license_link, parsed.data.language, parsed.data.datasets) == (
+        "cc-by-4.0", "https://example.org/l", ["en"], ["me/serwild-cremad"])
+    results = parsed.data.eval_results or []
+    assert results and {r.dataset_type for r in results} == {"me/serwild-cremad"}
+    assert "```bibtex\n@article{yusuf2022noise" in parsed.text and "@misc{corpus, title={A corpus}}" in parsed.text
+    # without a card: section, a model of a CSV corpus is "unknown", never IEMOCAP's licence
+    meta["card"], meta["build"]["corpus"] = {}, "csv"
+    assert card.license_fields(meta, None) == {"license": "unknown"}
