@@ -558,24 +558,70 @@ def _pidfd(pid: int) -> int | None:
 
 
 class _ObjectStream(_Resumable):
-    """An object in a store fsspec reads (s3://, gs://, hf://): read ahead in ``OBJECT_BLOCK``
-    ranged GETs; a retry reopens the object and seeks to where the last read stopped. fsspec
-    gives the requests and the timeouts; retrying and resuming are ours (s3fs retries a
-    request, not a stream a DataLoader is half-way through)."""
+    """An object in a store fsspec reads (s3://, gs://, hf://), read with a bound on what one read
+    can pull into memory. Stores fsspec drives asynchronously (s3fs, gcsfs) are read through their
+    streamed files (``open_async``: one GET, each read taking at most the bytes asked for), so a
+    server that ignores ``Range`` and sends an endless body costs a read's worth of memory and
+    ends in one line once it passes the object's size (a ranged read-ahead buffered such a body
+    whole: gigabytes, then a MemoryError). Other stores: fsspec's read-ahead. A retry reopens the
+    object and skips to where the last read stopped; retrying and resuming are ours (a store's
+    client retries a request, not a stream a DataLoader is half-way through)."""
 
     def _open(self, pos: int) -> Any:
         protocol, path = split_url(self.name)
-        f = filesystem(protocol, self._opts).open(path, "rb", block_size=OBJECT_BLOCK, cache_type="readahead")
+        fs = filesystem(protocol, self._opts)
+        self._size = int(fs.size(path))  # the object's length (HEAD): no read may run past it
+        if getattr(fs, "async_impl", False) and hasattr(fs, "open_async"):
+            from fsspec.asyn import sync
+
+            f = _Streamed(sync(fs.loop, fs.open_async, path, "rb"), fs.loop)
+            while pos > 0:  # resume: one GET streams from the start, the bytes already read are skipped
+                skipped = f.read(min(pos, READ_CHUNK))
+                if not skipped:
+                    raise _ShortRead(self._pos - pos, self._size)
+                pos -= len(skipped)
+            return f
+        f = fs.open(path, "rb", block_size=OBJECT_BLOCK, cache_type="readahead")
         if pos:
             f.seek(pos)
         return f
 
     def _read_src(self, b: memoryview) -> int:
-        data = self._src.read(len(b))
-        if not data and self._src.size is not None and self._pos < self._src.size:
-            raise _ShortRead(self._pos, self._src.size)
+        left = self._size - self._pos
+        data = self._src.read(min(len(b), max(left, 0) + 1))  # one byte past the end tells an overlong body
+        if len(data) > left:
+            raise RemoteError(f"{self.name}: the server sends more than the object's {self._size} bytes (does it "
+                              "ignore Range, or is the object changing?): refusing the rest")
+        if not data and left > 0:
+            raise _ShortRead(self._pos, self._size)
         b[:len(data)] = data
         return len(data)
+
+
+class _Streamed:
+    """An fsspec async streamed file, read synchronously on its filesystem's loop."""
+
+    def __init__(self, f: Any, loop: Any) -> None:
+        self._f, self._loop = f, loop
+
+    def read(self, n: int) -> bytes:
+        from fsspec.asyn import sync
+
+        try:
+            return sync(self._loop, self._f.read, n)
+        except KeyError as e:  # s3fs reads the answer's content-length header: a chunked answer has none
+            raise RemoteError(f"the server's answer has no {e} header") from None
+
+    def close(self) -> None:
+        from fsspec.asyn import sync
+
+        with contextlib.suppress(Exception):
+            sync(self._loop, self._f.close)
+        # s3fs's streamed file keeps its GET's body as ``r`` and does not close it: closed here, or an
+        # endless body would keep streaming into a pooled connection.
+        body = getattr(self._f, "r", None)
+        if body is not None and hasattr(body, "close"):
+            body.close()
 
 
 def open_url(url: str, options: RemoteOptions | None = None) -> BinaryIO:

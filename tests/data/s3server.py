@@ -13,6 +13,8 @@ from typing import Any
 from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
+ENDLESS_CAP = 8 << 30  # an "endless" body stops here at the latest: a broken client fails, the suite goes on
+
 
 def s3_env(endpoint: str, tmp: str) -> dict[str, str]:
     """Environment for a client of ``endpoint``: dummy keys, no config files, no IMDS lookups."""
@@ -28,10 +30,14 @@ class LoopbackS3:
         self._server: Any = None
         self._threads: list[threading.Thread] = []
         self.requests: list[tuple[str, str]] = []
+        self._endless: set[str] = set()
+        self.endless_sent = 0  # bytes of endless bodies sent so far
 
     def _app(self, app: Any) -> Any:
         def wrapped(environ: dict, start_response: Any) -> Any:
             self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+            if environ["REQUEST_METHOD"] == "GET" and environ.get("PATH_INFO", "") in self._endless:
+                return self._endless_body(start_response)
             if self._stalled.is_set():
                 self._stopping.wait(self.max_lifetime_s)  # silence until the server stops
             elif environ["REQUEST_METHOD"] == "PUT" and self.put_delay_s:
@@ -58,6 +64,24 @@ class LoopbackS3:
 
     def stall(self) -> None:
         self._stalled.set()
+
+    def endless(self, path: str) -> None:
+        """GETs of ``path`` (``/bucket/key``) ignore ``Range`` and answer with a body that does not
+        end (zeros, claiming a terabyte, until the server stops or ``ENDLESS_CAP`` is sent); HEAD
+        still tells the object's true size."""
+        self._endless.add(path)
+
+    def _endless_body(self, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "binary/octet-stream"), ("Content-Length", str(10**12))])
+        chunk = bytes(1 << 20)
+
+        def body() -> Any:
+            for _ in range(ENDLESS_CAP >> 20):
+                if self._stopping.is_set():
+                    return
+                self.endless_sent += len(chunk)
+                yield chunk
+        return body()
 
     def stop(self) -> None:
         if not self._stopping.is_set():

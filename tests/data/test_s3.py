@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,23 @@ def test_a_stalled_s3_server_ends_in_one_line_within_the_timeout(tiny_build: Pat
     # Bounded: the first shard asked once per attempt (each ends at the timeout), then nothing more.
     first = manifest_of(tiny_build)["shards"][0]["path"]
     assert [p for _, p in srv.requests[asked:]] == [f"/stall/b/{first}"] * (FAST.retries + 1), text
+
+
+def test_an_endless_s3_body_costs_a_reads_worth_of_memory(tiny_build: Path, tmp_path: Path, s3,  # noqa: F811
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that ignores Range and streams a body without end (claiming a terabyte): reading a
+    shard stops once it passes the object's size, with one line, having held about one read in
+    memory (fsspec's ranged read-ahead buffered the body whole: 2.8 GB in 5 s, then MemoryError)."""
+    srv, _ = s3
+    fs = _bucket(srv, "endless")
+    fs.put(str(tiny_build) + "/", "endless/b/", recursive=True)
+    first = manifest_of(tiny_build)["shards"][0]["path"]
+    srv.endless(f"/endless/b/{first}")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    assert cli(["verify", "s3://endless/b", *REMOTE]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(err) == 1 and "sends more than the object's" in err[0] and first in err[0], err
+    assert time.monotonic() - start < 60 and grew_mb < 200, (grew_mb, srv.endless_sent)
+    assert srv.endless_sent < 64 << 20  # the body was not read on
