@@ -294,8 +294,10 @@ def _edit_manifest(build: Path, fn) -> None:
     (lambda m: m.pop("datasets"), ("'datasets'",)),
     (lambda m: m["shards"][0].update(condition="snr99"), ("shard record 0", "snr99")),
     (lambda m: m["shards"].append(dict(m["shards"][0])), ("shard record 3 lists", "again (first as record 0)")),
+    (lambda m: m["datasets"]["ahsn"].update(classes=[f"c{i}" for i in range(300_000)]),
+     ("datasets.ahsn.classes must list 2..1000 class names, got 300000",)),
 ], ids=["no-sha256", "count-str", "no-split", "fold-str", "dotdot", "absolute", "shards-dict", "no-datasets",
-        "unknown-condition", "listed-twice"])
+        "unknown-condition", "listed-twice", "300k-classes"])
 def test_verify_refuses_a_malformed_manifest_in_one_line(hand_build: Path, capsys: pytest.CaptureFixture[str],
                                                          edit, needles: tuple[str, ...]) -> None:
     _edit_manifest(hand_build, edit)
