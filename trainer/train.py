@@ -281,8 +281,8 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
     resumed = Resumed(0, 0, None, {"metric": t.best_metric, "score": None, "epoch": None})
     if resume_from is not None:
         resumed = _restore(resume_from, plan, cfg, d, (model, optimizer, scheduler), batch_steps, batch)
-        at = f"epoch {resumed.epoch + 1} batch {resumed.step}" if resumed.step else f"after epoch {resumed.epoch}"
-        log(d, f"resuming {run_dir} at {at} (lr {[g['lr'] for g in optimizer.param_groups]})")
+        at = f"at epoch {resumed.epoch + 1} batch {resumed.step}" if resumed.step else f"after epoch {resumed.epoch}"
+        log(d, f"resuming {run_dir} {at} (lr {[g['lr'] for g in optimizer.param_groups]})")
     else:
         seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.RANK, d.rank))  # dropout differs per rank
     start, best = resumed.epoch, resumed.best

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from serwild.builder.build import reject_summary, run_build
 from serwild.cli.options import add_config_arguments
@@ -56,10 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    started = time.time()
     out = run_build(cfg, executor="serial" if args.serial else "ray", overwrite=args.overwrite)
     manifest = json.loads((out / "manifest.json").read_text())
-    print(f"built {len(manifest['shards'])} shards, {manifest['totals']['samples']} samples, "
-          f"{manifest['totals']['rejects']} rejects → {out}")
+    n = len(manifest["shards"])
+    # A shard written by this run is a new file (temp + rename); one older than the run was kept.
+    kept = sum(1 for s in manifest["shards"] if (out / s["path"]).stat().st_mtime < started)
+    done = f"built {n - kept} shards ({kept} already there)" if kept else f"built {n} shards"
+    print(f"{done}, {manifest['totals']['samples']} samples, {manifest['totals']['rejects']} rejects → {out}")
     for reason, n in reject_summary(out / "rejects.jsonl").most_common():
         print(f"  {n:6d} × {reason}")
     return 0

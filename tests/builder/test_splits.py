@@ -69,3 +69,16 @@ def test_a_speaker_split_that_cannot_be_made_is_refused_before_any_audio_is_read
     # an IEMOCAP default no longer leaks in: a session split names its sessions
     assert main(["build", "--serial", "split.strategy=session", f"out={tmp_path / 'x'}"]) == 2
     assert "split.strategy session holds out the sessions it names" in capsys.readouterr().err
+
+
+def test_a_rerun_build_says_it_built_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `serwild build` of the same config finds every shard built: it says so, rather
+    than "built N shards" as if it had rendered them again."""
+    listing = _corpus(tmp_path / "corpus", speakers=6, per_class=1)
+    args = _build(listing, tmp_path / "a")
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    n = len(json.loads((tmp_path / "a" / "manifest.json").read_text())["shards"])
+    assert first.startswith(f"built {n} shards, ")
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"built 0 shards ({n} already there), ")
