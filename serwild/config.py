@@ -447,7 +447,7 @@ KEY_NOTES = {
     "noise": "the noise recordings mixed into the noisy conditions",
     "noise.dir": "folder of .wav/.flac/.ogg noise files",
     "split": "how blocks are split into train (with CV folds) and test",
-    "split.test_fraction": "share held out for test (block and utterance strategies); (0, 1)",
+    "split.test_fraction": "share held out for test (of the units; with the speaker strategy, of the speakers); (0, 1)",
     "split.folds": "cross-validation folds over the train part; 2..100",
     "split.test_sessions": "session strategy: the sessions held out for test (IEMOCAP's configs: [Ses05])",
     "audio": "the spectrogram: block length, STFT and image settings",
@@ -510,8 +510,8 @@ def _field_comments(cls: type) -> dict[str, str]:
             continue
         m = re.match(r"^(\w+)\s*:[^#]*?(?:#\s*(.*))?$", text)
         if m and not text.startswith(("def ", "class ")):
-            note = m.group(2) or " ".join(above)
-            note = note.split(". ")[0].strip()
-            out[m.group(1)] = note if len(note) <= 110 else note[:109].rstrip() + "…"
+            # The whole comment: `config show` is where a key is explained, and a description cut
+            # mid-sentence ("…") explains nothing.
+            out[m.group(1)] = (m.group(2) or " ".join(above)).strip()
         above = []
     return out
