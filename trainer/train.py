@@ -105,7 +105,7 @@ def train_one_epoch(run: Run, loader: Any, epoch: int, first: int = 0,
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(d.device, dtype):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(logits.float(), labels, weight=run.loss_weight)
         check_finite(loss, d, epoch, batches)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -240,6 +240,7 @@ class Run:
     carried: list[float] | None = None  # their loss sum, correct and samples, all ranks
     streams: tuple[int, int] | None = None  # (ranks, batch) that began epoch ``start``, where not this run's
     budget: Budget = field(default_factory=lambda: Budget(0, 0))  # what this process trains; set in fit()
+    loss_weight: torch.Tensor | None = None  # per class (train.balance: weights), on the device
 
 
 def main(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -299,7 +300,9 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
                optimizer=optimizer, scheduler=scheduler,
                scaler=torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16),
                dtype=dtype, batch=batch, steps=batch_steps, start=start, best=best, start_step=resumed.step,
-               carried=resumed.carried, streams=resumed.streams)
+               carried=resumed.carried, streams=resumed.streams,
+               loss_weight=(torch.tensor(balanced_weights(plan.train_records, plan.classes), device=d.device)
+                            if t.balance == "weights" else None))
 
 
 @dataclass(frozen=True)
@@ -404,7 +407,9 @@ def fit(run: Run) -> dict[str, Any]:
     log(d, f"{run.run_dir}: {t.dataset} {list(t.conditions)} fold {run.cfg.cv.fold}, {run.plan.train.samples} "
            f"training samples in {len(run.plan.train.urls)} shards, {run.steps} steps/epoch × {d.world_size} "
            f"rank(s) × batch {run.batch}, recipe {describe(t)['name']} (pretrained {t.pretrained}), "
-           f"device {d.device} ({on}), amp {run.dtype}")
+           f"device {d.device} ({on}), amp {run.dtype}"
+           + (f", balance weights ({', '.join(f'{c} {w:.2f}' for c, w in zip(run.plan.classes, run.loss_weight))})"
+              if run.loss_weight is not None else ""))
     run.budget = Budget(steps_left=(t.epochs - run.start) * run.steps - run.start_step,
                         images_per_step=run.batch * d.world_size)
     val = None
@@ -498,6 +503,15 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
                    f"{record['seconds']:.1f} s; {run.budget.eta(epoch + 1 - run.start, t.epochs - epoch - 1)}")
     if (note := divergence_note(record["train_loss"], len(run.plan.classes), lr)) is not None:
         log(d, note)
+
+
+def balanced_weights(records: list[dict[str, Any]], classes: list[str]) -> list[float]:
+    """Each class's loss weight, N / (K · n_k) over the training shards' samples (scikit-learn's
+    ``compute_class_weight("balanced")``): a class with half the samples counts twice as much per
+    sample. A class with no training sample gets 0 (no loss to weight)."""
+    counts = [sum(int((r.get("class_counts") or {}).get(c, 0)) for r in records) for c in classes]
+    total, k = sum(counts), len(classes)
+    return [total / (k * n) if n else 0.0 for n in counts]
 
 
 DIVERGED = 10.0  # a training loss this many times a uniform guess's (ln K) is no longer learning
