@@ -88,7 +88,8 @@ def front_matter(meta: Mapping[str, Any], name: str, license_id: str | None, dat
     language = (meta.get("card") or {}).get("language") or []
     data: dict[str, Any] = {**license_fields(meta, license_id), **({"language": language} if language else {}),
                             "library_name": "serwild", "pipeline_tag": "audio-classification",
-                            "tags": ["audio-classification", "speech-emotion-recognition", "spectrogram", "alexnet",
+                            "tags": ["audio-classification", "speech-emotion-recognition", "spectrogram",
+                                     str(meta.get("arch", "alexnet")),
                                      "noise-robustness", "serwild"]}
     if dataset_id:
         data["datasets"] = [dataset_id]
@@ -118,9 +119,14 @@ def warnings(meta: Mapping[str, Any]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
+def _net(meta: Mapping[str, Any]) -> str:
+    arch = str(meta.get("arch", "alexnet"))
+    return {"alexnet": "AlexNet", "tiny": "AlexNet (small widths)"}.get(arch, arch)
+
+
 def summary(meta: Mapping[str, Any]) -> str:
     t, b, a = meta["training"], meta["build"], meta["audio"]
-    return (f"Speech emotion recognition from {a['block_seconds']:g} s blocks of audio: AlexNet fine-tuned on "
+    return (f"Speech emotion recognition from {a['block_seconds']:g} s blocks of audio: {_net(meta)} trained on "
             f"\"{a['colormap']}\" spectrogram images, the method of {PAPER}. Classes: "
             f"{', '.join(meta['classes'])} (dataset {meta['dataset'].upper()}, {b.get('corpus')} corpus). Trained on "
             f"{', '.join(t['conditions'])} blocks (recipe {(t.get('recipe') or {}).get('name', '?')}, pretrained "
@@ -221,7 +227,7 @@ def limits(meta: Mapping[str, Any]) -> list[str]:
 
 
 def files_section(meta: Mapping[str, Any]) -> list[str]:
-    rows = ["## Files", "", "- `model.safetensors`: the weights (torchvision AlexNet, last layer "
+    rows = ["## Files", "", f"- `model.safetensors`: the weights (torchvision {_net(meta)}, last layer "
             f"{meta['num_classes']}-way), float32;",
             "- `config.json`: classes, audio and image settings, build, training, evaluation summary, versions;",
             "- `training_config.yaml`: the training run's resolved config;"]

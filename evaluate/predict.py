@@ -108,7 +108,8 @@ class Predictor:
         self.device = pick_device(device, 0)
         self.model = _model(loaded).to(self.device).eval()
         a = loaded.audio
-        say(f"ready in {time.perf_counter() - start:.1f} s: AlexNet, {len(self.classes)} classes "
+        say(f"ready in {time.perf_counter() - start:.1f} s: {loaded.info.get('arch', 'alexnet')}, "
+            f"{len(self.classes)} classes "
             f"({', '.join(self.classes)}), dataset {loaded.dataset.upper()}; {a.block_seconds:g} s blocks at "
             f"{a.sample_rate} Hz; on {self.device}")
 

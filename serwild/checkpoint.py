@@ -24,7 +24,8 @@ key                    value
 ``recipe``             the optimiser recipe actually used (:func:`recipe.describe`)
 ``metrics``            this epoch's validation metrics (``None`` without a validation fold)
 ``best``               ``{"metric", "score", "epoch"}``: the best validated epoch so far
-``arch``               ``train.arch``: ``"alexnet"`` (the paper's model) or ``"tiny"`` (its small twin)
+``arch``               ``train.arch``: ``"alexnet"`` (the paper's model), ``"tiny"`` (its small twin) or a
+                       torchvision classifier of :data:`TORCHVISION_ARCHS`
 ``serwild_version``    the serwild version that wrote it
 =====================  ==================================================================
 
@@ -53,7 +54,11 @@ from serwild.text import class_names_problem
 REQUIRED = ("model", "epoch", "config", "classes", "dataset", "manifest_fingerprint", "arch")
 # The models serwild.trainer.model builds (train.arch's values): here, below the trainer, so
 # every reader (evaluate, export, predict) checks a file against one list.
-ARCHS = ("alexnet", "tiny")
+ALEXNETS = ("alexnet", "tiny")  # the paper's layers (conv1…fc8): its recipe, freezing and feature cache
+# torchvision image classifiers by name, trained from scratch (the scratch recipe, every layer): the
+# paper's own future work ("other deep networks"), spanning the cost range of a CPU user's choice
+TORCHVISION_ARCHS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny")
+ARCHS = ALEXNETS + TORCHVISION_ARCHS
 
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:

@@ -77,7 +77,9 @@ class TrainConfig:
     pretrained: str = "imagenet"  # imagenet | none | <path to a state_dict or checkpoint file>
     # alexnet: the paper's model; tiny: the same layers, names and module paths at small widths
     # (~50 k parameters: tests and smoke runs); imagenet weights exist for alexnet only.
-    arch: Literal["alexnet", "tiny"] = "alexnet"
+    # or a torchvision classifier by name, trained from scratch: resnet18 | mobilenet_v3_small |
+    # efficientnet_b0 | convnext_tiny (the scratch recipe; no freezing, no feature cache)
+    arch: Literal["alexnet", "tiny", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"] = "alexnet"
     recipe: Literal["auto", "paper", "scratch"] = "auto"
     lr: float = 4e-4  # paper: trained pretrained layers (conv5, fc6, fc7)
     new_layer_lr: float = 0.01  # paper: the replaced last layer (weight and bias)
@@ -145,6 +147,10 @@ class TrainConfig:
         if self.arch != "alexnet" and self.pretrained == "imagenet":
             raise ValueError(f"config key 'train.pretrained' is imagenet (AlexNet's weights), but train.arch is "
                              f"{self.arch}: give train.pretrained=none or a {self.arch} weights file")
+        if self.arch not in ("alexnet", "tiny") and (self.recipe == "paper" or self.freeze):
+            raise ValueError(f"config key 'train.recipe'/'train.freeze': {self.arch} trains from scratch, every layer "
+                             "(the paper's recipe and freezing name AlexNet's layers conv1…fc8): use train.recipe="
+                             "scratch (or auto) and no train.freeze")
         bad = [x for x in (self.freeze or []) if x not in LAYERS]
         if bad:
             raise ValueError(f"train.freeze: unknown layer(s) {bad}; known: {', '.join(LAYERS)}")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from serwild.checkpoint import ARCHS
+from serwild.checkpoint import ARCHS, TORCHVISION_ARCHS
 from serwild.errors import UsageError
 
 # The paper's layer names → torchvision's module paths inside AlexNet.
@@ -139,6 +139,10 @@ def new_model(arch: str = "alexnet", num_classes: int = 1000) -> nn.Module:
         return alexnet(weights=None, num_classes=num_classes)
     if arch == "tiny":
         return TinyAlexNet(num_classes)
+    if arch in TORCHVISION_ARCHS:
+        from torchvision.models import get_model
+
+        return get_model(arch, weights=None, num_classes=num_classes)
     raise UsageError(f"unknown architecture {arch!r} (train.arch is one of {', '.join(ARCHS)})")
 
 
@@ -146,6 +150,20 @@ def build_model(num_classes: int, pretrained: str = "none", arch: str = "alexnet
     """``arch`` with a fresh ``num_classes``-way last layer; weights from ``pretrained``."""
     if num_classes < 2:
         raise UsageError(f"need at least 2 classes, got {num_classes}")
+    if arch in TORCHVISION_ARCHS:  # its own head, sized at construction; weights from a file of the same net
+        model = new_model(arch, num_classes)
+        if pretrained not in ("none", "imagenet"):
+            state = _read_state_dict(Path(pretrained))
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[0]
+                raise UsageError(f"pretrained file {pretrained} is not a {arch} state_dict with {num_classes} "
+                                 f"classes ({first})") from None
+        elif pretrained == "imagenet":
+            raise UsageError(f"train.pretrained=imagenet needs train.arch=alexnet (got {arch}): no weights can be "
+                             "downloaded here; use train.pretrained=none or a weights file")
+        return model
     model = new_model(arch)
     if pretrained == "imagenet":
         if arch != "alexnet":  # torchvision publishes ImageNet weights for AlexNet only

@@ -23,7 +23,7 @@ def resolve_recipe(train: TrainConfig) -> TrainConfig:
     """``recipe: auto`` → paper (weights given) or scratch (``pretrained: none``); ``freeze`` filled in."""
     recipe = train.recipe
     if recipe == "auto":
-        recipe = "scratch" if train.pretrained == "none" else "paper"
+        recipe = "scratch" if train.pretrained == "none" or train.arch not in ("alexnet", "tiny") else "paper"
     freeze = train.freeze
     if freeze is None:
         freeze = list(PAPER_FROZEN) if recipe == "paper" else []
@@ -33,7 +33,7 @@ def resolve_recipe(train: TrainConfig) -> TrainConfig:
 def describe(train: TrainConfig) -> dict[str, Any]:
     """The recipe as data (for metrics.jsonl, checkpoints and reports); ``train`` must be resolved."""
     frozen = list(train.freeze or [])
-    trained = [n for n in LAYERS if n not in frozen]
+    trained = [n for n in LAYERS if n not in frozen] if train.arch in ("alexnet", "tiny") else ["all"]
     if train.recipe == "paper":
         return {"name": "paper", "optimizer": "sgd", "momentum": train.momentum,
                 "weight_decay": train.weight_decay, "lr": train.lr, "new_layer_lr": train.new_layer_lr,
