@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "predict": "emotion of each 1 s block of your own WAV files",
     "listen": "emotion of each 1 s block of a live stream on stdin (WAV or raw PCM), as it arrives",
     "export": "a trained model as a small folder (safetensors, config, model card) to share or load",
+    "figure": "a paper figure from a build: spectrograms (one test block clean and noisy, Figure 2)",
     "demo": "synth → build → train clean/augmented → evaluate → compare",
     "reproduce": "the paper's protocol: build → CV of both experiments per dataset → test → one report",
 }

@@ -266,3 +266,15 @@ def test_held_out_speakers_reach_the_report_and_the_model_card() -> None:
                       "snr_db": [15.0], "test_speakers": p["test_speakers"]}}
     assert "split `speaker` (tested on speakers unseen in training: spk2, spk7)" in "\n".join(
         card.training_section(meta))
+
+
+def test_figure_spectrograms_draws_figure_2_from_any_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.evaluate.conftest import write_build
+
+    build = write_build(tmp_path / "shards", {"clean": (None, [2]), "snr15": (15.0, [2])})
+    out = tmp_path / "fig" / "spectrograms.png"
+    assert main(["figure", "spectrograms", "--build", str(build), "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size[0] > 800 and im.size[1] > 400  # two panels side by side
+    assert main(["figure", "spectrograms", "--build", str(build), "--dataset", "aesn"]) == 2
+    assert "the build has ahsn" in capsys.readouterr().err
