@@ -136,9 +136,17 @@ def plot_confusions(path: Path, matrices: Mapping[str, Sequence[Sequence[int]]],
     the true class (row-normalised: recall on the diagonal), text = share and count."""
     k = len(classes)
     n = max(1, len(matrices))
+    # Four small panels fit a row; with five or more classes the panels go in a 2-column grid, so
+    # each keeps a readable size and the figure an aspect a paper column takes (a 1 × 4 strip of
+    # 6 × 6 matrices was 3.7:1, its numbers unreadable at column width).
+    cols = n if k < 5 else min(2, n)
+    rows = -(-n // cols)
     side = 1.0 + 0.55 * k
-    fig = Figure(figsize=(side * n + 1.0, side + 0.6), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    fig = Figure(figsize=(side * cols + 1.0, (side + 0.6) * rows), dpi=DPI, layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[n:]:
+        ax.set_visible(False)
     image = None
     for j, (ax, (label, cm)) in enumerate(zip(axes, matrices.items())):
         counts = np.asarray(cm, dtype=np.float64)
@@ -148,11 +156,11 @@ def plot_confusions(path: Path, matrices: Mapping[str, Sequence[Sequence[int]]],
             ax.text(c, r, f"{rates[r, c]:.2f}\n({int(v)})", ha="center", va="center", fontsize=7,
                     color="white" if rates[r, c] > 0.6 else "black")
         ax.set_xticks(range(k), labels=list(classes))
-        ax.set_yticks(range(k), labels=list(classes) if j == 0 else [""] * k)
+        ax.set_yticks(range(k), labels=list(classes) if j % cols == 0 else [""] * k)
         ax.set_xlabel("predicted class")
         ax.set_title(label, fontsize=9)  # a panel label (which condition), not a caption
-        if j == 0:
+        if j % cols == 0:
             ax.set_ylabel("true class")
     if image is not None:
-        fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of the true class (recall on the diagonal)")
+        fig.colorbar(image, ax=axes[:n], shrink=0.8, label="share of the true class (recall on the diagonal)")
     return atomic.save_figure(fig, path)

@@ -278,3 +278,17 @@ def test_figure_spectrograms_draws_figure_2_from_any_build(tmp_path: Path, capsy
         assert im.size[0] > 800 and im.size[1] > 400  # two panels side by side
     assert main(["figure", "spectrograms", "--build", str(build), "--dataset", "aesn"]) == 2
     assert "the build has ahsn" in capsys.readouterr().err
+
+
+def test_a_six_class_confusion_figure_is_a_grid_a_column_can_hold(tmp_path: Path) -> None:
+    """Four conditions of six classes: a 2 × 2 grid, not a 1 × 4 strip (3.7:1, unreadable at
+    column width); four classes keep their single row."""
+    from serwild.evaluate.figures import plot_confusions
+
+    six = [f"c{i}" for i in range(6)]
+    mats = {c: (np.eye(6, dtype=int) * 5 + 1).tolist() for c in ("clean", "15 dB", "20 dB", "40 dB")}
+    with Image.open(plot_confusions(tmp_path / "six.png", mats, six)) as im:
+        assert 0.8 < im.size[0] / im.size[1] < 1.6, im.size
+    four = {c: (np.eye(4, dtype=int) * 5).tolist() for c in mats}
+    with Image.open(plot_confusions(tmp_path / "four.png", four, CLASSES)) as im:
+        assert im.size[0] / im.size[1] > 2.5, im.size
