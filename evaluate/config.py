@@ -30,6 +30,9 @@ class EvalConfig:
     bootstrap: int = 1000  # 0..100000
     bootstrap_seed: int = 0  # 0..2^63-1
     alpha: float = 0.05  # 1 - coverage: 0.05 gives 95 % intervals
+    # A corpus's own column (a CSV's extra column, e.g. intensity): the report adds each condition's
+    # scores per value of it, per 1 s block. None: no such breakdown.
+    group_by: str | None = None
 
     def __post_init__(self) -> None:
         check_range("eval.batch_size", self.batch_size, 1, 65_536)
@@ -38,3 +41,5 @@ class EvalConfig:
         check_range("eval.bootstrap_seed", self.bootstrap_seed, 0, SEED_MAX)
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"eval.alpha must be in (0, 1), got {self.alpha}")
+        if self.group_by is not None and not 1 <= len(self.group_by) <= 64:
+            raise ValueError("config key 'eval.group_by' is a column name of 1..64 characters")

@@ -79,6 +79,10 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
     settings = settings or EvalConfig()
     target = open_target(checkpoint, shards, allow_other_build, remote)
     out_dir = Path(out) if out is not None else target.path.parent / "report"
+    have = target.manifest.get("extra_columns") or []
+    if settings.group_by is not None and settings.group_by not in have:
+        raise UsageError(f"eval.group_by={settings.group_by}: the build's samples have no such column (its corpus's "
+                         f"own columns: {', '.join(have) or 'none'})")
     atomic.require_writable(out_dir, "the report folder", "give --out a writable folder")  # before any scoring
     # Every rank checks every shard before any reads: all ranks fail the same way, together,
     # instead of one rank failing and the others waiting in a collective.
@@ -180,7 +184,21 @@ def score_condition(model: nn.Module, target: Target, cond: str, records: list[d
     if settings.bootstrap:
         for unit, ci in condition_intervals(logits, merged["labels"], merged["utterances"], k, settings).items():
             result[unit]["ci"] = ci
+    if settings.group_by:
+        result["groups"] = group_metrics(logits, merged, settings.group_by, target.classes)
     return result, merged
+
+
+def group_metrics(logits: np.ndarray, merged: dict[str, Any], column: str, classes: list[str]) -> dict[str, Any]:
+    """Per value of the corpus's own ``column`` (each sample's ``extra``): the per-block metrics of
+    the samples holding it (``{"by", "values": {value: metrics}}``; a sample without it is "")."""
+    values = [str((x or {}).get(column, "")) for x in merged["extra"]]
+    out: dict[str, Any] = {}
+    for value in sorted(set(values)):
+        idx = [i for i, v in enumerate(values) if v == value]
+        out[value] = metrics.condition_metrics(logits[idx], merged["labels"][idx],
+                                               [merged["utterances"][i] for i in idx], classes)["block"]
+    return {"by": column, "values": out}
 
 
 def condition_intervals(logits: np.ndarray, labels: np.ndarray, utterances: list[str], n_classes: int,

@@ -192,7 +192,29 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     ]
     for unit, title in UNITS.items():
         parts += ["", f"## Per class, {title[0].lower() + title[1:]}", "", per_class_table(result, unit)]
+    parts += groups_section(result)
     return "\n".join(parts) + "\n"
+
+
+def groups_section(result: Mapping[str, Any]) -> list[str]:
+    """``eval.group_by``: weighted F1 and UA per value of the corpus's column, per condition (blocks)."""
+    conds = result["conditions"]
+    order = [c for c in order_conditions({c: v.get("snr_db") for c, v in conds.items()}) if conds[c].get("groups")]
+    if not order:
+        return []
+    by = conds[order[0]]["groups"]["by"]
+    values = sorted({v for c in order for v in conds[c]["groups"]["values"]})
+    lines = ["", f"## By {by}, per 1 s block", "",
+             "| " + " | ".join([by, *(condition_label(c, conds[c].get("snr_db")) for c in order)]) + " |",
+             "|" + "---|" * (len(order) + 1)]
+    for v in values:
+        cells = []
+        for c in order:
+            m = conds[c]["groups"]["values"].get(v)
+            cells.append("—" if m is None else f"wF1 {m['weighted']['f1']:.3f}, UA {m['ua']:.3f} (n={m['n']})")
+        lines.append("| " + " | ".join([v or "(none)", *cells]) + " |")
+    return [*lines, "", "No intervals here: each value's subset is smaller than the condition; read them as a "
+            "guide to where the errors are."]
 
 
 # ----------------------------------------------------------------------------- figures

@@ -79,7 +79,15 @@ def test_six_classes_with_segments_end_to_end(tmp_path: Path, capfd: pytest.Capt
     ckpt = torch.load(runs / "six" / "best.pt", map_location="cpu", weights_only=False)
     assert list(ckpt["classes"]) == CLASSES and ckpt["dataset"] == "six"
     assert main(["evaluate", "--checkpoint", str(runs / "six" / "best.pt"), "--out", str(tmp_path / "report"),
-                 "eval.num_workers=0", "eval.batch_size=8"]) == 0
+                 "eval.num_workers=0", "eval.batch_size=8", "eval.group_by=intensity"]) == 0
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    groups = metrics["conditions"]["clean"]["groups"]
+    assert groups["by"] == "intensity" and set(groups["values"]) <= {"HI", "LO", "MD"}
+    assert sum(v["n"] for v in groups["values"].values()) == metrics["conditions"]["clean"]["block"]["n"]
+    assert "## By intensity, per 1 s block" in (tmp_path / "report" / "report.md").read_text()
+    assert main(["evaluate", "--checkpoint", str(runs / "six" / "best.pt"), "--out", str(tmp_path / "r2"),
+                 "eval.group_by=mood"]) == 2  # not a column of this corpus: one line, before any scoring
+    assert "eval.group_by=mood: the build's samples have no such column" in capfd.readouterr().err
     report = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "report").rglob("*")
                        if p.suffix in (".json", ".md", ".csv"))
     assert all(c in report for c in CLASSES)
