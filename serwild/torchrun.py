@@ -21,6 +21,7 @@ import threading
 from typing import NoReturn
 
 from serwild import lock
+from serwild.atomic import pid_alive
 from serwild.errors import Terminated
 
 
@@ -90,19 +91,9 @@ def scratch_folder() -> str:
         pid = name[len(SCRATCH):].split("-", 1)[0] if name.startswith(SCRATCH) else ""
         path = os.path.join(root, name)
         with contextlib.suppress(OSError):  # another launch may be removing the same folder
-            if pid.isdigit() and not _alive(int(pid)) and os.stat(path).st_uid == os.getuid():
+            if pid.isdigit() and not pid_alive(int(pid)) and os.stat(path).st_uid == os.getuid():
                 shutil.rmtree(path, ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def _logs_to_devnull() -> bool:
