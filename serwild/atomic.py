@@ -77,6 +77,23 @@ def require_writable(folder: str | Path, what: str, hint: str) -> None:
         raise UsageError(f"{what} {folder} cannot be written ({why}): {hint}")
 
 
+# A path the system refuses (read-only, not a folder, not permitted, /proc…): said in one line.
+REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
+                     errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def refused_by_file_system(e: OSError) -> str | None:
+    """The one line for a file operation the file system refused (full, read-only, not permitted,
+    not a folder…), naming the file; None for any other OSError (a bug: its traceback stays). The
+    command line and the trainer's ranks both say these so."""
+    path = disk_full_path(e)
+    if path is not None:
+        return f"no space left on device writing {path}"
+    if e.filename and e.errno in REFUSED:
+        return f"{e.filename}: {e.strerror or os.strerror(e.errno or 0)}"
+    return None
+
+
 def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
 

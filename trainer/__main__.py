@@ -18,11 +18,10 @@ failure report); 1 anything else. Under torchrun a rank ends with its agent, eve
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 
-from serwild.atomic import disk_full_path
+from serwild.atomic import refused_by_file_system
 from serwild.config import load_config
 from serwild.data.loaders import ShardError
 from serwild.data.remote import RemoteError
@@ -74,19 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serwild.trainer: error: {said}", file=sys.stderr, flush=True)
         return SAID_EXIT
     return 0
-
-
-def refused_by_file_system(e: OSError) -> str | None:
-    """One line for a file operation the file system refused (full, read-only, not permitted);
-    None for any other OSError (a bug: its traceback stays)."""
-    path = disk_full_path(e)
-    if path is not None:
-        return f"no space left on device writing {path}"
-    if e.filename and e.errno == errno.EROFS:
-        return f"cannot write {e.filename}: read-only file system"
-    if e.filename and e.errno in (errno.EACCES, errno.EPERM):
-        return f"{e.filename}: permission denied"
-    return None
 
 
 def peer_lost(e: BaseException) -> bool:

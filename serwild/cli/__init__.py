@@ -20,7 +20,6 @@ exit status 2.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import signal
 import sys
@@ -28,7 +27,7 @@ import threading
 from typing import Any
 
 from serwild import __version__
-from serwild.atomic import disk_full_path
+from serwild.atomic import disk_full_path, refused_by_file_system
 from serwild.errors import Terminated, UsageError
 
 # name → one-line help; the module is serwild.cli.<name>.
@@ -94,23 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serwild {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a full disk, or a path the system refuses: the file, not a traceback
-        path = disk_full_path(e)
-        if path is not None:
-            print(f"serwild {args.command}: error: no space left on device writing {path}", file=sys.stderr)
-            return 1
-        if e.errno not in PATH_ERRORS or not e.filename:
+        said = refused_by_file_system(e)
+        if said is None:
             raise
-        print(f"serwild {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        print(f"serwild {args.command}: error: {said}", file=sys.stderr)
+        return 1 if disk_full_path(e) is not None else 2  # a path is the user's to choose again
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-# A path the user named that the system refuses (read-only, not a folder, /proc…): their
-# choice to make again, so a usage error's status; anything else propagates as the bug it is.
-PATH_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
-                         errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
 
 
 RESUME_HINT = {"build": "; run the same command again to resume", "train": "; continue with --resume",
