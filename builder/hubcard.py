@@ -1,9 +1,9 @@
 """README.md for a finished build: the dataset card hubs read (the Hugging Face Hub, and
 ``datasets.load_dataset(<build folder>, <dataset>)``), made from the manifest alone.
 
-Its YAML front matter declares one config per dataset (``ahsn``, ``aesn``) with a ``train``
-split (every fold and condition) and one test split per condition (``test_clean``,
-``test_snr15``…), and types every field in ``dataset_info.features``. The types matter:
+Its YAML front matter declares one config per dataset (``ahsn``, ``aesn``) with clean ``train``
+(every CV fold) and ``test`` splits and, per noisy condition, ``train_snr15``/``test_snr15``…, and
+types every field in ``dataset_info.features``. The types matter:
 without them ``datasets`` infers the schema from a shard's first five samples, and a
 clean sample's ``null`` ``snr_db``/``noise``/``noise_gain`` types those columns ``null``, so
 the first noisy sample fails with "Couldn't cast array of type string to null".
@@ -46,10 +46,15 @@ NULLABLE_FIELDS = ("fold", "noise", "noise_gain", "noise_offset_s", "snr_db")
 
 
 def split_globs(manifest: dict[str, Any], dataset: str) -> dict[str, str]:
-    """Hub split name → file glob (relative to the build root) for one dataset's config."""
-    globs = {"train": f"{dataset}/train/*/*.tar"}
-    for cond in manifest["conditions"]:
-        globs[f"test_{cond}"] = f"{dataset}/test/{cond}-*.tar"
+    """Hub split name → file glob (relative to the build root) for one dataset's config: ``train``
+    and ``test`` are the clean blocks (every CV fold of train), each noisy condition its own
+    ``train_<cond>`` and ``test_<cond>``, so ``load_dataset(b, view)["train"]`` is never a mixture
+    of clean and noisy speech and ``split="test"`` is the clean test set."""
+    globs: dict[str, str] = {}
+    for part in ("train", "test"):
+        folder = f"{dataset}/{part}/*" if part == "train" else f"{dataset}/{part}"
+        for cond in manifest["conditions"]:
+            globs[part if cond == "clean" else f"{part}_{cond}"] = f"{folder}/{cond}-*.tar"
     return globs
 
 
@@ -272,7 +277,8 @@ def _layout(m: dict[str, Any]) -> list[str]:
             lines.append(f"| {d} | {name} | `{globs[name]}` | {sum(s['count'] for s in recs)} |")
     lines += [
         "",
-        "`train` holds every CV fold and every condition: filter on `json.fold` and `json.condition`. "
+        "`train` and `test` are the clean blocks (`train` holds every CV fold: filter on `json.fold`); each noisy "
+        "condition is its own `train_<condition>` and `test_<condition>`, so no split mixes clean and noisy speech. "
         f"`{', '.join(NULLABLE_FIELDS[1:])}` are null for clean samples and `fold` is null for test samples.",
         "",
     ]

@@ -24,7 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 CONDITIONS = ["clean"] + [f"snr{v.replace('.', 'p')}" for v in SNR_DB.strip("[]").split(",")]
-SPLITS = ["train"] + [f"test_{c}" for c in CONDITIONS]
+# Clean train and test under the plain names; each noisy condition its own pair
+SPLITS = ["train"] + [f"train_{c}" for c in CONDITIONS[1:]] + ["test"] + [f"test_{c}" for c in CONDITIONS[1:]]
 
 
 @pytest.fixture
@@ -67,10 +68,9 @@ def test_front_matter_declares_configs_splits_and_every_field(card_build: Path) 
         assert sorted(s["path"] for recs in by_split.values() for s in recs) == \
             sorted(s["path"] for s in m["shards"] if s["dataset"] == d)
         assert {s["name"]: s["num_examples"] for s in info["splits"]} == {
-            "train": sum(s["count"] for s in m["shards"] if s["dataset"] == d and s["split"] == "train"),
-            **{f"test_{c}": sum(s["count"] for s in m["shards"]
-                                if s["dataset"] == d and s["split"] == "test" and s["condition"] == c)
-               for c in CONDITIONS}}
+            (part if c == "clean" else f"{part}_{c}"): sum(s["count"] for s in m["shards"] if s["dataset"] == d
+                                                           and s["split"] == part and s["condition"] == c)
+            for part in ("train", "test") for c in CONDITIONS}
         columns = {f["name"]: f for f in info["features"]}
         assert list(columns) == ["png", "json", "__key__", "__url__"]
         assert columns["png"]["dtype"] == {"image": {"mode": "RGB"}}
@@ -122,7 +122,9 @@ def test_load_dataset_reads_the_build_folder(hub_build: Path, hf) -> None:
             assert json_types[name] == hf.Value("string"), name
         assert json_types["fold"] == hf.Value("int64")
         assert json_types["class_index"].names == m["datasets"][d]["classes"]
-        clean, noisy = ds["test_clean"][0], ds[f"test_{CONDITIONS[1]}"][0]
+        clean, noisy = ds["test"][0], ds[f"test_{CONDITIONS[1]}"][0]
+        assert {row["condition"] for row in ds["train"]["json"]} == {"clean"}  # never a silent mixture
+        assert {row["condition"] for row in ds[f"train_{CONDITIONS[1]}"]["json"]} == {CONDITIONS[1]}
         image = np.asarray(clean["png"])
         assert clean["png"].mode == "RGB" and image.shape == (257, 259, 3) and image.dtype == np.uint8
         assert clean["json"]["snr_db"] is None and clean["json"]["noise"] is None and clean["json"]["fold"] is None

@@ -64,7 +64,7 @@ def test_six_classes_with_segments_end_to_end(tmp_path: Path, capfd: pytest.Capt
     # the corpus's own column rides along: every sample's JSON, the manifest, the card's features
     assert {x["extra"]["intensity"] for x in metas} == {"HI", "LO", "MD"} and m["extra_columns"] == ["intensity"]
     datasets = pytest.importorskip("datasets")
-    ds = datasets.load_dataset(str(out), "six", split="test_clean")
+    ds = datasets.load_dataset(str(out), "six", split="test")  # the clean test set
     assert ds.features["json"]["class_index"].names == CLASSES
     assert {row["json"]["extra"]["intensity"] for row in ds} <= {"HI", "LO", "MD"}
 
