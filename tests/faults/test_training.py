@@ -255,14 +255,22 @@ def test_a_non_finite_loss_is_one_line_and_exit_1(tiny_build: Path, weights_file
 
 
 def _ranks(needle: str, launcher: int) -> list[int]:
-    """The trainer's rank processes (in sessions of their own) whose command line names ``needle``."""
-    return [p for p in procs.pids_running(needle) if os.getsid(p) != launcher
-            and b"serwild.trainer" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    """The trainer's rank processes (in sessions of their own) whose command line names ``needle``.
+    A process torchrun has forked but not yet exec'd also has a session of its own and the agent's
+    command line (which names serwild.trainer), but not a rank's RANK: it is not counted."""
+    out = []
+    for p in procs.pids_running(needle):
+        with contextlib.suppress(OSError):
+            if (os.getsid(p) != launcher and b"serwild.trainer" in Path(f"/proc/{p}/cmdline").read_bytes()
+                    and _rank_of(p) is not None):
+                out.append(p)
+    return out
 
 
-def _rank_of(pid: int) -> int:
+def _rank_of(pid: int) -> int | None:
     env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return int(next(e for e in env if e.startswith(b"RANK=")).split(b"=", 1)[1])
+    rank = next((e for e in env if e.startswith(b"RANK=")), None)
+    return None if rank is None else int(rank.split(b"=", 1)[1])
 
 
 def _end(pids: list[int]) -> None:
