@@ -93,9 +93,10 @@ def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite
         speakers = plan.held_out_speakers(specs)
         if cfg.split.strategy in ("speaker", "session"):
             for d, sp in speakers.items():
-                test, n = sp["test_speakers"], len(sp["test_speakers"]) + len(sp["train_speakers"])
-                stage("build", f"split {cfg.split.strategy}: dataset {d}: test speakers {', '.join(test)} "
-                               f"({len(test)} of {n})")
+                n = sum(len(v) for v in sp.values())
+                said = [f"{part} speakers {', '.join(names)} ({len(names)} of {n})"
+                        for part in ("test", "validation") if (names := sp.get(f"{part}_speakers"))]
+                stage("build", f"split {cfg.split.strategy}: dataset {d}: {'; '.join(said)}")
         out.mkdir(parents=True, exist_ok=True)
         done, todo = _resume_state(out, specs, cfg.audio)
         _remove_strays(out, {s.path for s in specs}, cfg.datasets)

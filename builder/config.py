@@ -86,12 +86,18 @@ class SplitConfig:
     # (speaker independent, any corpus); session: the sessions named in test_sessions held out.
     strategy: Literal["block", "utterance", "speaker", "session"] = "block"
     test_fraction: float = 0.2  # block, utterance, speaker: the share held out for test
+    # The share of the train part held out as the validation part (best.pt is chosen on it), drawn
+    # as the test part is (speakers for speaker/session, utterances, blocks), seeded, stratified by
+    # class; the same units for every condition. 0: none (the paper's protocol validates on CV folds).
+    validation_fraction: float = 0.1
     folds: int = 5  # 2..MAX_FOLDS
     test_sessions: list[str] = field(default_factory=list)  # session: e.g. [Ses05] (IEMOCAP's configs)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"split.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"split.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.folds < 2:
             raise ValueError(f"split.folds must be at least 2, got {self.folds}")
         check_range("split.folds", self.folds, 2, MAX_FOLDS)
@@ -103,7 +109,9 @@ class SplitConfig:
     def identity(self) -> dict[str, object]:
         """What of this section makes a build's bytes: the test fraction plays no part in a session
         split, nor the sessions in any other."""
-        keep = {"strategy": self.strategy, "folds": self.folds}
+        keep: dict[str, object] = {"strategy": self.strategy, "folds": self.folds}
+        if self.validation_fraction:  # absent at 0, so builds made before the key keep their identity
+            keep["validation_fraction"] = self.validation_fraction
         if self.strategy == "session":
             return {**keep, "test_sessions": list(self.test_sessions)}
         return {**keep, "test_fraction": self.test_fraction}

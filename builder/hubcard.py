@@ -46,12 +46,14 @@ NULLABLE_FIELDS = ("fold", "noise", "noise_gain", "noise_offset_s", "snr_db")
 
 
 def split_globs(manifest: dict[str, Any], dataset: str) -> dict[str, str]:
-    """Hub split name → file glob (relative to the build root) for one dataset's config: ``train``
-    and ``test`` are the clean blocks (every CV fold of train), each noisy condition its own
-    ``train_<cond>`` and ``test_<cond>``, so ``load_dataset(b, view)["train"]`` is never a mixture
-    of clean and noisy speech and ``split="test"`` is the clean test set."""
+    """Hub split name → file glob (relative to the build root) for one dataset's config: ``train``,
+    ``validation`` (where built) and ``test`` are the clean blocks (every CV fold of train), each
+    noisy condition its own ``train_<cond>``, ``validation_<cond>`` and ``test_<cond>``, so
+    ``load_dataset(b, view)["train"]`` is never a mixture of clean and noisy speech and
+    ``split="test"`` is the clean test set."""
     globs: dict[str, str] = {}
-    for part in ("train", "test"):
+    built = {s["split"] for s in manifest["shards"] if s["dataset"] == dataset}
+    for part in [p for p in ("train", "validation", "test") if p in built]:
         folder = f"{dataset}/{part}/*" if part == "train" else f"{dataset}/{part}"
         for cond in manifest["conditions"]:
             globs[part if cond == "clean" else f"{part}_{cond}"] = f"{folder}/{cond}-*.tar"
@@ -215,12 +217,16 @@ def _split_line(split: dict[str, Any], held: dict[str, Any]) -> str:
     how = (f"sessions {', '.join(split.get('test_sessions') or [])} held out" if strategy == "session"
            else f"test fraction {split.get('test_fraction', '?')}"
            + (", speakers held out (seeded, stratified by class)" if strategy == "speaker" else ""))
-    line = (f"`{strategy}` ({how}, {split.get('folds', '?')} CV folds over train; every condition of a block "
-            "shares its split and fold)")
+    val = split.get("validation_fraction") or 0
+    line = (f"`{strategy}` ({how}, "
+            + (f"validation fraction {val:g} of train held out the same way, " if val else "no validation part, ")
+            + f"{split.get('folds', '?')} CV folds over the rest of train; every condition of a block shares its "
+            "split and fold)")
     for d, sp in (held.get("datasets") or {}).items():
-        line += (f"; `{d}` test speakers: {', '.join(f'`{x}`' for x in sp.get('test_speakers', []))} "
-                 f"({len(sp.get('test_speakers', []))} of "
-                 f"{len(sp.get('test_speakers', [])) + len(sp.get('train_speakers', []))})")
+        n = sum(len(v) for v in sp.values())
+        for part in ("test", "validation"):
+            if names := sp.get(f"{part}_speakers"):
+                line += f"; `{d}` {part} speakers: {', '.join(f'`{x}`' for x in names)} ({len(names)} of {n})"
     return line
 
 
@@ -277,9 +283,10 @@ def _layout(m: dict[str, Any]) -> list[str]:
             lines.append(f"| {d} | {name} | `{globs[name]}` | {sum(s['count'] for s in recs)} |")
     lines += [
         "",
-        "`train` and `test` are the clean blocks (`train` holds every CV fold: filter on `json.fold`); each noisy "
-        "condition is its own `train_<condition>` and `test_<condition>`, so no split mixes clean and noisy speech. "
-        f"`{', '.join(NULLABLE_FIELDS[1:])}` are null for clean samples and `fold` is null for test samples.",
+        "`train`, `validation` (where the build holds one) and `test` are the clean blocks (`train` holds every CV "
+        "fold: filter on `json.fold`); each noisy condition is its own `train_<condition>`, "
+        "`validation_<condition>` and `test_<condition>`, so no split mixes clean and noisy speech. "
+        f"`{', '.join(NULLABLE_FIELDS[1:])}` are null for clean samples and `fold` is null outside train.",
         "",
     ]
     return lines

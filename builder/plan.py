@@ -120,14 +120,63 @@ def assign_splits(utts: list[ScannedUtterance], cfg: Config, dataset: str = "",
     classes = view.classes if view is not None else PRESETS.get(dataset, tuple(sorted(set(labels))))
     allow_empty = view is not None and view.allow_empty
     check_classes(train, test, by_id, classes, dataset, allow_empty)
+    train, validation = validation_part(train, by_id, cfg, dataset)
     check_fold_sizes(train, by_id, cfg, dataset, classes, allow_empty)
     folds = _folds(train, by_id, cfg)
     out: dict[tuple[str, int], tuple[str, int | None]] = {}
     for unit, fold in zip(train, folds):
         out[unit] = ("train", fold)
+    for unit in validation:
+        out[unit] = ("validation", None)
     for unit in test:
         out[unit] = ("test", None)
     return out
+
+
+def validation_part(train: list[Unit], by_id: dict[str, ScannedUtterance], cfg: Config,
+                    dataset: str = "") -> tuple[list[Unit], list[Unit]]:
+    """(train, validation): ``split.validation_fraction`` of the train part held out as the test
+    part is (whole speakers for a speaker or session split, else the strategy's units), seeded
+    apart from the test draw and stratified by class, so validation scores what test will. A
+    class the draw leaves out of validation is said, not refused (its scores are still reported)."""
+    fraction = cfg.split.validation_fraction
+    if not fraction:
+        return train, []
+    labels = [by_id[u].utt.label for u, _ in train]
+    seed = seeds.derive(cfg.seed, dataset, "validation")
+    if cfg.split.strategy in ("speaker", "session"):
+        speakers = [by_id[u].utt.speaker for u, _ in train]
+        held = set(held_out_groups(labels, speakers, fraction, seed, f"split.validation_fraction{_of(dataset)}"))
+        keep = [u for u, sp in zip(train, speakers) if sp not in held]
+        validation = [u for u, sp in zip(train, speakers) if sp in held]
+    else:
+        keep, validation = _stratified_holdout(train, labels, fraction, seed)
+    missing = sorted(set(labels) - {by_id[u].utt.label for u, _ in validation})
+    if missing:
+        print(f"serwild build: note: dataset '{dataset}': the validation part has no sample of "
+              f"{', '.join(repr(c) for c in missing)} (its validation recall is not measured)", file=sys.stderr)
+    return keep, validation
+
+
+def _of(dataset: str) -> str:
+    return f" of dataset {dataset!r}" if dataset else ""
+
+
+def held_out_groups(labels: list[str], groups: list[str], fraction: float, seed: int, what: str) -> list[str]:
+    """About ``fraction`` of the groups (speakers), label-stratified and seeded: one of
+    ``round(1 / fraction)`` StratifiedGroupKFold folds (fewer when there are fewer groups)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise ConfigError(f"{what}: the train part has {len(names)} speaker(s), and holding some out for "
+                          "validation needs at least 2: add speakers, or set split.validation_fraction: 0")
+    n = min(speaker_folds(fraction), len(names))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed % 2**32)
+        _, held_idx = next(iter(splitter.split(np.zeros(len(labels)), labels, groups)))
+    return sorted({groups[i] for i in held_idx})
 
 
 def speaker_folds(fraction: float) -> int:
@@ -141,8 +190,6 @@ def test_speakers(utts: list[Utterance], fraction: float, seed: int, dataset: st
     label-stratified group of about ``fraction`` of them (scikit-learn's StratifiedGroupKFold,
     Lhotse's and every SER paper's speaker-independent protocol). Read from the utterance list
     alone, so a split that cannot be made is refused before any audio is read."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
     speakers = sorted({u.speaker for u in utts})
     n = speaker_folds(fraction)
     where = f" of dataset {dataset!r}" if dataset else ""
@@ -153,13 +200,8 @@ def test_speakers(utts: list[Utterance], fraction: float, seed: int, dataset: st
         raise ConfigError(f"split.strategy speaker{where}: {len(speakers)} speaker(s), but holding out "
                           f"{fraction:g} of them needs at least {n + 1} (one test group of {n}, and a train "
                           f"part): add speakers, raise split.test_fraction, or use split.strategy utterance")
-    labels = [u.label for u in utts]
-    groups = [u.speaker for u in utts]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class")
-        splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed % 2**32)
-        _, test_idx = next(iter(splitter.split(np.zeros(len(utts)), labels, groups)))
-    return sorted({groups[i] for i in test_idx})
+    return held_out_groups([u.label for u in utts], [u.speaker for u in utts], fraction, seed,
+                           f"split.strategy speaker{where}")
 
 
 def _stratified_holdout(units: list[Unit], labels: list[str], fraction: float, seed: int):
@@ -198,24 +240,32 @@ def check_classes(train: list[Unit], test: list[Unit], by_id: dict[str, ScannedU
 
 
 def check_speaker_split(utts: list[Utterance], views: dict[str, View], cfg: Config) -> None:
-    """``split.strategy: speaker``: refuse, right after the corpus is read, a split that cannot be
-    made (too few speakers for the test fraction, no speaker column), per view."""
-    if cfg.split.strategy != "speaker":
+    """A speaker or session split: refuse, right after the corpus is read, one that cannot be made
+    (too few speakers for the test fraction, no speaker column, fewer than two training speakers
+    to hold some out for validation), per view."""
+    sp = cfg.split
+    if sp.strategy not in ("speaker", "session"):
         return
     for name, view in views.items():
         mine = [dataclasses.replace(u, label=view.classes[i])
                 for u in utts if (i := view.class_of(u.label)) is not None]
-        test_speakers(mine, cfg.split.test_fraction, cfg.seed, name)
+        held = (set(test_speakers(mine, sp.test_fraction, cfg.seed, name)) if sp.strategy == "speaker" else set())
+        left = {u.speaker for u in mine if u.speaker not in held and u.session not in sp.test_sessions}
+        if sp.validation_fraction and len(left) < 2:
+            raise ConfigError(f"split.validation_fraction{_of(name)}: the train part has {len(left)} speaker(s), "
+                              "and holding some out for validation needs at least 2: add speakers, or set "
+                              "split.validation_fraction: 0")
 
 
 def held_out_speakers(specs: list[ShardSpec]) -> dict[str, dict[str, list[str]]]:
-    """Per dataset, the speakers of its test and of its train part (a speaker-independent split
-    holds none in both): what the manifest, the card and every report name."""
-    parts: dict[str, dict[str, set[str]]] = defaultdict(lambda: {"test": set(), "train": set()})
+    """Per dataset, the speakers of its test, train and validation parts (a speaker-independent
+    split holds none in two): what the manifest, the card and every report name."""
+    parts: dict[str, dict[str, set[str]]] = defaultdict(lambda: {"test": set(), "train": set(), "validation": set()})
     for spec in specs:
         for x in spec.samples:
             parts[x.dataset][x.split].add(x.speaker)
-    return {d: {"test_speakers": sorted(p["test"]), "train_speakers": sorted(p["train"])} for d, p in parts.items()}
+    return {d: {f"{part}_speakers": sorted(names) for part, names in p.items() if names or part != "validation"}
+            for d, p in parts.items()}
 
 
 def check_corpus_classes(utts: list[Utterance], views: dict[str, View]) -> None:
@@ -308,7 +358,7 @@ def plan_shards(scanned: list[ScannedUtterance], noises: list[NoiseFile], cfg: C
             n_shards = -(-len(blocks) // cfg.shard.max_samples)
             for snr in snrs:
                 cond = condition_name(snr)
-                folder = f"{dataset}/{split}" + (f"/fold{fold}" if split == "train" else "")
+                folder = f"{dataset}/{split}" + (f"/fold{fold}" if fold is not None else "")
                 for i, part in enumerate(np.array_split(order, n_shards)):
                     samples = tuple(sorted(
                         (_sample(blocks[j], dataset, classes, cond, snr, split, fold, noises, block_len, cfg)
@@ -356,7 +406,7 @@ def _sample(item: tuple[ScannedUtterance, int], dataset: str, classes: tuple[str
         nf = noises[int(rng.integers(len(noises)))]
         # Training (and validation) blocks draw from the first part of each noise file, test
         # blocks from the held-out last part, so test noise is never heard in training.
-        lo, hi = (0, nf.split_at - block_len) if split == "train" else (nf.split_at, nf.length - block_len)
+        lo, hi = (nf.split_at, nf.length - block_len) if split == "test" else (0, nf.split_at - block_len)
         offset = int(rng.integers(lo, hi + 1))
         noise = nf
     return SampleSpec(

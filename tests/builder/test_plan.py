@@ -65,7 +65,12 @@ def test_session_split_is_speaker_independent(tmp_path: Path) -> None:
         if s.split == "train":
             folds_of_speaker[s.speaker].add(s.fold)
     assert all(len(f) == 1 for f in folds_of_speaker.values())
-    with pytest.raises(ConfigError, match="only 8 speakers"):
+    # validation by default: whole speakers of the train sessions, in neither train nor test
+    val = {s.speaker for s in samples if s.split == "validation"}
+    assert val and not val & set(folds_of_speaker) and {s.session for s in samples if s.split == "validation"} != {
+        "Ses05"}
+    # 10 speakers: Ses05's 2 are test, one of the other 8 validation
+    with pytest.raises(ConfigError, match="only 7 speakers"):
         _plan(tmp_path / "again", **{"split.strategy": "session", "split.test_sessions": "[Ses05]", "split.folds": 9})
 
 
@@ -78,7 +83,7 @@ def test_test_noise_never_overlaps_training_noise(tmp_path: Path) -> None:
             assert s.noise is None and s.noise_offset is None
             continue
         used.add(s.noise)
-        if s.split == "train":
+        if s.split in ("train", "validation"):  # validation is development data: never test noise
             assert s.noise_offset + 16000 <= split_at[s.noise]
         else:
             assert s.noise_offset >= split_at[s.noise]
@@ -91,3 +96,22 @@ def test_plan_is_deterministic_and_seed_dependent(tmp_path: Path) -> None:
     _, _, c = _plan(tmp_path / "c", seed=1)
     key = lambda specs: [(sp.path, [(s.key, s.noise, s.noise_offset) for s in sp.samples]) for sp in specs]  # noqa: E731
     assert key(a) == key(b) != key(c)
+
+
+@pytest.mark.parametrize("strategy", ["block", "utterance", "speaker"])
+def test_validation_is_held_out_of_train_as_test_is(tmp_path: Path, strategy: str) -> None:
+    """split.validation_fraction (default 0.1) takes a seeded part of train, drawn as the test part is
+    (blocks, whole utterances, whole speakers), the same units in every condition; 0 takes none."""
+    _, _, specs = _plan(tmp_path / "a", **{"split.strategy": strategy, "split.folds": 3})
+    samples = [s for s in _samples(specs) if s.condition == "clean"]
+    val = [s for s in samples if s.split == "validation"]
+    train = [s for s in samples if s.split == "train"]
+    assert val and all(s.fold is None for s in val)
+    assert 0.03 < len(val) / (len(val) + len(train)) < 0.3
+    unit = {"block": lambda s: (s.utterance, s.block), "utterance": lambda s: s.utterance,
+            "speaker": lambda s: s.speaker}[strategy]
+    assert not {unit(s) for s in val} & {unit(s) for s in train}
+    noisy = {(s.utterance, s.block) for s in _samples(specs) if s.split == "validation" and s.condition == "snr15"}
+    assert noisy == {(s.utterance, s.block) for s in val}
+    _, _, none = _plan(tmp_path / "b", **{"split.strategy": strategy, "split.folds": 3, "split.validation_fraction": 0})
+    assert {s.split for s in _samples(none)} == {"train", "test"}

@@ -43,14 +43,19 @@ def test_a_speaker_split_holds_out_whole_speakers_and_says_which(tmp_path: Path,
     err = capsys.readouterr().err
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     held = m["split"]["datasets"]["two"]
-    test, train = held["test_speakers"], held["train_speakers"]
-    assert test and train and not set(test) & set(train) and len(test) + len(train) == 6
+    test, train, val = held["test_speakers"], held["train_speakers"], held["validation_speakers"]
+    # validation by default: whole speakers of the train part, none of them in train or test
+    assert test and train and val and len(set(test) | set(train) | set(val)) == len(test) + len(train) + len(val) == 6
     samples = [(r["split"], r["path"]) for r in m["shards"]]
-    assert {s for s, _ in samples} == {"train", "test"}
-    assert f"split speaker: dataset two: test speakers {', '.join(test)} ({len(test)} of 6)" in err
+    assert {s for s, _ in samples} == {"train", "validation", "test"}
+    assert all(p.startswith("two/validation/") for s, p in samples if s == "validation")
+    assert (f"split speaker: dataset two: test speakers {', '.join(test)} ({len(test)} of 6); "
+            f"validation speakers {', '.join(val)} ({len(val)} of 6)") in err
     card = (tmp_path / "a" / "README.md").read_text()
     assert "speakers held out (seeded, stratified by class)" in card
+    assert "validation fraction 0.1 of train held out the same way" in card
     assert f"`two` test speakers: {', '.join(f'`{x}`' for x in test)} ({len(test)} of 6)" in card
+    assert f"`two` validation speakers: {', '.join(f'`{x}`' for x in val)} ({len(val)} of 6)" in card
     # the same seed, the same speakers
     assert main(_build(listing, tmp_path / "b")) == 0
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["split"] == m["split"]

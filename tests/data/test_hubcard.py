@@ -24,8 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 CONDITIONS = ["clean"] + [f"snr{v.replace('.', 'p')}" for v in SNR_DB.strip("[]").split(",")]
-# Clean train and test under the plain names; each noisy condition its own pair
-SPLITS = ["train"] + [f"train_{c}" for c in CONDITIONS[1:]] + ["test"] + [f"test_{c}" for c in CONDITIONS[1:]]
+# Clean train, validation and test under the plain names; each noisy condition its own three
+SPLITS = [f"{part}{suffix}" for part in ("train", "validation", "test")
+          for suffix in ["", *(f"_{c}" for c in CONDITIONS[1:])]]
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_front_matter_declares_configs_splits_and_every_field(card_build: Path) 
         assert {s["name"]: s["num_examples"] for s in info["splits"]} == {
             (part if c == "clean" else f"{part}_{c}"): sum(s["count"] for s in m["shards"] if s["dataset"] == d
                                                            and s["split"] == part and s["condition"] == c)
-            for part in ("train", "test") for c in CONDITIONS}
+            for part in ("train", "validation", "test") for c in CONDITIONS}
         columns = {f["name"]: f for f in info["features"]}
         assert list(columns) == ["png", "json", "__key__", "__url__"]
         assert columns["png"]["dtype"] == {"image": {"mode": "RGB"}}
