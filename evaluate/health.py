@@ -16,6 +16,10 @@ wherever its numbers are shown (``evaluate``, ``compare``, ``reproduce``, an exp
   includes its chance (:func:`serwild.metrics.chance_level`: a guess that ignores the input),
   on some test condition.
 
+- **under-trained**: the run's loss was still falling steeply at its last epoch
+  (:func:`serwild.trainer.history.learning_note`: validation loss, or training loss without a
+  validation part); its numbers are a snapshot of a model still learning.
+
 A model is *degenerate* when it predicts one class overall, or is at chance on every test
 condition; at chance on only some conditions (a clean-trained model at 15 dB) is a finding
 about those conditions, and the warning names them. A class never predicted is always a
@@ -65,18 +69,21 @@ def _includes(unit: Mapping[str, Any], metric: str, chance: float) -> bool:
 
 
 def model_flags(result: Mapping[str, Any], unit: str = "block") -> dict[str, Any]:
-    """``{"degenerate", "one_class", "never_predicted", "at_chance", "messages"}`` for one
-    evaluate report.
+    """``{"degenerate", "one_class", "never_predicted", "at_chance", "still_learning", "messages"}``
+    for one evaluate report.
 
     ``one_class``: ``{"class", "share", "where"}`` or None; ``never_predicted``: the classes
     (with test blocks) predicted for under :data:`NEVER_SHARE` of the blocks; ``at_chance``: the
-    labels of the conditions whose UA or weighted-F1 interval includes chance; ``messages``: one
+    labels of the conditions whose UA or weighted-F1 interval includes chance; ``still_learning``:
+    why the run looks under-trained (from ``result["budget"]``), or None; ``messages``: one
     line per finding (empty when there is nothing to say)."""
     conds = result.get("conditions") or {}
     classes = list(result.get("classes") or [])
     order = _order(conds)
+    still = (result.get("budget") or {}).get("still_learning")
     if not order:
-        return {"degenerate": False, "one_class": None, "never_predicted": [], "at_chance": [], "messages": []}
+        return {"degenerate": False, "one_class": None, "never_predicted": [], "at_chance": [],
+                "still_learning": still, "messages": _messages(None, [], [], False, still)}
     total = sum(np.asarray(conds[c][unit]["confusion"], dtype=np.float64) for c in order)
     one_class = _one_class(prediction_shares(total), classes, "all test conditions")
     if one_class is None:
@@ -94,7 +101,7 @@ def model_flags(result: Mapping[str, Any], unit: str = "block") -> dict[str, Any
                  or _includes(conds[c][unit], "weighted_f1", _chance_wf1(conds[c][unit]))]
     degenerate = bool(overall or (at_chance and len(at_chance) == len(order)))
     return {"degenerate": degenerate, "one_class": one_class, "never_predicted": never, "at_chance": at_chance,
-            "messages": _messages(one_class, never, at_chance, degenerate)}
+            "still_learning": still, "messages": _messages(one_class, never, at_chance, degenerate, still)}
 
 
 def _chance_wf1(unit: Mapping[str, Any]) -> float:
@@ -110,7 +117,8 @@ def _one_class(shares: np.ndarray, classes: Sequence[str], where: str) -> dict[s
 
 
 def _messages(one_class: Mapping[str, Any] | None, never: list[str], at_chance: list[str],
-              degenerate: bool) -> list[str]:
+              degenerate: bool, still_learning: str | None = None) -> list[str]:
+    learning = [f"UNDER-TRAINED: {still_learning}"] if still_learning else []
     out = []
     if one_class:
         out.append(f"predicts '{one_class['class']}' for {one_class['share']:.0%} of the blocks "
@@ -120,12 +128,12 @@ def _messages(one_class: Mapping[str, Any] | None, never: list[str], at_chance: 
     if at_chance:
         out.append(f"its UA or weighted-F1 95 % interval includes chance at {', '.join(at_chance)}")
     if not out:
-        return []
+        return learning
     head = "DEGENERATE MODEL" if degenerate else "WARNING"
     tail = (": its numbers describe a model that has not learnt the task" if degenerate
             else ": on those conditions it cannot be told from guessing" if at_chance
             else ": its numbers do not cover those classes")
-    return [f"{head}: " + "; ".join(out) + tail]
+    return [f"{head}: " + "; ".join(out) + tail, *learning]
 
 
 def flag_lines(name: str, result: Mapping[str, Any], unit: str = "block") -> list[str]:

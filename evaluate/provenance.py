@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from serwild.trainer.history import learning_note
+
 GIT_TIMEOUT_S = 5.0
 SMOKE_NOTE = ("Smoke size: this config declares itself a smoke test (`smoke: true`): a tiny corpus and a few "
               "optimiser steps, to check that the pipeline runs. The numbers mean nothing about the method.")
@@ -118,6 +120,8 @@ def training_budget(ckpt: Mapping[str, Any], checkpoint: str | Path | None = Non
         "global_batch": per_rank * ranks if per_rank and ranks else None,
         "per_rank_batch": per_rank, "world_size": ranks, "steps_per_epoch": steps,
         "optimizer_steps": sum(int(r.get("steps") or 0) for r in done) or None,
+        # the run as a whole (its last epoch, not best.pt's): was it still learning when it stopped?
+        "still_learning": learning_note(history),
     }
 
 

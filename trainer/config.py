@@ -95,6 +95,9 @@ class TrainConfig:
     # A serwild.metrics.VALIDATION name. "accuracy" is wa's name before serwild.metrics named every
     # metric once: configs (and checkpoints, which carry theirs) of earlier versions still load, as wa.
     best_metric: Literal["weighted_f1", "wa", "ua", "accuracy"] = "weighted_f1"
+    # Early stopping: end the run once best_metric has not improved on validation for this many
+    # epochs (train.epochs stays the budget's ceiling); None: train every epoch. Needs validation.
+    patience: int | None = None  # 1..10000
     num_workers: int = 2  # DataLoader workers per rank; 0..256
     prefetch_factor: int = 2  # batches each worker keeps ready; 1..64
     shuffle_buffer: int = 1000  # samples (PNG bytes, decoded after the shuffle); 1..100000
@@ -117,6 +120,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_range("train.epochs", self.epochs, 1, 10_000)
+        if self.patience is not None:
+            check_range("train.patience", self.patience, 1, 10_000)
         check_range("train.batch_size", self.batch_size, 1, 65_536)
         if self.batch_size_per_rank is not None:
             check_range("train.batch_size_per_rank", self.batch_size_per_rank, 1, 65_536)

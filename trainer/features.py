@@ -178,8 +178,9 @@ def default_cache_root(build_dir: str | Path) -> Path:
 
 
 def cache_records(manifest: dict[str, Any], dataset: str) -> list[dict]:
-    """Every TRAIN shard record of ``dataset`` (all conditions, all folds): what one cache holds."""
-    return select_shards(manifest, dataset, "train")
+    """Every train and validation shard record of ``dataset`` (all conditions, all folds): what
+    one cache holds (never test: a cache is for training)."""
+    return select_shards(manifest, dataset, "train") + select_shards(manifest, dataset, "validation")
 
 
 def shard_cache_file(cache_dir: str | Path, record: dict) -> Path:

@@ -107,8 +107,11 @@ def plan_data(cfg: Config) -> DataPlan:
         raise UsageError(f"cv.fold={fold} but {build} has training folds {folds}")
     kept = [f for f in folds if f != fold]
     train_records = select_shards(manifest, t.dataset, "train", list(t.conditions), kept)
-    val_records = (select_shards(manifest, t.dataset, "train", list(cfg.cv.val_conditions or t.conditions),
-                                 [fold]) if fold is not None else [])
+    # Validation: the held-out CV fold where one is asked for, else the build's validation part
+    # (split.validation_fraction; none in a build made without one, or before the key existed).
+    val_conditions = list(cfg.cv.val_conditions or t.conditions)
+    val_records = (select_shards(manifest, t.dataset, "train", val_conditions, [fold]) if fold is not None
+                   else select_shards(manifest, t.dataset, "validation", val_conditions))
     if not train_records or sum(r["count"] for r in train_records) == 0:
         raise UsageError(f"no training samples in {build} for dataset {t.dataset}, conditions "
                          f"{list(t.conditions)}, folds {kept}")

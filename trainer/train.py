@@ -41,7 +41,7 @@ from serwild.trainer.features import (
     load_feature_cache,
     resolve_feature_cache,
 )
-from serwild.trainer.history import append_jsonl, plot_curves, read_jsonl
+from serwild.trainer.history import append_jsonl, learning_note, plot_curves, read_jsonl
 from serwild.trainer.model import build_model, fetch_imagenet_weights
 from serwild.trainer.outputs import autocast, model_outputs
 from serwild.trainer.preflight import (
@@ -410,10 +410,15 @@ def fit(run: Run) -> dict[str, Any]:
            f"device {d.device} ({on}), amp {run.dtype}"
            + (f", balance weights ({', '.join(f'{c} {w:.2f}' for c, w in zip(run.plan.classes, run.loss_weight))})"
               if run.loss_weight is not None else ""))
+    if t.patience is not None and run.plan.val is None:
+        log(d, "note: train.patience has nothing to watch (no validation part or cv.fold): every epoch runs")
     run.budget = Budget(steps_left=(t.epochs - run.start) * run.steps - run.start_step,
                         images_per_step=run.batch * d.world_size)
     val = None
     for epoch in range(run.start, t.epochs):
+        if (why := _patience_spent(run, epoch)) is not None:
+            log(d, f"early stop before epoch {epoch + 1}/{t.epochs}: {why}")
+            break
         lrs = [g["lr"] for g in run.optimizer.param_groups]
         first, carried = (run.start_step, run.carried) if epoch == run.start else (0, None)
         stats = train_one_epoch(run, _train_loader(run, epoch, first), epoch, first, carried)
@@ -426,6 +431,18 @@ def fit(run: Run) -> dict[str, Any]:
         # then only cost the epoch in progress.
         barrier(d)
     return _finish(run, val)
+
+
+def _patience_spent(run: Run, epoch: int) -> str | None:
+    """Why no epoch after ``epoch`` (0-based, the epochs done) should run under ``train.patience``,
+    or None. Read from the best epoch the run (or its last.pt) holds, so a resumed run that had
+    already stopped stops again at once, and one resumed with more patience goes on."""
+    t = run.cfg.train
+    best = run.best.get("epoch")
+    if t.patience is None or run.plan.val is None or not best or epoch - best < t.patience:
+        return None
+    return (f"validation {t.best_metric} has not improved for {epoch - best} epoch(s) (train.patience "
+            f"{t.patience}; best {run.best['score']:.4f} at epoch {best})")
 
 
 def train_seed(cfg: Config) -> int:
@@ -474,7 +491,13 @@ def _validate(run: Run) -> dict[str, Any] | None:
     k = len(run.plan.classes)
     out = model_outputs(run.data.net(run.raw_model), run.data.val_batches(), run.d.device, run.dtype)
     cm = all_reduce_sum(torch.from_numpy(confusion(out.labels, out.preds, k)), run.d)
-    return validation_scores(cm.numpy(), run.plan.classes)
+    # The unweighted cross-entropy summed over this rank's samples, then over the ranks: the
+    # validation loss, whose trend says whether a model was still learning when it stopped.
+    nll = (F.cross_entropy(torch.from_numpy(out.logits).double(), torch.from_numpy(out.labels), reduction="sum")
+           if len(out.labels) else torch.zeros((), dtype=torch.float64))
+    total = all_reduce_sum(nll.reshape(1), run.d)
+    scores = validation_scores(cm.numpy(), run.plan.classes)
+    return {**scores, "loss": float(total.item()) / scores["n"]}
 
 
 def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any] | None) -> None:
@@ -641,6 +664,8 @@ def _finish(run: Run, val: dict | None) -> dict[str, Any]:
         plot_curves(records, run.run_dir / "curves.png", f"{run.run_dir.name} ({records[-1]['recipe']} recipe)")
         best = run.best
         how = (f"best {best['metric']} {best['score']:.4f} at epoch {best['epoch']}" if best["epoch"]
-               else "no validation fold: the last epoch's model")
+               else "no validation part: the last epoch's model")
         log(run.d, f"done: {run.run_dir}/best.pt ({how})")
+        if (note := learning_note(records)) is not None:
+            log(run.d, f"warning: under-trained: {note}")
     return {"run_dir": str(run.run_dir), "best": run.best, "last_val": val}

@@ -41,7 +41,7 @@ def test_training_budget_from_config_and_history(tmp_path: Path) -> None:
     b = provenance.training_budget(ckpt, tmp_path / "runs" / "x-cv" / "best.pt")
     assert b == {"epochs": 3, "epochs_done": 2, "samples_per_epoch_config": "clean", "samples_per_epoch": 80,
                  "batch_size_config": 16, "global_batch": 16, "per_rank_batch": 8, "world_size": 2,
-                 "steps_per_epoch": 5, "optimizer_steps": 10}
+                 "steps_per_epoch": 5, "optimizer_steps": 10, "still_learning": None}
     assert provenance.budget_line(b) == ("2 of 3 epochs, 80 (config: clean) samples per epoch, global batch 16 = "
                                          "2 rank(s) × 8 per rank, 5 steps per epoch, 10 optimiser steps in all")
     bare = provenance.training_budget(ckpt, tmp_path / "elsewhere" / "best.pt", history=[])

@@ -141,7 +141,7 @@ def _one_class(result: dict, cls: int = 3) -> dict:
 def test_health_flags_one_class_and_chance() -> None:
     good = fake_result("good", 0.9, 1)
     assert health.model_flags(good) == {"degenerate": False, "one_class": None, "never_predicted": [], "at_chance": [],
-                                        "messages": []}
+                                        "still_learning": None, "messages": []}
     bad = _one_class(fake_result("bad", 0.9, 1))
     flags = health.model_flags(bad)
     assert flags["degenerate"] and flags["one_class"] == {"class": "neu", "share": 1.0,

@@ -152,7 +152,9 @@ def test_plan_selects_folds_conditions_and_epoch_size(tiny_build: Path, manifest
     assert clean.samples_per_epoch == n_clean < plan.samples_per_epoch
     assert steps_per_epoch(n_clean, 4, 2) == -(-n_clean // 8)
     every = plan_data(resolve(tiny_config(tiny_build, tmp_path, **{"cv.fold": None})))
-    assert every.val is None and {r["fold"] for r in every.train_records} == {0, 1, 2, 3, 4}
+    # no CV fold: every fold trains, and the build's validation part validates (the run's conditions)
+    assert {r["fold"] for r in every.train_records} == {0, 1, 2, 3, 4}
+    assert {(r["split"], r["condition"]) for r in every.val_records} == {("validation", "clean")}
     with pytest.raises(UsageError, match="cv.fold=7"):
         plan_data(resolve(tiny_config(tiny_build, tmp_path, **{"cv.fold": 7})))
     with pytest.raises(UsageError, match="snr20"):

@@ -338,4 +338,4 @@ def test_the_trainer_trains_the_paper_recipe_from_the_cache(tiny_build: Path, we
     assert "feature cache" not in capfd.readouterr().err
     cached, streamed = (json.loads((tmp_path / n / "metrics.jsonl").read_text())["val"] for n in ("one", "nocache"))
     assert cached["n"] == streamed["n"] == sum(map(sum, streamed["confusion"])) > 0
-    assert set(cached) == set(streamed) == {"n", "wa", "ua", "weighted_f1", "macro_f1", "recall", "confusion"}
+    assert set(cached) == set(streamed) == {"n", "wa", "ua", "weighted_f1", "macro_f1", "recall", "confusion", "loss"}
