@@ -93,8 +93,8 @@ def test_train_two_ranks_then_evaluate_from_a_url(tiny_build: Path, tmp_path: Pa
         assert not (tmp_path / "unused").exists()
         # the default pre-flight did not download the build twice: shards were HEADed, then streamed
         heads = {p for meth, p, _ in srv.requests if meth == "HEAD"}
-        assert heads == {s["path"] for s in m["shards"] if s["dataset"] == "ahsn" and s["split"] == "train"
-                         and s["condition"] == "clean"}
+        assert heads == {s["path"] for s in m["shards"] if s["dataset"] == "ahsn"  # train and validation
+                         and s["split"] in ("train", "validation") and s["condition"] == "clean"}
         import torch
 
         ckpt = torch.load(runs / "remote" / "best.pt", map_location="cpu", weights_only=False)
