@@ -17,9 +17,13 @@ from __future__ import annotations
 import re
 import string
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from serwild import atomic
+from serwild.data import hubtables
 
 # Every key of a sample's ``.json`` (builder.shards.render_sample) and its type in the card.
 # Nullable: snr_db, noise, noise_offset_s, noise_gain (clean samples) and fold (test samples);
@@ -165,16 +169,20 @@ def citation_section(card: dict[str, Any], what: str) -> list[str]:
     return lines
 
 
-def card_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The front matter as a dict (configs, dataset_info, and the hub's descriptive keys)."""
+def card_metadata(manifest: dict[str, Any], hub: bool = False) -> dict[str, Any]:
+    """The front matter as a dict (configs, dataset_info, and the hub's descriptive keys). ``hub``:
+    the configs read the build's Parquet view (:mod:`serwild.data.hubtables`, top-level columns),
+    else its tars (the webdataset loader's columns)."""
     configs, infos = [], []
+    extra = list(manifest.get("extra_columns") or [])
     for d in manifest["datasets"]:
         by_split = split_shards(manifest, d)
-        globs = split_globs(manifest, d)
+        globs = {name: hubtables.table_path(g) if hub else g for name, g in split_globs(manifest, d).items()}
         configs.append({"config_name": d, "data_files": [{"split": name, "path": globs[name]} for name in globs]})
         infos.append({
             "config_name": d,
-            "features": features(manifest, d),
+            "features": (hubtables.card_features(list(manifest["datasets"][d]["classes"]), extra) if hub
+                         else features(manifest, d)),
             # num_bytes: the shards' size (an arrow table of the same PNG bytes is about as large)
             "splits": [{"name": name, "num_bytes": sum(s["bytes"] for s in recs),
                         "num_examples": sum(s["count"] for s in recs)} for name, recs in by_split.items()],
@@ -183,20 +191,29 @@ def card_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     return {
         **hub_fields(corpus_card(manifest.get("config") or {})),
         "task_categories": ["audio-classification", "image-classification"],
-        "tags": ["speech-emotion-recognition", "spectrogram", "noise-augmentation", "webdataset"],
+        "tags": ["speech-emotion-recognition", "spectrogram", "noise-augmentation", "webdataset",
+                 *(["parquet"] if hub else [])],
         "size_categories": [_size_category(sum(s["count"] for s in manifest["shards"]))],
         "configs": configs,
         "dataset_info": infos,
     }
 
 
-def card_front_matter(manifest: dict[str, Any]) -> str:
+def card_front_matter(manifest: dict[str, Any], hub: bool = False) -> str:
     """``---`` YAML ``---`` (with the trailing newline)."""
-    body = yaml.safe_dump(card_metadata(manifest), sort_keys=False, allow_unicode=True, width=1000)
+    body = yaml.safe_dump(card_metadata(manifest, hub), sort_keys=False, allow_unicode=True, width=1000)
     return f"---\n{body}---\n"
 
 
-def readme(manifest: dict[str, Any]) -> str:
+def write_hub_view(build: str | Path, manifest: dict[str, Any]) -> tuple[int, int]:
+    """The build's Parquet view (``hub/``, one table per shard, made only where missing or stale)
+    and its card (README.md) reading it: what ``serwild publish`` uploads. Returns (written, kept)."""
+    done = hubtables.write_tables(build, manifest)
+    atomic.write_text(Path(build) / "README.md", readme(manifest, hub=True))
+    return done
+
+
+def readme(manifest: dict[str, Any], hub: bool = False) -> str:
     """The whole card: front matter, description, layout, counts, how to load, versions."""
     m = manifest
     card = corpus_card(m.get("config") or {})
@@ -205,8 +222,8 @@ def readme(manifest: dict[str, Any]) -> str:
                + (f", {card['license_link']}" if card.get("license_link") else "")
                + (": set `card.license` (and `card.license_link`) to the corpus's licence before publishing."
                   if card["license"] == "unknown" else "."), ""]
-    parts = [card_front_matter(m), *_description(m), *about, *licence, *_empty_classes(m), *_layout(m), *_counts(m),
-             _load(m), *citation_section(card, "This build"), "## Versions", "",
+    parts = [card_front_matter(m, hub), *_description(m), *about, *licence, *_empty_classes(m), *_layout(m, hub),
+             *_counts(m), _load(m, hub), *citation_section(card, "This build"), "## Versions", "",
              ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), ""]
     return "\n".join(parts)
 
@@ -267,20 +284,26 @@ def _empty_classes(m: dict[str, Any]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-def _layout(m: dict[str, Any]) -> list[str]:
+def _layout(m: dict[str, Any], hub: bool = False) -> list[str]:
     lines = [
         "## Layout",
         "",
         "WebDataset tar shards, one sample = `KEY.png` (palette PNG) + `KEY.json` (metadata). "
         "`manifest.json` lists every shard with its sample count, class counts and sha256.",
         "",
+        *([f"The Hub's view: beside each shard a Parquet table (`{hubtables.HUB_DIR}/<shard path>.parquet`, the "
+           "same PNG bytes) with top-level columns `image`, `label` (a `ClassLabel`), "
+           f"{', '.join(f'`{c}`' for c, _ in hubtables.COLUMNS)}"
+           + (" and the list's own columns" if m.get("extra_columns") else "")
+           + ": the configs below read these, so `load_dataset` needs no `map`.", ""] if hub else []),
         "| config | split | files | samples |",
         "| --- | --- | --- | ---: |",
     ]
     for d in m["datasets"]:
         globs = split_globs(m, d)
         for name, recs in split_shards(m, d).items():
-            lines.append(f"| {d} | {name} | `{globs[name]}` | {sum(s['count'] for s in recs)} |")
+            where = hubtables.table_path(globs[name]) if hub else globs[name]
+            lines.append(f"| {d} | {name} | `{where}` | {sum(s['count'] for s in recs)} |")
     lines += [
         "",
         "`train`, `validation` (where the build holds one) and `test` are the clean blocks (`train` holds every CV "
@@ -308,13 +331,17 @@ def _counts(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _load(m: dict[str, Any]) -> str:
+def _load(m: dict[str, Any], hub: bool = False) -> str:
     """How-to-load snippets (plain webdataset, HF datasets, serwild) from card_load.md, with this
-    build's first dataset, first noisy condition and image size filled in; a test executes them."""
+    build's first dataset, first noisy condition and image size filled in; a test executes them.
+    The HF snippet reads the tars (card_load_hf.md) or, with ``hub``, the Parquet view
+    (card_load_hub.md)."""
     image = m.get("image", {})
     conds = list(m["conditions"])
     noisy = next((c for c in conds if m["conditions"][c] is not None), conds[0])
-    template = string.Template(resources.files("serwild.builder").joinpath("card_load.md").read_text("utf-8"))
+    files = resources.files("serwild.builder")
+    hf = files.joinpath("card_load_hub.md" if hub else "card_load_hf.md").read_text("utf-8")
+    template = string.Template(files.joinpath("card_load.md").read_text("utf-8").replace("$hf", hf))
     return template.substitute(dataset=next(iter(m["datasets"])), noisy=noisy, height=image.get("height", 257),
                                width=image.get("width", 259))
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from serwild import atomic
+from serwild.data import hubtables
 from serwild.data.manifest import MANIFEST, load_manifest, verify_build
 from serwild.data.records import ShardRecord
 from serwild.data.remote import (
@@ -98,10 +99,12 @@ class Upload:
 
 
 def _files(build: Path, manifest: dict[str, Any]) -> list[Upload]:
-    """The uploads in order: shards, metadata, the card, the manifest. The manifest and the
+    """The uploads in order: shards, their Parquet tables, metadata, the card, the manifest. The manifest and the
     rejects go out portable (:func:`portable`): a stranger's copy names no folder of this machine."""
     shards = [ShardRecord.of(r) for r in manifest["shards"]]
     files = [Upload(r.path, r.bytes, r.sha256) for r in shards]
+    tables = [build / hubtables.table_path(r.path) for r in shards]  # the Hub's view, where written
+    files += [Upload(str(t.relative_to(build)), t.stat().st_size, _sha256(t)) for t in tables if t.is_file()]
     others = sorted(p.name for p in build.iterdir() if p.is_file() and not p.name.startswith(".")
                     and p.name not in (MANIFEST, CARD, *NOT_PUBLISHED) and ".tmp" not in p.name)
     roots = _local_roots(manifest)
@@ -217,8 +220,11 @@ def _others(fs: Any, root: str, ours: set[str]) -> list[str]:
 
 
 def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = None,
-            say: Callable[[str], None] = print, replace: bool = False) -> Published:
-    """Upload ``build_dir`` to ``dest`` (see the module docstring); one line per file to ``say``."""
+            say: Callable[[str], None] = print, replace: bool = False,
+            prepare: Callable[[Path, dict[str, Any]], None] | None = None) -> Published:
+    """Upload ``build_dir`` to ``dest`` (see the module docstring); one line per file to ``say``.
+    ``prepare(build, manifest)`` runs once the build has verified, before anything is listed:
+    ``serwild publish`` writes the Hub's Parquet view there (``builder.hubcard.write_hub_view``)."""
     opts = options or RemoteOptions()
     build = Path(build_dir)
     manifest, problems = verify_build(build)
@@ -227,6 +233,8 @@ def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = No
         raise UsageError(f"{build} fails its own verify ({bad[0]}{f', and {len(bad) - 1} more' if bad[1:] else ''})"
                          f": run `serwild verify {build}` and rebuild before publishing")
     fs, root, url = _destination(dest, opts)
+    if prepare is not None:
+        prepare(build, manifest)
     files = _files(build, manifest)
     try:
         fs.invalidate_cache()  # the destination as it is now, not as a cached listing of an earlier run saw it

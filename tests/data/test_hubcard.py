@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from serwild.builder.hubcard import SAMPLE_FIELDS, card_front_matter, readme, split_globs, split_shards
+from serwild.builder.hubcard import SAMPLE_FIELDS, card_front_matter, readme, split_globs, split_shards, write_hub_view
+from serwild.data import hubtables
 from tests.data.tinybuild import SNR_DB, card_build, manifest_of  # noqa: F401 - fixture
 
 # Before `datasets` (and huggingface_hub) read them at import: nothing here may go online.
@@ -134,21 +135,27 @@ def test_load_dataset_reads_the_build_folder(hub_build: Path, hf) -> None:
         assert {row["fold"] for row in ds["train"]["json"]} == {0, 1}
 
 
-def test_card_snippets_run(hub_build: Path, hf, monkeypatch: pytest.MonkeyPatch) -> None:
-    text = (hub_build / "README.md").read_text()
+def _run_snippets(folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Section title → what the card's python block printed, run from ``folder``."""
+    text = (folder / "README.md").read_text()
     snippets = {}  # section title → its python block
     for section in re.split(r"^### ", text, flags=re.M)[1:]:
         title, _, body = section.partition("\n")
         for code in re.findall(r"^```python\n(.*?)^```$", body, re.M | re.S):
             snippets[title] = code
     assert list(snippets) == ["Plain webdataset", "Hugging Face datasets", "serwild"]
-    monkeypatch.chdir(hub_build)
+    monkeypatch.chdir(folder)
     outputs = {}
     for title, code in snippets.items():
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             exec(compile(code, f"README.md ({title})", "exec"), {"__name__": "__snippet__"})
         outputs[title] = out.getvalue()
+    return outputs
+
+
+def test_card_snippets_run(hub_build: Path, hf, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = _run_snippets(hub_build, monkeypatch)
     assert outputs["Plain webdataset"].split()[1:] == ["clean", "None"]
     assert "test_snr15: Dataset" in outputs["Hugging Face datasets"]
     assert outputs["Hugging Face datasets"].rstrip().endswith("snr15")
@@ -179,3 +186,75 @@ def test_the_card_says_what_the_card_section_and_the_corpus_kind_say(card_build:
     card = hub.DatasetCard(readme(iemocap))
     assert (card.data.license, card.data.language) == ("other", ["en"]) and "busso2008iemocap" in card.text
     assert card.data.license_link.startswith("https://sail.usc.edu/")
+
+
+def _tar_samples(path: Path) -> dict[str, dict]:
+    with tarfile.open(path) as tf:
+        return {m.name.removesuffix(".json"): json.loads(tf.extractfile(m).read())  # type: ignore[union-attr]
+                for m in tf if m.name.endswith(".json")}
+
+
+def test_the_hub_view_has_top_level_columns_and_the_expected_splits(hub_build: Path, hf,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_hub_view (what `serwild publish` does first): a Parquet table per shard with top-level
+    image, label (ClassLabel), speaker, condition …; train/validation/test clean, noisy splits
+    apart; made once, kept while the shard is unchanged; the card reads them, and its snippets run."""
+    m = manifest_of(hub_build)
+    assert write_hub_view(hub_build, m) == (len(m["shards"]), 0)
+    assert write_hub_view(hub_build, m) == (0, len(m["shards"]))
+    for d in m["datasets"]:
+        ds = hf.load_dataset(str(hub_build), d)
+        assert list(ds) == SPLITS
+        for split, recs in split_shards(m, d).items():
+            assert ds[split].num_rows == sum(s["count"] for s in recs) > 0
+        f = ds["validation"].features
+        assert list(f) == ["image", "label", *(c for c, _ in hubtables.COLUMNS)]
+        assert f["image"] == hf.Image() and f["label"] == hf.ClassLabel(names=m["datasets"][d]["classes"])
+        assert f["snr_db"] == hf.Value("float64") and f["fold"] == hf.Value("int64")
+        assert set(ds["train"]["condition"]) == {"clean"} and set(ds[f"test_{CONDITIONS[1]}"]["condition"]) == {
+            CONDITIONS[1]}
+        # every row is its tar sample: the same label, speaker, start and PNG bytes
+        shard = next(s for s in m["shards"] if s["dataset"] == d and s["split"] == "test" and s["count"])
+        meta = _tar_samples(hub_build / shard["path"])
+        rows = ds["test"].cast_column("image", hf.Image(decode=False))
+        assert sum(row["key"] in meta for row in rows) == shard["count"]
+        for row in rows:
+            if row["key"] in meta:
+                want = meta[row["key"]]
+                assert (f["label"].int2str(row["label"]), row["speaker"], row["start_s"], row["snr_db"]) == (
+                    want["label"], want["speaker"], want["start_s"], want["snr_db"])
+                with tarfile.open(hub_build / shard["path"]) as tf:
+                    assert row["image"]["bytes"] == tf.extractfile(f"{row['key']}.png").read()  # type: ignore[union-attr]
+    outputs = _run_snippets(hub_build, monkeypatch)
+    assert outputs["Hugging Face datasets"].rstrip().endswith("15.0")
+    # a changed shard's table is made again (it records the shard's sha256)
+    table = hub_build / hubtables.table_path(m["shards"][0]["path"])
+    m["shards"][0] = {**m["shards"][0], "sha256": "0" * 64}
+    assert write_hub_view(hub_build, m) == (1, len(m["shards"]) - 1) and table.is_file()
+
+
+def test_a_list_s_own_columns_are_top_level_columns_of_the_hub_view(tmp_path: Path) -> None:
+    """extra columns under their own names (``extra_<name>`` where a name is one of ours)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tf:
+        for key, meta in (("u1_b000_clean", {"label": "hap", "class_index": 1, "speaker": "s1", "utterance": "u1",
+                                             "session": "x", "condition": "clean", "snr_db": None, "start_s": 0.0,
+                                             "block": 0, "fold": 0, "noise": None,
+                                             "extra": {"intensity": "HI", "speaker": "dup"}}),):
+            for ext, data in (("png", b"\x89PNG"), ("json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    table = hubtables.shard_table(shard, "ab" * 32, ["ang", "hap"], ["intensity", "speaker"])
+    row = table.to_pylist()[0]
+    assert (row["label"], row["speaker"], row["intensity"], row["extra_speaker"]) == (1, "s1", "HI", "dup")
+    assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"] == ["ang", "hap"]
+    pq.write_table(table, tmp_path / "s.parquet")
+    assert pq.read_schema(tmp_path / "s.parquet").metadata[hubtables.SHARD_SHA] == b"ab" * 32
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tf:
+        info = tarfile.TarInfo("k.png")
+        tf.addfile(info, io.BytesIO(b""))
+    with pytest.raises(ValueError, match="lacks its .png or .json"):
+        hubtables.shard_table(bad, "0" * 64, ["a", "b"], [])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from serwild.cli import main
+from serwild.data import hubtables
 from serwild.data.manifest import load_manifest
 from tests.evaluate.conftest import write_build
 from tests.faults.procs import full_disk, one_line
@@ -24,8 +25,10 @@ def _files(folder: Path) -> set[str]:
 
 
 def _expected(build: Path) -> set[str]:
+    """The shards, the Hub's Parquet view of each, the card and the manifest."""
     m = load_manifest(build)
-    return {r["path"] for r in m["shards"]} | {"manifest.json"}
+    return ({r["path"] for r in m["shards"]} | {hubtables.table_path(r["path"]) for r in m["shards"]}
+            | {"README.md", "manifest.json"})
 
 
 @pytest.fixture
@@ -44,11 +47,13 @@ def test_publish_onto_another_build_is_refused_or_replaced_whole(builds: tuple[P
     capsys.readouterr()
     before = {f: (dest / f).read_bytes() for f in _files(dest)}
     rc = main(["publish", str(b), str(dest)])
-    one_line(capsys.readouterr().err, rc, 2, f"{dest} holds 3 file(s) that are not this build's",
+    n = len(_files(dest) - _expected(b))  # a's shards and tables that b does not have
+    assert n >= 3
+    one_line(capsys.readouterr().err, rc, 2, f"{dest} holds {n} file(s) that are not this build's",
              "pass --replace to delete them")
     assert {f: (dest / f).read_bytes() for f in _files(dest)} == before  # nothing touched
     assert main(["publish", str(b), str(dest), "--replace"]) == 0
-    assert "deleted 3 file(s) of another build (--replace)" in capsys.readouterr().out
+    assert f"deleted {n} file(s) of another build (--replace)" in capsys.readouterr().out
     assert _files(dest) == _expected(b)  # exactly the build: no stale shard for a glob reader or verify
     assert main(["verify", str(dest)]) == 0
 
@@ -117,4 +122,6 @@ def test_a_published_build_names_no_folder_of_this_machine(builds: tuple[Path, P
     assert main(["verify", str(dest)]) == 0
     capsys.readouterr()
     assert main(["publish", str(a), str(dest)]) == 0  # a rerun finds every file already there
-    assert "publish: 0 file(s) uploaded, 6 already there" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "publish: Hub view: 0 Parquet table(s) written, 4 already there" in out
+    assert f"publish: 0 file(s) uploaded, {len(_expected(a)) + 1} already there" in out  # + rejects.jsonl

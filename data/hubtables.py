@@ -1,0 +1,148 @@
+"""The Hub's view of a build: one Parquet file per shard, with the columns an HF
+image/audio-classification dataset has at the top level.
+
+    image      the spectrogram (HF ``Image``: the shard's PNG bytes, unchanged)
+    label      HF ``ClassLabel`` with the view's class names
+    speaker, utterance, session, condition, snr_db, start_s, block, fold, noise, key
+    <extra>    each of the corpus list's own columns (text), as the list named it
+
+HF's ``webdataset`` loader names a column after a tar member's extension and decodes only a
+few (``.json`` to a dict, ``.cls`` to an int), so from the tars a label can only be nested
+(``json.class_index``) or be called ``cls``; the Hub's own datasets with top-level columns are
+Parquet. The tars stay what serwild, webdataset and ``pipe:`` readers stream; these tables are
+written beside them (``hub/<shard path>.parquet``) by ``serwild publish``, each from its shard,
+with the HF features in the schema's metadata, so ``load_dataset`` needs no ``map`` and no
+card to type them. A table records its shard's sha256 and is rewritten only when the shard
+changed.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from serwild import atomic
+
+HUB_DIR = "hub"
+SHARD_SHA = b"serwild_shard_sha256"  # schema metadata: the shard a table was made from
+# (column, Value dtype) after image and label, in order; every one is in each sample's JSON
+# (fold is null outside train, snr_db/noise for clean samples)
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("speaker", "string"), ("utterance", "string"), ("session", "string"), ("condition", "string"),
+    ("snr_db", "float64"), ("start_s", "float64"), ("block", "int64"), ("fold", "int64"), ("noise", "string"),
+    ("key", "string"),
+)
+RESERVED = {"image", "label", *(c for c, _ in COLUMNS)}
+
+
+def table_path(shard_rel: str) -> str:
+    """``ahsn/test/clean-000000.tar`` → ``hub/ahsn/test/clean-000000.parquet``."""
+    return f"{HUB_DIR}/{shard_rel.removesuffix('.tar')}.parquet"
+
+
+def extra_column(name: str) -> str:
+    """A list's own column under its own name, or ``extra_<name>`` where that name is one of ours."""
+    return f"extra_{name}" if name in RESERVED else name
+
+
+def hf_features(classes: list[str], extra: list[str]) -> dict[str, Any]:
+    """The columns as ``datasets.Features.to_dict()`` writes them (the schema metadata's form)."""
+    out: dict[str, Any] = {"image": {"_type": "Image"}, "label": {"names": list(classes), "_type": "ClassLabel"}}
+    for name, dtype in (*COLUMNS, *((extra_column(e), "string") for e in extra)):
+        out[name] = {"dtype": dtype, "_type": "Value"}
+    return out
+
+
+def card_features(classes: list[str], extra: list[str]) -> list[dict[str, Any]]:
+    """The same columns in the dataset card's YAML form (``dataset_info.features``)."""
+    out: list[dict[str, Any]] = [{"name": "image", "dtype": "image"},
+                                 {"name": "label", "dtype": {"class_label": {"names": dict(enumerate(classes))}}}]
+    out += [{"name": name, "dtype": dtype} for name, dtype in (*COLUMNS, *((extra_column(e), "string")
+                                                                          for e in extra))]
+    return out
+
+
+def _samples(tar_path: Path) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
+    """(key, PNG bytes, metadata) per sample of one of our shards (members ``key.png``, ``key.json``)."""
+    members: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    with tarfile.open(tar_path, "r") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            if key not in members:
+                members[key] = {}
+                order.append(key)
+            f = tf.extractfile(m)
+            assert f is not None
+            members[key][ext] = f.read()
+    for key in order:
+        got = members.pop(key)
+        if "png" not in got or "json" not in got:
+            raise ValueError(f"{tar_path}: sample {key!r} lacks its .png or .json")
+        yield key, got["png"], json.loads(got["json"])
+
+
+def shard_table(tar_path: str | Path, sha256: str, classes: list[str], extra: list[str]) -> Any:
+    """One shard as an Arrow table with the Hub's columns and HF's features in its metadata."""
+    import pyarrow as pa  # here: only publishing needs it (a dependency of datasets and of s3fs's stack)
+
+    rows: dict[str, list[Any]] = {"image": [], "label": []}
+    for name, _ in COLUMNS:
+        rows[name] = []
+    for e in extra:
+        rows[extra_column(e)] = []
+    for key, png, meta in _samples(Path(tar_path)):
+        if classes[int(meta["class_index"])] != meta["label"]:
+            raise ValueError(f"{tar_path}: sample {key!r} is labelled {meta['label']!r} but its class_index "
+                             f"{meta['class_index']} names {classes[int(meta['class_index'])]!r}")
+        rows["image"].append({"bytes": png, "path": f"{key}.png"})
+        rows["label"].append(int(meta["class_index"]))
+        for name, _ in COLUMNS:
+            rows[name].append(key if name == "key" else meta.get(name))
+        for e in extra:
+            rows[extra_column(e)].append((meta.get("extra") or {}).get(e))
+    arrow = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
+    types = {"image": pa.struct([("bytes", pa.binary()), ("path", pa.string())]), "label": pa.int64(),
+             **{name: arrow[dtype] for name, dtype in COLUMNS},
+             **{extra_column(e): pa.string() for e in extra}}
+    schema = pa.schema([(name, types[name]) for name in rows], metadata={
+        b"huggingface": json.dumps({"info": {"features": hf_features(classes, extra)}}).encode(),
+        SHARD_SHA: sha256.encode()})
+    return pa.table({name: pa.array(values, type=types[name]) for name, values in rows.items()}, schema=schema)
+
+
+def _made_from(path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):  # cut or not Parquet: made again
+        return None
+    found = meta.get(SHARD_SHA)
+    return found.decode() if found else None
+
+
+def write_tables(build: str | Path, manifest: dict[str, Any]) -> tuple[int, int]:
+    """``hub/…parquet`` for every shard of the build whose table is missing or was made from
+    other bytes; returns (written, kept). Each file is written to a temp name and renamed."""
+    import pyarrow.parquet as pq
+
+    root = Path(build)
+    extra = list(manifest.get("extra_columns") or [])
+    written = kept = 0
+    for r in manifest["shards"]:
+        out = root / table_path(r["path"])
+        if out.is_file() and _made_from(out) == r["sha256"]:
+            kept += 1
+            continue
+        table = shard_table(root / r["path"], r["sha256"], list(manifest["datasets"][r["dataset"]]["classes"]), extra)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_write(out) as f:
+            pq.write_table(table, f, compression="none")  # PNG bytes do not compress further
+        written += 1
+    return written, kept
