@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from serwild.builder.hubcard import SAMPLE_FIELDS, card_front_matter, readme, split_globs, split_shards, write_hub_view
+from serwild.cli import main
 from serwild.data import hubtables
 from tests.data.tinybuild import SNR_DB, card_build, manifest_of  # noqa: F401 - fixture
 
@@ -227,6 +228,11 @@ def test_the_hub_view_has_top_level_columns_and_the_expected_splits(hub_build: P
                     assert row["image"]["bytes"] == tf.extractfile(f"{row['key']}.png").read()  # type: ignore[union-attr]
     outputs = _run_snippets(hub_build, monkeypatch)
     assert outputs["Hugging Face datasets"].rstrip().endswith("15.0")
+    # what a stranger gets: the published copy loads the same way
+    dest = hub_build.parent / "published"
+    assert main(["publish", str(hub_build), str(dest)]) == 0
+    published = hf.load_dataset(str(dest), next(iter(m["datasets"])), split="validation")
+    assert isinstance(published.features["label"], hf.ClassLabel) and set(published["condition"]) == {"clean"}
     # a changed shard's table is made again (it records the shard's sha256)
     table = hub_build / hubtables.table_path(m["shards"][0]["path"])
     m["shards"][0] = {**m["shards"][0], "sha256": "0" * 64}
