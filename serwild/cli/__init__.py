@@ -7,6 +7,7 @@
     serwild evaluate --checkpoint runs/<name>/best.pt    # per-condition tables and plots
     serwild compare  runs/a runs/b                       # the paper's Figures 4/5
     serwild predict  --checkpoint best.pt rec.wav …      # emotions of your own recordings
+    serwild serve    --model exports/demo-augmented      # a local page: the microphone's live timeline
     serwild demo                                         # the whole story, end to end
     serwild reproduce --config configs/protocol-tiny.yaml  # the paper's protocol, resumable
 
@@ -42,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare runs: weighted F1 per test condition",
     "predict": "emotion of each 1 s block of your own WAV files",
     "listen": "emotion of each 1 s block of a live stream on stdin (WAV or raw PCM), as it arrives",
+    "serve": "a local web page and API: live emotion timeline from the browser's microphone, JSON endpoints",
     "export": "a trained model as a small folder (safetensors, config, model card) to share or load",
     "figure": "a paper figure from a build: spectrograms (one test block clean and noisy, Figure 2)",
     "demo": "synth → build → train clean/augmented → evaluate → compare",

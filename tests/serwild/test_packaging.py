@@ -39,7 +39,7 @@ def test_every_subcommand_has_a_parser_of_its_own() -> None:
     sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == set(COMMANDS) == {"synth", "build", "verify", "train", "evaluate", "compare",
                                                  "predict", "listen", "demo", "reproduce", "publish", "export",
-                                                 "config", "figure"}
+                                                 "config", "figure", "serve"}
     for name in COMMANDS:
         p = command_parser(name)
         assert callable(p.get_default("_run")) and p.prog == f"serwild {name}"
