@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # also runs on CPU); elsewhere override, e.g. make TORCH="torch torchvision" test
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup chromium demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	$(BIN)/python -c "import numpy as np, librosa; y = np.random.default_rng(0).standard_normal(16000).astype(np.float32); librosa.istft(librosa.stft(y)); librosa.yin(y, fmin=60, fmax=500, sr=16000)"
+	@$(MAKE) --no-print-directory chromium
 	touch $@
+
+# The browser test of serwild serve drives Debian's Chromium through Playwright (the dev extra;
+# Playwright's own browser download is not used). Installed only where it can be: as root, with apt.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	    || echo "make setup: apt-get install chromium failed: the browser test of serwild serve will skip"; \
+	else echo "make setup: no /usr/bin/chromium (install it as root: apt-get install chromium): the browser test of serwild serve will skip"; fi
 
 demo: setup
 	$(BIN)/serwild demo
