@@ -4,14 +4,17 @@
     sox -d -t wav - | serwild listen --model exports/demo-augmented --hop 0.5
     ffmpeg -i talk.mp3 -f s16le -ar 16000 -ac 1 - | serwild listen --model DIR --raw --rate 16000
     cat rec.wav | serwild listen --model DIR --json          # one JSON object per block
+    serwild listen --model DIR --mic [--device N]             # the microphone (pip install 'serwild[mic]')
 
 Standard input is a WAV stream (PCM, any rate and channels; the header is read first, a pipe
 needs no length) or, with ``--raw``, headerless little-endian PCM (``--rate``, ``--channels``,
-``--format s16le|s32le|f32le``). Each block is cut, rendered and scored as ``serwild predict``
-scores the same samples, so with the default hop (one block) the labels are those of
-``serwild predict`` on the whole recording. A silent block is reported as silence. Each line
-gives the block's start, its label and probability, the running label over the last
-``--smooth`` scored blocks and the latency from the block's last sample to its result.
+``--format s16le|s32le|f32le``); with ``--mic``, the default input device (or ``--device``, a
+number or a name from ``python -m sounddevice``) through PortAudio, at ``--rate``. Each block is
+cut, rendered and scored as ``serwild predict`` scores the same samples, so with the default hop
+(one block) the labels are those of ``serwild predict`` on the whole recording. A silent block
+is reported as silence. Each line gives the block's start, its label and probability, the
+running label over the last ``--smooth`` scored blocks and the latency from the block's last
+sample to its result.
 The model loads as for ``predict`` (``--model`` an export or a run folder, or ``--checkpoint``).
 """
 
@@ -22,7 +25,7 @@ import json
 import sys
 import wave
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -40,9 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", metavar="DIR", help="an exported model folder, or a run folder (its best.pt)")
     which.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint written by serwild train")
-    p.add_argument("--raw", action="store_true", help="standard input is headerless PCM, not WAV")
-    p.add_argument("--rate", type=int, default=16000, help="--raw: the sample rate in Hz (default 16000)")
-    p.add_argument("--channels", type=int, default=1, help="--raw: interleaved channels (default 1)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--raw", action="store_true", help="standard input is headerless PCM, not WAV")
+    source.add_argument("--mic", action="store_true",
+                        help="read the microphone (the sounddevice package: pip install 'serwild[mic]')")
+    p.add_argument("--device", default=None, metavar="DEV", help="--mic: an input device number or name")
+    p.add_argument("--rate", type=int, default=16000, help="--raw, --mic: the sample rate in Hz (default 16000)")
+    p.add_argument("--channels", type=int, default=1, help="--raw, --mic: interleaved channels (default 1)")
     p.add_argument("--format", choices=sorted(FORMATS), default="s16le", help="--raw: the sample format")
     p.add_argument("--hop", type=float, default=None, metavar="S",
                    help="seconds between block starts (default: one block; 0.5 gives overlapping blocks)")
@@ -83,14 +90,57 @@ def raw_chunks(stream: BinaryIO, rate: int, channels: int, fmt: str) -> Iterator
             yield np.frombuffer(data, dtype=dtype).reshape(-1, channels)
 
 
+class InputStream(Protocol):
+    """What :func:`mic_chunks` reads: sounddevice's blocking ``InputStream`` API."""
+
+    def read(self, frames: int) -> tuple[np.ndarray, bool]: ...
+
+
+def mic_chunks(stream: InputStream, rate: int) -> Iterator[np.ndarray]:
+    """(frames, channels) float32 chunks of a started input stream, a tenth of a second each, until
+    the user stops it (Ctrl-C). An overflow (the machine fell behind) is said, once per time."""
+    frames = max(1, int(rate * CHUNK_S))
+    while True:
+        data, overflowed = stream.read(frames)
+        if overflowed:
+            print("serwild listen: note: the input overflowed (samples were lost: the machine fell behind)",
+                  file=sys.stderr, flush=True)
+        yield np.asarray(data, dtype=np.float32)
+
+
+def open_mic(device: str | None, rate: int, channels: int) -> Any:
+    """A started sounddevice input stream, or one line saying why there is none."""
+    try:
+        import sounddevice as sd
+    except ImportError as e:  # the package, or PortAudio under it (OSError subclasses are caught below)
+        raise UsageError(f"--mic needs the sounddevice package and PortAudio ({e}): pip install 'serwild[mic]' "
+                         "(and libportaudio2 on Debian), or pipe audio in: arecord -t wav - | serwild listen …"
+                         ) from None
+    except OSError as e:
+        raise UsageError(f"--mic: PortAudio could not be loaded ({e}): install it (Debian: libportaudio2)") from None
+    which: int | str | None = int(device) if device is not None and device.isdigit() else device
+    try:
+        stream = sd.InputStream(samplerate=rate, channels=channels, dtype="float32", device=which)
+        stream.start()
+    except (sd.PortAudioError, ValueError) as e:
+        raise UsageError(f"--mic: no input at {rate} Hz, {channels} channel(s) on device {device or 'default'} "
+                         f"({e}): see `python -m sounddevice`") from None
+    return stream
+
+
 def run(args: argparse.Namespace) -> int:
     if args.channels < 1 or args.smooth < 1:
         raise UsageError("--channels and --smooth must be at least 1")
     settings = load_config(args.config, args.overrides).eval
     model = Predictor(args.model or args.checkpoint, settings.device, verbose=True)
-    source = sys.stdin.buffer
-    rate, chunks = ((args.rate, raw_chunks(source, args.rate, args.channels, args.format)) if args.raw
-                    else wav_chunks(source))
+    source, mic = sys.stdin.buffer, None
+    if args.mic:  # opened once the model is loaded: a stream started earlier would overflow meanwhile
+        mic = open_mic(args.device, args.rate, args.channels)
+        rate, chunks = args.rate, mic_chunks(mic, args.rate)
+    elif args.raw:
+        rate, chunks = args.rate, raw_chunks(source, args.rate, args.channels, args.format)
+    else:
+        rate, chunks = wav_chunks(source)
     try:
         for r in model.stream(chunks, rate, hop_s=args.hop, smooth=args.smooth):
             if args.json:
@@ -101,4 +151,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{r.latency_ms:5.0f} ms", flush=True)
     except ValueError as e:  # NaN samples, a hop or rate out of range
         raise UsageError(str(e)) from None
+    finally:
+        if mic is not None:
+            mic.close()
     return 0

@@ -335,6 +335,47 @@ def test_streaming_gives_predicts_labels_block_for_block(run: Path, tmp_path: Pa
         "serwild listen: error: standard input is not a PCM WAV stream")
 
 
+class _Input:
+    """sounddevice's blocking InputStream API over a recording (no audio device on this machine):
+    ``read(frames)`` → (float32 (frames, channels), overflowed)."""
+
+    def __init__(self, samples: np.ndarray, overflow_at: int) -> None:
+        self.samples, self.at, self.reads, self.overflow_at = samples, 0, 0, overflow_at
+
+    def read(self, frames: int) -> tuple[np.ndarray, bool]:
+        if self.at >= len(self.samples):
+            raise KeyboardInterrupt  # the user's Ctrl-C: what ends a live microphone
+        chunk = self.samples[self.at:self.at + frames]
+        self.at, self.reads = self.at + frames, self.reads + 1
+        return chunk, self.reads == self.overflow_at
+
+
+def test_the_microphone_path_gives_predicts_labels(run: Path, tmp_path: Path, recordings: dict[str, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`listen --mic` reads a tenth of a second at a time from sounddevice's InputStream and scores
+    it as predict scores the recording; an overflow is said; without sounddevice, one line."""
+    from serwild.cli.listen import mic_chunks
+    from serwild.evaluate.predict import Predictor
+
+    model = Predictor.from_pretrained(export_run(run, tmp_path / "x"), device="cpu", verbose=False)
+    samples, sr = sf.read(recordings["stereo"], dtype="float32")
+    mic = _Input(samples, overflow_at=2)
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for r in model.stream(mic_chunks(mic, sr), sr):
+            got.append(r)
+    want = model.predict_array(samples, sr)
+    assert [r.label for r in got if not r.silent] == [b["label"] for b in want.blocks] and got
+    assert mic.reads == -(-len(samples) // int(sr * 0.1))  # 0.1 s reads
+    assert capsys.readouterr().err.count("the input overflowed") == 1
+    # here the mic extra is not installed: one line saying how to get it; with it, device 99999 is
+    # none there is, and that is one line too
+    proc = subprocess.run([sys.executable, "-m", "serwild", "listen", "--model", str(tmp_path / "x"), "--mic",
+                           "--device", "99999"], capture_output=True, timeout=300)
+    last = proc.stderr.decode().strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("serwild listen: error: --mic"), proc.stderr.decode()
+
+
 def test_the_model_card_carries_the_corpus_card_and_the_hub_id(run: Path, tmp_path: Path) -> None:
     """license, license_link and language from the corpus's card (here its kind's defaults, then the
     card: section), ``datasets`` and the model-index's dataset type from the build's Hub id (an
