@@ -1,5 +1,5 @@
 """Any torchvision classifier of the short list by name (train.arch), from scratch: it builds with
-a head sized from the view's classes, trains, and its checkpoint loads, exports and predicts."""
+a head sized from the view's classes, trains, and its checkpoint loads, exports (ONNX too) and predicts."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def test_a_network_trains_exports_and_predicts(tiny_build: Path, tmp_path: Path)
     train_main(cfg)
     ckpt = load_checkpoint(tmp_path / "m" / "best.pt")
     assert ckpt["arch"] == "mobilenet_v3_small" and ckpt["recipe"]["name"] == "scratch"
-    out = export_run(tmp_path / "m", tmp_path / "x")
+    out = export_run(tmp_path / "m", tmp_path / "x", onnx=True)  # checked against torch with onnxruntime
+    assert (out / "model.onnx").is_file()
     wav = tmp_path / "a.wav"
     sf.write(wav, tone(1.5, 180.0), 16000)
     res = Predictor.from_pretrained(out, device="cpu", verbose=False).predict_file(wav)
