@@ -57,14 +57,6 @@ T = TypeVar("T")
 class ShardError(UsageError):
     """A shard that does not match the manifest (short, corrupt, wrong content)."""
 
-    def __str__(self) -> str:
-        text = super().__str__()
-        # Re-raised from a DataLoader worker, the message is the whole worker traceback:
-        # keep its last line, the original one-line message.
-        if "Original Traceback" in text:
-            return text.strip().splitlines()[-1].split(": ", 1)[-1]
-        return text
-
 
 @dataclass(frozen=True)
 class ShardSet:

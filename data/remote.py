@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from serwild.data.records import ShardRecord, sample_key
-from serwild.errors import UsageError
+from serwild.errors import UnavailableError, UsageError, one_line
 
 USER_AGENT = "serwild-remote/1"
 READ_CHUNK = 1 << 16
@@ -85,12 +85,12 @@ class RemoteError(UsageError, OSError):
     def __str__(self) -> str:
         # webdataset appends the URL and the stream to ``exn.args`` (and " @ <stream>" to the
         # first): the message is the one given here.
-        text = self.message or super().__str__()
-        # Re-raised from a DataLoader worker, the message is the worker's whole traceback:
-        # its last line is the original one.
-        if "Original Traceback" in text:
-            return text.strip().splitlines()[-1].split(": ", 1)[-1]
-        return text
+        return one_line(self.message or super().__str__())
+
+
+class Unreachable(RemoteError, UnavailableError):
+    """Retries spent on failures that may pass (timeouts, refused connections, 5xx): nothing the
+    user typed is wrong, so not a usage error (exit 1, not 2)."""
 
 
 class NotFound(RemoteError):
@@ -254,7 +254,7 @@ class _Attempts:
         if not retry or self.count > self.opts.retries:
             spent = time.monotonic() - self.since
             tries = f" (gave up after {self.count} attempts, {spent:.1f} s)" if self.count > 1 else ""
-            raise RemoteError(f"{self.name}: {text}{tries}") from None
+            raise (Unreachable if retry else RemoteError)(f"{self.name}: {text}{tries}") from None
         time.sleep(self.opts.delay(self.count - 1))
 
 

@@ -15,7 +15,8 @@ Each subcommand is a module here (``serwild.cli.build`` …) with ``add_argument
 and ``run(args)`` over library functions. Only the invoked command's module is imported,
 so ``serwild --help`` stays fast and ``serwild verify`` never loads torch. A user's mistake
 (:class:`UsageError`, including config errors) is one ``serwild <cmd>: error: …`` line and
-exit status 2.
+exit status 2; input that cannot be read now though nothing typed is wrong (a server that does
+not answer after the retries: :class:`~serwild.errors.UnavailableError`) is one line and 1.
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = _stop_on_sigterm()
     try:
         return int(args._run(args) or 0)
-    except UsageError as e:
+    except UsageError as e:  # a user's mistake (2), or input that cannot be read now (1)
         print(f"serwild {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except Terminated:
         print(f"serwild {args.command}: stopped by SIGTERM{RESUME_HINT.get(args.command, '')}", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -340,3 +340,17 @@ def test_a_shard_or_manifest_linked_out_of_the_build_is_refused(built: tuple[Pat
     (build / "manifest.json").rename(manifest)
     (build / "manifest.json").symlink_to(manifest)
     _cli(capsys, ["verify", str(build)], 2, "manifest.json", str(manifest), "outside the build")
+
+
+def test_a_server_that_does_not_answer_is_exit_1_not_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Retries spent on a refused connection: one line naming the URL and the attempts, and exit
+    status 1 (nothing the user typed is wrong: not a usage error's 2)."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once the socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opts = ["remote.timeout_s=2", "remote.retries=1", "remote.backoff_s=0.05"]
+    rc = main(["verify", f"http://127.0.0.1:{port}/build/", *opts])
+    one_line(capsys.readouterr().err, rc, 1, f"http://127.0.0.1:{port}/build/manifest.json",
+             "gave up after 2 attempts")
