@@ -128,7 +128,7 @@ def _tar_samples(url: str, remote: RemoteOptions | None = None) -> Iterator[dict
     try:
         stream = open_url(url, remote or RemoteOptions())
     except RemoteError as e:
-        raise RemoteError(str(e)) from None
+        raise type(e)(str(e)) from None  # the same kind (Unreachable: exit 1), without webdataset's additions
     with stream:
         samples = wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"url": url, "stream": stream}]))
         while True:
@@ -137,7 +137,7 @@ def _tar_samples(url: str, remote: RemoteOptions | None = None) -> Iterator[dict
             except StopIteration:
                 return
             except RemoteError as e:  # the network, not the shard: its own one line, naming the URL
-                raise RemoteError(str(e)) from None
+                raise type(e)(str(e)) from None
             except (tarfile.TarError, OSError, ValueError) as e:  # a damaged tar, not a bug of ours
                 raise ShardError(f"shard {url} is corrupt after {n} samples ({type(e).__name__}: {e})") from None
             n += 1

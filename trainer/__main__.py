@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if local or rank == "0":
             who = f"rank {rank}: " if local and os.environ.get("WORLD_SIZE", "1") != "1" else ""
             print(f"serwild.trainer: error: {who}{e}", file=sys.stderr, flush=True)
-        return USAGE_EXIT
+        return USAGE_EXIT if e.exit_code == 2 else SAID_EXIT  # a dead server is said, but not a usage error
     except RuntimeError as e:
         if not peer_lost(e):
             raise
