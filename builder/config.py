@@ -109,9 +109,8 @@ class SplitConfig:
     def identity(self) -> dict[str, object]:
         """What of this section makes a build's bytes: the test fraction plays no part in a session
         split, nor the sessions in any other."""
-        keep: dict[str, object] = {"strategy": self.strategy, "folds": self.folds}
-        if self.validation_fraction:  # absent at 0, so builds made before the key keep their identity
-            keep["validation_fraction"] = self.validation_fraction
+        keep: dict[str, object] = {"strategy": self.strategy, "folds": self.folds,
+                                   "validation_fraction": self.validation_fraction}
         if self.strategy == "session":
             return {**keep, "test_sessions": list(self.test_sessions)}
         return {**keep, "test_fraction": self.test_fraction}

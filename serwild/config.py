@@ -357,8 +357,14 @@ def build_identity(data: Config | Mapping[str, Any]) -> dict[str, Any] | None:
     """The part of a config that makes a build's bytes (:data:`BUILD_KEYS`), as plain data read
     back through the schema, so a key added since (at its default) is no difference; None for data
     that is not a config (a damaged manifest's)."""
+    if not isinstance(data, Config):
+        data = dict(data)
+        split = data.get("split")
+        if isinstance(split, Mapping) and "validation_fraction" not in split:
+            # written before the key existed, when no build held a validation part: 0, not today's default
+            data["split"] = {**split, "validation_fraction": 0.0}
     try:
-        cfg = data if isinstance(data, Config) else config_from_resolved(dict(data))
+        cfg = data if isinstance(data, Config) else config_from_resolved(data)
     except (UsageError, TypeError, ValueError):
         return None
     plain = json.loads(json.dumps(to_dict(cfg)))

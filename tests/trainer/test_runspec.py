@@ -45,6 +45,10 @@ def test_the_build_identity_is_an_allow_list(tmp_path: Path) -> None:
     old = to_dict(_cfg(tmp_path))
     del old["audio"]["n_fft"]
     assert build_identity(old) == base
+    # except the validation part: a build made before the key held none (0, not today's 0.1)
+    del old["split"]["validation_fraction"]
+    assert build_identity(old)["split"]["validation_fraction"] == 0.0 != base["split"]["validation_fraction"]
+    assert build_identity(_cfg(tmp_path, "split.validation_fraction=0")) == build_identity(old)
     assert build_identity({"corpus": "not a section"}) is None
 
 
