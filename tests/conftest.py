@@ -125,5 +125,15 @@ def tiny_build(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture(scope="session")
+def tiny_build_without_validation(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny build made with ``split.validation_fraction: 0`` (as the paper's configs make
+    theirs): a run on it without a CV fold has nothing to validate on. Read-only, made on first use."""
+    folder = made_once(shared_temp(tmp_path_factory) / "tiny-build-no-validation",
+                       build_of(tiny_corpus, None, [*TINY_BUILD, "split.validation_fraction=0"]))
+    with read_only(folder / "shards") as build:
+        yield build
+
+
+@pytest.fixture(scope="session")
 def tiny_manifest(tiny_build: Path) -> dict:
     return json.loads((tiny_build / "manifest.json").read_text())

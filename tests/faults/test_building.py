@@ -210,7 +210,7 @@ def test_fewer_units_of_a_class_than_folds_is_one_line_before_rendering(tmp_path
     out = tmp_path / "shards"
     line = cli(capsys, "build", "--serial", "corpus.kind=csv", f"corpus.root={write_csv(corpus / 'l.csv', rows)}",
                f"out={out}", "snr_db=[]", "datasets=[ahsn]", "split.strategy=utterance", "split.test_fraction=0.25",
-               "split.folds=5")
+               "split.folds=5", "split.validation_fraction=0")
     assert re.fullmatch(r"serwild build: error: split\.folds=5 but class 'ang' of dataset 'ahsn' has only 3 "
                         r"unit\(s\) \(utterances\) in the train part: .*", line), line
     assert not list(out.rglob("*.tar")) and not (out / "manifest.json").exists()

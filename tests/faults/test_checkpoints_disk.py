@@ -188,19 +188,20 @@ def test_a_kill_before_best_pt_is_written_never_loses_the_best_model(tiny_build:
 
 
 @pytest.mark.slow
-def test_a_kill_between_best_pt_and_last_pt_leaves_best_pt_of_its_epoch(tiny_build: Path, tmp_path: Path) -> None:
-    """No validation fold: every epoch's end writes best.pt (the latest model), then last.pt. Killed
+def test_a_kill_between_best_pt_and_last_pt_leaves_best_pt_of_its_epoch(tiny_build_without_validation: Path,
+                                                                        tmp_path: Path) -> None:
+    """No validation part: every epoch's end writes best.pt (the latest model), then last.pt. Killed
     between the two at epoch 2, best.pt already holds epoch 2 and last.pt epoch 1; the resumed run
     trains epoch 2 again and ends with best.pt of epoch 2 (it once ended with epoch 1's under the
     name of the last epoch's model)."""
     run = tmp_path / "runs" / "r"
-    args = overrides(tiny_build, tmp_path / "runs", **{"train.name": "r", "cv.fold": None, "train.epochs": 2,
-                                                       "train.samples_per_epoch": 400})
+    args = overrides(tiny_build_without_validation, tmp_path / "runs", **{
+        "train.name": "r", "cv.fold": None, "train.epochs": 2, "train.samples_per_epoch": 400})
 
     def epoch_one_saved(_: subprocess.Popen) -> bool:
         return (run / "last.pt").is_file()
 
     _train_held_at(run, "last.pt", args, when=epoch_one_saved)
     assert load_checkpoint(run / "best.pt")["epoch"] == 2 and load_checkpoint(run / "last.pt")["epoch"] == 1
-    assert _resume(args).endswith("best.pt (no validation fold: the last epoch's model)")
+    assert _resume(args).endswith("best.pt (no validation part: the last epoch's model)")
     assert load_checkpoint(run / "best.pt")["epoch"] == 2
