@@ -1,6 +1,6 @@
 """The paper's claim, end to end, in one command.
 
-    serwild demo                                   # the shipped demo.yaml: ~12 min on 2 CPU cores
+    serwild demo                                   # the shipped demo.yaml: ~35 min on 2 CPU cores
     serwild demo --config configs/demo-tiny.yaml   # a one-minute smoke run (what the tests run)
     serwild demo --nproc 2 train.epochs=4          # any config key can be overridden
 
