@@ -109,13 +109,19 @@ def test_readme_body_counts_and_snippets(card_build: Path) -> None:  # noqa: F81
     assert len(re.findall(r"^```python$", text, re.M)) == 3
 
 
+def _loaded(hf, folder: Path, m: dict, d: str):
+    """``load_dataset(folder, d)``, its splits and their row counts checked against the manifest."""
+    ds = hf.load_dataset(str(folder), d)
+    assert list(ds) == SPLITS
+    for split, recs in split_shards(m, d).items():
+        assert ds[split].num_rows == sum(s["count"] for s in recs) > 0
+    return ds
+
+
 def test_load_dataset_reads_the_build_folder(hub_build: Path, hf) -> None:
     m = manifest_of(hub_build)
     for d in m["datasets"]:
-        ds = hf.load_dataset(str(hub_build), d)
-        assert list(ds) == SPLITS
-        for split, recs in split_shards(m, d).items():
-            assert ds[split].num_rows == sum(s["count"] for s in recs) > 0
+        ds = _loaded(hf, hub_build, m, d)
         features = ds["train"].features
         assert features["png"] == hf.Image(mode="RGB")
         json_types = features["json"]
@@ -204,10 +210,7 @@ def test_the_hub_view_has_top_level_columns_and_the_expected_splits(hub_build: P
     assert write_hub_view(hub_build, m) == (len(m["shards"]), 0)
     assert write_hub_view(hub_build, m) == (0, len(m["shards"]))
     for d in m["datasets"]:
-        ds = hf.load_dataset(str(hub_build), d)
-        assert list(ds) == SPLITS
-        for split, recs in split_shards(m, d).items():
-            assert ds[split].num_rows == sum(s["count"] for s in recs) > 0
+        ds = _loaded(hf, hub_build, m, d)
         f = ds["validation"].features
         assert list(f) == ["image", "label", *(c for c, _ in hubtables.COLUMNS)]
         assert f["image"] == hf.Image() and f["label"] == hf.ClassLabel(names=m["datasets"][d]["classes"])

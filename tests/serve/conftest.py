@@ -9,6 +9,9 @@ prove little. It takes a second; nothing is trained.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,3 +77,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt_path = write_checkpoint(root / "runs" / "demo-x" / "best.pt", write_build(root / "shards"), seed=3)
     _fit_head(ckpt_path)
     return ckpt_path.parent
+
+
+def start_serve(model_dir: Path) -> tuple[subprocess.Popen, str]:
+    """``serwild serve`` on 127.0.0.1 at a free port (no token): the process and its base URL,
+    read from its first line. The caller stops it (SIGTERM) and waits for it."""
+    proc = subprocess.Popen([sys.executable, "-m", "serwild", "serve", "--model", str(model_dir), "--port", "0",
+                             "eval.device=cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SERWILD_TOKEN": ""})
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    if not line.startswith("serwild serve: http://127.0.0.1:"):
+        proc.kill()
+        raise AssertionError(line + proc.communicate()[1])
+    return proc, line.split()[2]

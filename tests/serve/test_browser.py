@@ -14,10 +14,8 @@ Skips only where the browser is missing: no /usr/bin/chromium, or no playwright 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import soundfile as sf
 
 from serwild.evaluate.predict import Predictor
 
-from .conftest import sound
+from .conftest import sound, start_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 FAKE_RATE = 44100  # Chromium's fake capture device's rate
@@ -46,13 +44,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[str]:
     """``serwild serve`` on 127.0.0.1 (a free port), stopped at the end: its base URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "serwild", "serve", "--model", str(model_dir), "--port", "0",
-                             "eval.device=cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "SERWILD_TOKEN": ""})
+    proc, base = start_serve(model_dir)
     try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert line.startswith("serwild serve: http://127.0.0.1:"), line + proc.stderr.read()  # type: ignore[union-attr]
-        yield line.split()[2]
+        yield base
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,7 +18,7 @@ import soundfile as sf
 from serwild.cli import main
 from serwild.evaluate.predict import Predictor
 
-from .conftest import sound
+from .conftest import sound, start_serve
 
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
@@ -172,13 +169,8 @@ def test_cli_refuses_an_open_host_without_a_token(model_dir: Path, capsys: pytes
 @pytest.mark.slow
 def test_serve_answers_on_loopback_and_stops_with_one_line(model_dir: Path) -> None:
     """The real command: --port 0 says its URL, a POST is scored over HTTP, SIGTERM ends it (143)."""
-    proc = subprocess.Popen([sys.executable, "-m", "serwild", "serve", "--model", str(model_dir), "--port", "0",
-                             "eval.device=cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "SERWILD_TOKEN": ""})
+    proc, base = start_serve(model_dir)
     try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        assert line.startswith("serwild serve: http://127.0.0.1:"), line + proc.stderr.read()  # type: ignore[union-attr]
-        base = line.split()[2]
         with urllib.request.urlopen(base + "api/health", timeout=30) as r:
             assert json.load(r)["arch"] == "tiny"
         data = wav_bytes(sound([0, 1], 16000), 16000)
