@@ -168,15 +168,20 @@ def held_out_groups(labels: list[str], groups: list[str], fraction: float, seed:
     from sklearn.model_selection import StratifiedGroupKFold
 
     names = sorted(set(groups))
-    if len(names) < 2:
-        raise ConfigError(f"{what}: the train part has {len(names)} speaker(s), and holding some out for "
-                          "validation needs at least 2: add speakers, or set split.validation_fraction: 0")
+    check_two_speakers(len(names), what)
     n = min(speaker_folds(fraction), len(names))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed % 2**32)
         _, held_idx = next(iter(splitter.split(np.zeros(len(labels)), labels, groups)))
     return sorted({groups[i] for i in held_idx})
+
+
+def check_two_speakers(n: int, what: str) -> None:
+    """Holding speakers out of a part needs at least two of them in it (one held, one kept)."""
+    if n < 2:
+        raise ConfigError(f"{what}: the train part has {n} speaker(s), and holding some out for "
+                          "validation needs at least 2: add speakers, or set split.validation_fraction: 0")
 
 
 def speaker_folds(fraction: float) -> int:
@@ -251,10 +256,8 @@ def check_speaker_split(utts: list[Utterance], views: dict[str, View], cfg: Conf
                 for u in utts if (i := view.class_of(u.label)) is not None]
         held = (set(test_speakers(mine, sp.test_fraction, cfg.seed, name)) if sp.strategy == "speaker" else set())
         left = {u.speaker for u in mine if u.speaker not in held and u.session not in sp.test_sessions}
-        if sp.validation_fraction and len(left) < 2:
-            raise ConfigError(f"split.validation_fraction{_of(name)}: the train part has {len(left)} speaker(s), "
-                              "and holding some out for validation needs at least 2: add speakers, or set "
-                              "split.validation_fraction: 0")
+        if sp.validation_fraction:
+            check_two_speakers(len(left), f"split.validation_fraction{_of(name)}")
 
 
 def held_out_speakers(specs: list[ShardSpec]) -> dict[str, dict[str, list[str]]]:

@@ -244,7 +244,8 @@ def test_the_hub_view_has_top_level_columns_and_the_expected_splits(hub_build: P
 
 def test_a_list_s_own_columns_are_top_level_columns_of_the_hub_view(tmp_path: Path) -> None:
     """extra columns under their own names (``extra_<name>`` where a name is one of ours)."""
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq  # a dependency of serwild's (publish)
+
     shard = tmp_path / "s.tar"
     with tarfile.open(shard, "w") as tf:
         for key, meta in (("u1_b000_clean", {"label": "hap", "class_index": 1, "speaker": "s1", "utterance": "u1",
