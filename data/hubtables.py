@@ -19,8 +19,6 @@ changed.
 from __future__ import annotations
 
 import json
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,43 +63,26 @@ def card_features(classes: list[str], extra: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _samples(tar_path: Path) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
-    """(key, PNG bytes, metadata) per sample of one of our shards (members ``key.png``, ``key.json``)."""
-    members: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    with tarfile.open(tar_path, "r") as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            if key not in members:
-                members[key] = {}
-                order.append(key)
-            f = tf.extractfile(m)
-            assert f is not None
-            members[key][ext] = f.read()
-    for key in order:
-        got = members.pop(key)
-        if "png" not in got or "json" not in got:
-            raise ValueError(f"{tar_path}: sample {key!r} lacks its .png or .json")
-        yield key, got["png"], json.loads(got["json"])
+def shard_table(tar_path: str | Path, record: dict[str, Any], classes: list[str], extra: list[str]) -> Any:
+    """One shard (its manifest ``record``) as an Arrow table with the Hub's columns and HF's
+    features in its metadata. Read as the loaders read it (:func:`~serwild.data.loaders.read_shards`:
+    its sample count checked; :func:`~serwild.data.loaders.sample_meta`: every sample's JSON against
+    the record and the class names), so no table says what the training data does not."""
+    import pyarrow as pa  # here: only publishing needs it
 
+    from serwild.data.loaders import identity, read_shards, sample_meta  # torch: publishing only
 
-def shard_table(tar_path: str | Path, sha256: str, classes: list[str], extra: list[str]) -> Any:
-    """One shard as an Arrow table with the Hub's columns and HF's features in its metadata."""
-    import pyarrow as pa  # here: only publishing needs it (a dependency of datasets and of s3fs's stack)
-
+    url = str(tar_path)
     rows: dict[str, list[Any]] = {"image": [], "label": []}
     for name, _ in COLUMNS:
         rows[name] = []
     for e in extra:
         rows[extra_column(e)] = []
-    for key, png, meta in _samples(Path(tar_path)):
-        if classes[int(meta["class_index"])] != meta["label"]:
-            raise ValueError(f"{tar_path}: sample {key!r} is labelled {meta['label']!r} but its class_index "
-                             f"{meta['class_index']} names {classes[int(meta['class_index'])]!r}")
-        rows["image"].append({"bytes": png, "path": f"{key}.png"})
-        rows["label"].append(int(meta["class_index"]))
+    for sample in read_shards([{"url": url}], {url: int(record["count"])}):
+        meta = sample_meta(sample, classes, identity(record))
+        key = sample["__key__"]
+        rows["image"].append({"bytes": sample["png"], "path": f"{key}.png"})
+        rows["label"].append(meta["class_index"])
         for name, _ in COLUMNS:
             rows[name].append(key if name == "key" else meta.get(name))
         for e in extra:
@@ -112,7 +93,7 @@ def shard_table(tar_path: str | Path, sha256: str, classes: list[str], extra: li
              **{extra_column(e): pa.string() for e in extra}}
     schema = pa.schema([(name, types[name]) for name in rows], metadata={
         b"huggingface": json.dumps({"info": {"features": hf_features(classes, extra)}}).encode(),
-        SHARD_SHA: sha256.encode()})
+        SHARD_SHA: str(record["sha256"]).encode()})
     return pa.table({name: pa.array(values, type=types[name]) for name, values in rows.items()}, schema=schema)
 
 
@@ -140,7 +121,7 @@ def write_tables(build: str | Path, manifest: dict[str, Any]) -> tuple[int, int]
         if out.is_file() and _made_from(out) == r["sha256"]:
             kept += 1
             continue
-        table = shard_table(root / r["path"], r["sha256"], list(manifest["datasets"][r["dataset"]]["classes"]), extra)
+        table = shard_table(root / r["path"], r, list(manifest["datasets"][r["dataset"]]["classes"]), extra)
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_write(out) as f:
             pq.write_table(table, f, compression="none")  # PNG bytes do not compress further

@@ -150,26 +150,19 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def decode_sample(sample: dict, classes: Sequence[str], as_uint8: bool = False,
-                  expect: dict[str, Any] | None = None) -> tuple[torch.Tensor, int, dict]:
-    """A raw sample → (image (3, 256, 256), class index, metadata).
-
-    The image is normalised float, or uint8 when ``as_uint8`` (a GPU normalises the batch
-    on arrival: a quarter of the bytes to move). On a CPU, normalising image by image here
-    is several times faster than normalising a whole batch later (cache-sized tensors).
-    ``expect``: the identity of the record the shard was listed under; a sample whose JSON
-    says otherwise (a training shard listed as test) is refused, and so is one whose ``label``
-    is not ``classes[class_index]`` (a manifest that names the classes in another order would
-    otherwise train, score and export every block under another class's name).
-    """
+def sample_meta(sample: dict, classes: Sequence[str], expect: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A raw sample's metadata (its JSON), checked against the manifest: a png and a json member;
+    ``expect``, the identity of the record the shard was listed under (a sample whose JSON says
+    otherwise, a training shard listed as test, is refused); and a ``label`` that is
+    ``classes[class_index]`` (a manifest that names the classes in another order would otherwise
+    train, score, export and publish every block under another class's name)."""
     key, url = sample.get("__key__"), sample.get("__url__")
     if "png" not in sample or "json" not in sample:
         raise ShardError(f"sample {key} in {url} lacks a png or json member "
                          f"(has {sorted(k for k in sample if not k.startswith('__'))})")
     try:
         meta = json.loads(sample["json"])
-        rgb = decode_png(sample["png"])
-    except (ValueError, OSError, SyntaxError) as e:  # PIL raises these for damaged PNGs
+    except ValueError as e:
         raise ShardError(f"sample {key} in {url} does not decode ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict):
         raise ShardError(f"sample {key} in {url}: its json is not an object")
@@ -182,8 +175,26 @@ def decode_sample(sample: dict, classes: Sequence[str], as_uint8: bool = False,
     if meta.get("label") != classes[label]:
         raise ShardError(f"sample {key} in {url} is labelled {str(meta.get('label'))[:64]!r} at class_index {label}, "
                          f"where the manifest names {classes[label]!r}: the manifest does not describe this build")
+    return meta
+
+
+def decode_sample(sample: dict, classes: Sequence[str], as_uint8: bool = False,
+                  expect: dict[str, Any] | None = None) -> tuple[torch.Tensor, int, dict]:
+    """A raw sample → (image (3, 256, 256), class index, metadata), its metadata checked by
+    :func:`sample_meta`.
+
+    The image is normalised float, or uint8 when ``as_uint8`` (a GPU normalises the batch
+    on arrival: a quarter of the bytes to move). On a CPU, normalising image by image here
+    is several times faster than normalising a whole batch later (cache-sized tensors).
+    """
+    meta = sample_meta(sample, classes, expect)
+    try:
+        rgb = decode_png(sample["png"])
+    except (ValueError, OSError, SyntaxError) as e:  # PIL raises these for damaged PNGs
+        raise ShardError(f"sample {sample.get('__key__')} in {sample.get('__url__')} does not decode "
+                         f"({type(e).__name__}: {e})") from None
     image = resize_uint8(rgb)
-    return (image if as_uint8 else normalise(image)), label, meta
+    return (image if as_uint8 else normalise(image)), meta["class_index"], meta
 
 
 def collate_train(batch: list[tuple[torch.Tensor, int, dict]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -243,28 +243,34 @@ def test_the_hub_view_has_top_level_columns_and_the_expected_splits(hub_build: P
 
 
 def test_a_list_s_own_columns_are_top_level_columns_of_the_hub_view(tmp_path: Path) -> None:
-    """extra columns under their own names (``extra_<name>`` where a name is one of ours)."""
+    """extra columns under their own names (``extra_<name>`` where a name is one of ours); a shard
+    whose samples the loaders would refuse (a member missing, a label the manifest does not name)
+    makes no table either."""
     import pyarrow.parquet as pq  # a dependency of serwild's (publish)
 
-    shard = tmp_path / "s.tar"
-    with tarfile.open(shard, "w") as tf:
-        for key, meta in (("u1_b000_clean", {"label": "hap", "class_index": 1, "speaker": "s1", "utterance": "u1",
-                                             "session": "x", "condition": "clean", "snr_db": None, "start_s": 0.0,
-                                             "block": 0, "fold": 0, "noise": None,
-                                             "extra": {"intensity": "HI", "speaker": "dup"}}),):
-            for ext, data in (("png", b"\x89PNG"), ("json", json.dumps(meta).encode())):
-                info = tarfile.TarInfo(f"{key}.{ext}")
+    from serwild.data.loaders import ShardError
+
+    record = {"dataset": "ahsn", "split": "test", "fold": None, "condition": "clean", "count": 1, "sha256": "ab" * 32}
+    meta = {"label": "hap", "class_index": 1, "speaker": "s1", "utterance": "u1", "session": "x", "snr_db": None,
+            "start_s": 0.0, "block": 0, "noise": None, "extra": {"intensity": "HI", "speaker": "dup"},
+            **{k: record[k] for k in ("dataset", "split", "fold", "condition")}}
+
+    def shard(name: str, members: dict[str, bytes]) -> Path:
+        with tarfile.open(tmp_path / name, "w") as tf:
+            for member, data in members.items():
+                info = tarfile.TarInfo(member)
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
-    table = hubtables.shard_table(shard, "ab" * 32, ["ang", "hap"], ["intensity", "speaker"])
+        return tmp_path / name
+
+    good = shard("s.tar", {"u1_b000_clean.png": b"\x89PNG", "u1_b000_clean.json": json.dumps(meta).encode()})
+    table = hubtables.shard_table(good, record, ["ang", "hap"], ["intensity", "speaker"])
     row = table.to_pylist()[0]
     assert (row["label"], row["speaker"], row["intensity"], row["extra_speaker"]) == (1, "s1", "HI", "dup")
     assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["label"]["names"] == ["ang", "hap"]
     pq.write_table(table, tmp_path / "s.parquet")
     assert pq.read_schema(tmp_path / "s.parquet").metadata[hubtables.SHARD_SHA] == b"ab" * 32
-    bad = tmp_path / "bad.tar"
-    with tarfile.open(bad, "w") as tf:
-        info = tarfile.TarInfo("k.png")
-        tf.addfile(info, io.BytesIO(b""))
-    with pytest.raises(ValueError, match="lacks its .png or .json"):
-        hubtables.shard_table(bad, "0" * 64, ["a", "b"], [])
+    with pytest.raises(ShardError, match="lacks a png or json member"):
+        hubtables.shard_table(shard("bad.tar", {"k.png": b""}), record, ["ang", "hap"], [])
+    with pytest.raises(ShardError, match="where the manifest names 'ang'"):
+        hubtables.shard_table(good, record, ["hap", "ang"], [])
