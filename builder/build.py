@@ -125,13 +125,16 @@ def _build_shards(ex: executors.Executor, out: Path, todo: list[plan.ShardSpec],
     how many shard tasks each node ran. Temp shards left by attempts that died with their node
     (their retry wrote the shard) are removed."""
     nodes: Counter[str] = Counter()
-    for finished in ex.map(build_shard, [(s, str(out), audio_cfg) for s in todo], "build shards", describe_task):
-        stats = finished.result
-        done[stats.path] = {**asdict(stats), "node": finished.node}
-        nodes[finished.node] += 1
-        _log_line(out, done[stats.path])
+    try:
+        for finished in ex.map(build_shard, [(s, str(out), audio_cfg) for s in todo], "build shards", describe_task):
+            stats = finished.result
+            done[stats.path] = {**asdict(stats), "node": finished.node}
+            nodes[finished.node] += 1
+            _log_line(out, done[stats.path])
+    finally:  # the map is over (failed or not): no task of ours writes any more
+        for sub in {spec.path.split("/")[0] for spec in todo}:
+            atomic.remove_stale_temps(out / sub, recursive=True, writers_done=True)
     _log_line(out, {"shard_tasks_per_node": dict(nodes.most_common())})
-    executors.remove_worker_temps(out, wait_s=0)
     if nodes:
         stage("build", f"shard tasks per node: {', '.join(f'{n} {k}' for n, k in nodes.most_common())}")
 

@@ -114,20 +114,21 @@ def is_stale_temp(path: Path) -> bool:
     return bool(m) and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1)))
 
 
-def remove_stale_temps(folder: str | Path, recursive: bool = False) -> list[Path]:
+def remove_stale_temps(folder: str | Path, recursive: bool = False, writers_done: bool = False) -> list[Path]:
     """Remove the temp files that killed writers left in ``folder``; the removed paths.
 
     Only a dead writer's temps go: a live PID may be another writer at work (call this under
     the folder's lock, :mod:`serwild.lock`, so no other serwild process writes there). PIDs
     are per machine: on a shared file system, temps of a writer on another node look dead
-    here, which the folder lock rules out too.
+    here, which the folder lock rules out too. ``writers_done``: every temp goes, for a caller
+    that knows its writers are done (a build after its map: a Ray worker outlives its task).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for p in folder.rglob(".*") if recursive else folder.glob(".*"):
-        if p.is_file() and is_stale_temp(p):
+        if p.is_file() and (is_stale_temp(p) or (writers_done and TEMP_NAME.match(p.name))):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed.append(p)

@@ -136,6 +136,35 @@ def _listening(pids: list[int]) -> set[str]:
     return found
 
 
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (the gcs, raylet, agents and workers of a local Ray)."""
+    children: dict[int, list[int]] = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        found.append(pid := todo.pop())
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def test_the_loopback_pin_still_holds_in_this_ray() -> None:
+    """serwild's one use of a Ray private API (serwild.builder.raystart.loopback_pinned): if an
+    upgrade of Ray moves ENABLE_RAY_CLUSTER or stops reading it where it resolves 127.0.0.1, a
+    local build would listen on the network. This test says so before any user does."""
+    from ray._private import ray_constants, services
+
+    from serwild.builder.raystart import loopback_pinned
+
+    assert hasattr(ray_constants, "ENABLE_RAY_CLUSTER"), "Ray moved ENABLE_RAY_CLUSTER: fix raystart.loopback_pinned"
+    with loopback_pinned():
+        assert services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1", "the pin no longer keeps 127.0.0.1"
+
+
 def test_a_local_ray_listens_on_loopback_only_with_token_auth(tmp_path: Path) -> None:
     """The Ray a local build starts: token authentication on (Ray's default), every node and every
     listening socket of its processes at 127.0.0.1 (Ray would use the machine's network address)."""
@@ -152,7 +181,7 @@ def test_a_local_ray_listens_on_loopback_only_with_token_auth(tmp_path: Path) ->
         assert done.result == 4.0 and done.node.startswith("127.0.0.1/")
         assert is_token_auth_enabled()
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
-        addresses = _listening([pid for pid, _ in executors.ray_descendants(os.getpid())])
+        addresses = _listening(_descendants(os.getpid()))
         assert addresses and addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
     assert not ray.is_initialized() and not list(tmp_path.iterdir())  # Ray's session folder went with it
 
