@@ -81,22 +81,12 @@ def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite
     plan.check_speaker_split(utts, views, cfg)
     ex = executors.open_executor(executor, cfg.ray, out) if isinstance(executor, str) else executor
     with _claim(out, cfg, overwrite), ex:
-        scanned = []
-        chunks = [utts[i:i + SCAN_CHUNK] for i in range(0, len(utts), SCAN_CHUNK)]
-        for finished in ex.map(scan.scan_chunk, [(c, cfg.audio) for c in chunks], "scan audio", describe_task):
-            scanned.extend(finished.result[0])
-            rejects.extend(finished.result[1])
-        scanned.sort(key=lambda s: s.utt.id)
+        scanned = _scan(ex, utts, rejects, cfg.audio)
         specs = plan.plan_shards(scanned, noises, cfg)
         stage("build", f"plan: {len(specs)} shard(s), {sum(len(x.samples) for x in specs)} sample(s) "
               f"from {len(scanned)} utterance(s)")
         speakers = plan.held_out_speakers(specs)
-        if cfg.split.strategy in ("speaker", "session"):
-            for d, sp in speakers.items():
-                n = sum(len(v) for v in sp.values())
-                said = [f"{part} speakers {', '.join(names)} ({len(names)} of {n})"
-                        for part in ("test", "validation") if (names := sp.get(f"{part}_speakers"))]
-                stage("build", f"split {cfg.split.strategy}: dataset {d}: {'; '.join(said)}")
+        _say_speakers(cfg.split.strategy, speakers)
         out.mkdir(parents=True, exist_ok=True)
         done, todo = _resume_state(out, specs, cfg.audio)
         _remove_strays(out, {s.path for s in specs}, cfg.datasets)
@@ -105,17 +95,44 @@ def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite
                   file=sys.stderr)
         _build_shards(ex, out, todo, done, cfg.audio)
         records = [done[s.path] for s in specs]
-        for r in records:
-            r.pop("node", None)  # where a shard was built is the log's (a run detail, not the data's)
-            rejects.extend(Reject(**x) for x in r.pop("rejects", []))
-        rejects.sort(key=lambda r: (r.stage, r.item, r.block if r.block is not None else -1, r.reason))
-        atomic.write_text(out / "rejects.jsonl", "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n"
-                                                          for r in rejects))
+        _write_rejects(out, records, rejects)
         stage("build", f"writing manifest.json, rejects.jsonl ({len(rejects)}) and README.md")
         manifest = make_manifest(cfg, records, rejects, scanned, speakers)
         atomic.write_json(out / "manifest.json", manifest)
         atomic.write_text(out / "README.md", hubcard.readme(manifest))  # the one dataset card (what hubs read)
     return out
+
+
+def _write_rejects(out: Path, records: list[dict], rejects: list[Reject]) -> None:
+    """rejects.jsonl: the corpus's and the shard tasks' rejects, sorted; each record loses what
+    the log keeps (the node that built it: a run detail, not the data's) and its rejects."""
+    for r in records:
+        r.pop("node", None)
+        rejects.extend(Reject(**x) for x in r.pop("rejects", []))
+    rejects.sort(key=lambda r: (r.stage, r.item, r.block if r.block is not None else -1, r.reason))
+    atomic.write_text(out / "rejects.jsonl", "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in rejects))
+
+
+def _scan(ex: executors.Executor, utts: list, rejects: list[Reject], audio_cfg: AudioConfig) -> list:
+    """Every utterance read once (a task per chunk): its usable blocks, in utterance order; what
+    cannot be used goes into ``rejects``."""
+    scanned = []
+    chunks = [utts[i:i + SCAN_CHUNK] for i in range(0, len(utts), SCAN_CHUNK)]
+    for finished in ex.map(scan.scan_chunk, [(c, audio_cfg) for c in chunks], "scan audio", describe_task):
+        scanned.extend(finished.result[0])
+        rejects.extend(finished.result[1])
+    return sorted(scanned, key=lambda s: s.utt.id)
+
+
+def _say_speakers(strategy: str, speakers: dict[str, dict]) -> None:
+    """The held-out speakers of a speaker or session split, per dataset."""
+    if strategy not in ("speaker", "session"):
+        return
+    for d, sp in speakers.items():
+        n = sum(len(v) for v in sp.values())
+        said = [f"{part} speakers {', '.join(names)} ({len(names)} of {n})"
+                for part in ("test", "validation") if (names := sp.get(f"{part}_speakers"))]
+        stage("build", f"split {strategy}: dataset {d}: {'; '.join(said)}")
 
 
 def _build_shards(ex: executors.Executor, out: Path, todo: list[plan.ShardSpec], done: dict[str, dict],

@@ -82,27 +82,33 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
         raise UsageError(f"{where}: 'shards' must be a list of shard records")
     paths: dict[str, int] = {}
     for i, r in enumerate(shards):
-        if not isinstance(r, dict):
-            raise UsageError(f"{where}: shard record {i} is not a mapping")
-        for key, types in _RECORD.items():
-            if key not in r:
-                raise UsageError(f"{where}: shard record {i} lacks {key!r}")
-            v = r[key]
-            if not isinstance(v, types) or isinstance(v, bool) or (isinstance(v, int) and v < 0):
-                raise UsageError(f"{where}: shard record {i}: {key!r} has a bad value {v!r}")
-        try:
-            safe_relpath(r["path"])
-        except UsageError as e:
-            raise UsageError(f"{where}: shard record {i}: {e}") from None
+        _check_record(i, r, where, datasets, conditions)
         if (first := paths.setdefault(r["path"], i)) != i:  # training would read it twice per epoch
             raise UsageError(f"{where}: shard record {i} lists {r['path']} again (first as record {first})")
-        if not _SHA256.fullmatch(r["sha256"]):
-            raise UsageError(f"{where}: shard record {i} ({r['path']}): 'sha256' is not 64 hex digits")
-        for key, known in (("dataset", datasets), ("condition", conditions)):
-            if r[key] not in known:
-                raise UsageError(f"{where}: shard record {i} ({r['path']}): {key} {r[key]!r} is not in "
-                                 f"the manifest's {key}s ({', '.join(map(str, known))})")
     return manifest
+
+
+def _check_record(i: int, r: Any, where: str, datasets: dict, conditions: dict) -> None:
+    """Shard record ``i``: its fields and types, a path inside the build, a sha256, and a dataset
+    and condition the manifest lists."""
+    if not isinstance(r, dict):
+        raise UsageError(f"{where}: shard record {i} is not a mapping")
+    for key, types in _RECORD.items():
+        if key not in r:
+            raise UsageError(f"{where}: shard record {i} lacks {key!r}")
+        v = r[key]
+        if not isinstance(v, types) or isinstance(v, bool) or (isinstance(v, int) and v < 0):
+            raise UsageError(f"{where}: shard record {i}: {key!r} has a bad value {v!r}")
+    try:
+        safe_relpath(r["path"])
+    except UsageError as e:
+        raise UsageError(f"{where}: shard record {i}: {e}") from None
+    if not _SHA256.fullmatch(r["sha256"]):
+        raise UsageError(f"{where}: shard record {i} ({r['path']}): 'sha256' is not 64 hex digits")
+    for key, known in (("dataset", datasets), ("condition", conditions)):
+        if r[key] not in known:
+            raise UsageError(f"{where}: shard record {i} ({r['path']}): {key} {r[key]!r} is not in "
+                             f"the manifest's {key}s ({', '.join(map(str, known))})")
 
 
 def _check_optional_parts(manifest: dict[str, Any], where: str) -> None:

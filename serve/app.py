@@ -283,28 +283,15 @@ async def stream_session(model: Predictor, ws: WebSocket, settings: ServeSetting
     queue as they come), so the event loop keeps reading every client while blocks are scored.
     """
     limits = settings.limits
-    try:
-        first = await asyncio.wait_for(ws.receive_text(), limits.idle_s)
-        start = parse_start(first, settings)
-    except (asyncio.TimeoutError, WebSocketDisconnect, KeyError, RuntimeError):
-        await _close(ws, 1008, "no start message: send {\"sample_rate\": …} first, as text")
+    start = await _handshake(model, ws, settings)
+    if start is None:
         return
-    except ValueError as e:
-        await _close(ws, 1008, str(e))
-        return
-    a = model.renderer.cfg
-    await ws.send_json({"type": "ready", "classes": model.classes, "block_seconds": a.block_seconds,
-                        "sample_rate": start.sample_rate, "format": start.format, "channels": start.channels,
-                        "hop_s": start.hop_s or a.block_seconds, "smooth": start.smooth,
-                        "max_seconds": limits.max_seconds})
     loop = asyncio.get_running_loop()
     chunks: queue.Queue[np.ndarray | None] = queue.Queue()
     results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     pending = asyncio.Semaphore(MAX_PENDING_CHUNKS)
 
-    def tell(fn: Any, *args: Any) -> None:
-        """Run ``fn`` on the event loop, from the scoring thread; a loop already gone (a server
-        shut down mid-stream) has no one left to tell."""
+    def tell(fn: Any, *args: Any) -> None:  # on the event loop, from the scoring thread (if the loop lives)
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(fn, *args)
 
@@ -339,6 +326,26 @@ async def stream_session(model: Predictor, ws: WebSocket, settings: ServeSetting
     said = not broken  # an error from scoring was sent as it came; a broken rule is said after the blocks
     await asyncio.to_thread(worker.join)
     await _close(ws, code, why, said=said)
+
+
+async def _handshake(model: Predictor, ws: WebSocket, settings: ServeSettings) -> StreamStart | None:
+    """The stream's start message, answered with ``ready`` (the model's classes and the settings
+    in force); None once the socket is closed for a missing or bad one."""
+    try:
+        first = await asyncio.wait_for(ws.receive_text(), settings.limits.idle_s)
+        start = parse_start(first, settings)
+    except (asyncio.TimeoutError, WebSocketDisconnect, KeyError, RuntimeError):
+        await _close(ws, 1008, "no start message: send {\"sample_rate\": …} first, as text")
+        return None
+    except ValueError as e:
+        await _close(ws, 1008, str(e))
+        return None
+    a = model.renderer.cfg
+    await ws.send_json({"type": "ready", "classes": model.classes, "block_seconds": a.block_seconds,
+                        "sample_rate": start.sample_rate, "format": start.format, "channels": start.channels,
+                        "hop_s": start.hop_s or a.block_seconds, "smooth": start.smooth,
+                        "max_seconds": settings.limits.max_seconds})
+    return start
 
 
 async def _receive_chunks(ws: WebSocket, start: StreamStart, limits: Limits, chunks: queue.Queue,
