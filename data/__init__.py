@@ -2,7 +2,7 @@
 
 ``manifest`` reads and checks a build's manifest.json and shards (no torch: cheap to import),
 ``transforms`` is the one image transform, ``loaders`` streams shards into batches.
-``build`` opens a build anywhere (folder, file://, http(s)://, s3://, pipe:) for reusers and for
+``build`` opens a build anywhere (folder, file://, http(s)://, s3://) for reusers and for
 the trainer and evaluator; ``remote`` is its one transport (timeouts, retries, the path guard,
 the one shard verifier); ``publish`` uploads a build; ``records`` types a manifest's shard entry.
 

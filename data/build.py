@@ -1,6 +1,6 @@
 """A published build, opened one way wherever it lives: a folder, ``file:///…``, an
 ``http(s)://`` base URL (a web server, a public bucket, the HF Hub's ``…/resolve/main/``),
-``s3://bucket/prefix/`` (``gs://``, ``hf://`` with their packages) or a ``pipe:`` command.
+``s3://bucket/prefix/`` (``gs://``, ``hf://`` with their packages).
 
     from serwild.data import open_build
 
@@ -75,7 +75,7 @@ class BuildReader:
     def check(self, records: Sequence[dict[str, Any]], full: bool = True) -> list[str]:
         """Problems with ``records`` (empty: all good), by the one verifier (:meth:`Build.check`):
         ``full`` streams each shard once (size, sha256, sample count; nothing written to disk),
-        otherwise sizes only (stat, HTTP HEAD, an object's info; a pipe: build cannot, and says so)."""
+        otherwise sizes only (stat, HTTP HEAD, an object's info)."""
         return self.source.verify(list(records), full=full)
 
     def verify(self, full: bool = True) -> list[str]:
@@ -103,16 +103,13 @@ class BuildReader:
                                 remote=shards.remote, identities=shards.identities)
 
 
-def open_build(location: str | os.PathLike[str] | Build | BuildReader, options: RemoteOptions | None = None, *,
-               trusted: bool = True) -> BuildReader:
-    """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/``, ``s3://bucket/prefix/``
-    or a ``pipe:`` command template with ``{path}``; reads and checks its manifest.json (one line naming
-    the location if it is missing or malformed). ``options``: timeouts and retries for
-    network reads (default :class:`~serwild.data.remote.RemoteOptions`). ``trusted=False``
-    for a location read from a file rather than given by the user: a ``pipe:`` one is then
-    refused (:class:`~serwild.data.remote.CommandRefused`), never run. A ``Build`` (from
-    ``open_location``) is used as it is: its opener already decided."""
+def open_build(location: str | os.PathLike[str] | Build | BuildReader,
+               options: RemoteOptions | None = None) -> BuildReader:
+    """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/`` or ``s3://bucket/prefix/``;
+    reads and checks its manifest.json (one line naming the location if it is missing or
+    malformed). ``options``: timeouts and retries for network reads (default
+    :class:`~serwild.data.remote.RemoteOptions`). A ``Build`` (from ``open_location``) is used as it is."""
     if isinstance(location, BuildReader):
         return location
-    source = location if isinstance(location, Build) else open_location(location, options, trusted=trusted)
+    source = location if isinstance(location, Build) else open_location(location, options)
     return BuildReader(source, load_manifest(source))

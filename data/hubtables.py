@@ -9,7 +9,7 @@ image/audio-classification dataset has at the top level.
 HF's ``webdataset`` loader names a column after a tar member's extension and decodes only a
 few (``.json`` to a dict, ``.cls`` to an int), so from the tars a label can only be nested
 (``json.class_index``) or be called ``cls``; the Hub's own datasets with top-level columns are
-Parquet. The tars stay what serwild, webdataset and ``pipe:`` readers stream; these tables are
+Parquet. The tars stay what serwild and webdataset stream; these tables are
 written beside them (``hub/<shard path>.parquet``) by ``serwild publish``, each from its shard,
 with the HF features in the schema's metadata, so ``load_dataset`` needs no ``map`` and no
 card to type them. A table records its shard's sha256 and is rewritten only when the shard

@@ -21,7 +21,7 @@ Both refuse a short or corrupt shard: a tar error, a sample that is not a PNG + 
 or a shard whose sample count differs from the manifest's raises instead of training or
 scoring on a silently shorter set (a tar cut at a member boundary reads as valid).
 
-Shards may be URLs of a remote build (``serwild.data.open_build``: http(s)://, s3://, pipe:):
+Shards may be URLs of a remote build (``serwild.data.open_build``: http(s)://, s3://):
 a ShardSet made from one carries the build's network options, and both loaders open every
 shard through serwild's transport with them (timeouts, retries, resume; nothing patched
 into webdataset). A read that fails after the retries raises

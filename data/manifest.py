@@ -25,12 +25,11 @@ FORMAT = "serwild-shards/1"
 MANIFEST = "manifest.json"
 
 
-def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions | None = None, *,
-                  trusted: bool = True) -> dict[str, Any]:
+def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions | None = None) -> dict[str, Any]:
     """manifest.json of a build (a folder, or any location :func:`~serwild.data.remote.open_location`
-    takes; ``trusted`` as there), read once (at most ``MAX_METADATA_BYTES``) and checked by
+    takes), read once (at most ``MAX_METADATA_BYTES``) and checked by
     :func:`check_manifest`: one line naming it if it is missing, too big, not JSON, or malformed."""
-    source = build if isinstance(build, Build) else open_location(build, options, trusted=trusted)
+    source = build if isinstance(build, Build) else open_location(build, options)
     where = source.join(MANIFEST)
     try:
         raw = source.read_bytes(MANIFEST)

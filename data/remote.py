@@ -1,8 +1,8 @@
 """Where a build lives, read one way: a folder, ``file://``, ``http(s)://``, an object store
-(``s3://``, and ``gs://``/``hf://`` where gcsfs/huggingface_hub are installed) or a ``pipe:`` command.
+(``s3://``, and ``gs://``/``hf://`` where gcsfs/huggingface_hub are installed).
 
     build = open_location("s3://bucket/serwild/demo/")               # or a folder, file:///…, https://…/,
-    raw = build.read_bytes("manifest.json")                          # "pipe:aws s3 cp s3://b/demo/{path} -"
+    raw = build.read_bytes("manifest.json")
     problems = build.verify(records)                                 # streams each shard once
 
 What a manifest must hold is :mod:`serwild.data.manifest`'s business (``load_manifest``
@@ -13,12 +13,9 @@ relative paths (letters, digits, ``._-`` and ``/``; no ``..``, no scheme, no abs
 backslash, no ``%``), so a manifest can never point a reader outside its base; in a folder, a
 path that is a symlink resolving outside the folder is refused too, before anything opens it.
 
-A ``pipe:`` location runs a shell command, so it is accepted only from the user (a command
-line, their own config): ``open_location(..., trusted=False)`` is for locations read from a
-file (a checkpoint's recorded build, anything someone else wrote) and refuses ``pipe:`` with
-:class:`CommandRefused`. A pipe command runs in a process group of its own, and the whole
-group is killed once its output has been read, on any error, or when it stalls: a background
-child it left cannot outlive the read. Metadata (``read_bytes``: manifest.json) is read up to
+No location runs a command (webdataset's ``pipe:`` is refused with one line): a location read
+from a file someone else wrote (a checkpoint's recorded build) is as safe to open as one the
+user typed. Metadata (``read_bytes``: manifest.json) is read up to
 ``MAX_METADATA_BYTES``, so an endless answer is one line, not a MemoryError.
 
 Every read has a timeout (``RemoteOptions.timeout_s``: the socket's for http(s), botocore's
@@ -37,20 +34,14 @@ imported on first use.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import http.client
 import io
 import os
 import re
-import select
-import shlex
-import signal
 import ssl
-import subprocess
 import tarfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -66,7 +57,6 @@ USER_AGENT = "serwild-remote/1"
 READ_CHUNK = 1 << 16
 OBJECT_BLOCK = 8 << 20  # one ranged GET per 8 MiB of an object-store stream (fsspec's read-ahead block)
 MAX_METADATA_BYTES = 64 << 20  # a manifest of a million shards is ~300 MB short of this; shards are streamed
-EXIT_POLL_S = 0.05  # how often a pipe command's exit is checked where the kernel cannot signal it (no pidfd)
 RETRY_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Object stores read through fsspec, and the package each needs. An allow-list, not "any
 # fsspec protocol": a checkpoint's recorded location must not name reference://, a zip or a
@@ -95,10 +85,6 @@ class Unreachable(RemoteError, UnavailableError):
 
 class NotFound(RemoteError):
     """The object does not exist (HTTP 404/410, a missing file)."""
-
-
-class CommandRefused(RemoteError):
-    """A ``pipe:`` location that did not come from the user (read from a file): never run."""
 
 
 class OptionsError(UsageError, ValueError):
@@ -225,10 +211,6 @@ class _ShortRead(OSError):
         super().__init__(f"connection closed after {got} of {total} bytes")
 
 
-class _CommandFailed(OSError):
-    pass
-
-
 class _Attempts:
     """Failures of one operation on ``name``: each is classified, then retried after a backoff
     or raised as one RemoteError line; progress (bytes read) starts the count again."""
@@ -298,7 +280,7 @@ def _classify(e: BaseException, opts: RemoteOptions) -> tuple[bool, str] | None:
         return True, str(e)
     if isinstance(e, PermissionError):
         return False, f"access denied ({e.strerror or e})"
-    if isinstance(e, (_ShortRead, _CommandFailed)):
+    if isinstance(e, _ShortRead):
         return True, str(e)
     if isinstance(e, http.client.IncompleteRead):
         return True, f"connection closed mid-transfer ({len(e.partial)} bytes of a chunk)"
@@ -429,134 +411,6 @@ class _HTTPStream(_Resumable):
         return n
 
 
-class _PipeStream(_Resumable):
-    """A shell command's stdout (``pipe:`` URL) read with a timeout per read; a non-zero exit
-    status is a failure (its last stderr line is reported); a retry reruns the command and
-    skips what was already read.
-
-    The command's own exit ends its output, even while a background child it started still
-    holds stdout open; whatever is left of its process group is then killed (and on any
-    failure, and on close), so no child outlives the read."""
-
-    def __init__(self, url: str, opts: RemoteOptions) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._exit_fd: int | None = None  # a pidfd: readable once the command has exited
-        self._ended = False  # the command exited and its output was read to the end
-        self._stderr_reader: threading.Thread | None = None
-        self._stderr: collections.deque[bytes] = collections.deque(maxlen=32)
-        super().__init__(url, opts)
-
-    def _open(self, pos: int) -> Any:
-        # A process group (a session) of its own: killing the group ends the command's children too.
-        proc = subprocess.Popen(self.name[len("pipe:"):], shell=True, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
-        self._proc, self._ended, self._stderr = proc, False, collections.deque(maxlen=32)
-        self._exit_fd = _pidfd(proc.pid)
-        self._stderr_reader = threading.Thread(target=self._collect_stderr, args=(proc, self._stderr), daemon=True)
-        self._stderr_reader.start()
-        self._src = proc.stdout
-        left, scratch = pos, bytearray(READ_CHUNK)
-        while left:
-            n = self._read_src(memoryview(scratch)[:min(left, READ_CHUNK)])
-            if not n:
-                raise _ShortRead(pos - left, pos)
-            left -= n
-        return proc.stdout
-
-    @staticmethod
-    def _collect_stderr(proc: subprocess.Popen[bytes], sink: collections.deque[bytes]) -> None:
-        assert proc.stderr is not None
-        with contextlib.suppress(ValueError, OSError), proc.stderr:  # ends at EOF (the command exited)
-            for line in proc.stderr:
-                sink.append(line)
-
-    def _exited(self) -> bool:
-        """Whether the command (the shell) has exited; it stays unreaped, so its PID keeps naming its group."""
-        assert self._proc is not None
-        if self._proc.returncode is not None:
-            return True
-        try:
-            return os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
-
-    def _wait(self, want_output: bool) -> bool:
-        """Block until stdout is readable (when ``want_output``) or the command has exited,
-        at most ``timeout_s``: True for output, False for an exit, TimeoutError for neither."""
-        assert self._src is not None
-        deadline = time.monotonic() + self._opts.timeout_s
-        while True:
-            watch = ([self._src] if want_output else []) + ([self._exit_fd] if self._exit_fd is not None else [])
-            left = deadline - time.monotonic()
-            slice_s = left if self._exit_fd is not None else min(left, EXIT_POLL_S)
-            ready, _, _ = select.select(watch, [], [], max(0.0, slice_s))
-            if self._src in ready:
-                return True
-            if self._exited():
-                # What it wrote before exiting is in the pipe already: read that first.
-                return want_output and bool(select.select([self._src], [], [], 0)[0])
-            if time.monotonic() >= deadline:
-                raise TimeoutError
-
-    def _read_src(self, b: memoryview) -> int:
-        assert self._proc is not None and self._src is not None
-        if self._ended:
-            return 0
-        if self._wait(want_output=True):
-            n = self._src.readinto(b)
-            if n:
-                return n
-        self._finish()
-        return 0
-
-    def _finish(self) -> None:
-        """The output ended (EOF, or the command exited with a child still holding stdout):
-        end the group and judge by the command's exit status."""
-        assert self._proc is not None
-        if not self._exited():
-            try:
-                self._wait(want_output=False)
-            except TimeoutError:
-                raise _CommandFailed(f"the command closed its output but had not exited {self._opts.timeout_s:g} s "
-                                     "later") from None
-        self._kill_group()
-        rc = self._proc.wait()
-        if rc != 0:
-            if self._stderr_reader is not None:
-                self._stderr_reader.join(timeout=1.0)  # its last line names the cause
-            last = next((x.decode(errors="replace").strip() for x in reversed(self._stderr) if x.strip()), "")
-            raise _CommandFailed(f"command exited with status {rc}" + (f": {last}" if last else ""))
-        self._ended = True
-
-    def _kill_group(self) -> None:
-        """SIGKILL the command's process group: the shell, if still running, and every child it left."""
-        assert self._proc is not None
-        if self._proc.returncode is None:  # unreaped: its PID still names the group, never another
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-
-    def _drop_src(self) -> None:
-        proc = self._proc
-        if proc is not None:
-            self._kill_group()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-            if self._stderr_reader is not None:
-                self._stderr_reader.join(timeout=self._opts.timeout_s)  # it closes stderr
-        if self._exit_fd is not None:
-            os.close(self._exit_fd)
-        self._proc, self._src, self._exit_fd = None, None, None
-
-
-def _pidfd(pid: int) -> int | None:
-    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+), else None (then polled)."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
 class _ObjectStream(_Resumable):
     """An object in a store fsspec reads (s3://, gs://, hf://), read with a bound on what one read
     can pull into memory. Stores fsspec drives asynchronously (s3fs, gcsfs) are read through their
@@ -626,13 +480,11 @@ class _Streamed:
 
 def open_url(url: str, options: RemoteOptions | None = None) -> BinaryIO:
     """A buffered binary stream of ``url``: a local path, ``file://``, ``http(s)://``, an object
-    store (``s3://``…) or ``pipe:``; timeouts, retries and resume as ``options`` say."""
+    store (``s3://``…); timeouts, retries and resume as ``options`` say."""
     opts = options or RemoteOptions()
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme in ("http", "https"):
         return io.BufferedReader(_HTTPStream(url, opts), buffer_size=READ_CHUNK)
-    if url.startswith("pipe:"):
-        return io.BufferedReader(_PipeStream(url, opts), buffer_size=READ_CHUNK)
     if scheme.lower() in OBJECT_STORES:
         return io.BufferedReader(_ObjectStream(url, opts), buffer_size=READ_CHUNK)
     path = _file_path(url) if scheme == "file" else url
@@ -688,7 +540,7 @@ class _Tee(io.RawIOBase):
 class Build:
     """A build's base: ``kind`` is ``local`` (a folder; ``file://`` lands here), ``http``
     (``base`` is the URL, ending in ``/``), ``store`` (an object store URL ending in ``/``,
-    read through fsspec) or ``pipe`` (``base`` is the command template)."""
+    read through fsspec)."""
 
     location: str
     kind: str
@@ -709,9 +561,7 @@ class Build:
             raise RemoteError(f"{self.location}: {e}") from None
         if self.kind == "http":
             return self.base + urllib.parse.quote(rel)
-        if self.kind == "store":
-            return self.base + rel  # safe_relpath's characters need no quoting in an object key
-        return self.base.replace("{path}", shlex.quote(rel))
+        return self.base + rel  # an object store: safe_relpath's characters need no quoting in a key
 
     def open_stream(self, rel: str) -> BinaryIO:
         """A buffered binary stream of ``rel`` (timeouts, retries and resume as configured)."""
@@ -730,15 +580,13 @@ class Build:
         return bytes(data)
 
     def size(self, rel: str) -> int:
-        """Bytes of ``rel`` without reading it (stat, HTTP HEAD, an object's info). Not for pipe: builds."""
+        """Bytes of ``rel`` without reading it (stat, HTTP HEAD, an object's info)."""
         url = self.join(rel)
         if self.kind == "local":
             try:
                 return os.stat(url).st_size
             except FileNotFoundError:
                 raise NotFound(f"{url} not found") from None
-        if self.kind == "pipe":
-            raise RemoteError(f"{self.location}: a pipe: build cannot tell sizes without reading (drop --quick)")
         if self.kind == "store":
             protocol, path = split_url(url)
             return int(retrying(url, self.options, lambda: filesystem(protocol, self.options).size(path)))
@@ -806,25 +654,14 @@ def _head_length(url: str, opts: RemoteOptions) -> int:
         return int(length)
 
 
-def open_location(location: str | os.PathLike[str], options: RemoteOptions | None = None, *,
-                  trusted: bool = True) -> Build:
-    """A build folder, ``file:///…``, ``http(s)://host/prefix/``, ``s3://bucket/prefix/`` (and
-    ``gs://``, ``hf://`` with their packages) or a ``pipe:`` command template with ``{path}``
-    (e.g. ``pipe:aws s3 cp s3://bucket/build/{path} -``). Reads nothing.
-
-    ``trusted``: the user gave ``location`` (a command line, their own config). Pass False for
-    a location read from a file (a checkpoint's recorded build…): a ``pipe:`` one is then
-    refused with :class:`CommandRefused`, since running it would run whatever its writer chose."""
+def open_location(location: str | os.PathLike[str], options: RemoteOptions | None = None) -> Build:
+    """A build folder, ``file:///…``, ``http(s)://host/prefix/`` or ``s3://bucket/prefix/`` (and
+    ``gs://``, ``hf://`` with their packages). Reads nothing; never runs a command."""
     opts = options or RemoteOptions()
     text = os.fspath(location)
-    if text.startswith("pipe:") and not trusted:
-        shown = text if len(text) <= 80 else text[:77] + "..."
-        raise CommandRefused(f"{shown!r} is a pipe: command read from a file, not given by you: refusing to run it")
-    if text.startswith("pipe:"):
-        if "{path}" not in text:
-            raise RemoteError(f"{text}: a pipe: location needs a {{path}} placeholder for the relative path, "
-                              "e.g. 'pipe:aws s3 cp s3://bucket/build/{path} -'")
-        return Build(text, "pipe", text, opts)
+    if text.startswith("pipe:"):  # webdataset's word for a shell command: serwild runs none
+        raise RemoteError(f"{text[:80]}: serwild reads no pipe: command; give the build's folder or URL (file://, "
+                          f"http(s)://, {', '.join(s + '://' for s in OBJECT_STORES)})")
     parts = urllib.parse.urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme in ("http", "https", *OBJECT_STORES):
@@ -840,5 +677,5 @@ def open_location(location: str | os.PathLike[str], options: RemoteOptions | Non
         return Build(text, "local", _file_path(text), opts)
     if scheme and len(scheme) > 1:  # one letter: a Windows drive, a path
         raise RemoteError(f"{text}: '{scheme}://' builds are not read; use a folder, file://, http(s)://, "
-                          f"{', '.join(s + '://' for s in OBJECT_STORES)} or a pipe: command with {{path}}")
+                          f"{', '.join(s + '://' for s in OBJECT_STORES)}")
     return Build(text, "local", str(Path(text).expanduser()), opts)

@@ -2,13 +2,11 @@
 
 Each condition's test shards are checked against the manifest (present, size, sha256,
 sample count) and then read exactly once, split across the processes; the build may be a
-folder or a URL (``serwild.data.open_build``: file://, http(s)://, pipe:), whose shards are
+folder or a URL (``serwild.data.open_build``: file://, http(s)://, s3://), whose shards are
 streamed (the sha256 check streams each test shard once more; ``check_sha256=False`` asks
 sizes only, by HEAD, and the counts are still checked while scoring); the outputs are
 gathered and the number of distinct samples scored must equal the manifest's count, or
-the evaluation fails. A build location recorded in the checkpoint is never a ``pipe:``
-command (it would run whatever the file's writer chose): only the caller's ``shards`` may be.
-Outputs that are not finite (NaN, inf) fail the evaluation. The checkpoint must come from
+the evaluation fails. Outputs that are not finite (NaN, inf) fail the evaluation. The checkpoint must come from
 this build (same manifest fingerprint and classes), so a model is never scored on samples
 it was trained on by accident.
 Writes the report folder (default ``<run dir>/report/``): see serwild.evaluate.report.
@@ -33,7 +31,7 @@ from serwild.config import Config, config_from_resolved
 from serwild.data.build import BuildReader, open_build
 from serwild.data.loaders import ShardSet, make_eval_loader
 from serwild.data.manifest import select_shards
-from serwild.data.remote import Build, CommandRefused, RemoteOptions, open_location
+from serwild.data.remote import Build, RemoteOptions, open_location
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance, report, uncertainty
 from serwild.evaluate.config import EvalConfig
@@ -117,19 +115,13 @@ def open_target(checkpoint: str | Path, shards: str | Path | None, allow_other_b
 def build_source(path: Path, ckpt: dict[str, Any], shards: str | Path | None,
                  remote: RemoteOptions | None) -> Build:
     """Where to read the build: ``shards`` as the user gave it, else the location the checkpoint
-    records. That one was written by whoever made the file, so it may never be a ``pipe:``
-    command (it would run their command here)."""
+    records (a folder or URL: no location runs a command)."""
     if shards is not None:
         return open_location(shards, remote)
     recorded = ckpt.get("shards")
     if not isinstance(recorded, str) or not recorded:
         raise UsageError(f"{path} records no build (shards: {recorded!r}): pass --shards to point at the build")
-    try:
-        return open_location(recorded, remote, trusted=False)  # text: a URL must stay a URL
-    except CommandRefused:
-        shown = recorded if len(recorded) <= 80 else recorded[:77] + "..."
-        raise UsageError(f"{path} records its build as a pipe: command ({shown!r}); a command read from a file is "
-                         "never run: pass --shards yourself") from None
+    return open_location(recorded, remote)  # text: a URL must stay a URL
 
 
 def check_build(ckpt: dict[str, Any], manifest: dict[str, Any], build_dir: str | Path,

@@ -56,7 +56,7 @@ def is_folder_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    shards: str | None = None  # a build folder, file://, http(s):// base URL or pipe: command; None: `out`
+    shards: str | None = None  # a build folder, or its file://, http(s)://, s3:// URL; None: `out`
     dataset: str = "ahsn"
     conditions: list[str] = field(default_factory=lambda: ["clean"])
     epochs: int = 6  # 1..10000

@@ -96,7 +96,7 @@ def resolve(cfg: Config) -> Config:
 def plan_data(cfg: Config) -> DataPlan:
     """Manifest → training (and validation) shards for ``cfg`` (resolved)."""
     t = cfg.train
-    reader = open_build(t.shards or cfg.out, cfg.remote.options())  # a folder, file://, http(s)://, pipe:
+    reader = open_build(t.shards or cfg.out, cfg.remote.options())  # a folder, file://, http(s)://, s3://
     build, manifest = reader.location, reader.manifest
     if t.dataset not in manifest["datasets"]:
         raise UsageError(f"train.dataset {t.dataset!r} is not in {build} (built: {', '.join(manifest['datasets'])})")
@@ -164,14 +164,10 @@ def verify_shards(plan: DataPlan, level: str) -> str | None:
     A remote build is not downloaded twice: ``full`` and ``size`` both ask every shard's
     size (HTTP HEAD) here, and the loaders check each shard's sample count as they stream
     it (a short shard stops the run, naming it); sha256s only ``serwild verify <url>``
-    checks. A ``pipe:`` build cannot tell sizes without reading: nothing is checked here.
-    Returns a note on what was not checked (None: everything the level asks)."""
+    checks. Returns a note on what was not checked (None: everything the level asks)."""
     if level == "none":
         return None
     records = plan.train_records + plan.val_records
-    if plan.build.source.kind == "pipe":
-        return (f"note: {plan.location} is a pipe: build: shard sizes and sha256s are not checked before "
-                "training (sample counts are, while streaming); run `serwild verify` on it to check them")
     full = level == "full" and not plan.build.is_remote
     problems = plan.build.check(records, full=full)
     if problems:

@@ -9,8 +9,7 @@ Each condition's test shards are checked against the manifest (present, size, sh
 sample count) and then read exactly once, split across the processes; the number of
 distinct samples scored must equal the manifest's count. The checkpoint must come from
 this build (same manifest fingerprint and classes). The build the checkpoint records is
-used when ``--shards`` is not given, except a ``pipe:`` command: a checkpoint may come from
-anyone, and its command would run here, so that one is refused (pass ``--shards``). Batch
+used when ``--shards`` is not given. Batch
 size, loader workers and device are the config's ``eval`` section (``--config`` and
 ``eval.*`` overrides). Writes the report folder (default ``<run dir>/report/``):
 metrics.json, report.md (the paper's Tables 5/6, with the training budget, N per condition
@@ -37,9 +36,8 @@ from serwild.evaluate.evaluate import evaluate_checkpoint
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by serwild train")
     p.add_argument("--shards", metavar="DIR_OR_URL",
-                   help="build folder, file://, http(s):// base URL or pipe: command (default: the build the "
-                        "checkpoint was trained on, unless that is a pipe: command: one read from a file never "
-                        "runs); network reads follow the config's remote section")
+                   help="build folder, or its file://, http(s)://, s3:// URL (default: the build the checkpoint "
+                        "was trained on); network reads follow the config's remote section")
     p.add_argument("--out", metavar="DIR", help="report folder (default: <checkpoint's folder>/report)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="launch N processes with torchrun (ignored when already under torchrun)")
