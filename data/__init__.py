@@ -14,6 +14,6 @@ Importing this package does not import torch (``serwild verify`` relies on it).
 """
 
 from serwild.data.build import BuildReader, open_build
-from serwild.data.remote import RemoteError, RemoteOptions
+from serwild.data.fetch import RemoteError, RemoteOptions
 
 __all__ = ["BuildReader", "RemoteError", "RemoteOptions", "open_build"]

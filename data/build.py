@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from serwild.data.fetch import RemoteOptions
 from serwild.data.manifest import extra_shards, load_manifest, select_shards
-from serwild.data.remote import Build, RemoteOptions, open_location
+from serwild.data.remote import Build, open_location
 
 if TYPE_CHECKING:  # no torch at import time (see the module docstring)
     import torch
@@ -93,7 +94,7 @@ class BuildReader:
         ``(images (B, 3, 256, 256), labels (B,), metadata dicts)``. Images are normalised
         float (ImageNet statistics), or uint8 with ``as_uint8``; the last batch may be
         short. A shard with another sample count than the manifest's raises; a network
-        failure (after the configured retries) raises :class:`~serwild.data.remote.RemoteError`.
+        failure (after the configured retries) raises :class:`~serwild.data.fetch.RemoteError`.
         ``rank``/``world_size`` deal shards to processes (each sees its share)."""
         from serwild.data.loaders import make_eval_loader  # torch: see the module docstring
 
@@ -108,7 +109,7 @@ def open_build(location: str | os.PathLike[str] | Build | BuildReader,
     """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/`` or ``s3://bucket/prefix/``;
     reads and checks its manifest.json (one line naming the location if it is missing or
     malformed). ``options``: timeouts and retries for network reads (default
-    :class:`~serwild.data.remote.RemoteOptions`). A ``Build`` (from ``open_location``) is used as it is."""
+    :class:`~serwild.data.fetch.RemoteOptions`). A ``Build`` (from ``open_location``) is used as it is."""
     if isinstance(location, BuildReader):
         return location
     source = location if isinstance(location, Build) else open_location(location, options)

@@ -21,11 +21,11 @@ Both refuse a short or corrupt shard: a tar error, a sample that is not a PNG + 
 or a shard whose sample count differs from the manifest's raises instead of training or
 scoring on a silently shorter set (a tar cut at a member boundary reads as valid).
 
-Shards may be URLs of a remote build (``serwild.data.open_build``: http(s)://, s3://):
-a ShardSet made from one carries the build's network options, and both loaders open every
-shard through serwild's transport with them (timeouts, retries, resume; nothing patched
-into webdataset). A read that fails after the retries raises
-:class:`~serwild.data.remote.RemoteError`, naming the URL.
+Shards may be URLs of a remote build (``serwild.data.open_build``: http(s)://, s3://): a
+ShardSet made from one carries what reading them takes (:class:`~serwild.data.cache.RemoteShards`),
+and both loaders read every such shard from its local copy (:mod:`serwild.data.cache`: fetched
+whole, checked by sha256, kept for later epochs). A fetch that fails after the retries raises
+:class:`~serwild.data.fetch.RemoteError`, naming the URL.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from serwild import seeds
-from serwild.data.remote import Build, RemoteError, RemoteOptions, open_location, open_url
+from serwild.data.cache import RemoteShards
+from serwild.data.fetch import RemoteError
+from serwild.data.remote import Build, open_location
 from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
 
@@ -61,11 +63,11 @@ class ShardError(UsageError):
 @dataclass(frozen=True)
 class ShardSet:
     """Shard URLs with their manifest sample counts (what the count check compares with),
-    and the network options of a remote build (None: local files)."""
+    and what reading a remote build's shards takes (None: local files)."""
 
     urls: list[str]
     counts: list[int]
-    remote: RemoteOptions | None = None
+    remote: RemoteShards | None = None
     # Per URL, what each sample's JSON must say (dataset, split, fold, condition): the
     # record it was listed under. None: not checked (shards given without a manifest).
     identities: list[dict[str, Any]] | None = None
@@ -83,8 +85,10 @@ def shard_set(build: str | Path | Build | Any, records: Sequence[dict]) -> Shard
     source = getattr(build, "source", build)  # a BuildReader (serwild.data.build) holds its Build
     if not isinstance(source, Build):
         source = open_location(source)
-    return ShardSet(source.shard_urls(list(records)), [int(r["count"]) for r in records],
-                    source.options if source.is_remote else None, [identity(r) for r in records])
+    urls = source.shard_urls(list(records))
+    remote = RemoteShards(source.options, {u: (r["sha256"], int(r["bytes"])) for u, r in zip(urls, records)})
+    return ShardSet(urls, [int(r["count"]) for r in records], remote if source.is_remote else None,
+                    [identity(r) for r in records])
 
 
 IDENTITY = ("dataset", "split", "fold", "condition")  # what a sample's JSON and its shard record share
@@ -99,10 +103,10 @@ def identity(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_shards(shards: Iterable[dict], expected: dict[str, int],
-                remote: RemoteOptions | None = None) -> Iterator[dict]:
+                remote: RemoteShards | None = None) -> Iterator[dict]:
     """Shard stream (``dict(url=…)``) → samples, raising ShardError when a shard read to its
     end holds another number of samples than the manifest says. ``remote``: how the shards
-    of a remote build are read (timeouts, retries).
+    of a remote build are read.
 
     A stream cut off mid-shard closes this generator at a ``yield`` and never reaches that
     shard's check.
@@ -117,18 +121,21 @@ def read_shards(shards: Iterable[dict], expected: dict[str, int],
                              f"it is short or corrupt (run `serwild verify` on the build)")
 
 
-def _tar_samples(url: str, remote: RemoteOptions | None = None) -> Iterator[dict]:
-    """The samples of one shard, in file order; a damaged tar or a failed read is one line.
+def _tar_samples(url: str, remote: RemoteShards | None = None) -> Iterator[dict]:
+    """The samples of one shard, in file order; a damaged tar or a failed fetch is one line.
 
-    The stream comes from serwild's transport (:func:`~serwild.data.remote.open_url`: the same
-    timeouts, retries and object stores as every other read), not webdataset's ``gopen``, whose
-    http/pipe openers run curl or a shell without a read timeout; webdataset only groups the
+    A local file, or a remote shard's local copy (:mod:`serwild.data.cache`), not webdataset's
+    ``gopen``, whose http opener runs curl without a read timeout; webdataset only groups the
     tar's members into samples."""
     n = 0
     try:
-        stream = open_url(url, remote or RemoteOptions())
+        stream = remote.open(url) if remote is not None else open(url, "rb")  # noqa: SIM115 - closed below
     except RemoteError as e:
         raise type(e)(str(e)) from None  # the same kind (Unreachable: exit 1), without webdataset's additions
+    except FileNotFoundError:
+        raise ShardError(f"shard {url} not found (run `serwild verify` on the build)") from None
+    except OSError as e:
+        raise ShardError(f"shard {url} cannot be read ({e.strerror or e})") from None
     with stream:
         samples = wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"url": url, "stream": stream}]))
         while True:
@@ -360,7 +367,7 @@ class _WorkerInit:
 
 def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, rank: int = 0,
                      world_size: int = 1, counts: Sequence[int] | None = None, *, classes: Sequence[str],
-                     as_uint8: bool = False, pin_memory: bool = False, remote: RemoteOptions | None = None,
+                     as_uint8: bool = False, pin_memory: bool = False, remote: RemoteShards | None = None,
                      identities: Sequence[dict[str, Any]] | None = None
                      ) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
     """Every sample of ``urls`` exactly once across ranks: ``(images, labels, metas)`` batches.
@@ -370,8 +377,8 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
     short-shard check; ``identities`` (``ShardSet.identities``) the check that every sample
     belongs to the record it was listed under. Images are float and normalised unless
     ``as_uint8``. A rank with no shard yields nothing. ``classes``: the manifest's class names,
-    in index order (each sample's label is checked against them). ``remote``: the build's network
-    options when ``urls`` are remote (``ShardSet.remote``).
+    in index order (each sample's label is checked against them). ``remote``: what reading
+    ``urls`` takes when they are remote (``ShardSet.remote``).
     """
     if counts is not None and len(counts) != len(urls):
         raise ValueError("counts must give one count per url")

@@ -16,8 +16,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from serwild.data.fetch import NotFound, RemoteOptions
 from serwild.data.records import ShardRecord, sample_key
-from serwild.data.remote import Build, NotFound, RemoteOptions, open_location, safe_relpath
+from serwild.data.remote import Build, open_location, safe_relpath
 from serwild.errors import UsageError
 from serwild.text import class_names_problem
 

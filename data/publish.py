@@ -33,20 +33,19 @@ from typing import Any
 
 from serwild import atomic
 from serwild.data import hubtables
-from serwild.data.manifest import MANIFEST, load_manifest, verify_build
-from serwild.data.records import ShardRecord
-from serwild.data.remote import (
+from serwild.data.fetch import (
     OBJECT_STORES,
     READ_CHUNK,
     NotFound,
     RemoteError,
     RemoteOptions,
-    _classify,
+    classify,
     filesystem,
-    open_location,
-    safe_relpath,
     split_url,
 )
+from serwild.data.manifest import MANIFEST, load_manifest, verify_build
+from serwild.data.records import ShardRecord
+from serwild.data.remote import open_location, safe_relpath
 from serwild.errors import UsageError
 from serwild.text import portable_json
 
@@ -270,9 +269,9 @@ def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = No
 
 
 def _one_line(e: BaseException, url: str, opts: RemoteOptions) -> RemoteError:
-    # the readers' wording (_classify) for the same failures
+    # the readers' wording (classify) for the same failures
     if isinstance(e, FileNotFoundError):
         return NotFound(f"{url}: {e.strerror or e} (does the bucket exist? publish does not create buckets)")
-    verdict = _classify(e, opts)
+    verdict = classify(e, opts)
     text = verdict[1] if verdict else f"{type(e).__name__}: {e}"
     return RemoteError(f"{url}: {text.splitlines()[0] if text else type(e).__name__}")

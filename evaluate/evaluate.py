@@ -29,9 +29,10 @@ from serwild import __version__, atomic, metrics
 from serwild.checkpoint import OtherBuildError, check_compatible, load_checkpoint
 from serwild.config import Config, config_from_resolved
 from serwild.data.build import BuildReader, open_build
+from serwild.data.fetch import RemoteOptions
 from serwild.data.loaders import ShardSet, make_eval_loader
 from serwild.data.manifest import select_shards
-from serwild.data.remote import Build, RemoteOptions, open_location
+from serwild.data.remote import Build, open_location
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance, report, uncertainty
 from serwild.evaluate.config import EvalConfig

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -34,6 +35,13 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_BUILD = ["corpus.kind=synthetic", "datasets=[ahsn]", "snr_db=[15]", "split.folds=5", "shard.max_samples=12"]
+
+
+@pytest.fixture(autouse=True)
+def _shard_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remote shards a test fetches go to a cache of its own in this run's temp folder (made
+    when first used), never to the machine's: each test sees its own fetches."""
+    monkeypatch.setenv("SERWILD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / f"shard-cache-{secrets.token_hex(4)}"))
 
 
 def shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:

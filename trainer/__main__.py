@@ -23,8 +23,8 @@ import sys
 
 from serwild.atomic import refused_by_file_system
 from serwild.config import load_config
+from serwild.data.fetch import RemoteError
 from serwild.data.loaders import ShardError
-from serwild.data.remote import RemoteError
 from serwild.errors import UsageError
 from serwild.torchrun import SAID_EXIT, USAGE_EXIT, exit_now, follow_agent
 from serwild.trainer.train import NonFiniteLoss

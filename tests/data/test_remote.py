@@ -4,30 +4,23 @@ itself after its max lifetime); nothing but 127.0.0.1 is contacted."""
 
 from __future__ import annotations
 
-import builtins
+import dataclasses
 import io
 import json
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from serwild import atomic
 from serwild.data import manifest as data_manifest
+from serwild.data.fetch import NotFound, RemoteError, RemoteOptions
 from serwild.data.manifest import MANIFEST, load_manifest
-from serwild.data.remote import (
-    Build,
-    NotFound,
-    RemoteError,
-    RemoteOptions,
-    open_location,
-    safe_relpath,
-)
+from serwild.data.remote import Build, open_location, safe_relpath
 from serwild.errors import UsageError
 from tests.data.server import LoopbackServer
 from tests.data.tinybuild import manifest_of, tiny_build  # noqa: F401 - fixture
@@ -94,30 +87,20 @@ def test_options_bound_the_worst_case() -> None:
 # ----------------------------------------------------------------------------- verify
 
 
-def test_verify_over_http_streams_each_shard_once_without_disk(tiny_build: Path,  # noqa: F811
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verify_over_http_fetches_each_shard_into_the_cache(tiny_build: Path,  # noqa: F811
+                                                                  tmp_path: Path) -> None:
+    """A full verify fetches each shard once, into the cache, where a loader finds it later (a
+    verify after it fetches them again: it checks the server's copy, not the cache's)."""
     m = manifest_of(tiny_build)
     with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
-        build = open_location(srv.url(), FAST)
+        build = open_location(srv.url(), dataclasses.replace(FAST, cache_dir=str(tmp_path)))
         manifest = load_manifest(build)
         assert manifest == m
-
-        reader = threading.get_ident()  # the server's threads (reading the files it serves) may
-
-        def guard(real):  # open files; the verifying thread may not
-            def wrapped(*args: object, **kw: object) -> object:
-                assert threading.get_ident() != reader, f"verify touched the disk: {args}"
-                return real(*args, **kw)
-            return wrapped
-
-        for target, name in ((builtins, "open"), (io, "open"), (tempfile, "TemporaryFile"),
-                             (tempfile, "NamedTemporaryFile"), (tempfile, "mkstemp")):
-            monkeypatch.setattr(target, name, guard(getattr(target, name)))
         assert build.verify(manifest["shards"]) == []
-        monkeypatch.undo()
         gets = [p for method, p, _ in srv.requests if method == "GET"]
         assert sorted(gets) == sorted([MANIFEST] + [s["path"] for s in m["shards"]])  # each exactly once
         assert all(rng is None for _, _, rng in srv.requests)
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == sorted(s["sha256"] + ".tar" for s in m["shards"])
 
 
 def test_verify_over_a_file_url(tiny_build: Path) -> None:  # noqa: F811
@@ -167,15 +150,14 @@ def test_server_cutting_the_body_short_is_caught_with_an_honest_length(tiny_buil
         assert build.verify([shard]) == [f"bad: {shard['path']} has 10240 bytes, manifest says {shard['bytes']}"]
 
 
-def test_dropped_connection_resumes_with_a_range_request(tiny_build: Path) -> None:  # noqa: F811
+def test_a_dropped_connection_fetches_the_shard_again_whole(tiny_build: Path) -> None:  # noqa: F811
     m = manifest_of(tiny_build)
     shard = _test_shards(m)[0]
     with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
         srv.cut(shard["path"], 3000, drop=True, times=1)  # full Content-Length, closed after 3000 bytes
         build = open_location(srv.url(), FAST)
         assert build.verify([shard]) == []
-        assert [r for r in srv.requests if r[1] == shard["path"]] == [("GET", shard["path"], None),
-                                                                       ("GET", shard["path"], "bytes=3000-")]
+        assert [r for r in srv.requests if r[1] == shard["path"]] == [("GET", shard["path"], None)] * 2
 
 
 def test_a_connection_that_keeps_dropping_ends_in_one_line(tiny_build: Path) -> None:  # noqa: F811
@@ -185,7 +167,7 @@ def test_a_connection_that_keeps_dropping_ends_in_one_line(tiny_build: Path) -> 
         srv.cut(shard["path"], 3000, drop=True)
         build = open_location(srv.url(), FAST)
         with pytest.raises(RemoteError) as info:
-            build.stream_check(shard["path"], shard["sha256"], shard["count"], shard["bytes"])
+            build.check(shard)
         text = _one_line(info.value)
         assert text.startswith(srv.url(shard["path"]) + ": ")
         assert f"after 3000 of {shard['bytes']} bytes" in text and f"{FAST.retries + 1} attempts" in text
@@ -245,7 +227,7 @@ def test_redirects_are_followed_to_http_only(tiny_build: Path) -> None:  # noqa:
         srv.redirect("moved/" + shard["path"], srv.url(shard["path"]))
         srv.redirect("ftp/" + shard["path"], "ftp://127.0.0.1:9/x.tar")
         build = open_location(srv.url(), FAST)
-        assert build.stream_check("moved/" + shard["path"], shard["sha256"], shard["count"], shard["bytes"]) is None
+        assert build.check(dict(shard, path="moved/" + shard["path"])) is None
         with pytest.raises(RemoteError) as info:
             build.read_bytes("ftp/" + shard["path"])
         assert _one_line(info.value) == f"{srv.url('ftp/' + shard['path'])}: refusing a redirect to ftp://127.0.0.1:9/x.tar"
@@ -296,27 +278,35 @@ def test_the_server_helper_stops_itself(tiny_build: Path) -> None:  # noqa: F811
 # ----------------------------------------------------------------------------- webdataset
 
 
-def test_loaders_stream_over_http_and_never_hang(tiny_build: Path) -> None:  # noqa: F811
-    """The loaders open shards through the same transport (no opener patched into webdataset)."""
+def test_loaders_read_copies_fetched_once_and_never_hang(tiny_build: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The loaders read a remote build's shards from the cache: each fetched once, checked by
+    sha256, and read again from disk by a later epoch; a server that stalls is one line."""
     loaders = pytest.importorskip("serwild.data.loaders")
     m = manifest_of(tiny_build)
     shards = _test_shards(m)
     with LoopbackServer(tiny_build, max_lifetime_s=30) as srv:
-        urls = open_location(srv.url(), FAST).shard_urls(shards)
-        expected = dict(zip(urls, (s["count"] for s in shards)))
-        samples = list(loaders.read_shards([{"url": u} for u in urls], expected, FAST))
-        assert len(samples) == sum(s["count"] for s in shards)
+        opts = dataclasses.replace(FAST, cache_dir=str(tmp_path / "cache"))
+        remote = loaders.shard_set(open_location(srv.url(), opts), shards)
+        expected = dict(zip(remote.urls, (s["count"] for s in shards)))
+        for _epoch in range(2):
+            samples = list(loaders.read_shards([{"url": u} for u in remote.urls], expected, remote.remote))
+            assert len(samples) == sum(s["count"] for s in shards)
         assert {json.loads(x["json"])["condition"] for x in samples} == set(m["conditions"])
+        assert sorted(p for _, p, _ in srv.requests) == sorted(s["path"] for s in shards)  # once each
+        cached = sorted(p.name for p in (tmp_path / "cache").glob("*.tar"))
+        assert cached == sorted(s["sha256"] + ".tar" for s in shards)
+        cold = dataclasses.replace(remote.remote, options=dataclasses.replace(opts, cache_dir=str(tmp_path / "c2")))
         asked = len(srv.requests)
         srv.stall_after(asked + 1)
         with pytest.raises(RemoteError) as info:
-            for _ in loaders.read_shards([{"url": u} for u in urls], expected, FAST):
+            for _ in loaders.read_shards([{"url": u} for u in remote.urls], expected, cold):
                 pass
-        assert _one_line(info.value).startswith(f"{urls[1]}: no answer within 0.5 s")
+        assert _one_line(info.value).startswith(f"{remote.urls[1]}: no answer within 0.5 s")
         assert isinstance(info.value, OSError)  # what tar readers expect
         # Never hangs: after the first shard, one request per attempt at the second, then the error.
         second = shards[1]["path"]
         assert [p for _, p, _ in srv.requests[asked + 1:]] == [second] * (FAST.retries + 1)
+    assert not [p for p in (tmp_path / "c2").iterdir() if atomic.TEMP_NAME.match(p.name)]  # no temp copy left
 
 
 def test_build_is_a_plain_value() -> None:

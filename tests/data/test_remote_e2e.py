@@ -20,7 +20,7 @@ import pytest
 
 from serwild.cli import main as cli
 from serwild.data import open_build
-from serwild.data.remote import RemoteOptions
+from serwild.data.fetch import RemoteOptions
 from tests.data.server import LoopbackServer
 from tests.data.tinybuild import manifest_of, tiny_build  # noqa: F401 - fixture
 
@@ -85,13 +85,14 @@ def test_train_two_ranks_then_evaluate_from_a_url(tiny_build: Path, tmp_path: Pa
     runs = tmp_path / "runs"
     with LoopbackServer(tiny_build, max_lifetime_s=200) as srv:
         url = srv.url()
+        cache = f"remote.cache_dir={tmp_path / 'cache'}"  # both ranks fetch into one cache
         rc = cli(["train", "--nproc", "2", f"train.shards={url}", f"out={tmp_path / 'unused'}",
-                  f"train.run_dir={runs}", "train.name=remote", "train.samples_per_epoch=16", *TRAIN, *REMOTE])
+                  f"train.run_dir={runs}", "train.name=remote", "train.samples_per_epoch=16", *TRAIN, *REMOTE, cache])
         err = capfd.readouterr().err
         assert rc == 0, err[-3000:]
         assert "is remote: shard sizes checked (HEAD)" in err
         assert not (tmp_path / "unused").exists()
-        # the default pre-flight did not download the build twice: shards were HEADed, then streamed
+        # the default pre-flight did not download the build twice: shards were HEADed, then fetched
         heads = {p for meth, p, _ in srv.requests if meth == "HEAD"}
         assert heads == {s["path"] for s in m["shards"] if s["dataset"] == "ahsn"  # train and validation
                          and s["split"] in ("train", "validation") and s["condition"] == "clean"}
@@ -105,8 +106,11 @@ def test_train_two_ranks_then_evaluate_from_a_url(tiny_build: Path, tmp_path: Pa
 
         rc = cli(["evaluate", "--checkpoint", str(runs / "remote" / "best.pt"), "--shards", url,
                   "--out", str(tmp_path / "report"), "eval.batch_size=16", "eval.num_workers=0",
-                  "eval.device=cpu", *REMOTE])
+                  "eval.device=cpu", *REMOTE, cache])
         assert rc == 0, capfd.readouterr().err[-3000:]
+        # every shard fetched into the cache at most once, whatever the epochs, ranks and evaluation
+        gets = [p for meth, p, _ in srv.requests if meth == "GET" and p.endswith(".tar")]
+        assert gets and len(gets) == len(set(gets)), gets
     result = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert result["shards"] == url
     expected = {c: sum(s["count"] for s in m["shards"] if s["dataset"] == "ahsn" and s["split"] == "test"
@@ -121,7 +125,7 @@ def test_a_server_that_stops_answering_mid_epoch_ends_the_job(tiny_build: Path, 
         shard_paths = {s["path"] for s in m["shards"]}
         cmd = [sys.executable, "-m", "serwild", "train", "--nproc", "2", f"train.shards={url}",
                f"train.run_dir={tmp_path / 'runs'}", "train.name=stall", "train.samples_per_epoch=2000",
-               *TRAIN, *REMOTE]
+               *TRAIN, *REMOTE, f"remote.cache_dir={tmp_path / 'cache'}"]
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         try:

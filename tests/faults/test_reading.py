@@ -26,7 +26,8 @@ import torch
 from serwild.builder.manifest import fingerprint
 from serwild.checkpoint import save_checkpoint
 from serwild.cli import main
-from serwild.data.remote import MAX_METADATA_BYTES, RemoteError, open_location
+from serwild.data.fetch import MAX_METADATA_BYTES, RemoteError
+from serwild.data.remote import open_location
 from serwild.evaluate import predict as predict_mod
 from tests.builder.conftest import tone
 from tests.evaluate.conftest import write_build, write_checkpoint
