@@ -9,6 +9,7 @@ an error instead of a hang; torchrun then restarts it (``--max-restarts``) or gi
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -115,3 +116,9 @@ def all_gather_object(obj: Any, d: Dist) -> list[Any]:
     out: list[Any] = [None] * d.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def log(d: Dist, msg: str) -> None:
+    """``msg`` on stderr, from rank 0 only."""
+    if d.is_main:
+        print(msg, file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from serwild.data.transforms import normalise
+from serwild.errors import UsageError
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[Any]]
 
@@ -74,3 +75,19 @@ def model_outputs(model: nn.Module, batches: Iterable[Batch], device: torch.devi
     if not logits:
         return Outputs(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), [])
     return Outputs(np.concatenate(logits), np.concatenate(labels), keys)
+
+
+def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: fp32); a choice the device cannot
+    run is one line."""
+    if choice == "none" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if choice == "fp16":
+        if device.type != "cuda":
+            raise UsageError("train.amp=fp16 needs a GPU (use bf16 or none on a CPU)")
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if choice == "auto":
+            return torch.float16
+        raise UsageError("train.amp=bf16: this GPU has no bfloat16 (use fp16)")
+    return torch.bfloat16

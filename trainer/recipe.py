@@ -74,3 +74,12 @@ def state_buffers(optimizer: torch.optim.Optimizer) -> int:
     if isinstance(optimizer, torch.optim.Adam):
         return 2
     return 1 if optimizer.defaults.get("momentum") else 0
+
+
+def balanced_weights(records: list[dict[str, Any]], classes: list[str]) -> list[float]:
+    """Each class's loss weight, N / (K · n_k) over the training shards' samples (scikit-learn's
+    ``compute_class_weight("balanced")``): a class with half the samples counts twice as much per
+    sample. A class with no training sample gets 0 (no loss to weight)."""
+    counts = [sum(int((r.get("class_counts") or {}).get(c, 0)) for r in records) for c in classes]
+    total, k = sum(counts), len(classes)
+    return [total / (k * n) if n else 0.0 for n in counts]

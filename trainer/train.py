@@ -10,7 +10,6 @@ writes checkpoints; every rank runs the same number of batches per epoch.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,25 +24,26 @@ from torch.nn.parallel import DistributedDataParallel
 from serwild import __version__, atomic, lock, seeds
 from serwild import checkpoint as ckpt_io
 from serwild.config import Config, to_dict
-from serwild.data.loaders import make_eval_loader, make_train_loader, steps_per_epoch
+from serwild.data.loaders import steps_per_epoch
 from serwild.data.transforms import normalise
 from serwild.errors import UsageError
 from serwild.metrics import confusion, renamed, validation_scores
 from serwild.progress import progress, stage
 from serwild.trainer.budget import Budget
-from serwild.trainer.distributed import Dist, all_gather_object, all_reduce_sum, barrier, kernels, setup, teardown
-from serwild.trainer.features import (
-    FeatureData,
-    build_feature_cache,
-    cache_records,
-    cache_spec,
-    default_cache_root,
-    load_feature_cache,
-    resolve_feature_cache,
+from serwild.trainer.distributed import (
+    Dist,
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    kernels,
+    log,
+    setup,
+    teardown,
 )
+from serwild.trainer.features import FeatureData
 from serwild.trainer.history import append_jsonl, learning_note, plot_curves, read_jsonl
 from serwild.trainer.model import build_model, fetch_imagenet_weights
-from serwild.trainer.outputs import autocast, model_outputs
+from serwild.trainer.outputs import amp_dtype, autocast, model_outputs
 from serwild.trainer.preflight import (
     DataPlan,
     agree,
@@ -54,28 +54,11 @@ from serwild.trainer.preflight import (
     spec_yaml,
     verify_shards,
 )
-from serwild.trainer.recipe import describe, make_optimizer, make_scheduler
+from serwild.trainer.recipe import balanced_weights, describe, make_optimizer, make_scheduler
+from serwild.trainer.resume import Resumed, restore
+from serwild.trainer.sources import ShardData, data_source, epoch_batches, per_rank_batch, train_seed
 
 T = TypeVar("T")
-
-
-def log(d: Dist, msg: str) -> None:
-    if d.is_main:
-        print(msg, file=sys.stderr, flush=True)
-
-
-def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
-    if choice == "none" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if choice == "fp16":
-        if device.type != "cuda":
-            raise UsageError("train.amp=fp16 needs a GPU (use bf16 or none on a CPU)")
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if choice == "auto":
-            return torch.float16
-        raise UsageError("train.amp=bf16: this GPU has no bfloat16 (use fp16)")
-    return torch.bfloat16
 
 
 def train_one_epoch(run: Run, loader: Any, epoch: int, first: int = 0,
@@ -281,7 +264,7 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
     batch_steps = steps_per_epoch(plan.samples_per_epoch, batch, d.world_size)
     resumed = Resumed(0, 0, None, {"metric": t.best_metric, "score": None, "epoch": None})
     if resume_from is not None:
-        resumed = _restore(resume_from, plan, cfg, d, (model, optimizer, scheduler), batch_steps, batch)
+        resumed = restore(resume_from, plan, cfg, d, (model, optimizer, scheduler), batch_steps, batch)
         at = f"at epoch {resumed.epoch + 1} batch {resumed.step}" if resumed.step else f"after epoch {resumed.epoch}"
         log(d, f"resuming {run_dir} {at} (lr {[g['lr'] for g in optimizer.param_groups]})")
     else:
@@ -292,7 +275,7 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
         if (low := disk_note(run_dir, model, optimizer)) is not None:
             log(d, low)
     dtype = amp_dtype(t.amp, d.device)
-    data = _data_source(cfg, d, plan, model, batch, batch_steps)
+    data = data_source(cfg, d, plan, model, batch, batch_steps)
     net = data.net(model)
     wrapped = (DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)
                if d.distributed else net)
@@ -303,92 +286,6 @@ def prepare(cfg: Config, d: Dist, resume: bool, overwrite: bool) -> Run:
                carried=resumed.carried, streams=resumed.streams,
                loss_weight=(torch.tensor(balanced_weights(plan.train_records, plan.classes), device=d.device)
                             if t.balance == "weights" else None))
-
-
-@dataclass(frozen=True)
-class ShardData:
-    """A run's batches streamed from its shards: images, for the whole model (the other data
-    source is the feature cache's :class:`~serwild.trainer.features.FeatureData`)."""
-
-    plan: DataPlan
-    cfg: Config
-    d: Dist
-    steps: int  # batches per epoch, every rank
-    batch: int  # this rank's validation batch
-
-    def train_batches(self, epoch: int, first: int, rank: int, world_size: int, batch: int) -> Any:
-        """Batches ``first`` … of rank ``rank``'s ``epoch`` in a world of ``world_size`` ranks of
-        ``batch`` samples (another world's, for a resumed epoch that world began)."""
-        t, on_gpu = self.cfg.train, self.d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
-        return make_train_loader(self.plan.train, self.plan.classes, batch, self.steps,
-                                 seed=train_seed(self.cfg), epoch=epoch, rank=rank, world_size=world_size,
-                                 num_workers=t.num_workers, prefetch_factor=t.prefetch_factor,
-                                 shuffle_buffer=t.shuffle_buffer, start_batch=first, pin_memory=on_gpu,
-                                 as_uint8=on_gpu)
-
-    def val_batches(self) -> Any:
-        val, on_gpu = self.plan.val, self.d.device.type == "cuda"
-        if val is None:
-            return iter(())
-        return make_eval_loader(val.urls, self.batch, self.cfg.train.num_workers, self.d.rank, self.d.world_size,
-                                counts=val.counts, classes=self.plan.classes, as_uint8=on_gpu,
-                                pin_memory=on_gpu, remote=val.remote)
-
-    def net(self, model: nn.Module) -> nn.Module:
-        return model
-
-
-def _data_source(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch: int,
-                 steps: int) -> ShardData | FeatureData:
-    """The feature cache where it is on and exact, else the streamed shards."""
-    return _feature_data(cfg, d, plan, model, batch, steps) or ShardData(plan, cfg, d, steps, batch)
-
-
-def _feature_data(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch: int,
-                  steps: int) -> FeatureData | None:
-    """The cached features of this run's shards, or None where the cache is off. Every rank
-    computes its share of the build's missing cache files (all conditions and folds, so every
-    run of the build reuses them); ``agree`` is the barrier, and a data error on one rank
-    stops all of them."""
-    t = cfg.train
-    prefix = resolve_feature_cache(t.feature_cache, t.freeze or [])
-    if prefix is None:
-        return None
-    if plan.build.is_remote:  # the cache is written next to the build: a local folder only
-        if t.feature_cache == "on":
-            raise UsageError(f"train.feature_cache=on needs a local build folder, not {plan.location}")
-        log(d, f"note: feature cache off: {plan.location} is not a local folder")
-        return None
-    spec = cache_spec(t.feature_cache_dir or default_cache_root(plan.location), plan.manifest["fingerprint"],
-                      model, prefix)
-    built = agree(d, lambda: build_feature_cache(plan.location, cache_records(plan.manifest, t.dataset), model,
-                                                  d.device, spec, plan.classes, rank=d.rank,
-                                                  world_size=d.world_size, batch_size=batch,
-                                                  num_workers=t.num_workers), on=True)
-    for note in (n for b in built if b for n in b.notes):  # stale or unreadable files, rebuilt by any rank
-        log(d, note)
-    log(d, f"feature cache {spec.dir}: {sum(b.written for b in built if b)} shard(s) computed, "
-           f"{sum(b.skipped for b in built if b)} reused")
-    place = d.device if d.device.type == "cuda" else None  # a GPU holds all features; a CPU memory-maps them
-    val = (load_feature_cache(spec, plan.val_records, device=place, build_dir=plan.location)
-           if plan.val_records else None)
-    train = load_feature_cache(spec, plan.train_records, device=place, build_dir=plan.location)
-    return FeatureData(prefix, train, val, steps, train_seed(cfg), batch, d.rank, d.world_size)
-
-
-def per_rank_batch(t: Any, d: Dist) -> int:
-    """This rank's batch: ``train.batch_size_per_rank``, else the global ``train.batch_size`` divided
-    across ranks."""
-    if t.batch_size_per_rank is not None:
-        return int(t.batch_size_per_rank)
-    global_batch = t.batch_size
-    batch = global_batch // d.world_size
-    if batch < 1:
-        raise UsageError(f"train.batch_size={global_batch} is smaller than the {d.world_size} ranks")
-    if global_batch % d.world_size:
-        log(d, f"note: batch {global_batch} is not divisible by {d.world_size} ranks; using "
-               f"{batch} per rank ({batch * d.world_size} in all)")
-    return batch
 
 
 def _start_history(cfg: Config, plan: DataPlan, run_dir: Path, start: int) -> None:
@@ -421,7 +318,8 @@ def fit(run: Run) -> dict[str, Any]:
             break
         lrs = [g["lr"] for g in run.optimizer.param_groups]
         first, carried = (run.start_step, run.carried) if epoch == run.start else (0, None)
-        stats = train_one_epoch(run, _train_loader(run, epoch, first), epoch, first, carried)
+        stats = train_one_epoch(run, epoch_batches(run.data, run.d, run.batch, epoch, first, run.streams), epoch,
+                                first, carried)
         run.scheduler.step()
         val = _validate(run)
         record = {"epoch": epoch + 1, "steps": run.steps, **_train_summary(stats, d), "val": val, "lr": lrs,
@@ -443,42 +341,6 @@ def _patience_spent(run: Run, epoch: int) -> str | None:
         return None
     return (f"validation {t.best_metric} has not improved for {epoch - best} epoch(s) (train.patience "
             f"{t.patience}; best {run.best['score']:.4f} at epoch {best})")
-
-
-def train_seed(cfg: Config) -> int:
-    """The seed of a run's data order and dropout: ``train.seed``, else the build's ``seed`` (so
-    several training seeds can run on one build, and runs that set none train as before)."""
-    return cfg.train.seed if cfg.train.seed is not None else cfg.seed
-
-
-def _train_loader(run: Run, epoch: int, first: int = 0) -> Any:
-    """Batches ``first`` … ``run.steps - 1`` of this rank's ``epoch``: the cached features or the
-    streamed shards, both exact epochs in an order fixed by (train seed, epoch, rank, world size).
-    An epoch begun by another number of ranks (a mid-epoch last.pt) continues as they dealt it."""
-    if first and run.streams is not None:
-        return _regrouped(run, epoch, first, *run.streams)
-    return _stream(run, epoch, first, run.d.rank, run.d.world_size, run.batch)
-
-
-def _stream(run: Run, epoch: int, first: int, rank: int, world_size: int, batch: int) -> Any:
-    """Batches ``first`` … ``run.steps - 1`` of rank ``rank``'s ``epoch`` in a world of
-    ``world_size`` ranks of ``batch`` samples each, from the run's data source."""
-    return run.data.train_batches(epoch, first, rank, world_size, batch)
-
-
-def _regrouped(run: Run, epoch: int, first: int, ranks: int, batch: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """This rank's share of batches ``first`` … of an epoch that ``ranks`` ranks of ``batch``
-    began (the same global batch as this run's, :func:`_continuation`): each global batch is
-    theirs, their batches side by side in rank order, and rank r takes samples
-    ``[r * run.batch, (r + 1) * run.batch)`` of it. So the epoch ends on exactly the samples and
-    global batches the old world would have trained, whatever the new world size; only the
-    rounding of the gradient's mean and the dropout masks differ. Each rank reads just the old
-    streams its span overlaps."""
-    lo, hi = run.d.rank * run.batch, (run.d.rank + 1) * run.batch
-    mine = [r for r in range(ranks) if r * batch < hi and (r + 1) * batch > lo]
-    base = mine[0] * batch
-    for parts in zip(*(_stream(run, epoch, first, r, ranks, batch) for r in mine)):
-        yield tuple(torch.cat(column)[lo - base:hi - base] for column in zip(*parts))
 
 
 def _validate(run: Run) -> dict[str, Any] | None:
@@ -515,7 +377,7 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
     if improved or run.plan.val is None:  # no validation fold: best.pt is the latest model
         # Weights only: the optimiser's state (one or two copies of the weights) is what resuming
         # needs, and resuming reads last.pt alone. best.pt first: a kill between the two writes
-        # then leaves a best.pt newer than last.pt's record, which resuming adopts (_best_on_disk),
+        # then leaves a best.pt newer than last.pt's record, which resuming adopts (resume.best_on_disk),
         # never a last.pt naming a best.pt that was not written.
         ckpt_io.save_checkpoint(run.run_dir / "best.pt", ckpt_io.weights_only(full))
     ckpt_io.save_checkpoint(run.run_dir / "last.pt", full)
@@ -526,15 +388,6 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
                    f"{record['seconds']:.1f} s; {run.budget.eta(epoch + 1 - run.start, t.epochs - epoch - 1)}")
     if (note := divergence_note(record["train_loss"], len(run.plan.classes), lr)) is not None:
         log(d, note)
-
-
-def balanced_weights(records: list[dict[str, Any]], classes: list[str]) -> list[float]:
-    """Each class's loss weight, N / (K · n_k) over the training shards' samples (scikit-learn's
-    ``compute_class_weight("balanced")``): a class with half the samples counts twice as much per
-    sample. A class with no training sample gets 0 (no loss to weight)."""
-    counts = [sum(int((r.get("class_counts") or {}).get(c, 0)) for r in records) for c in classes]
-    total, k = sum(counts), len(classes)
-    return [total / (k * n) if n else 0.0 for n in counts]
 
 
 DIVERGED = 10.0  # a training loss this many times a uniform guess's (ln K) is no longer learning
@@ -575,82 +428,6 @@ def _train_summary(stats: dict[str, Any], d: Dist) -> dict[str, Any]:
     if d.device.type == "cuda":
         summary["gpu_memory_peak_gb"] = max(all_gather_object(torch.cuda.max_memory_allocated(d.device) / 2**30, d))
     return summary
-
-
-@dataclass(frozen=True)
-class Resumed:
-    """Where a run continues: after ``epoch`` completed epochs and ``step`` batches of the next."""
-
-    epoch: int
-    step: int
-    carried: list[float] | None  # the loss sum, correct and samples of those ``step`` batches
-    best: dict[str, Any]
-    streams: tuple[int, int] | None = None  # (ranks, batch) that began that epoch, where not this run's
-
-
-def _restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, state: tuple[nn.Module, Any, Any],
-             steps: int, batch: int) -> Resumed:
-    """Load last.pt into model, optimiser, scheduler and RNGs. A mid-epoch last.pt continues where
-    its global batches are this run's (:func:`_continuation`). Where the world size changed (a
-    node lost, or one more), one line says so and dropout is re-seeded from (seed, position, rank)."""
-    model, optimizer, scheduler = state
-    ck = ckpt_io.load_checkpoint(path, map_location=d.device)
-    ckpt_io.check_compatible(ck, plan.manifest, cfg.train.dataset, str(path),
-                             hint=": start a new run (another train.name) instead of resuming")
-    if "optimizer" not in ck:
-        raise UsageError(f"{path} holds weights only (no optimiser state): it cannot be resumed")
-    start, step = int(ck["epoch"]), int(ck.get("step", 0))
-    rng = ck.get("rng") or []
-    streams = _continuation(path, ck, d, steps, batch) if step else None
-    model.load_state_dict(ck["model"])
-    optimizer.load_state_dict(ck["optimizer"])
-    scheduler.load_state_dict(ck["scheduler"])
-    if len(rng) == d.world_size:
-        ckpt_io.set_rng_state(rng[d.rank])
-    else:
-        how = "shrank" if d.world_size < len(rng) else "grew"
-        where = (f"epoch {start + 1} goes on from batch {step + 1} of {steps} with the same global batches, "
-                 f"regrouped" if step else f"training goes on after epoch {start}")
-        log(d, f"note: the world {how} from {len(rng)} to {d.world_size} rank(s) since last.pt was saved: {where}; "
-               f"dropout is re-seeded (deterministic, but not an uninterrupted run's)")
-        seeds.seed_everything(seeds.derive(train_seed(cfg), seeds.RESUMED, start, step, d.rank))
-    best = _best_on_disk(path.parent / "best.pt", ck.get("best")) or {"metric": cfg.train.best_metric,
-                                                                        "score": None, "epoch": None}
-    return Resumed(start, step, ck.get("partial") if step else None, best, streams)
-
-
-def _best_on_disk(best_pt: Path, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The best epoch a resumed run goes on from: last.pt's record, or best.pt's own where a kill
-    came after best.pt was written and before last.pt was (best.pt then holds a later epoch that
-    last.pt does not know, and the record must name what the file holds)."""
-    if not best_pt.is_file():
-        return recorded
-    on_disk = ckpt_io.load_checkpoint(best_pt).get("best")
-    later = (isinstance(on_disk, dict) and on_disk.get("epoch") is not None
-             and (recorded is None or recorded.get("epoch") is None or on_disk["epoch"] > recorded["epoch"]))
-    return on_disk if later else recorded
-
-
-def _continuation(path: Path, ck: dict[str, Any], d: Dist, steps: int, batch: int) -> tuple[int, int] | None:
-    """How this run continues the epoch a mid-epoch ``ck`` stopped in: None, each rank its own
-    stream, where the world is the one that saved it; (ranks, batch) of the streams to regroup
-    (:func:`_regrouped`) where the world size changed but the global batch and the batches per
-    epoch did not. Regrouping, rather than starting the epoch again from the last epoch's end
-    (which last.pt no longer holds), keeps the work done and trains every sample of the epoch
-    once, in the global batches an uninterrupted run would use. Anything else is refused."""
-    ranks, saved_batch, saved_steps = len(ck.get("rng") or []), ck.get("batch"), int(ck.get("steps", steps))
-    if saved_steps == steps and ranks == d.world_size and saved_batch in (None, batch):
-        return None
-    if saved_steps == steps and saved_batch is not None and ranks * int(saved_batch) == d.world_size * batch:
-        return ranks, int(saved_batch)
-    # A last.pt of an older serwild does not say its batch: only its own world can continue it.
-    saved, hint = ((f"{ranks} rank(s) × {saved_batch} samples", "the same global batch (train.batch_size) and "
-                    "samples per epoch") if saved_batch is not None else
-                   (f"{ranks} rank(s)", f"--nproc {ranks} and the same batch size"))
-    raise UsageError(f"{path} was saved in the middle of epoch {int(ck['epoch']) + 1} (batch {ck['step']} of "
-                     f"{saved_steps}, by {saved}); this run has {steps} batches per epoch of {d.world_size} "
-                     f"rank(s) × {batch} samples, so it cannot continue that epoch exactly: resume with {hint}, "
-                     f"or start a new run")
 
 
 def _finish(run: Run, val: dict | None) -> dict[str, Any]:

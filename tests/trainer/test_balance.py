@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from serwild.trainer.train import balanced_weights
+from serwild.trainer.recipe import balanced_weights
 from serwild.trainer.train import main as train_main
 from tests.trainer.conftest import tiny_build, tiny_config  # noqa: F401 (fixture)
 

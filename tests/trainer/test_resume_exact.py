@@ -15,14 +15,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from serwild.cli import main as cli
 from serwild.torchrun import USAGE_EXIT
-from serwild.trainer import train
+from serwild.trainer import sources
 from serwild.trainer.__main__ import main as rank_main
 from serwild.trainer.distributed import Dist
 from serwild.trainer.preflight import plan_data, resolve
@@ -141,9 +140,8 @@ def test_another_world_size_continues_the_epoch_on_the_old_worlds_global_batches
 
     def batches(rank: int, world: int, streams: tuple[int, int] | None) -> list:
         d = Dist(rank=rank, world_size=world)
-        run = SimpleNamespace(d=d, batch=4 // world, steps=steps, streams=streams,
-                              data=train.ShardData(plan, cfg, d, steps, 4 // world))
-        return list(train._train_loader(run, 1, first))
+        data = sources.ShardData(plan, cfg, d, steps, 4 // world)
+        return list(sources.epoch_batches(data, d, 4 // world, 1, first, streams))
 
     old = [batches(r, 2, None) for r in range(2)]
     assert [len(b) for b in old] == [steps - first] * 2 and old[0][0][0].shape[0] == 2
