@@ -39,14 +39,8 @@ from serwild.config import load_config
 from serwild.data.loaders import make_eval_loader, make_train_loader, shard_set, steps_per_epoch
 from serwild.data.manifest import load_manifest
 from serwild.data.transforms import normalise
-from serwild.trainer.features import (
-    build_feature_cache,
-    cache_records,
-    cache_spec,
-    head_from,
-    load_feature_cache,
-    resolve_feature_cache,
-)
+from serwild.trainer.features import cache_records, cache_spec, head_from, load_feature_cache, resolve_feature_cache
+from serwild.trainer.features_write import build_feature_cache
 from serwild.trainer.model import build_model
 from serwild.trainer.recipe import make_optimizer, make_scheduler, resolve_recipe
 

@@ -25,14 +25,8 @@ import torch
 from serwild.builder.labels import PRESETS
 from serwild.cli import main
 from serwild.errors import UsageError
-from serwild.trainer.features import (
-    build_feature_cache,
-    cache_records,
-    cache_spec,
-    load_feature_cache,
-    shard_cache_file,
-    tar_keys,
-)
+from serwild.trainer.features import cache_records, cache_spec, load_feature_cache, shard_cache_file, tar_keys
+from serwild.trainer.features_write import build_feature_cache
 from serwild.trainer.model import build_model
 from tests.faults import procs
 from tests.faults.procs import SERWILD, lines, session, start, wait_for

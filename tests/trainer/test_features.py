@@ -38,7 +38,6 @@ from serwild.trainer.config import TrainConfig
 from serwild.trainer.features import (
     CachedTrainData,
     FeatureData,
-    build_feature_cache,
     cache_key,
     cache_records,
     cache_spec,
@@ -50,6 +49,7 @@ from serwild.trainer.features import (
     tar_keys,
     weights_digest,
 )
+from serwild.trainer.features_write import build_feature_cache
 from serwild.trainer.model import build_model
 from serwild.trainer.outputs import model_outputs
 from serwild.trainer.recipe import make_optimizer, resolve_recipe
