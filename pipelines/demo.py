@@ -16,7 +16,8 @@ from serwild.config import load_config
 from serwild.configs import shipped
 from serwild.data.manifest import load_manifest, select_shards
 from serwild.evaluate.compare import compare_runs
-from serwild.pipelines.reproduce import DEMO, run_preset
+from serwild.pipelines.protocol import DEMO
+from serwild.pipelines.reproduce import run_preset
 
 
 def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -24,7 +25,7 @@ def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str,
     """The whole demo; 0 on success. ``config`` defaults to the shipped demo.yaml.
 
     The protocol's own steps (:func:`serwild.pipelines.reproduce.run_preset`) with the
-    :data:`~serwild.pipelines.reproduce.DEMO` preset: one run per experiment on every training
+    :data:`~serwild.pipelines.protocol.DEMO` preset: one run per experiment on every training
     fold, no cross-validation, ``train.dataset`` only; then the two compared, and Figure 2."""
     config = str(config or shipped("demo.yaml"))
     t0 = time.time()

@@ -15,7 +15,8 @@ import json
 from typing import Any
 
 from serwild.cli.options import add_config_arguments
-from serwild.config import describe_keys, installed_configs, load_config, resolve_config_path, to_dict
+from serwild.config import installed_configs, load_config, resolve_config_path, to_dict
+from serwild.config_keys import describe_keys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from serwild.config import load_config, to_dict
 from serwild.errors import UsageError
-from serwild.pipelines import reproduce
+from serwild.pipelines import protocol, reproduce
 from serwild.trainer.preflight import resolve
 
 FP = "f" * 64
@@ -56,6 +56,6 @@ def test_a_run_folder_of_another_config_is_refused(tmp_path: Path) -> None:
                                 f"train.name={exp.base}-fold0"])
     _run(tmp_path / f"{exp.base}-fold0", theirs)
     ctx = reproduce.Context(None, [f"train.run_dir={tmp_path}", "train.epochs=3"], cfg, FP, 1, False,
-                            reproduce.Progress(10, tmp_path / "stages.json"))
+                            protocol.Progress(10, tmp_path / "stages.json"))
     with pytest.raises(UsageError, match=r"holds another run \(train.epochs: 1 → 3\): pass --overwrite"):
         reproduce.run_experiment(exp, ctx)
