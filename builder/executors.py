@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from serwild import atomic
 from serwild.builder import raystart
-from serwild.errors import UsageError
+from serwild.errors import UsageError, disk_full_cause
 from serwild.progress import progress
 
 if TYPE_CHECKING:
@@ -158,7 +157,7 @@ def _ray_map(fn: Callable[..., T], items: Sequence[tuple], desc: str,
                 try:
                     node, result = ray.get(ready[0])
                 except ray.exceptions.RayError as e:  # the task raised, or its worker died (crash, OOM kill)
-                    full = atomic.disk_full_cause(e)
+                    full = disk_full_cause(e)
                     if full is not None:  # the CLI's "no space left on device writing <file>", as without Ray
                         raise full from None
                     what = describe(args_of[ready[0]]) if describe else "a Ray task"

@@ -9,7 +9,6 @@ cut JSON line would otherwise look valid, or be lost on a kill.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
@@ -18,35 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from serwild.errors import UsageError
+from serwild.errors import DiskFullError, UsageError, disk_full_cause
 
 TMP_MARK = ".tmp-"  # temp names are ``.<name>.tmp-<pid>``: clean-ups look for this
 TEMP_NAME = re.compile(r"^\..+" + re.escape(TMP_MARK) + r"(\d+)$")
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # out of space, over quota, over a file size limit
-
-
-class DiskFullError(OSError):
-    """A write that ran out of space; ``filename`` is the file being written (its final name)."""
-
-
-def disk_full_cause(e: BaseException | None) -> OSError | None:
-    """The disk-full OSError behind ``e``: ``e`` itself, or the cause or context of a wrapper
-    (torch.save's RuntimeError, Ray's RayTaskError); None if there is none."""
-    for _ in range(8):
-        if e is None:
-            return None
-        if isinstance(e, OSError) and e.errno in DISK_FULL:
-            return e
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
-    return None
-
-
-def disk_full_path(e: BaseException) -> str | None:
-    """The path a disk-full error was writing (see :func:`disk_full_cause`); None if ``e`` is not one."""
-    cause = disk_full_cause(e)
-    if cause is None:
-        return None
-    return str(cause.filename) if cause.filename else "(a file it did not name)"
 
 
 def unwritable(folder: str | Path) -> str | None:
@@ -75,23 +49,6 @@ def require_writable(folder: str | Path, what: str, hint: str) -> None:
     why = unwritable(folder)
     if why is not None:
         raise UsageError(f"{what} {folder} cannot be written ({why}): {hint}")
-
-
-# A path the system refuses (read-only, not a folder, not permitted, /proc…): said in one line.
-REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
-                     errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP})
-
-
-def refused_by_file_system(e: OSError) -> str | None:
-    """The one line for a file operation the file system refused (full, read-only, not permitted,
-    not a folder…), naming the file; None for any other OSError (a bug: its traceback stays). The
-    command line and the trainer's ranks both say these so."""
-    path = disk_full_path(e)
-    if path is not None:
-        return f"no space left on device writing {path}"
-    if e.filename and e.errno in REFUSED:
-        return f"{e.filename}: {e.strerror or os.strerror(e.errno or 0)}"
-    return None
 
 
 def temp_name(path: Path) -> Path:

@@ -21,11 +21,10 @@ import argparse
 import os
 import sys
 
-from serwild.atomic import refused_by_file_system
 from serwild.config import load_config
 from serwild.data.fetch import RemoteError
 from serwild.data.loaders import ShardError
-from serwild.errors import UsageError
+from serwild.errors import UsageError, said
 from serwild.torchrun import SAID_EXIT, USAGE_EXIT, exit_now, follow_agent
 from serwild.trainer.train import NonFiniteLoss
 from serwild.trainer.train import main as train_main
@@ -46,15 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         train_main(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
-    except UsageError as e:
+    except (UsageError, OSError) as e:
+        if (s := said(e)) is None:  # a bug: its traceback
+            raise
         rank = os.environ.get("RANK", "0")
-        # A refusal before training is agreed by every rank (preflight.agree): say it once. A data
-        # error mid-run (a shard, the network) is this rank's alone: it says it, naming the rank.
+        # A refusal before training is agreed by every rank (preflight.agree): said once. A data
+        # error mid-run (a shard, the network) is this rank's alone: it says it, naming the rank; a
+        # file the system refuses, every rank that meets it.
         local = isinstance(e, (RemoteError, ShardError))
-        if local or rank == "0":
+        if local or rank == "0" or not isinstance(e, UsageError):
             who = f"rank {rank}: " if local and os.environ.get("WORLD_SIZE", "1") != "1" else ""
-            print(f"serwild.trainer: error: {who}{e}", file=sys.stderr, flush=True)
-        return USAGE_EXIT if e.exit_code == 2 else SAID_EXIT  # a dead server is said, but not a usage error
+            print(f"serwild.trainer: error: {who}{s.line.removeprefix('error: ')}", file=sys.stderr, flush=True)
+        # torchrun's own failures exit 1: a rank that said its error exits 2 (the user's) or 3 (said)
+        return USAGE_EXIT if s.code == 2 and isinstance(e, UsageError) else SAID_EXIT
     except RuntimeError as e:
         if not peer_lost(e):
             raise
@@ -65,12 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as e:  # every rank raises it at the same step (a collective): rank 0 says it
         if os.environ.get("RANK", "0") == "0":
             print(f"serwild.trainer: error: {e}", file=sys.stderr, flush=True)
-        return SAID_EXIT
-    except OSError as e:  # a full disk or a folder that cannot be written: the file, not a traceback
-        said = refused_by_file_system(e)
-        if said is None:
-            raise
-        print(f"serwild.trainer: error: {said}", file=sys.stderr, flush=True)
         return SAID_EXIT
     return 0
 

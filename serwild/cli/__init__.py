@@ -29,8 +29,7 @@ import threading
 from typing import Any
 
 from serwild import __version__
-from serwild.atomic import disk_full_path, refused_by_file_system
-from serwild.errors import Terminated, UsageError
+from serwild.errors import Terminated, said
 
 # name → one-line help; the module is serwild.cli.<name>.
 COMMANDS: dict[str, str] = {
@@ -86,21 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = _stop_on_sigterm()
     try:
         return int(args._run(args) or 0)
-    except UsageError as e:  # a user's mistake (2), or input that cannot be read now (1)
-        print(f"serwild {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except Terminated:
-        print(f"serwild {args.command}: stopped by SIGTERM{RESUME_HINT.get(args.command, '')}", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print(f"serwild {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:  # a full disk, or a path the system refuses: the file, not a traceback
-        said = refused_by_file_system(e)
-        if said is None:
+    except BaseException as e:  # the one map (serwild.errors.said); a bug keeps its traceback
+        if (s := said(e)) is None:
             raise
-        print(f"serwild {args.command}: error: {said}", file=sys.stderr)
-        return 1 if disk_full_path(e) is not None else 2  # a path is the user's to choose again
+        hint = RESUME_HINT.get(args.command, "") if isinstance(e, Terminated) else ""
+        print(f"serwild {args.command}: {s.line}{hint}", file=sys.stderr)
+        return s.code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serwild import atomic
+from serwild import atomic, errors
 from serwild.checkpoint import load_checkpoint
 from serwild.cli import main
 from serwild.errors import UsageError
@@ -106,9 +106,9 @@ def test_a_full_log_names_its_file() -> None:
     """The build log grows in place (not an atomic write): the kernel's ENOSPC on a write names no
     file, so a full disk met there was "(a file it did not name)" (the Ray build's CLI line, when
     the driver's log line came after the workers had filled the disk). /dev/full: every write fails so."""
-    with pytest.raises(atomic.DiskFullError) as e:
+    with pytest.raises(errors.DiskFullError) as e:
         atomic.append_line("/dev/full", '{"shard": 1}')
-    assert e.value.filename == "/dev/full" and atomic.disk_full_path(e.value) == "/dev/full"
+    assert e.value.filename == "/dev/full" and errors.disk_full_path(e.value) == "/dev/full"
 
 
 @pytest.mark.slow
