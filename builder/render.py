@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,19 @@ class Renderer:
             if last > info.frames:
                 raise audio.AudioError(f"segment ends at {segment[1]:g} s, past the file's end ({info.seconds:.3f} s)")
             info = audio.AudioInfo(last - first, info.sample_rate, info.channels)
+        return self._split(info, truncate, lambda n: audio.block_peaks(path, info, self.cfg.block_seconds, n, first))
+
+    def scan_array(self, mono: np.ndarray, sample_rate: int, channels: int = 1, truncate: bool = True) -> BlockScan:
+        """:meth:`scan` of samples in memory (``mono``: float32 at ``sample_rate``): the same block
+        count, cap and silence rule, so a recording scores the blocks a build would have kept."""
+        info = audio.AudioInfo(len(mono), sample_rate, channels)
+        n = int(round(self.cfg.block_seconds * sample_rate))
+        return self._split(info, truncate, lambda count: [float(np.abs(mono[b * n:(b + 1) * n]).max(initial=0.0))
+                                                          for b in range(count)])
+
+    def _split(self, info: audio.AudioInfo, truncate: bool, peaks_of: Callable[[int], list[float]]) -> BlockScan:
+        """The blocks of a recording of header ``info``: counted, capped and split into usable and
+        silent ones by their peaks (``peaks_of(n)``: the first n blocks' peak |sample|)."""
         n_blocks = audio.block_count(info, self.cfg.block_seconds, self.cfg.keep_tail)
         if n_blocks == 0:
             raise audio.AudioError(f"shorter than one {self.cfg.block_seconds:g} s block ({info.seconds:.2f} s)")
@@ -73,11 +87,18 @@ class Renderer:
                 raise audio.AudioError(f"too long: {n_blocks} blocks ({info.seconds:.0f} s), more than "
                                        f"audio.max_blocks_per_file={cap}")
             n_blocks, dropped = cap, n_blocks - cap
-        peaks = audio.block_peaks(path, info, self.cfg.block_seconds, n_blocks, first)
+        peaks = peaks_of(n_blocks)
         usable = tuple(b for b, p in enumerate(peaks) if p >= audio.SILENCE_PEAK)
         if not usable:
             raise audio.AudioError("silent (every block below -80 dBFS)")
         return BlockScan(info, usable, tuple(b for b, p in enumerate(peaks) if p < audio.SILENCE_PEAK), dropped)
+
+    def array_block(self, mono: np.ndarray, sample_rate: int, block: int) -> np.ndarray:
+        """Block ``block`` of samples in memory, resampled to the target rate (exact length), as
+        :meth:`block` reads it from a file."""
+        n = int(round(self.cfg.block_seconds * sample_rate))
+        return audio.resample(mono[block * n:(block + 1) * n], sample_rate, self.cfg.sample_rate,
+                              length=int(round(self.cfg.block_seconds * self.cfg.sample_rate)))
 
     def block(self, path: str | Path, block: int, native_sr: int,
               segment: tuple[float, float] | None = None) -> np.ndarray:

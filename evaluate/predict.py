@@ -234,18 +234,10 @@ class Predictor:
             raise AudioError("audio contains NaN or Inf samples")
         rec = Recording(name, audio.AudioInfo(len(mono), sample_rate, channels), mono)
         a = self.renderer.cfg
-        n_blocks = audio.block_count(rec.info, a.block_seconds, a.keep_tail)
-        if n_blocks == 0:
+        if audio.block_count(rec.info, a.block_seconds, a.keep_tail) == 0:
             return self._short(rec, mono), rec
-        dropped = max(0, n_blocks - a.max_blocks_per_file)
-        n_native = int(round(a.block_seconds * sample_rate))
-        peaks = [float(np.abs(mono[b * n_native:(b + 1) * n_native]).max(initial=0.0))
-                 for b in range(n_blocks - dropped)]
-        usable = tuple(b for b, p in enumerate(peaks) if p >= audio.SILENCE_PEAK)
-        if not usable:
-            raise AudioError("silent (every block below -80 dBFS)")
-        silent = tuple(b for b, p in enumerate(peaks) if p < audio.SILENCE_PEAK)
-        return self._skeleton(rec, usable, silent, dropped), rec
+        found = self.renderer.scan_array(mono, sample_rate, channels, truncate=True)  # the builder's rule
+        return self._skeleton(rec, found.usable, found.silent, found.dropped), rec
 
     def _skeleton(self, rec: Recording, usable: tuple[int, ...], silent: tuple[int, ...],
                   dropped: int) -> Prediction:
@@ -279,9 +271,7 @@ class Predictor:
             return audio.resample(y, sr, a.sample_rate, length=n_target)
         if rec.samples is None:
             return self.renderer.block(rec.name, block, sr)
-        n_native = int(round(a.block_seconds * sr))
-        return audio.resample(rec.samples[block * n_native:(block + 1) * n_native], sr, a.sample_rate,
-                              length=n_target)
+        return self.renderer.array_block(rec.samples, sr, block)
 
     def batches(self, res: Prediction, batch_size: int, rec: Recording | None = None) -> Iterator[torch.Tensor]:
         """The usable blocks as (n, 3, 256, 256) image batches, rendered as they are needed:
