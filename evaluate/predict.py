@@ -30,7 +30,7 @@ quiet).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from serwild.evaluate.export import Pretrained, read_pretrained
 from serwild.progress import progress, stage
 from serwild.trainer.distributed import pick_device
 from serwild.trainer.model import build_model
+from serwild.trainer.outputs import batch_outputs
 
 DEFAULT_BATCH = 64
 ARRAY_NAME = "<array>"
@@ -285,13 +286,18 @@ class Predictor:
             yield torch.stack([image_transform(self.renderer.rgb(self.waveform(res, rec, b)))
                                for b in blocks[i:i + batch_size]])
 
+    def logits(self, images: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The float32 logits of image batches, scored through the one evaluation loop
+        (:func:`serwild.trainer.outputs.batch_outputs`, as evaluation and validation are)."""
+        batches = ((x, torch.zeros(len(x), dtype=torch.long), [""] * len(x)) for x in images)
+        outs = [out for out, _, _ in batch_outputs(self.model, batches, self.device)]
+        return torch.cat(outs) if outs else torch.zeros(0, len(self.classes))
+
     def score(self, res: Prediction, rec: Recording, batch_size: int = DEFAULT_BATCH) -> Prediction:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         try:
-            with torch.inference_mode():
-                logits = torch.cat([self.model(x.to(self.device)).float().cpu()
-                                    for x in self.batches(res, batch_size, rec)])
+            logits = self.logits(self.batches(res, batch_size, rec))
         except AudioError as e:
             return Prediction(file=res.file, error=str(e))
         if not bool(torch.isfinite(logits).all()):  # finite weights can still overflow: never report NaN

@@ -78,9 +78,8 @@ def stream(model: Predictor, chunks: Iterable[Any], sample_rate: int, hop_s: flo
                                   (time.perf_counter() - arrived) * 1e3)
             else:
                 y = audio.resample(samples, sr, a.sample_rate, length=n_target)
-                with torch.inference_mode():
-                    x = image_transform(model.renderer.rgb(y)).unsqueeze(0).to(model.device)
-                    p = torch.softmax(model.model(x).float().cpu()[0], dim=0).double().numpy()
+                x = image_transform(model.renderer.rgb(y)).unsqueeze(0)
+                p = torch.softmax(model.logits([x])[0], dim=0).double().numpy()
                 recent.append(p)
                 yield BlockResult(index, round(start_s, 6), False, model.classes[int(np.argmax(p))],
                                   {c: round(float(v), 4) for c, v in zip(model.classes, p)},
