@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -64,6 +63,7 @@ from torch import nn
 
 from serwild import seeds
 from serwild.checkpoint import unreadable_reason  # one wording for every refused torch.load
+from serwild.data.loaders import buffer_shuffle, epoch_pieces
 from serwild.data.manifest import select_shards
 from serwild.data.records import sample_key
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
@@ -77,7 +77,6 @@ STORE, STORE_NAME = torch.float16, "fp16"  # the storage dtype (why fp16: the mo
 FILE_SUFFIX = ".pt"
 INFO_FILE = "cache.json"
 HOSTILE = "it holds objects other than tensors"  # how unreadable_reason starts for a refused pickle
-SAMPLING = "feature-cache"  # seeds.derive(seed, SAMPLING, epoch): the epoch's sample order, the same on every rank
 
 
 # ----------------------------------------------------------------------------- when and where to cut
@@ -257,13 +256,12 @@ class CachedTrainData:
     GPU: no host work per step at all; "cpu": a private copy in RAM), gathered by one
     ``index_select``. Batches come on that device, features in the stored dtype.
 
-    Per epoch each rank gets exactly ``num_batches`` full batches (as the streaming loader
-    gives). Sampling: a permutation of all samples drawn from (seed, epoch) — the same on
-    every rank — is dealt to ranks (``order[rank::world_size]``) and, when an epoch needs
-    more samples than there are, followed by further permutations. So every sample is seen
-    once per epoch before any is seen twice, ranks never share a sample within a pass, and a
-    resumed run sees the same order. (The streaming loader resamples whole shards with
-    replacement, so there some samples come twice and others not at all in an epoch.)
+    Per epoch each rank gets exactly ``num_batches`` full batches, in the streaming loader's
+    order: one definition of an epoch (:func:`serwild.data.loaders.epoch_pieces`, then its
+    shuffle buffer, applied to sample positions instead of samples), so a run on the cache
+    trains on the very batches the same run streaming its shards would: every sample once per
+    epoch before any twice, ranks never sharing a sample within a pass, a resume continuing the
+    same order. The files must come in the run's shard order (``DataPlan.train_records``).
     """
 
     def __init__(self, files: Sequence[str | Path], key: str, records: Sequence[dict],
@@ -312,21 +310,24 @@ class CachedTrainData:
         feats = torch.stack([self.feats[s][r] for s, r in zip(shard.tolist(), row.tolist())])
         return feats, self.labels[index]
 
-    def order(self, samples: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    def order(self, samples: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+              shuffle_buffer: int = 1000) -> torch.Tensor:
         """The first ``samples`` positions this rank trains on in ``epoch`` (see the class doc)."""
-        n = len(self)
-        if n == 0:
+        if len(self) == 0:
             raise UsageError("no cached training samples selected (check train.dataset, train.conditions, cv.fold)")
-        gen = torch.Generator().manual_seed(seeds.derive(seed, SAMPLING, epoch) & (2**63 - 1))
-        rounds = math.ceil(samples * world_size / n)
-        perm = torch.cat([torch.randperm(n, generator=gen) for _ in range(rounds)])
-        return perm[rank::world_size][:samples].contiguous()
+        counts = [len(f) for f in self.feats]
+        pieces = epoch_pieces(counts, samples, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+        stream = (int(self._starts[p.shard]) + i for p in pieces for i in range(p.start, p.stop))
+        shuffled = buffer_shuffle(stream, max(1, shuffle_buffer), seeds.derive31(seed, epoch, rank, "shuffle"))
+        return torch.tensor(list(shuffled)[:samples], dtype=torch.long)
 
     def batches(self, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
-                world_size: int = 1, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                world_size: int = 1, start: int = 0, shuffle_buffer: int = 1000
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start`` … ``num_batches - 1`` of (features (B, C, H, W) fp16, labels (B,)):
         ``start`` > 0 continues an epoch exactly where a mid-epoch checkpoint left it."""
-        idx = self.order(batch_size * num_batches, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+        idx = self.order(batch_size * num_batches, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                         shuffle_buffer=shuffle_buffer)
         for b in range(start, num_batches):
             yield self.take(idx[b * batch_size:(b + 1) * batch_size])
 
@@ -364,13 +365,14 @@ class FeatureData:
     batch: int  # this rank's validation batch
     rank: int
     world_size: int
+    shuffle_buffer: int = 1000  # train.shuffle_buffer: the streaming loader's, for the same order
 
     def train_batches(self, epoch: int, first: int, rank: int, world_size: int,
                       batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``first`` … of rank ``rank``'s ``epoch`` in a world of ``world_size`` ranks of
         ``batch`` samples (another world's, for a resumed epoch that world began)."""
         return self.train.batches(batch, self.steps, seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
-                                  start=first)
+                                  start=first, shuffle_buffer=self.shuffle_buffer)
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         return iter(()) if self.val is None else self.val.eval_batches(self.batch, self.rank, self.world_size)

@@ -103,7 +103,7 @@ def _feature_data(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch:
     val = (load_feature_cache(spec, plan.val_records, device=place, build_dir=plan.location)
            if plan.val_records else None)
     train = load_feature_cache(spec, plan.train_records, device=place, build_dir=plan.location)
-    return FeatureData(prefix, train, val, steps, train_seed(cfg), batch, d.rank, d.world_size)
+    return FeatureData(prefix, train, val, steps, train_seed(cfg), batch, d.rank, d.world_size, t.shuffle_buffer)
 
 
 def epoch_batches(data: ShardData | FeatureData, d: Dist, batch: int, epoch: int, first: int = 0,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from serwild.builder.labels import PRESETS
-from serwild.data.loaders import make_eval_loader
+from serwild.data.loaders import make_eval_loader, make_train_loader, shard_set
 from serwild.errors import UsageError
 from serwild.trainer.config import TrainConfig
 from serwild.trainer.features import (
@@ -285,6 +285,29 @@ def test_rerun_skips_finished_files_and_redoes_only_missing(tiny_build: Path, ma
         load_feature_cache(spec, wrong)
     with pytest.raises(UsageError, match="missing"):
         load_feature_cache(spec, [dict(records[0], path="ahsn/train/fold9/clean-000000.tar")])
+
+
+def test_a_cached_epoch_is_the_streamed_epoch(tiny_build: Path, manifest: dict, paper: tuple,
+                                             records: list[dict], tmp_path: Path) -> None:
+    """One definition of an epoch: the cache serves the very samples, in the very order and
+    batches, that the streaming loader gives the same run (seed, epoch, rank, world size, shuffle
+    buffer), each rank's share and an epoch longer than the data included."""
+    model, _, _ = paper
+    spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
+    build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
+    data = load_feature_cache(spec, records)
+    shards = shard_set(tiny_build, records)
+    n = len(data)
+    for rank, world, steps in ((0, 1, n // 4), (1, 2, n // 8), (0, 1, n // 2 + 3)):  # the last: more than one pass
+        streamed = list(make_train_loader(shards, CLASSES, 4, steps, seed=5, epoch=2, rank=rank, world_size=world,
+                                          shuffle_buffer=7))
+        cached = list(data.batches(4, steps, seed=5, epoch=2, rank=rank, world_size=world, shuffle_buffer=7))
+        assert len(cached) == len(streamed) == steps
+        for (feats, y_cached), (images, y_streamed) in zip(cached, streamed):
+            assert y_cached.tolist() == y_streamed.tolist(), (rank, world, steps)
+            with torch.no_grad():
+                exact = model.features[:10](images)  # the same images: their features, up to fp16 rounding
+            assert ((feats.float() - exact).abs() <= 2.0**-11 * exact.abs() + 1e-6).all(), (rank, world, steps)
 
 
 def test_cached_batches_exact_count_deterministic_and_disjoint_across_ranks(
