@@ -153,7 +153,7 @@ def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest:
     assert data.feats[0].shape[1:] == model.features[:prefix](torch.zeros(1, 3, 256, 256)).shape[1:]
     # The first training batch the cached path serves, and the same samples uncached.
     feats, y = next(data.batches(12, 3, seed=0, epoch=0))
-    keys = [data.keys[i] for i in data.order(12, seed=0, epoch=0)]
+    keys = [data.keys[i] for i in data.order(12 * 3, seed=0, epoch=0)[:12]]  # the epoch of 3 batches' first
     assert y.tolist() == [labels[k] for k in keys]
     x = torch.stack([images[k] for k in keys])
     with torch.no_grad():
