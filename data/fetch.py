@@ -260,9 +260,10 @@ def fetch(url: str, opts: RemoteOptions, out: BinaryIO, nbytes: int | None = Non
           limit: int = MAX_METADATA_BYTES) -> str:
     """All of ``url`` written to ``out``, through the one retry loop; its sha256 (hex). One GET
     per try, from the first byte (a failed try starts over: nothing is stitched together).
-    ``nbytes``: the size the manifest lists, so a shorter body is a failed try and a longer
-    one is refused at the first byte past it; else at most ``limit`` bytes (metadata): an
-    endless answer never fills a disk or memory."""
+    A connection cut before its Content-Length is a failed try. ``nbytes``: the size the
+    manifest lists, so an object of another size is a :class:`Mismatch` (a longer one refused at
+    the first byte past it); else at most ``limit`` bytes (metadata): an endless answer never
+    fills a disk or memory."""
 
     def once() -> str:
         out.seek(0)
