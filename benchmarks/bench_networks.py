@@ -142,6 +142,7 @@ def main() -> None:
     k = len(manifest["datasets"][dataset]["classes"])
     clean = sum(s["count"] for s in manifest["shards"] if s["dataset"] == dataset and s["split"] == "train"
                 and s["condition"] == "clean")
+    # Every rate is measured before any run, so the runs' budgets come from one quiet machine.
     rows = []
     for arch in args.arch:
         rate = training_rate(arch, k)
@@ -149,9 +150,13 @@ def main() -> None:
         epochs = max(1, round(args.minutes * 60 * rate / clean))
         print(f"{arch}: {params / 1e6:.1f} M parameters, {rate:.1f} images/s: {epochs} epoch(s) of {clean} "
               f"images in {args.minutes:g} min", flush=True)
-        runs = {exp: run_one(build, out, arch, exp, epochs) for exp in EXPERIMENTS}
         rows.append({"arch": arch, "params_m": params / 1e6, "train_img_s": rate, "infer_ms": inference_ms(arch, k),
-                     "export_mb": params * 4 / 2**20, "runs": runs})
+                     "export_mb": params * 4 / 2**20, "epochs": epochs})
+    for r in rows:
+        r["runs"] = {exp: run_one(build, out, r["arch"], exp, r["epochs"]) for exp in EXPERIMENTS}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(rows, indent=1))  # what is done survives a stop
+        print(f"{r['arch']}: done", flush=True)
     text = f"{table(rows)}\n\n{verdict(rows)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)
