@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from serwild import atomic
 from serwild.errors import UsageError
 
 
@@ -127,19 +128,27 @@ def probe(address: str, node_ip: str | None) -> str:
 SESSION_ROOM = 107 - 66
 
 
+ELSEWHERE = "serwild-ray-"  # + the driver's PID + "-" + random: a session folder under /tmp
+
+
 def session_folder(out: Path | None) -> Path | None:
     """A new folder for a local Ray's session: ``.ray-*`` in the build folder (a crashed build's
-    is removed: this runs under the folder's lock), or under /tmp where the socket paths would not
-    fit; None (Ray's default) if none can be made."""
-    places = [Path("/tmp")]
+    is removed: this runs under the folder's lock), or ``serwild-ray-<pid>-*`` under /tmp where
+    the socket paths would not fit there (one whose driver is dead is removed); None (Ray's
+    default) if none can be made."""
     if out is not None:
         for stale in out.glob(".ray-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        places.insert(0, out.resolve())
-    for parent in places:
-        if len(os.fsencode(parent)) + len("/.ray-12345678") <= SESSION_ROOM:
-            with contextlib.suppress(OSError):
-                return Path(tempfile.mkdtemp(prefix=".ray-" if parent != Path("/tmp") else "serwild-ray-", dir=parent))
+    for stale in Path("/tmp").glob(ELSEWHERE + "*"):  # a driver killed with SIGKILL cannot remove its own
+        pid = stale.name[len(ELSEWHERE):].split("-")[0]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and not atomic.pid_alive(int(pid)) and stale.stat().st_uid == os.getuid():
+                shutil.rmtree(stale, ignore_errors=True)
+    if out is not None and len(os.fsencode(out.resolve())) + len("/.ray-12345678") <= SESSION_ROOM:
+        with contextlib.suppress(OSError):
+            return Path(tempfile.mkdtemp(prefix=".ray-", dir=out.resolve()))
+    with contextlib.suppress(OSError):
+        return Path(tempfile.mkdtemp(prefix=f"{ELSEWHERE}{os.getpid()}-", dir="/tmp"))
     return None
 
 

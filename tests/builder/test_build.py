@@ -165,6 +165,30 @@ def test_the_loopback_pin_still_holds_in_this_ray() -> None:
         assert services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1", "the pin no longer keeps 127.0.0.1"
 
 
+def test_a_killed_drivers_ray_session_folder_in_tmp_goes_with_the_next_build() -> None:
+    """Where a build folder's path is too long for Ray's socket paths, the session folder is
+    /tmp/serwild-ray-<driver pid>-*: a driver killed with SIGKILL cannot remove it, so the next
+    local Ray removes every one whose driver is dead (and none of a live one)."""
+    import shutil
+    import subprocess
+
+    from serwild.builder import raystart
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = Path(tempfile.mkdtemp(prefix=f"{raystart.ELSEWHERE}{dead.pid}-", dir="/tmp"))
+    live = Path(tempfile.mkdtemp(prefix=f"{raystart.ELSEWHERE}{os.getpid()}-", dir="/tmp"))
+    mine = None
+    try:
+        mine = raystart.session_folder(None)
+        assert mine is not None and mine.name.startswith(f"{raystart.ELSEWHERE}{os.getpid()}-")
+        assert not left.exists() and live.is_dir()
+    finally:
+        for folder in (left, live, mine):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_a_local_ray_listens_on_loopback_only_with_token_auth(tmp_path: Path) -> None:
     """The Ray a local build starts: token authentication on (Ray's default), every node and every
     listening socket of its processes at 127.0.0.1 (Ray would use the machine's network address)."""
