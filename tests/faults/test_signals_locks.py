@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from serwild import atomic, lock
+from serwild.builder import raystart
 from serwild.checkpoint import load_checkpoint
 from serwild.cli import main
 from serwild.trainer.preflight import prepare_run_dir
@@ -230,7 +232,8 @@ def test_sigterm_stops_training_and_resume_finishes(tiny_build: Path, tmp_path: 
 def test_a_stopped_ray_build_leaves_no_ray_process(corpus: Path, tmp_path: Path, sig: signal.Signals) -> None:
     """SIGTERM: one line, 143, ray.shutdown ran (no stack dump), every Ray process gone at once.
     SIGKILL of the driver alone (not its group): Ray's processes of this session end by themselves,
-    the agents after Ray's own minute of trying to reach the dead GCS."""
+    the agents after Ray's own minute of trying to reach the dead GCS, and the next local Ray
+    removes the session folder the dead driver could not."""
     out = tmp_path / "shards"
     proc = start([*HELD_BUILD, "1", *build_args(corpus, out, "ray.num_cpus=1")])
     with session(proc):
@@ -249,6 +252,13 @@ def test_a_stopped_ray_build_leaves_no_ray_process(corpus: Path, tmp_path: Path,
         assert lines(err)[-1] == "serwild build: stopped by SIGTERM; run the same command again to resume"
     else:
         assert proc.returncode == -signal.SIGKILL
+        # The dead driver's session folder (in the build folder, or /tmp/serwild-ray-<pid>-* where
+        # the build folder's path is too long) is the next local Ray's to remove: as the next build does.
+        leftover = [*out.glob(".ray-*"), *Path("/tmp").glob(f"{raystart.ELSEWHERE}{proc.pid}-*")]
+        assert leftover, "the killed driver's session folder was not where it is looked for"
+        fresh = raystart.session_folder(out)
+        assert fresh is not None and not [p for p in leftover if p.exists()]
+        shutil.rmtree(fresh)
     assert lock.holder(out) == (None, "") or sig == signal.SIGKILL
     with lock.locked(out):  # free either way: a killed holder's lock is the kernel's to drop
         pass
