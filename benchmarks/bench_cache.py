@@ -36,7 +36,8 @@ from torch import nn
 
 from serwild.builder.build import run_build
 from serwild.config import load_config
-from serwild.data.loaders import make_eval_loader, make_train_loader, shard_set, steps_per_epoch
+from serwild.data.epochs import steps_per_epoch
+from serwild.data.loaders import make_eval_loader, make_train_loader, shard_set
 from serwild.data.manifest import load_manifest
 from serwild.data.transforms import normalise
 from serwild.trainer.features import cache_records, cache_spec, head_from, load_feature_cache, resolve_feature_cache

@@ -1,18 +1,15 @@
 """Streaming input: manifest → shard URLs → WebDataset pipelines for training and evaluation.
 
-Training (``make_train_loader``) gives exact epochs, as MosaicML Streaming does. The
-epoch's sample stream is the shards in an order drawn from (seed, epoch), followed by the
-next epoch's order; rank r takes the r-th contiguous span of ``num_batches × batch_size``
-samples of it (a shard on a span's edge is read by both ranks, each taking its part). So
-with ``samples_per_epoch`` = all, every sample is used exactly once per epoch across ranks,
-plus the few that fill the last batches (the head of the next epoch's order), and every rank
-runs the same number of full batches whatever the shard count (one shard for two ranks,
-odd sample counts, empty workers): the DDP hangs of webdataset issues #188/#194/#225 cannot
-happen. Samples are shuffled in a buffer seeded from (seed, epoch, rank). Every DataLoader
-worker reads its rank's whole stream (raw bytes, cheap) and decodes only batches
-``start + w, start + w + W, …``: the DataLoader hands batches back worker by worker, so a
-rank sees the same samples in the same order with 0, 1 or 2 workers, and a run resumed at
-batch k of an epoch continues with exactly the batches an uninterrupted run would have had.
+Training (``make_train_loader``) gives exact epochs, as MosaicML Streaming does: each rank
+reads its span of the epoch's shard stream (:mod:`serwild.data.epochs`), so with
+``samples_per_epoch`` = all every sample is used exactly once per epoch across ranks, plus the
+few that fill the last batches, and every rank runs the same number of full batches whatever
+the shard count (one shard for two ranks, odd sample counts, empty workers): the DDP hangs of
+webdataset issues #188/#194/#225 cannot happen. Every DataLoader worker reads its rank's
+whole stream (raw bytes, cheap) and decodes only batches ``start + w, start + w + W, …``:
+the DataLoader hands batches back worker by worker, so a rank sees the same samples in the
+same order with 0, 1 or 2 workers, and a run resumed at batch k of an epoch continues with
+exactly the batches an uninterrupted run would have had.
 
 Evaluation (``make_eval_loader``) reads each sample exactly once: shards are dealt to
 ranks, then to workers; a rank with no shard yields nothing (and returns at once).
@@ -32,13 +29,11 @@ from __future__ import annotations
 
 import io
 import json
-import math
-import random
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,12 +43,11 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from serwild import seeds
 from serwild.data.cache import RemoteShards
+from serwild.data.epochs import Piece, buffer_shuffle, epoch_pieces
 from serwild.data.fetch import RemoteError
 from serwild.data.remote import Build, open_location
 from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
-
-T = TypeVar("T")
 
 
 class ShardError(UsageError):
@@ -226,64 +220,6 @@ class _Decode:
         return decode_sample(sample, self.classes, self.as_uint8, self.identities.get(sample.get("__url__")))
 
 
-# ----------------------------------------------------------------------------- the epoch plan
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Samples ``[start, stop)`` (in file order) of shard ``shard`` (an index into the ShardSet)."""
-
-    shard: int
-    start: int
-    stop: int
-
-
-def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
-    """The epoch's shard order: a permutation drawn from (seed, epoch), the same on every rank."""
-    gen = torch.Generator().manual_seed(seeds.derive(seed, "shards", epoch) & (2**63 - 1))
-    return torch.randperm(n_shards, generator=gen).tolist()
-
-
-def epoch_pieces(counts: Sequence[int], per_rank: int, *, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1) -> list[Piece]:
-    """What rank ``rank`` reads in ``epoch``: the span ``[rank × per_rank, (rank + 1) × per_rank)``
-    of the stream "shards in epoch's order, then in epoch + 1's, …" (sample counts ``counts``).
-
-    The spans of all ranks tile the stream: with ``per_rank × world_size`` ≥ the samples,
-    every sample is in exactly one span, and what is left over comes from the next orders."""
-    total = sum(counts)
-    if total <= 0:
-        raise UsageError("the selected training shards hold no samples (check train.dataset, train.conditions)")
-    lo, hi = rank * per_rank, (rank + 1) * per_rank
-    pieces, pos, e = [], 0, epoch
-    while pos < hi:
-        for s in shard_order(len(counts), seed, e):
-            a, b = pos, pos + counts[s]
-            if b > lo and a < hi:
-                pieces.append(Piece(s, max(lo, a) - a, min(hi, b) - a))
-            pos = b
-            if pos >= hi:
-                break
-        e += 1
-    return pieces
-
-
-def buffer_shuffle(items: Iterable[T], size: int, seed: int) -> Iterator[T]:
-    """A shuffle buffer (webdataset's idea) whose output depends only on the input order and
-    the seed: every DataLoader worker replays it identically."""
-    rng = random.Random(seed)
-    buf: list[T] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        k = rng.randrange(size)
-        buf[k], item = item, buf[k]
-        yield item
-    rng.shuffle(buf)
-    yield from buf
-
-
 class EpochStream(IterableDataset):
     """One rank's batches of one epoch (see the module docstring). Picklable for spawned workers."""
 
@@ -326,11 +262,6 @@ class EpochStream(IterableDataset):
 
 
 # ----------------------------------------------------------------------------- loaders
-
-
-def steps_per_epoch(samples_per_epoch: int, batch_per_rank: int, world_size: int) -> int:
-    """Batches every rank runs per epoch: enough for ``samples_per_epoch`` samples overall."""
-    return max(1, math.ceil(samples_per_epoch / (batch_per_rank * world_size)))
 
 
 def make_train_loader(shards: ShardSet, classes: Sequence[str], batch_size: int, num_batches: int, *,

@@ -63,7 +63,7 @@ from torch import nn
 
 from serwild import seeds
 from serwild.checkpoint import unreadable_reason  # one wording for every refused torch.load
-from serwild.data.loaders import buffer_shuffle, epoch_pieces
+from serwild.data.epochs import buffer_shuffle, epoch_pieces
 from serwild.data.manifest import select_shards
 from serwild.data.records import sample_key
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
@@ -257,7 +257,7 @@ class CachedTrainData:
     ``index_select``. Batches come on that device, features in the stored dtype.
 
     Per epoch each rank gets exactly ``num_batches`` full batches, in the streaming loader's
-    order: one definition of an epoch (:func:`serwild.data.loaders.epoch_pieces`, then its
+    order: one definition of an epoch (:func:`serwild.data.epochs.epoch_pieces`, then its
     shuffle buffer, applied to sample positions instead of samples), so a run on the cache
     trains on the very batches the same run streaming its shards would: every sample once per
     epoch before any twice, ranks never sharing a sample within a pass, a resume continuing the

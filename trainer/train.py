@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from serwild import __version__, atomic, lock, seeds
 from serwild import checkpoint as ckpt_io
 from serwild.config import Config, to_dict
-from serwild.data.loaders import steps_per_epoch
+from serwild.data.epochs import steps_per_epoch
 from serwild.data.transforms import normalise
 from serwild.errors import UsageError
 from serwild.metrics import confusion, renamed, validation_scores

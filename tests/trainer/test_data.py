@@ -14,13 +14,13 @@ import torch
 
 from serwild.builder.labels import PRESETS
 from serwild.data.build import BuildReader
+from serwild.data.epochs import steps_per_epoch
 from serwild.data.loaders import (
     ShardError,
     ShardSet,
     make_eval_loader,
     make_train_loader,
     shard_set,
-    steps_per_epoch,
 )
 from serwild.data.remote import open_location
 from serwild.errors import UsageError

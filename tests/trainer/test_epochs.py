@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from serwild.builder.labels import PRESETS
+from serwild.data.epochs import epoch_pieces
 from serwild.data.loaders import (
     ShardError,
     decode_sample,
-    epoch_pieces,
     make_eval_loader,
     make_train_loader,
     read_shards,
