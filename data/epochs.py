@@ -26,11 +26,63 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Piece:
-    """Samples ``[start, stop)`` (in file order) of shard ``shard`` (an index into the ShardSet)."""
+    """Samples ``[start, stop)`` (in file order) of shard ``shard`` (an index into the ShardSet),
+    dealt in ``epoch``'s order (positions count each sample's copies under :class:`Repeats`)."""
 
     shard: int
     start: int
     stop: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """``train.balance: sampler``: a class-balanced epoch that stays an exact epoch.
+
+    Class k's samples are dealt r_k = n_max / n_k times each per epoch (n_k: its training
+    samples, n_max: the largest class's), so every class fills the same share of the epoch and
+    no sample is left out. Where r_k is not whole, a sample gets ⌊r_k⌋ or ⌈r_k⌉ copies: the
+    j-th class-k sample of a shard gets ⌊(j + 1)·r_k + φ⌋ − ⌊j·r_k + φ⌋, with a phase φ drawn
+    from (seed, epoch, shard, class), so the extra copies are spread evenly and fall on other
+    samples each epoch (detectron2's RepeatFactorTrainingSampler repeats images the same way,
+    rounding at random). A shard's dealt count is therefore known before a byte of it is read,
+    ranks still take contiguous spans of one stream, and a resume continues it exactly."""
+
+    class_counts: tuple[tuple[int, ...], ...]  # per shard (in ShardSet order), per class index
+
+    @classmethod
+    def of(cls, records: Sequence[dict], classes: Sequence[str]) -> Repeats:
+        """From manifest shard records (their ``class_counts``), in the order they are read."""
+        return cls(tuple(tuple(int((r.get("class_counts") or {}).get(c, 0)) for c in classes) for r in records))
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        totals = [sum(col) for col in zip(*self.class_counts)]
+        most = max(totals, default=0)
+        return tuple(most / n if n else 0.0 for n in totals)
+
+    def epoch_size(self) -> int:
+        """The samples of one balanced epoch: every class present as many times as the largest."""
+        totals = [sum(col) for col in zip(*self.class_counts)]
+        return max(totals, default=0) * sum(1 for n in totals if n)
+
+    def _phase(self, seed: int, epoch: int, shard: int, k: int) -> float:
+        return seeds.derive(seed, "balance", epoch, shard, k) / 2**64
+
+    def counts(self, seed: int, epoch: int) -> list[int]:
+        """Each shard's samples as dealt in ``epoch`` (copies counted)."""
+        r = self.ratios
+        return [sum(math.floor(n * r[k] + self._phase(seed, epoch, s, k)) for k, n in enumerate(row))
+                for s, row in enumerate(self.class_counts)]
+
+    def dealt(self, items: Iterable[tuple[T, int]], seed: int, epoch: int, shard: int) -> Iterator[T]:
+        """Shard ``shard``'s items in file order, (item, class index), each as many times as dealt."""
+        r, seen = self.ratios, [0] * len(self.ratios)
+        for item, k in items:
+            j, phase = seen[k], self._phase(seed, epoch, shard, k)
+            seen[k] += 1
+            for _ in range(math.floor((j + 1) * r[k] + phase) - math.floor(j * r[k] + phase)):
+                yield item
 
 
 def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
@@ -40,22 +92,23 @@ def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
 
 
 def epoch_pieces(counts: Sequence[int], per_rank: int, *, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1) -> list[Piece]:
+                 world_size: int = 1, repeats: Repeats | None = None) -> list[Piece]:
     """What rank ``rank`` reads in ``epoch``: the span ``[rank × per_rank, (rank + 1) × per_rank)``
-    of the stream "shards in epoch's order, then in epoch + 1's, …" (sample counts ``counts``).
+    of the stream "shards in epoch's order, then in epoch + 1's, …" (sample counts ``counts``,
+    or as ``repeats`` deals them).
 
     The spans of all ranks tile the stream: with ``per_rank × world_size`` ≥ the samples,
     every sample is in exactly one span, and what is left over comes from the next orders."""
-    total = sum(counts)
-    if total <= 0:
+    if sum(counts) <= 0:
         raise UsageError("the selected training shards hold no samples (check train.dataset, train.conditions)")
     lo, hi = rank * per_rank, (rank + 1) * per_rank
     pieces, pos, e = [], 0, epoch
     while pos < hi:
+        dealt = counts if repeats is None else repeats.counts(seed, e)
         for s in shard_order(len(counts), seed, e):
-            a, b = pos, pos + counts[s]
+            a, b = pos, pos + dealt[s]
             if b > lo and a < hi:
-                pieces.append(Piece(s, max(lo, a) - a, min(hi, b) - a))
+                pieces.append(Piece(s, max(lo, a) - a, min(hi, b) - a, e))
             pos = b
             if pos >= hi:
                 break

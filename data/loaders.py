@@ -28,12 +28,13 @@ whole, checked by sha256, kept for later epochs). A fetch that fails after the r
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -43,11 +44,13 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from serwild import seeds
 from serwild.data.cache import RemoteShards
-from serwild.data.epochs import Piece, buffer_shuffle, epoch_pieces
+from serwild.data.epochs import Piece, Repeats, buffer_shuffle, epoch_pieces
 from serwild.data.fetch import RemoteError
 from serwild.data.remote import Build, open_location
 from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
+
+T = TypeVar("T")
 
 
 class ShardError(UsageError):
@@ -220,29 +223,54 @@ class _Decode:
         return decode_sample(sample, self.classes, self.as_uint8, self.identities.get(sample.get("__url__")))
 
 
+def _counted(items: Iterable[T], read: list[int]) -> Iterator[T]:
+    """``items``, counting in ``read[0]`` how many were taken."""
+    for item in items:
+        read[0] += 1
+        yield item
+
+
 class EpochStream(IterableDataset):
     """One rank's batches of one epoch (see the module docstring). Picklable for spawned workers."""
 
     def __init__(self, shards: ShardSet, pieces: list[Piece], decode: _Decode, batch_size: int,
-                 batches: range, shuffle_buffer: int, shuffle_seed: int) -> None:
+                 batches: range, shuffle_buffer: int, shuffle_seed: int,
+                 repeats: tuple[Repeats, int] | None = None) -> None:
         self.shards, self.pieces, self.decode = shards, pieces, decode
         self.batch_size, self.batches = batch_size, batches
         self.shuffle_buffer, self.shuffle_seed = max(1, shuffle_buffer), shuffle_seed
+        self.repeats = repeats  # (the balanced sampler's repeats, the run's seed)
 
     def _raw(self) -> Iterator[dict]:
         """The span's samples in stream order, undecoded; a shard short of a piece is refused."""
         for p in self.pieces:
             url, count = self.shards.urls[p.shard], self.shards.counts[p.shard]
+            read = [0]
+            samples = _counted(_tar_samples(url, self.shards.remote), read)
             n = 0
-            for sample in _tar_samples(url, self.shards.remote):
-                if n >= p.start:
-                    yield sample
+            for sample in itertools.islice(self._dealt(samples, p), p.start, p.stop):
+                yield sample
                 n += 1
-                if n == p.stop and p.stop < count:
-                    break
-            if n < p.stop or (p.stop == count and n != count):
-                raise ShardError(f"shard {url} holds {n} samples, the manifest says {count}: "
+            if n == p.stop - p.start and p.stop == self._dealt_count(p):  # it ends the shard: nothing may follow
+                for _ in samples:
+                    pass
+            if n < p.stop - p.start or (p.stop == self._dealt_count(p) and read[0] != count):
+                raise ShardError(f"shard {url} holds {read[0]} samples, the manifest says {count}: "
                                  f"it is short or corrupt (run `serwild verify` on the build)")
+
+    def _dealt(self, samples: Iterator[dict], p: Piece) -> Iterator[dict]:
+        """A shard's samples as the epoch deals them: once each, or as the balanced sampler repeats them."""
+        if self.repeats is None:
+            return samples
+        repeats, seed = self.repeats
+        labelled = ((x, sample_meta(x, self.decode.classes)["class_index"]) for x in samples)
+        return repeats.dealt(labelled, seed, p.epoch, p.shard)
+
+    def _dealt_count(self, p: Piece) -> int:
+        if self.repeats is None:
+            return self.shards.counts[p.shard]
+        repeats, seed = self.repeats
+        return repeats.counts(seed, p.epoch)[p.shard]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -267,19 +295,21 @@ class EpochStream(IterableDataset):
 def make_train_loader(shards: ShardSet, classes: Sequence[str], batch_size: int, num_batches: int, *,
                       seed: int, epoch: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                       prefetch_factor: int = 2, shuffle_buffer: int = 1000, start_batch: int = 0,
-                      pin_memory: bool = False, as_uint8: bool = False
+                      pin_memory: bool = False, as_uint8: bool = False, repeats: Repeats | None = None
                       ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Batches ``start_batch … num_batches - 1`` of this rank's epoch, each ``batch_size`` full:
     (images (B, 3, 256, 256), labels). Images are normalised float, or uint8 with ``as_uint8``
     (normalise them on the device). The order depends on (seed, epoch, rank, world_size) only:
-    not on ``num_workers``, and a resume at ``start_batch`` continues it exactly."""
+    not on ``num_workers``, and a resume at ``start_batch`` continues it exactly. ``repeats``:
+    deal the epoch class-balanced (``train.balance: sampler``, :class:`~serwild.data.epochs.Repeats`)."""
     if not shards.urls:
         raise UsageError("no training shards selected (check train.dataset, train.conditions, cv.fold)")
     pieces = epoch_pieces(shards.counts, batch_size * num_batches, seed=seed, epoch=epoch, rank=rank,
-                          world_size=world_size)
+                          world_size=world_size, repeats=repeats)
     identities = dict(zip(shards.urls, shards.identities)) if shards.identities is not None else None
     stream = EpochStream(shards, pieces, _Decode(classes, as_uint8, identities), batch_size,
-                         range(start_batch, num_batches), shuffle_buffer, seeds.derive31(seed, epoch, rank, "shuffle"))
+                         range(start_batch, num_batches), shuffle_buffer, seeds.derive31(seed, epoch, rank, "shuffle"),
+                         None if repeats is None else (repeats, seed))
     workers = max(0, min(num_workers, num_batches - start_batch))
     # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise,
     # which would shift the dropout stream of a run resumed mid-epoch.

@@ -89,9 +89,10 @@ class TrainConfig:
     lr_gamma: float = 0.2  # (0, 1]
     scratch_lr: float = 1e-4  # recipe scratch: Adam, all layers
     freeze: list[str] | None = None  # layers kept fixed (conv1…fc8); None: the recipe's choice
-    # Class imbalance: none (the paper's plain loss) or weights (each class's loss weighted by
+    # Class imbalance: none (the paper's plain loss), weights (each class's loss weighted by
     # N / (K · n_k) over the training samples: scikit-learn's "balanced", so rare classes count as much)
-    balance: Literal["none", "weights"] = "none"
+    # or sampler (each class's samples dealt n_max / n_k times per epoch: balanced batches, exact epochs)
+    balance: Literal["none", "weights", "sampler"] = "none"
     # A serwild.metrics.VALIDATION name. "accuracy" is wa's name before serwild.metrics named every
     # metric once: configs (and checkpoints, which carry theirs) of earlier versions still load, as wa.
     best_metric: Literal["weighted_f1", "wa", "ua", "accuracy"] = "weighted_f1"

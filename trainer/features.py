@@ -50,10 +50,11 @@ of the per-image compute, with no PNG decoding.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import tarfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from torch import nn
 
 from serwild import seeds
 from serwild.checkpoint import unreadable_reason  # one wording for every refused torch.load
-from serwild.data.epochs import buffer_shuffle, epoch_pieces
+from serwild.data.epochs import Piece, Repeats, buffer_shuffle, epoch_pieces
 from serwild.data.manifest import select_shards
 from serwild.data.records import sample_key
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
@@ -311,23 +312,34 @@ class CachedTrainData:
         return feats, self.labels[index]
 
     def order(self, samples: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-              shuffle_buffer: int = 1000) -> torch.Tensor:
-        """The first ``samples`` positions this rank trains on in ``epoch`` (see the class doc)."""
+              shuffle_buffer: int = 1000, repeats: Repeats | None = None) -> torch.Tensor:
+        """The first ``samples`` positions this rank trains on in ``epoch`` (see the class doc);
+        ``repeats``: dealt class-balanced, as the streaming loader deals them."""
         if len(self) == 0:
             raise UsageError("no cached training samples selected (check train.dataset, train.conditions, cv.fold)")
         counts = [len(f) for f in self.feats]
-        pieces = epoch_pieces(counts, samples, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
-        stream = (int(self._starts[p.shard]) + i for p in pieces for i in range(p.start, p.stop))
+        pieces = epoch_pieces(counts, samples, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                              repeats=repeats)
+        labels = self.labels.tolist() if repeats is not None else []
+
+        def rows(p: Piece) -> Iterable[int]:
+            shard = range(int(self._starts[p.shard]), int(self._ends[p.shard]))
+            if repeats is None:
+                return shard[p.start:p.stop]
+            return itertools.islice(repeats.dealt(((i, labels[i]) for i in shard), seed, p.epoch, p.shard),
+                                    p.start, p.stop)
+
+        stream = (i for p in pieces for i in rows(p))
         shuffled = buffer_shuffle(stream, max(1, shuffle_buffer), seeds.derive31(seed, epoch, rank, "shuffle"))
         return torch.tensor(list(shuffled)[:samples], dtype=torch.long)
 
     def batches(self, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
-                world_size: int = 1, start: int = 0, shuffle_buffer: int = 1000
+                world_size: int = 1, start: int = 0, shuffle_buffer: int = 1000, repeats: Repeats | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start`` … ``num_batches - 1`` of (features (B, C, H, W) fp16, labels (B,)):
         ``start`` > 0 continues an epoch exactly where a mid-epoch checkpoint left it."""
         idx = self.order(batch_size * num_batches, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                         shuffle_buffer=shuffle_buffer)
+                         shuffle_buffer=shuffle_buffer, repeats=repeats)
         for b in range(start, num_batches):
             yield self.take(idx[b * batch_size:(b + 1) * batch_size])
 
@@ -366,13 +378,14 @@ class FeatureData:
     rank: int
     world_size: int
     shuffle_buffer: int = 1000  # train.shuffle_buffer: the streaming loader's, for the same order
+    repeats: Repeats | None = None  # train.balance: sampler
 
     def train_batches(self, epoch: int, first: int, rank: int, world_size: int,
                       batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``first`` … of rank ``rank``'s ``epoch`` in a world of ``world_size`` ranks of
         ``batch`` samples (another world's, for a resumed epoch that world began)."""
         return self.train.batches(batch, self.steps, seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
-                                  start=first, shuffle_buffer=self.shuffle_buffer)
+                                  start=first, shuffle_buffer=self.shuffle_buffer, repeats=self.repeats)
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         return iter(()) if self.val is None else self.val.eval_batches(self.batch, self.rank, self.world_size)

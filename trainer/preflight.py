@@ -20,6 +20,7 @@ import yaml
 from serwild import atomic, lock
 from serwild.config import Config, build_identity, config_differences, config_from_resolved, replace, to_dict
 from serwild.data.build import BuildReader, open_build
+from serwild.data.epochs import Repeats
 from serwild.data.loaders import ShardSet
 from serwild.data.manifest import select_shards, train_folds
 from serwild.errors import UsageError
@@ -42,6 +43,7 @@ class DataPlan:
     samples_per_epoch: int
     train_records: list[dict]
     val_records: list[dict]
+    repeats: Repeats | None = None  # train.balance: sampler (each class dealt as often as the largest)
 
     @property
     def location(self) -> str:
@@ -115,15 +117,25 @@ def plan_data(cfg: Config) -> DataPlan:
     if not train_records or sum(r["count"] for r in train_records) == 0:
         raise UsageError(f"no training samples in {build} for dataset {t.dataset}, conditions "
                          f"{list(t.conditions)}, folds {kept}")
+    repeats = balanced_repeats(train_records, classes, build) if t.balance == "sampler" else None
     if isinstance(t.samples_per_epoch, int):
         samples = t.samples_per_epoch
     elif t.samples_per_epoch == "clean":
         samples = sum(r["count"] for r in select_shards(manifest, t.dataset, "train", ["clean"], kept))
-    else:
-        samples = sum(r["count"] for r in train_records)
+    else:  # every sample once, or under the balanced sampler every class as often as the largest
+        samples = repeats.epoch_size() if repeats is not None else sum(r["count"] for r in train_records)
     return DataPlan(reader, manifest, classes, reader.shard_set(train_records),
                     reader.shard_set(val_records) if val_records else None, max(1, samples),
-                    train_records, val_records)
+                    train_records, val_records, repeats)
+
+
+def balanced_repeats(records: list[dict], classes: list[str], build: str) -> Repeats:
+    """The balanced sampler's repeats of the training shards; refused for a manifest whose shard
+    records do not count their classes (the sampler would deal blind)."""
+    if any(not isinstance(r.get("class_counts"), dict) for r in records):
+        raise UsageError(f"train.balance=sampler needs each shard's class_counts, which {build}'s manifest lacks: "
+                         f"rebuild it, or use train.balance=weights")
+    return Repeats.of(records, classes)
 
 
 def spec_yaml(cfg: Config, plan: DataPlan) -> str:

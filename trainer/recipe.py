@@ -7,12 +7,14 @@ See :mod:`serwild.trainer.config`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from serwild.config import replace
+from serwild.data.epochs import Repeats
 from serwild.trainer.config import LAYERS, TrainConfig
 from serwild.trainer.model import NEW_LAYER, freeze_layers, layer_parameters
 
@@ -74,6 +76,16 @@ def state_buffers(optimizer: torch.optim.Optimizer) -> int:
     if isinstance(optimizer, torch.optim.Adam):
         return 2
     return 1 if optimizer.defaults.get("momentum") else 0
+
+
+def balance_note(classes: Sequence[str], loss_weight: Sequence[float] | None, repeats: Repeats | None) -> str:
+    """What ``train.balance`` does to a run, per class, for its start-up line."""
+    if loss_weight is not None:
+        return f", balance weights ({', '.join(f'{c} {float(w):.2f}' for c, w in zip(classes, loss_weight))})"
+    if repeats is not None:
+        per_class = ", ".join(f"{c} {r:.2f}" for c, r in zip(classes, repeats.ratios))
+        return f", balance sampler: each sample dealt ({per_class}) times per epoch of {repeats.epoch_size()}"
+    return ""
 
 
 def balanced_weights(records: list[dict[str, Any]], classes: list[str]) -> list[float]:

@@ -54,7 +54,7 @@ class ShardData:
                                  seed=train_seed(self.cfg), epoch=epoch, rank=rank, world_size=world_size,
                                  num_workers=t.num_workers, prefetch_factor=t.prefetch_factor,
                                  shuffle_buffer=t.shuffle_buffer, start_batch=first, pin_memory=on_gpu,
-                                 as_uint8=on_gpu)
+                                 as_uint8=on_gpu, repeats=self.plan.repeats)
 
     def val_batches(self) -> Any:
         val, on_gpu = self.plan.val, self.d.device.type == "cuda"
@@ -103,7 +103,8 @@ def _feature_data(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch:
     val = (load_feature_cache(spec, plan.val_records, device=place, build_dir=plan.location)
            if plan.val_records else None)
     train = load_feature_cache(spec, plan.train_records, device=place, build_dir=plan.location)
-    return FeatureData(prefix, train, val, steps, train_seed(cfg), batch, d.rank, d.world_size, t.shuffle_buffer)
+    return FeatureData(prefix, train, val, steps, train_seed(cfg), batch, d.rank, d.world_size, t.shuffle_buffer,
+                       plan.repeats)
 
 
 def epoch_batches(data: ShardData | FeatureData, d: Dist, batch: int, epoch: int, first: int = 0,

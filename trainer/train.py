@@ -54,7 +54,7 @@ from serwild.trainer.preflight import (
     spec_yaml,
     verify_shards,
 )
-from serwild.trainer.recipe import balanced_weights, describe, make_optimizer, make_scheduler
+from serwild.trainer.recipe import balance_note, balanced_weights, describe, make_optimizer, make_scheduler
 from serwild.trainer.resume import Resumed, restore
 from serwild.trainer.sources import ShardData, data_source, epoch_batches, per_rank_batch, train_seed
 
@@ -305,8 +305,7 @@ def fit(run: Run) -> dict[str, Any]:
            f"training samples in {len(run.plan.train.urls)} shards, {run.steps} steps/epoch × {d.world_size} "
            f"rank(s) × batch {run.batch}, recipe {describe(t)['name']} (pretrained {t.pretrained}), "
            f"device {d.device} ({on}), amp {run.dtype}"
-           + (f", balance weights ({', '.join(f'{c} {w:.2f}' for c, w in zip(run.plan.classes, run.loss_weight))})"
-              if run.loss_weight is not None else ""))
+           + balance_note(run.plan.classes, run.loss_weight, run.plan.repeats))
     if t.patience is not None and run.plan.val is None:
         log(d, "note: train.patience has nothing to watch (no validation part or cv.fold): every epoch runs")
     run.budget = Budget(steps_left=(t.epochs - run.start) * run.steps - run.start_step,

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from serwild.builder.labels import PRESETS
+from serwild.data.epochs import Repeats
 from serwild.data.loaders import make_eval_loader, make_train_loader, shard_set
 from serwild.errors import UsageError
 from serwild.trainer.config import TrainConfig
@@ -287,21 +288,24 @@ def test_rerun_skips_finished_files_and_redoes_only_missing(tiny_build: Path, ma
         load_feature_cache(spec, [dict(records[0], path="ahsn/train/fold9/clean-000000.tar")])
 
 
+@pytest.mark.parametrize("balanced", [False, True])
 def test_a_cached_epoch_is_the_streamed_epoch(tiny_build: Path, manifest: dict, paper: tuple,
-                                             records: list[dict], tmp_path: Path) -> None:
+                                             records: list[dict], tmp_path: Path, balanced: bool) -> None:
     """One definition of an epoch: the cache serves the very samples, in the very order and
     batches, that the streaming loader gives the same run (seed, epoch, rank, world size, shuffle
-    buffer), each rank's share and an epoch longer than the data included."""
+    buffer, the balanced sampler's repeats), each rank's share and an epoch longer than the data included."""
     model, _, _ = paper
     spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
     build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     data = load_feature_cache(spec, records)
     shards = shard_set(tiny_build, records)
-    n = len(data)
+    repeats = Repeats.of(records, CLASSES) if balanced else None
+    n = repeats.epoch_size() if repeats else len(data)
     for rank, world, steps in ((0, 1, n // 4), (1, 2, n // 8), (0, 1, n // 2 + 3)):  # the last: more than one pass
         streamed = list(make_train_loader(shards, CLASSES, 4, steps, seed=5, epoch=2, rank=rank, world_size=world,
-                                          shuffle_buffer=7))
-        cached = list(data.batches(4, steps, seed=5, epoch=2, rank=rank, world_size=world, shuffle_buffer=7))
+                                          shuffle_buffer=7, repeats=repeats))
+        cached = list(data.batches(4, steps, seed=5, epoch=2, rank=rank, world_size=world, shuffle_buffer=7,
+                                   repeats=repeats))
         assert len(cached) == len(streamed) == steps
         for (feats, y_cached), (images, y_streamed) in zip(cached, streamed):
             assert y_cached.tolist() == y_streamed.tolist(), (rank, world, steps)
