@@ -120,10 +120,11 @@ def plan_data(cfg: Config) -> DataPlan:
     repeats = balanced_repeats(train_records, classes, build) if t.balance == "sampler" else None
     if isinstance(t.samples_per_epoch, int):
         samples = t.samples_per_epoch
-    elif t.samples_per_epoch == "clean":
-        samples = sum(r["count"] for r in select_shards(manifest, t.dataset, "train", ["clean"], kept))
-    else:  # every sample once, or under the balanced sampler every class as often as the largest
-        samples = repeats.epoch_size() if repeats is not None else sum(r["count"] for r in train_records)
+    else:  # every (clean) sample once, or under the balanced sampler every class as often as the largest
+        counted = (train_records if t.samples_per_epoch == "all"
+                   else select_shards(manifest, t.dataset, "train", ["clean"], kept))
+        samples = (Repeats.of(counted, classes).epoch_size() if repeats is not None
+                   else sum(r["count"] for r in counted))
     return DataPlan(reader, manifest, classes, reader.shard_set(train_records),
                     reader.shard_set(val_records) if val_records else None, max(1, samples),
                     train_records, val_records, repeats)

@@ -1,10 +1,12 @@
-"""The bad-input matrix (issue 2, item 12) through the real build, and the CLI's exit-2 lines.
+"""The bad-input matrix through the real build, and the CLI's exit-2 lines.
 
 One serial build runs over an IEMOCAP-layout tree that holds every kind of bad input at
-once, next to good utterances. Each input must end up either in the shards (read back
-here with plain ``webdataset``, no project code) or in ``rejects.jsonl`` with a reason
-that says why: never both, never neither (guarantee 1), and no NaN reaches an image
-(guarantee 6).
+once, next to good utterances: damaged and odd audio, headers that ask for unbounded work
+(1 Hz, 500 kHz, more blocks than ``audio.max_blocks_per_file``), an unsafe utterance id, a
+summary line listed twice, unknown labels, missing files, bad noise files. Each input must
+end up either in the shards (read back here with plain ``webdataset``, no project code) or
+in ``rejects.jsonl`` with a reason that says why: never both, never neither (guarantee 1),
+and no NaN reaches an image (guarantee 6).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from serwild.builder.config import AudioConfig
 from serwild.builder.scan import load_noise
 from serwild.cli import main
 from serwild.config import load_config
+from serwild.data.manifest import verify_build
 from serwild.progress import LOG_LINE
 from tests.builder.conftest import make_noise, tone, write_dialog
 
@@ -65,6 +68,19 @@ def _with_bad_sample(value: float, subtype: str) -> Callable[[Path], None]:
     return write
 
 
+def rate_1hz(p: Path) -> None:
+    """96 KB of samples under a header that says 1 Hz: 48 000 s, 48 000 one-sample "blocks"."""
+    sf.write(p, (tone(3.0, 200.0) * 0.5 * 32767).astype(np.int16), 1, subtype="PCM_16")
+
+
+def rate_500k(p: Path) -> None:
+    sf.write(p, tone(0.1, 200.0, sr=500_000), 500_000, subtype="PCM_16")
+
+
+def four_blocks(p: Path) -> None:  # over the matrix's audio.max_blocks_per_file=3
+    sf.write(p, tone(4.2, 200.0), SR, subtype="PCM_16")
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -72,6 +88,7 @@ class Case:
     write: Callable[[Path], None] | None  # replaces the good wav; None keeps write_dialog's
     blocks: tuple[int, ...] | None  # blocks expected in the shards; None: the utterance is rejected
     reason: str  # regex the whole-utterance reject's reason must match ("" when used)
+    uid: str = ""  # the utterance id, where not the generated one
 
 
 CASES = [
@@ -94,11 +111,17 @@ CASES = [
     Case("unknown_label", "zzz", None, None, r"unknown label code 'zzz'"),
     Case("other_label", "fru", None, None, r"label 'fru' not in the selected datasets"),
     Case("missing_wav", "ang", lambda p: p.unlink(), None, r"wav missing"),
+    Case("rate_1hz", "ang", rate_1hz, None, r"sample rate 1 Hz is below 4000 Hz"),
+    Case("rate_500k", "sad", rate_500k, None, r"sample rate 500000 Hz is above 384000 Hz"),
+    Case("over_max_blocks", "neu", four_blocks, None, r"4 blocks .*audio\.max_blocks_per_file=3"),
+    Case("unsafe_id", "ang", None, None, r"characters outside \[A-Za-z0-9_-\]", uid=f"{BAD_DIALOG}_M099.5"),
+    Case("listed_twice", "sad", None, (0, 1), ""),  # its summary line twice: the first used, the second rejected
 ]
+TWICE = len(CASES) - 1
 
 
 def case_id(i: int) -> str:
-    return f"{BAD_DIALOG}_{'FM'[i % 2]}{i:03d}"
+    return CASES[i].uid or f"{BAD_DIALOG}_{'FM'[i % 2]}{i:03d}"
 
 
 def make_bad_tree(root: Path) -> Path:
@@ -112,6 +135,9 @@ def make_bad_tree(root: Path) -> Path:
     for i, c in enumerate(CASES):
         if c.write is not None:
             c.write(wav_dir / f"{case_id(i)}.wav")
+    txt = release / "Session2" / "dialog" / "EmoEvaluation" / f"{BAD_DIALOG}.txt"
+    twice = next(line for line in txt.read_text().splitlines() if f"\t{case_id(TWICE)}\t" in line)
+    txt.write_text(txt.read_text() + twice + "\n")  # the same summary line again, as in a merged copy
     write_dialog(release, 2, "Ses02M_script01_1", [("Ses02M_script01_1_F000", "ang", 2.5)])
     return release
 
@@ -133,7 +159,7 @@ def bad_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     make_bad_noise(tmp / "noise")
     cfg = load_config(None, [
         "corpus.kind=iemocap", f"corpus.root={tmp / 'corpus'}", f"noise.dir={tmp / 'noise'}",
-        f"out={tmp / 'shards'}", "shard.max_samples=25", "snr_db=[15, 40]"])
+        f"out={tmp / 'shards'}", "shard.max_samples=25", "snr_db=[15, 40]", "audio.max_blocks_per_file=3"])
     return run_build(cfg, executor="serial"), release
 
 
@@ -188,6 +214,8 @@ def test_every_utterance_is_used_or_rejected_exactly_once(bad_build: tuple[Path,
     assert len(ids) == 20 + len(CASES) + 1
     used = set(used_blocks(read_samples(build)))
     rejected = whole_rejects(read_rejects(build))
+    second = rejected.pop(case_id(TWICE))  # its second listing; the first is used
+    assert len(second) == 1 and "duplicate" in second[0]["reason"] and case_id(TWICE) in used, second
     assert not used & set(rejected), f"both used and rejected: {sorted(used & set(rejected))}"
     assert used | set(rejected) == ids, f"neither used nor rejected: {sorted(ids - used - set(rejected))}"
     assert all(len(v) == 1 for v in rejected.values()), "an utterance is rejected more than once"
@@ -278,6 +306,7 @@ def test_manifest_counts_match_the_shards(bad_build: tuple[Path, Path]) -> None:
     manifest = json.loads((build / "manifest.json").read_text())
     samples = read_samples(build)
     assert manifest["totals"]["samples"] == len(samples) == sum(s["count"] for s in manifest["shards"])
+    assert verify_build(build)[1] == []
     # A key is unique within a dataset (the same block sits in both AHSN and AESN).
     keys = [(json.loads(s["json"])["dataset"], s["__key__"]) for s in samples]
     assert len(keys) == len(set(keys))

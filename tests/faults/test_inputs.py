@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
@@ -35,7 +33,8 @@ from serwild.cli import main
 from serwild.config import load_config
 from serwild.data.manifest import verify_build
 from serwild.errors import UsageError
-from tests.builder.conftest import make_noise, make_tree, tone, write_dialog
+from tests.builder.conftest import make_noise, tone
+from tests.builder.test_bad_inputs import four_blocks, rate_1hz, rate_500k
 from tests.evaluate.conftest import write_build, write_checkpoint
 from tests.faults.procs import one_line
 
@@ -67,91 +66,13 @@ def read_samples(build: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- 1. unbounded work from tiny inputs
-
-BAD = "Ses02F_impro09"
-
-
-def _rate_1hz(p: Path) -> None:
-    """96 KB of samples under a header that says 1 Hz: 48 000 s, 48 000 one-sample "blocks"."""
-    sf.write(p, (tone(3.0, 200.0) * 0.5 * 32767).astype(np.int16), 1, subtype="PCM_16")
-
-
-def _rate_500k(p: Path) -> None:
-    sf.write(p, tone(0.1, 200.0, sr=500_000), 500_000, subtype="PCM_16")
-
-
-def _long(p: Path) -> None:  # 4 blocks, over the test's audio.max_blocks_per_file=3
-    sf.write(p, tone(4.2, 200.0), SR, subtype="PCM_16")
-
-
-# (utterance id, label, writer or None for write_dialog's good wav, reject reason regex or None if used)
-INPUT_CASES = [
-    (f"{BAD}_F000", "ang", _rate_1hz, r"sample rate 1 Hz is below 4000 Hz"),
-    (f"{BAD}_M001", "sad", _rate_500k, r"sample rate 500000 Hz is above 384000 Hz"),
-    (f"{BAD}_F002", "neu", _long, r"4 blocks .*audio\.max_blocks_per_file=3"),
-    (f"{BAD}_M003.5", "ang", None, r"characters outside \[A-Za-z0-9_-\]"),
-    (f"{BAD}_F004", "sad", None, None),  # listed twice below: the first kept, the second rejected
-]
-
-
-@pytest.fixture(scope="module")
-def iemocap_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("inputs")
-    make_tree(tmp / "corpus", per_class=1)
-    release = tmp / "corpus" / "IEMOCAP_full_release"
-    write_dialog(release, 2, BAD, [(u, label, 2.4) for u, label, _, _ in INPUT_CASES])
-    wav_dir = release / "Session2" / "sentences" / "wav" / BAD
-    for uid, _, write, _ in INPUT_CASES:
-        if write is not None:
-            write(wav_dir / f"{uid}.wav")
-    txt = release / "Session2" / "dialog" / "EmoEvaluation" / f"{BAD}.txt"
-    dup = next(line for line in txt.read_text().splitlines() if f"\t{BAD}_F004\t" in line)
-    txt.write_text(txt.read_text() + dup + "\n")  # the same summary line again, as in a merged copy
-    make_noise(tmp / "noise", seconds=4.0)
-    cfg = load_config(None, ["corpus.kind=iemocap", f"corpus.root={tmp / 'corpus'}", f"noise.dir={tmp / 'noise'}",
-                             f"out={tmp / 'shards'}", "shard.max_samples=8", "snr_db=[15]", "split.folds=2",
-                             "audio.max_blocks_per_file=3"])
-    return run_build(cfg, executor="serial"), release
-
-
-@pytest.mark.parametrize("case", [c for c in INPUT_CASES if c[3]], ids=lambda c: c[0].rsplit("_", 1)[1])
-def test_bad_rate_long_file_and_unsafe_id_are_rejected_with_a_reason(iemocap_build: tuple[Path, Path],
-                                                                     case: tuple) -> None:
-    build, _ = iemocap_build
-    uid, _, _, reason = case
-    found = [r for r in read_rejects(build) if r["item"] == uid]
-    assert len(found) == 1 and re.search(reason, found[0]["reason"]), found
-    assert uid not in {s["utterance"] for s in read_samples(build)}
-
-
-def test_build_with_bad_inputs_loses_nothing_and_verifies(iemocap_build: tuple[Path, Path]) -> None:
-    build, release = iemocap_build
-    samples = read_samples(build)
-    keys = [(s["dataset"], s["__key__"]) for s in samples]
-    assert len(keys) == len(set(keys))
-    # The duplicated summary line: used once (the first), the second occurrence listed.
-    dup = [r for r in read_rejects(build) if r["item"] == f"{BAD}_F004"]
-    assert len(dup) == 1 and "duplicate" in dup[0]["reason"], dup
-    used = {s["utterance"] for s in samples}
-    assert f"{BAD}_F004" in used
-    per_block = defaultdict(set)
-    for s in samples:
-        per_block[(s["dataset"], s["utterance"], s["block"])].add(s["split"])
-    assert all(len(v) == 1 for v in per_block.values())  # no block in both train and test
-    ids = {line.split("\t")[1] for txt in release.glob("Session*/dialog/EmoEvaluation/*.txt")
-           for line in txt.read_text().splitlines() if line.startswith("[")}
-    rejected = {r["item"] for r in read_rejects(build) if r["stage"] in ("corpus", "audio") and r["block"] is None}
-    assert ids == used | rejected
-    assert used & rejected == {f"{BAD}_F004"}  # the one id that is both: its second listing
-    manifest, problems = verify_build(build)
-    assert problems == []
-    assert manifest["totals"]["samples"] == len(samples)
+# (the matrix of bad inputs through one build is tests/builder/test_bad_inputs.py)
 
 
 def test_probe_and_scan_bound_the_work_a_header_can_ask_for(tmp_path: Path) -> None:
-    _rate_1hz(tmp_path / "r1.wav")
-    _rate_500k(tmp_path / "r500k.wav")
-    _long(tmp_path / "long.wav")
+    rate_1hz(tmp_path / "r1.wav")
+    rate_500k(tmp_path / "r500k.wav")
+    four_blocks(tmp_path / "long.wav")
     for name, reason in (("r1.wav", "below 4000 Hz"), ("r500k.wav", "above 384000 Hz")):
         with pytest.raises(audio.AudioError, match=reason):
             audio.probe(tmp_path / name)
@@ -180,8 +101,8 @@ def _checkpoint_with(tmp_path: Path, **audio_over: object) -> Path:
 def test_predict_refuses_a_1hz_header_and_scores_only_the_first_blocks_of_a_long_file(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = _checkpoint_with(tmp_path, max_blocks_per_file=3)
-    _rate_1hz(tmp_path / "one_hz.wav")
-    _long(tmp_path / "long.wav")
+    rate_1hz(tmp_path / "one_hz.wav")
+    four_blocks(tmp_path / "long.wav")
     cli(capsys, ["predict", "--checkpoint", str(ckpt), str(tmp_path / "one_hz.wav"), "eval.device=cpu"], 1,
         "one_hz.wav", "sample rate 1 Hz is below 4000 Hz")
     rc = main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "long.wav"), "eval.device=cpu", "--json"])
