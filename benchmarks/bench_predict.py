@@ -32,7 +32,7 @@ import soundfile as sf
 SR = 16000
 CHILD = r"""
 import json, resource, sys, torch
-from serwild.evaluate.predict import Predictor
+from serwild.deploy.predict import Predictor
 from serwild.data.transforms import image_transform
 mode, ckpt, wav, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 torch.set_num_threads(1)

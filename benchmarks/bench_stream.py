@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", default=["alexnet", "tiny"])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from serwild.evaluate.predict import Predictor
+    from serwild.deploy.predict import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav(Path(tmp) / "speech.wav", args.seconds / 60)

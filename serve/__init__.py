@@ -1,6 +1,6 @@
-"""``serwild serve``: a small local server around one :class:`~serwild.evaluate.Predictor`.
+"""``serwild serve``: a small local server around one :class:`~serwild.deploy.Predictor`.
 
-    from serwild.evaluate import Predictor
+    from serwild.deploy import Predictor
     from serwild.serve import Limits, ServeSettings, create_app
     app = create_app(Predictor("exports/demo-augmented"), ServeSettings(limits=Limits(max_connections=2)))
 

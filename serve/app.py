@@ -43,7 +43,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from serwild.builder import audio
 from serwild.builder.audio import AudioError
-from serwild.evaluate.predict import Predictor
+from serwild.deploy.predict import Predictor
 
 FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}  # what a stream's chunks may be
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}

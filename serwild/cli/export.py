@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serwild.evaluate.export import export_run
+from serwild.deploy.export import export_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

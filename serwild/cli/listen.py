@@ -31,8 +31,8 @@ import numpy as np
 
 from serwild.cli.options import add_config_arguments
 from serwild.config import load_config
+from serwild.deploy.predict import Predictor
 from serwild.errors import UsageError
-from serwild.evaluate.predict import Predictor
 
 FORMATS = {"s16le": np.dtype("<i2"), "s32le": np.dtype("<i4"), "f32le": np.dtype("<f4")}
 WIDTHS = {2: np.dtype("<i2"), 4: np.dtype("<i4")}  # WAV PCM sample widths read here (bytes)

@@ -32,8 +32,8 @@ from typing import Any
 
 from serwild.cli.options import add_config_arguments, split_overrides
 from serwild.config import load_config
+from serwild.deploy.predict import format_result, predict_files
 from serwild.errors import UsageError
-from serwild.evaluate.predict import format_result, predict_files
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         from serwild.serve import Limits, ServeSettings, create_app
     except ImportError as e:
         raise UsageError(f"serve needs the serve extra ({e.name} is missing): pip install 'serwild[serve]'") from None
-    from serwild.evaluate.predict import Predictor
+    from serwild.deploy.predict import Predictor
 
     settings = load_config(args.config, args.overrides).eval
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_seconds=args.max_seconds,

@@ -251,7 +251,7 @@ def test_held_out_speakers_reach_the_report_and_the_model_card() -> None:
     """A speaker-independent build's test speakers (the manifest's ``split``) are named in the
     evaluation's protocol (metrics.json), its report line and an export's model card."""
     from serwild.config import load_config
-    from serwild.evaluate import card
+    from serwild.deploy import card
     from serwild.evaluate.evaluate import protocol
 
     manifest = {"config": {"split": {"strategy": "speaker"}},

@@ -28,7 +28,7 @@ from serwild.checkpoint import save_checkpoint
 from serwild.cli import main
 from serwild.data.fetch import MAX_METADATA_BYTES, RemoteError
 from serwild.data.remote import open_location
-from serwild.evaluate import predict as predict_mod
+from serwild.deploy import predict as predict_mod
 from tests.builder.conftest import tone
 from tests.evaluate.conftest import write_build, write_checkpoint
 from tests.faults import procs

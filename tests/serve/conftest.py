@@ -22,9 +22,9 @@ import torch
 from serwild.builder import audio
 from serwild.checkpoint import load_checkpoint, save_checkpoint
 from serwild.data.transforms import image_transform
-from serwild.evaluate.predict import Predictor
+from serwild.deploy.predict import Predictor
+from tests.deploy.test_predict import speechlike
 from tests.evaluate.conftest import write_build, write_checkpoint
-from tests.evaluate.test_predict import speechlike
 
 
 def _tone(f0: float) -> Callable[[int, int], np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serwild.evaluate.predict import Predictor
+from serwild.deploy.predict import Predictor
 
 from .conftest import sound, start_serve
 

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from serwild.cli import main
-from serwild.evaluate.predict import Predictor
+from serwild.deploy.predict import Predictor
 
 from .conftest import sound, start_serve
 

@@ -1,7 +1,7 @@
 """Imports flow one way, in the order data flows: a room may import only the rooms below it.
 
     core (serwild/*.py) ← synth ← builder;  core ← data ← builder, trainer;
-    trainer ← evaluate ← pipelines ← cli;  evaluate ← serve ← cli
+    trainer ← evaluate ← pipelines ← cli;  evaluate ← deploy ← serve ← cli
 
 The one exception is by design: ``serwild.config`` composes each stage's config section
 (``serwild.<room>.config``, leaf modules that import nothing of ours).
@@ -14,7 +14,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 ROOM_DIRS = {"serwild": "core", "synth": "synth", "builder": "builder", "data": "data", "trainer": "trainer",
-             "evaluate": "evaluate", "pipelines": "pipelines", "configs": "configs", "serve": "serve"}
+             "evaluate": "evaluate", "deploy": "deploy", "pipelines": "pipelines", "configs": "configs",
+             "serve": "serve"}
 ALLOWED = {
     "core": {"core"},
     "configs": set(),
@@ -23,9 +24,11 @@ ALLOWED = {
     "builder": {"core", "synth", "data", "builder"},
     "trainer": {"core", "data", "trainer"},
     "evaluate": {"core", "data", "builder", "trainer", "evaluate"},
+    "deploy": {"core", "data", "builder", "trainer", "evaluate", "deploy"},
     "pipelines": {"core", "synth", "data", "builder", "trainer", "evaluate", "pipelines", "configs"},
-    "serve": {"core", "data", "builder", "trainer", "evaluate", "serve"},
-    "cli": {"core", "synth", "data", "builder", "trainer", "evaluate", "pipelines", "configs", "serve", "cli"},
+    "serve": {"core", "data", "builder", "trainer", "deploy", "serve"},
+    "cli": {"core", "synth", "data", "builder", "trainer", "evaluate", "deploy", "pipelines", "configs", "serve",
+            "cli"},
 }
 
 
@@ -33,8 +36,8 @@ def room_of_module(name: str) -> str | None:
     parts = name.split(".")
     if parts[0] != "serwild":
         return None
-    if len(parts) == 1 or parts[1] not in {"synth", "builder", "data", "trainer", "evaluate", "pipelines",
-                                           "configs", "serve", "cli"}:
+    if len(parts) == 1 or parts[1] not in {"synth", "builder", "data", "trainer", "evaluate", "deploy",
+                                           "pipelines", "configs", "serve", "cli"}:
         return "core"
     return parts[1]
 

@@ -45,8 +45,9 @@ from serwild.checkpoint import ARCHS, load_checkpoint
 from serwild.config import ConfigError, config_from_resolved, from_dict
 from serwild.data.manifest import sha256_file
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
+from serwild.deploy import card
 from serwild.errors import UsageError
-from serwild.evaluate import card, health, provenance
+from serwild.evaluate import health, provenance
 from serwild.metrics import METRICS, VALIDATION
 from serwild.text import class_names_problem, portable_json, portable_path
 

@@ -16,7 +16,7 @@ from serwild.builder.shards import render_sample
 from serwild.cli import main
 from serwild.data.loaders import decode_png
 from serwild.data.transforms import image_transform
-from serwild.evaluate.predict import Predictor
+from serwild.deploy.predict import Predictor
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 

@@ -137,7 +137,7 @@ def usage(name: str) -> list[str]:
     return ["## How to use", "", "With serwild installed (`pip install .` in a clone of its repository):", "",
             "```bash",
             f"serwild predict --model {name} recording.wav [more.wav …] [--json]",
-            "```", "", "```python", "from serwild.evaluate import Predictor", "",
+            "```", "", "```python", "from serwild.deploy import Predictor", "",
             f'model = Predictor.from_pretrained("{name}")         # this folder (e.g. a clone of its Hub repo)',
             'result = model.predict_file("recording.wav")        # any rate, mono or stereo',
             "print(result.label, result.probs)                   # the whole recording",

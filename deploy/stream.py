@@ -28,7 +28,7 @@ from serwild.builder import audio
 from serwild.data.transforms import image_transform
 
 if TYPE_CHECKING:
-    from serwild.evaluate.predict import Predictor
+    from serwild.deploy.predict import Predictor
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _running(model: Predictor, recent: deque[np.ndarray]) -> str | None:
 
 
 def _mono(chunk: Any) -> tuple[np.ndarray, int]:
-    from serwild.evaluate.predict import to_mono  # the one conversion predict_array uses
+    from serwild.deploy.predict import to_mono  # the one conversion predict_array uses
 
     if np.size(chunk) == 0:  # a read that returned nothing yet
         return np.zeros(0, dtype=np.float32), 1

@@ -19,12 +19,12 @@ import yaml
 
 from serwild.checkpoint import load_checkpoint, save_checkpoint
 from serwild.cli import main
+from serwild.deploy.export import export_run
 from serwild.evaluate.config import EvalConfig
 from serwild.evaluate.evaluate import evaluate_checkpoint
-from serwild.evaluate.export import export_run
 from serwild.text import portable_json
+from tests.evaluate.conftest import CLASSES, write_checkpoint
 
-from .conftest import CLASSES, write_checkpoint
 from .test_predict import speechlike
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ def test_export_loads_in_a_new_process_and_scores_like_the_checkpoint(
     script = textwrap.dedent(f"""
         import json, sys
         import soundfile as sf
-        from serwild.evaluate import Predictor
+        from serwild.deploy import Predictor
         model = Predictor.from_pretrained({str(out)!r}, device="cpu")
         out = []
         for path in sys.argv[1:]:
@@ -203,7 +203,7 @@ def test_export_refusals_are_one_line(run: Path, tmp_path: Path, capsys: pytest.
 def test_onnx_export_matches_torch(run: Path, recordings: dict[str, Path], tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from serwild.evaluate.predict import Predictor
+    from serwild.deploy.predict import Predictor
 
     out = export_run(run, tmp_path / "with-onnx", onnx=True)
     meta = json.loads((out / "config.json").read_text())
@@ -263,7 +263,7 @@ def test_the_predictor_answers_in_the_ecosystems_shapes(run: Path, tmp_path: Pat
                                                         recordings: dict[str, Path]) -> None:
     """transformers' audio-classification pipeline (``[{"label", "score"}]`` sorted, ``top_k``)
     and SpeechBrain's ``classify_batch(wavs, wav_lens)``, over the same scoring as predict_file."""
-    from serwild.evaluate.predict import Predictor
+    from serwild.deploy.predict import Predictor
 
     model = Predictor.from_pretrained(export_run(run, tmp_path / "x"), device="cpu", verbose=False)
     assert model.id2label == dict(enumerate(CLASSES)) and model.label2id == {c: i for i, c in enumerate(CLASSES)}
@@ -301,7 +301,7 @@ def test_streaming_gives_predicts_labels_block_for_block(run: Path, tmp_path: Pa
                                                          recordings: dict[str, Path]) -> None:
     """Predictor.stream over chunks of an odd size, and `serwild listen` over a WAV piped in, give
     per block the labels predict gives the whole recording; silence is reported as silence."""
-    from serwild.evaluate.predict import Predictor
+    from serwild.deploy.predict import Predictor
 
     out = export_run(run, tmp_path / "x")
     model = Predictor.from_pretrained(out, device="cpu", verbose=False)
@@ -355,7 +355,7 @@ def test_the_microphone_path_gives_predicts_labels(run: Path, tmp_path: Path, re
     """`listen --mic` reads a tenth of a second at a time from sounddevice's InputStream and scores
     it as predict scores the recording; an overflow is said; without sounddevice, one line."""
     from serwild.cli.listen import mic_chunks
-    from serwild.evaluate.predict import Predictor
+    from serwild.deploy.predict import Predictor
 
     model = Predictor.from_pretrained(export_run(run, tmp_path / "x"), device="cpu", verbose=False)
     samples, sr = sf.read(recordings["stereo"], dtype="float32")
@@ -381,7 +381,7 @@ def test_the_model_card_carries_the_corpus_card_and_the_hub_id(run: Path, tmp_pa
     card: section), ``datasets`` and the model-index's dataset type from the build's Hub id (an
     hf:// build location), and a BibTeX block; parsed with huggingface_hub's ModelCard."""
     hub = pytest.importorskip("huggingface_hub")
-    from serwild.evaluate import card
+    from serwild.deploy import card
 
     meta = json.loads((export_run(run, tmp_path / "x") / "config.json").read_text())
     meta["card"] = {**meta["card"], "license": "cc-by-4.0", "license_link": "https://example.org/l",

@@ -1,6 +1,6 @@
 """The emotion of each 1 s block of a recording, and of the whole recording.
 
-    from serwild.evaluate import Predictor
+    from serwild.deploy import Predictor
     model = Predictor.from_pretrained("exports/demo-augmented")   # or a run folder, or a checkpoint
     result = model.predict_file("rec.wav")                        # result.label, .probs, .blocks
     result = model.predict_array(samples, 16000)                  # a numpy array (or torch tensor)
@@ -42,8 +42,8 @@ from serwild.builder import audio
 from serwild.builder.audio import AudioError
 from serwild.builder.render import Renderer
 from serwild.data.transforms import image_transform
+from serwild.deploy.export import Pretrained, read_pretrained
 from serwild.errors import UsageError
-from serwild.evaluate.export import Pretrained, read_pretrained
 from serwild.progress import progress, stage
 from serwild.trainer.distributed import pick_device
 from serwild.trainer.model import build_model
@@ -143,9 +143,9 @@ class Predictor:
     predict = predict_file  # the name of earlier versions
 
     def stream(self, chunks: Any, sample_rate: int, hop_s: float | None = None, smooth: int = 3) -> Any:
-        """Score a live recording chunk by chunk: one :class:`~serwild.evaluate.stream.BlockResult`
-        per block as soon as it is complete (see :mod:`serwild.evaluate.stream`)."""
-        from serwild.evaluate.stream import stream
+        """Score a live recording chunk by chunk: one :class:`~serwild.deploy.stream.BlockResult`
+        per block as soon as it is complete (see :mod:`serwild.deploy.stream`)."""
+        from serwild.deploy.stream import stream
 
         return stream(self, chunks, sample_rate, hop_s, smooth)
 
