@@ -65,14 +65,14 @@ def write_wav(path: Path, minutes: float, seed: int = 0) -> Path:
 
 
 def write_checkpoint(path: Path) -> Path:
-    from serwild.checkpoint import save_checkpoint
+    from serwild.checkpoint import Checkpoint, save_checkpoint
     from serwild.config import load_config, to_dict
     from serwild.trainer.model import build_model
 
     cfg = load_config(None, ["train.pretrained=none"])
-    save_checkpoint(path, {"model": build_model(4).state_dict(), "epoch": 1, "config": to_dict(cfg),
-                           "classes": ["ang", "hap", "sad", "neu"], "dataset": "ahsn",
-                           "manifest_fingerprint": "bench", "arch": "alexnet"})
+    save_checkpoint(path, Checkpoint(model=build_model(4).state_dict(), epoch=1, config=to_dict(cfg),
+                                      classes=["ang", "hap", "sad", "neu"], dataset="ahsn",
+                                      manifest_fingerprint="bench", arch="alexnet"))
     return path
 
 

@@ -35,14 +35,14 @@ CHUNK_S = 0.1
 
 
 def checkpoint(path: Path, arch: str) -> Path:
-    from serwild.checkpoint import save_checkpoint
+    from serwild.checkpoint import Checkpoint, save_checkpoint
     from serwild.config import load_config, to_dict
     from serwild.trainer.model import build_model
 
     cfg = load_config(None, ["train.pretrained=none", f"train.arch={arch}"])
-    save_checkpoint(path, {"model": build_model(4, arch=arch).state_dict(), "epoch": 1, "config": to_dict(cfg),
-                           "classes": ["ang", "hap", "sad", "neu"], "dataset": "ahsn",
-                           "manifest_fingerprint": "bench", "arch": arch})
+    save_checkpoint(path, Checkpoint(model=build_model(4, arch=arch).state_dict(), epoch=1, config=to_dict(cfg),
+                                      classes=["ang", "hap", "sad", "neu"], dataset="ahsn",
+                                      manifest_fingerprint="bench", arch=arch))
     return path
 
 

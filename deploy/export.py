@@ -41,7 +41,7 @@ import yaml
 from serwild import atomic
 from serwild.builder.config import AudioConfig
 from serwild.builder.hubcard import corpus_card
-from serwild.checkpoint import ARCHS, load_checkpoint
+from serwild.checkpoint import ARCHS, Checkpoint, load_checkpoint
 from serwild.config import ConfigError, config_from_resolved, from_dict
 from serwild.data.manifest import sha256_file
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
@@ -97,8 +97,8 @@ def export_run(run: str | Path, out: str | Path, *, report_dir: str | Path | Non
     ckpt = load_checkpoint(path, map_location="cpu")
     report = find_report(path, ckpt, report_dir)
     meta = portable_json(export_config(ckpt, path, report), [])  # shared: no folder of this machine
-    digest = write_weights(out / WEIGHTS, ckpt["model"], meta)
-    atomic.write_text(out / "training_config.yaml", yaml.safe_dump(portable_json(ckpt["config"], []),
+    digest = write_weights(out / WEIGHTS, ckpt.model, meta)
+    atomic.write_text(out / "training_config.yaml", yaml.safe_dump(portable_json(ckpt.config, []),
                                                                    sort_keys=False))
     if report is not None:
         copy_report(report, out / "evaluation", local_paths(ckpt, path, report))
@@ -151,7 +151,7 @@ def not_an_export(folder: Path) -> str | None:
     return None
 
 
-def find_report(checkpoint: Path, ckpt: dict[str, Any], report_dir: str | Path | None) -> Path | None:
+def find_report(checkpoint: Path, ckpt: Checkpoint, report_dir: str | Path | None) -> Path | None:
     """The run's report folder when it evaluated this very model (same build, dataset and
     epoch); a report of another model is left out, with a note."""
     folder = Path(report_dir) if report_dir is not None else checkpoint.parent / "report"
@@ -166,8 +166,8 @@ def find_report(checkpoint: Path, ckpt: dict[str, Any], report_dir: str | Path |
         m = json.loads(metrics.read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"{metrics} is not readable JSON ({e})") from None
-    same = (m.get("manifest_fingerprint") == ckpt["manifest_fingerprint"] and m.get("dataset") == ckpt["dataset"]
-            and (m.get("protocol") or {}).get("epoch") == ckpt.get("epoch"))
+    same = (m.get("manifest_fingerprint") == ckpt.manifest_fingerprint and m.get("dataset") == ckpt.dataset
+            and (m.get("protocol") or {}).get("epoch") == ckpt.epoch)
     if not same:
         why = f"{metrics} is the evaluation of another model (build, dataset or epoch differ)"
         if report_dir is not None:
@@ -177,26 +177,26 @@ def find_report(checkpoint: Path, ckpt: dict[str, Any], report_dir: str | Path |
     return folder
 
 
-def export_config(ckpt: dict[str, Any], path: Path, report: Path | None) -> dict[str, Any]:
+def export_config(ckpt: Checkpoint, path: Path, report: Path | None) -> dict[str, Any]:
     """config.json: what loading needs, then what a reader of the model needs to know."""
-    cfg = config_from_resolved(ckpt["config"])
-    classes = list(ckpt["classes"])
+    cfg = config_from_resolved(ckpt.config)
+    classes = list(ckpt.classes)
     metrics = json.loads((report / "metrics.json").read_text()) if report is not None else None
     return {
-        "format": FORMAT, "arch": ckpt["arch"], "num_classes": len(classes), "classes": classes,
+        "format": FORMAT, "arch": ckpt.arch, "num_classes": len(classes), "classes": classes,
         "id2label": {str(i): c for i, c in enumerate(classes)}, "label2id": {c: i for i, c in enumerate(classes)},
-        "dataset": ckpt["dataset"], "audio": asdict(cfg.audio),
+        "dataset": ckpt.dataset, "audio": asdict(cfg.audio),
         "image": {"size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD), "colormap": cfg.audio.colormap},
-        "build": {"fingerprint": ckpt["manifest_fingerprint"], "location": ckpt.get("shards"),
+        "build": {"fingerprint": ckpt.manifest_fingerprint, "location": ckpt.shards,
                   "corpus": cfg.corpus.kind, "split": cfg.split.strategy, "snr_db": list(cfg.snr_db),
                   "test_speakers": ((metrics or {}).get("protocol") or {}).get("test_speakers")},
         "training": {"conditions": list(cfg.train.conditions), "fold": cfg.cv.fold, "pretrained": cfg.train.pretrained,
-                     "recipe": ckpt.get("recipe"), "epoch": ckpt.get("epoch"), "best": ckpt.get("best"),
+                     "recipe": ckpt.recipe, "epoch": ckpt.epoch, "best": ckpt.best,
                      "seed": cfg.seed, "budget": provenance.training_budget(ckpt, path),
                      "checkpoint": str(path)},
-        "card": corpus_card(ckpt["config"]),  # the corpus's licence, language, citation (the card: section)
-        "smoke": bool(provenance.smoke_note(ckpt["config"])),
-        "versions": {"trained_with": ckpt.get("serwild_version"), "exported_with": provenance.versions()},
+        "card": corpus_card(ckpt.config),  # the corpus's licence, language, citation (the card: section)
+        "smoke": bool(provenance.smoke_note(ckpt.config)),
+        "versions": {"trained_with": ckpt.serwild_version, "exported_with": provenance.versions()},
         "evaluation": evaluation_summary(metrics) if metrics is not None else None,
     }
 
@@ -234,7 +234,7 @@ def write_weights(path: Path, state: dict[str, torch.Tensor], meta: dict[str, An
     return hashlib.sha256(data).hexdigest()
 
 
-def local_paths(ckpt: dict[str, Any], path: Path, report: Path) -> list[str]:
+def local_paths(ckpt: Checkpoint, path: Path, report: Path) -> list[str]:
     """The absolute paths of this machine a run's report may name (its build, run folder,
     checkpoint, corpus…), longest first: what :func:`copy_report` makes portable."""
     found: set[str] = {str(path.resolve()), str(path), str(path.parent), str(report)}
@@ -249,8 +249,8 @@ def local_paths(ckpt: dict[str, Any], path: Path, report: Path) -> list[str]:
             for x in v:
                 walk(x)
 
-    walk(ckpt.get("config"))
-    walk(ckpt.get("shards"))
+    walk(ckpt.config)
+    walk(ckpt.shards)
     walk(json.loads((report / "metrics.json").read_text()))
     return sorted((p for p in found if os.path.isabs(p) and p != "/"), key=len, reverse=True)
 
@@ -273,7 +273,7 @@ def copy_report(src: Path, dst: Path, local: Sequence[str] = ()) -> None:
 # ----------------------------------------------------------------------------- ONNX
 
 
-def write_onnx(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+def write_onnx(ckpt: Checkpoint, path: Path) -> dict[str, Any]:
     """image → logits as ONNX (torch's exporter, a dynamic batch), kept only once onnxruntime's
     logits match torch's on random images to :data:`ONNX_TOLERANCE`."""
     try:
@@ -379,9 +379,9 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 def read_checkpoint(path: str | Path) -> Pretrained:
     ckpt = load_checkpoint(path, map_location="cpu")
-    cfg = config_from_resolved(ckpt["config"])
-    info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng")}
-    return Pretrained(ckpt["model"], list(ckpt["classes"]), cfg.audio, str(ckpt["dataset"]), f"checkpoint {path}",
+    cfg = config_from_resolved(ckpt.config)
+    info = {k: v for k, v in ckpt.weights_only().to_dict().items() if k != "model"}
+    return Pretrained(ckpt.model, list(ckpt.classes), cfg.audio, str(ckpt.dataset), f"checkpoint {path}",
                       info)
 
 

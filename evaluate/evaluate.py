@@ -26,7 +26,7 @@ import yaml
 from torch import nn
 
 from serwild import __version__, atomic, metrics
-from serwild.checkpoint import OtherBuildError, check_compatible, load_checkpoint
+from serwild.checkpoint import Checkpoint, OtherBuildError, check_compatible, load_checkpoint
 from serwild.config import Config, config_from_resolved
 from serwild.data.build import BuildReader, open_build
 from serwild.data.fetch import RemoteOptions
@@ -50,14 +50,14 @@ class Target:
     """A checkpoint and the build it is scored on, checked against each other."""
 
     path: Path
-    ckpt: dict[str, Any]
+    ckpt: Checkpoint
     cfg: Config  # the training run's resolved config
     build: BuildReader
     manifest: dict[str, Any]
 
     @property
     def classes(self) -> list[str]:
-        return list(self.ckpt["classes"])
+        return list(self.ckpt.classes)
 
     @property
     def build_dir(self) -> str:
@@ -109,27 +109,27 @@ def open_target(checkpoint: str | Path, shards: str | Path | None, allow_other_b
                          "checkpoint; pass --shards to point at the build)"))
     build = open_build(source)
     check_build(ckpt, build.manifest, build.location, allow_other_build)
-    return Target(path, ckpt, config_from_resolved(ckpt["config"], f"checkpoint {path}"), build,
+    return Target(path, ckpt, config_from_resolved(ckpt.config, f"checkpoint {path}"), build,
                   build.manifest)
 
 
-def build_source(path: Path, ckpt: dict[str, Any], shards: str | Path | None,
+def build_source(path: Path, ckpt: Checkpoint, shards: str | Path | None,
                  remote: RemoteOptions | None) -> Build:
     """Where to read the build: ``shards`` as the user gave it, else the location the checkpoint
     records (a folder or URL: no location runs a command)."""
     if shards is not None:
         return open_location(shards, remote)
-    recorded = ckpt.get("shards")
+    recorded = ckpt.shards
     if not isinstance(recorded, str) or not recorded:
         raise UsageError(f"{path} records no build (shards: {recorded!r}): pass --shards to point at the build")
     return open_location(recorded, remote)  # text: a URL must stay a URL
 
 
-def check_build(ckpt: dict[str, Any], manifest: dict[str, Any], build_dir: str | Path,
+def check_build(ckpt: Checkpoint, manifest: dict[str, Any], build_dir: str | Path,
                 allow_other_build: bool) -> None:
     """The checkpoint's dataset and classes must be this build's; another build (another
     fingerprint) only with ``allow_other_build``, and then with a warning."""
-    dataset = ckpt["dataset"]
+    dataset = ckpt.dataset
     if dataset not in manifest["datasets"]:
         raise UsageError(f"checkpoint's dataset {dataset!r} is not in {build_dir} "
                          f"(built: {', '.join(manifest['datasets'])})")
@@ -145,7 +145,7 @@ def check_build(ckpt: dict[str, Any], manifest: dict[str, Any], build_dir: str |
 def test_shards(target: Target, check_sha256: bool) -> dict[str, list[dict[str, Any]]]:
     """condition → its test shard records, each checked against the manifest."""
     todo: dict[str, list[dict[str, Any]]] = {}
-    dataset = target.ckpt["dataset"]
+    dataset = target.ckpt.dataset
     for cond in report.order_conditions(target.manifest["conditions"]):
         records = select_shards(target.manifest, dataset, "test", [cond])
         if not records:
@@ -222,29 +222,29 @@ def write_outputs(target: Target, conditions: dict[str, Any], outputs: dict[str,
     result = {
         "format": REPORT_FORMAT, "run": target.path.parent.name, "checkpoint": str(target.path),
         "shards": target.build_dir, "manifest_fingerprint": target.manifest.get("fingerprint"),
-        "dataset": target.ckpt["dataset"], "classes": target.classes,
+        "dataset": target.ckpt.dataset, "classes": target.classes,
         "protocol": protocol(target.ckpt, target.cfg, target.manifest), "world_size": d.world_size,
         "device": str(d.device), "sha256_checked": check_sha256, "serwild_version": __version__,
         "versions": provenance.versions(), "budget": provenance.training_budget(target.ckpt, target.path),
-        "smoke_note": provenance.smoke_note(target.ckpt["config"]) or None,
+        "smoke_note": provenance.smoke_note(target.ckpt.config) or None,
         "uncertainty": uncertainty_settings(settings or EvalConfig()), "conditions": conditions,
     }
     result["flags"] = health.model_flags(result)
     report.write_report(result, out_dir, outputs)
-    atomic.write_text(out_dir / "config.yaml", yaml.safe_dump(target.ckpt["config"], sort_keys=False))
+    atomic.write_text(out_dir / "config.yaml", yaml.safe_dump(target.ckpt.config, sort_keys=False))
     flags = "".join(f"\n{line}" for line in health.flag_lines(result["run"], result))
     print(f"\n{report.metrics_table(result, 'block')}\n{flags}\n\nreport: {out_dir / 'report.md'}")
 
 
-def protocol(ckpt: dict[str, Any], cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
+def protocol(ckpt: Checkpoint, cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
     """What produced these numbers: the build's split and the training run's choices."""
     split = (manifest.get("config") or {}).get("split") or {}
-    held = ((manifest.get("split") or {}).get("datasets") or {}).get(ckpt["dataset"]) or {}
+    held = ((manifest.get("split") or {}).get("datasets") or {}).get(ckpt.dataset) or {}
     return {
-        "dataset": ckpt["dataset"], "split_strategy": split.get("strategy", cfg.split.strategy),
+        "dataset": ckpt.dataset, "split_strategy": split.get("strategy", cfg.split.strategy),
         "test_speakers": held.get("test_speakers"),  # a speaker-independent build's held-out speakers
         "train_conditions": list(cfg.train.conditions), "fold": cfg.cv.fold,
-        "pretrained": cfg.train.pretrained, "recipe": ckpt.get("recipe") or {}, "epoch": ckpt.get("epoch"),
+        "pretrained": cfg.train.pretrained, "recipe": ckpt.recipe or {}, "epoch": ckpt.epoch,
     }
 
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from serwild.checkpoint import Checkpoint
 from serwild.trainer.history import learning_note
 
 GIT_TIMEOUT_S = 5.0
@@ -92,7 +93,7 @@ def run_history(checkpoint: str | Path, config: Mapping[str, Any]) -> list[dict[
     return []
 
 
-def training_budget(ckpt: Mapping[str, Any], checkpoint: str | Path | None = None,
+def training_budget(ckpt: Checkpoint, checkpoint: str | Path | None = None,
                     history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """How much training the model had: epochs, samples per epoch, batches, ranks, steps.
 
@@ -100,14 +101,14 @@ def training_budget(ckpt: Mapping[str, Any], checkpoint: str | Path | None = Non
     ``clean``) and the run's history (what ran: each epoch's steps, samples and ranks). A
     value the sources do not give is None.
     """
-    config = ckpt.get("config") or {}
+    config = ckpt.config or {}
     train = config.get("train") or {}
     if history is None:
         history = run_history(checkpoint, config) if checkpoint is not None else []
-    epoch = int(ckpt.get("epoch") or 0)
+    epoch = int(ckpt.epoch or 0)
     done = [r for r in history if isinstance(r.get("epoch"), int) and r["epoch"] <= epoch] or history
     last = done[-1] if done else {}
-    ranks = last.get("world_size") or ckpt.get("world_size")
+    ranks = last.get("world_size") or ckpt.world_size
     steps = last.get("steps")
     samples = last.get("samples")
     per_rank = (samples // (steps * ranks) if isinstance(samples, int) and steps and ranks

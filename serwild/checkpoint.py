@@ -1,37 +1,12 @@
-"""Checkpoints: written atomically by rank 0, read with ``weights_only=True``.
+"""Checkpoints: one typed document (:class:`Checkpoint`), written atomically by rank 0 as a dict
+of plain data and tensors, read back with ``weights_only=True`` (no code in a file runs).
 
-A checkpoint is a dict of plain data and tensors. ``runs/<name>/last.pt`` holds everything
-resuming needs; ``best.pt`` (the best validated epoch) holds the weights without the
-optimiser's state, scheduler and RNGs (:func:`weights_only`):
-
-=====================  ==================================================================
-key                    value
-=====================  ==================================================================
-``model``              the model's ``state_dict`` (no ``module.`` prefix)
-``optimizer``          the optimiser's ``state_dict`` (last.pt only)
-``scheduler``          the lr scheduler's ``state_dict``, stepped once per epoch (last.pt only)
-``epoch``              completed epochs (resuming starts at this 0-based epoch)
-``step``               batches of epoch ``epoch`` already trained: > 0 in a mid-epoch last.pt
-                       (``train.checkpoint_every``), which also holds ``partial`` (the
-                       epoch's loss sum, correct and samples so far)
-``rng``                one RNG-state dict per rank (python, numpy, torch, cuda) (last.pt only)
-``world_size``, ``steps``  the ranks and batches per epoch that wrote it
-``config``             the resolved config (``serwild.config.to_dict``; recipe resolved)
-``classes``            class names, index order (the manifest's for ``dataset``)
-``dataset``            ``ahsn`` or ``aesn``
-``manifest_fingerprint``  the build's ``manifest["fingerprint"]``
-``shards``             the build the model was trained from: a folder, or its URL as given (text)
-``recipe``             the optimiser recipe actually used (:func:`recipe.describe`)
-``metrics``            this epoch's validation metrics (``None`` without a validation fold)
-``best``               ``{"metric", "score", "epoch"}``: the best validated epoch so far
-``arch``               ``train.arch``: ``"alexnet"`` (the paper's model), ``"tiny"`` (its small twin) or a
-                       torchvision classifier of :data:`TORCHVISION_ARCHS`
-``serwild_version``    the serwild version that wrote it
-=====================  ==================================================================
-
-Rebuild the model with :func:`serwild.trainer.model.model_from_checkpoint`. Writes go to a
-temporary file in the same folder, are fsync'ed and renamed, so a kill never leaves a
-half-written ``last.pt`` behind (the previous one stays until the new one is complete).
+``runs/<name>/last.pt`` holds everything resuming needs; ``best.pt`` (the best validated
+epoch) holds the weights without the optimiser's state, scheduler and RNGs
+(:meth:`Checkpoint.weights_only`). The fields are documented on the class. Rebuild the model
+with :func:`serwild.trainer.model.model_from_checkpoint`. Writes go to a temporary file in the
+same folder, are fsync'ed and renamed, so a kill never leaves a half-written ``last.pt``
+behind (the previous one stays until the new one is complete).
 """
 
 from __future__ import annotations
@@ -41,6 +16,7 @@ import pickle
 import random
 import shutil
 import warnings
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +37,52 @@ TORCHVISION_ARCHS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "convn
 ARCHS = ALEXNETS + TORCHVISION_ARCHS
 
 
-def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file: its one reader is :func:`load_checkpoint`, its one writer
+    :func:`save_checkpoint` (the file holds :meth:`to_dict`: plain data and tensors)."""
+
+    model: dict[str, torch.Tensor]  # the model's state_dict (no ``module.`` prefix)
+    epoch: int  # completed epochs (resuming starts at this 0-based epoch)
+    config: dict[str, Any]  # the resolved config (serwild.config.to_dict; recipe resolved)
+    classes: list[str]  # class names, index order (the manifest's for ``dataset``)
+    dataset: str
+    manifest_fingerprint: str  # the build's manifest["fingerprint"]
+    arch: str  # train.arch: "alexnet" (the paper's), "tiny" (its small twin) or one of TORCHVISION_ARCHS
+    shards: str | None = None  # the build trained from: a folder, or its URL as given
+    recipe: dict[str, Any] | None = None  # the optimiser recipe actually used (recipe.describe)
+    metrics: dict[str, Any] | None = None  # this epoch's validation metrics (None without validation)
+    best: dict[str, Any] | None = None  # {"metric", "score", "epoch"}: the best validated epoch so far
+    world_size: int | None = None  # the ranks that wrote it
+    steps: int | None = None  # their batches per epoch
+    batch: int | None = None  # a mid-epoch last.pt: the per-rank batch of the world that began the epoch
+    serwild_version: str | None = None
+    # What only resuming reads (last.pt only):
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None  # stepped once per epoch
+    rng: list[dict[str, Any]] | None = None  # one RNG-state dict per rank (python, numpy, torch, cuda)
+    step: int = 0  # batches of ``epoch`` already trained: > 0 in a mid-epoch last.pt (train.checkpoint_every)
+    partial: dict[str, Any] | None = None  # that epoch's loss sum, correct and samples so far
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the file holds: every field that is set (a state_dict's tensors are not copied)."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None
+                and not (f.name == "step" and v == 0)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Checkpoint:
+        """From a file's dict; keys this version does not know are ignored."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def weights_only(self) -> Checkpoint:
+        """Without the state only resuming needs: what best.pt, evaluate and predict use
+        (AlexNet's weights are 0.23 GB; SGD's momentum adds as much again, Adam's two moments twice)."""
+        return replace(self, optimizer=None, scheduler=None, rng=None, step=0, partial=None)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     with atomic_write(path) as f:
-        torch.save(ckpt, f)
-
-
-RESUME_ONLY = ("optimizer", "scheduler", "rng", "step", "partial")  # what only resuming reads
-
-
-def weights_only(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """``ckpt`` without the state only resuming needs: what best.pt, evaluate and predict use
-    (AlexNet's weights are 0.23 GB; SGD's momentum adds as much again, Adam's two moments twice)."""
-    return {k: v for k, v in ckpt.items() if k not in RESUME_ONLY}
+        torch.save(ckpt.to_dict(), f)
 
 
 def link_checkpoint(src: str | Path, dst: str | Path) -> None:
@@ -94,7 +104,7 @@ def link_checkpoint(src: str | Path, dst: str | Path) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """A checkpoint written by the trainer; one clear UsageError if it is missing, not one, or
     holds weights that are not finite (naming the tensor)."""
     path = Path(path)
@@ -114,7 +124,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if (problem := class_names_problem(ckpt["classes"])) is not None:
         raise UsageError(f"{path}: 'classes' {problem}")
     _check_weights(path, ckpt["model"])
-    return ckpt
+    return Checkpoint.from_dict(ckpt)
 
 
 def _check_weights(path: Path, state: Any) -> None:
@@ -152,19 +162,19 @@ class OtherBuildError(UsageError):
     """Same dataset and classes, but trained on another build (another manifest fingerprint)."""
 
 
-def check_compatible(ckpt: dict[str, Any], manifest: dict[str, Any], dataset: str, source: str,
+def check_compatible(ckpt: Checkpoint, manifest: dict[str, Any], dataset: str, source: str,
                      hint: str = "") -> None:
     """Refuse a checkpoint trained on other shards or another class set, naming the difference
     (one check for the trainer's resume and the evaluator); ``hint`` says what to do instead."""
     classes = list(manifest["datasets"][dataset]["classes"])
-    if ckpt["dataset"] != dataset:
-        raise UsageError(f"{source} was trained on dataset {ckpt['dataset']!r}, not {dataset!r}")
-    if list(ckpt["classes"]) != classes:
-        raise UsageError(f"{source} was trained on classes {list(ckpt['classes'])}, but this build's "
+    if ckpt.dataset != dataset:
+        raise UsageError(f"{source} was trained on dataset {ckpt.dataset!r}, not {dataset!r}")
+    if list(ckpt.classes) != classes:
+        raise UsageError(f"{source} was trained on classes {list(ckpt.classes)}, but this build's "
                          f"{dataset} classes are {classes}")
-    if ckpt["manifest_fingerprint"] != manifest["fingerprint"]:
+    if ckpt.manifest_fingerprint != manifest["fingerprint"]:
         raise OtherBuildError(f"{source} was trained on another build of the shards (manifest fingerprint "
-                              f"{str(ckpt['manifest_fingerprint'])[:12]}…, this build "
+                              f"{str(ckpt.manifest_fingerprint)[:12]}…, this build "
                               f"{manifest['fingerprint'][:12]}…){hint}")
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from serwild.checkpoint import ARCHS, TORCHVISION_ARCHS
+from serwild.checkpoint import ARCHS, TORCHVISION_ARCHS, Checkpoint
 from serwild.errors import UsageError
 
 # The paper's layer names → torchvision's module paths inside AlexNet.
@@ -194,8 +193,8 @@ def freeze_layers(model: nn.Module, names: list[str]) -> None:
         p.requires_grad_(False)
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
     """The trained model of a loaded checkpoint (see serwild.checkpoint), in eval mode."""
-    model = build_model(len(ckpt["classes"]), pretrained="none", arch=ckpt["arch"])
-    model.load_state_dict(ckpt["model"])
+    model = build_model(len(ckpt.classes), pretrained="none", arch=ckpt.arch)
+    model.load_state_dict(ckpt.model)
     return model.eval()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -172,7 +172,7 @@ def _save_position(run: Run, epoch: int, step: int, sums: list) -> None:
                             d).tolist()
     rng = all_gather_object(ckpt_io.rng_state(), d)
     if d.is_main:
-        ck = {**_checkpoint(run, epoch, rng, None), "step": step, "partial": totals, "batch": run.batch}
+        ck = replace(_checkpoint(run, epoch, rng, None), step=step, partial=totals, batch=run.batch)
         ckpt_io.save_checkpoint(run.run_dir / "last.pt", ck)
         log(d, f"checkpoint: epoch {epoch + 1} batch {step}/{run.steps} → {run.run_dir / 'last.pt'}")
     barrier(d)  # every rank past the save: a kill now costs nothing already saved
@@ -378,7 +378,7 @@ def _end_epoch(run: Run, epoch: int, record: dict[str, Any], val: dict[str, Any]
         # needs, and resuming reads last.pt alone. best.pt first: a kill between the two writes
         # then leaves a best.pt newer than last.pt's record, which resuming adopts (resume.best_on_disk),
         # never a last.pt naming a best.pt that was not written.
-        ckpt_io.save_checkpoint(run.run_dir / "best.pt", ckpt_io.weights_only(full))
+        ckpt_io.save_checkpoint(run.run_dir / "best.pt", full.weights_only())
     ckpt_io.save_checkpoint(run.run_dir / "last.pt", full)
     v = f"  val WA {val['wa']:.3f} UA {val['ua']:.3f} wF1 {val['weighted_f1']:.3f}" if val else ""
     lr = ", ".join(f"{x:.2g}" for x in record["lr"])
@@ -404,14 +404,14 @@ def divergence_note(loss: float, k: int, lr: str) -> str | None:
             "train.new_layer_lr, train.scratch_lr)")
 
 
-def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> dict[str, Any]:
+def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> ckpt_io.Checkpoint:
     cfg, plan = run.cfg, run.plan
-    return {"model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "epoch": epoch, "rng": rng, "config": to_dict(cfg),
-            "classes": plan.classes, "dataset": cfg.train.dataset,
-            "manifest_fingerprint": plan.manifest["fingerprint"], "shards": plan.location,
-            "recipe": describe(cfg.train), "metrics": metrics, "best": run.best, "arch": cfg.train.arch,
-            "serwild_version": __version__, "world_size": run.d.world_size, "steps": run.steps}
+    return ckpt_io.Checkpoint(
+        model=run.raw_model.state_dict(), optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+        epoch=epoch, rng=rng, config=to_dict(cfg), classes=plan.classes, dataset=cfg.train.dataset,
+        manifest_fingerprint=plan.manifest["fingerprint"], shards=plan.location, recipe=describe(cfg.train),
+        metrics=metrics, best=run.best, arch=cfg.train.arch, serwild_version=__version__,
+        world_size=run.d.world_size, steps=run.steps)
 
 
 def _train_summary(stats: dict[str, Any], d: Dist) -> dict[str, Any]:

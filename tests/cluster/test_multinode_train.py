@@ -128,7 +128,7 @@ def listens_on(pid: int, port: int) -> bool:
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run / "last.pt")["model"]
+    return load_checkpoint(run / "last.pt").model
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -159,7 +159,7 @@ def test_two_nodes_train_bit_identically_to_one_node_of_two_ranks(tiny_build: Pa
     assert codes == [0, 0], a.err[-3000:] + b.err[-3000:]
     multi = tmp_path / "runs" / "multi"
     ck = load_checkpoint(multi / "last.pt")
-    assert ck["world_size"] == 2 and ck["epoch"] == 2
+    assert ck.world_size == 2 and ck.epoch == 2
     # The cache was built by both ranks, each its share, every file once (rank 0 sums their counts).
     assert cache_counts(a.err + b.err) == [(shards, 0)], a.err[-3000:] + b.err[-3000:]
     built = cache_files(tmp_path / "cache")
@@ -171,7 +171,7 @@ def test_two_nodes_train_bit_identically_to_one_node_of_two_ranks(tiny_build: Pa
         assert one.wait() == 0, one.err[-3000:]
     assert cache_counts(one.err) == [(0, shards)], one.err[-3000:]
     assert cache_files(tmp_path / "cache") == built  # reused as they were: no file written again
-    assert load_checkpoint(tmp_path / "runs" / "one-node" / "last.pt")["world_size"] == 2
+    assert load_checkpoint(tmp_path / "runs" / "one-node" / "last.pt").world_size == 2
     assert_same_weights(weights(multi), weights(tmp_path / "runs" / "one-node"))
 
 
@@ -202,11 +202,11 @@ def test_a_node_lost_mid_epoch_the_other_finishes_from_last_pt(tiny_build: Path,
         assert survivor.wait() == 0, survivor.err[-3000:]
         lost.wait()
     saved = load_checkpoint(tmp_path / "resumed-from.pt")
-    assert saved["world_size"] == 2 and saved["epoch"] == 0 and saved["step"] > 0  # mid-epoch, 2 ranks
+    assert saved.world_size == 2 and saved.epoch == 0 and saved.step > 0  # mid-epoch, 2 ranks
     said = [x for x in procs.lines(survivor.err) if "world shrank" in x]
     assert len(said) == 1 and SHRANK in said[0], survivor.err[-3000:]
-    assert f"at epoch 1 batch {saved['step']} " in survivor.err, survivor.err[-3000:]
-    assert load_checkpoint(run / "last.pt")["world_size"] == 1 and load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert f"at epoch 1 batch {saved.step} " in survivor.err, survivor.err[-3000:]
+    assert load_checkpoint(run / "last.pt").world_size == 1 and load_checkpoint(run / "last.pt").epoch == 1
     # Every cache file was computed once, in the first round; the survivor rebuilt none.
     assert cache_counts(lost.err + survivor.err)[-1] == (0, shards), survivor.err[-3000:]
     assert sum(c for c, _ in cache_counts(lost.err + survivor.err)) == shards

@@ -39,7 +39,7 @@ def run(build_and_checkpoint: tuple[Path, Path], tmp_path_factory: pytest.TempPa
     run = tmp_path_factory.mktemp("exportfix") / "runs" / "demo-x"
     ckpt_path = write_checkpoint(run / "best.pt", build, seed=3)
     ckpt = load_checkpoint(ckpt_path)
-    ckpt["model"]["classifier.6.weight"] *= 400.0
+    ckpt.model["classifier.6.weight"] *= 400.0
     save_checkpoint(ckpt_path, ckpt)
     lines = [{"epoch": e, "steps": 4, "samples": 32, "world_size": 1, "train_loss": 1.0, "val": None} for e in (1, 2)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -112,7 +112,7 @@ def test_export_folder_contents_and_card(run: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(run / "best.pt")
     assert meta["classes"] == CLASSES and meta["id2label"]["2"] == "sad" and meta["label2id"]["neu"] == 3
     assert meta["audio"]["sample_rate"] == 16000 and meta["image"]["size"] == 256
-    assert meta["build"]["fingerprint"] == ckpt["manifest_fingerprint"]
+    assert meta["build"]["fingerprint"] == ckpt.manifest_fingerprint
     budget = meta["training"]["budget"]
     assert (budget["epochs_done"], budget["samples_per_epoch"], budget["global_batch"], budget["per_rank_batch"],
             budget["world_size"], budget["optimizer_steps"]) == (2, 32, 8, 8, 1, 8)
@@ -121,13 +121,13 @@ def test_export_folder_contents_and_card(run: Path, tmp_path: Path) -> None:
     assert json.loads((out / "evaluation" / "metrics.json").read_text()) == portable_json(report, [])  # the same, but
     # the build and checkpoint by their last part (test_an_export_names_no_folder_of_this_machine)
     assert meta["evaluation"]["flags"]["degenerate"] == report["flags"]["degenerate"]
-    assert (out / "training_config.yaml").read_text() == yaml.safe_dump(portable_json(ckpt["config"], []),
+    assert (out / "training_config.yaml").read_text() == yaml.safe_dump(portable_json(ckpt.config, []),
                                                                         sort_keys=False)
     from safetensors.torch import load_file
 
     weights = load_file(out / "model.safetensors")
-    assert weights.keys() == ckpt["model"].keys()
-    assert all(torch.equal(weights[k], ckpt["model"][k]) for k in weights)
+    assert weights.keys() == ckpt.model.keys()
+    assert all(torch.equal(weights[k], ckpt.model[k]) for k in weights)
     # the card: the Hub's format, read back with the Hub's own parser
     hub = pytest.importorskip("huggingface_hub")
     card = hub.ModelCard.load(out / "README.md")

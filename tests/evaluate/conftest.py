@@ -21,7 +21,7 @@ import webdataset as wds
 from serwild.atomic import write_json
 from serwild.builder.manifest import counts_table, fingerprint
 from serwild.builder.render import encode_png
-from serwild.checkpoint import save_checkpoint
+from serwild.checkpoint import Checkpoint, save_checkpoint
 from serwild.config import load_config, to_dict
 from serwild.data.manifest import FORMAT, sha256_file
 from serwild.trainer.model import build_model
@@ -89,7 +89,7 @@ def write_checkpoint(path: Path, build: Path, seed: int = 0) -> Path:
             "dataset": "ahsn", "manifest_fingerprint": manifest["fingerprint"], "shards": str(build),
             "recipe": {"name": "scratch", "optimizer": "adam", "lr": 1e-4, "frozen": []},
             "metrics": {}, "arch": ARCH, "serwild_version": "0.1.0"}
-    save_checkpoint(path, ckpt)
+    save_checkpoint(path, Checkpoint(**ckpt))
     return path
 
 

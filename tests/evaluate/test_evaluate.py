@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -199,12 +200,12 @@ def test_refuses_a_checkpoint_from_another_build(build_and_checkpoint: tuple[Pat
     manifest = load_manifest(build)
     ckpt = load_checkpoint(ckpt_path)
     check_build(ckpt, manifest, build, allow_other_build=False)  # its own build: fine
-    other = {**ckpt, "manifest_fingerprint": "0" * 64}
+    other = replace(ckpt, manifest_fingerprint="0" * 64)
     with pytest.raises(UsageError, match="another build"):
         check_build(other, manifest, build, allow_other_build=False)
     check_build(other, manifest, build, allow_other_build=True)
     assert "warning" in capsys.readouterr().err
     with pytest.raises(UsageError, match="classes"):
-        check_build({**ckpt, "classes": ["ang", "exc", "sad", "neu"]}, manifest, build, allow_other_build=True)
+        check_build(replace(ckpt, classes=["ang", "exc", "sad", "neu"]), manifest, build, allow_other_build=True)
     with pytest.raises(UsageError, match="aesn"):
-        check_build({**ckpt, "dataset": "aesn"}, manifest, build, allow_other_build=True)
+        check_build(replace(ckpt, dataset="aesn"), manifest, build, allow_other_build=True)

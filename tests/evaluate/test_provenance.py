@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from serwild.checkpoint import Checkpoint
 from serwild.evaluate import provenance
 
 
@@ -35,8 +36,9 @@ def test_training_budget_from_config_and_history(tmp_path: Path) -> None:
     run.mkdir(parents=True)
     lines = [{"epoch": e, "steps": 5, "samples": 80, "world_size": 2} for e in (1, 2, 3)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    ckpt = {"epoch": 2, "config": {"train": {"epochs": 3, "batch_size": 16, "samples_per_epoch": "clean",
-                                             "run_dir": str(tmp_path / "runs"), "name": "x-fold1"}}}
+    ckpt = Checkpoint(model={}, epoch=2, classes=["a", "b"], dataset="d", manifest_fingerprint="f", arch="tiny",
+                      config={"train": {"epochs": 3, "batch_size": 16, "samples_per_epoch": "clean",
+                                        "run_dir": str(tmp_path / "runs"), "name": "x-fold1"}})
     # a CV summary's copy of the best fold's best.pt: the history is found through its config
     b = provenance.training_budget(ckpt, tmp_path / "runs" / "x-cv" / "best.pt")
     assert b == {"epochs": 3, "epochs_done": 2, "samples_per_epoch_config": "clean", "samples_per_epoch": 80,

@@ -250,6 +250,7 @@ def test_a_star_beside_a_flagged_model_says_so() -> None:
 def test_held_out_speakers_reach_the_report_and_the_model_card() -> None:
     """A speaker-independent build's test speakers (the manifest's ``split``) are named in the
     evaluation's protocol (metrics.json), its report line and an export's model card."""
+    from serwild.checkpoint import Checkpoint
     from serwild.config import load_config
     from serwild.deploy import card
     from serwild.evaluate.evaluate import protocol
@@ -257,7 +258,9 @@ def test_held_out_speakers_reach_the_report_and_the_model_card() -> None:
     manifest = {"config": {"split": {"strategy": "speaker"}},
                 "split": {"strategy": "speaker", "datasets": {"ahsn": {"test_speakers": ["spk2", "spk7"],
                                                                         "train_speakers": ["spk1"]}}}}
-    p = protocol({"dataset": "ahsn", "recipe": {}, "epoch": 3}, load_config(None), manifest)
+    ckpt = Checkpoint(model={}, epoch=3, config={}, classes=["a", "b"], dataset="ahsn", manifest_fingerprint="f",
+                      arch="tiny", recipe={})
+    p = protocol(ckpt, load_config(None), manifest)
     assert p["test_speakers"] == ["spk2", "spk7"] and p["split_strategy"] == "speaker"
     line = report.protocol_line({"protocol": p, "classes": CLASSES})
     assert "split `speaker` (test speakers, unseen in training: spk2, spk7);" in line

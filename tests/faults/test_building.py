@@ -186,14 +186,14 @@ def test_a_checkpoint_whose_config_asks_too_much_is_one_line(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     import torch  # here: only this test needs it
 
-    from serwild.checkpoint import save_checkpoint
+    from serwild.checkpoint import Checkpoint, save_checkpoint
     from tests.evaluate.conftest import write_build, write_checkpoint
 
     build = write_build(tmp_path / "shards", {"clean": (None, [2]), "snr15": (15.0, [2])})
     path = write_checkpoint(tmp_path / "run" / "best.pt", build)
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     ckpt["config"]["audio"]["n_fft"] = 100000  # past the bound, small enough to run were it let through
-    save_checkpoint(path, ckpt)
+    save_checkpoint(path, Checkpoint.from_dict(ckpt))
     wav = tmp_path / "rec.wav"
     sf.write(wav, tone(1.5, 200.0), SR, subtype="PCM_16")
     line = cli(capsys, "predict", "--checkpoint", str(path), str(wav), "eval.device=cpu")

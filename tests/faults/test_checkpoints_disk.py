@@ -184,7 +184,7 @@ def test_a_kill_before_best_pt_is_written_never_loses_the_best_model(tiny_build:
     line = _resume(args)
     epoch = int(re.fullmatch(r".*done: \S+/best\.pt \(best \S+ \S+ at epoch (\d+)\)", line)[1])  # type: ignore[index]
     best = load_checkpoint(run / "best.pt")
-    assert best["epoch"] == best["best"]["epoch"] == epoch == 1
+    assert best.epoch == best.best["epoch"] == epoch == 1
 
 
 @pytest.mark.slow
@@ -202,6 +202,6 @@ def test_a_kill_between_best_pt_and_last_pt_leaves_best_pt_of_its_epoch(tiny_bui
         return (run / "last.pt").is_file()
 
     _train_held_at(run, "last.pt", args, when=epoch_one_saved)
-    assert load_checkpoint(run / "best.pt")["epoch"] == 2 and load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run / "best.pt").epoch == 2 and load_checkpoint(run / "last.pt").epoch == 1
     assert _resume(args).endswith("best.pt (no validation part: the last epoch's model)")
-    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    assert load_checkpoint(run / "best.pt").epoch == 2

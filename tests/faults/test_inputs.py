@@ -88,13 +88,13 @@ def test_probe_and_scan_bound_the_work_a_header_can_ask_for(tmp_path: Path) -> N
 def _checkpoint_with(tmp_path: Path, **audio_over: object) -> Path:
     import torch  # here: only the predict tests need it
 
-    from serwild.checkpoint import save_checkpoint
+    from serwild.checkpoint import Checkpoint, save_checkpoint
 
     build = write_build(tmp_path / "shards", {"clean": (None, [2]), "snr15": (15.0, [2])})
     path = write_checkpoint(tmp_path / "run" / "best.pt", build)
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     ckpt["config"]["audio"].update(audio_over)
-    save_checkpoint(path, ckpt)
+    save_checkpoint(path, Checkpoint.from_dict(ckpt))
     return path
 
 

@@ -24,7 +24,7 @@ import soundfile as sf
 import torch
 
 from serwild.builder.manifest import fingerprint
-from serwild.checkpoint import save_checkpoint
+from serwild.checkpoint import Checkpoint, save_checkpoint
 from serwild.cli import main
 from serwild.data.fetch import MAX_METADATA_BYTES, RemoteError
 from serwild.data.remote import open_location
@@ -57,7 +57,7 @@ def _variant(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     edit(ckpt)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(dst, ckpt)
+    save_checkpoint(dst, Checkpoint.from_dict(ckpt))
     return dst
 
 

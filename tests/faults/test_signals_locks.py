@@ -210,7 +210,7 @@ def test_sigterm_stops_training_and_resume_finishes(tiny_build: Path, tmp_path: 
                      r"trains 240 steps × 2 images: about \S+ of training left \(validation not counted\), done "
                      r"around \d\d:\d\d", err), err[-3000:]
     assert re.search(r"\d\d:\d\d serwild train: epoch 1/2  loss .*; run ETA \S+ \(about \d\d:\d\d\)", err), err
-    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run / "last.pt").epoch == 1
     assert lock.holder(run) == (None, "")
     capfd.readouterr()
     resumed = main(["train", "--nproc", "1", "--resume", *args])  # in-process launcher; capfd: the rank's output too
@@ -219,7 +219,7 @@ def test_sigterm_stops_training_and_resume_finishes(tiny_build: Path, tmp_path: 
     assert "after epoch 1" in err
     assert re.search(r"serwild train: budget: .* this run trains 120 steps × 2 images", err)  # what is left
     assert re.search(r"serwild train: epoch 2/2  loss .*; run done", err), err[-3000:]
-    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    assert load_checkpoint(run / "last.pt").epoch == 2
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert not [p for p in run.iterdir() if atomic.TMP_MARK in p.name]
 

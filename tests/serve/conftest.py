@@ -65,8 +65,8 @@ def _fit_head(ckpt_path: Path) -> None:
     y = torch.repeat_interleave(torch.eye(len(KINDS), dtype=torch.float64) * 2 - 1, 3, dim=0)
     w = torch.linalg.lstsq(x - mu, y, driver="gelsd").solution.T * 8.0  # ×8: margins of several logits
     ckpt = load_checkpoint(ckpt_path)
-    ckpt["model"]["classifier.6.weight"] = w.float()
-    ckpt["model"]["classifier.6.bias"] = (-(mu @ w.T)).float()
+    ckpt.model["classifier.6.weight"] = w.float()
+    ckpt.model["classifier.6.bias"] = (-(mu @ w.T)).float()
     save_checkpoint(ckpt_path, ckpt)
 
 

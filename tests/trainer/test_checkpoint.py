@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from serwild.checkpoint import (
+    Checkpoint,
     check_compatible,
     load_checkpoint,
     rng_state,
@@ -27,13 +29,13 @@ class NotAllowed:
     """An arbitrary pickled object: weights_only=True refuses to build it."""
 
 
-def _ckpt(manifest: dict, **over: object) -> dict:
+def _ckpt(manifest: dict, **over: object) -> Checkpoint:
     ck = {"model": build_model(4, arch="tiny").state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 1, "rng": [],
           "config": to_dict(tiny_config(Path("b"), Path("r"))), "classes": ["ang", "hap", "sad", "neu"],
           "dataset": "ahsn", "manifest_fingerprint": manifest["fingerprint"], "shards": "b",
           "recipe": {"name": "scratch"}, "metrics": None, "arch": "tiny", "serwild_version": "0"}
     ck.update(over)
-    return ck
+    return Checkpoint(**ck)
 
 
 def test_round_trip_is_atomic_and_weights_only(manifest: dict, tmp_path: Path) -> None:
@@ -42,11 +44,11 @@ def test_round_trip_is_atomic_and_weights_only(manifest: dict, tmp_path: Path) -
     save_checkpoint(path, ck)
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
     back = load_checkpoint(path)
-    assert back["classes"] == ck["classes"] and back["config"] == ck["config"]
+    assert back.classes == ck.classes and back.config == ck.config and back.to_dict().keys() == ck.to_dict().keys()
     model = model_from_checkpoint(back)  # the architecture the checkpoint names
     assert not model.training and type(model).__name__ == "TinyAlexNet"
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ck["model"].values()))
-    save_checkpoint(path, {**ck, "arch": "resnet"})
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ck.model.values()))
+    save_checkpoint(path, replace(ck, arch="resnet"))
     with pytest.raises(UsageError, match="architecture 'resnet' is not supported .alexnet, tiny."):
         load_checkpoint(path)
 
@@ -94,7 +96,7 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
     random.seed(1)
     np.random.seed(2)
     torch.manual_seed(3)
-    save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
+    torch.save({"rng": rng_state()}, tmp_path / "rng.pt")
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected

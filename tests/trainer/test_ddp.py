@@ -70,22 +70,22 @@ def test_two_ranks_ran_the_same_batches(ddp_run: Path, manifest: dict) -> None:
 def test_checkpoint_loads_and_describes_the_run(ddp_run: Path, manifest: dict) -> None:
     for name in ("last.pt", "best.pt"):
         ck = load_checkpoint(ddp_run / name)
-        assert ck["manifest_fingerprint"] == manifest["fingerprint"]
-        assert ck["classes"] == manifest["datasets"]["ahsn"]["classes"] and ck["dataset"] == "ahsn"
-        assert ck["recipe"]["name"] == "paper" and ck["recipe"]["frozen"] == ["conv1", "conv2", "conv3", "conv4"]
-        assert ck["world_size"] == 2 and ck["config"]["cv"]["fold"] == 0
+        assert ck.manifest_fingerprint == manifest["fingerprint"]
+        assert ck.classes == manifest["datasets"]["ahsn"]["classes"] and ck.dataset == "ahsn"
+        assert ck.recipe["name"] == "paper" and ck.recipe["frozen"] == ["conv1", "conv2", "conv3", "conv4"]
+        assert ck.world_size == 2 and ck.config["cv"]["fold"] == 0
         # Only last.pt holds what resuming needs (every rank's RNG, the optimiser); best.pt is weights.
-        assert (len(ck["rng"]) == 2 and "optimizer" in ck) if name == "last.pt" else \
-            ("rng" not in ck and "optimizer" not in ck)
-        assert not any(k.startswith("module.") for k in ck["model"])
+        assert (len(ck.rng) == 2 and ck.optimizer is not None) if name == "last.pt" else \
+            (ck.rng is None and ck.optimizer is None)
+        assert not any(k.startswith("module.") for k in ck.model)
         with torch.no_grad():
             assert model_from_checkpoint(ck)(torch.zeros(1, 3, 256, 256)).shape == (1, 4)
-    assert load_checkpoint(ddp_run / "last.pt")["epoch"] == 2
+    assert load_checkpoint(ddp_run / "last.pt").epoch == 2
 
 
 def test_frozen_layers_bit_identical_trained_layers_changed(ddp_run: Path, weights_file: Path) -> None:
     start = torch.load(weights_file, weights_only=True)
-    end = load_checkpoint(ddp_run / "last.pt")["model"]
+    end = load_checkpoint(ddp_run / "last.pt").model
     for layer in ("conv1", "conv2", "conv3", "conv4"):
         for p in ("weight", "bias"):
             key = f"{LAYER_MODULES[layer]}.{p}"
@@ -109,7 +109,7 @@ def test_resume_continues_at_the_next_epoch_with_the_decayed_lr(ddp_run: Path, t
     assert lines[:2] == before and lines[2]["epoch"] == 3
     assert lines[2]["lr"] == pytest.approx(_lrs(3)) and lines[2]["batches_per_rank"] == [2]  # 1 rank × batch 4
     ck = load_checkpoint(tmp_path / "two" / "last.pt")
-    assert ck["epoch"] == 3 and ck["scheduler"]["last_epoch"] == 3
+    assert ck.epoch == 3 and ck.scheduler["last_epoch"] == 3
 
 
 def children(pid: int) -> list[int]:
@@ -154,7 +154,7 @@ def test_killed_rank_is_restarted_and_resumes(tiny_build: Path, weights_file: Pa
     lines = _metrics(run)
     assert [r["epoch"] for r in lines] == [1, 2]  # epoch 2 redone once, epoch 1 not repeated
     assert lines[1]["lr"] == pytest.approx(_lrs(2)) and lines[1]["batches_per_rank"] == [24, 24]
-    assert load_checkpoint(run / "last.pt")["epoch"] == 2 and (run / "best.pt").is_file()
+    assert load_checkpoint(run / "last.pt").epoch == 2 and (run / "best.pt").is_file()
 
 
 def test_one_or_three_shards_for_two_ranks_do_not_hang(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:

@@ -360,7 +360,7 @@ def test_the_trainer_trains_the_paper_recipe_from_the_cache(tiny_build: Path, we
     second = capfd.readouterr().err
     assert re.search(r"feature cache .*: 0 shard\(s\) computed, [1-9]\d* reused", second), second
     ckpt = load_checkpoint(tmp_path / "two" / "last.pt")
-    assert "features.0.weight" in ckpt["model"] and ckpt["recipe"]["frozen"] == ["conv1", "conv2", "conv3", "conv4"]
+    assert "features.0.weight" in ckpt.model and ckpt.recipe["frozen"] == ["conv1", "conv2", "conv3", "conv4"]
     train_main(tiny_config(tiny_build, tmp_path, **common, **{"train.name": "nocache", "train.feature_cache": "off"}))
     assert "feature cache" not in capfd.readouterr().err
     cached, streamed = (json.loads((tmp_path / n / "metrics.jsonl").read_text())["val"] for n in ("one", "nocache"))

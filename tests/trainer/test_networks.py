@@ -31,13 +31,13 @@ def test_a_network_trains_exports_and_predicts(tiny_build: Path, tmp_path: Path)
                                                 "train.epochs": 1, "cv.fold": None})
     train_main(cfg)
     ckpt = load_checkpoint(tmp_path / "m" / "best.pt")
-    assert ckpt["arch"] == "mobilenet_v3_small" and ckpt["recipe"]["name"] == "scratch"
+    assert ckpt.arch == "mobilenet_v3_small" and ckpt.recipe["name"] == "scratch"
     out = export_run(tmp_path / "m", tmp_path / "x", onnx=True)  # checked against torch with onnxruntime
     assert (out / "model.onnx").is_file()
     wav = tmp_path / "a.wav"
     sf.write(wav, tone(1.5, 180.0), 16000)
     res = Predictor.from_pretrained(out, device="cpu", verbose=False).predict_file(wav)
-    assert res.error is None and res.label in ckpt["classes"]
+    assert res.error is None and res.label in ckpt.classes
     assert "mobilenet_v3_small" in (out / "README.md").read_text()
 
 
