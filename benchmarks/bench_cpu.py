@@ -1,18 +1,28 @@
-"""bf16 autocast against fp32 for a training step on a CPU: images/s and the loss curve.
+"""What makes a training step faster on a CPU: precision, memory format and threads, side by side.
 
-    .venv/bin/python benchmarks/bench_amp.py [--arch alexnet] [--steps 12] [--batch-size 16] [--threads 2]
+    .venv/bin/python benchmarks/bench_cpu.py [--arch alexnet resnet18 mobilenet_v3_small] [--steps 12]
+                                             [--batch-size 16]
 
-The trainer's own step (``train.amp``: ``none`` is fp32, ``bf16`` autocasts the forward pass;
-the loss is taken in fp32, as ``train_one_epoch`` does) on a fixed stream of random 256×256
-images with random labels, the same seed for both: the scratch recipe (Adam 1e-4, every layer).
-Prints images/s over the steps after the first two (warm-up) for each, their ratio, and both
-loss curves, so a speed-up is read together with whether the loss still follows fp32's.
-bf16 pays only where the CPU has bf16 instructions (AVX512-BF16, AMX); elsewhere it is slower.
+The trainer's own step (the scratch recipe: Adam 1e-4, every layer; the loss in fp32, as
+``train_one_epoch`` takes it) on one fixed stream of random 256×256 images and labels, the same
+seed for every variant, in one process:
+
+- ``fp32``: the baseline (what ``train.amp: auto`` gives on a CPU), every core's thread;
+- ``bf16``: ``train.amp=bf16`` (autocast of the forward pass);
+- ``fp32 channels_last`` and ``bf16 channels_last``: the model and batches in NHWC (what
+  ``train.channels_last`` does on a GPU);
+- ``fp32 1 thread``: half the threads, for how the step scales with cores.
+
+Prints images/s over the steps after the first two (warm-up), the ratio to fp32, and the
+largest difference of each loss curve from fp32's, so a speed-up is read with whether the
+model still learns the same. bf16 pays only where the CPU has bf16 instructions (AVX512-BF16,
+AMX); elsewhere it is slower.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -21,10 +31,17 @@ import torch.nn.functional as F
 from serwild.trainer.model import build_model
 from serwild.trainer.outputs import autocast
 
+VARIANTS = (("fp32", None, False, None), ("bf16", torch.bfloat16, False, None),
+            ("fp32 channels_last", None, True, None), ("bf16 channels_last", torch.bfloat16, True, None),
+            ("fp32 1 thread", None, False, 1))
 
-def run(arch: str, dtype: torch.dtype | None, steps: int, batch: int, seed: int = 0) -> tuple[float, list[float]]:
+
+def run(arch: str, dtype: torch.dtype | None, channels_last: bool, steps: int, batch: int,
+        seed: int = 0) -> tuple[float, list[float]]:
+    """(images/s after two warm-up steps, the loss of every step) of one variant."""
     torch.manual_seed(seed)
-    model = build_model(4, "none", arch).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(4, "none", arch).train().to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(seed + 1)
     data = [(torch.randn(batch, 3, 256, 256, generator=gen), torch.randint(0, 4, (batch,), generator=gen))
@@ -34,30 +51,35 @@ def run(arch: str, dtype: torch.dtype | None, steps: int, batch: int, seed: int 
         if i == 2:
             start = time.perf_counter()
         with autocast(torch.device("cpu"), dtype):
-            logits = model(x)
+            logits = model(x.contiguous(memory_format=fmt))
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return batch * (steps - 2) / (time.perf_counter() - start), losses
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="alexnet")
+    ap.add_argument("--arch", nargs="+", default=["alexnet", "resnet18", "mobilenet_v3_small"])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    fp32, l32 = run(args.arch, None, args.steps, args.batch_size)
-    bf16, l16 = run(args.arch, torch.bfloat16, args.steps, args.batch_size)
-    print(f"{args.arch}, batch {args.batch_size}, {args.threads} thread(s), {args.steps} steps (2 warm-up)")
-    print(f"{'':>6}{'images/s':>10}  loss per step")
-    print(f"{'fp32':>6}{fp32:>10.1f}  " + " ".join(f"{v:.3f}" for v in l32))
-    print(f"{'bf16':>6}{bf16:>10.1f}  " + " ".join(f"{v:.3f}" for v in l16))
-    print(f"bf16 / fp32: {bf16 / fp32:.2f}x; largest loss difference {max(abs(a - b) for a, b in zip(l32, l16)):.3f}")
+    threads = torch.get_num_threads()
+    print(f"{os.cpu_count()} cores, torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, {threads} thread(s) unless named; batch {args.batch_size}, "
+          f"{args.steps} steps (2 warm-up)\n")
+    print(f"{'network':<20}{'variant':<22}{'images/s':>9}{'vs fp32':>9}{'largest loss diff':>19}")
+    for arch in args.arch:
+        base: tuple[float, list[float]] | None = None
+        for name, dtype, nhwc, n_threads in VARIANTS:
+            torch.set_num_threads(n_threads or threads)
+            rate, losses = run(arch, dtype, nhwc, args.steps, args.batch_size)
+            base = base or (rate, losses)
+            diff = max(abs(a - b) for a, b in zip(base[1], losses))
+            print(f"{arch:<20}{name:<22}{rate:>9.1f}{rate / base[0]:>8.2f}x{diff:>19.4f}")
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
