@@ -87,9 +87,21 @@ def describe(pids: list[int]) -> list[str]:
     return out
 
 
-def wait_session_gone(sid: int, seconds: float) -> list[int]:
-    """Wait up to ``seconds`` for session ``sid`` to have no process; what is left."""
-    return _wait_empty(lambda: session_pids(sid), seconds)
+def wait_session_gone(sid: int, seconds: float, but: tuple[str, ...] = ()) -> list[int]:
+    """Wait up to ``seconds`` for session ``sid`` to have no process but orphans whose command
+    line starts with one of ``but`` (their parent gone); what is left besides them."""
+    return _wait_empty(lambda: [p for p in session_pids(sid) if not _orphan_of(p, but)], seconds)
+
+
+def _orphan_of(pid: int, names: tuple[str, ...]) -> bool:
+    """``pid`` runs one of ``names`` and its raylet (its parent) is gone."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        parent = Path(f"/proc/{ppid}/cmdline").read_text()
+    except (OSError, ValueError, IndexError):
+        return True  # gone meanwhile
+    return cmd.startswith(names) and "raylet" not in parent
 
 
 def end_session(sid: int) -> None:

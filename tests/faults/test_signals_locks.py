@@ -231,9 +231,10 @@ def test_sigterm_stops_training_and_resume_finishes(tiny_build: Path, tmp_path: 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_stopped_ray_build_leaves_no_ray_process(corpus: Path, tmp_path: Path, sig: signal.Signals) -> None:
     """SIGTERM: one line, 143, ray.shutdown ran (no stack dump), every Ray process gone at once.
-    SIGKILL of the driver alone (not its group): Ray's processes of this session end by themselves,
-    the agents after Ray's own minute of trying to reach the dead GCS, and the next local Ray
-    removes the session folder the dead driver could not."""
+    SIGKILL of the driver alone (not its group): its GCS, raylet and workers end with it; what
+    is left is Ray's two agents, orphaned and on their way out (Ray's process watcher publishes
+    the raylet's death to the dead GCS with a fixed 60 s timeout, then exits: Ray's code, not
+    waited for here); and the next local Ray removes the session folder the dead driver could not."""
     out = tmp_path / "shards"
     proc = start([*HELD_BUILD, "1", *build_args(corpus, out, "ray.num_cpus=1")])
     with session(proc):
@@ -243,7 +244,7 @@ def test_a_stopped_ray_build_leaves_no_ray_process(corpus: Path, tmp_path: Path,
         t0 = time.monotonic()
         os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=120)
-        left = procs.wait_session_gone(proc.pid, RAY_GONE_S[sig])
+        left = procs.wait_session_gone(proc.pid, 20, but=RAY_AGENTS if sig == signal.SIGKILL else ())
         assert left == [], (f"{len(left)} Ray processes outlived the driver by {time.monotonic() - t0:.0f} s:\n"
                             + "\n".join(procs.describe(left)))
     if sig == signal.SIGTERM:
@@ -264,7 +265,7 @@ def test_a_stopped_ray_build_leaves_no_ray_process(corpus: Path, tmp_path: Path,
         pass
 
 
-RAY_GONE_S = {signal.SIGTERM: 20, signal.SIGKILL: 90}  # Ray's agents retry a dead GCS for 60 s
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # orphans that end in Ray's own 60 s
 
 
 @pytest.mark.slow
