@@ -423,13 +423,6 @@ def read_utf8(path: Path) -> str:
     return decode_utf8(path.read_bytes(), str(path))
 
 
-def normalise_label(raw: str) -> str | None:
-    s = raw.strip().lower()
-    if s in IEMOCAP_CODES:
-        return s
-    return LABEL_ALIASES.get(s)
-
-
 def unique_id(rel: Path, seen: set[str]) -> str:
     """A key-safe id from a file name: WebDataset cuts keys at the first '.', so dots and
     other odd characters become '-', and a clash gets a short hash of the full path."""

@@ -12,12 +12,10 @@ import hashlib
 import json
 import os
 import re
-import tarfile
 from pathlib import Path
 from typing import Any
 
 from serwild.data.fetch import NotFound, RemoteOptions
-from serwild.data.records import ShardRecord, sample_key
 from serwild.data.remote import Build, open_location, safe_relpath
 from serwild.errors import UsageError
 from serwild.text import class_names_problem
@@ -157,19 +155,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def count_samples(path: str | Path) -> int:
-    """Distinct sample keys in a tar (members ``key.ext``); raises on a cut-off tar."""
-    with tarfile.open(path, "r") as tf:
-        return len({sample_key(m.name) for m in tf if m.isfile()})
-
-
-def check_shard(build_dir: str | Path, record: dict[str, Any] | ShardRecord, full: bool = True) -> str | None:
-    """None if the shard matches its record, else one line saying what is wrong
-    (:meth:`Build.check`, the verifier of every build). A shard that is a symlink out of the
-    build raises (RemoteError, one line) before anything reads it."""
-    return open_location(build_dir).check(record, full)
 
 
 def check_shards(build_dir: str | Path, records: list[dict[str, Any]], full: bool = True) -> list[str]:
