@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from serwild.evaluate.document import read_report
 from serwild.trainer.model import build_model
 
 CONDITIONS = ("clean", "snr15", "snr20", "snr40")
@@ -88,13 +89,13 @@ def run_one(build: Path, out: Path, arch: str, exp: str, epochs: int) -> dict[st
     report = out / "reports" / name
     serwild("evaluate", "--checkpoint", str(out / "runs" / name / "best.pt"), "--shards", str(build),
             "--out", str(report))
-    m = json.loads((report / "metrics.json").read_text())
+    m = read_report(report / "metrics.json")
     per = {}
     for cond in CONDITIONS:
-        block = m["conditions"][cond]["block"]
+        block = m.conditions[cond]["block"]
         value = {"weighted_f1": block["weighted"]["f1"], "ua": block["ua"]}
         per[cond] = {k: (value[k], block["ci"][k]["low"], block["ci"][k]["high"]) for k in value}
-    return {"conditions": per, "flags": m["flags"]["messages"], "epochs": epochs}
+    return {"conditions": per, "flags": (m.flags or {}).get("messages", []), "epochs": epochs}
 
 
 def cell(v: tuple[float, float, float]) -> str:

@@ -48,6 +48,7 @@ from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.deploy import card
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance
+from serwild.evaluate.document import Report, read_report
 from serwild.metrics import METRICS, VALIDATION
 from serwild.text import class_names_problem, portable_json, portable_path
 
@@ -162,12 +163,9 @@ def find_report(checkpoint: Path, ckpt: Checkpoint, report_dir: str | Path | Non
         print(f"serwild export: note: {folder} has no evaluation: the card will have no results "
               f"(run serwild evaluate --checkpoint {checkpoint} first)", file=sys.stderr)
         return None
-    try:
-        m = json.loads(metrics.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{metrics} is not readable JSON ({e})") from None
-    same = (m.get("manifest_fingerprint") == ckpt.manifest_fingerprint and m.get("dataset") == ckpt.dataset
-            and (m.get("protocol") or {}).get("epoch") == ckpt.epoch)
+    m = read_report(metrics)
+    same = (m.manifest_fingerprint == ckpt.manifest_fingerprint and m.dataset == ckpt.dataset
+            and m.protocol.get("epoch") == ckpt.epoch)
     if not same:
         why = f"{metrics} is the evaluation of another model (build, dataset or epoch differ)"
         if report_dir is not None:
@@ -181,7 +179,7 @@ def export_config(ckpt: Checkpoint, path: Path, report: Path | None) -> dict[str
     """config.json: what loading needs, then what a reader of the model needs to know."""
     cfg = config_from_resolved(ckpt.config)
     classes = list(ckpt.classes)
-    metrics = json.loads((report / "metrics.json").read_text()) if report is not None else None
+    metrics = read_report(report / "metrics.json") if report is not None else None
     return {
         "format": FORMAT, "arch": ckpt.arch, "num_classes": len(classes), "classes": classes,
         "id2label": {str(i): c for i, c in enumerate(classes)}, "label2id": {c: i for i, c in enumerate(classes)},
@@ -189,7 +187,7 @@ def export_config(ckpt: Checkpoint, path: Path, report: Path | None) -> dict[str
         "image": {"size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD), "colormap": cfg.audio.colormap},
         "build": {"fingerprint": ckpt.manifest_fingerprint, "location": ckpt.shards,
                   "corpus": cfg.corpus.kind, "split": cfg.split.strategy, "snr_db": list(cfg.snr_db),
-                  "test_speakers": ((metrics or {}).get("protocol") or {}).get("test_speakers")},
+                  "test_speakers": metrics.protocol.get("test_speakers") if metrics is not None else None},
         "training": {"conditions": list(cfg.train.conditions), "fold": cfg.cv.fold, "pretrained": cfg.train.pretrained,
                      "recipe": ckpt.recipe, "epoch": ckpt.epoch, "best": ckpt.best,
                      "seed": cfg.seed, "budget": provenance.training_budget(ckpt, path),
@@ -201,11 +199,11 @@ def export_config(ckpt: Checkpoint, path: Path, report: Path | None) -> dict[str
     }
 
 
-def evaluation_summary(m: dict[str, Any]) -> dict[str, Any]:
+def evaluation_summary(m: Report) -> dict[str, Any]:
     """Per test condition and unit: n, WA, UA, weighted and macro F1 with their intervals; the flags."""
     keys = {name: METRICS[name].path for name in VALIDATION}
     conds: dict[str, Any] = {}
-    for name, c in m["conditions"].items():
+    for name, c in m.conditions.items():
         conds[name] = {"snr_db": c.get("snr_db")}
         for unit in ("block", "utterance"):
             u = c[unit]
@@ -219,7 +217,7 @@ def evaluation_summary(m: dict[str, Any]) -> dict[str, Any]:
                 if ci:
                     values[f"{key}_ci"] = [float(ci["low"]), float(ci["high"])]
             conds[name][unit] = values
-    return {"conditions": conds, "uncertainty": m.get("uncertainty"), "flags": health.model_flags(m),
+    return {"conditions": conds, "uncertainty": m.uncertainty, "flags": health.model_flags(m),
             "report": "evaluation/report.md"}
 
 
@@ -251,7 +249,7 @@ def local_paths(ckpt: Checkpoint, path: Path, report: Path) -> list[str]:
 
     walk(ckpt.config)
     walk(ckpt.shards)
-    walk(json.loads((report / "metrics.json").read_text()))
+    walk(read_report(report / "metrics.json").to_dict())
     return sorted((p for p in found if os.path.isabs(p) and p != "/"), key=len, reverse=True)
 
 

@@ -29,7 +29,6 @@ rounded probabilities), so a paired Δ is the metrics.json difference exactly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health
+from serwild.evaluate.document import Report, read_report
 from serwild.evaluate.figures import Interval, plot_differences, plot_series
 from serwild.evaluate.report import (
     LOGITS_FILE,
@@ -77,15 +77,8 @@ def find_metrics(run: str | Path) -> Path:
                      f"(serwild evaluate --checkpoint {p / 'best.pt'})")
 
 
-def load_metrics(run: str | Path) -> dict[str, Any]:
-    path = find_metrics(run)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"run {run}: {path} is not readable JSON ({e})") from None
-    if not isinstance(data, dict) or "conditions" not in data:
-        raise UsageError(f"run {run}: {path} is not a serwild evaluate report")
-    return data
+def load_metrics(run: str | Path) -> Report:
+    return read_report(find_metrics(run), f"run {run}: ")
 
 
 def run_dir(run: str | Path) -> Path:
@@ -108,28 +101,28 @@ def run_names(runs: Sequence[str | Path]) -> list[str]:
     return names
 
 
-def comparison(reports: Mapping[str, Mapping[str, Any]], metric: str = "weighted_f1",
+def comparison(reports: Mapping[str, Report], metric: str = "weighted_f1",
                unit: str = "block") -> dict[str, Any]:
     """``{"conditions": [...], "labels": [...], "values": {run: [v or None]}}`` in condition order."""
     snr: dict[str, float | None] = {}
     for rep in reports.values():
-        for c, v in rep["conditions"].items():
+        for c, v in rep.conditions.items():
             snr.setdefault(c, v.get("snr_db"))
     conds = order_conditions(snr)
-    values = {name: [get(rep["conditions"][c][unit], METRICS[metric].path) if c in rep["conditions"] else None
+    values = {name: [get(rep.conditions[c][unit], METRICS[metric].path) if c in rep.conditions else None
                      for c in conds] for name, rep in reports.items()}
     return {"metric": metric, "unit": unit, "conditions": conds,
             "labels": [condition_label(c, snr[c]) for c in conds], "values": values}
 
 
-def plot_intervals(reports: Mapping[str, Sequence[Mapping[str, Any]]], conds: Sequence[str],
+def plot_intervals(reports: Mapping[str, Sequence[Report]], conds: Sequence[str],
                    comp: Mapping[str, Any], metric: str, unit: str) -> dict[str, list[Interval]]:
     """Error bars per arm: a single run's 95 % bootstrap interval (from its report), or the
     mean ± std of several runs."""
     out: dict[str, list[Interval]] = {}
     for name, reps in reports.items():
         if len(reps) == 1:
-            out[name] = [ci_span(reps[0]["conditions"][c][unit], metric) if c in reps[0]["conditions"] else None
+            out[name] = [ci_span(reps[0].conditions[c][unit], metric) if c in reps[0].conditions else None
                          for c in conds]
         else:
             out[name] = [None if m is None or s is None else (m - s, m + s)
@@ -245,7 +238,7 @@ def load_decisions(path: Path, classes: Sequence[str], unit: str) -> dict[str, d
     return out
 
 
-def paired_deltas(arms: Mapping[str, Sequence[str | Path]], reports: Mapping[str, Sequence[Mapping[str, Any]]],
+def paired_deltas(arms: Mapping[str, Sequence[str | Path]], reports: Mapping[str, Sequence[Report]],
                   conditions: Sequence[str], metric: str, unit: str, n_resamples: int, seed: int,
                   alpha: float) -> tuple[dict[str, list[dict[str, Any] | None]], dict[str, str]]:
     """Each non-baseline arm's paired interval per condition, and why an arm has none."""
@@ -255,8 +248,8 @@ def paired_deltas(arms: Mapping[str, Sequence[str | Path]], reports: Mapping[str
     unpaired: dict[str, str] = {}
     if n_resamples < 1:
         return deltas, {n: "intervals are off (bootstrap = 0)" for n in names[1:]}
-    prints = {rep.get("manifest_fingerprint") for reps in reports.values() for rep in reps}
-    classes = {tuple(rep["classes"]) for reps in reports.values() for rep in reps}
+    prints = {rep.manifest_fingerprint for reps in reports.values() for rep in reps}
+    classes = {tuple(rep.classes) for reps in reports.values() for rep in reps}
     if len(prints) != 1 or None in prints or len(classes) != 1:
         why = (f"the runs were evaluated on different builds (manifest fingerprints "
                f"{', '.join(sorted(str(p)[:12] for p in prints))}), so their test blocks cannot be paired")
@@ -327,7 +320,7 @@ def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None,
     return Comparison(out_dir, table, markdown)
 
 
-def arm_comparison(reports: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, unit: str) -> dict[str, Any]:
+def arm_comparison(reports: Mapping[str, Sequence[Report]], metric: str, unit: str) -> dict[str, Any]:
     """Per arm and condition: the mean (and std) of its runs' ``metric``; chance per condition."""
     per_run = comparison({f"{n}#{i}": rep for n, reps in reports.items() for i, rep in enumerate(reps)}, metric,
                          unit)
@@ -341,13 +334,13 @@ def arm_comparison(reports: Mapping[str, Sequence[Mapping[str, Any]]], metric: s
             ms = mean_std(vs) if None not in vs else None
             values[n].append(None if ms is None else ms["mean"])
             stds[n].append(None if ms is None else ms["std"])
-    first = next(iter(reports.values()))[0]["conditions"]
+    first = next(iter(reports.values()))[0].conditions
     chance = [chance_level(metric, supports(first[c][unit])) if c in first else None for c in conds]
     return {**per_run, "values": values, "std": stds, "n_runs": {n: len(rs) for n, rs in reports.items()},
             "chance": chance}
 
 
-def flag_lines(name: str, runs: Sequence[str | Path], reports: Sequence[Mapping[str, Any]]) -> list[str]:
+def flag_lines(name: str, runs: Sequence[str | Path], reports: Sequence[Report]) -> list[str]:
     """The health flags of each run of an arm (serwild.evaluate.health), named after the arm."""
     lines = []
     for r, rep in zip(runs, reports):
@@ -371,13 +364,13 @@ def difference_points(comp: Mapping[str, Any]) -> dict[str, list[dict[str, Any] 
 
 
 def render_compare(comp: Mapping[str, Any], arms: Mapping[str, Sequence[str | Path]],
-                   reports: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+                   reports: Mapping[str, Sequence[Report]]) -> str:
     """compare.md: flags, the table, its notes, the two figures with captions, the runs."""
     title, unit = METRICS[comp["metric"]].title, comp["unit"]
     flags = [f"> {line}" for lines in comp["flags"].values() for line in lines]
     lines = [f"# Comparison: {title} per test condition (per {unit})", "", *flags, *([""] if flags else []),
              markdown_table(comp), "", *notes(comp)]
-    datasets = {rep.get("dataset") for reps in reports.values() for rep in reps}
+    datasets = {rep.dataset for reps in reports.values() for rep in reps}
     if len(datasets) > 1:
         names = ", ".join(map(str, datasets))
         lines += ["", f"**Warning:** these runs were evaluated on different datasets ({names})."]

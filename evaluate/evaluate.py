@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,12 @@ from serwild.data.remote import Build, open_location
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance, report, uncertainty
 from serwild.evaluate.config import EvalConfig
+from serwild.evaluate.document import Report
 from serwild.progress import progress
 from serwild.trainer.distributed import Dist, all_gather_object, setup, teardown
 from serwild.trainer.model import model_from_checkpoint
 from serwild.trainer.outputs import model_outputs
 
-REPORT_FORMAT = "serwild-report/1"
 EVAL_TIMEOUT_S = 1800  # collectives wait at most for the slowest rank's share of one condition
 
 
@@ -219,20 +219,18 @@ def uncertainty_settings(settings: EvalConfig) -> dict[str, Any] | None:
 
 def write_outputs(target: Target, conditions: dict[str, Any], outputs: dict[str, dict[str, Any]], out_dir: Path,
                   d: Dist, check_sha256: bool, settings: EvalConfig | None = None) -> None:
-    result = {
-        "format": REPORT_FORMAT, "run": target.path.parent.name, "checkpoint": str(target.path),
-        "shards": target.build_dir, "manifest_fingerprint": target.manifest.get("fingerprint"),
-        "dataset": target.ckpt.dataset, "classes": target.classes,
-        "protocol": protocol(target.ckpt, target.cfg, target.manifest), "world_size": d.world_size,
-        "device": str(d.device), "sha256_checked": check_sha256, "serwild_version": __version__,
-        "versions": provenance.versions(), "budget": provenance.training_budget(target.ckpt, target.path),
-        "smoke_note": provenance.smoke_note(target.ckpt.config) or None,
-        "uncertainty": uncertainty_settings(settings or EvalConfig()), "conditions": conditions,
-    }
-    result["flags"] = health.model_flags(result)
+    result = Report(
+        run=target.path.parent.name, checkpoint=str(target.path), shards=target.build_dir,
+        manifest_fingerprint=target.manifest.get("fingerprint"), dataset=target.ckpt.dataset, classes=target.classes,
+        protocol=protocol(target.ckpt, target.cfg, target.manifest), world_size=d.world_size, device=str(d.device),
+        sha256_checked=check_sha256, serwild_version=__version__, versions=provenance.versions(),
+        budget=provenance.training_budget(target.ckpt, target.path),
+        smoke_note=provenance.smoke_note(target.ckpt.config) or None,
+        uncertainty=uncertainty_settings(settings or EvalConfig()), conditions=conditions)
+    result = replace(result, flags=health.model_flags(result))
     report.write_report(result, out_dir, outputs)
     atomic.write_text(out_dir / "config.yaml", yaml.safe_dump(target.ckpt.config, sort_keys=False))
-    flags = "".join(f"\n{line}" for line in health.flag_lines(result["run"], result))
+    flags = "".join(f"\n{line}" for line in health.flag_lines(result.run, result))
     print(f"\n{report.metrics_table(result, 'block')}\n{flags}\n\nreport: {out_dir / 'report.md'}")
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from serwild.evaluate.document import Report
 from serwild.metrics import chance_level
 
 ONE_CLASS_SHARE = 0.95
@@ -68,19 +69,19 @@ def _includes(unit: Mapping[str, Any], metric: str, chance: float) -> bool:
     return ci is not None and float(ci["low"]) <= chance <= float(ci["high"])
 
 
-def model_flags(result: Mapping[str, Any], unit: str = "block") -> dict[str, Any]:
+def model_flags(result: Report, unit: str = "block") -> dict[str, Any]:
     """``{"degenerate", "one_class", "never_predicted", "at_chance", "still_learning", "messages"}``
     for one evaluate report.
 
     ``one_class``: ``{"class", "share", "where"}`` or None; ``never_predicted``: the classes
     (with test blocks) predicted for under :data:`NEVER_SHARE` of the blocks; ``at_chance``: the
     labels of the conditions whose UA or weighted-F1 interval includes chance; ``still_learning``:
-    why the run looks under-trained (from ``result["budget"]``), or None; ``messages``: one
+    why the run looks under-trained (from ``result.budget``), or None; ``messages``: one
     line per finding (empty when there is nothing to say)."""
-    conds = result.get("conditions") or {}
-    classes = list(result.get("classes") or [])
+    conds = result.conditions
+    classes = list(result.classes)
     order = _order(conds)
-    still = (result.get("budget") or {}).get("still_learning")
+    still = (result.budget or {}).get("still_learning")
     if not order:
         return {"degenerate": False, "one_class": None, "never_predicted": [], "at_chance": [],
                 "still_learning": still, "messages": _messages(None, [], [], False, still)}
@@ -136,6 +137,6 @@ def _messages(one_class: Mapping[str, Any] | None, never: list[str], at_chance: 
     return [f"{head}: " + "; ".join(out) + tail, *learning]
 
 
-def flag_lines(name: str, result: Mapping[str, Any], unit: str = "block") -> list[str]:
+def flag_lines(name: str, result: Report, unit: str = "block") -> list[str]:
     """``["⚠ <name>: DEGENERATE MODEL: …"]``: the lines to print and to put in a report."""
     return [f"⚠ {name}: {m}" for m in model_flags(result, unit)["messages"]]

@@ -34,6 +34,7 @@ import numpy as np
 from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance
+from serwild.evaluate.document import Report
 from serwild.evaluate.figures import Interval, plot_confusions, plot_series
 from serwild.metrics import BY_PATH, METRICS, Metric, chance_level
 
@@ -67,9 +68,9 @@ def cell(m: Mapping[str, Any], path: str) -> str:
     return value if ci is None else f"{value} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def interval_note(result: Mapping[str, Any]) -> str:
+def interval_note(result: Report) -> str:
     """One sentence on how the bracketed intervals were computed ('' when there are none)."""
-    u = result.get("uncertainty")
+    u = result.uncertainty
     if not u:
         return ""
     return (f"Brackets: {u['level']:.0%} percentile interval from a cluster bootstrap ({u['n_resamples']} "
@@ -92,15 +93,15 @@ def order_conditions(conditions: Mapping[str, float | None]) -> list[str]:
 # ----------------------------------------------------------------------------- text
 
 
-def protocol_line(result: Mapping[str, Any]) -> str:
-    p = result["protocol"]
+def protocol_line(result: Report) -> str:
+    p = result.protocol
     fold = p.get("fold")
     fold_text = "all train folds" if fold is None else f"fold {fold} held out for validation"
     recipe = p.get("recipe") or {}
     recipe_text = ", ".join(f"{k}={_short(v)}" for k, v in recipe.items()) if recipe else "n/a"
     speakers = p.get("test_speakers")
     held = f" (test speakers, unseen in training: {', '.join(speakers)})" if speakers else ""
-    return (f"**Protocol:** dataset {p['dataset'].upper()} ({', '.join(result['classes'])}); "
+    return (f"**Protocol:** dataset {p['dataset'].upper()} ({', '.join(result.classes)}); "
             f"split `{p.get('split_strategy')}`{held}; trained on {', '.join(p.get('train_conditions') or [])}; "
             f"{fold_text}; pretrained `{p.get('pretrained')}`; recipe: {recipe_text}; "
             f"checkpoint epoch {p.get('epoch')}.")
@@ -116,11 +117,11 @@ def _short(v: Any) -> str:
     return str(v)
 
 
-def metrics_table(result: Mapping[str, Any], unit: str) -> str:
+def metrics_table(result: Report, unit: str) -> str:
     """Markdown table: rows = test conditions, columns = metrics (the paper's Tables 5/6)."""
     head = ["Test condition", "N"] + [c.column for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    conds = result["conditions"]
+    conds = result.conditions
     for name in order_conditions({c: v["snr_db"] for c, v in conds.items()}):
         m = conds[name][unit]
         cells = [condition_label(name, conds[name]["snr_db"]), str(m["n"])]
@@ -129,10 +130,10 @@ def metrics_table(result: Mapping[str, Any], unit: str) -> str:
     return "\n".join(lines)
 
 
-def per_class_table(result: Mapping[str, Any], unit: str) -> str:
+def per_class_table(result: Report, unit: str) -> str:
     head = ["Test condition", "Class", "Precision", "Recall", "F1", "Support"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    conds = result["conditions"]
+    conds = result.conditions
     for name in order_conditions({c: v["snr_db"] for c, v in conds.items()}):
         for cls, s in conds[name][unit]["per_class"].items():
             lines.append(f"| {condition_label(name, conds[name]['snr_db'])} | {cls} | {s['precision']:.3f} "
@@ -140,53 +141,53 @@ def per_class_table(result: Mapping[str, Any], unit: str) -> str:
     return "\n".join(lines)
 
 
-def flag_block(result: Mapping[str, Any]) -> list[str]:
+def flag_block(result: Report) -> list[str]:
     """The model's flags (serwild.evaluate.health) and the smoke-size caveat, as blockquotes."""
     lines = [f"> ⚠ **{m.split(':', 1)[0]}**:{m.split(':', 1)[1]}" for m in health.model_flags(result)["messages"]]
-    smoke = result.get("smoke_note") or ""
+    smoke = result.smoke_note or ""
     return [*lines, *([f"> {smoke}"] if smoke else [])]
 
 
-def test_set_line(result: Mapping[str, Any]) -> str:
+def test_set_line(result: Report) -> str:
     """``**Test set (N per condition):** clean 165 blocks / 55 utterances; 15 dB …``."""
-    conds = result["conditions"]
+    conds = result.conditions
     order = order_conditions({c: v["snr_db"] for c, v in conds.items()})
     return ("**Test set (N per condition):** " + "; ".join(
         f"{condition_label(c, conds[c]['snr_db'])} {conds[c]['block']['n']} blocks / "
         f"{conds[c]['utterance']['n']} utterances" for c in order) + ".")
 
 
-def provenance_lines(result: Mapping[str, Any]) -> list[str]:
+def provenance_lines(result: Report) -> list[str]:
     """Budget, test-set size and software: what a number needs to be read months later."""
-    return [f"**Training budget:** {provenance.budget_line(result.get('budget'))}.", "",
+    return [f"**Training budget:** {provenance.budget_line(result.budget)}.", "",
             test_set_line(result), "",
-            f"**Software:** {provenance.versions_line(result.get('versions'))}; "
-            f"{result.get('world_size', '?')} process(es) on `{result.get('device', '?')}`.", ""]
+            f"**Software:** {provenance.versions_line(result.versions)}; "
+            f"{result.world_size or '?'} process(es) on `{result.device or '?'}`.", ""]
 
 
-def render_markdown(result: Mapping[str, Any]) -> str:
+def render_markdown(result: Report) -> str:
     flags = flag_block(result)
-    parts = [f"# Evaluation: {result['run']}", "", *flags, *([""] if flags else []), protocol_line(result), "",
+    parts = [f"# Evaluation: {result.run}", "", *flags, *([""] if flags else []), protocol_line(result), "",
              *provenance_lines(result),
-             f"Checkpoint `{result['checkpoint']}`; test shards `{result['shards']}` "
-             f"(manifest fingerprint `{str(result['manifest_fingerprint'])[:12]}`); every test sample of each "
+             f"Checkpoint `{result.checkpoint}`; test shards `{result.shards}` "
+             f"(manifest fingerprint `{str(result.manifest_fingerprint)[:12]}`); every test sample of each "
              "condition scored exactly once (checked against the manifest).", ""]
     for unit, title in UNITS.items():
         parts += [f"## {title}", "", metrics_table(result, unit), ""]
     if interval_note(result):
         parts += [interval_note(result), ""]
-    bars = "95 % intervals (see above)" if result.get("uncertainty") else "no intervals (eval.bootstrap=0)"
+    bars = "95 % intervals (see above)" if result.uncertainty else "no intervals (eval.bootstrap=0)"
     parts += [
         "WA = overall accuracy (equals weighted recall); UA = mean of per-class recalls; weighted "
         "P/R/F1 average the classes by support (the paper's columns), macro by equal weight. "
         "Per-utterance scores average the block logits of each utterance's *test* blocks.",
         "", "## Figures", "",
         "![weighted F1 per test condition](weighted_f1.png)", "",
-        f"*Figure 1. Weighted F1 of `{result['run']}` per test condition, per 1 s block and per utterance; error "
+        f"*Figure 1. Weighted F1 of `{result.run}` per test condition, per 1 s block and per utterance; error "
         f"bars: {bars}; dashed: chance, the weighted F1 of a guess that picks each class with probability 1/K "
         "(it depends on the class balance).*", "",
         "![confusion matrices](confusion.png)", "",
-        f"*Figure 2. Confusion matrices of `{result['run']}` per test condition, per 1 s block (rows = true class, "
+        f"*Figure 2. Confusion matrices of `{result.run}` per test condition, per 1 s block (rows = true class, "
         "columns = predicted). Colour and upper number: the share of the true class given each label (each row "
         "sums to 1; the diagonal is per-class recall); lower number: blocks.*",
     ]
@@ -196,9 +197,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def groups_section(result: Mapping[str, Any]) -> list[str]:
+def groups_section(result: Report) -> list[str]:
     """``eval.group_by``: weighted F1 and UA per value of the corpus's column, per condition (blocks)."""
-    conds = result["conditions"]
+    conds = result.conditions
     order = [c for c in order_conditions({c: v.get("snr_db") for c, v in conds.items()}) if conds[c].get("groups")]
     if not order:
         return []
@@ -231,9 +232,9 @@ def supports(unit_metrics: Mapping[str, Any]) -> list[int]:
     return [int(c["support"]) for c in (unit_metrics.get("per_class") or {}).values()]
 
 
-def write_figures(result: Mapping[str, Any], out: Path) -> None:
+def write_figures(result: Report, out: Path) -> None:
     """weighted_f1.png (both units, intervals, chance) and confusion.png (a panel per condition)."""
-    conds = result["conditions"]
+    conds = result.conditions
     order = order_conditions({c: v["snr_db"] for c, v in conds.items()})
     labels = [condition_label(c, conds[c]["snr_db"]) for c in order]
     plot_series(out / "weighted_f1.png", labels,
@@ -241,23 +242,23 @@ def write_figures(result: Mapping[str, Any], out: Path) -> None:
                 {f"per {u}": [ci_span(conds[c][u], "weighted_f1") for c in order] for u in UNITS},
                 chance=[chance_level("weighted_f1", supports(conds[c]["block"])) for c in order])
     plot_confusions(out / "confusion.png", {lab: conds[c]["block"]["confusion"] for lab, c in zip(labels, order)},
-                    result["classes"])
+                    result.classes)
 
 
 # ----------------------------------------------------------------------------- the folder
 
 
-def write_report(result: Mapping[str, Any], out: str | Path,
+def write_report(result: Report, out: str | Path,
                  outputs: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write metrics.json, report.md, the figures and (given ``outputs``, condition → the scored
     blocks' ``logits``, ``labels``, ``utterances`` and ``blocks``) predictions.csv and logits.npz."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    atomic.write_text(out / "metrics.json", json.dumps(result.to_dict(), indent=2) + "\n")
     write_figures(result, out)
     if outputs:
-        write_predictions(out / "predictions.csv", outputs, result["classes"])
-        write_logits(out / LOGITS_FILE, outputs, result["classes"])
+        write_predictions(out / "predictions.csv", outputs, result.classes)
+        write_logits(out / LOGITS_FILE, outputs, result.classes)
     atomic.write_text(out / "report.md", render_markdown(result))
     return out
 

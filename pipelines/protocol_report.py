@@ -28,11 +28,11 @@ def table(exps: Sequence[Experiment], results: Mapping[str, Mapping[str, Any]], 
     metrics then experiment 2's, each ``value [low, high]``."""
     head = ["Test condition"] + [f"Exp {e.number} {t}" for e in exps for t, _ in TABLE_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    first = results[exps[0].base]["metrics"]["conditions"]
+    first = results[exps[0].base]["metrics"].conditions
     for c in report.order_conditions({c: v["snr_db"] for c, v in first.items()}):
         cells = [report.condition_label(c, first[c]["snr_db"])]
         for e in exps:
-            m = results[e.base]["metrics"]["conditions"][c][unit]
+            m = results[e.base]["metrics"].conditions[c][unit]
             cells += [report.cell(m, key) for _, key in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -119,7 +119,7 @@ def dataset_section(out: Path, ds: str, dexps: Sequence[Experiment], results: Ma
               figure_caption(comp, {ds}, f"Both experiments ({ds.upper()})"), "",
               *confusion_figures(out, ds, dexps, results),
               "Training budget (each experiment's best fold):", "",
-              *[f"- Exp {e.number}: {provenance.budget_line(results[e.base]['metrics'].get('budget'))}."
+              *[f"- Exp {e.number}: {provenance.budget_line(results[e.base]['metrics'].budget)}."
                 for e in dexps],
               "", "Cross-validation (validation fold, each fold's best epoch), mean ± std over the folds:", "",
               cv_table(dexps, results), ""]
@@ -130,8 +130,8 @@ def dataset_section(out: Path, ds: str, dexps: Sequence[Experiment], results: Ma
     data = {f"exp{e.number}": {"run": results[e.base]["model_dir"], "metrics": results[e.base]["metrics_path"],
                                "best_fold": results[e.base]["cv"]["best_fold"],
                                "cv_mean_std": results[e.base]["cv"]["mean_std"],
-                               "budget": results[e.base]["metrics"].get("budget"),
-                               "n": {c: v["block"]["n"] for c, v in results[e.base]["metrics"]["conditions"].items()},
+                               "budget": results[e.base]["metrics"].budget,
+                               "n": {c: v["block"]["n"] for c, v in results[e.base]["metrics"].conditions.items()},
                                "flags": health.model_flags(results[e.base]["metrics"])} for e in dexps}
     data["compare"] = str(cmp_dir / "compare.json")
     return parts, data

@@ -46,6 +46,7 @@ from serwild.config import Config, build_identity, load_config, resolve_config_p
 from serwild.data.manifest import load_manifest, train_folds, verify_build
 from serwild.errors import UsageError
 from serwild.evaluate import report
+from serwild.evaluate.document import read_report
 from serwild.evaluate.evaluate import evaluate_checkpoint, uncertainty_settings
 from serwild.pipelines.protocol import PROTOCOL, Experiment, Preset, Progress
 from serwild.pipelines.protocol_report import write_protocol_report
@@ -194,7 +195,7 @@ def run_experiment(e: Experiment, ctx: Context) -> dict[str, Any]:
         evaluate_checkpoint(model_dir / "best.pt", shards=ctx.cfg.out, out=report_dir, settings=ctx.cfg.eval)
     ctx.progress.finish(f"{e.base}-eval", label, t0, reuse)
     return {"cv": summary, "model_dir": str(model_dir), "metrics_path": str(report_dir / "metrics.json"),
-            "metrics": json.loads((report_dir / "metrics.json").read_text())}
+            "metrics": read_report(report_dir / "metrics.json")}
 
 
 def train_run(e: Experiment, ref: RunRef, extra: list[str], ctx: Context) -> bool:
@@ -249,11 +250,12 @@ def evaluation_reusable(report_dir: Path, best_run: Path, best_fold: int, finger
     these interval settings, every file written."""
     if not all((report_dir / f).is_file() for f in ("metrics.json", "logits.npz", "report.md", "config.yaml")):
         return False
-    m = _read_json(report_dir / "metrics.json")
-    if not isinstance(m, dict):
+    try:
+        m = read_report(report_dir / "metrics.json")
+    except UsageError:
         return False
-    return (m.get("manifest_fingerprint") == fingerprint and (m.get("protocol") or {}).get("fold") == best_fold
-            and m.get("uncertainty") == json.loads(json.dumps(uncertainty_settings(cfg.eval)))
+    return (m.manifest_fingerprint == fingerprint and m.protocol.get("fold") == best_fold
+            and m.uncertainty == json.loads(json.dumps(uncertainty_settings(cfg.eval)))
             and _read_yaml(report_dir / "config.yaml") == _read_yaml(best_run / "config.yaml"))
 
 

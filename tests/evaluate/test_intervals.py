@@ -14,6 +14,7 @@ from serwild.cli import main
 from serwild.config import load_config
 from serwild.errors import UsageError
 from serwild.evaluate import compare, report, uncertainty
+from serwild.evaluate.document import Report
 from serwild.evaluate.evaluate import evaluate_checkpoint
 from serwild.metrics import METRICS, condition_metrics
 
@@ -56,7 +57,7 @@ def write_run(root: Path, name: str, skills: dict[str, float], seed: int, finger
                          "n_resamples": 200, "seed": 0, "alpha": 0.05} if with_ci else None),
         "conditions": conds,
     }
-    report.write_report(result, root / name / "report", outputs)
+    report.write_report(Report.from_dict(result), root / name / "report", outputs)
     return root / name
 
 

@@ -12,13 +12,14 @@ from PIL import Image
 from serwild.cli import main
 from serwild.errors import UsageError
 from serwild.evaluate import compare, health, report
+from serwild.evaluate.document import Report, read_report
 from serwild.metrics import chance_level, condition_metrics
 
 CLASSES = ["ang", "hap", "sad", "neu"]
 CONDITIONS = {"snr40": 40.0, "clean": None, "snr15": 15.0, "snr20": 20.0}
 
 
-def fake_result(run: str, skill: float, seed: int = 0) -> dict:
+def fake_result(run: str, skill: float, seed: int = 0) -> Report:
     """A report dict as `serwild evaluate` builds it; accuracy falls with the SNR."""
     rng = np.random.default_rng(seed)
     conds = {}
@@ -30,14 +31,14 @@ def fake_result(run: str, skill: float, seed: int = 0) -> dict:
         logits = rng.normal(size=(60, 4))
         logits[np.arange(60), labels] += 4.0 * (rng.random(60) < p_right)
         conds[c] = {"snr_db": snr, "shards": 1, "samples": 60, **condition_metrics(logits, labels, utts, CLASSES)}
-    return {
+    return Report.from_dict({
         "format": "serwild-report/1", "run": run, "checkpoint": f"runs/{run}/best.pt", "shards": "shards/demo",
         "manifest_fingerprint": "ab" * 32, "dataset": "ahsn", "classes": CLASSES,
         "protocol": {"dataset": "ahsn", "split_strategy": "utterance", "train_conditions": ["clean"], "fold": None,
                      "pretrained": "none", "recipe": {"optimizer": "adam", "lr": 1e-4, "freeze": "none"},
                      "epoch": 3},
         "world_size": 1, "device": "cpu", "sha256_checked": True, "serwild_version": "0", "conditions": conds,
-    }
+    })
 
 
 def test_report_folder(tmp_path: Path) -> None:
@@ -45,7 +46,7 @@ def test_report_folder(tmp_path: Path) -> None:
     logits = np.array([[0.5, 1.25, 2.0, -30.0], [3.0, 0.0, 0.0, 1e-7]], dtype=np.float32)
     outputs = {"clean": {"logits": logits, "labels": np.array([1, 3]), "utterances": ["u0", "u1"], "blocks": [0, 2]}}
     out = report.write_report(result, tmp_path / "report", outputs)
-    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    assert read_report(out / "metrics.json") == Report.from_dict(json.loads(json.dumps(result.to_dict())))
     md = (out / "report.md").read_text()
     assert "**Protocol:** dataset AHSN" in md and "split `utterance`" in md and "pretrained `none`" in md
     assert "optimizer=adam" in md and "trained on clean" in md and "all train folds" in md
@@ -53,7 +54,7 @@ def test_report_folder(tmp_path: Path) -> None:
     block_table = md.split("## Per 1 s block")[1].split("## ")[0]
     rows_md = [ln for ln in block_table.splitlines() if ln.startswith("| ") and "Test condition" not in ln]
     assert [r.split("|")[1].strip() for r in rows_md] == ["clean", "15 dB", "20 dB", "40 dB"]
-    wf1 = result["conditions"]["snr15"]["block"]["weighted"]["f1"]
+    wf1 = result.conditions["snr15"]["block"]["weighted"]["f1"]
     assert f"{wf1:.3f}" in rows_md[1]
     assert "## Per utterance" in md
     with Image.open(out / "confusion.png") as im:  # one figure: a panel per condition
@@ -106,7 +107,7 @@ def test_compare_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_compare_other_metric_unit_and_missing_condition(tmp_path: Path) -> None:
     a = _evaluated_run(tmp_path, "a", 0.5, 1)
     r = fake_result("b", 0.5, 3)
-    del r["conditions"]["snr20"]
+    del r.conditions["snr20"]
     report.write_report(r, tmp_path / "b" / "report")
     result = compare.compare_runs([a / "report", tmp_path / "b" / "report" / "metrics.json"],
                                   out=tmp_path / "cmp", metric="ua", unit="utterance")
@@ -129,9 +130,9 @@ def test_compare_missing_run_names_it(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["compare", str(a)]) == 2  # one run is nothing to compare
 
 
-def _one_class(result: dict, cls: int = 3) -> dict:
+def _one_class(result: Report, cls: int = 3) -> Report:
     """The same report from a model that answers class ``cls`` for every block."""
-    for c in result["conditions"].values():
+    for c in result.conditions.values():
         for unit in ("block", "utterance"):
             cm = np.asarray(c[unit]["confusion"])
             c[unit]["confusion"] = np.outer(cm.sum(axis=1), np.eye(len(CLASSES))[cls]).astype(int).tolist()
@@ -152,18 +153,18 @@ def test_health_flags_one_class_and_chance() -> None:
     # UA's interval includes chance (1/4) on some conditions: a warning naming them, not "degenerate"
     some = fake_result("some", 0.9, 1)
     for c, (lo, hi) in {"snr15": (0.20, 0.31), "snr20": (0.26, 0.40), "clean": (0.5, 0.9)}.items():
-        some["conditions"][c]["block"]["ci"] = {"ua": {"low": lo, "high": hi}}
+        some.conditions[c]["block"]["ci"] = {"ua": {"low": lo, "high": hi}}
     flags = health.model_flags(some)
     assert flags["at_chance"] == ["15 dB"] and not flags["degenerate"]
     assert flags["messages"] == ["WARNING: its UA or weighted-F1 95 % interval includes chance at 15 dB: on those "
                                  "conditions it cannot be told from guessing"]
-    for c in some["conditions"].values():
+    for c in some.conditions.values():
         c["block"]["ci"] = {"ua": {"low": 0.1, "high": 0.3}}
     assert health.model_flags(some)["degenerate"]  # at chance everywhere
     # one class on one condition only (≥ 95 % of its blocks) is flagged, naming the condition
     one = fake_result("one", 0.9, 1)
-    cm = np.asarray(one["conditions"]["snr15"]["block"]["confusion"])
-    one["conditions"]["snr15"]["block"]["confusion"] = np.outer(cm.sum(axis=1), [0, 1, 0, 0]).tolist()
+    cm = np.asarray(one.conditions["snr15"]["block"]["confusion"])
+    one.conditions["snr15"]["block"]["confusion"] = np.outer(cm.sum(axis=1), [0, 1, 0, 0]).tolist()
     assert health.model_flags(one)["one_class"] == {"class": "hap", "share": 1.0, "where": "15 dB"}
 
 
@@ -172,7 +173,7 @@ def test_health_sees_classes_never_predicted_and_weighted_f1_at_chance() -> None
     newcomer's six-class model that never said ang, dis or hap); the classes it never predicts are
     named, and a weighted-F1 interval that includes its chance is flagged like UA's."""
     two = fake_result("two", 0.9, 1)
-    for c in two["conditions"].values():
+    for c in two.conditions.values():
         cm = np.asarray(c["block"]["confusion"])
         rows = cm.sum(axis=1)
         c["block"]["confusion"] = [[0, 0, int(n - n // 2), int(n // 2)] for n in rows]  # only 'sad' and 'neu'
@@ -183,9 +184,9 @@ def test_health_sees_classes_never_predicted_and_weighted_f1_at_chance() -> None
     assert flags["messages"] == ["WARNING: never (under 1% of the blocks) predicts 'ang', 'hap': its numbers do "
                                  "not cover those classes"]
     wf1 = fake_result("wf1", 0.9, 1)
-    supports = np.asarray(wf1["conditions"]["clean"]["block"]["confusion"]).sum(axis=1).tolist()
+    supports = np.asarray(wf1.conditions["clean"]["block"]["confusion"]).sum(axis=1).tolist()
     chance = chance_level("weighted_f1", supports)
-    wf1["conditions"]["clean"]["block"]["ci"] = {"weighted_f1": {"low": chance - 0.01, "high": chance + 0.2}}
+    wf1.conditions["clean"]["block"]["ci"] = {"weighted_f1": {"low": chance - 0.01, "high": chance + 0.2}}
     assert health.model_flags(wf1)["at_chance"] == ["clean"]
 
 
@@ -262,7 +263,7 @@ def test_held_out_speakers_reach_the_report_and_the_model_card() -> None:
                       arch="tiny", recipe={})
     p = protocol(ckpt, load_config(None), manifest)
     assert p["test_speakers"] == ["spk2", "spk7"] and p["split_strategy"] == "speaker"
-    line = report.protocol_line({"protocol": p, "classes": CLASSES})
+    line = report.protocol_line(Report(run="x", classes=CLASSES, conditions={}, protocol=p))
     assert "split `speaker` (test speakers, unseen in training: spk2, spk7);" in line
     meta = {"training": {"conditions": ["clean"], "fold": None, "seed": 0, "recipe": {}, "budget": None},
             "build": {"location": "hf://datasets/me/x", "fingerprint": "abc", "corpus": "csv", "split": "speaker",

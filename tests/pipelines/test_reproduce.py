@@ -24,6 +24,7 @@ import pytest
 
 from serwild.cli import main as cli
 from serwild.evaluate import health, report
+from serwild.evaluate.document import Report
 from serwild.metrics import BY_PATH
 from tests.faults.procs import lines_until
 from tests.pipelines.conftest import ARCH, PROTOCOL, PROTOCOL_TINY, corpus_args
@@ -184,7 +185,7 @@ def test_reproduce_killed_and_resumed(pipeline_build: Path, tiny_corpus: Path, t
     assert "**Software:** serwild " in md and "(git " in md and ", torch " in md
     # models that learnt nothing are marked, in the report and on the terminal
     for k in (1, 2):
-        flags = health.flag_lines(f"AHSN exp{k}", metrics[k])
+        flags = health.flag_lines(f"AHSN exp{k}", Report.from_dict(metrics[k]))
         assert data["flags"][f"ahsn exp{k}"] == flags
         assert all(f"> {line}" in md and f"serwild reproduce: {line}" in err for line in flags)
     assert any(data["flags"].values()), "one epoch of 32 samples from scratch: expected a chance-level model"

@@ -5,11 +5,13 @@ and a run whose loss was still falling steeply at its last epoch is flagged as u
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from serwild.evaluate.document import Report
 from serwild.evaluate.health import model_flags
 from serwild.trainer.history import STILL_FALLING, learning_note
 from serwild.trainer.train import main as train_main
@@ -67,9 +69,9 @@ def test_learning_note_reads_the_last_epochs_loss() -> None:
 def test_an_under_trained_run_is_flagged_wherever_flags_are_shown() -> None:
     cm = [[5, 1], [1, 5]]
     cond = {"snr_db": None, "block": {"confusion": cm, "per_class": {"a": {"support": 6}, "b": {"support": 6}}}}
-    result = {"classes": ["a", "b"], "conditions": {"clean": cond},
-              "budget": {"still_learning": "training loss still falling at its last epoch (…)"}}
+    result = Report(run="r", classes=["a", "b"], conditions={"clean": cond},
+                    budget={"still_learning": "training loss still falling at its last epoch (…)"})
     flags = model_flags(result)
     assert flags["still_learning"] and flags["messages"] == [
         "UNDER-TRAINED: training loss still falling at its last epoch (…)"]
-    assert model_flags({**result, "budget": {"still_learning": None}})["messages"] == []
+    assert model_flags(replace(result, budget={"still_learning": None}))["messages"] == []
