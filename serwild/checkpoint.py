@@ -127,6 +127,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return Checkpoint.from_dict(ckpt)
 
 
+def peek_checkpoint(path: str | Path) -> Checkpoint | None:
+    """A checkpoint's fields without reading its tensors (memory-mapped, unchecked), or None where
+    the file is not one: what deciding whether a run is done needs, at no cost."""
+    try:
+        return Checkpoint.from_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except Exception:  # a cut or foreign file: treated as not reusable
+        return None
+
+
 def _check_weights(path: Path, state: Any) -> None:
     """``state`` must be a state_dict of finite tensors: NaN or inf weights (a diverged run, a
     damaged file) would score every input as NaN, which passes silently as a label or a report."""

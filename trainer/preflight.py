@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 import yaml
 
 from serwild import atomic, lock
+from serwild.checkpoint import peek_checkpoint
 from serwild.config import Config, build_identity, config_differences, config_from_resolved, replace, to_dict
 from serwild.data.build import BuildReader, open_build
 from serwild.data.epochs import Repeats
@@ -221,14 +221,14 @@ def run_state(run_dir: Path, spec: Config | None = None, fingerprint: str | None
             return "other", why
     if not (run_dir / "last.pt").is_file():
         return ("empty", "") if files in ([], ["config.yaml"]) else ("started", ", ".join(files))
-    info = checkpoint_info(run_dir / "last.pt")
+    info = peek_checkpoint(run_dir / "last.pt")
     if spec is None:
         return "partial", ""
     if info is None:
         return "other", "last.pt is not readable"
-    if fingerprint is not None and info["manifest_fingerprint"] != fingerprint:
-        return "other", f"trained on another build (fingerprint {str(info['manifest_fingerprint'])[:12]})"
-    done = info["epoch"] >= spec.train.epochs and (run_dir / "best.pt").is_file()
+    if fingerprint is not None and info.manifest_fingerprint != fingerprint:
+        return "other", f"trained on another build (fingerprint {str(info.manifest_fingerprint)[:12]})"
+    done = info.epoch >= spec.train.epochs and (run_dir / "best.pt").is_file()
     return ("done" if done else "partial"), ""
 
 
@@ -245,15 +245,6 @@ def _other_spec(run_dir: Path, spec: Config) -> str:
     new.pop("eval")
     old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
     return "" if old == new else config_differences(old, new)
-
-
-def checkpoint_info(path: Path) -> dict[str, Any] | None:
-    """A checkpoint's epoch and build fingerprint, read without loading its tensors (mmap)."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return {"epoch": int(ck["epoch"]), "manifest_fingerprint": ck["manifest_fingerprint"]}
-    except Exception:  # a cut or foreign file: treated as not reusable
-        return None
 
 
 def refuse_existing(run_dir: Path, resume: bool, overwrite: bool) -> None:
