@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from serwild import torchrun
+from serwild.checkpoint import Checkpoint, save_checkpoint
 from serwild.config import BUILD_KEYS, Config, build_identity, config_from_resolved, load_config, to_dict
 from serwild.errors import UsageError
 from serwild.trainer import launch
@@ -53,8 +53,8 @@ def test_the_build_identity_is_an_allow_list(tmp_path: Path) -> None:
 
 
 def _checkpoint(path: Path, epoch: int, fingerprint: str = "f" * 64) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": epoch, "manifest_fingerprint": fingerprint}, path)
+    save_checkpoint(path, Checkpoint(model={}, epoch=epoch, config={}, classes=["a", "b"], dataset="ahsn",
+                                     manifest_fingerprint=fingerprint, arch="tiny"))
 
 
 def test_what_a_run_folder_holds(tmp_path: Path) -> None:
