@@ -78,8 +78,9 @@ class Repeats:
     def dealt(self, items: Iterable[tuple[T, int]], seed: int, epoch: int, shard: int) -> Iterator[T]:
         """Shard ``shard``'s items in file order, (item, class index), each as many times as dealt."""
         r, seen = self.ratios, [0] * len(self.ratios)
+        phases = [self._phase(seed, epoch, shard, k) for k in range(len(r))]
         for item, k in items:
-            j, phase = seen[k], self._phase(seed, epoch, shard, k)
+            j, phase = seen[k], phases[k]
             seen[k] += 1
             for _ in range(math.floor((j + 1) * r[k] + phase) - math.floor(j * r[k] + phase)):
                 yield item

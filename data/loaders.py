@@ -247,14 +247,14 @@ class EpochStream(IterableDataset):
             url, count = self.shards.urls[p.shard], self.shards.counts[p.shard]
             read = [0]
             samples = _counted(_tar_samples(url, self.shards.remote), read)
-            n = 0
+            n, ends_shard = 0, p.stop == self._dealt_count(p)
             for sample in itertools.islice(self._dealt(samples, p), p.start, p.stop):
                 yield sample
                 n += 1
-            if n == p.stop - p.start and p.stop == self._dealt_count(p):  # it ends the shard: nothing may follow
+            if n == p.stop - p.start and ends_shard:  # nothing may follow in the tar
                 for _ in samples:
                     pass
-            if n < p.stop - p.start or (p.stop == self._dealt_count(p) and read[0] != count):
+            if n < p.stop - p.start or (ends_shard and read[0] != count):
                 raise ShardError(f"shard {url} holds {read[0]} samples, the manifest says {count}: "
                                  f"it is short or corrupt (run `serwild verify` on the build)")
 
