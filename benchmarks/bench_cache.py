@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.shards:
             log(f"tiny synthetic build: {time.perf_counter() - t0:.1f} s")
         manifest = load_manifest(build)
-        classes = manifest["datasets"][args.dataset]["classes"]
+        classes = manifest.classes(args.dataset)
         records = cache_records(manifest, args.dataset)  # every condition and fold: what a cache holds
-        samples = args.images or sum(r["count"] for r in records)
+        samples = args.images or sum(r.count for r in records)
         steps = steps_per_epoch(samples, args.batch_size, 1)
         weights = tmp / "alexnet.pth"  # a seeded random AlexNet standing in for ImageNet's
         torch.manual_seed(123)
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix = resolve_feature_cache("auto", train.freeze)
         assert prefix is not None, "the paper recipe freezes conv1–conv4"
         shards = shard_set(build, records)
-        spec = cache_spec(tmp / "cache", manifest["fingerprint"], model_c, prefix)
+        spec = cache_spec(tmp / "cache", manifest.fingerprint, model_c, prefix)
         head = head_from(model_c, prefix)
         stream, cached, build_stats, load_s = [], [], None, 0.0
         for epoch in range(args.epochs):

@@ -74,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from serwild.data.loaders import make_train_loader, shard_set
-    from serwild.data.manifest import load_manifest, select_shards
+    from serwild.data.manifest import load_manifest
 
     with tempfile.TemporaryDirectory(prefix="bench_epochs_") as t:
         build = Path(args.shards) if args.shards else small_build(Path(t))
         manifest = load_manifest(build)
-        shards = shard_set(build, select_shards(manifest, args.dataset, "train"))
-        k = manifest["datasets"][args.dataset]["classes"]
+        shards = shard_set(build, manifest.select(args.dataset, "train"))
+        k = manifest.classes(args.dataset)
         steps = max(4, shards.samples // args.batch_size)
         print(f"{shards.samples} training samples in {len(shards.urls)} shards, batch {args.batch_size}, "
               f"{steps} batches per pass, best of {args.rounds} rounds, {os.cpu_count()} CPU cores")

@@ -35,16 +35,16 @@ from PIL import Image
 
 
 def select_urls(build: Path, dataset: str, limit: int) -> tuple[list[str], list[int], int]:
-    from serwild.data.manifest import load_manifest, select_shards
+    from serwild.data.manifest import load_manifest
 
-    records = select_shards(load_manifest(build), dataset, "train")
+    records = load_manifest(build).select(dataset, "train")
     urls, counts, total = [], [], 0
     for r in records:
         if total >= limit:
             break
         urls.append(str(build / r["path"]))
-        counts.append(r["count"])
-        total += r["count"]
+        counts.append(r.count)
+        total += r.count
     return urls, counts, total
 
 

@@ -49,11 +49,11 @@ def train_rate(args: argparse.Namespace, nproc: int, tmp: Path, weights: Path | 
 def loader_rate(args: argparse.Namespace, batch: int) -> float:
     """Images/s of the training input pipeline alone (this process + ``--workers`` workers)."""
     from serwild.data.loaders import make_train_loader, shard_set
-    from serwild.data.manifest import load_manifest, select_shards
+    from serwild.data.manifest import load_manifest
 
     manifest = load_manifest(args.shards)
-    shards = shard_set(args.shards, select_shards(manifest, args.dataset, "train", ["clean"]))
-    classes = manifest["datasets"][args.dataset]["classes"]
+    shards = shard_set(args.shards, manifest.select(args.dataset, "train", ["clean"]))
+    classes = manifest.classes(args.dataset)
     n_batches = max(4, 2 * args.steps)
     start, n = time.perf_counter(), 0
     for images, _ in make_train_loader(shards, classes, batch, n_batches, seed=0, epoch=0, num_workers=args.workers,

@@ -17,7 +17,6 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 from serwild import atomic, lock
@@ -30,6 +29,7 @@ from serwild.builder.shards import build_shard
 from serwild.config import Config, build_identity, config_differences
 from serwild.data.manifest import sha256_file
 from serwild.data.publish import refuse_remote_out
+from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
 from serwild.progress import stage
 from serwild.synth.corpus import write_synthetic_corpus
@@ -97,8 +97,8 @@ def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite
         records = [done[s.path] for s in specs]
         _write_rejects(out, records, rejects)
         stage("build", f"writing manifest.json, rejects.jsonl ({len(rejects)}) and README.md")
-        manifest = make_manifest(cfg, records, rejects, scanned, speakers)
-        atomic.write_json(out / "manifest.json", manifest)
+        manifest = make_manifest(cfg, [ShardRecord.from_dict(r) for r in records], rejects, scanned, speakers)
+        atomic.write_json(out / "manifest.json", manifest.to_dict())
         atomic.write_text(out / "README.md", hubcard.readme(manifest))  # the one dataset card (what hubs read)
     return out
 
@@ -144,10 +144,10 @@ def _build_shards(ex: executors.Executor, out: Path, todo: list[plan.ShardSpec],
     nodes: Counter[str] = Counter()
     try:
         for finished in ex.map(build_shard, [(s, str(out), audio_cfg) for s in todo], "build shards", describe_task):
-            stats = finished.result
-            done[stats.path] = {**asdict(stats), "node": finished.node}
+            record, rejects = finished.result
+            done[record.path] = {**record.to_dict(), "rejects": rejects, "node": finished.node}
             nodes[finished.node] += 1
-            _log_line(out, done[stats.path])
+            _log_line(out, done[record.path])
     finally:  # the map is over (failed or not): no task of ours writes any more
         for sub in {spec.path.split("/")[0] for spec in todo}:
             atomic.remove_stale_temps(out / sub, recursive=True, writers_done=True)
@@ -172,14 +172,9 @@ def _check_same_build(out: Path, cfg: Config, overwrite: bool) -> None:
     """Refuse to replace a finished build of another config without ``overwrite`` (a resume of
     the same config goes ahead). With it, the old manifest goes first: the folder no longer
     holds that build, and a killed overwrite resumes without the flag."""
-    path = out / "manifest.json"
-    if not path.is_file():
+    if not (out / "manifest.json").is_file():
         return
-    try:
-        old = build_identity(json.loads(path.read_text())["config"])
-    except (OSError, ValueError, KeyError, TypeError):
-        old = None
-    new = build_identity(cfg)
+    old, new = built_identity(out), build_identity(cfg)
     if old == new:
         return
     if not overwrite:
@@ -188,6 +183,15 @@ def _check_same_build(out: Path, cfg: Config, overwrite: bool) -> None:
         raise UsageError(f"{out} holds {what}: pass --overwrite to replace it, or set out=<another folder>")
     for name in ("manifest.json", "README.md"):
         (out / name).unlink(missing_ok=True)
+
+
+def built_identity(out: Path) -> dict | None:
+    """The build identity (:func:`~serwild.config.build_identity`) of the config a finished build
+    in ``out`` was made from; None where its manifest.json is missing or unreadable."""
+    try:
+        return build_identity(json.loads((out / "manifest.json").read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _ensure_corpus(cfg: Config) -> None:

@@ -24,6 +24,8 @@ import yaml
 
 from serwild import atomic
 from serwild.data import hubtables
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord
 
 # Every key of a sample's ``.json`` (builder.shards.render_sample) and its type in the card.
 # Nullable: snr_db, noise, noise_offset_s, noise_gain (clean samples) and fold (test samples);
@@ -49,17 +51,17 @@ SAMPLE_FIELDS: dict[str, str] = {
 NULLABLE_FIELDS = ("fold", "noise", "noise_gain", "noise_offset_s", "snr_db")
 
 
-def split_globs(manifest: dict[str, Any], dataset: str) -> dict[str, str]:
+def split_globs(manifest: Manifest, dataset: str) -> dict[str, str]:
     """Hub split name → file glob (relative to the build root) for one dataset's config: ``train``,
     ``validation`` (where built) and ``test`` are the clean blocks (every CV fold of train), each
     noisy condition its own ``train_<cond>``, ``validation_<cond>`` and ``test_<cond>``, so
     ``load_dataset(b, view)["train"]`` is never a mixture of clean and noisy speech and
     ``split="test"`` is the clean test set."""
     globs: dict[str, str] = {}
-    built = {s["split"] for s in manifest["shards"] if s["dataset"] == dataset}
+    built = {s.split for s in manifest.shards if s.dataset == dataset}
     for part in [p for p in ("train", "validation", "test") if p in built]:
         folder = f"{dataset}/{part}/*" if part == "train" else f"{dataset}/{part}"
-        for cond in manifest["conditions"]:
+        for cond in manifest.conditions:
             globs[part if cond == "clean" else f"{part}_{cond}"] = f"{folder}/{cond}-*.tar"
     return globs
 
@@ -69,25 +71,25 @@ def _glob_re(glob: str) -> re.Pattern[str]:
     return re.compile("[^/]*".join(re.escape(part) for part in glob.split("*")))
 
 
-def split_shards(manifest: dict[str, Any], dataset: str) -> dict[str, list[dict[str, Any]]]:
+def split_shards(manifest: Manifest, dataset: str) -> dict[str, list[ShardRecord]]:
     """Hub split name → the manifest's shard records its glob matches. Raises ValueError if
     a shard of ``dataset`` matches no split or two (the card would lose or double it)."""
     patterns = {name: _glob_re(g) for name, g in split_globs(manifest, dataset).items()}
-    out: dict[str, list[dict[str, Any]]] = {name: [] for name in patterns}
-    for s in manifest["shards"]:
-        if s["dataset"] != dataset:
+    out: dict[str, list[ShardRecord]] = {name: [] for name in patterns}
+    for s in manifest.shards:
+        if s.dataset != dataset:
             continue
-        hits = [name for name, p in patterns.items() if p.fullmatch(s["path"])]
+        hits = [name for name, p in patterns.items() if p.fullmatch(s.path)]
         if len(hits) != 1:
-            raise ValueError(f"shard {s['path']} matches {len(hits)} card splits ({', '.join(hits) or 'none'})")
+            raise ValueError(f"shard {s.path} matches {len(hits)} card splits ({', '.join(hits) or 'none'})")
         out[hits[0]].append(s)
     return out
 
 
-def features(manifest: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
+def features(manifest: Manifest, dataset: str) -> list[dict[str, Any]]:
     """``dataset_info.features`` of one config, in the hub's YAML form (columns as named by
     ``datasets``' webdataset loader: one per member extension, plus ``__key__``/``__url__``)."""
-    classes = manifest["datasets"][dataset]["classes"]
+    classes = manifest.classes(dataset)
     fields: list[dict[str, Any]] = []
     for name, dtype in SAMPLE_FIELDS.items():
         if dtype == "class_label":
@@ -95,8 +97,8 @@ def features(manifest: dict[str, Any], dataset: str) -> list[dict[str, Any]]:
             fields.append({"name": name, "dtype": {"class_label": {"names": names}}})
         else:
             fields.append({"name": name, "dtype": dtype})
-    if manifest.get("extra_columns"):  # the list's own columns, text, under "extra" (keys sorted, as in the JSON)
-        fields.append({"name": "extra", "struct": [{"name": c, "dtype": "string"} for c in manifest["extra_columns"]]})
+    if manifest.extra_columns:  # the list's own columns, text, under "extra" (keys sorted, as in the JSON)
+        fields.append({"name": "extra", "struct": [{"name": c, "dtype": "string"} for c in manifest.extra_columns]})
         fields.sort(key=lambda f: f["name"])
     return [
         {"name": "png", "dtype": {"image": {"mode": "RGB"}}},  # palette PNGs, decoded to RGB
@@ -169,43 +171,43 @@ def citation_section(card: dict[str, Any], what: str) -> list[str]:
     return lines
 
 
-def card_metadata(manifest: dict[str, Any], hub: bool = False) -> dict[str, Any]:
+def card_metadata(manifest: Manifest, hub: bool = False) -> dict[str, Any]:
     """The front matter as a dict (configs, dataset_info, and the hub's descriptive keys). ``hub``:
     the configs read the build's Parquet view (:mod:`serwild.data.hubtables`, top-level columns),
     else its tars (the webdataset loader's columns)."""
     configs, infos = [], []
-    extra = list(manifest.get("extra_columns") or [])
-    for d in manifest["datasets"]:
+    extra = list(manifest.extra_columns)
+    for d in manifest.datasets:
         by_split = split_shards(manifest, d)
         globs = {name: hubtables.table_path(g) if hub else g for name, g in split_globs(manifest, d).items()}
         configs.append({"config_name": d, "data_files": [{"split": name, "path": globs[name]} for name in globs]})
         infos.append({
             "config_name": d,
-            "features": (hubtables.card_features(list(manifest["datasets"][d]["classes"]), extra) if hub
+            "features": (hubtables.card_features(manifest.classes(d), extra) if hub
                          else features(manifest, d)),
             # num_bytes: the shards' size (an arrow table of the same PNG bytes is about as large)
-            "splits": [{"name": name, "num_bytes": sum(s["bytes"] for s in recs),
-                        "num_examples": sum(s["count"] for s in recs)} for name, recs in by_split.items()],
-            "download_size": sum(s["bytes"] for recs in by_split.values() for s in recs),
+            "splits": [{"name": name, "num_bytes": sum(s.bytes for s in recs),
+                        "num_examples": sum(s.count for s in recs)} for name, recs in by_split.items()],
+            "download_size": sum(s.bytes for recs in by_split.values() for s in recs),
         })
     return {
-        **hub_fields(corpus_card(manifest.get("config") or {})),
+        **hub_fields(corpus_card(manifest.config)),
         "task_categories": ["audio-classification", "image-classification"],
         "tags": ["speech-emotion-recognition", "spectrogram", "noise-augmentation", "webdataset",
                  *(["parquet"] if hub else [])],
-        "size_categories": [_size_category(sum(s["count"] for s in manifest["shards"]))],
+        "size_categories": [_size_category(manifest.samples)],
         "configs": configs,
         "dataset_info": infos,
     }
 
 
-def card_front_matter(manifest: dict[str, Any], hub: bool = False) -> str:
+def card_front_matter(manifest: Manifest, hub: bool = False) -> str:
     """``---`` YAML ``---`` (with the trailing newline)."""
     body = yaml.safe_dump(card_metadata(manifest, hub), sort_keys=False, allow_unicode=True, width=1000)
     return f"---\n{body}---\n"
 
 
-def write_hub_view(build: str | Path, manifest: dict[str, Any]) -> tuple[int, int]:
+def write_hub_view(build: str | Path, manifest: Manifest) -> tuple[int, int]:
     """The build's Parquet view (``hub/``, one table per shard, made only where missing or stale)
     and its card (README.md) reading it: what ``serwild publish`` uploads. Returns (written, kept)."""
     done = hubtables.write_tables(build, manifest)
@@ -213,10 +215,10 @@ def write_hub_view(build: str | Path, manifest: dict[str, Any]) -> tuple[int, in
     return done
 
 
-def readme(manifest: dict[str, Any], hub: bool = False) -> str:
+def readme(manifest: Manifest, hub: bool = False) -> str:
     """The whole card: front matter, description, layout, counts, how to load, versions."""
     m = manifest
-    card = corpus_card(m.get("config") or {})
+    card = corpus_card(m.config)
     about = ["## The corpus", "", card["description"], ""] if card.get("description") else []
     licence = [f"Licence: `{card['license']}`" + (f" ({card['license_name']})" if card.get("license_name") else "")
                + (f", {card['license_link']}" if card.get("license_link") else "")
@@ -224,7 +226,7 @@ def readme(manifest: dict[str, Any], hub: bool = False) -> str:
                   if card["license"] == "unknown" else "."), ""]
     parts = [card_front_matter(m, hub), *_description(m), *about, *licence, *_empty_classes(m), *_layout(m, hub),
              *_counts(m), _load(m, hub), *citation_section(card, "This build"), "## Versions", "",
-             ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), ""]
+             ", ".join(f"{k} {v}" for k, v in m.versions.items()), ""]
     return "\n".join(parts)
 
 
@@ -247,14 +249,13 @@ def _split_line(split: dict[str, Any], held: dict[str, Any]) -> str:
     return line
 
 
-def _description(m: dict[str, Any]) -> list[str]:
-    cfg = m.get("config", {})
+def _description(m: Manifest) -> list[str]:
+    cfg = m.config
     kind = cfg.get("corpus", {}).get("kind", "?")
     audio, split, noise = cfg.get("audio", {}), cfg.get("split", {}), cfg.get("noise", {})
-    image, totals = m.get("image", {}), m.get("totals", {})
-    conds = list(m["conditions"])
-    snrs = [v for v in m["conditions"].values() if v is not None]
-    n_samples = sum(s["count"] for s in m["shards"])
+    image, totals = m.image, m.totals
+    conds = list(m.conditions)
+    snrs = [v for v in m.conditions.values() if v is not None]
     return [
         "# serwild spectrogram shards",
         "",
@@ -265,26 +266,26 @@ def _description(m: dict[str, Any]) -> list[str]:
         f"`y = clean + λ·noise`, peak normalisation, power STFT in dB (n_fft {audio.get('n_fft', '?')}, "
         f"hop {audio.get('hop_length', '?')}), matplotlib's jet colours.",
         "",
-        f"- split: {_split_line(split, m.get('split') or {})}",
+        f"- split: {_split_line(split, m.split or {})}",
         f"- noise: the last {noise.get('test_fraction', 0):.0%} of every noise file is reserved for test samples",
-        f"- seed {cfg.get('seed', '?')}; fingerprint `{m['fingerprint'][:16]}…`; {len(m['shards'])} shards, "
-        f"{n_samples} samples, {totals.get('rejects', 0)} inputs rejected (see `rejects.jsonl`)",
+        f"- seed {cfg.get('seed', '?')}; fingerprint `{m.fingerprint[:16]}…`; {len(m.shards)} shards, "
+        f"{m.samples} samples, {totals.get('rejects', 0)} inputs rejected (see `rejects.jsonl`)",
         "",
     ]
 
 
-def _empty_classes(m: dict[str, Any]) -> list[str]:
+def _empty_classes(m: Manifest) -> list[str]:
     """A warning per dataset built with a class that has no training or no test sample (a view's
     ``allow_empty``): a model trained on it never learns that class, or is never scored on it."""
     lines = []
-    for d, entry in m["datasets"].items():
-        for part, classes in entry.get("empty_classes", {}).items():
+    for d, entry in m.datasets.items():
+        for part, classes in entry.empty_classes.items():
             lines.append(f"> **Warning:** `{d}`: class(es) {', '.join(f'`{c}`' for c in classes)} have no "
                          f"{'training' if part == 'train' else 'test'} sample (built with `allow_empty`).")
     return [*lines, ""] if lines else []
 
 
-def _layout(m: dict[str, Any], hub: bool = False) -> list[str]:
+def _layout(m: Manifest, hub: bool = False) -> list[str]:
     lines = [
         "## Layout",
         "",
@@ -294,16 +295,16 @@ def _layout(m: dict[str, Any], hub: bool = False) -> list[str]:
         *([f"The Hub's view: beside each shard a Parquet table (`{hubtables.HUB_DIR}/<shard path>.parquet`, the "
            "same PNG bytes) with top-level columns `image`, `label` (a `ClassLabel`), "
            f"{', '.join(f'`{c}`' for c, _ in hubtables.COLUMNS)}"
-           + (" and the list's own columns" if m.get("extra_columns") else "")
+           + (" and the list's own columns" if m.extra_columns else "")
            + ": the configs below read these, so `load_dataset` needs no `map`.", ""] if hub else []),
         "| config | split | files | samples |",
         "| --- | --- | --- | ---: |",
     ]
-    for d in m["datasets"]:
+    for d in m.datasets:
         globs = split_globs(m, d)
         for name, recs in split_shards(m, d).items():
             where = hubtables.table_path(globs[name]) if hub else globs[name]
-            lines.append(f"| {d} | {name} | `{where}` | {sum(s['count'] for s in recs)} |")
+            lines.append(f"| {d} | {name} | `{where}` | {sum(s.count for s in recs)} |")
     lines += [
         "",
         "`train`, `validation` (where the build holds one) and `test` are the clean blocks (`train` holds every CV "
@@ -315,11 +316,11 @@ def _layout(m: dict[str, Any], hub: bool = False) -> list[str]:
     return lines
 
 
-def _counts(m: dict[str, Any]) -> list[str]:
-    conds = list(m["conditions"])
+def _counts(m: Manifest) -> list[str]:
+    conds = list(m.conditions)
     lines = ["## Counts", ""]
-    counts = m.get("counts", {})
-    for d, classes in ((d, v["classes"]) for d, v in m["datasets"].items()):
+    counts = m.counts
+    for d, classes in ((d, v.classes) for d, v in m.datasets.items()):
         lines += [f"### {d}", "", "| split | condition | " + " | ".join(classes) + " | total |",
                   "| --- | --- | " + " | ".join("---:" for _ in classes) + " | ---: |"]
         for sp, by_cond in sorted(counts.get(d, {}).items()):
@@ -331,18 +332,18 @@ def _counts(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _load(m: dict[str, Any], hub: bool = False) -> str:
+def _load(m: Manifest, hub: bool = False) -> str:
     """How-to-load snippets (plain webdataset, HF datasets, serwild) from card_load.md, with this
     build's first dataset, first noisy condition and image size filled in; a test executes them.
     The HF snippet reads the tars (card_load_hf.md) or, with ``hub``, the Parquet view
     (card_load_hub.md)."""
-    image = m.get("image", {})
-    conds = list(m["conditions"])
-    noisy = next((c for c in conds if m["conditions"][c] is not None), conds[0])
+    image = m.image
+    conds = list(m.conditions)
+    noisy = next((c for c in conds if m.conditions[c] is not None), conds[0])
     files = resources.files("serwild.builder")
     hf = files.joinpath("card_load_hub.md" if hub else "card_load_hf.md").read_text("utf-8")
     template = string.Template(files.joinpath("card_load.md").read_text("utf-8").replace("$hf", hf))
-    return template.substitute(dataset=next(iter(m["datasets"])), noisy=noisy, height=image.get("height", 257),
+    return template.substitute(dataset=next(iter(m.datasets)), noisy=noisy, height=image.get("height", 257),
                                width=image.get("width", 259))
 
 

@@ -1,4 +1,4 @@
-"""One shard = one unit of work: ``build_shard(spec, ctx) -> ShardStats``, plain Python.
+"""One shard = one unit of work: ``build_shard(spec, out_dir, cfg) -> (ShardRecord, rejects)``, plain Python.
 
 Ray only wraps this function (see build.py); tests call it directly. The tar is written
 with the standard tarfile module (GNU format, fixed mtime, owner and mode, members in
@@ -13,7 +13,6 @@ import io
 import json
 import tarfile
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,26 +25,12 @@ from serwild.builder.plan import SampleSpec, ShardSpec
 from serwild.builder.render import Renderer
 from serwild.builder.scan import load_noise
 from serwild.data.manifest import sha256_file
+from serwild.data.records import ShardRecord
 
 
-@dataclass(frozen=True)
-class ShardStats:
-    path: str
-    dataset: str
-    split: str
-    fold: int | None
-    condition: str
-    snr_db: float | None
-    count: int
-    class_counts: dict[str, int]
-    bytes: int
-    sha256: str
-    digest: str  # the plan digest this shard was built from (for resume)
-    rejects: list[dict] = field(default_factory=list)
-
-
-def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> ShardStats:
-    """Render every sample of ``spec`` and write ``out_dir/spec.path`` atomically."""
+def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> tuple[ShardRecord, list[dict]]:
+    """Render every sample of ``spec`` and write ``out_dir/spec.path`` atomically: its manifest
+    record, and the blocks that could not be rendered (as ``Reject`` dicts)."""
     final = Path(out_dir) / spec.path
     classes: Counter[str] = Counter()
     rejects: list[Reject] = []
@@ -59,11 +44,11 @@ def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> ShardStats:
                 continue
             write_sample(tar, s.key, {"json": meta, "png": png})
             classes[s.label] += 1
-    return ShardStats(
+    return ShardRecord(
         path=spec.path, dataset=spec.dataset, split=spec.split, fold=spec.fold, condition=spec.condition,
         snr_db=spec.snr_db, count=sum(classes.values()), class_counts=dict(sorted(classes.items())),
-        bytes=final.stat().st_size, sha256=sha256_file(final), digest=spec.digest(cfg.render_key()),
-        rejects=[r.to_dict() for r in rejects])
+        bytes=final.stat().st_size, sha256=sha256_file(final), digest=spec.digest(cfg.render_key())
+    ), [r.to_dict() for r in rejects]
 
 
 def write_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes]) -> None:

@@ -5,7 +5,7 @@
     from serwild.data import open_build
 
     build = open_build("https://huggingface.co/datasets/<user>/<repo>/resolve/main/")
-    print(build.manifest["totals"])                    # manifest.json, fetched and checked
+    print(build.manifest.totals)                       # manifest.json, fetched, checked, typed
     assert build.verify() == []                       # every shard streamed once: sha256 + count
     for images, labels, metas in build.loader("ahsn", "test", ["clean"], batch_size=32):
         ...                                            # (B, 3, 256, 256) normalised, (B,), dicts
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from serwild.data.fetch import RemoteOptions
-from serwild.data.manifest import extra_shards, load_manifest, select_shards
+from serwild.data.manifest import Manifest, extra_shards, load_manifest
+from serwild.data.records import ShardRecord
 from serwild.data.remote import Build, open_location
 
 if TYPE_CHECKING:  # no torch at import time (see the module docstring)
@@ -39,7 +40,7 @@ class BuildReader:
     """An opened build: where it is (``source``) and its checked manifest."""
 
     source: Build
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def location(self) -> str:
@@ -55,25 +56,24 @@ class BuildReader:
         return self.source.options
 
     def classes(self, dataset: str) -> list[str]:
-        return list(self.manifest["datasets"][dataset]["classes"])
+        return self.manifest.classes(dataset)
 
     def records(self, dataset: str, split: str, conditions: Sequence[str] | None = None,
-                folds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                folds: Sequence[int] | None = None) -> list[ShardRecord]:
         """The manifest's shard records of one dataset/split (some conditions, folds)."""
-        return select_shards(self.manifest, dataset, split, list(conditions) if conditions is not None else None,
-                             list(folds) if folds is not None else None)
+        return self.manifest.select(dataset, split, conditions, folds)
 
-    def shard_urls(self, records: Iterable[dict[str, Any]]) -> list[str]:
+    def shard_urls(self, records: Iterable[ShardRecord]) -> list[str]:
         """URLs (or paths) of ``records`` under the base."""
         return self.source.shard_urls(list(records))
 
-    def shard_set(self, records: Sequence[dict[str, Any]]) -> ShardSet:
+    def shard_set(self, records: Sequence[ShardRecord]) -> ShardSet:
         """``records`` as the loaders want them: URLs, manifest counts, network options."""
         from serwild.data.loaders import shard_set  # torch: see the module docstring
 
         return shard_set(self, records)
 
-    def check(self, records: Sequence[dict[str, Any]], full: bool = True) -> list[str]:
+    def check(self, records: Sequence[ShardRecord], full: bool = True) -> list[str]:
         """Problems with ``records`` (empty: all good), by the one verifier (:meth:`Build.check`):
         ``full`` streams each shard once (size, sha256, sample count; nothing written to disk),
         otherwise sizes only (stat, HTTP HEAD, an object's info)."""
@@ -82,7 +82,7 @@ class BuildReader:
     def verify(self, full: bool = True) -> list[str]:
         """Every shard of the manifest checked (see :meth:`check`); for a folder, also tar
         files the manifest does not list ("extra: …"), which a URL cannot reveal."""
-        problems = self.check(self.manifest["shards"], full=full)
+        problems = self.check(self.manifest.shards, full=full)
         if not self.is_remote:
             problems += [f"extra: {p} (not in the manifest)" for p in extra_shards(self.source.base, self.manifest)]
         return problems

@@ -19,6 +19,7 @@ from typing import TypeVar
 import torch
 
 from serwild import seeds
+from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
 
 T = TypeVar("T")
@@ -51,9 +52,9 @@ class Repeats:
     class_counts: tuple[tuple[int, ...], ...]  # per shard (in ShardSet order), per class index
 
     @classmethod
-    def of(cls, records: Sequence[dict], classes: Sequence[str]) -> Repeats:
+    def of(cls, records: Sequence[ShardRecord], classes: Sequence[str]) -> Repeats:
         """From manifest shard records (their ``class_counts``), in the order they are read."""
-        return cls(tuple(tuple(int((r.get("class_counts") or {}).get(c, 0)) for c in classes) for r in records))
+        return cls(tuple(tuple(r.count_of(c) for c in classes) for r in records))
 
     @property
     def ratios(self) -> tuple[float, ...]:

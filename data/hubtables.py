@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from serwild import atomic
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord
 
 HUB_DIR = "hub"
 SHARD_SHA = b"serwild_shard_sha256"  # schema metadata: the shard a table was made from
@@ -63,7 +65,7 @@ def card_features(classes: list[str], extra: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def shard_table(tar_path: str | Path, record: dict[str, Any], classes: list[str], extra: list[str]) -> Any:
+def shard_table(tar_path: str | Path, record: ShardRecord, classes: list[str], extra: list[str]) -> Any:
     """One shard (its manifest ``record``) as an Arrow table with the Hub's columns and HF's
     features in its metadata. Read as the loaders read it (:func:`~serwild.data.loaders.read_shards`:
     its sample count checked; :func:`~serwild.data.loaders.sample_meta`: every sample's JSON against
@@ -78,7 +80,7 @@ def shard_table(tar_path: str | Path, record: dict[str, Any], classes: list[str]
         rows[name] = []
     for e in extra:
         rows[extra_column(e)] = []
-    for sample in read_shards([{"url": url}], {url: int(record["count"])}):
+    for sample in read_shards([{"url": url}], {url: record.count}):
         meta = sample_meta(sample, classes, identity(record))
         key = sample["__key__"]
         rows["image"].append({"bytes": sample["png"], "path": f"{key}.png"})
@@ -93,7 +95,7 @@ def shard_table(tar_path: str | Path, record: dict[str, Any], classes: list[str]
              **{extra_column(e): pa.string() for e in extra}}
     schema = pa.schema([(name, types[name]) for name in rows], metadata={
         b"huggingface": json.dumps({"info": {"features": hf_features(classes, extra)}}).encode(),
-        SHARD_SHA: str(record["sha256"]).encode()})
+        SHARD_SHA: record.sha256.encode()})
     return pa.table({name: pa.array(values, type=types[name]) for name, values in rows.items()}, schema=schema)
 
 
@@ -108,20 +110,20 @@ def _made_from(path: Path) -> str | None:
     return found.decode() if found else None
 
 
-def write_tables(build: str | Path, manifest: dict[str, Any]) -> tuple[int, int]:
+def write_tables(build: str | Path, manifest: Manifest) -> tuple[int, int]:
     """``hub/…parquet`` for every shard of the build whose table is missing or was made from
     other bytes; returns (written, kept). Each file is written to a temp name and renamed."""
     import pyarrow.parquet as pq
 
     root = Path(build)
-    extra = list(manifest.get("extra_columns") or [])
+    extra = list(manifest.extra_columns)
     written = kept = 0
-    for r in manifest["shards"]:
-        out = root / table_path(r["path"])
-        if out.is_file() and _made_from(out) == r["sha256"]:
+    for r in manifest.shards:
+        out = root / table_path(r.path)
+        if out.is_file() and _made_from(out) == r.sha256:
             kept += 1
             continue
-        table = shard_table(root / r["path"], r, list(manifest["datasets"][r["dataset"]]["classes"]), extra)
+        table = shard_table(root / r.path, r, manifest.classes(r.dataset), extra)
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_write(out) as f:
             pq.write_table(table, f, compression="none")  # PNG bytes do not compress further

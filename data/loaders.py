@@ -46,6 +46,7 @@ from serwild import seeds
 from serwild.data.cache import RemoteShards
 from serwild.data.epochs import Piece, Repeats, buffer_shuffle, epoch_pieces
 from serwild.data.fetch import RemoteError
+from serwild.data.records import ShardRecord
 from serwild.data.remote import Build, open_location
 from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
@@ -74,8 +75,8 @@ class ShardSet:
         return sum(self.counts)
 
 
-def shard_set(build: str | Path | Build | Any, records: Sequence[dict]) -> ShardSet:
-    """Manifest records (``select_shards``) → URLs under ``build`` + their counts.
+def shard_set(build: str | Path | Build | Any, records: Sequence[ShardRecord]) -> ShardSet:
+    """Manifest records (``Manifest.select``) → URLs under ``build`` + their counts.
 
     ``build``: a folder, or a build opened by ``open_location``/``open_build`` (its shard
     URLs are joined to its base, never leaving it; a remote one lends its options)."""
@@ -83,17 +84,17 @@ def shard_set(build: str | Path | Build | Any, records: Sequence[dict]) -> Shard
     if not isinstance(source, Build):
         source = open_location(source)
     urls = source.shard_urls(list(records))
-    remote = RemoteShards(source.options, {u: (r["sha256"], int(r["bytes"])) for u, r in zip(urls, records)})
-    return ShardSet(urls, [int(r["count"]) for r in records], remote if source.is_remote else None,
+    remote = RemoteShards(source.options, {u: (r.sha256, r.bytes) for u, r in zip(urls, records)})
+    return ShardSet(urls, [r.count for r in records], remote if source.is_remote else None,
                     [identity(r) for r in records])
 
 
 IDENTITY = ("dataset", "split", "fold", "condition")  # what a sample's JSON and its shard record share
 
 
-def identity(record: dict[str, Any]) -> dict[str, Any]:
+def identity(record: ShardRecord) -> dict[str, Any]:
     """The fields of a manifest record that every sample of its shard repeats in its JSON."""
-    return {k: record.get(k) for k in IDENTITY}
+    return {k: getattr(record, k) for k in IDENTITY}
 
 
 # ----------------------------------------------------------------------------- pipeline stages

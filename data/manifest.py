@@ -12,10 +12,13 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serwild.data.fetch import NotFound, RemoteOptions
+from serwild.data.records import ShardRecord
 from serwild.data.remote import Build, open_location, safe_relpath
 from serwild.errors import UsageError
 from serwild.text import class_names_problem
@@ -24,7 +27,83 @@ FORMAT = "serwild-shards/1"
 MANIFEST = "manifest.json"
 
 
-def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset (label view) of a build: its ordered classes, and those with no clean
+    training or test sample (recorded only when the view allowed it)."""
+
+    classes: tuple[str, ...]
+    empty_classes: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), **({"empty_classes": self.empty_classes} if self.empty_classes else {})}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """A build's manifest.json, typed: written by the builder (:meth:`to_dict`), read by
+    :func:`load_manifest` (checked once, so no reader meets a missing key later)."""
+
+    fingerprint: str
+    datasets: dict[str, DatasetInfo]
+    conditions: dict[str, float | None]  # name -> SNR in dB (None: clean)
+    shards: tuple[ShardRecord, ...]
+    image: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)  # dataset -> split -> condition -> class -> samples
+    split: dict[str, Any] | None = None  # the held-out speakers of a speaker/session split
+    extra_columns: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)  # the build's resolved config
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document, keys in the order the builder has always written them."""
+        return {"format": FORMAT, "fingerprint": self.fingerprint,
+                "datasets": {k: v.to_dict() for k, v in self.datasets.items()}, "conditions": self.conditions,
+                "image": self.image, "totals": self.totals, "counts": self.counts,
+                **({"split": self.split} if self.split is not None else {}),
+                **({"extra_columns": list(self.extra_columns)} if self.extra_columns else {}),
+                "config": self.config, "versions": self.versions, "shards": [r.to_dict() for r in self.shards]}
+
+    @classmethod
+    def from_dict(cls, manifest: Any, where: str) -> Manifest:
+        """``manifest`` (parsed JSON) checked by :func:`check_manifest`, typed."""
+        m = check_manifest(manifest, where)
+        return cls(fingerprint=m["fingerprint"],
+                   datasets={k: DatasetInfo(tuple(v["classes"]), v.get("empty_classes") or {})
+                             for k, v in m["datasets"].items()},
+                   conditions=m["conditions"], shards=tuple(ShardRecord.from_dict(r) for r in m["shards"]),
+                   image=m.get("image") or {}, totals=m.get("totals") or {}, counts=m.get("counts") or {},
+                   split=m.get("split"), extra_columns=tuple(m.get("extra_columns") or ()),
+                   config=m.get("config") or {}, versions=m.get("versions") or {})
+
+    def classes(self, dataset: str) -> list[str]:
+        return list(self.datasets[dataset].classes)
+
+    @property
+    def samples(self) -> int:
+        return sum(r.count for r in self.shards)
+
+    def select(self, dataset: str, split: str, conditions: Sequence[str] | None = None,
+               folds: Sequence[int] | None = None) -> list[ShardRecord]:
+        """The shard records of one dataset/split, optionally only some conditions and folds."""
+        if dataset not in self.datasets:
+            raise UsageError(f"dataset {dataset!r} is not in this build (built: {', '.join(self.datasets)})")
+        missing = [c for c in conditions or [] if c not in self.conditions]
+        if missing:
+            raise UsageError(f"condition(s) {', '.join(missing)} not in this build "
+                             f"(built: {', '.join(self.conditions)})")
+        return [s for s in self.shards
+                if s.dataset == dataset and s.split == split
+                and (conditions is None or s.condition in conditions) and (folds is None or s.fold in folds)]
+
+    def train_folds(self, dataset: str) -> list[int]:
+        """The cross-validation folds the build's training shards of ``dataset`` carry."""
+        return sorted({s.fold for s in self.shards
+                       if s.dataset == dataset and s.split == "train" and s.fold is not None})
+
+
+def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions | None = None) -> Manifest:
     """manifest.json of a build (a folder, or any location :func:`~serwild.data.remote.open_location`
     takes), read once (at most ``MAX_METADATA_BYTES``) and checked by
     :func:`check_manifest`: one line naming it if it is missing, too big, not JSON, or malformed."""
@@ -38,7 +117,7 @@ def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions 
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{where} is not readable JSON ({e})") from None
-    return check_manifest(manifest, where)
+    return Manifest.from_dict(manifest, where)
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -97,6 +176,10 @@ def _check_record(i: int, r: Any, where: str, datasets: dict, conditions: dict) 
         v = r[key]
         if not isinstance(v, types) or isinstance(v, bool) or (isinstance(v, int) and v < 0):
             raise UsageError(f"{where}: shard record {i}: {key!r} has a bad value {v!r}")
+    counts = r.get("class_counts")
+    if counts is not None and not (isinstance(counts, dict) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values())):
+        raise UsageError(f"{where}: shard record {i}: 'class_counts' must map each class to a count")
     try:
         safe_relpath(r["path"])
     except UsageError as e:
@@ -128,27 +211,6 @@ def _check_optional_parts(manifest: dict[str, Any], where: str) -> None:
             raise UsageError(f"{where}: totals.{key} must be a count, got {v!r}")
 
 
-def select_shards(manifest: dict[str, Any], dataset: str, split: str, conditions: list[str] | None = None,
-                  folds: list[int] | None = None) -> list[dict[str, Any]]:
-    """The shard records of one dataset/split, optionally only some conditions and folds."""
-    if dataset not in manifest["datasets"]:
-        raise UsageError(f"dataset {dataset!r} is not in this build (built: {', '.join(manifest['datasets'])})")
-    built = set(manifest["conditions"])
-    missing = [c for c in conditions or [] if c not in built]
-    if missing:
-        raise UsageError(f"condition(s) {', '.join(missing)} not in this build (built: {', '.join(built)})")
-    return [s for s in manifest["shards"]
-            if s["dataset"] == dataset and s["split"] == split
-            and (conditions is None or s["condition"] in conditions)
-            and (folds is None or s["fold"] in folds)]
-
-
-def train_folds(manifest: dict[str, Any], dataset: str) -> list[int]:
-    """The cross-validation folds the build's training shards of ``dataset`` carry."""
-    return sorted({s["fold"] for s in manifest["shards"]
-                   if s["dataset"] == dataset and s["split"] == "train" and s["fold"] is not None})
-
-
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -157,21 +219,16 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_shards(build_dir: str | Path, records: list[dict[str, Any]], full: bool = True) -> list[str]:
-    """Problems with ``records`` (empty list: all good). full=False checks sizes only."""
-    return open_location(build_dir).verify(records, full)
-
-
-def extra_shards(build_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
+def extra_shards(build_dir: str | Path, manifest: Manifest) -> list[str]:
     """Tar files under the build dir that the manifest does not list."""
-    listed = {s["path"] for s in manifest["shards"]}
+    listed = {s.path for s in manifest.shards}
     root = Path(build_dir)
     return sorted(str(p.relative_to(root)) for p in root.rglob("*.tar") if str(p.relative_to(root)) not in listed)
 
 
-def verify_build(build_dir: str | Path, full: bool = True) -> tuple[dict[str, Any], list[str]]:
+def verify_build(build_dir: str | Path, full: bool = True) -> tuple[Manifest, list[str]]:
     """(manifest, problems): every listed shard checked, and tars the manifest does not list."""
     manifest = load_manifest(build_dir)
-    problems = check_shards(build_dir, manifest["shards"], full=full)
+    problems = open_location(build_dir).verify(list(manifest.shards), full)
     problems += [f"extra: {p} (not in the manifest)" for p in extra_shards(build_dir, manifest)]
     return manifest, problems

@@ -43,8 +43,7 @@ from serwild.data.fetch import (
     filesystem,
     split_url,
 )
-from serwild.data.manifest import MANIFEST, load_manifest, verify_build
-from serwild.data.records import ShardRecord
+from serwild.data.manifest import MANIFEST, Manifest, load_manifest, verify_build
 from serwild.data.remote import open_location, safe_relpath
 from serwild.errors import UsageError
 from serwild.text import portable_json
@@ -97,10 +96,10 @@ class Upload:
     data: bytes | None = None  # None: the local file as it is
 
 
-def _files(build: Path, manifest: dict[str, Any]) -> list[Upload]:
+def _files(build: Path, manifest: Manifest) -> list[Upload]:
     """The uploads in order: shards, their Parquet tables, metadata, the card, the manifest. The manifest and the
     rejects go out portable (:func:`portable`): a stranger's copy names no folder of this machine."""
-    shards = [ShardRecord.of(r) for r in manifest["shards"]]
+    shards = manifest.shards
     files = [Upload(r.path, r.bytes, r.sha256) for r in shards]
     tables = [build / hubtables.table_path(r.path) for r in shards]  # the Hub's view, where written
     files += [Upload(str(t.relative_to(build)), t.stat().st_size, _sha256(t)) for t in tables if t.is_file()]
@@ -117,10 +116,10 @@ def _files(build: Path, manifest: dict[str, Any]) -> list[Upload]:
     return files
 
 
-def _local_roots(manifest: dict[str, Any]) -> list[Path]:
+def _local_roots(manifest: Manifest) -> list[Path]:
     """The build's input folders (corpus root, noise folder), absolute: paths under them are
     published relative to them."""
-    cfg = manifest.get("config") or {}
+    cfg = manifest.config
     found = [(cfg.get("corpus") or {}).get("root"), (cfg.get("noise") or {}).get("dir")]
     return [Path(f).resolve() for f in found if isinstance(f, str) and f]
 
@@ -261,11 +260,10 @@ def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = No
     except Exception as e:  # fsspec backends raise their own errors: one line naming the destination
         raise _one_line(e, url, opts) from None
     kept = tuple(f.rel for f in files if f.rel not in {t.rel for t in todo})
-    problems = open_location(url, opts).verify(load_manifest(url, opts)["shards"])
+    problems = open_location(url, opts).verify(load_manifest(url, opts).shards)
     if problems:
         raise UsageError(f"{url}: published, but {len(problems)} shard(s) do not verify there ({problems[0]})")
-    return Published(tuple(f.rel for f in todo), kept, len(manifest["shards"]),
-                     sum(r["count"] for r in manifest["shards"]))
+    return Published(tuple(f.rel for f in todo), kept, len(manifest.shards), manifest.samples)
 
 
 def _one_line(e: BaseException, url: str, opts: RemoteOptions) -> RemoteError:

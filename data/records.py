@@ -1,12 +1,14 @@
 """What a manifest says about one shard, typed, and how a tar member names its sample.
 
-Shared by every reader in ``serwild.data`` (the verifier, the loaders) and the feature cache,
-so that the rule "a sample's key is the member's file name up to its first dot" is written
-once. No torch here, and no import of the rest of ``serwild.data`` (no cycles).
+Shared by every reader in ``serwild.data`` (the verifier, the loaders), the feature cache and
+the builder (which writes these records), so that the rule "a sample's key is the member's
+file name up to its first dot" is written once. No torch here, and no import of the rest of
+``serwild.data`` (no cycles).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,21 +21,32 @@ def sample_key(member_name: str) -> str:
 
 @dataclass(frozen=True)
 class ShardRecord:
-    """One entry of a manifest's ``shards`` list (checked by ``check_manifest`` first)."""
+    """One shard of a build, from the builder's task to every reader: an entry of the
+    manifest's ``shards`` list, in the order its fields are written there."""
 
-    path: str
+    path: str  # relative to the build
     dataset: str
     split: str
     fold: int | None
     condition: str
-    count: int
+    count: int  # samples
     bytes: int
     sha256: str
+    snr_db: float | None = None
+    class_counts: dict[str, int] | None = None  # class name -> samples (the balanced sampler's input)
+    digest: str | None = None  # the plan digest it was built from (what a resumed build compares)
+
+    _ORDER = ("path", "dataset", "split", "fold", "condition", "snr_db", "count", "class_counts", "bytes",
+              "sha256", "digest")
 
     @classmethod
-    def of(cls, record: ShardRecord | dict[str, Any]) -> ShardRecord:
-        """A record as it is, or made from a manifest dict (extra keys such as class_counts ignored)."""
-        if isinstance(record, ShardRecord):
-            return record
-        return cls(record["path"], record["dataset"], record["split"], record["fold"], record["condition"],
-                   int(record["count"]), int(record["bytes"]), record["sha256"])
+    def from_dict(cls, record: dict[str, Any]) -> ShardRecord:
+        """From a manifest (or build log) entry that ``check_manifest`` has checked; keys a
+        record does not hold (a build log's ``node`` and ``rejects``) are ignored."""
+        return cls(**{f.name: record.get(f.name) for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._ORDER}
+
+    def count_of(self, cls: str) -> int:
+        return int((self.class_counts or {}).get(cls, 0))

@@ -30,9 +30,10 @@ import os
 import re
 import tarfile
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from serwild.data.fetch import (
     MAX_METADATA_BYTES,
@@ -126,17 +127,16 @@ class Build:
             return int(retrying(url, self.options, lambda: filesystem(protocol, self.options).size(path)))
         return int(retrying(url, self.options, lambda: head_length(url, self.options)))
 
-    def shard_urls(self, records: list[Any]) -> list[str]:
-        """URLs (or paths) of manifest shard records (dicts or :class:`ShardRecord`)."""
-        return [self.join(ShardRecord.of(r).path) for r in records]
+    def shard_urls(self, records: list[ShardRecord]) -> list[str]:
+        """URLs (or paths) of manifest shard records."""
+        return [self.join(r.path) for r in records]
 
-    def check(self, record: ShardRecord | dict[str, Any], full: bool = True) -> str | None:
+    def check(self, r: ShardRecord, full: bool = True) -> str | None:
         """None if the shard matches its record, else one line ("missing: …", "bad: …"). The
         one verifier of every kind of build. ``full``: size, sha256 and sample count (a remote
         shard is fetched again into the cache, :mod:`serwild.data.cache`, where a loader finds
         it later), else the size only.
         Network failures (after retries) raise RemoteError."""
-        r = ShardRecord.of(record)
         if not full or self.kind == "local":
             try:
                 n = self.size(r.path)
@@ -159,7 +159,7 @@ class Build:
         except Mismatch as e:
             return f"bad: {r.path} {e.reason}"
 
-    def verify(self, records: list[Any], full: bool = True) -> list[str]:
+    def verify(self, records: Sequence[ShardRecord], full: bool = True) -> list[str]:
         """Problems with ``records`` (empty: all good): :meth:`check` for each."""
         return [p for r in records if (p := self.check(r, full)) is not None]
 

@@ -31,7 +31,8 @@ from serwild.config import Config, config_from_resolved
 from serwild.data.build import BuildReader, open_build
 from serwild.data.fetch import RemoteOptions
 from serwild.data.loaders import ShardSet, make_eval_loader
-from serwild.data.manifest import select_shards
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord
 from serwild.data.remote import Build, open_location
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance, report, uncertainty
@@ -53,7 +54,10 @@ class Target:
     ckpt: Checkpoint
     cfg: Config  # the training run's resolved config
     build: BuildReader
-    manifest: dict[str, Any]
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.build.manifest
 
     @property
     def classes(self) -> list[str]:
@@ -78,7 +82,7 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
     settings = settings or EvalConfig()
     target = open_target(checkpoint, shards, allow_other_build, remote)
     out_dir = Path(out) if out is not None else target.path.parent / "report"
-    have = target.manifest.get("extra_columns") or []
+    have = target.manifest.extra_columns
     if settings.group_by is not None and settings.group_by not in have:
         raise UsageError(f"eval.group_by={settings.group_by}: the build's samples have no such column (its corpus's "
                          f"own columns: {', '.join(have) or 'none'})")
@@ -109,8 +113,7 @@ def open_target(checkpoint: str | Path, shards: str | Path | None, allow_other_b
                          "checkpoint; pass --shards to point at the build)"))
     build = open_build(source)
     check_build(ckpt, build.manifest, build.location, allow_other_build)
-    return Target(path, ckpt, config_from_resolved(ckpt.config, f"checkpoint {path}"), build,
-                  build.manifest)
+    return Target(path, ckpt, config_from_resolved(ckpt.config, f"checkpoint {path}"), build)
 
 
 def build_source(path: Path, ckpt: Checkpoint, shards: str | Path | None,
@@ -125,29 +128,29 @@ def build_source(path: Path, ckpt: Checkpoint, shards: str | Path | None,
     return open_location(recorded, remote)  # text: a URL must stay a URL
 
 
-def check_build(ckpt: Checkpoint, manifest: dict[str, Any], build_dir: str | Path,
+def check_build(ckpt: Checkpoint, manifest: Manifest, build_dir: str | Path,
                 allow_other_build: bool) -> None:
     """The checkpoint's dataset and classes must be this build's; another build (another
     fingerprint) only with ``allow_other_build``, and then with a warning."""
     dataset = ckpt.dataset
-    if dataset not in manifest["datasets"]:
+    if dataset not in manifest.datasets:
         raise UsageError(f"checkpoint's dataset {dataset!r} is not in {build_dir} "
-                         f"(built: {', '.join(manifest['datasets'])})")
+                         f"(built: {', '.join(manifest.datasets)})")
     hint = "; pass --shards with its own build, or --allow-other-build"
     try:
-        check_compatible(ckpt, manifest, dataset, "the checkpoint", hint=hint)
+        check_compatible(ckpt, dataset, manifest.classes(dataset), manifest.fingerprint, "the checkpoint", hint=hint)
     except OtherBuildError as e:
         if not allow_other_build:
             raise
         print(f"serwild evaluate: warning: {str(e).removesuffix(hint)}", file=sys.stderr)
 
 
-def test_shards(target: Target, check_sha256: bool) -> dict[str, list[dict[str, Any]]]:
+def test_shards(target: Target, check_sha256: bool) -> dict[str, list[ShardRecord]]:
     """condition → its test shard records, each checked against the manifest."""
-    todo: dict[str, list[dict[str, Any]]] = {}
+    todo: dict[str, list[ShardRecord]] = {}
     dataset = target.ckpt.dataset
-    for cond in report.order_conditions(target.manifest["conditions"]):
-        records = select_shards(target.manifest, dataset, "test", [cond])
+    for cond in report.order_conditions(target.manifest.conditions):
+        records = target.manifest.select(dataset, "test", [cond])
         if not records:
             raise UsageError(f"{target.build_dir}: no test shards for dataset {dataset}, condition {cond}")
         problems = target.build.check(records, full=check_sha256)
@@ -158,7 +161,7 @@ def test_shards(target: Target, check_sha256: bool) -> dict[str, list[dict[str, 
     return todo
 
 
-def score_condition(model: nn.Module, target: Target, cond: str, records: list[dict[str, Any]],
+def score_condition(model: nn.Module, target: Target, cond: str, records: list[ShardRecord],
                     settings: EvalConfig, d: Dist) -> tuple[dict[str, Any], dict[str, Any]]:
     """One condition's metrics and its scored blocks (logits, labels, utterances, blocks, sorted
     by sample), gathered over ranks."""
@@ -172,7 +175,7 @@ def score_condition(model: nn.Module, target: Target, cond: str, records: list[d
     if bad:  # finite weights can still overflow: a NaN would otherwise pass as a score
         raise UsageError(f"evaluating {cond}: the model's outputs are not finite (NaN or inf) for {bad} of "
                          f"{len(logits)} samples: {target.path} is damaged or its run diverged")
-    result = {"snr_db": target.manifest["conditions"][cond], "shards": len(records), "samples": shards.samples,
+    result = {"snr_db": target.manifest.conditions[cond], "shards": len(records), "samples": shards.samples,
               **metrics.condition_metrics(logits, merged["labels"], merged["utterances"], target.classes)}
     if settings.bootstrap:
         for unit, ci in condition_intervals(logits, merged["labels"], merged["utterances"], k, settings).items():
@@ -221,7 +224,7 @@ def write_outputs(target: Target, conditions: dict[str, Any], outputs: dict[str,
                   d: Dist, check_sha256: bool, settings: EvalConfig | None = None) -> None:
     result = Report(
         run=target.path.parent.name, checkpoint=str(target.path), shards=target.build_dir,
-        manifest_fingerprint=target.manifest.get("fingerprint"), dataset=target.ckpt.dataset, classes=target.classes,
+        manifest_fingerprint=target.manifest.fingerprint, dataset=target.ckpt.dataset, classes=target.classes,
         protocol=protocol(target.ckpt, target.cfg, target.manifest), world_size=d.world_size, device=str(d.device),
         sha256_checked=check_sha256, serwild_version=__version__, versions=provenance.versions(),
         budget=provenance.training_budget(target.ckpt, target.path),
@@ -234,10 +237,10 @@ def write_outputs(target: Target, conditions: dict[str, Any], outputs: dict[str,
     print(f"\n{report.metrics_table(result, 'block')}\n{flags}\n\nreport: {out_dir / 'report.md'}")
 
 
-def protocol(ckpt: Checkpoint, cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
+def protocol(ckpt: Checkpoint, cfg: Config, manifest: Manifest) -> dict[str, Any]:
     """What produced these numbers: the build's split and the training run's choices."""
-    split = (manifest.get("config") or {}).get("split") or {}
-    held = ((manifest.get("split") or {}).get("datasets") or {}).get(ckpt.dataset) or {}
+    split = manifest.config.get("split") or {}
+    held = ((manifest.split or {}).get("datasets") or {}).get(ckpt.dataset) or {}
     return {
         "dataset": ckpt.dataset, "split_strategy": split.get("strategy", cfg.split.strategy),
         "test_speakers": held.get("test_speakers"),  # a speaker-independent build's held-out speakers
@@ -263,7 +266,7 @@ def score_shards(model: nn.Module, shards: ShardSet, classes: Sequence[str], bat
             "blocks": [int(m["block"]) for m in out.keys], "extra": [m.get("extra") or {} for m in out.keys]}
 
 
-def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]) -> dict[str, Any]:
+def merge_parts(parts: list[dict], cond: str, expected: int, records: list[ShardRecord]) -> dict[str, Any]:
     """Concatenate the ranks' outputs, sorted by sample; check each sample came exactly once."""
     errors = [p["error"] for p in parts if "error" in p]
     if errors:
@@ -281,7 +284,7 @@ def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]
         raise UsageError(f"evaluating {cond}: {len(ids) - len(set(ids))} sample(s) were scored more than once")
     if len(ids) != expected:
         raise UsageError(f"evaluating {cond}: scored {len(ids)} samples but the manifest lists {expected} "
-                         f"in {', '.join(r['path'] for r in records)}")
+                         f"in {', '.join(r.path for r in records)}")
     # An utterance's blocks share its label, or no utterance-level score means anything
     # (a shard relabelled in place passes --no-sha256's size check; metrics would raise).
     label_of: dict[str, tuple[int, int]] = {}
@@ -289,7 +292,7 @@ def merge_parts(parts: list[dict], cond: str, expected: int, records: list[dict]
         first = label_of.setdefault(u, (int(y), b))
         if first[0] != y:
             raise UsageError(f"evaluating {cond}: utterance {u} has blocks with different labels (block {first[1]}: "
-                             f"class {first[0]}, block {b}: class {y}) in {', '.join(r['path'] for r in records)}: "
+                             f"class {first[0]}, block {b}: class {y}) in {', '.join(r.path for r in records)}: "
                              "the build is damaged (run `serwild verify`)")
     order = sorted(range(len(ids)), key=ids.__getitem__)
     return {"logits": logits[order], "labels": labels[order], "utterances": [utts[i] for i in order],

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from serwild import atomic
 from serwild.config import load_config
 from serwild.configs import shipped
-from serwild.data.manifest import load_manifest, select_shards
+from serwild.data.manifest import load_manifest
 from serwild.evaluate.compare import compare_runs
 from serwild.pipelines.protocol import DEMO
 from serwild.pipelines.reproduce import run_preset
@@ -48,13 +48,13 @@ def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str,
 def example_spectrograms(build_dir: Path, dataset: str, dest: Path) -> Path:
     """The same test block clean and at the lowest SNR, side by side (the paper's Figure 2)."""
     m = load_manifest(build_dir)
-    noisy = min((c for c, s in m["conditions"].items() if s is not None), key=lambda c: m["conditions"][c],
+    noisy = min((c for c, s in m.conditions.items() if s is not None), key=lambda c: m.conditions[c],
                 default=None)
     conds = ["clean"] + ([noisy] if noisy else [])
     images = {}
     for cond in conds:
-        shard = select_shards(m, dataset, "test", [cond])[0]
-        img, meta = next(iter(wds.WebDataset(str(build_dir / shard["path"]), shardshuffle=False)
+        shard = m.select(dataset, "test", [cond])[0]
+        img, meta = next(iter(wds.WebDataset(str(build_dir / shard.path), shardshuffle=False)
                               .decode("rgb8").to_tuple("png", "json")))
         images[cond] = (img, meta)
     fig = Figure(figsize=(5 * len(conds), 4.6))

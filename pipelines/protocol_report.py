@@ -12,6 +12,7 @@ from typing import Any
 
 from serwild import atomic
 from serwild.config import Config, to_dict
+from serwild.data.manifest import Manifest
 from serwild.evaluate import health, provenance, report
 from serwild.evaluate.compare import compare_runs, difference_caption, figure_caption, markdown_table, notes
 from serwild.pipelines.protocol import EXPERIMENTS, Experiment, Progress
@@ -61,10 +62,10 @@ def stages_table(progress: Progress) -> str:
 
 
 def write_protocol_report(out: Path, cfg: Config, config: str | None, overrides: Sequence[str],
-                          manifest: Mapping[str, Any], exps: Sequence[Experiment],
+                          manifest: Manifest, exps: Sequence[Experiment],
                           results: Mapping[str, Mapping[str, Any]], progress: Progress, t_all: float) -> None:
     """report.md (+ reproduce.json, and a compare folder per dataset) in ``out``."""
-    split = (manifest.get("config") or {}).get("split") or {}
+    split = manifest.config.get("split") or {}
     cmd = " ".join(["serwild reproduce"] + (["--config", config] if config else []) + list(overrides))
     flags = {f"{e.dataset} exp{e.number}": health.flag_lines(f"{e.dataset.upper()} exp{e.number}",
                                                               results[e.base]["metrics"]) for e in exps}
@@ -73,13 +74,13 @@ def write_protocol_report(out: Path, cfg: Config, config: str | None, overrides:
     versions = provenance.versions()
     parts = ["# The paper's protocol, reproduced", "", *warnings, *([""] if warnings else []),
              f"`{cmd}`", "",
-             f"Build `{cfg.out}` (manifest fingerprint `{manifest['fingerprint'][:12]}`), split "
+             f"Build `{cfg.out}` (manifest fingerprint `{manifest.fingerprint[:12]}`), split "
              f"`{split.get('strategy')}`, {split.get('folds')}-fold cross-validation on the training part; "
              "experiment 1 trains on clean blocks, experiment 2 on clean + every noisy condition (as many "
              "samples per epoch as experiment 1); each experiment's best fold (by validation "
              f"{cfg.train.best_metric}) is tested on every test condition, as in the paper.", "",
              f"**Software:** {provenance.versions_line(versions)}.", ""]
-    data: dict[str, Any] = {"command": cmd, "build": str(cfg.out), "fingerprint": manifest["fingerprint"],
+    data: dict[str, Any] = {"command": cmd, "build": str(cfg.out), "fingerprint": manifest.fingerprint,
                             "versions": versions, "smoke": bool(smoke), "flags": flags, "datasets": {}}
     note = ""
     for ds in cfg.datasets:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,9 @@ from typing import Any
 import yaml
 
 from serwild import torchrun
-from serwild.builder.build import run_build
+from serwild.builder.build import built_identity, run_build
 from serwild.config import Config, build_identity, load_config, resolve_config_path
-from serwild.data.manifest import load_manifest, train_folds, verify_build
+from serwild.data.manifest import Manifest, load_manifest, verify_build
 from serwild.errors import UsageError
 from serwild.evaluate import report
 from serwild.evaluate.document import read_report
@@ -88,7 +88,7 @@ def run_preset(preset: Preset, config: str | Path | None, overrides: Sequence[st
     progress.finish("build", f"build {cfg.out}", t0, reused)
     exps = experiments(cfg, manifest, preset)
     progress.total = 2 + sum(len(e.folds) + 2 if e.folds else 2 for e in exps)
-    ctx = Context(config, list(overrides), cfg, manifest["fingerprint"], nproc or torchrun.default_nproc(),
+    ctx = Context(config, list(overrides), cfg, manifest.fingerprint, nproc or torchrun.default_nproc(),
                   overwrite, progress)
     results = {e.base: run_experiment(e, ctx) for e in exps}
     return exps, results, manifest, progress
@@ -107,18 +107,12 @@ def _existing(config: str | Path | None) -> str | None:
 # ----------------------------------------------------------------------------- build
 
 
-def ensure_build(cfg: Config, overwrite: bool, executor: str) -> tuple[dict[str, Any], bool]:
+def ensure_build(cfg: Config, overwrite: bool, executor: str) -> tuple[Manifest, bool]:
     """(manifest, reused): a finished build of this config is reused as it is; anything else
     goes to ``run_build`` (which resumes a killed build, and refuses another config's build
     without ``overwrite``)."""
-    path = Path(cfg.out) / "manifest.json"
-    if path.is_file():
-        try:
-            old = build_identity(json.loads(path.read_text())["config"])
-        except (OSError, ValueError, KeyError, TypeError):
-            old = None
-        if old == build_identity(cfg):
-            return load_manifest(cfg.out), True
+    if (Path(cfg.out) / "manifest.json").is_file() and built_identity(Path(cfg.out)) == build_identity(cfg):
+        return load_manifest(cfg.out), True
     run_build(cfg, executor=executor, overwrite=overwrite)
     _, problems = verify_build(cfg.out)
     if problems:
@@ -126,18 +120,18 @@ def ensure_build(cfg: Config, overwrite: bool, executor: str) -> tuple[dict[str,
     return load_manifest(cfg.out), False
 
 
-def experiments(cfg: Config, manifest: Mapping[str, Any], preset: Preset = PROTOCOL) -> list[Experiment]:
+def experiments(cfg: Config, manifest: Manifest, preset: Preset = PROTOCOL) -> list[Experiment]:
     """Every dataset × experiment of the protocol, on this build (its conditions, whatever ``snr_db`` was)."""
-    conds = report.order_conditions(manifest["conditions"])
-    noisy = [c for c in conds if manifest["conditions"][c] is not None]
+    conds = report.order_conditions(manifest.conditions)
+    noisy = [c for c in conds if manifest.conditions[c] is not None]
     if "clean" not in conds or not noisy:
         raise UsageError(f"{cfg.out} has conditions {conds}: the protocol needs clean and at least one noisy "
                          "condition (set snr_db)")
     out = []
     for ds in cfg.datasets if preset.every_dataset else [cfg.train.dataset]:
-        if ds not in manifest["datasets"]:
-            raise UsageError(f"dataset {ds} is not in {cfg.out} (built: {', '.join(manifest['datasets'])})")
-        folds = train_folds(dict(manifest), ds) if preset.cross_validate else []
+        if ds not in manifest.datasets:
+            raise UsageError(f"dataset {ds} is not in {cfg.out} (built: {', '.join(manifest.datasets)})")
+        folds = manifest.train_folds(ds) if preset.cross_validate else []
         if preset.cross_validate and len(folds) < 2:
             raise UsageError(f"{cfg.out}: dataset {ds} has {len(folds)} training fold(s); cross-validation needs 2")
         for number, train_conds in ((1, ["clean"]), (2, ["clean", *noisy])):

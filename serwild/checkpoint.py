@@ -171,20 +171,20 @@ class OtherBuildError(UsageError):
     """Same dataset and classes, but trained on another build (another manifest fingerprint)."""
 
 
-def check_compatible(ckpt: Checkpoint, manifest: dict[str, Any], dataset: str, source: str,
+def check_compatible(ckpt: Checkpoint, dataset: str, classes: list[str], fingerprint: str, source: str,
                      hint: str = "") -> None:
-    """Refuse a checkpoint trained on other shards or another class set, naming the difference
-    (one check for the trainer's resume and the evaluator); ``hint`` says what to do instead."""
-    classes = list(manifest["datasets"][dataset]["classes"])
+    """Refuse a checkpoint trained on other shards or another class set than a build's ``dataset``
+    (its ``classes``, its manifest's ``fingerprint``), naming the difference (one check for the
+    trainer's resume and the evaluator); ``hint`` says what to do instead."""
     if ckpt.dataset != dataset:
         raise UsageError(f"{source} was trained on dataset {ckpt.dataset!r}, not {dataset!r}")
     if list(ckpt.classes) != classes:
         raise UsageError(f"{source} was trained on classes {list(ckpt.classes)}, but this build's "
                          f"{dataset} classes are {classes}")
-    if ckpt.manifest_fingerprint != manifest["fingerprint"]:
+    if ckpt.manifest_fingerprint != fingerprint:
         raise OtherBuildError(f"{source} was trained on another build of the shards (manifest fingerprint "
                               f"{str(ckpt.manifest_fingerprint)[:12]}…, this build "
-                              f"{manifest['fingerprint'][:12]}…){hint}")
+                              f"{fingerprint[:12]}…){hint}")
 
 
 # ----------------------------------------------------------------------------- RNG state

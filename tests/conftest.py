@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -28,6 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from serwild.data.manifest import Manifest, load_manifest
 
 # One thread per process, set before anything imports torch: the suite runs two workers on two
 # cores, each starting torchrun ranks, Ray workers and builds; more threads per process only
@@ -143,5 +144,5 @@ def tiny_build_without_validation(tiny_corpus: Path, tmp_path_factory: pytest.Te
 
 
 @pytest.fixture(scope="session")
-def tiny_manifest(tiny_build: Path) -> dict:
-    return json.loads((tiny_build / "manifest.json").read_text())
+def tiny_manifest(tiny_build: Path) -> Manifest:
+    return load_manifest(tiny_build)

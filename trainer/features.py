@@ -65,8 +65,8 @@ from torch import nn
 from serwild import seeds
 from serwild.checkpoint import unreadable_reason  # one wording for every refused torch.load
 from serwild.data.epochs import Piece, Repeats, buffer_shuffle, epoch_pieces
-from serwild.data.manifest import select_shards
-from serwild.data.records import sample_key
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord, sample_key
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
 from serwild.trainer.model import LAYER_MODULES
@@ -174,15 +174,15 @@ def default_cache_root(build_dir: str | Path) -> Path:
     return Path(build_dir) / "feature-cache"
 
 
-def cache_records(manifest: dict[str, Any], dataset: str) -> list[dict]:
+def cache_records(manifest: Manifest, dataset: str) -> list[ShardRecord]:
     """Every train and validation shard record of ``dataset`` (all conditions, all folds): what
     one cache holds (never test: a cache is for training)."""
-    return select_shards(manifest, dataset, "train") + select_shards(manifest, dataset, "validation")
+    return manifest.select(dataset, "train") + manifest.select(dataset, "validation")
 
 
-def shard_cache_file(cache_dir: str | Path, record: dict) -> Path:
+def shard_cache_file(cache_dir: str | Path, record: ShardRecord) -> Path:
     """``ahsn/train/fold0/clean-000000.tar`` → ``<cache_dir>/ahsn__train__fold0__clean-000000.pt``."""
-    name = record["path"].replace("/", "__")
+    name = record.path.replace("/", "__")
     return Path(cache_dir) / (name.removesuffix(".tar") + FILE_SUFFIX)
 
 
@@ -228,24 +228,24 @@ def read_cache_file(path: Path) -> dict[str, Any]:
     return obj
 
 
-def stale_reason(obj: dict[str, Any], key: str, record: dict, build_dir: str | Path | None = None) -> str | None:
+def stale_reason(obj: dict[str, Any], key: str, record: ShardRecord, build_dir: str | Path | None = None) -> str | None:
     """Why the cache file contents ``obj`` do not stand for ``record`` (a manifest shard record)
     in cache ``key``; None when they do. With ``build_dir`` the sample keys are checked against
     the shard's tar too."""
     if obj.get("format") != CACHE_FORMAT or obj.get("key") != key:
         return f"belongs to another cache ({obj.get('key')}, format {obj.get('format')}), expected {key}"
-    n, count = len(obj["labels"]), int(record["count"])
+    n, count = len(obj["labels"]), record.count
     if len(obj["features"]) != n or len(obj["keys"]) != n:
         return f"holds {len(obj['features'])} features, {n} labels and {len(obj['keys'])} sample keys"
-    if obj.get("shard") != record["path"]:
-        return f"holds {obj.get('shard')}, not {record['path']}"
-    if record.get("sha256") and obj.get("sha256") != record["sha256"]:
-        return (f"was made from another version of {record['path']} (sha256 {str(obj.get('sha256'))[:12]}…, "
-                f"the manifest says {record['sha256'][:12]}…)")
+    if obj.get("shard") != record.path:
+        return f"holds {obj.get('shard')}, not {record.path}"
+    if record.sha256 and obj.get("sha256") != record.sha256:
+        return (f"was made from another version of {record.path} (sha256 {str(obj.get('sha256'))[:12]}…, "
+                f"the manifest says {record.sha256[:12]}…)")
     if n != count:
         return f"holds {n} samples, the manifest says {count}"
-    if build_dir is not None and list(obj["keys"]) != tar_keys(Path(build_dir) / record["path"]):
-        return f"lists sample keys other than those of {record['path']}"
+    if build_dir is not None and list(obj["keys"]) != tar_keys(Path(build_dir) / record.path):
+        return f"lists sample keys other than those of {record.path}"
     return None
 
 
@@ -265,7 +265,7 @@ class CachedTrainData:
     same order. The files must come in the run's shard order (``DataPlan.train_records``).
     """
 
-    def __init__(self, files: Sequence[str | Path], key: str, records: Sequence[dict],
+    def __init__(self, files: Sequence[str | Path], key: str, records: Sequence[ShardRecord],
                  device: torch.device | str | None = None, build_dir: str | Path | None = None) -> None:
         """``records`` (the manifest's, one per file) bind each file to its shard of cache ``key``
         (:func:`stale_reason`); ``build_dir`` adds the check of sample keys against the shards' tars."""
@@ -354,7 +354,7 @@ class CachedTrainData:
                 yield self.feats[s][i - lo:j - lo], self.labels[i:j], self.keys[i:j]
 
 
-def load_feature_cache(spec: CacheSpec, records: Sequence[dict], device: torch.device | str | None = None,
+def load_feature_cache(spec: CacheSpec, records: Sequence[ShardRecord], device: torch.device | str | None = None,
                        build_dir: str | Path | None = None) -> CachedTrainData:
     """The cached features of ``records`` (e.g. one run's training shards), each file checked
     against the key and its shard's record (path, sha256, count; with ``build_dir`` the sample

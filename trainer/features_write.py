@@ -17,6 +17,7 @@ from torch import nn
 
 from serwild.atomic import atomic_write, unwritable
 from serwild.data.loaders import make_eval_loader
+from serwild.data.records import ShardRecord
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
 from serwild.trainer.features import (
@@ -48,7 +49,7 @@ class CacheBuild:
     notes: tuple[str, ...] = ()  # one line per file that was there but stale or unreadable (rebuilt)
 
 
-def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: nn.Module,
+def build_feature_cache(build_dir: str | Path, records: Sequence[ShardRecord], model: nn.Module,
                         device: torch.device, spec: CacheSpec, classes: Sequence[str], *, rank: int = 0,
                         world_size: int = 1, batch_size: int = 64, num_workers: int = 0) -> CacheBuild:
     """Write this rank's share (``records[rank::world_size]``) of the cache; skip finished files.
@@ -77,8 +78,8 @@ def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: n
                              f"or train.feature_cache=off")
         cache_dir.mkdir(parents=True, exist_ok=True)
         on_gpu = device.type == "cuda"
-        loader = make_eval_loader([str(Path(build_dir) / r["path"]) for r in todo], batch_size,
-                                  min(1, num_workers), counts=[int(r["count"]) for r in todo],
+        loader = make_eval_loader([str(Path(build_dir) / r.path) for r in todo], batch_size,
+                                  min(1, num_workers), counts=[r.count for r in todo],
                                   classes=classes, as_uint8=on_gpu, pin_memory=on_gpu)
         with torch.no_grad():  # an empty shard's file still needs the features' shape
             writer.shape = tuple(front(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)).shape[1:])
@@ -96,7 +97,7 @@ def build_feature_cache(build_dir: str | Path, records: Sequence[dict], model: n
                       writer.bytes, tuple(notes))
 
 
-def _needs_building(path: Path, record: dict, key: str, build_dir: Path, notes: list[str]) -> bool:
+def _needs_building(path: Path, record: ShardRecord, key: str, build_dir: Path, notes: list[str]) -> bool:
     """Whether ``path`` must be (re)computed: missing, or there but stale or unreadable (a note in
     ``notes`` says which and why). A file holding foreign objects is refused instead."""
     if not path.is_file():
@@ -117,7 +118,7 @@ class _ShardWriter:
     """Cuts the loader's stream of (features, labels) batches into one file per shard, by the
     manifest's counts (the loader has already refused a shard with another count)."""
 
-    def __init__(self, spec: CacheSpec, build_dir: Path, records: list[dict]) -> None:
+    def __init__(self, spec: CacheSpec, build_dir: Path, records: list[ShardRecord]) -> None:
         self.spec, self.build_dir, self.queue = spec, build_dir, list(records)
         self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.have = self.written = self.samples = self.bytes = 0
@@ -130,13 +131,13 @@ class _ShardWriter:
         self.drain()
 
     def drain(self) -> None:
-        while self.queue and self.have >= int(self.queue[0]["count"]):
+        while self.queue and self.have >= self.queue[0].count:
             record = self.queue.pop(0)
-            n = int(record["count"])
+            n = record.count
             feats = torch.cat([f for f, _ in self.parts]) if self.parts else torch.empty(0, *self.shape)
             labels = torch.cat([x for _, x in self.parts]) if self.parts else torch.empty(0, dtype=torch.long)
             self.bytes += _write_shard(self.spec, record, feats[:n].to(STORE), labels[:n],
-                                       self.build_dir / record["path"])
+                                       self.build_dir / record.path)
             self.written += 1
             self.parts = [(feats[n:], labels[n:])] if n < len(labels) else []
             self.have -= n
@@ -144,16 +145,16 @@ class _ShardWriter:
     def finish(self) -> None:
         self.drain()
         if self.queue or self.have:
-            where = self.queue[0]["path"] if self.queue else "the last shard"
+            where = self.queue[0].path if self.queue else "the last shard"
             raise UsageError(f"{where}: the loader's samples do not add up to the manifest's counts "
                              f"({self.have} left over)")
 
 
-def _write_shard(spec: CacheSpec, record: dict, feats: torch.Tensor, labels: torch.Tensor, tar: Path) -> int:
+def _write_shard(spec: CacheSpec, record: ShardRecord, feats: torch.Tensor, labels: torch.Tensor, tar: Path) -> int:
     keys = tar_keys(tar)
     if len(keys) != len(labels):
-        raise UsageError(f"{record['path']} lists {len(keys)} sample keys but the loader read {len(labels)}")
-    obj = {"format": CACHE_FORMAT, "key": spec.key, "shard": record["path"], "sha256": record.get("sha256"),
+        raise UsageError(f"{record.path} lists {len(keys)} sample keys but the loader read {len(labels)}")
+    obj = {"format": CACHE_FORMAT, "key": spec.key, "shard": record.path, "sha256": record.sha256,
            "features": feats.contiguous().clone(), "labels": labels.clone(), "keys": keys}
     path = shard_cache_file(spec.dir, record)
     with atomic_write(path, "wb") as f:

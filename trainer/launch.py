@@ -13,7 +13,6 @@ from pathlib import Path
 
 from serwild import atomic, lock, torchrun
 from serwild.config import Config, replace
-from serwild.data.manifest import train_folds
 from serwild.errors import Terminated, UsageError
 from serwild.trainer.cv import summarise
 from serwild.trainer.features import INFO_FILE, default_cache_root, resolve_feature_cache
@@ -103,7 +102,7 @@ def train(cfg: Config, opts: LaunchOptions) -> int:
         base = RunRef.of(cfg)
         runs = [(k, resolve(replace(cfg, cv=replace(cfg.cv, fold=k),
                                     train=replace(cfg.train, name=base.fold_run(k).name))))
-                for k in train_folds(plan.manifest, cfg.train.dataset)]
+                for k in plan.manifest.train_folds(cfg.train.dataset)]
     for fold, spec in runs:
         if fold is not None:
             print(f"=== fold {fold} of {[k for k, _ in runs]} ===", file=sys.stderr, flush=True)

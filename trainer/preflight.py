@@ -22,7 +22,8 @@ from serwild.config import Config, build_identity, config_differences, config_fr
 from serwild.data.build import BuildReader, open_build
 from serwild.data.epochs import Repeats
 from serwild.data.loaders import ShardSet
-from serwild.data.manifest import select_shards, train_folds
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
 from serwild.trainer.distributed import Dist, all_gather_object
 from serwild.trainer.recipe import resolve_recipe, state_buffers
@@ -36,19 +37,22 @@ class DataPlan:
     """What a run reads: the build (a folder or a URL), its classes, training and validation shards."""
 
     build: BuildReader
-    manifest: dict[str, Any]
     classes: list[str]
     train: ShardSet
     val: ShardSet | None
     samples_per_epoch: int
-    train_records: list[dict]
-    val_records: list[dict]
+    train_records: list[ShardRecord]
+    val_records: list[ShardRecord]
     repeats: Repeats | None = None  # train.balance: sampler (each class dealt as often as the largest)
 
     @property
     def location(self) -> str:
         """The build as given (``train.shards`` or ``out``); a URL stays a URL."""
         return self.build.location
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.build.manifest
 
 
 @dataclass(frozen=True)
@@ -100,21 +104,21 @@ def plan_data(cfg: Config) -> DataPlan:
     t = cfg.train
     reader = open_build(t.shards or cfg.out, cfg.remote.options())  # a folder, file://, http(s)://, s3://
     build, manifest = reader.location, reader.manifest
-    if t.dataset not in manifest["datasets"]:
-        raise UsageError(f"train.dataset {t.dataset!r} is not in {build} (built: {', '.join(manifest['datasets'])})")
-    classes = list(manifest["datasets"][t.dataset]["classes"])
-    folds = train_folds(manifest, t.dataset)
+    if t.dataset not in manifest.datasets:
+        raise UsageError(f"train.dataset {t.dataset!r} is not in {build} (built: {', '.join(manifest.datasets)})")
+    classes = manifest.classes(t.dataset)
+    folds = manifest.train_folds(t.dataset)
     fold = cfg.cv.fold
     if fold is not None and fold not in folds:
         raise UsageError(f"cv.fold={fold} but {build} has training folds {folds}")
     kept = [f for f in folds if f != fold]
-    train_records = select_shards(manifest, t.dataset, "train", list(t.conditions), kept)
+    train_records = manifest.select(t.dataset, "train", t.conditions, kept)
     # Validation: the held-out CV fold where one is asked for, else the build's validation part
     # (split.validation_fraction; none in a build made without one, or before the key existed).
     val_conditions = list(cfg.cv.val_conditions or t.conditions)
-    val_records = (select_shards(manifest, t.dataset, "train", val_conditions, [fold]) if fold is not None
-                   else select_shards(manifest, t.dataset, "validation", val_conditions))
-    if not train_records or sum(r["count"] for r in train_records) == 0:
+    val_records = (manifest.select(t.dataset, "train", val_conditions, [fold]) if fold is not None
+                   else manifest.select(t.dataset, "validation", val_conditions))
+    if not train_records or sum(r.count for r in train_records) == 0:
         raise UsageError(f"no training samples in {build} for dataset {t.dataset}, conditions "
                          f"{list(t.conditions)}, folds {kept}")
     repeats = balanced_repeats(train_records, classes, build) if t.balance == "sampler" else None
@@ -122,18 +126,18 @@ def plan_data(cfg: Config) -> DataPlan:
         samples = t.samples_per_epoch
     else:  # every (clean) sample once, or under the balanced sampler every class as often as the largest
         counted = (train_records if t.samples_per_epoch == "all"
-                   else select_shards(manifest, t.dataset, "train", ["clean"], kept))
+                   else manifest.select(t.dataset, "train", ["clean"], kept))
         samples = (Repeats.of(counted, classes).epoch_size() if repeats is not None
-                   else sum(r["count"] for r in counted))
-    return DataPlan(reader, manifest, classes, reader.shard_set(train_records),
+                   else sum(r.count for r in counted))
+    return DataPlan(reader, classes, reader.shard_set(train_records),
                     reader.shard_set(val_records) if val_records else None, max(1, samples),
                     train_records, val_records, repeats)
 
 
-def balanced_repeats(records: list[dict], classes: list[str], build: str) -> Repeats:
+def balanced_repeats(records: list[ShardRecord], classes: list[str], build: str) -> Repeats:
     """The balanced sampler's repeats of the training shards; refused for a manifest whose shard
     records do not count their classes (the sampler would deal blind)."""
-    if any(not isinstance(r.get("class_counts"), dict) for r in records):
+    if any(r.class_counts is None for r in records):
         raise UsageError(f"train.balance=sampler needs each shard's class_counts, which {build}'s manifest lacks: "
                          f"rebuild it, or use train.balance=weights")
     return Repeats.of(records, classes)
@@ -146,8 +150,8 @@ def spec_yaml(cfg: Config, plan: DataPlan) -> str:
     start, and the ranks start from it; rank 0 writes the same text again before epoch 1 (for runs
     started by torchrun directly)."""
     data = to_dict(cfg)
-    data.update(build_identity(plan.manifest.get("config") or {}) or {})
-    head = f"# trained on the build {plan.location} (manifest fingerprint {plan.manifest['fingerprint']})\n"
+    data.update(build_identity(plan.manifest.config) or {})
+    head = f"# trained on the build {plan.location} (manifest fingerprint {plan.manifest.fingerprint})\n"
     return head + yaml.safe_dump(data, sort_keys=False)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from serwild.config import replace
 from serwild.data.epochs import Repeats
+from serwild.data.records import ShardRecord
 from serwild.trainer.config import LAYERS, TrainConfig
 from serwild.trainer.model import NEW_LAYER, freeze_layers, layer_parameters
 
@@ -88,10 +89,10 @@ def balance_note(classes: Sequence[str], loss_weight: Sequence[float] | None, re
     return ""
 
 
-def balanced_weights(records: list[dict[str, Any]], classes: list[str]) -> list[float]:
+def balanced_weights(records: list[ShardRecord], classes: list[str]) -> list[float]:
     """Each class's loss weight, N / (K · n_k) over the training shards' samples (scikit-learn's
     ``compute_class_weight("balanced")``): a class with half the samples counts twice as much per
     sample. A class with no training sample gets 0 (no loss to weight)."""
-    counts = [sum(int((r.get("class_counts") or {}).get(c, 0)) for r in records) for c in classes]
+    counts = [sum(r.count_of(c) for r in records) for c in classes]
     total, k = sum(counts), len(classes)
     return [total / (k * n) if n else 0.0 for n in counts]

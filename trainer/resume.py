@@ -39,7 +39,7 @@ def restore(path: Path, plan: DataPlan, cfg: Config, d: Dist, state: tuple[nn.Mo
     node lost, or one more), one line says so and dropout is re-seeded from (seed, position, rank)."""
     model, optimizer, scheduler = state
     ck = ckpt_io.load_checkpoint(path, map_location=d.device)
-    ckpt_io.check_compatible(ck, plan.manifest, cfg.train.dataset, str(path),
+    ckpt_io.check_compatible(ck, cfg.train.dataset, plan.classes, plan.manifest.fingerprint, str(path),
                              hint=": start a new run (another train.name) instead of resuming")
     if ck.optimizer is None:
         raise UsageError(f"{path} holds weights only (no optimiser state): it cannot be resumed")

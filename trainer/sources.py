@@ -89,7 +89,7 @@ def _feature_data(cfg: Config, d: Dist, plan: DataPlan, model: nn.Module, batch:
             raise UsageError(f"train.feature_cache=on needs a local build folder, not {plan.location}")
         log(d, f"note: feature cache off: {plan.location} is not a local folder")
         return None
-    spec = cache_spec(t.feature_cache_dir or default_cache_root(plan.location), plan.manifest["fingerprint"],
+    spec = cache_spec(t.feature_cache_dir or default_cache_root(plan.location), plan.manifest.fingerprint,
                       model, prefix)
     built = agree(d, lambda: build_feature_cache(plan.location, cache_records(plan.manifest, t.dataset), model,
                                                   d.device, spec, plan.classes, rank=d.rank,

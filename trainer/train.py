@@ -409,7 +409,7 @@ def _checkpoint(run: Run, epoch: int, rng: list, metrics: dict | None) -> ckpt_i
     return ckpt_io.Checkpoint(
         model=run.raw_model.state_dict(), optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
         epoch=epoch, rng=rng, config=to_dict(cfg), classes=plan.classes, dataset=cfg.train.dataset,
-        manifest_fingerprint=plan.manifest["fingerprint"], shards=plan.location, recipe=describe(cfg.train),
+        manifest_fingerprint=plan.manifest.fingerprint, shards=plan.location, recipe=describe(cfg.train),
         metrics=metrics, best=run.best, arch=cfg.train.arch, serwild_version=__version__,
         world_size=run.d.world_size, steps=run.steps)
 

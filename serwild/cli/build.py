@@ -39,12 +39,12 @@ listed in rejects.jsonl and counted per label. Example: configs/csv.yaml (serwil
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from serwild.builder.build import reject_summary, run_build
 from serwild.cli.options import add_config_arguments
 from serwild.config import load_config
+from serwild.data.manifest import load_manifest
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     started = time.time()
     out = run_build(cfg, executor="serial" if args.serial else "ray", overwrite=args.overwrite)
-    manifest = json.loads((out / "manifest.json").read_text())
-    n = len(manifest["shards"])
+    manifest = load_manifest(out)
+    n = len(manifest.shards)
     # A shard written by this run is a new file (temp + rename); one older than the run was kept.
-    kept = sum(1 for s in manifest["shards"] if (out / s["path"]).stat().st_mtime < started)
+    kept = sum(1 for s in manifest.shards if (out / s.path).stat().st_mtime < started)
     done = f"built {n - kept} shards ({kept} already there)" if kept else f"built {n} shards"
-    print(f"{done}, {manifest['totals']['samples']} samples, {manifest['totals']['rejects']} rejects → {out}")
+    print(f"{done}, {manifest.totals['samples']} samples, {manifest.totals['rejects']} rejects → {out}")
     for reason, n in reject_summary(out / "rejects.jsonl").most_common():
         print(f"  {n:6d} × {reason}")
     return 0

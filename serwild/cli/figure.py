@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     build = Path(args.build)
-    datasets = list(load_manifest(build)["datasets"])
+    datasets = list(load_manifest(build).datasets)
     dataset = args.dataset or datasets[0]
     if dataset not in datasets:
         raise UsageError(f"--dataset {dataset}: the build has {', '.join(datasets)}")

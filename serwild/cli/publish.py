@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from serwild.builder.hubcard import write_hub_view
 from serwild.cli.options import add_config_arguments
 from serwild.config import load_config
+from serwild.data.manifest import Manifest
 from serwild.data.publish import publish
 
 
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     opts = load_config(args.config, args.overrides).remote.options()
-    def hub_view(build: Path, manifest: dict[str, Any]) -> None:
+    def hub_view(build: Path, manifest: Manifest) -> None:
         written, kept = write_hub_view(build, manifest)
         print(f"publish: Hub view: {written} Parquet table(s) written, {kept} already there", flush=True)
 

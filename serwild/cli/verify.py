@@ -38,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
     problems = build.verify(full=not args.quick)
     for line in problems:
         print(line)
-    n = len(manifest["shards"])
+    n = len(manifest.shards)
     if build.is_remote:
         print(f"verify: extra shards not checked ({args.build_dir} is remote and cannot be listed; "
               "verify the folder it was published from for that)", file=sys.stderr)
     if problems:
         print(f"verify: {len(problems)} problem(s) in {n} shards of {args.build_dir}", file=sys.stderr)
         return 1
-    samples = sum(r["count"] for r in manifest["shards"])  # (not 'totals': check_manifest does not require it)
+    samples = manifest.samples  # (not 'totals': check_manifest does not require it)
     print(f"verify: {n} shards, {samples} samples OK ({args.build_dir})")
     return 0

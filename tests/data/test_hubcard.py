@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import yaml
 from serwild.builder.hubcard import SAMPLE_FIELDS, card_front_matter, readme, split_globs, split_shards, write_hub_view
 from serwild.cli import main
 from serwild.data import hubtables
+from serwild.data.records import ShardRecord
 from tests.data.tinybuild import SNR_DB, card_build, manifest_of  # noqa: F401 - fixture
 
 # Before `datasets` (and huggingface_hub) read them at import: nothing here may go online.
@@ -60,7 +62,7 @@ def _front_matter(text: str) -> dict:
 def test_front_matter_declares_configs_splits_and_every_field(card_build: Path) -> None:  # noqa: F811
     m = manifest_of(card_build)
     meta = _front_matter(card_front_matter(m))
-    assert [c["config_name"] for c in meta["configs"]] == ["ahsn", "aesn"] == list(m["datasets"])
+    assert [c["config_name"] for c in meta["configs"]] == ["ahsn", "aesn"] == list(m.datasets)
     for config, info in zip(meta["configs"], meta["dataset_info"]):
         d = config["config_name"]
         assert info["config_name"] == d
@@ -68,23 +70,23 @@ def test_front_matter_declares_configs_splits_and_every_field(card_build: Path) 
         assert {f["split"]: f["path"] for f in config["data_files"]} == split_globs(m, d)
         # every shard of the dataset in exactly one split, counts as in the manifest
         by_split = split_shards(m, d)
-        assert sorted(s["path"] for recs in by_split.values() for s in recs) == \
-            sorted(s["path"] for s in m["shards"] if s["dataset"] == d)
+        assert sorted(s.path for recs in by_split.values() for s in recs) == \
+            sorted(s.path for s in m.shards if s.dataset == d)
         assert {s["name"]: s["num_examples"] for s in info["splits"]} == {
-            (part if c == "clean" else f"{part}_{c}"): sum(s["count"] for s in m["shards"] if s["dataset"] == d
-                                                           and s["split"] == part and s["condition"] == c)
+            (part if c == "clean" else f"{part}_{c}"): sum(s.count for s in m.shards if s.dataset == d
+                                                           and s.split == part and s.condition == c)
             for part in ("train", "validation", "test") for c in CONDITIONS}
         columns = {f["name"]: f for f in info["features"]}
         assert list(columns) == ["png", "json", "__key__", "__url__"]
         assert columns["png"]["dtype"] == {"image": {"mode": "RGB"}}
         typed = {f["name"]: f["dtype"] for f in columns["json"]["struct"]}
-        names = {str(i): c for i, c in enumerate(m["datasets"][d]["classes"])}
+        names = {str(i): c for i, c in enumerate(m.classes(d))}
         assert typed == {**SAMPLE_FIELDS, "class_index": {"class_label": {"names": names}}}
         assert "null" not in typed.values()
     # the card types exactly the fields the shards carry
     keys = set()
-    for shard in m["shards"]:
-        with tarfile.open(card_build / shard["path"]) as tf:
+    for shard in m.shards:
+        with tarfile.open(card_build / shard.path) as tf:
             for member in tf:
                 if member.name.endswith(".json"):
                     keys.add(tuple(sorted(json.loads(tf.extractfile(member).read()))))  # type: ignore[union-attr]
@@ -93,7 +95,8 @@ def test_front_matter_declares_configs_splits_and_every_field(card_build: Path) 
 
 def test_split_shards_refuses_a_shard_no_split_matches(card_build: Path) -> None:  # noqa: F811
     m = manifest_of(card_build)
-    m["shards"].append(dict(m["shards"][0], dataset="ahsn", path="ahsn/valid/clean-000000.tar"))
+    stray = dataclasses.replace(m.shards[0], dataset="ahsn", path="ahsn/valid/clean-000000.tar")
+    m = dataclasses.replace(m, shards=(*m.shards, stray))
     with pytest.raises(ValueError, match="ahsn/valid/clean-000000.tar matches 0 card splits"):
         split_shards(m, "ahsn")
 
@@ -102,9 +105,9 @@ def test_readme_body_counts_and_snippets(card_build: Path) -> None:  # noqa: F81
     m = manifest_of(card_build)
     text = readme(m)
     assert text.startswith(card_front_matter(m))
-    n = sum(s["count"] for s in m["shards"] if s["path"].startswith("aesn/test/snr7p5-"))
+    n = sum(s.count for s in m.shards if s.path.startswith("aesn/test/snr7p5-"))
     assert f"| aesn | test_snr7p5 | `aesn/test/snr7p5-*.tar` | {n} |" in text
-    assert [h for h in re.findall(r"^### (.+)$", text, re.M) if h not in m["datasets"]] == \
+    assert [h for h in re.findall(r"^### (.+)$", text, re.M) if h not in m.datasets] == \
         ["Plain webdataset", "Hugging Face datasets", "serwild"]
     assert len(re.findall(r"^```python$", text, re.M)) == 3
 
@@ -114,13 +117,13 @@ def _loaded(hf, folder: Path, m: dict, d: str):
     ds = hf.load_dataset(str(folder), d)
     assert list(ds) == SPLITS
     for split, recs in split_shards(m, d).items():
-        assert ds[split].num_rows == sum(s["count"] for s in recs) > 0
+        assert ds[split].num_rows == sum(s.count for s in recs) > 0
     return ds
 
 
 def test_load_dataset_reads_the_build_folder(hub_build: Path, hf) -> None:
     m = manifest_of(hub_build)
-    for d in m["datasets"]:
+    for d in m.datasets:
         ds = _loaded(hf, hub_build, m, d)
         features = ds["train"].features
         assert features["png"] == hf.Image(mode="RGB")
@@ -130,7 +133,7 @@ def test_load_dataset_reads_the_build_folder(hub_build: Path, hf) -> None:
         for name in ("noise", "label", "condition", "utterance"):
             assert json_types[name] == hf.Value("string"), name
         assert json_types["fold"] == hf.Value("int64")
-        assert json_types["class_index"].names == m["datasets"][d]["classes"]
+        assert json_types["class_index"].names == m.classes(d)
         clean, noisy = ds["test"][0], ds[f"test_{CONDITIONS[1]}"][0]
         assert {row["condition"] for row in ds["train"]["json"]} == {"clean"}  # never a silent mixture
         assert {row["condition"] for row in ds[f"train_{CONDITIONS[1]}"]["json"]} == {CONDITIONS[1]}
@@ -166,7 +169,7 @@ def test_card_snippets_run(hub_build: Path, hf, monkeypatch: pytest.MonkeyPatch)
     assert outputs["Plain webdataset"].split()[1:] == ["clean", "None"]
     assert "test_snr15: Dataset" in outputs["Hugging Face datasets"]
     assert outputs["Hugging Face datasets"].rstrip().endswith("snr15")
-    n_test = sum(s["count"] for s in manifest_of(hub_build)["shards"] if s["path"].startswith("ahsn/test/"))
+    n_test = sum(s.count for s in manifest_of(hub_build).shards if s.path.startswith("ahsn/test/"))
     assert outputs["serwild"].splitlines() == ["test shards match the manifest", f"{n_test} test samples"]
 
 
@@ -176,20 +179,20 @@ def test_the_card_says_what_the_card_section_and_the_corpus_kind_say(card_build:
     IEMOCAP's licence. The card parses with huggingface_hub's own DatasetCard."""
     hub = pytest.importorskip("huggingface_hub")
     m = manifest_of(card_build)
-    csv = {**m, "config": {**m["config"], "corpus": {**m["config"]["corpus"], "kind": "csv"}}}
+    csv = dataclasses.replace(m, config={**m.config, "corpus": {**m.config["corpus"], "kind": "csv"}})
     card = hub.DatasetCard(readme(csv))
     assert card.data.license == "unknown" and "IEMOCAP" not in readme(csv).split("## Layout")[0]
     assert "set `card.license`" in card.text and "@article{yusuf2022noise" in card.text
-    mine = {**csv, "config": {**csv["config"], "card": {
+    mine = dataclasses.replace(csv, config={**csv.config, "card": {
         "pretty_name": "CREMA-D noisy spectrograms", "license": "odbl", "license_link": "https://example.org/odbl",
         "language": ["en"], "source_datasets": ["crema-d"], "citation": "@article{cao2014crema, title={CREMA-D}}",
-        "description": "91 actors, six emotions."}}}
+        "description": "91 actors, six emotions."}})
     card = hub.DatasetCard(readme(mine))
     assert (card.data.license, card.data.license_link, card.data.language, card.data.source_datasets,
             card.data.pretty_name) == ("odbl", "https://example.org/odbl", ["en"], ["crema-d"],
                                        "CREMA-D noisy spectrograms")
     assert "```bibtex\n@article{cao2014crema, title={CREMA-D}}\n```" in card.text and "91 actors" in card.text
-    iemocap = {**m, "config": {**m["config"], "corpus": {**m["config"]["corpus"], "kind": "iemocap"}}}
+    iemocap = dataclasses.replace(m, config={**m.config, "corpus": {**m.config["corpus"], "kind": "iemocap"}})
     card = hub.DatasetCard(readme(iemocap))
     assert (card.data.license, card.data.language) == ("other", ["en"]) and "busso2008iemocap" in card.text
     assert card.data.license_link.startswith("https://sail.usc.edu/")
@@ -207,39 +210,39 @@ def test_the_hub_view_has_top_level_columns_and_the_expected_splits(hub_build: P
     image, label (ClassLabel), speaker, condition …; train/validation/test clean, noisy splits
     apart; made once, kept while the shard is unchanged; the card reads them, and its snippets run."""
     m = manifest_of(hub_build)
-    assert write_hub_view(hub_build, m) == (len(m["shards"]), 0)
-    assert write_hub_view(hub_build, m) == (0, len(m["shards"]))
-    for d in m["datasets"]:
+    assert write_hub_view(hub_build, m) == (len(m.shards), 0)
+    assert write_hub_view(hub_build, m) == (0, len(m.shards))
+    for d in m.datasets:
         ds = _loaded(hf, hub_build, m, d)
         f = ds["validation"].features
         assert list(f) == ["image", "label", *(c for c, _ in hubtables.COLUMNS)]
-        assert f["image"] == hf.Image() and f["label"] == hf.ClassLabel(names=m["datasets"][d]["classes"])
+        assert f["image"] == hf.Image() and f["label"] == hf.ClassLabel(names=m.classes(d))
         assert f["snr_db"] == hf.Value("float64") and f["fold"] == hf.Value("int64")
         assert set(ds["train"]["condition"]) == {"clean"} and set(ds[f"test_{CONDITIONS[1]}"]["condition"]) == {
             CONDITIONS[1]}
         # every row is its tar sample: the same label, speaker, start and PNG bytes
-        shard = next(s for s in m["shards"] if s["dataset"] == d and s["split"] == "test" and s["count"])
-        meta = _tar_samples(hub_build / shard["path"])
+        shard = next(s for s in m.shards if s.dataset == d and s.split == "test" and s.count)
+        meta = _tar_samples(hub_build / shard.path)
         rows = ds["test"].cast_column("image", hf.Image(decode=False))
-        assert sum(row["key"] in meta for row in rows) == shard["count"]
+        assert sum(row["key"] in meta for row in rows) == shard.count
         for row in rows:
             if row["key"] in meta:
                 want = meta[row["key"]]
                 assert (f["label"].int2str(row["label"]), row["speaker"], row["start_s"], row["snr_db"]) == (
                     want["label"], want["speaker"], want["start_s"], want["snr_db"])
-                with tarfile.open(hub_build / shard["path"]) as tf:
+                with tarfile.open(hub_build / shard.path) as tf:
                     assert row["image"]["bytes"] == tf.extractfile(f"{row['key']}.png").read()  # type: ignore[union-attr]
     outputs = _run_snippets(hub_build, monkeypatch)
     assert outputs["Hugging Face datasets"].rstrip().endswith("15.0")
     # what a stranger gets: the published copy loads the same way
     dest = hub_build.parent / "published"
     assert main(["publish", str(hub_build), str(dest)]) == 0
-    published = hf.load_dataset(str(dest), next(iter(m["datasets"])), split="validation")
+    published = hf.load_dataset(str(dest), next(iter(m.datasets)), split="validation")
     assert isinstance(published.features["label"], hf.ClassLabel) and set(published["condition"]) == {"clean"}
     # a changed shard's table is made again (it records the shard's sha256)
-    table = hub_build / hubtables.table_path(m["shards"][0]["path"])
-    m["shards"][0] = {**m["shards"][0], "sha256": "0" * 64}
-    assert write_hub_view(hub_build, m) == (1, len(m["shards"]) - 1) and table.is_file()
+    table = hub_build / hubtables.table_path(m.shards[0].path)
+    m = dataclasses.replace(m, shards=(dataclasses.replace(m.shards[0], sha256="0" * 64), *m.shards[1:]))
+    assert write_hub_view(hub_build, m) == (1, len(m.shards) - 1) and table.is_file()
 
 
 def test_a_list_s_own_columns_are_top_level_columns_of_the_hub_view(tmp_path: Path) -> None:
@@ -250,10 +253,10 @@ def test_a_list_s_own_columns_are_top_level_columns_of_the_hub_view(tmp_path: Pa
 
     from serwild.data.loaders import ShardError
 
-    record = {"dataset": "ahsn", "split": "test", "fold": None, "condition": "clean", "count": 1, "sha256": "ab" * 32}
+    record = ShardRecord("ahsn/test/s.tar", "ahsn", "test", None, "clean", 1, 0, "ab" * 32)
     meta = {"label": "hap", "class_index": 1, "speaker": "s1", "utterance": "u1", "session": "x", "snr_db": None,
             "start_s": 0.0, "block": 0, "noise": None, "extra": {"intensity": "HI", "speaker": "dup"},
-            **{k: record[k] for k in ("dataset", "split", "fold", "condition")}}
+            **{k: getattr(record, k) for k in ("dataset", "split", "fold", "condition")}}
 
     def shard(name: str, members: dict[str, bytes]) -> Path:
         with tarfile.open(tmp_path / name, "w") as tf:

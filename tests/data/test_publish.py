@@ -27,7 +27,7 @@ def _files(folder: Path) -> set[str]:
 def _expected(build: Path) -> set[str]:
     """The shards, the Hub's Parquet view of each, the card and the manifest."""
     m = load_manifest(build)
-    return ({r["path"] for r in m["shards"]} | {hubtables.table_path(r["path"]) for r in m["shards"]}
+    return ({r.path for r in m.shards} | {hubtables.table_path(r.path) for r in m.shards}
             | {"README.md", "manifest.json"})
 
 

@@ -38,25 +38,25 @@ def test_verify_a_url_and_a_shard_cut_on_the_server(tiny_build: Path, tmp_path: 
     m = manifest_of(tiny_build)
     copy = Path(shutil.copytree(tiny_build, tmp_path / "build"))
     (copy / "ahsn" / "stray.tar").write_bytes(b"")  # only a folder can reveal it
-    cut = [s for s in m["shards"] if s["split"] == "test"][1]
+    cut = [s for s in m.shards if s.split == "test"][1]
     with LoopbackServer(copy, max_lifetime_s=60) as srv:
         capsys.readouterr()
         assert cli(["verify", srv.url(), *REMOTE]) == 0
         out, err = capsys.readouterr()
-        assert f"verify: {len(m['shards'])} shards, {m['totals']['samples']} samples OK ({srv.url()})" in out
+        assert f"verify: {len(m.shards)} shards, {m.totals['samples']} samples OK ({srv.url()})" in out
         assert "extra shards not checked" in err and "remote" in err
         gets = sorted(p for method, p, _ in srv.requests if method == "GET")
-        assert gets == sorted(["manifest.json"] + [s["path"] for s in m["shards"]])  # each shard once
+        assert gets == sorted(["manifest.json"] + [s.path for s in m.shards])  # each shard once
 
         assert cli(["verify", "--quick", srv.url(), *REMOTE]) == 0  # sizes by HEAD
         assert {meth for meth, p, _ in srv.requests[len(gets):] if p != "manifest.json"} == {"HEAD"}
 
-        srv.cut(cut["path"], 10240)  # the server's copy is short (a cut at a tar record boundary)
+        srv.cut(cut.path, 10240)  # the server's copy is short (a cut at a tar record boundary)
         capsys.readouterr()
         assert cli(["verify", srv.url(), *REMOTE]) == 1
         out, err = capsys.readouterr()
-        assert out.splitlines() == [f"bad: {cut['path']} has 10240 bytes, manifest says {cut['bytes']}"]
-        assert f"verify: 1 problem(s) in {len(m['shards'])} shards of {srv.url()}" in err
+        assert out.splitlines() == [f"bad: {cut.path} has 10240 bytes, manifest says {cut.bytes}"]
+        assert f"verify: 1 problem(s) in {len(m.shards)} shards of {srv.url()}" in err
     capsys.readouterr()
     assert cli(["verify", str(copy)]) == 1  # the folder itself: the stray tar is seen there
     assert "extra: ahsn/stray.tar (not in the manifest)" in capsys.readouterr().out
@@ -72,7 +72,7 @@ def test_open_build_loads_a_url_like_a_folder(tiny_build: Path) -> None:  # noqa
         for build in (local, remote):
             batches = list(build.loader("ahsn", "test", ["clean", "snr15"], batch_size=4, as_uint8=True))
             metas = [meta for _, _, ms in batches for meta in ms]
-            assert len(metas) == sum(s["count"] for s in build.records("ahsn", "test", ["clean", "snr15"]))
+            assert len(metas) == sum(s.count for s in build.records("ahsn", "test", ["clean", "snr15"]))
             assert batches[0][0].shape[1:] == (3, 256, 256) and str(batches[0][0].dtype) == "torch.uint8"
             assert {meta["condition"] for meta in metas} == {"clean", "snr15"}
         assert remote.shard_urls(remote.records("ahsn", "test", ["clean"]))[0].startswith(srv.url("ahsn/test/"))
@@ -94,8 +94,8 @@ def test_train_two_ranks_then_evaluate_from_a_url(tiny_build: Path, tmp_path: Pa
         assert not (tmp_path / "unused").exists()
         # the default pre-flight did not download the build twice: shards were HEADed, then fetched
         heads = {p for meth, p, _ in srv.requests if meth == "HEAD"}
-        assert heads == {s["path"] for s in m["shards"] if s["dataset"] == "ahsn"  # train and validation
-                         and s["split"] in ("train", "validation") and s["condition"] == "clean"}
+        assert heads == {s.path for s in m.shards if s.dataset == "ahsn"  # train and validation
+                         and s.split in ("train", "validation") and s.condition == "clean"}
         import torch
 
         ckpt = torch.load(runs / "remote" / "best.pt", map_location="cpu", weights_only=False)
@@ -113,8 +113,8 @@ def test_train_two_ranks_then_evaluate_from_a_url(tiny_build: Path, tmp_path: Pa
         assert gets and len(gets) == len(set(gets)), gets
     result = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert result["shards"] == url
-    expected = {c: sum(s["count"] for s in m["shards"] if s["dataset"] == "ahsn" and s["split"] == "test"
-                       and s["condition"] == c) for c in m["conditions"]}
+    expected = {c: sum(s.count for s in m.shards if s.dataset == "ahsn" and s.split == "test"
+                       and s.condition == c) for c in m.conditions}
     assert {c: v["samples"] for c, v in result["conditions"].items()} == expected
 
 
@@ -122,7 +122,7 @@ def test_a_server_that_stops_answering_mid_epoch_ends_the_job(tiny_build: Path, 
     m = manifest_of(tiny_build)
     with LoopbackServer(tiny_build, max_lifetime_s=200) as srv:
         url = srv.url()
-        shard_paths = {s["path"] for s in m["shards"]}
+        shard_paths = {s.path for s in m.shards}
         cmd = [sys.executable, "-m", "serwild", "train", "--nproc", "2", f"train.shards={url}",
                f"train.run_dir={tmp_path / 'runs'}", "train.name=stall", "train.samples_per_epoch=2000",
                *TRAIN, *REMOTE, f"remote.cache_dir={tmp_path / 'cache'}"]

@@ -90,14 +90,14 @@ def test_publish_then_verify_train_and_evaluate_from_s3(tiny_build: Path, tmp_pa
     assert cli(["publish", str(tiny_build), url, *REMOTE]) == 0
     out = capfd.readouterr().out
     uploaded = _uploaded(out)
-    shard_paths = [s["path"] for s in m["shards"]]
+    shard_paths = [s.path for s in m.shards]
     assert uploaded[:len(shard_paths)] == shard_paths and uploaded[-2:] == ["README.md", "manifest.json"]
     assert "build-log.jsonl" not in uploaded
-    assert f"{len(m['shards'])} shards, {m['totals']['samples']} samples OK" in out
+    assert f"{len(m.shards)} shards, {m.totals['samples']} samples OK" in out
     published = json.loads(fs.cat_file("pub/serwild/tiny/manifest.json"))
-    assert published["shards"] == m["shards"] and published["fingerprint"] == m["fingerprint"]
+    assert published["shards"] == [r.to_dict() for r in m.shards] and published["fingerprint"] == m.fingerprint
     assert str(tiny_build.parent) not in json.dumps(published)  # no folder of this machine
-    assert fs.metadata(f"pub/serwild/tiny/{shard_paths[0]}")["sha256"] == m["shards"][0]["sha256"]
+    assert fs.metadata(f"pub/serwild/tiny/{shard_paths[0]}")["sha256"] == m.shards[0].sha256
 
     assert cli(["publish", str(tiny_build), url, *REMOTE]) == 0  # nothing to do
     assert _uploaded(capfd.readouterr().out) == []
@@ -105,14 +105,14 @@ def test_publish_then_verify_train_and_evaluate_from_s3(tiny_build: Path, tmp_pa
     # metadata is anyone's to write, so a rerun compares the bytes.
     first = f"pub/serwild/tiny/{shard_paths[0]}"
     good = fs.cat_file(first)
-    fs.pipe_file(first, bytes([good[0] ^ 0xFF]) + good[1:], Metadata={"sha256": m["shards"][0]["sha256"]})
+    fs.pipe_file(first, bytes([good[0] ^ 0xFF]) + good[1:], Metadata={"sha256": m.shards[0].sha256})
     assert cli(["publish", str(tiny_build), url, *REMOTE]) == 0
     assert _uploaded(capfd.readouterr().out) == [shard_paths[0]] and fs.cat_file(first) == good
     assert cli(["verify", url, *REMOTE]) == 0
-    assert f"{len(m['shards'])} shards" in capfd.readouterr().out
+    assert f"{len(m.shards)} shards" in capfd.readouterr().out
 
     # The bucket gives the trainer the very batches the folder gives (same seed, same order)…
-    records = [r for r in m["shards"] if r["split"] == "train" and r["condition"] == "clean"]
+    records = [r for r in m.shards if r.split == "train" and r.condition == "clean"]
     cached = dataclasses.replace(FAST, cache_dir=str(tmp_path / "cache"))
     batches = {name: list(make_train_loader(shard_set(open_build(where, cached), records), CLASSES, 8, 4, seed=3,
                                             epoch=0, shuffle_buffer=8, as_uint8=True))
@@ -199,7 +199,7 @@ def test_a_stalled_s3_server_ends_in_one_line_within_the_timeout(tiny_build: Pat
     text = str(info.value)
     assert "\n" not in text and text.startswith("s3://stall/b/") and "no answer within 0.5 s" in text, text
     # Bounded: the first shard asked once per attempt (each ends at the timeout), then nothing more.
-    first = manifest_of(tiny_build)["shards"][0]["path"]
+    first = manifest_of(tiny_build).shards[0].path
     assert [p for _, p in srv.requests[asked:]] == [f"/stall/b/{first}"] * (FAST.retries + 1), text
 
 
@@ -212,14 +212,14 @@ def test_an_endless_s3_body_costs_a_reads_worth_of_memory(tiny_build: Path, tmp_
     srv, _ = s3
     fs = _bucket(srv, "endless")
     fs.put(str(tiny_build) + "/", "endless/b/", recursive=True)
-    first = manifest_of(tiny_build)["shards"][0]["path"]
+    first = manifest_of(tiny_build).shards[0].path
     srv.endless(f"/endless/b/{first}")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.monotonic()
     assert cli(["verify", "s3://endless/b", *REMOTE]) == 1
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("bad:")]
     grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert said == [f"bad: {first} has more than the {manifest_of(tiny_build)['shards'][0]['bytes']} bytes the "
+    assert said == [f"bad: {first} has more than the {manifest_of(tiny_build).shards[0].bytes} bytes the "
                     "manifest lists (has it changed?): refusing the rest"], said
     assert time.monotonic() - start < 60 and grew_mb < 200, (grew_mb, srv.endless_sent)
     assert srv.endless_sent < 64 << 20  # the body was not read on

@@ -9,13 +9,13 @@ class per session, and builds it with ``run_build(cfg, executor="serial")`` (no 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from serwild.builder.build import run_build
 from serwild.config import load_config
+from serwild.data.manifest import Manifest, load_manifest
 from tests.builder.conftest import make_noise, make_tree
 from tests.conftest import made_once, shared_temp, tiny_build  # noqa: F401 - fixture, re-exported
 
@@ -39,5 +39,5 @@ def card_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return made_once(shared_temp(tmp_path_factory) / "card-build", make_tiny_build) / "shards"
 
 
-def manifest_of(build_dir: Path) -> dict:
-    return json.loads((build_dir / "manifest.json").read_text())
+def manifest_of(build_dir: Path) -> Manifest:
+    return load_manifest(build_dir)

@@ -23,7 +23,8 @@ from serwild.builder.manifest import counts_table, fingerprint
 from serwild.builder.render import encode_png
 from serwild.checkpoint import Checkpoint, save_checkpoint
 from serwild.config import load_config, to_dict
-from serwild.data.manifest import FORMAT, sha256_file
+from serwild.data.manifest import DatasetInfo, Manifest, sha256_file
+from serwild.data.records import ShardRecord
 from serwild.trainer.model import build_model
 
 CLASSES = ["ang", "hap", "sad", "neu"]
@@ -66,15 +67,14 @@ def write_build(root: Path, test_shards: dict = TEST_SHARDS, seed: int = 0) -> P
             for s in samples:
                 label = json.loads(s["json"])["label"]
                 counts[label] = counts.get(label, 0) + 1
-            records.append({"path": rel, "dataset": "ahsn", "split": "test", "fold": None, "condition": cond,
-                            "snr_db": snr, "count": n, "class_counts": dict(sorted(counts.items())),
-                            "bytes": (root / rel).stat().st_size, "sha256": sha256_file(root / rel)})
-    datasets = {"ahsn": {"classes": CLASSES}}
-    manifest = {"format": FORMAT, "config": to_dict(load_config(None, ["split.strategy=utterance"])),
-                "versions": {}, "fingerprint": fingerprint(records, datasets), "datasets": datasets,
-                "conditions": {c: snr for c, (snr, _) in test_shards.items()}, "counts": counts_table(records),
-                "shards": records}
-    write_json(root / "manifest.json", manifest)
+            records.append(ShardRecord(rel, "ahsn", "test", None, cond, n, (root / rel).stat().st_size,
+                                       sha256_file(root / rel), snr, dict(sorted(counts.items()))))
+    datasets = {"ahsn": DatasetInfo(tuple(CLASSES))}
+    manifest = Manifest(config=to_dict(load_config(None, ["split.strategy=utterance"])),
+                        fingerprint=fingerprint(records, datasets), datasets=datasets,
+                        conditions={c: snr for c, (snr, _) in test_shards.items()}, counts=counts_table(records),
+                        shards=tuple(records))
+    write_json(root / "manifest.json", manifest.to_dict())
     return root
 
 

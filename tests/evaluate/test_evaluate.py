@@ -18,6 +18,7 @@ from serwild import __version__
 from serwild.checkpoint import load_checkpoint
 from serwild.cli import main
 from serwild.data.manifest import load_manifest
+from serwild.data.records import ShardRecord
 from serwild.data.transforms import image_transform, normalise
 from serwild.errors import UsageError
 from serwild.evaluate.config import EvalConfig
@@ -76,7 +77,7 @@ def test_scores_match_an_independent_reading(one_process: Path, build_and_checkp
     build, ckpt_path = build_and_checkpoint
     model = model_from_checkpoint(load_checkpoint(ckpt_path))
     manifest = load_manifest(build)
-    urls = [str(build / s["path"]) for s in manifest["shards"] if s["condition"] == "snr40"]
+    urls = [str(build / s.path) for s in manifest.shards if s.condition == "snr40"]
     ds = wds.WebDataset(urls, shardshuffle=False).decode("rgb8").to_tuple("png", "json")
     images, metas = zip(*ds)
     with torch.inference_mode():
@@ -85,7 +86,7 @@ def test_scores_match_an_independent_reading(one_process: Path, build_and_checkp
     want = {(m["utterance"], str(m["block"])): p for m, p in zip(metas, probs)}
     got = {(r["utterance"], r["block"]): r for r in _predictions(one_process) if r["condition"] == "snr40"}
     assert set(got) == set(want)
-    classes = manifest["datasets"]["ahsn"]["classes"]
+    classes = manifest.classes("ahsn")
     for k, p in want.items():
         assert np.allclose([float(got[k][f"p_{c}"]) for c in classes], p, atol=2e-4)
     # logits.npz: the logits themselves, in predictions.csv's order (other batches: float32 rounding only)
@@ -183,7 +184,7 @@ def test_sample_count_and_duplicates_checked_after_gathering() -> None:
         return {"logits": np.zeros((len(utts), 4), np.float32), "labels": np.zeros(len(utts), np.int64),
                 "utterances": utts, "blocks": blocks}
 
-    records = [{"path": "ahsn/test/clean-000000.tar"}]
+    records = [ShardRecord("ahsn/test/clean-000000.tar", "ahsn", "test", None, "clean", 3, 0, "0" * 64)]
     merged = merge_parts([part(["b", "a"], [0, 0]), part(["a"], [1]), part([], [])], "clean", 3, records)
     assert list(zip(merged["utterances"], merged["blocks"])) == [("a", 0), ("a", 1), ("b", 0)]
     with pytest.raises(UsageError, match="manifest lists 4 in ahsn/test/clean-000000.tar"):

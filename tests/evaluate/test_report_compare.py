@@ -253,12 +253,14 @@ def test_held_out_speakers_reach_the_report_and_the_model_card() -> None:
     evaluation's protocol (metrics.json), its report line and an export's model card."""
     from serwild.checkpoint import Checkpoint
     from serwild.config import load_config
+    from serwild.data.manifest import DatasetInfo, Manifest
     from serwild.deploy import card
     from serwild.evaluate.evaluate import protocol
 
-    manifest = {"config": {"split": {"strategy": "speaker"}},
-                "split": {"strategy": "speaker", "datasets": {"ahsn": {"test_speakers": ["spk2", "spk7"],
-                                                                        "train_speakers": ["spk1"]}}}}
+    manifest = Manifest(fingerprint="f", datasets={"ahsn": DatasetInfo(("a", "b"))}, conditions={"clean": None},
+                        shards=(), config={"split": {"strategy": "speaker"}},
+                        split={"strategy": "speaker", "datasets": {"ahsn": {"test_speakers": ["spk2", "spk7"],
+                                                                             "train_speakers": ["spk1"]}}})
     ckpt = Checkpoint(model={}, epoch=3, config={}, classes=["a", "b"], dataset="ahsn", manifest_fingerprint="f",
                       arch="tiny", recipe={})
     p = protocol(ckpt, load_config(None), manifest)

@@ -27,6 +27,7 @@ from serwild.builder.manifest import fingerprint
 from serwild.checkpoint import Checkpoint, save_checkpoint
 from serwild.cli import main
 from serwild.data.fetch import MAX_METADATA_BYTES, RemoteError
+from serwild.data.manifest import Manifest
 from serwild.data.remote import open_location
 from serwild.deploy import predict as predict_mod
 from tests.builder.conftest import tone
@@ -260,7 +261,8 @@ def test_a_manifest_that_renames_the_classes_under_the_data_is_refused(built: tu
 
     def rename(m: dict) -> None:  # a careful forger: the fingerprint is made anew
         m["datasets"]["ahsn"]["classes"] = swapped
-        m["fingerprint"] = fingerprint(m["shards"], m["datasets"])
+        typed = Manifest.from_dict(m, "manifest.json")
+        m["fingerprint"] = fingerprint(list(typed.shards), typed.datasets)
 
     _edit_manifest(build, rename)
     print_ = json.loads((build / "manifest.json").read_text())["fingerprint"]

@@ -10,7 +10,7 @@ traceback, no torchrun failure report) and what is left on disk.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import re
 import signal
@@ -24,6 +24,8 @@ import torch
 
 from serwild.builder.labels import PRESETS
 from serwild.cli import main
+from serwild.data.manifest import Manifest, load_manifest
+from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
 from serwild.trainer.features import cache_records, cache_spec, load_feature_cache, shard_cache_file, tar_keys
 from serwild.trainer.features_write import build_feature_cache
@@ -40,26 +42,26 @@ FROZEN = "[conv1,conv2,conv3,conv4]"  # the paper's frozen prefix: the feature c
 REPORT = ("Traceback", "ChildFailedError", "Root Cause", "FAILED")  # torchrun's failure report
 
 
-def _manifest(build: Path) -> dict:
-    return json.loads((build / "manifest.json").read_text())
+def _manifest(build: Path) -> Manifest:
+    return load_manifest(build)
 
 
-def _cache(build: Path, root: Path, records: list[dict]):
+def _cache(build: Path, root: Path, records: list[ShardRecord]):
     """A real feature cache of ``records`` (the tiny model's conv1-conv4, random weights) under ``root``."""
     manifest = _manifest(build)
     torch.manual_seed(0)
-    model = build_model(len(manifest["datasets"]["ahsn"]["classes"]), "none", ARCH)
-    spec = cache_spec(root, manifest["fingerprint"], model, 10)
-    done = build_feature_cache(build, records, model, CPU, spec, manifest["datasets"]["ahsn"]["classes"])
+    model = build_model(len(manifest.classes("ahsn")), "none", ARCH)
+    spec = cache_spec(root, manifest.fingerprint, model, 10)
+    done = build_feature_cache(build, records, model, CPU, spec, manifest.classes("ahsn"))
     assert done.written == len(records)
     return model, spec
 
 
-def _same_count_pair(build: Path) -> list[dict]:
+def _same_count_pair(build: Path) -> list[ShardRecord]:
     """Two training shards holding the same number of samples (of two folds where the build has them)."""
     recs = cache_records(_manifest(build), "ahsn")
-    pairs = [[a, b] for a in recs for b in recs if a["path"] < b["path"] and a["count"] == b["count"] > 0]
-    for a, b in sorted(pairs, key=lambda p: p[0]["fold"] == p[1]["fold"]):
+    pairs = [[a, b] for a in recs for b in recs if a.path < b.path and a.count == b.count > 0]
+    for a, b in sorted(pairs, key=lambda p: p[0].fold == p[1].fold):
         return [a, b]
     raise AssertionError("the build has no two training shards of equal size")
 
@@ -89,12 +91,12 @@ def test_swapped_or_stale_cache_files_are_refused_on_load_and_rebuilt(tiny_build
     with pytest.raises(UsageError) as e:
         load_feature_cache(spec, pair)
     _one_line(str(e.value))
-    assert str(fa) in str(e.value) and pair[1]["path"] in str(e.value), e.value
+    assert str(fa) in str(e.value) and pair[1].path in str(e.value), e.value
     # A shard rebuilt under the same name (another sha256) makes its cache file stale too.
     fa.write_bytes(a)
     fb.write_bytes(b)
     with pytest.raises(UsageError, match="sha256"):
-        load_feature_cache(spec, [dict(pair[0], sha256="0" * 64)])
+        load_feature_cache(spec, [dataclasses.replace(pair[0], sha256="0" * 64)])
     # Keys that are not the shard's (same shard name and sha256) are caught against the tar.
     obj = torch.load(fa, weights_only=True)
     obj["keys"] = obj["keys"][::-1]
@@ -105,17 +107,17 @@ def test_swapped_or_stale_cache_files_are_refused_on_load_and_rebuilt(tiny_build
     fa.write_bytes(b)
     fb.write_bytes(a)
     manifest = _manifest(tiny_build)
-    again = build_feature_cache(tiny_build, pair, model, CPU, spec, manifest["datasets"]["ahsn"]["classes"])
+    again = build_feature_cache(tiny_build, pair, model, CPU, spec, manifest.classes("ahsn"))
     assert again.written == 2 and len(again.notes) == 2, again
     assert all(n.startswith("note: feature cache file ") and "rebuilt" in n for n in again.notes), again.notes
     data = load_feature_cache(spec, pair, build_dir=tiny_build)
-    assert data.keys == [k for r in pair for k in tar_keys(tiny_build / r["path"])]
+    assert data.keys == [k for r in pair for k in tar_keys(tiny_build / r.path)]
     assert fa.read_bytes() != b
 
 
 def test_cut_and_empty_cache_files_are_rebuilt_and_a_hostile_one_is_refused_unrun(tiny_build: Path,  # noqa: F811
                                                                                  tmp_path: Path) -> None:
-    recs = [r for r in cache_records(_manifest(tiny_build), "ahsn") if r["count"] > 0][:3]
+    recs = [r for r in cache_records(_manifest(tiny_build), "ahsn") if r.count > 0][:3]
     model, spec = _cache(tiny_build, tmp_path / "cache", recs)
     empty, cut, hostile = (shard_cache_file(spec.dir, r) for r in recs)
     whole = {f: f.read_bytes() for f in (empty, cut)}
@@ -143,7 +145,7 @@ def test_cut_and_empty_cache_files_are_rebuilt_and_a_hostile_one_is_refused_unru
     for n in redo.notes:
         _one_line(n)
     assert "the file is empty" in redo.notes[0] and str(cut) in redo.notes[1], redo.notes
-    assert len(load_feature_cache(spec, recs, build_dir=tiny_build)) == sum(r["count"] for r in recs)
+    assert len(load_feature_cache(spec, recs, build_dir=tiny_build)) == sum(r.count for r in recs)
 
 
 # ----------------------------------------------------------------------------- read-only folders
@@ -196,7 +198,7 @@ def test_read_only_run_or_cache_folder_is_one_line_before_any_work(tiny_build: P
         # …and a cache there, read-only with files missing, is one line when it would be built.
         manifest = _manifest(tiny_build)
         model = build_model(len(CLASSES), "none", ARCH)
-        spec = cache_spec(ro / "cache", manifest["fingerprint"], model, 10)
+        spec = cache_spec(ro / "cache", manifest.fingerprint, model, 10)
         with pytest.raises(UsageError) as e:
             build_feature_cache(tiny_build, cache_records(manifest, "ahsn")[:1], model, CPU, spec, CLASSES)
         _one_line(str(e.value))
@@ -218,7 +220,7 @@ def test_a_non_finite_loss_is_one_line_and_exit_1(tiny_build: Path, weights_file
     SIGKILLed launcher left."""
     manifest = _manifest(tiny_build)
     model = build_model(len(CLASSES), str(weights_file), ARCH)  # conv1-conv4 from the file: the trainer's exactly
-    spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, 10)
+    spec = cache_spec(tmp_path / "cache", manifest.fingerprint, model, 10)
     records = cache_records(manifest, "ahsn")
     build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     for r in records:

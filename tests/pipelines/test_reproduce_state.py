@@ -11,6 +11,8 @@ import torch
 import yaml
 
 from serwild.config import load_config, to_dict
+from serwild.data.manifest import DatasetInfo, Manifest
+from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
 from serwild.pipelines import protocol, reproduce
 from serwild.trainer.preflight import resolve
@@ -27,9 +29,11 @@ def _run(run_dir: Path, cfg, epoch: int | None = 1, fingerprint: str = FP) -> Pa
     return run_dir
 
 
-def _manifest(conditions: dict) -> dict:
-    shards = [{"dataset": ds, "split": "train", "fold": k} for ds in ("ahsn", "aesn") for k in (0, 1, 2)]
-    return {"conditions": conditions, "datasets": {"ahsn": {}, "aesn": {}}, "shards": shards, "fingerprint": FP}
+def _manifest(conditions: dict) -> Manifest:
+    shards = tuple(ShardRecord(f"{ds}/train/fold{k}/clean-000000.tar", ds, "train", k, "clean", 1, 1, "0" * 64)
+                   for ds in ("ahsn", "aesn") for k in (0, 1, 2))
+    return Manifest(fingerprint=FP, datasets={ds: DatasetInfo(("ang", "neu")) for ds in ("ahsn", "aesn")},
+                    conditions=conditions, shards=shards)
 
 
 def test_experiments_follow_the_build() -> None:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from serwild.config import Config, load_config
+from serwild.data.manifest import Manifest
 from serwild.trainer.model import new_model
 from tests.conftest import tiny_build  # noqa: F401 (the root's fixture, importable from here as before)
 
@@ -26,7 +27,7 @@ ARCH = "tiny"  # what test runs train (overrides' default)
 
 
 @pytest.fixture(scope="session")
-def manifest(tiny_manifest: dict) -> dict:  # the root's fixture, under the trainer tests' name
+def manifest(tiny_manifest: Manifest) -> Manifest:  # the root's fixture, under the trainer tests' name
     return tiny_manifest
 
 

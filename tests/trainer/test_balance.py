@@ -13,15 +13,23 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from serwild.data.epochs import Repeats, epoch_pieces
 from serwild.data.loaders import make_train_loader, shard_set
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord
 from serwild.trainer.recipe import balanced_weights
 from serwild.trainer.train import main as train_main
 from tests.trainer.conftest import tiny_config
 from tests.trainer.test_epochs import CLASSES, _records, _truth
 
 
+def _rec(class_counts: dict[str, int]) -> ShardRecord:
+    """A shard record that only counts its classes (what the weights and the sampler read)."""
+    return ShardRecord("ahsn/train/x.tar", "ahsn", "train", 0, "clean", sum(class_counts.values()), 0, "0" * 64,
+                       class_counts=class_counts)
+
+
 def test_balanced_weights_are_scikit_learns() -> None:
-    records = [{"class_counts": {"ang": 30, "hap": 5}}, {"class_counts": {"ang": 10, "sad": 15}},
-               {"class_counts": {"neu": 40}}]
+    records = [_rec({"ang": 30, "hap": 5}), _rec({"ang": 10, "sad": 15}),
+               _rec({"neu": 40})]
     classes = ["ang", "hap", "sad", "neu"]
     labels = np.repeat(classes, [40, 5, 15, 40])
     want = compute_class_weight("balanced", classes=np.array(classes), y=labels)
@@ -48,8 +56,8 @@ def _dealt(repeats: Repeats, seed: int, epoch: int) -> list[Counter]:
 
 
 def test_the_sampler_deals_every_class_as_often_as_the_largest() -> None:
-    repeats = Repeats.of([{"class_counts": {"ang": 30, "hap": 5}}, {"class_counts": {"ang": 10, "sad": 15}},
-                          {"class_counts": {"neu": 41}}], ["ang", "hap", "sad", "neu"])
+    repeats = Repeats.of([_rec({"ang": 30, "hap": 5}), _rec({"ang": 10, "sad": 15}),
+                          _rec({"neu": 41})], ["ang", "hap", "sad", "neu"])
     assert repeats.ratios == pytest.approx((41 / 40, 41 / 5, 41 / 15, 1.0))
     assert repeats.epoch_size() == 4 * 41
     extra = []
@@ -68,7 +76,7 @@ def test_the_sampler_deals_every_class_as_often_as_the_largest() -> None:
 
 
 def test_the_sampler_plan_tiles_the_stream_across_ranks() -> None:
-    repeats = Repeats.of([{"class_counts": {"a": 7}}, {"class_counts": {"a": 2, "b": 3}}, {"class_counts": {"b": 1}}],
+    repeats = Repeats.of([_rec({"a": 7}), _rec({"a": 2, "b": 3}), _rec({"b": 1})],
                          ["a", "b"])
     counts = [7, 5, 1]
     per_rank = 5
@@ -90,8 +98,8 @@ def _labels_and_pixels(shards, batch: int, steps: int, rank: int, world: int, wo
     return out
 
 
-def test_a_balanced_epoch_is_exact_across_ranks_workers_and_resume(tiny_build: Path, manifest: dict) -> None:
-    records = [r for r in _records(manifest) if r["condition"] == "clean"]
+def test_a_balanced_epoch_is_exact_across_ranks_workers_and_resume(tiny_build: Path, manifest: Manifest) -> None:
+    records = [r for r in _records(manifest) if r.condition == "clean"]
     shards, repeats = shard_set(tiny_build, records), Repeats.of(records, CLASSES)
     truth = _truth(shards)
     per_class = Counter(label for label, _ in truth.elements())

@@ -19,6 +19,7 @@ from serwild.checkpoint import (
     set_rng_state,
 )
 from serwild.config import to_dict
+from serwild.data.manifest import Manifest
 from serwild.errors import UsageError
 from serwild.trainer import train
 from serwild.trainer.model import build_model, model_from_checkpoint
@@ -29,16 +30,16 @@ class NotAllowed:
     """An arbitrary pickled object: weights_only=True refuses to build it."""
 
 
-def _ckpt(manifest: dict, **over: object) -> Checkpoint:
+def _ckpt(manifest: Manifest, **over: object) -> Checkpoint:
     ck = {"model": build_model(4, arch="tiny").state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 1, "rng": [],
           "config": to_dict(tiny_config(Path("b"), Path("r"))), "classes": ["ang", "hap", "sad", "neu"],
-          "dataset": "ahsn", "manifest_fingerprint": manifest["fingerprint"], "shards": "b",
+          "dataset": "ahsn", "manifest_fingerprint": manifest.fingerprint, "shards": "b",
           "recipe": {"name": "scratch"}, "metrics": None, "arch": "tiny", "serwild_version": "0"}
     ck.update(over)
     return Checkpoint(**ck)
 
 
-def test_round_trip_is_atomic_and_weights_only(manifest: dict, tmp_path: Path) -> None:
+def test_round_trip_is_atomic_and_weights_only(manifest: Manifest, tmp_path: Path) -> None:
     path = tmp_path / "run" / "last.pt"
     ck = _ckpt(manifest)
     save_checkpoint(path, ck)
@@ -67,18 +68,19 @@ def test_unreadable_checkpoints_are_usage_errors(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "pickle.pt")
 
 
-def test_wrong_build_or_classes_are_refused(manifest: dict) -> None:
-    check_compatible(_ckpt(manifest), manifest, "ahsn", "x.pt")
+def test_wrong_build_or_classes_are_refused(manifest: Manifest) -> None:
+    build = ("ahsn", manifest.classes("ahsn"), manifest.fingerprint, "x.pt")
+    check_compatible(_ckpt(manifest), *build)
     with pytest.raises(UsageError, match="another build of the shards"):
-        check_compatible(_ckpt(manifest, manifest_fingerprint="0" * 64), manifest, "ahsn", "x.pt")
+        check_compatible(_ckpt(manifest, manifest_fingerprint="0" * 64), *build)
     with pytest.raises(UsageError, match="classes"):
-        check_compatible(_ckpt(manifest, classes=["ang", "exc", "sad", "neu"]), manifest, "ahsn", "x.pt")
+        check_compatible(_ckpt(manifest, classes=["ang", "exc", "sad", "neu"]), *build)
     with pytest.raises(UsageError, match="dataset 'aesn'"):
-        check_compatible(_ckpt(manifest, dataset="aesn"), manifest, "ahsn", "x.pt")
+        check_compatible(_ckpt(manifest, dataset="aesn"), *build)
 
 
 @pytest.mark.parametrize("change", [{"manifest_fingerprint": "f" * 64}, {"classes": ["a", "b", "c", "d"]}])
-def test_resume_refuses_a_checkpoint_of_another_build(tiny_build: Path, manifest: dict, tmp_path: Path,
+def test_resume_refuses_a_checkpoint_of_another_build(tiny_build: Path, manifest: Manifest, tmp_path: Path,
                                                       change: dict) -> None:
     cfg = tiny_config(tiny_build, tmp_path / "runs", **{"cv.fold": 0})
     save_checkpoint(tmp_path / "runs" / "ahsn-clean-fold0" / "last.pt", _ckpt(manifest, **change))
@@ -86,7 +88,7 @@ def test_resume_refuses_a_checkpoint_of_another_build(tiny_build: Path, manifest
         train.main(cfg, resume=True)
 
 
-def test_a_new_run_will_not_overwrite_an_old_one(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:
+def test_a_new_run_will_not_overwrite_an_old_one(tiny_build: Path, manifest: Manifest, tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "runs" / "ahsn-clean" / "last.pt", _ckpt(manifest))
     with pytest.raises(UsageError, match="--resume"):
         train.main(tiny_config(tiny_build, tmp_path / "runs"))

@@ -22,6 +22,8 @@ from serwild.data.loaders import (
     make_train_loader,
     shard_set,
 )
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord
 from serwild.data.remote import open_location
 from serwild.errors import UsageError
 from serwild.trainer.preflight import DataPlan, plan_data, resolve, verify_shards
@@ -30,9 +32,9 @@ from tests.trainer.conftest import tiny_config
 CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
 
 
-def _records(manifest: dict, condition: str = "clean", fold: int = 0) -> list[dict]:
-    return [s for s in manifest["shards"] if s["split"] == "train" and s["condition"] == condition
-            and s["fold"] == fold]
+def _records(manifest: Manifest, condition: str = "clean", fold: int = 0) -> list[ShardRecord]:
+    return [s for s in manifest.shards if s.split == "train" and s.condition == condition
+            and s.fold == fold]
 
 
 def _keys(urls: list[str]) -> list[str]:
@@ -43,7 +45,7 @@ def _keys(urls: list[str]) -> list[str]:
     return out
 
 
-def test_train_loader_gives_exactly_the_asked_batches(tiny_build: Path, manifest: dict) -> None:
+def test_train_loader_gives_exactly_the_asked_batches(tiny_build: Path, manifest: Manifest) -> None:
     shards = shard_set(tiny_build, _records(manifest)[:1])  # one shard, fewer samples than asked
     for workers in (0, 2):
         batches = list(make_train_loader(shards, CLASSES, batch_size=3, num_batches=7, seed=0, epoch=0,
@@ -55,7 +57,7 @@ def test_train_loader_gives_exactly_the_asked_batches(tiny_build: Path, manifest
             assert ((labels >= 0) & (labels < 4)).all()
 
 
-def test_train_loader_is_deterministic_per_epoch(tiny_build: Path, manifest: dict) -> None:
+def test_train_loader_is_deterministic_per_epoch(tiny_build: Path, manifest: Manifest) -> None:
     shards = shard_set(tiny_build, _records(manifest))
 
     def images(epoch: int) -> torch.Tensor:
@@ -69,7 +71,7 @@ def test_train_loader_is_deterministic_per_epoch(tiny_build: Path, manifest: dic
 
 
 @pytest.mark.parametrize("n_shards", [1, 3])
-def test_eval_loader_reads_every_sample_once_across_ranks(tiny_build: Path, manifest: dict, n_shards: int) -> None:
+def test_eval_loader_reads_every_sample_once_across_ranks(tiny_build: Path, manifest: Manifest, n_shards: int) -> None:
     records = (_records(manifest, "clean", 0) + _records(manifest, "snr15", 0))[:n_shards]
     shards = shard_set(tiny_build, records)
     seen: list[str] = []
@@ -97,12 +99,12 @@ def _short_copy(src: Path, dst: Path, keep_samples: int) -> None:
             tout.addfile(m, io.BytesIO(tin.extractfile(m).read()))
 
 
-def test_short_shard_is_refused_by_both_loaders(tiny_build: Path, manifest: dict, tmp_path: Path,
+def test_short_shard_is_refused_by_both_loaders(tiny_build: Path, manifest: Manifest, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     record = _records(manifest)[0]
     short = tmp_path / "short.tar"
-    _short_copy(tiny_build / record["path"], short, record["count"] - 1)
-    good = ShardSet([str(short)], [record["count"]])
+    _short_copy(tiny_build / record.path, short, record.count - 1)
+    good = ShardSet([str(short)], [record.count])
     with pytest.raises(ShardError, match="manifest says"):
         list(make_eval_loader(good.urls, 4, 0, counts=good.counts, classes=CLASSES))
     # The worker that raises ends without removing the pymp-* folder multiprocessing made in its
@@ -111,52 +113,52 @@ def test_short_shard_is_refused_by_both_loaders(tiny_build: Path, manifest: dict
     with pytest.raises(ShardError, match="manifest says"):  # also through a worker process
         list(make_eval_loader(good.urls, 4, 1, counts=good.counts, classes=CLASSES))
     with pytest.raises(ShardError, match="manifest says"):
-        list(make_train_loader(good, CLASSES, 2, 3 * record["count"], seed=0, epoch=0, shuffle_buffer=2))
+        list(make_train_loader(good, CLASSES, 2, 3 * record.count, seed=0, epoch=0, shuffle_buffer=2))
 
 
-def test_corrupt_shard_is_refused(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:
+def test_corrupt_shard_is_refused(tiny_build: Path, manifest: Manifest, tmp_path: Path) -> None:
     record = _records(manifest)[0]
     bad = tmp_path / "bad.tar"
-    data = bytearray((tiny_build / record["path"]).read_bytes())
+    data = bytearray((tiny_build / record.path).read_bytes())
     data[5000:9000] = b"\x00" * 4000  # inside the first PNG
     bad.write_bytes(bytes(data))
     with pytest.raises(ShardError):
-        list(make_eval_loader([str(bad)], 4, 0, counts=[record["count"]], classes=CLASSES))
+        list(make_eval_loader([str(bad)], 4, 0, counts=[record.count], classes=CLASSES))
 
 
-def test_verify_refuses_a_changed_shard_before_training(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:
+def test_verify_refuses_a_changed_shard_before_training(tiny_build: Path, manifest: Manifest, tmp_path: Path) -> None:
     record = _records(manifest)[0]
-    (tmp_path / record["path"]).parent.mkdir(parents=True)
-    _short_copy(tiny_build / record["path"], tmp_path / record["path"], record["count"] - 1)
-    plan = DataPlan(BuildReader(open_location(tmp_path), manifest), manifest, ["ang", "hap", "sad", "neu"],
-                    shard_set(tmp_path, [record]), None, record["count"], [record], [])
+    (tmp_path / record.path).parent.mkdir(parents=True)
+    _short_copy(tiny_build / record.path, tmp_path / record.path, record.count - 1)
+    plan = DataPlan(BuildReader(open_location(tmp_path), manifest), ["ang", "hap", "sad", "neu"],
+                    shard_set(tmp_path, [record]), None, record.count, [record], [])
     for level in ("size", "full"):
         with pytest.raises(UsageError, match="do not match"):
             verify_shards(plan, level)
     verify_shards(plan, "none")
-    shutil.copy(tiny_build / record["path"], tmp_path / record["path"])
+    shutil.copy(tiny_build / record.path, tmp_path / record.path)
     verify_shards(plan, "full")
 
 
-def test_plan_selects_folds_conditions_and_epoch_size(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:
+def test_plan_selects_folds_conditions_and_epoch_size(tiny_build: Path, manifest: Manifest, tmp_path: Path) -> None:
     both = "[clean, snr15]"
     plan = plan_data(resolve(tiny_config(tiny_build, tmp_path, **{"train.conditions": both, "cv.fold": 2,
                                                                    "train.samples_per_epoch": "all"})))
-    assert {r["fold"] for r in plan.train_records} == {0, 1, 3, 4}
-    assert {r["fold"] for r in plan.val_records} == {2}
-    assert {r["condition"] for r in plan.val_records} == {"clean", "snr15"}
-    assert plan.samples_per_epoch == sum(r["count"] for r in plan.train_records)
+    assert {r.fold for r in plan.train_records} == {0, 1, 3, 4}
+    assert {r.fold for r in plan.val_records} == {2}
+    assert {r.condition for r in plan.val_records} == {"clean", "snr15"}
+    assert plan.samples_per_epoch == sum(r.count for r in plan.train_records)
     clean = plan_data(resolve(tiny_config(tiny_build, tmp_path, **{"train.conditions": both, "cv.fold": 2,
                                                                     "train.samples_per_epoch": "clean"})))
-    n_clean = sum(r["count"] for r in plan.train_records if r["condition"] == "clean")
+    n_clean = sum(r.count for r in plan.train_records if r.condition == "clean")
     assert clean.samples_per_epoch == n_clean < plan.samples_per_epoch
     assert steps_per_epoch(n_clean, 4, 2) == -(-n_clean // 8)
     every = plan_data(resolve(tiny_config(tiny_build, tmp_path, **{"cv.fold": None})))
     # no CV fold: every fold trains, and the build's validation part validates (the run's conditions)
-    assert {r["fold"] for r in every.train_records} == {0, 1, 2, 3, 4}
-    assert {(r["split"], r["condition"]) for r in every.val_records} == {("validation", "clean")}
+    assert {r.fold for r in every.train_records} == {0, 1, 2, 3, 4}
+    assert {(r.split, r.condition) for r in every.val_records} == {("validation", "clean")}
     with pytest.raises(UsageError, match="cv.fold=7"):
         plan_data(resolve(tiny_config(tiny_build, tmp_path, **{"cv.fold": 7})))
     with pytest.raises(UsageError, match="snr20"):
         plan_data(resolve(tiny_config(tiny_build, tmp_path, **{"train.conditions": "[clean, snr20]"})))
-    assert json.loads(json.dumps(plan.classes)) == manifest["datasets"]["ahsn"]["classes"]
+    assert json.loads(json.dumps(plan.classes)) == manifest.classes("ahsn")

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from serwild.checkpoint import load_checkpoint
+from serwild.data.manifest import Manifest
 from serwild.trainer.model import LAYER_MODULES, model_from_checkpoint
 from tests.faults import procs
 from tests.trainer.conftest import overrides, torchrun
@@ -50,11 +51,11 @@ def ddp_run(tiny_build: Path, weights_file: Path, tmp_path_factory: pytest.TempP
     return runs / "two"
 
 
-def test_two_ranks_ran_the_same_batches(ddp_run: Path, manifest: dict) -> None:
+def test_two_ranks_ran_the_same_batches(ddp_run: Path, manifest: Manifest) -> None:
     lines = _metrics(ddp_run)
     assert [r["epoch"] for r in lines] == [1, 2]
-    fold0 = sum(s["count"] for s in manifest["shards"]
-                if s["split"] == "train" and s["fold"] == 0 and s["condition"] == "clean")
+    fold0 = sum(s.count for s in manifest.shards
+                if s.split == "train" and s.fold == 0 and s.condition == "clean")
     for r in lines:
         assert r["batches_per_rank"] == [2, 2] and r["samples"] == 8 and r["world_size"] == 2
         assert r["lr"] == pytest.approx(_lrs(r["epoch"]))
@@ -67,11 +68,11 @@ def test_two_ranks_ran_the_same_batches(ddp_run: Path, manifest: dict) -> None:
     assert (ddp_run / "curves.png").stat().st_size > 0
 
 
-def test_checkpoint_loads_and_describes_the_run(ddp_run: Path, manifest: dict) -> None:
+def test_checkpoint_loads_and_describes_the_run(ddp_run: Path, manifest: Manifest) -> None:
     for name in ("last.pt", "best.pt"):
         ck = load_checkpoint(ddp_run / name)
-        assert ck.manifest_fingerprint == manifest["fingerprint"]
-        assert ck.classes == manifest["datasets"]["ahsn"]["classes"] and ck.dataset == "ahsn"
+        assert ck.manifest_fingerprint == manifest.fingerprint
+        assert ck.classes == manifest.classes("ahsn") and ck.dataset == "ahsn"
         assert ck.recipe["name"] == "paper" and ck.recipe["frozen"] == ["conv1", "conv2", "conv3", "conv4"]
         assert ck.world_size == 2 and ck.config["cv"]["fold"] == 0
         # Only last.pt holds what resuming needs (every rank's RNG, the optimiser); best.pt is weights.
@@ -157,12 +158,12 @@ def test_killed_rank_is_restarted_and_resumes(tiny_build: Path, weights_file: Pa
     assert load_checkpoint(run / "last.pt").epoch == 2 and (run / "best.pt").is_file()
 
 
-def test_one_or_three_shards_for_two_ranks_do_not_hang(tiny_build: Path, manifest: dict, tmp_path: Path) -> None:
-    records = [s for s in manifest["shards"] if s["split"] == "train" and s["condition"] == "clean"]
-    odd = sorted(records, key=lambda s: (s["count"] % 2 == 0, s["path"]))  # odd counts first
+def test_one_or_three_shards_for_two_ranks_do_not_hang(tiny_build: Path, manifest: Manifest, tmp_path: Path) -> None:
+    records = [s for s in manifest.shards if s.split == "train" and s.condition == "clean"]
+    odd = sorted(records, key=lambda s: (s.count % 2 == 0, s.path))  # odd counts first
     cases = {"1": odd[:1], "3": odd[:3]}
-    spec = {"batches": 5, "cases": {k: {"urls": [str(tiny_build / r["path"]) for r in v],
-                                        "counts": [r["count"] for r in v]} for k, v in cases.items()}}
+    spec = {"batches": 5, "cases": {k: {"urls": [str(tiny_build / r.path) for r in v],
+                                        "counts": [r.count for r in v]} for k, v in cases.items()}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     proc = torchrun([str(HERE / "ddp_loader_check.py"), str(tmp_path / "spec.json"), str(tmp_path / "out.json")],
                     timeout=240)
@@ -173,7 +174,7 @@ def test_one_or_three_shards_for_two_ranks_do_not_hang(tiny_build: Path, manifes
         keys = [k for rank_keys in result[name]["eval_keys"] for k in rank_keys]
         expected = []
         for r in recs:
-            with tarfile.open(tiny_build / r["path"]) as tf:
+            with tarfile.open(tiny_build / r.path) as tf:
                 expected += sorted({m.name.split(".", 1)[0] for m in tf if m.isfile()})
         assert sorted(keys) == sorted(expected)  # every sample exactly once over the two ranks
     assert result["1"]["eval_keys"][1] == []  # the rank without a shard read nothing, and returned

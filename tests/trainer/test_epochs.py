@@ -4,6 +4,7 @@ an epoch exactly."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -20,13 +21,15 @@ from serwild.data.loaders import (
     read_shards,
     shard_set,
 )
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord
 from tests.trainer.test_data import _keys
 
 CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
 
 
-def _records(manifest: dict) -> list[dict]:
-    return [s for s in manifest["shards"] if s["split"] == "train" and s["fold"] in (0, 1)]
+def _records(manifest: Manifest) -> list[ShardRecord]:
+    return [s for s in manifest.shards if s.split == "train" and s.fold in (0, 1)]
 
 
 def _pieces_cover(counts: list[int], per_rank: int, world: int) -> Counter:
@@ -74,7 +77,7 @@ def _epoch_keys(shards, batch: int, steps: int, rank: int, world: int, workers: 
     return out
 
 
-def test_an_epoch_delivers_every_key_once_across_ranks_and_workers(tiny_build: Path, manifest: dict) -> None:
+def test_an_epoch_delivers_every_key_once_across_ranks_and_workers(tiny_build: Path, manifest: Manifest) -> None:
     records = _records(manifest)
     shards = shard_set(tiny_build, records)
     batch, world = 3, 2
@@ -91,28 +94,28 @@ def test_an_epoch_delivers_every_key_once_across_ranks_and_workers(tiny_build: P
     assert sum((got - truth).values()) == batch * world * steps - shards.samples  # …once, plus the fill
 
 
-def test_order_does_not_depend_on_worker_count(tiny_build: Path, manifest: dict) -> None:
+def test_order_does_not_depend_on_worker_count(tiny_build: Path, manifest: Manifest) -> None:
     shards = shard_set(tiny_build, _records(manifest))
     orders = {w: _epoch_keys(shards, 3, 7, rank=1, world=2, workers=w) for w in (0, 1, 2)}
     assert orders[0] == orders[1] == orders[2]
     assert orders[0] != _epoch_keys(shards, 3, 7, rank=1, world=2, workers=0, epoch=1)  # epochs differ
 
 
-def test_a_mid_epoch_start_continues_the_epoch_exactly(tiny_build: Path, manifest: dict) -> None:
+def test_a_mid_epoch_start_continues_the_epoch_exactly(tiny_build: Path, manifest: Manifest) -> None:
     shards = shard_set(tiny_build, _records(manifest))
     whole = _epoch_keys(shards, 3, 7, rank=0, world=2, workers=2)
     for start in (1, 4, 6):
         assert _epoch_keys(shards, 3, 7, rank=0, world=2, workers=2, start=start) == whole[3 * start:]
 
 
-def test_a_manifest_that_lists_a_shard_under_another_split_is_refused(tiny_build: Path, manifest: dict,
+def test_a_manifest_that_lists_a_shard_under_another_split_is_refused(tiny_build: Path, manifest: Manifest,
                                                                        tmp_path: Path) -> None:
     """A training shard listed as a test shard passes every size and hash check: the samples'
     own JSON must disagree with the record, and the loaders say so."""
     train = _records(manifest)[0]
     build = tmp_path / "build"
     shutil.copytree(tiny_build, build)
-    lying = {**train, "split": "test", "fold": None}
+    lying = dataclasses.replace(train, split="test", fold=None)
     shards = shard_set(build, [lying])
     with pytest.raises(ShardError, match="manifest lists its shard"):
         list(make_eval_loader(shards.urls, 4, 0, counts=shards.counts, classes=CLASSES, identities=shards.identities))
@@ -120,4 +123,4 @@ def test_a_manifest_that_lists_a_shard_under_another_split_is_refused(tiny_build
         list(make_train_loader(shards, CLASSES, 2, 2, seed=0, epoch=0))
     honest = shard_set(build, [train])
     assert sum(len(y) for _, y, _ in make_eval_loader(honest.urls, 4, 0, counts=honest.counts, classes=CLASSES,
-                                                       identities=honest.identities)) == train["count"]
+                                                       identities=honest.identities)) == train.count

@@ -22,6 +22,7 @@ and the same dropout masks. Tolerances:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -34,6 +35,8 @@ import torch.nn.functional as F
 from serwild.builder.labels import PRESETS
 from serwild.data.epochs import Repeats
 from serwild.data.loaders import make_eval_loader, make_train_loader, shard_set
+from serwild.data.manifest import Manifest
+from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
 from serwild.trainer.config import TrainConfig
 from serwild.trainer.features import (
@@ -70,11 +73,11 @@ def _paper_model(weights: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer,
 
 
 @pytest.fixture(scope="module")
-def records(manifest: dict) -> list[dict]:
+def records(manifest: Manifest) -> list[ShardRecord]:
     """4 training shards, 2 conditions × 2 folds (~40 images): enough, and quick to cache."""
     recs = cache_records(manifest, "ahsn")
-    chosen = [r for r in recs if r["fold"] in (0, 1) and r["path"].endswith("-000000.tar")]
-    assert {r["condition"] for r in chosen} == {"clean", "snr15"} and len(chosen) == 4
+    chosen = [r for r in recs if r.fold in (0, 1) and r.path.endswith("-000000.tar")]
+    assert {r.condition for r in chosen} == {"clean", "snr15"} and len(chosen) == 4
     return chosen
 
 
@@ -133,7 +136,7 @@ def _step(fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, model: torch.nn
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest: dict, records: list[dict],
+def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest: Manifest, records: list[ShardRecord],
                                                       paper: tuple, tmp_path: Path) -> None:
     model, _, train = paper
     prefix = resolve_feature_cache("auto", train.freeze)
@@ -141,14 +144,14 @@ def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest:
     shards = records[:2]  # fold 0, clean and snr15
     # The uncached path's images, by sample key, decoded as training decodes them.
     images, labels = {}, {}
-    for url in [str(tiny_build / r["path"]) for r in shards]:
+    for url in [str(tiny_build / r.path) for r in shards]:
         keys = tar_keys(url)
         batch = next(iter(make_eval_loader([url], 64, 0, classes=CLASSES)))
         images.update(zip(keys, batch[0]))
         labels.update(zip(keys, batch[1].tolist()))
-    spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, prefix)
+    spec = cache_spec(tmp_path / "cache", manifest.fingerprint, model, prefix)
     stats = build_feature_cache(tiny_build, shards, model, CPU, spec, CLASSES, batch_size=16)
-    assert stats.written == 2 and stats.samples == sum(r["count"] for r in shards)
+    assert stats.written == 2 and stats.samples == sum(r.count for r in shards)
     data = load_feature_cache(spec, shards)
     assert len(data) == stats.samples and data.feats[0].dtype == torch.float16
     assert data.feats[0].shape[1:] == model.features[:prefix](torch.zeros(1, 3, 256, 256)).shape[1:]
@@ -178,24 +181,24 @@ def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest:
     assert errors["fp16"][1] < errors["bf16"][1], errors  # why the cache stores fp16, not bf16
 
 
-def test_validation_from_the_cache_runs_the_same_loop(tiny_build: Path, manifest: dict, records: list[dict],
+def test_validation_from_the_cache_runs_the_same_loop(tiny_build: Path, manifest: Manifest, records: list[ShardRecord],
                                                       paper: tuple, tmp_path: Path) -> None:
     """The cache is a data source: its validation batches go through the one evaluation loop
     into the head, and come out as the streamed shards through the whole model do (the same
     samples in the same order; outputs within fp16's rounding of the features)."""
     model, _, train = paper
     prefix = resolve_feature_cache("auto", train.freeze)
-    spec = cache_spec(tmp_path / "cache", manifest["fingerprint"], model, prefix)
+    spec = cache_spec(tmp_path / "cache", manifest.fingerprint, model, prefix)
     build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     val = records[2:]
     data = FeatureData(prefix, load_feature_cache(spec, records[:2]), load_feature_cache(spec, val), steps=2, seed=0,
                        batch=5, rank=0, world_size=1)
     cached = model_outputs(data.net(model), data.val_batches(), CPU)
-    loader = make_eval_loader([str(tiny_build / r["path"]) for r in val], 5, 0,
-                              counts=[r["count"] for r in val], classes=CLASSES)
+    loader = make_eval_loader([str(tiny_build / r.path) for r in val], 5, 0,
+                              counts=[r.count for r in val], classes=CLASSES)
     streamed = model_outputs(model, loader, CPU)
-    assert cached.keys == [k for r in val for k in tar_keys(tiny_build / r["path"])]
-    assert len(cached.keys) == len(streamed.keys) == sum(r["count"] for r in val)
+    assert cached.keys == [k for r in val for k in tar_keys(tiny_build / r.path)]
+    assert len(cached.keys) == len(streamed.keys) == sum(r.count for r in val)
     assert np.array_equal(cached.labels, streamed.labels)
     np.testing.assert_allclose(cached.logits, streamed.logits, rtol=1e-2, atol=1e-3)
     shares = [FeatureData(prefix, data.train, data.val, 2, 0, 5, rank, 2).val_batches() for rank in (0, 1)]
@@ -226,10 +229,10 @@ def test_head_shares_the_models_parameters(weights_file: Path) -> None:
 # ----------------------------------------------------------------------------- (b) keyed
 
 
-def test_key_follows_build_weights_cut_and_dtype(manifest: dict, paper: tuple, tiny_build: Path,
-                                                  records: list[dict], tmp_path: Path) -> None:
+def test_key_follows_build_weights_cut_and_dtype(manifest: Manifest, paper: tuple, tiny_build: Path,
+                                                  records: list[ShardRecord], tmp_path: Path) -> None:
     model, _, _ = paper
-    fp = manifest["fingerprint"]
+    fp = manifest.fingerprint
     digest = weights_digest(model, 10)
     key = cache_key(fp, digest, 10)
     assert key == cache_spec(tmp_path, fp, model, 10).key and key.startswith("p10-fp16-")
@@ -258,14 +261,14 @@ def test_key_follows_build_weights_cut_and_dtype(manifest: dict, paper: tuple, t
 # ----------------------------------------------------------------------------- (c) resume, ranks, sampling
 
 
-def test_rerun_skips_finished_files_and_redoes_only_missing(tiny_build: Path, manifest: dict, paper: tuple,
-                                                              records: list[dict], tmp_path: Path) -> None:
+def test_rerun_skips_finished_files_and_redoes_only_missing(tiny_build: Path, manifest: Manifest, paper: tuple,
+                                                              records: list[ShardRecord], tmp_path: Path) -> None:
     model, _, _ = paper
-    spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
+    spec = cache_spec(tmp_path, manifest.fingerprint, model, 10)
     # Two ranks of a world of 2 (run one after the other): disjoint shares, together all shards.
     shares = [build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES, rank=r, world_size=2)
               for r in (0, 1)]
-    assert [s.written for s in shares] == [2, 2] and sum(s.samples for s in shares) == sum(r["count"] for r in records)
+    assert [s.written for s in shares] == [2, 2] and sum(s.samples for s in shares) == sum(r.count for r in records)
     files = [shard_cache_file(spec.dir, r) for r in records]
     assert all(f.is_file() for f in files) and sorted(spec.dir.glob("*.pt")) == sorted(files)
     mtimes = {f: f.stat().st_mtime_ns for f in files}
@@ -276,26 +279,26 @@ def test_rerun_skips_finished_files_and_redoes_only_missing(tiny_build: Path, ma
     files[2].unlink()
     (spec.dir / f".{files[2].name}.tmp-99999").write_bytes(b"half a file")
     redo = build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
-    assert (redo.written, redo.skipped, redo.samples) == (1, 3, records[2]["count"])
+    assert (redo.written, redo.skipped, redo.samples) == (1, 3, records[2].count)
     assert all(f.stat().st_mtime_ns == mtimes[f] for f in files if f != files[2])
     data = load_feature_cache(spec, records)
-    assert data.keys == [k for r in records for k in tar_keys(tiny_build / r["path"])]
+    assert data.keys == [k for r in records for k in tar_keys(tiny_build / r.path)]
     # Loading checks the files against the manifest's counts.
-    wrong = [dict(records[0], count=records[0]["count"] + 1)]
+    wrong = [dataclasses.replace(records[0], count=records[0].count + 1)]
     with pytest.raises(UsageError, match="the manifest says"):
         load_feature_cache(spec, wrong)
     with pytest.raises(UsageError, match="missing"):
-        load_feature_cache(spec, [dict(records[0], path="ahsn/train/fold9/clean-000000.tar")])
+        load_feature_cache(spec, [dataclasses.replace(records[0], path="ahsn/train/fold9/clean-000000.tar")])
 
 
 @pytest.mark.parametrize("balanced", [False, True])
-def test_a_cached_epoch_is_the_streamed_epoch(tiny_build: Path, manifest: dict, paper: tuple,
-                                             records: list[dict], tmp_path: Path, balanced: bool) -> None:
+def test_a_cached_epoch_is_the_streamed_epoch(tiny_build: Path, manifest: Manifest, paper: tuple,
+                                             records: list[ShardRecord], tmp_path: Path, balanced: bool) -> None:
     """One definition of an epoch: the cache serves the very samples, in the very order and
     batches, that the streaming loader gives the same run (seed, epoch, rank, world size, shuffle
     buffer, the balanced sampler's repeats), each rank's share and an epoch longer than the data included."""
     model, _, _ = paper
-    spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
+    spec = cache_spec(tmp_path, manifest.fingerprint, model, 10)
     build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     data = load_feature_cache(spec, records)
     shards = shard_set(tiny_build, records)
@@ -315,9 +318,9 @@ def test_a_cached_epoch_is_the_streamed_epoch(tiny_build: Path, manifest: dict, 
 
 
 def test_cached_batches_exact_count_deterministic_and_disjoint_across_ranks(
-        tiny_build: Path, manifest: dict, paper: tuple, records: list[dict], tmp_path: Path) -> None:
+        tiny_build: Path, manifest: Manifest, paper: tuple, records: list[ShardRecord], tmp_path: Path) -> None:
     model, _, _ = paper
-    spec = cache_spec(tmp_path, manifest["fingerprint"], model, 10)
+    spec = cache_spec(tmp_path, manifest.fingerprint, model, 10)
     build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     data = load_feature_cache(spec, records)
     n = len(data)
