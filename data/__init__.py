@@ -13,7 +13,7 @@ the one shard verifier); ``publish`` uploads a build; ``records`` types a manife
 Importing this package does not import torch (``serwild verify`` relies on it).
 """
 
-from serwild.data.build import BuildReader, open_build
+from serwild.data.build import Build, open_build
 from serwild.data.fetch import RemoteError, RemoteOptions
 
-__all__ = ["BuildReader", "RemoteError", "RemoteOptions", "open_build"]
+__all__ = ["Build", "RemoteError", "RemoteOptions", "open_build"]

@@ -14,7 +14,7 @@ The trainer and the evaluator read builds through this too. Shard URLs are the m
 relative paths joined to the base (never leaving it, see :mod:`serwild.data.remote`).
 
 No torch at import time: ``serwild verify`` imports this module, and must stay cheap; the
-webdataset loaders (which import torch) are imported inside :meth:`BuildReader.loader`.
+webdataset loaders (which import torch) are imported inside :meth:`Build.loader`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serwild.data.fetch import RemoteOptions
-from serwild.data.manifest import Manifest, extra_shards, load_manifest
+from serwild.data.manifest import Manifest, load_manifest
 from serwild.data.records import ShardRecord
-from serwild.data.remote import Build, open_location
+from serwild.data.remote import Location, open_location
 
 if TYPE_CHECKING:  # no torch at import time (see the module docstring)
     import torch
@@ -36,10 +37,10 @@ if TYPE_CHECKING:  # no torch at import time (see the module docstring)
 
 
 @dataclass(frozen=True)
-class BuildReader:
+class Build:
     """An opened build: where it is (``source``) and its checked manifest."""
 
-    source: Build
+    source: Location
     manifest: Manifest
 
     @property
@@ -74,7 +75,7 @@ class BuildReader:
         return shard_set(self, records)
 
     def check(self, records: Sequence[ShardRecord], full: bool = True) -> list[str]:
-        """Problems with ``records`` (empty: all good), by the one verifier (:meth:`Build.check`):
+        """Problems with ``records`` (empty: all good), by the one verifier (:meth:`Location.check`):
         ``full`` streams each shard once (size, sha256, sample count; nothing written to disk),
         otherwise sizes only (stat, HTTP HEAD, an object's info)."""
         return self.source.verify(list(records), full=full)
@@ -84,7 +85,9 @@ class BuildReader:
         files the manifest does not list ("extra: …"), which a URL cannot reveal."""
         problems = self.check(self.manifest.shards, full=full)
         if not self.is_remote:
-            problems += [f"extra: {p} (not in the manifest)" for p in extra_shards(self.source.base, self.manifest)]
+            listed, root = {s.path for s in self.manifest.shards}, Path(self.source.base)
+            problems += [f"extra: {p} (not in the manifest)"
+                         for p in sorted(str(t.relative_to(root)) for t in root.rglob("*.tar")) if p not in listed]
         return problems
 
     def loader(self, dataset: str, split: str, conditions: Sequence[str] | None = None, batch_size: int = 32, *,
@@ -104,13 +107,13 @@ class BuildReader:
                                 remote=shards.remote, identities=shards.identities)
 
 
-def open_build(location: str | os.PathLike[str] | Build | BuildReader,
-               options: RemoteOptions | None = None) -> BuildReader:
+def open_build(location: str | os.PathLike[str] | Location | Build,
+               options: RemoteOptions | None = None) -> Build:
     """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/`` or ``s3://bucket/prefix/``;
     reads and checks its manifest.json (one line naming the location if it is missing or
     malformed). ``options``: timeouts and retries for network reads (default
-    :class:`~serwild.data.fetch.RemoteOptions`). A ``Build`` (from ``open_location``) is used as it is."""
-    if isinstance(location, BuildReader):
+    :class:`~serwild.data.fetch.RemoteOptions`). A ``Location`` (from ``open_location``) is used as it is."""
+    if isinstance(location, Build):
         return location
-    source = location if isinstance(location, Build) else open_location(location, options)
-    return BuildReader(source, load_manifest(source))
+    source = location if isinstance(location, Location) else open_location(location, options)
+    return Build(source, load_manifest(source))

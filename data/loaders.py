@@ -47,7 +47,7 @@ from serwild.data.cache import RemoteShards
 from serwild.data.epochs import Piece, Repeats, buffer_shuffle, epoch_pieces
 from serwild.data.fetch import RemoteError
 from serwild.data.records import ShardRecord
-from serwild.data.remote import Build, open_location
+from serwild.data.remote import Location, open_location
 from serwild.data.transforms import normalise, resize_uint8
 from serwild.errors import UsageError
 
@@ -75,13 +75,13 @@ class ShardSet:
         return sum(self.counts)
 
 
-def shard_set(build: str | Path | Build | Any, records: Sequence[ShardRecord]) -> ShardSet:
+def shard_set(build: str | Path | Location | Any, records: Sequence[ShardRecord]) -> ShardSet:
     """Manifest records (``Manifest.select``) → URLs under ``build`` + their counts.
 
     ``build``: a folder, or a build opened by ``open_location``/``open_build`` (its shard
     URLs are joined to its base, never leaving it; a remote one lends its options)."""
-    source = getattr(build, "source", build)  # a BuildReader (serwild.data.build) holds its Build
-    if not isinstance(source, Build):
+    source = getattr(build, "source", build)  # a Build (serwild.data.build) holds its Location
+    if not isinstance(source, Location):
         source = open_location(source)
     urls = source.shard_urls(list(records))
     remote = RemoteShards(source.options, {u: (r.sha256, r.bytes) for u, r in zip(urls, records)})

@@ -19,7 +19,7 @@ from typing import Any
 
 from serwild.data.fetch import NotFound, RemoteOptions
 from serwild.data.records import ShardRecord
-from serwild.data.remote import Build, open_location, safe_relpath
+from serwild.data.remote import Location, open_location, safe_relpath
 from serwild.errors import UsageError
 from serwild.text import class_names_problem
 
@@ -103,11 +103,11 @@ class Manifest:
                        if s.dataset == dataset and s.split == "train" and s.fold is not None})
 
 
-def load_manifest(build: str | os.PathLike[str] | Build, options: RemoteOptions | None = None) -> Manifest:
+def load_manifest(build: str | os.PathLike[str] | Location, options: RemoteOptions | None = None) -> Manifest:
     """manifest.json of a build (a folder, or any location :func:`~serwild.data.remote.open_location`
     takes), read once (at most ``MAX_METADATA_BYTES``) and checked by
     :func:`check_manifest`: one line naming it if it is missing, too big, not JSON, or malformed."""
-    source = build if isinstance(build, Build) else open_location(build, options)
+    source = build if isinstance(build, Location) else open_location(build, options)
     where = source.join(MANIFEST)
     try:
         raw = source.read_bytes(MANIFEST)
@@ -217,18 +217,3 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def extra_shards(build_dir: str | Path, manifest: Manifest) -> list[str]:
-    """Tar files under the build dir that the manifest does not list."""
-    listed = {s.path for s in manifest.shards}
-    root = Path(build_dir)
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*.tar") if str(p.relative_to(root)) not in listed)
-
-
-def verify_build(build_dir: str | Path, full: bool = True) -> tuple[Manifest, list[str]]:
-    """(manifest, problems): every listed shard checked, and tars the manifest does not list."""
-    manifest = load_manifest(build_dir)
-    problems = open_location(build_dir).verify(list(manifest.shards), full)
-    problems += [f"extra: {p} (not in the manifest)" for p in extra_shards(build_dir, manifest)]
-    return manifest, problems

@@ -33,6 +33,7 @@ from typing import Any
 
 from serwild import atomic
 from serwild.data import hubtables
+from serwild.data.build import open_build
 from serwild.data.fetch import (
     OBJECT_STORES,
     READ_CHUNK,
@@ -43,7 +44,7 @@ from serwild.data.fetch import (
     filesystem,
     split_url,
 )
-from serwild.data.manifest import MANIFEST, Manifest, load_manifest, verify_build
+from serwild.data.manifest import MANIFEST, Manifest, load_manifest
 from serwild.data.remote import open_location, safe_relpath
 from serwild.errors import UsageError
 from serwild.text import portable_json
@@ -219,13 +220,14 @@ def _others(fs: Any, root: str, ours: set[str]) -> list[str]:
 
 def publish(build_dir: str | Path, dest: str, options: RemoteOptions | None = None,
             say: Callable[[str], None] = print, replace: bool = False,
-            prepare: Callable[[Path, dict[str, Any]], None] | None = None) -> Published:
+            prepare: Callable[[Path, Manifest], None] | None = None) -> Published:
     """Upload ``build_dir`` to ``dest`` (see the module docstring); one line per file to ``say``.
     ``prepare(build, manifest)`` runs once the build has verified, before anything is listed:
     ``serwild publish`` writes the Hub's Parquet view there (``builder.hubcard.write_hub_view``)."""
     opts = options or RemoteOptions()
     build = Path(build_dir)
-    manifest, problems = verify_build(build)
+    opened = open_build(build)
+    manifest, problems = opened.manifest, opened.verify()
     bad = [p for p in problems if not p.startswith("extra: ")]
     if bad:
         raise UsageError(f"{build} fails its own verify ({bad[0]}{f', and {len(bad) - 1} more' if bad[1:] else ''})"

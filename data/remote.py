@@ -1,12 +1,12 @@
 """Where a build lives, read one way: a folder, ``file://``, ``http(s)://``, an object store
 (``s3://``, and ``gs://``/``hf://`` where gcsfs/huggingface_hub are installed).
 
-    build = open_location("s3://bucket/serwild/demo/")               # or a folder, file:///…, https://…/,
-    raw = build.read_bytes("manifest.json")
-    problems = build.verify(records)                                 # fetches each shard once
+    where = open_location("s3://bucket/serwild/demo/")               # or a folder, file:///…, https://…/,
+    raw = where.read_bytes("manifest.json")
+    problems = where.verify(records)                                 # fetches each shard once
 
 What a manifest must hold is :mod:`serwild.data.manifest`'s business (``load_manifest``
-reads it through a ``Build`` and checks it): this module only knows locations and bytes.
+reads it through a ``Location`` and checks it): this module only knows locations and bytes.
 
 A build is a base plus the relative paths its manifest lists. ``join`` accepts only plain
 relative paths (letters, digits, ``._-`` and ``/``; no ``..``, no scheme, no absolute path, no
@@ -81,7 +81,7 @@ def safe_relpath(rel: object) -> str:
 
 
 @dataclass(frozen=True)
-class Build:
+class Location:
     """A build's base: ``kind`` is ``local`` (a folder; ``file://`` lands here), ``http``
     (``base`` is the URL, ending in ``/``), ``store`` (an object store URL ending in ``/``,
     read through fsspec)."""
@@ -177,7 +177,7 @@ def _check_tar(r: ShardRecord, sha256: str, f: BinaryIO) -> str | None:
     return None if count == r.count else f"bad: {r.path} has {count} samples, manifest says {r.count}"
 
 
-def open_location(location: str | os.PathLike[str], options: RemoteOptions | None = None) -> Build:
+def open_location(location: str | os.PathLike[str], options: RemoteOptions | None = None) -> Location:
     """A build folder, ``file:///…``, ``http(s)://host/prefix/`` or ``s3://bucket/prefix/`` (and
     ``gs://``, ``hf://`` with their packages). Reads nothing; never runs a command."""
     opts = options or RemoteOptions()
@@ -195,10 +195,10 @@ def open_location(location: str | os.PathLike[str], options: RemoteOptions | Non
                               "signs one object; use s3:// with credentials for private buckets)")
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         kind = "http" if scheme in ("http", "https") else "store"
-        return Build(text, kind, urllib.parse.urlunsplit((scheme, parts.netloc, path, "", "")), opts)
+        return Location(text, kind, urllib.parse.urlunsplit((scheme, parts.netloc, path, "", "")), opts)
     if scheme == "file":
-        return Build(text, "local", file_path(text), opts)
+        return Location(text, "local", file_path(text), opts)
     if scheme and len(scheme) > 1:  # one letter: a Windows drive, a path
         raise RemoteError(f"{text}: '{scheme}://' builds are not read; use a folder, file://, http(s)://, "
                           f"{', '.join(s + '://' for s in OBJECT_STORES)}")
-    return Build(text, "local", str(Path(text).expanduser()), opts)
+    return Location(text, "local", str(Path(text).expanduser()), opts)

@@ -28,12 +28,12 @@ from torch import nn
 from serwild import __version__, atomic, metrics
 from serwild.checkpoint import Checkpoint, OtherBuildError, check_compatible, load_checkpoint
 from serwild.config import Config, config_from_resolved
-from serwild.data.build import BuildReader, open_build
+from serwild.data.build import Build, open_build
 from serwild.data.fetch import RemoteOptions
 from serwild.data.loaders import ShardSet, make_eval_loader
 from serwild.data.manifest import Manifest
 from serwild.data.records import ShardRecord
-from serwild.data.remote import Build, open_location
+from serwild.data.remote import Location, open_location
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance, report, uncertainty
 from serwild.evaluate.config import EvalConfig
@@ -53,7 +53,7 @@ class Target:
     path: Path
     ckpt: Checkpoint
     cfg: Config  # the training run's resolved config
-    build: BuildReader
+    build: Build
 
     @property
     def manifest(self) -> Manifest:
@@ -117,7 +117,7 @@ def open_target(checkpoint: str | Path, shards: str | Path | None, allow_other_b
 
 
 def build_source(path: Path, ckpt: Checkpoint, shards: str | Path | None,
-                 remote: RemoteOptions | None) -> Build:
+                 remote: RemoteOptions | None) -> Location:
     """Where to read the build: ``shards`` as the user gave it, else the location the checkpoint
     records (a folder or URL: no location runs a command)."""
     if shards is not None:

@@ -43,7 +43,8 @@ import yaml
 from serwild import torchrun
 from serwild.builder.build import built_identity, run_build
 from serwild.config import Config, build_identity, load_config, resolve_config_path
-from serwild.data.manifest import Manifest, load_manifest, verify_build
+from serwild.data.build import open_build
+from serwild.data.manifest import Manifest, load_manifest
 from serwild.errors import UsageError
 from serwild.evaluate import report
 from serwild.evaluate.document import read_report
@@ -114,7 +115,7 @@ def ensure_build(cfg: Config, overwrite: bool, executor: str) -> tuple[Manifest,
     if (Path(cfg.out) / "manifest.json").is_file() and built_identity(Path(cfg.out)) == build_identity(cfg):
         return load_manifest(cfg.out), True
     run_build(cfg, executor=executor, overwrite=overwrite)
-    _, problems = verify_build(cfg.out)
+    problems = open_build(cfg.out).verify()
     if problems:
         raise UsageError(f"the fresh build {cfg.out} fails its own verify: {'; '.join(problems[:3])}")
     return load_manifest(cfg.out), False

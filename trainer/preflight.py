@@ -19,7 +19,7 @@ import yaml
 from serwild import atomic, lock
 from serwild.checkpoint import peek_checkpoint
 from serwild.config import Config, build_identity, config_differences, config_from_resolved, replace, to_dict
-from serwild.data.build import BuildReader, open_build
+from serwild.data.build import Build, open_build
 from serwild.data.epochs import Repeats
 from serwild.data.loaders import ShardSet
 from serwild.data.manifest import Manifest
@@ -36,7 +36,7 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.yaml")
 class DataPlan:
     """What a run reads: the build (a folder or a URL), its classes, training and validation shards."""
 
-    build: BuildReader
+    build: Build
     classes: list[str]
     train: ShardSet
     val: ShardSet | None

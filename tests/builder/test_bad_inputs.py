@@ -32,7 +32,7 @@ from serwild.builder.config import AudioConfig
 from serwild.builder.scan import load_noise
 from serwild.cli import main
 from serwild.config import load_config
-from serwild.data.manifest import verify_build
+from serwild.data.build import open_build
 from serwild.progress import LOG_LINE
 from tests.builder.conftest import make_noise, tone, write_dialog
 
@@ -306,7 +306,7 @@ def test_manifest_counts_match_the_shards(bad_build: tuple[Path, Path]) -> None:
     manifest = json.loads((build / "manifest.json").read_text())
     samples = read_samples(build)
     assert manifest["totals"]["samples"] == len(samples) == sum(s["count"] for s in manifest["shards"])
-    assert verify_build(build)[1] == []
+    assert open_build(build).verify() == []
     # A key is unique within a dataset (the same block sits in both AHSN and AESN).
     keys = [(json.loads(s["json"])["dataset"], s["__key__"]) for s in samples]
     assert len(keys) == len(set(keys))

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from serwild import atomic
-from serwild.data import manifest as data_manifest
+from serwild.data.build import open_build
 from serwild.data.fetch import NotFound, RemoteError, RemoteOptions
 from serwild.data.manifest import MANIFEST, load_manifest
-from serwild.data.remote import Build, open_location, safe_relpath
+from serwild.data.remote import Location, open_location, safe_relpath
 from serwild.errors import UsageError
 from tests.data.server import LoopbackServer
 from tests.data.tinybuild import manifest_of, tiny_build  # noqa: F401 - fixture
@@ -130,7 +130,7 @@ def test_shard_cut_on_the_server_is_caught_and_named(build_copy: Path) -> None:
     assert any(p.startswith(f"bad: {boundary.path} ") for p in problems)
     assert len(problems) == 3
     # same verdicts as the local checker on the same files
-    assert problems == data_manifest.verify_build(build_copy)[1]
+    assert problems == open_build(build_copy).verify()
 
 
 def _rewrite_without_last_sample(path: Path) -> None:
@@ -311,7 +311,7 @@ def test_loaders_read_copies_fetched_once_and_never_hang(tiny_build: Path, tmp_p
 
 def test_build_is_a_plain_value() -> None:
     b = open_location("http://127.0.0.1:1/x/")
-    assert b == Build("http://127.0.0.1:1/x/", "http", "http://127.0.0.1:1/x/") and b.is_remote
+    assert b == Location("http://127.0.0.1:1/x/", "http", "http://127.0.0.1:1/x/") and b.is_remote
 
 
 def test_reader_side_imports_no_torch() -> None:

@@ -31,7 +31,7 @@ from serwild.builder.render import Renderer
 from serwild.builder.scan import ScannedUtterance
 from serwild.cli import main
 from serwild.config import load_config
-from serwild.data.manifest import verify_build
+from serwild.data.build import open_build
 from serwild.errors import UsageError
 from tests.builder.conftest import make_noise, tone
 from tests.builder.test_bad_inputs import four_blocks, rate_1hz, rate_500k
@@ -147,7 +147,7 @@ def test_csv_duplicates_are_rejected_and_the_build_verifies(tmp_path: Path) -> N
     for s in samples:
         per_block[(s["utterance"], s["block"])].add(s["split"])
     assert all(len(v) == 1 for v in per_block.values())
-    assert verify_build(build)[1] == []
+    assert open_build(build).verify() == []
 
 
 def test_plan_refuses_two_samples_with_one_key(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from serwild.builder.labels import PRESETS
-from serwild.data.build import BuildReader
+from serwild.data.build import Build
 from serwild.data.epochs import steps_per_epoch
 from serwild.data.loaders import (
     ShardError,
@@ -130,7 +130,7 @@ def test_verify_refuses_a_changed_shard_before_training(tiny_build: Path, manife
     record = _records(manifest)[0]
     (tmp_path / record.path).parent.mkdir(parents=True)
     _short_copy(tiny_build / record.path, tmp_path / record.path, record.count - 1)
-    plan = DataPlan(BuildReader(open_location(tmp_path), manifest), ["ang", "hap", "sad", "neu"],
+    plan = DataPlan(Build(open_location(tmp_path), manifest), ["ang", "hap", "sad", "neu"],
                     shard_set(tmp_path, [record]), None, record.count, [record], [])
     for level in ("size", "full"):
         with pytest.raises(UsageError, match="do not match"):
