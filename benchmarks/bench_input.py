@@ -42,7 +42,7 @@ def select_urls(build: Path, dataset: str, limit: int) -> tuple[list[str], list[
     for r in records:
         if total >= limit:
             break
-        urls.append(str(build / r["path"]))
+        urls.append(str(build / r.path))
         counts.append(r.count)
         total += r.count
     return urls, counts, total
@@ -87,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision import transforms
 
     from serwild.data.loaders import make_eval_loader
+    from serwild.data.manifest import load_manifest
     from serwild.data.transforms import MEAN, STD
 
     torch.set_num_threads(1)  # per core: one thread in the timed process (and in each worker)
     build = Path(args.shards)
     urls, counts, total = select_urls(build, args.dataset, args.images)
+    classes = load_manifest(build).classes(args.dataset)
     with tempfile.TemporaryDirectory(prefix="bench_imagefolder_") as tmp:
         n_files = write_imagefolder(urls, Path(tmp))
         # The usual torchvision orders: resize the PIL image then convert (cheaper), or convert first.
@@ -100,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         tensor_first = transforms.Compose([transforms.ToTensor(), transforms.Resize((256, 256), antialias=True),
                                            transforms.Normalize(MEAN, STD)])
         paths = {
-            "webdataset": lambda: make_eval_loader(urls, args.batch_size, args.workers, counts=counts),
+            "webdataset": lambda: make_eval_loader(urls, args.batch_size, args.workers, counts=counts,
+                                                   classes=classes),
             "webdataset-uint8": lambda: make_eval_loader(urls, args.batch_size, args.workers, counts=counts,
-                                                         as_uint8=True),
+                                                         classes=classes, as_uint8=True),
             "imagefolder": lambda: _folder_loader(tmp, pil_first, args),
             "imagefolder-tensor": lambda: _folder_loader(tmp, tensor_first, args),
         }
