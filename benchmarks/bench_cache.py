@@ -37,7 +37,7 @@ from torch import nn
 from serwild.builder.build import run_build
 from serwild.config import load_config
 from serwild.data.epochs import steps_per_epoch
-from serwild.data.loaders import make_eval_loader, make_train_loader, shard_set
+from serwild.data.loaders import epoch_loader, make_eval_loader, make_train_loader, shard_set
 from serwild.data.manifest import load_manifest
 from serwild.data.transforms import normalise
 from serwild.trainer.features import cache_records, cache_spec, head_from, load_feature_cache, resolve_feature_cache
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 t1 = time.perf_counter()
                 data = load_feature_cache(spec, records)
                 load_s = time.perf_counter() - t1
-            seconds, loss, n = run_epoch(head, data.batches(args.batch_size, steps, seed=0, epoch=epoch),
+            seconds, loss, n = run_epoch(head, epoch_loader(data, args.batch_size, steps, seed=0, epoch=epoch),
                                          optimizer_c)
             scheduler_c.step()
             cached.append((time.perf_counter() - start, loss, n, seconds))
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # The compute bound: the same step on tensors already in RAM (no decoding, no gathering),
         # full and head alternating; at this run's batch and at the paper's.
-        urls = [str(build / r["path"]) for r in records]
+        urls = [str(build / r.path) for r in records]
         bounds = {}
         for bs in dict.fromkeys([args.batch_size, *([args.paper_batch] if args.paper_batch else [])]):
             images, labels = [], []
@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         full_fwd, head_fwd = bounds[args.batch_size]["full_fwd"], bounds[args.batch_size]["head_fwd"]
         # Per-image costs outside the model, best of 3 (a load spike from other jobs only slows one pass):
         # serving an epoch's batches from the cache, and PNG decode + resize + normalise on one core.
-        gather = best_of(3, lambda: sum(len(y) for _, y in data.batches(args.batch_size, steps, seed=0, epoch=99)))
+        gather = best_of(3, lambda: sum(len(y) for _, y in epoch_loader(data, args.batch_size, steps, seed=0,
+                                                                        epoch=99)))
         decode = best_of(3, lambda: sum(len(y) for _, y, _ in make_eval_loader(urls[:2], 32, 0,
                                                                                classes=classes)))
         prec = precision(model_c, head, images, labels, prefix)

@@ -231,23 +231,44 @@ def _counted(items: Iterable[T], read: list[int]) -> Iterator[T]:
         yield item
 
 
-class EpochStream(IterableDataset):
-    """One rank's batches of one epoch (see the module docstring). Picklable for spawned workers."""
+class TarSource:
+    """The shards' tars as a training loader's source: what :class:`EpochStream` reads from each
+    shard, how it labels a sample (the balanced sampler's input) and decodes it. The feature
+    cache (:class:`~serwild.trainer.features.CachedTrainData`) is the other source."""
 
-    def __init__(self, shards: ShardSet, pieces: list[Piece], decode: _Decode, batch_size: int,
-                 batches: range, shuffle_buffer: int, shuffle_seed: int,
-                 repeats: tuple[Repeats, int] | None = None) -> None:
-        self.shards, self.pieces, self.decode = shards, pieces, decode
+    def __init__(self, shards: ShardSet, decode: _Decode) -> None:
+        self.shards, self.decode, self.counts = shards, decode, shards.counts
+
+    def name(self, shard: int) -> str:
+        return self.shards.urls[shard]
+
+    def samples(self, shard: int) -> Iterator[dict]:
+        return _tar_samples(self.shards.urls[shard], self.shards.remote)
+
+    def label(self, sample: dict) -> int:
+        return sample_meta(sample, self.decode.classes)["class_index"]
+
+    def item(self, sample: dict) -> tuple[torch.Tensor, int, dict]:
+        return self.decode(sample)
+
+
+class EpochStream(IterableDataset):
+    """One rank's batches of one epoch from a source (see the module docstring). Picklable for
+    spawned workers."""
+
+    def __init__(self, source: Any, pieces: list[Piece], batch_size: int, batches: range, shuffle_buffer: int,
+                 shuffle_seed: int, repeats: tuple[Repeats, int] | None = None) -> None:
+        self.source, self.pieces = source, pieces
         self.batch_size, self.batches = batch_size, batches
         self.shuffle_buffer, self.shuffle_seed = max(1, shuffle_buffer), shuffle_seed
         self.repeats = repeats  # (the balanced sampler's repeats, the run's seed)
 
-    def _raw(self) -> Iterator[dict]:
+    def _raw(self) -> Iterator[Any]:
         """The span's samples in stream order, undecoded; a shard short of a piece is refused."""
         for p in self.pieces:
-            url, count = self.shards.urls[p.shard], self.shards.counts[p.shard]
+            count = self.source.counts[p.shard]
             read = [0]
-            samples = _counted(_tar_samples(url, self.shards.remote), read)
+            samples = _counted(self.source.samples(p.shard), read)
             n, ends_shard = 0, p.stop == self._dealt_count(p)
             for sample in itertools.islice(self._dealt(samples, p), p.start, p.stop):
                 yield sample
@@ -256,20 +277,19 @@ class EpochStream(IterableDataset):
                 for _ in samples:
                     pass
             if n < p.stop - p.start or (ends_shard and read[0] != count):
-                raise ShardError(f"shard {url} holds {read[0]} samples, the manifest says {count}: "
-                                 f"it is short or corrupt (run `serwild verify` on the build)")
+                raise ShardError(f"shard {self.source.name(p.shard)} holds {read[0]} samples, the manifest says "
+                                 f"{count}: it is short or corrupt (run `serwild verify` on the build)")
 
-    def _dealt(self, samples: Iterator[dict], p: Piece) -> Iterator[dict]:
+    def _dealt(self, samples: Iterator[Any], p: Piece) -> Iterator[Any]:
         """A shard's samples as the epoch deals them: once each, or as the balanced sampler repeats them."""
         if self.repeats is None:
             return samples
         repeats, seed = self.repeats
-        labelled = ((x, sample_meta(x, self.decode.classes)["class_index"]) for x in samples)
-        return repeats.dealt(labelled, seed, p.epoch, p.shard)
+        return repeats.dealt(((x, self.source.label(x)) for x in samples), seed, p.epoch, p.shard)
 
     def _dealt_count(self, p: Piece) -> int:
         if self.repeats is None:
-            return self.shards.counts[p.shard]
+            return self.source.counts[p.shard]
         repeats, seed = self.repeats
         return repeats.counts(seed, p.epoch)[p.shard]
 
@@ -277,14 +297,14 @@ class EpochStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         b0, bs = self.batches.start, self.batch_size
-        mine: list[tuple[torch.Tensor, int, dict]] = []
+        mine: list[tuple[torch.Tensor, int, Any]] = []
         for pos, sample in enumerate(buffer_shuffle(self._raw(), self.shuffle_buffer, self.shuffle_seed)):
             b = pos // bs
             if b >= self.batches.stop:
                 return
             if b < b0 or (b - b0) % workers != worker:  # another worker's batch, or one done before a resume
                 continue
-            mine.append(self.decode(sample))
+            mine.append(self.source.item(sample))
             if len(mine) == bs:
                 yield collate_train(mine)
                 mine = []
@@ -294,29 +314,58 @@ class EpochStream(IterableDataset):
 
 
 def make_train_loader(shards: ShardSet, classes: Sequence[str], batch_size: int, num_batches: int, *,
-                      seed: int, epoch: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                      prefetch_factor: int = 2, shuffle_buffer: int = 1000, start_batch: int = 0,
-                      pin_memory: bool = False, as_uint8: bool = False, repeats: Repeats | None = None
-                      ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches ``start_batch … num_batches - 1`` of this rank's epoch, each ``batch_size`` full:
-    (images (B, 3, 256, 256), labels). Images are normalised float, or uint8 with ``as_uint8``
-    (normalise them on the device). The order depends on (seed, epoch, rank, world_size) only:
-    not on ``num_workers``, and a resume at ``start_batch`` continues it exactly. ``repeats``:
-    deal the epoch class-balanced (``train.balance: sampler``, :class:`~serwild.data.epochs.Repeats`)."""
+                      as_uint8: bool = False, **epoch: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of this rank's epoch from the shards' tars (:func:`epoch_loader` says which, in
+    which order, and takes the rest of the arguments): (images (B, 3, 256, 256), labels).
+    Images are normalised float, or uint8 with ``as_uint8`` (normalise them on the device)."""
     if not shards.urls:
         raise UsageError("no training shards selected (check train.dataset, train.conditions, cv.fold)")
-    pieces = epoch_pieces(shards.counts, batch_size * num_batches, seed=seed, epoch=epoch, rank=rank,
-                          world_size=world_size, repeats=repeats)
     identities = dict(zip(shards.urls, shards.identities)) if shards.identities is not None else None
-    stream = EpochStream(shards, pieces, _Decode(classes, as_uint8, identities), batch_size,
-                         range(start_batch, num_batches), shuffle_buffer, seeds.derive31(seed, epoch, rank, "shuffle"),
-                         None if repeats is None else (repeats, seed))
+    return epoch_loader(TarSource(shards, _Decode(classes, as_uint8, identities)), batch_size, num_batches, **epoch)
+
+
+def epoch_loader(source: Any, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, prefetch_factor: int = 2, shuffle_buffer: int = 1000,
+                 start_batch: int = 0, pin_memory: bool = False, repeats: Repeats | None = None,
+                 began: tuple[int, int] | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``start_batch … num_batches - 1`` of this rank's epoch from ``source`` (a
+    :class:`TarSource`, or the feature cache), each ``batch_size`` full. The order depends on
+    (seed, epoch, rank, world_size) only: not on ``num_workers``, and a resume at ``start_batch``
+    continues it exactly. ``repeats``: deal the epoch class-balanced (``train.balance: sampler``,
+    :class:`~serwild.data.epochs.Repeats`). ``began``: (ranks, batch) of another world that began
+    this epoch (an elastic resume from a mid-epoch checkpoint): the epoch goes on as it dealt it."""
+    if began is not None and start_batch:
+        return _regrouped(source, batch_size, num_batches, began, seed=seed, epoch=epoch, rank=rank,
+                          num_workers=num_workers, prefetch_factor=prefetch_factor, shuffle_buffer=shuffle_buffer,
+                          start_batch=start_batch, pin_memory=pin_memory, repeats=repeats)
+    pieces = epoch_pieces(source.counts, batch_size * num_batches, seed=seed, epoch=epoch, rank=rank,
+                          world_size=world_size, repeats=repeats)
+    stream = EpochStream(source, pieces, batch_size, range(start_batch, num_batches), shuffle_buffer,
+                         seeds.derive31(seed, epoch, rank, "shuffle"), None if repeats is None else (repeats, seed))
     workers = max(0, min(num_workers, num_batches - start_batch))
     # Its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise,
     # which would shift the dropout stream of a run resumed mid-epoch.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       prefetch_factor=prefetch_factor if workers else None,
                       worker_init_fn=_WorkerInit(), generator=torch.Generator().manual_seed(0))
+
+
+def _regrouped(source: Any, batch: int, num_batches: int, began: tuple[int, int], *, rank: int,
+               **epoch: Any) -> Iterator[tuple[torch.Tensor, ...]]:
+    """This rank's share of an epoch that ``ranks`` ranks of ``old_batch`` began (the same global
+    batch as this world's, :func:`serwild.trainer.resume.continuation`): each global batch is
+    theirs, their batches side by side in rank order, and rank r takes samples
+    ``[r * batch, (r + 1) * batch)`` of it. So the epoch ends on exactly the samples and global
+    batches the old world would have trained, whatever the new world size; only the rounding of
+    the gradient's mean and the dropout masks differ. Each rank reads just the old streams its
+    span overlaps."""
+    ranks, old_batch = began
+    lo, hi = rank * batch, (rank + 1) * batch
+    mine = [r for r in range(ranks) if r * old_batch < hi and (r + 1) * old_batch > lo]
+    base = mine[0] * old_batch
+    old = [epoch_loader(source, old_batch, num_batches, rank=r, world_size=ranks, **epoch) for r in mine]
+    for parts in zip(*old):
+        yield tuple(torch.cat(column)[lo - base:hi - base] for column in zip(*parts))
 
 
 class _WorkerInit:

@@ -1,50 +1,22 @@
-"""Frozen-feature cache: compute AlexNet's frozen prefix once per image, train the rest.
+"""Frozen-feature cache: compute AlexNet's frozen prefix once per image, train the rest
+(docs/training.md says when it is on, and what it costs and saves).
 
-The paper's recipe freezes conv1–conv4 and applies no random augmentation, so an image's
-conv4 output (after its ReLU) is the same in every epoch, fold and experiment: computing it
-once is exact, and training then runs only the head (conv5, pooling, fc6–fc8), about a third
-of the per-image compute, with no PNG decoding.
-
-- **Where the cut is** (:func:`frozen_prefix_length`): after the ReLU that follows the last
-  conv of the contiguous frozen run counted from conv1 (paper: ``features[:10]``, 256×15×15
-  per 256×256 image). A trained conv1 means no cache; a frozen conv after a trained one does
-  not count. Only ``model.features`` is ever cut: the classifier starts with Dropout, which
-  is random in training, so fc6's input is never a fixed function of the image.
-- **When it is on** (:func:`resolve_feature_cache`, config ``train.feature_cache``):
-  ``auto`` where it is exact (a frozen prefix; no random image transform exists to break
-  that: the paper's only augmentation is the noise mixed into the audio, which is in the
-  shards), ``on`` insists (an error where it is not exact), ``off`` never.
-- **Key** (:func:`cache_key`): sha256 over the build's fingerprint, the sha256 of the
-  prefix's weights (:func:`weights_digest`), the cut, the storage dtype and the image
-  transform, so a cache is never read with other data, weights or preprocessing.
-- **A data source** (:class:`FeatureData`): a run on the cache gets its training and
-  validation batches from it and runs them through :class:`FeatureHead`, the model after the
-  cut; validation, like the cache's own pass through the prefix, goes through the trainer's
-  one evaluation loop (serwild.trainer.outputs).
-- **Layout**: ``<cache_root>/<key>/<shard path, / → __>.pt``, one file per TRAIN shard of a
-  dataset (every condition and fold: both experiments and all folds of one build read the
-  same files), each ``{"features": (N, C, H, W) fp16, "labels": (N,) int64, "keys": [N
-  sample keys], "shard": its path, "sha256": the shard's, …}``, written through a temp file
-  + rename (:mod:`serwild.atomic`), so a killed rank never leaves a half file under its final
-  name; a re-run skips finished files.
-- **Checked on every use** (:func:`stale_reason`): a file must name the shard it stands for,
-  that shard's sha256 and sample count, and (given the build folder) the shard's sample keys
-  in tar order. So a file copied or renamed onto another shard's name, or one left from a
-  shard that was rebuilt, is never read as that shard: building the cache rebuilds such a
-  file (and an empty or cut one) with a note, loading refuses it in one line. A file holding
-  objects other than tensors and plain data is refused without running them and left for
-  the user to look at.
-- **DDP** (:func:`serwild.trainer.features_write.build_feature_cache`): rank r computes the
-  shards ``records[r::world]``, reading each once with the evaluation loader through the
-  evaluation loop; after a barrier every rank opens the files it needs
-  (:func:`load_feature_cache`), memory-mapped, so ranks on one node share one copy in the page
-  cache (or copied onto the GPU). The paper's ~60k training images (both datasets, every
-  condition) take ~6.9 GB in fp16 (115 KB each); one dataset's experiment-2 training set of
-  one fold is ~2.8 GB.
-- **Storage dtype**: fp16 (10-bit mantissa, relative rounding error ≤ 2⁻¹¹ on conv4's
-  non-negative outputs) rather than bf16 (7 bits, 8× coarser); a value past fp16's range
-  (65504) stops the build with a message to turn the cache off. Features are upcast to the
-  head's dtype on arrival, so the head computes exactly as in the uncached model.
+- **The cut** (:func:`frozen_prefix_length`): after the ReLU that follows the last conv of the
+  contiguous frozen run counted from conv1 (paper: ``features[:10]``). Only ``model.features``
+  is ever cut: the classifier starts with Dropout, random in training.
+- **Key** (:func:`cache_key`): sha256 over the build's fingerprint, the prefix's weights, the
+  cut, the storage dtype and the image transform: a cache is never read with other data,
+  weights or preprocessing.
+- **Layout**: ``<cache_root>/<key>/<shard path, / → __>.pt``, one file per train or validation
+  shard (``{"features": (N, C, H, W) fp16, "labels", "keys", "shard", "sha256", …}``), written
+  through a temp file + rename; a re-run skips finished files. Each file is checked on every
+  use against its shard's path, sha256, count and sample keys (:func:`stale_reason`).
+- **A source of the one training loader** (:class:`CachedTrainData`): its rows are dealt as the
+  shards' samples are, so a cached run trains on the streamed run's very batches;
+  :class:`FeatureHead` is the model after the cut. Writing the files is
+  :mod:`serwild.trainer.features_write` (rank r computes ``records[r::world]``).
+- **fp16 storage** (10-bit mantissa, not bf16's 7): a value past 65504 stops the build with a
+  message to turn the cache off; features are upcast to the head's dtype on arrival.
 """
 
 from __future__ import annotations
@@ -62,9 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from serwild import seeds
 from serwild.checkpoint import unreadable_reason  # one wording for every refused torch.load
-from serwild.data.epochs import Piece, Repeats, buffer_shuffle, epoch_pieces
+from serwild.data.epochs import Repeats
+from serwild.data.loaders import epoch_loader
 from serwild.data.manifest import Manifest
 from serwild.data.records import ShardRecord, sample_key
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
@@ -250,19 +222,17 @@ def stale_reason(obj: dict[str, Any], key: str, record: ShardRecord, build_dir: 
 
 
 class CachedTrainData:
-    """Cached features of some shards, served as training (and validation) batches.
+    """Cached features of some shards: a training loader's source
+    (:func:`serwild.data.loaders.epoch_loader`), and validation batches.
 
-    Where they live: memory-mapped files (default; ranks of one node share the page cache,
-    and a batch is gathered row by row), or, with ``device``, one tensor on that device (a
-    GPU: no host work per step at all; "cpu": a private copy in RAM), gathered by one
-    ``index_select``. Batches come on that device, features in the stored dtype.
+    Where they live: memory-mapped files (default; ranks of one node share the page cache), or,
+    with ``device``, copied onto that device (a GPU: no host work per step; "cpu": a private
+    copy in RAM). Batches come on that device, features in the stored dtype.
 
-    Per epoch each rank gets exactly ``num_batches`` full batches, in the streaming loader's
-    order: one definition of an epoch (:func:`serwild.data.epochs.epoch_pieces`, then its
-    shuffle buffer, applied to sample positions instead of samples), so a run on the cache
-    trains on the very batches the same run streaming its shards would: every sample once per
-    epoch before any twice, ranks never sharing a sample within a pass, a resume continuing the
-    same order. The files must come in the run's shard order (``DataPlan.train_records``).
+    The training loader deals a cache's rows exactly as it deals the shards' samples (one
+    definition of an epoch: the same spans, shuffle buffer and balanced repeats), so a run on the
+    cache trains on the very batches the same run streaming its shards would. The files must
+    come in the run's shard order (``DataPlan.train_records``).
     """
 
     def __init__(self, files: Sequence[str | Path], key: str, records: Sequence[ShardRecord],
@@ -273,7 +243,7 @@ class CachedTrainData:
             raise ValueError("records must give one entry per file")
         self.files = [Path(f) for f in files]
         self.feats: list[torch.Tensor] = []
-        labels: list[torch.Tensor] = []
+        self.shard_labels: list[list[int]] = []
         self.keys: list[str] = []
         for path, record in zip(self.files, records):
             if not path.is_file():
@@ -282,76 +252,37 @@ class CachedTrainData:
             why = stale_reason(obj, key, record, build_dir)
             if why is not None:
                 raise CacheFileError(path, why, False)
-            self.feats.append(obj["features"])
-            labels.append(obj["labels"])
+            self.feats.append(obj["features"] if device is None else obj["features"].to(device))
+            self.shard_labels.append(obj["labels"].tolist())
             self.keys.extend(obj["keys"])
-        self.labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
-        sizes = torch.tensor([len(x) for x in labels], dtype=torch.long)
-        self._ends = torch.cumsum(sizes, 0)
-        self._starts = self._ends - sizes
-        self._flat: torch.Tensor | None = None
-        if device is not None and self.feats:  # one tensor there, filled shard by shard (no second host copy)
-            first = self.feats[0]
-            self._flat = torch.empty((len(self.labels), *first.shape[1:]), dtype=first.dtype, device=device)
-            for f, lo, hi in zip(self.feats, self._starts.tolist(), self._ends.tolist()):
-                self._flat[lo:hi].copy_(f)
-            self.feats = [self._flat[lo:hi] for lo, hi in zip(self._starts.tolist(), self._ends.tolist())]
-            self.labels = self.labels.to(device)
+        self.counts = [len(x) for x in self.shard_labels]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return sum(self.counts)
 
-    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, labels) of samples ``index`` (positions in file order), in that order."""
-        if self._flat is not None:
-            index = index.to(self._flat.device)
-            return self._flat.index_select(0, index), self.labels[index]
-        shard = torch.searchsorted(self._ends, index, right=True)
-        row = index - self._starts[shard]
-        feats = torch.stack([self.feats[s][r] for s, r in zip(shard.tolist(), row.tolist())])
-        return feats, self.labels[index]
+    # The source protocol of serwild.data.loaders.EpochStream: a sample is (feature row, label).
+    def name(self, shard: int) -> str:
+        return str(self.files[shard])
 
-    def order(self, samples: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-              shuffle_buffer: int = 1000, repeats: Repeats | None = None) -> torch.Tensor:
-        """The first ``samples`` positions this rank trains on in ``epoch`` (see the class doc);
-        ``repeats``: dealt class-balanced, as the streaming loader deals them."""
-        if len(self) == 0:
-            raise UsageError("no cached training samples selected (check train.dataset, train.conditions, cv.fold)")
-        counts = [len(f) for f in self.feats]
-        pieces = epoch_pieces(counts, samples, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                              repeats=repeats)
-        labels = self.labels.tolist() if repeats is not None else []
+    def samples(self, shard: int) -> Iterator[tuple[torch.Tensor, int]]:
+        return zip(self.feats[shard], self.shard_labels[shard])
 
-        def rows(p: Piece) -> Iterable[int]:
-            shard = range(int(self._starts[p.shard]), int(self._ends[p.shard]))
-            if repeats is None:
-                return shard[p.start:p.stop]
-            return itertools.islice(repeats.dealt(((i, labels[i]) for i in shard), seed, p.epoch, p.shard),
-                                    p.start, p.stop)
+    def label(self, sample: tuple[torch.Tensor, int]) -> int:
+        return sample[1]
 
-        stream = (i for p in pieces for i in rows(p))
-        shuffled = buffer_shuffle(stream, max(1, shuffle_buffer), seeds.derive31(seed, epoch, rank, "shuffle"))
-        return torch.tensor(list(shuffled)[:samples], dtype=torch.long)
-
-    def batches(self, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
-                world_size: int = 1, start: int = 0, shuffle_buffer: int = 1000, repeats: Repeats | None = None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``start`` … ``num_batches - 1`` of (features (B, C, H, W) fp16, labels (B,)):
-        ``start`` > 0 continues an epoch exactly where a mid-epoch checkpoint left it."""
-        idx = self.order(batch_size * num_batches, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                         shuffle_buffer=shuffle_buffer, repeats=repeats)
-        for b in range(start, num_batches):
-            yield self.take(idx[b * batch_size:(b + 1) * batch_size])
+    def item(self, sample: tuple[torch.Tensor, int]) -> tuple[torch.Tensor, int]:
+        return sample
 
     def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         """Every sample once across ranks (files dealt ``[rank::world_size]``, as the eval loader
         deals shards): (features, labels, sample keys); the last batch may be short."""
+        starts = list(itertools.accumulate(self.counts, initial=0))
         for s in range(rank, len(self.feats), world_size):
-            lo, hi = int(self._starts[s]), int(self._ends[s])
-            for i in range(lo, hi, batch_size):
-                j = min(hi, i + batch_size)
-                yield self.feats[s][i - lo:j - lo], self.labels[i:j], self.keys[i:j]
+            for i in range(0, self.counts[s], batch_size):
+                j = min(self.counts[s], i + batch_size)
+                yield (self.feats[s][i:j], torch.tensor(self.shard_labels[s][i:j], dtype=torch.long),
+                       self.keys[starts[s] + i:starts[s] + j])
 
 
 def load_feature_cache(spec: CacheSpec, records: Sequence[ShardRecord], device: torch.device | str | None = None,
@@ -380,12 +311,13 @@ class FeatureData:
     shuffle_buffer: int = 1000  # train.shuffle_buffer: the streaming loader's, for the same order
     repeats: Repeats | None = None  # train.balance: sampler
 
-    def train_batches(self, epoch: int, first: int, rank: int, world_size: int,
-                      batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``first`` … of rank ``rank``'s ``epoch`` in a world of ``world_size`` ranks of
-        ``batch`` samples (another world's, for a resumed epoch that world began)."""
-        return self.train.batches(batch, self.steps, seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
-                                  start=first, shuffle_buffer=self.shuffle_buffer, repeats=self.repeats)
+    def train_batches(self, epoch: int, first: int, rank: int, world_size: int, batch: int,
+                      began: tuple[int, int] | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``first`` … of rank ``rank``'s ``epoch`` (``began``: see
+        :func:`~serwild.data.loaders.epoch_loader`), read from the cache in this process."""
+        return epoch_loader(self.train, batch, self.steps, seed=self.seed, epoch=epoch, rank=rank,
+                            world_size=world_size, start_batch=first, shuffle_buffer=self.shuffle_buffer,
+                            repeats=self.repeats, began=began)
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         return iter(()) if self.val is None else self.val.eval_batches(self.batch, self.rank, self.world_size)

@@ -1,16 +1,13 @@
 """What a run trains on, batch by batch: the streamed shards (:class:`ShardData`) or the
-feature cache (:class:`~serwild.trainer.features.FeatureData`), chosen by :func:`data_source`,
-and :func:`epoch_batches`, one rank's batches of an epoch, an epoch another world size began
-(an elastic resume) included.
+feature cache (:class:`~serwild.trainer.features.FeatureData`), chosen by :func:`data_source`;
+both are sources of the one training loader (:func:`serwild.data.loaders.epoch_loader`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from serwild.config import Config
@@ -46,15 +43,16 @@ class ShardData:
     steps: int  # batches per epoch, every rank
     batch: int  # this rank's validation batch
 
-    def train_batches(self, epoch: int, first: int, rank: int, world_size: int, batch: int) -> Any:
-        """Batches ``first`` … of rank ``rank``'s ``epoch`` in a world of ``world_size`` ranks of
-        ``batch`` samples (another world's, for a resumed epoch that world began)."""
+    def train_batches(self, epoch: int, first: int, rank: int, world_size: int, batch: int,
+                      began: tuple[int, int] | None = None) -> Any:
+        """Batches ``first`` … of rank ``rank``'s ``epoch`` (``began``: see
+        :func:`~serwild.data.loaders.epoch_loader`)."""
         t, on_gpu = self.cfg.train, self.d.device.type == "cuda"  # uint8 batches, pinned, normalised on the GPU
         return make_train_loader(self.plan.train, self.plan.classes, batch, self.steps,
                                  seed=train_seed(self.cfg), epoch=epoch, rank=rank, world_size=world_size,
                                  num_workers=t.num_workers, prefetch_factor=t.prefetch_factor,
                                  shuffle_buffer=t.shuffle_buffer, start_batch=first, pin_memory=on_gpu,
-                                 as_uint8=on_gpu, repeats=self.plan.repeats)
+                                 as_uint8=on_gpu, repeats=self.plan.repeats, began=began)
 
     def val_batches(self) -> Any:
         val, on_gpu = self.plan.val, self.d.device.type == "cuda"
@@ -113,25 +111,7 @@ def epoch_batches(data: ShardData | FeatureData, d: Dist, batch: int, epoch: int
     streamed shards, both exact epochs in an order fixed by train seed, epoch, rank and world
     size), ``batch`` samples each. ``streams``: (ranks, batch) of the world that began the epoch,
     where it was not this one (a mid-epoch last.pt): the epoch continues as they dealt it."""
-    if first and streams is not None:
-        return _regrouped(data, d, batch, epoch, first, *streams)
-    return data.train_batches(epoch, first, d.rank, d.world_size, batch)
-
-
-def _regrouped(data: ShardData | FeatureData, d: Dist, batch: int, epoch: int, first: int, ranks: int,
-               old_batch: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """This rank's share of batches ``first`` … of an epoch that ``ranks`` ranks of ``old_batch``
-    began (the same global batch as this run's, :func:`serwild.trainer.resume.continuation`):
-    each global batch is theirs, their batches side by side in rank order, and rank r takes
-    samples ``[r * batch, (r + 1) * batch)`` of it. So the epoch ends on exactly the samples and
-    global batches the old world would have trained, whatever the new world size; only the
-    rounding of the gradient's mean and the dropout masks differ. Each rank reads just the old
-    streams its span overlaps."""
-    lo, hi = d.rank * batch, (d.rank + 1) * batch
-    mine = [r for r in range(ranks) if r * old_batch < hi and (r + 1) * old_batch > lo]
-    base = mine[0] * old_batch
-    for parts in zip(*(data.train_batches(epoch, first, r, ranks, old_batch) for r in mine)):
-        yield tuple(torch.cat(column)[lo - base:hi - base] for column in zip(*parts))
+    return data.train_batches(epoch, first, d.rank, d.world_size, batch, began=streams)
 
 
 def per_rank_batch(t: Any, d: Dist) -> int:

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from serwild.builder.labels import PRESETS
 from serwild.data.epochs import Repeats
-from serwild.data.loaders import make_eval_loader, make_train_loader, shard_set
+from serwild.data.loaders import epoch_loader, make_eval_loader, make_train_loader, shard_set
 from serwild.data.manifest import Manifest
 from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
@@ -136,6 +137,13 @@ def _step(fn: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, model: torch.nn
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _keys_of(data: CachedTrainData, feats: torch.Tensor) -> list[str]:
+    """The sample keys of a cached batch's rows (a row's bytes name its sample)."""
+    rows = {row.numpy().tobytes(): k for row, k in zip(torch.cat(data.feats), data.keys)}
+    assert len(rows) == len(data)  # no two samples share their features
+    return [rows[row.numpy().tobytes()] for row in feats]
+
+
 def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest: Manifest, records: list[ShardRecord],
                                                       paper: tuple, tmp_path: Path) -> None:
     model, _, train = paper
@@ -156,8 +164,8 @@ def test_cached_first_step_equals_the_uncached_model(tiny_build: Path, manifest:
     assert len(data) == stats.samples and data.feats[0].dtype == torch.float16
     assert data.feats[0].shape[1:] == model.features[:prefix](torch.zeros(1, 3, 256, 256)).shape[1:]
     # The first training batch the cached path serves, and the same samples uncached.
-    feats, y = next(data.batches(12, 3, seed=0, epoch=0))
-    keys = [data.keys[i] for i in data.order(12 * 3, seed=0, epoch=0)[:12]]  # the epoch of 3 batches' first
+    feats, y = next(iter(epoch_loader(data, 12, 3, seed=0, epoch=0)))  # the first of an epoch of 3 batches
+    keys = _keys_of(data, feats)
     assert y.tolist() == [labels[k] for k in keys]
     x = torch.stack([images[k] for k in keys])
     with torch.no_grad():
@@ -307,7 +315,7 @@ def test_a_cached_epoch_is_the_streamed_epoch(tiny_build: Path, manifest: Manife
     for rank, world, steps in ((0, 1, n // 4), (1, 2, n // 8), (0, 1, n // 2 + 3)):  # the last: more than one pass
         streamed = list(make_train_loader(shards, CLASSES, 4, steps, seed=5, epoch=2, rank=rank, world_size=world,
                                           shuffle_buffer=7, repeats=repeats))
-        cached = list(data.batches(4, steps, seed=5, epoch=2, rank=rank, world_size=world, shuffle_buffer=7,
+        cached = list(epoch_loader(data, 4, steps, seed=5, epoch=2, rank=rank, world_size=world, shuffle_buffer=7,
                                    repeats=repeats))
         assert len(cached) == len(streamed) == steps
         for (feats, y_cached), (images, y_streamed) in zip(cached, streamed):
@@ -324,20 +332,23 @@ def test_cached_batches_exact_count_deterministic_and_disjoint_across_ranks(
     build_feature_cache(tiny_build, records, model, CPU, spec, CLASSES)
     data = load_feature_cache(spec, records)
     n = len(data)
-    batches = list(data.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
+    batches = list(epoch_loader(data, 3, 5, seed=0, epoch=0, rank=0, world_size=2))
     assert len(batches) == 5 and all(x.shape == (3, *data.feats[0].shape[1:]) and len(y) == 3 for x, y in batches)
-    again = list(data.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
+    again = list(epoch_loader(data, 3, 5, seed=0, epoch=0, rank=0, world_size=2))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
-    flat = load_feature_cache(spec, records, device="cpu")  # one tensor (what a GPU run would hold)
-    same = list(flat.batches(3, 5, seed=0, epoch=0, rank=0, world_size=2))
+    copied = load_feature_cache(spec, records, device="cpu")  # held in memory (what a GPU run would do)
+    same = list(epoch_loader(copied, 3, 5, seed=0, epoch=0, rank=0, world_size=2))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, same))
+
+    def order(samples: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[str]:
+        return [k for x, _ in epoch_loader(data, 1, samples, seed=0, epoch=epoch, rank=rank, world_size=world_size)
+                for k in _keys_of(data, x)]
+
     half = n // 2
-    r0 = data.order(half, seed=0, epoch=0, rank=0, world_size=2).tolist()
-    r1 = data.order(half, seed=0, epoch=0, rank=1, world_size=2).tolist()
+    r0, r1 = order(half, 0, 0, 2), order(half, 0, 1, 2)
     assert not set(r0) & set(r1) and len(set(r0)) == half  # one pass: every sample at most once
-    assert data.order(half, seed=0, epoch=1).tolist() != data.order(half, seed=0, epoch=0).tolist()
-    more = data.order(3 * n, seed=0, epoch=0)  # more than one pass: each sample 3 times
-    assert torch.bincount(more, minlength=n).tolist() == [3] * n
+    assert order(half, 1) != order(half, 0)
+    assert set(Counter(order(3 * n, 0)).values()) == {3}  # more than one pass: each sample 3 times
     seen = [k for _, _, keys in data.eval_batches(7, rank=0, world_size=2) for k in keys]
     seen += [k for _, _, keys in data.eval_batches(7, rank=1, world_size=2) for k in keys]
     assert sorted(seen) == sorted(data.keys)
