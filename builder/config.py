@@ -7,31 +7,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 # Label sets are config: re-exported here, the one builder module the composed config imports.
+from serwild.bounds import MAX_FOLDS, SEED_MAX, check_range
 from serwild.builder.labels import PRESETS, VIEW_NAME, resolve_views
 
-__all__ = ["PRESETS", "VIEW_NAME", "resolve_views"]
+__all__ = ["PRESETS", "SEED_MAX", "VIEW_NAME", "resolve_views"]
 
-# Every size-like setting has a range, checked wherever a config is made (a config file, an
-# override, the copy inside a checkpoint or a manifest): one value must not be able to ask
-# for unbounded memory or work (`audio.n_fft: 100000000` is a 96 GiB STFT). The ranges are
-# wide enough for any real use and are written next to each setting.
-
-
-def check_range(key: str, value: float, lo: float, hi: float) -> None:
-    """Raise ValueError naming ``key`` and its range unless ``lo <= value <= hi``."""
-    if not lo <= value <= hi:
-        raise ValueError(f"config key '{key}' must be in {_num(lo)}..{_num(hi)}, got {_num(value)}")
-
-
-def _num(x: float) -> str:
-    """An int as it is, a float short (30.0 → 30); a huge int by its size, so the message stays
-    one short line (and str() of an int past 4300 digits would raise)."""
-    if isinstance(x, int) and x.bit_length() > 80:
-        return f"a {x.bit_length()}-bit number"
-    return str(x) if isinstance(x, int) else f"{x:g}"
-
-
-SEED_MAX = 2**63 - 1  # seeds are 64-bit (torch.manual_seed, numpy); non-negative, as numpy requires
 
 
 @dataclass(frozen=True)
@@ -75,8 +55,6 @@ class NoiseConfig:
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"noise.test_fraction must be in (0, 1), got {self.test_fraction}")
 
-
-MAX_FOLDS = 100
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SEED_MAX = 2**63 - 1  # seeds are 64-bit; non-negative, as numpy's generators require
-
-
-def check_range(key: str, value: float, lo: float, hi: float) -> None:
-    """Raise ValueError naming ``key`` and its range unless ``lo <= value <= hi`` (the same check
-    as serwild.builder.config's: config sections are leaf modules and import nothing of ours)."""
-    if not lo <= value <= hi:
-        size = f"a {value.bit_length()}-bit number" if isinstance(value, int) and value.bit_length() > 80 else value
-        raise ValueError(f"config key '{key}' must be in {lo}..{hi}, got {size}")
+from serwild.bounds import SEED_MAX, check_range
 
 
 @dataclass(frozen=True)

@@ -18,19 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from serwild.bounds import MAX_FOLDS, SEED_MAX, check_range
+
 MAX_LR = 10.0  # every learning rate is in (0, MAX_LR]
 MAX_WORKERS = 256  # loader processes per rank
-MAX_FOLDS = 100  # split.folds' upper bound (serwild.builder.config)
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-
-
-def check_range(key: str, value: float, lo: float, hi: float) -> None:
-    """Raise ValueError naming ``key`` and its range unless ``lo <= value <= hi`` (the same check
-    as serwild.builder.config's: config sections are leaf modules and import nothing of ours)."""
-    if not lo <= value <= hi:
-        size = f"a {value.bit_length()}-bit number" if isinstance(value, int) and value.bit_length() > 80 else value
-        raise ValueError(f"config key '{key}' must be in {lo}..{hi}, got {size}")
 
 
 def check_every(every: int | str | None) -> None:
@@ -127,7 +120,7 @@ class TrainConfig:
         if self.batch_size_per_rank is not None:
             check_range("train.batch_size_per_rank", self.batch_size_per_rank, 1, 65_536)
         if self.seed is not None:
-            check_range("train.seed", self.seed, 0, 2**63 - 1)
+            check_range("train.seed", self.seed, 0, SEED_MAX)
         check_every(self.checkpoint_every)
         if self.best_metric == "accuracy":
             object.__setattr__(self, "best_metric", "wa")  # frozen: the one way to normalise in place

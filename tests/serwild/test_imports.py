@@ -4,7 +4,7 @@
     trainer ← evaluate ← pipelines ← cli;  evaluate ← deploy ← serve ← cli
 
 The one exception is by design: ``serwild.config`` composes each stage's config section
-(``serwild.<room>.config``, leaf modules that import nothing of ours).
+(``serwild.<room>.config``, leaf modules that import only ``serwild.bounds``, their ranges).
 """
 
 from __future__ import annotations
