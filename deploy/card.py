@@ -17,6 +17,7 @@ import yaml
 
 from serwild.builder.hubcard import citation_section, corpus_card, hub_fields
 from serwild.evaluate import provenance
+from serwild.evaluate.document import condition_label, order_conditions
 from serwild.metrics import METRICS, VALIDATION
 
 PAPER = ("Yusuf et al. (2022), *Speech Emotion Recognition using a Novel Noise Augmentation Approach and Deep "
@@ -25,14 +26,6 @@ PAPER = ("Yusuf et al. (2022), *Speech Emotion Recognition using a Novel Noise A
 MODEL_INDEX: dict[str, tuple[str, dict[str, str] | None]] = {
     "wa": ("accuracy", None), "ua": ("recall", {"average": "macro"}),
     "weighted_f1": ("f1", {"average": "weighted"}), "macro_f1": ("f1", {"average": "macro"})}
-
-
-def _label(name: str, snr: float | None) -> str:
-    return name if snr is None else f"{snr:g} dB"
-
-
-def _order(conds: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return sorted(conds, key=lambda c: (conds[c].get("snr_db") is not None, conds[c].get("snr_db") or 0.0, c))
 
 
 def license_fields(meta: Mapping[str, Any], license_id: str | None) -> dict[str, Any]:
@@ -63,7 +56,7 @@ def model_index(meta: Mapping[str, Any], name: str, dataset_id: str | None) -> l
     conds = ev.get("conditions") or {}
     ds, kind = str(meta["dataset"]), (meta.get("build") or {}).get("corpus", "unknown")
     results = []
-    for c in _order(conds):
+    for c in order_conditions(conds):
         block = conds[c]["block"]
         metrics = []
         for key in VALIDATION:
@@ -77,7 +70,7 @@ def model_index(meta: Mapping[str, Any], name: str, dataset_id: str | None) -> l
         results.append({
             "task": {"type": "audio-classification", "name": "Speech emotion recognition"},
             "dataset": {"type": dataset_id or f"serwild-{kind}-{ds}", "name": f"{ds.upper()} ({kind} corpus), test, "
-                        f"{_label(c, conds[c].get('snr_db'))}, per 1 s block (N={block['n']})",
+                        f"{condition_label(c, conds[c].get('snr_db'))}, per 1 s block (N={block['n']})",
                         "config": ds, "split": f"test_{c}"},
             "metrics": metrics})
     return [{"name": name, "results": results}] if results else []
@@ -197,10 +190,10 @@ def evaluation_section(meta: Mapping[str, Any]) -> list[str]:
     for unit, title in (("block", "Per 1 s block"), ("utterance", "Per utterance (mean of its block logits)")):
         lines += [f"{title}:", "", "| Test condition | N | " + " | ".join(METRICS[k].column for k in VALIDATION) + " |",
                   "|---|---|" + "---|" * len(VALIDATION)]
-        for c in _order(conds):
+        for c in order_conditions(conds):
             m = conds[c][unit]
             cells = [_cell(m[k], m.get(f"{k}_ci")) for k in VALIDATION]
-            lines.append(f"| {_label(c, conds[c].get('snr_db'))} | {m['n']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {condition_label(c, conds[c].get('snr_db'))} | {m['n']} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["The full report (per-class tables, confusion matrices, figures, every block's prediction) is in "
               "`evaluation/`.", ""]

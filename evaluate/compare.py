@@ -39,13 +39,11 @@ import numpy as np
 from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health
-from serwild.evaluate.document import Report, read_report
+from serwild.evaluate.document import Report, condition_label, order_conditions, read_report
 from serwild.evaluate.figures import Interval, plot_differences, plot_series
 from serwild.evaluate.report import (
     LOGITS_FILE,
-    ci_span,
-    condition_label,
-    order_conditions,
+    interval,
     protocol_line,
     read_logits,
     supports,
@@ -122,7 +120,7 @@ def plot_intervals(reports: Mapping[str, Sequence[Report]], conds: Sequence[str]
     out: dict[str, list[Interval]] = {}
     for name, reps in reports.items():
         if len(reps) == 1:
-            out[name] = [ci_span(reps[0].conditions[c][unit], metric) if c in reps[0].conditions else None
+            out[name] = [interval(reps[0].conditions[c][unit], metric) if c in reps[0].conditions else None
                          for c in conds]
         else:
             out[name] = [None if m is None or s is None else (m - s, m + s)

@@ -18,6 +18,18 @@ from serwild.errors import UsageError
 REPORT_FORMAT = "serwild-report/1"
 
 
+def condition_label(name: str, snr_db: float | None) -> str:
+    """``clean``, or a noisy condition by its SNR (``15 dB``)."""
+    return name if snr_db is None else f"{snr_db:g} dB"
+
+
+def order_conditions(conditions: Mapping[str, Any]) -> list[str]:
+    """Clean first, then ascending SNR (the paper's order: clean, 15, 20, 40 dB). Each value is a
+    condition's SNR (None: clean), or its metrics (holding ``snr_db``)."""
+    snr = {c: v.get("snr_db") if isinstance(v, Mapping) else v for c, v in conditions.items()}
+    return sorted(snr, key=lambda c: (snr[c] is not None, snr[c] or 0.0, c))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Report:
     """metrics.json, typed: one writer (:func:`write_report`), one reader (:func:`read_report`)."""

@@ -33,21 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from serwild.evaluate.document import Report
+from serwild.evaluate.document import Report, condition_label, order_conditions
 from serwild.metrics import chance_level
 
 ONE_CLASS_SHARE = 0.95
 NEVER_SHARE = 0.01
-
-
-def _label(name: str, cond: Mapping[str, Any]) -> str:
-    snr = cond.get("snr_db")
-    return name if snr is None else f"{snr:g} dB"
-
-
-def _order(conditions: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return sorted(conditions, key=lambda c: (conditions[c].get("snr_db") is not None,
-                                             conditions[c].get("snr_db") or 0.0, c))
 
 
 def prediction_shares(confusion: Sequence[Sequence[int]]) -> np.ndarray:
@@ -80,7 +70,7 @@ def model_flags(result: Report, unit: str = "block") -> dict[str, Any]:
     line per finding (empty when there is nothing to say)."""
     conds = result.conditions
     classes = list(result.classes)
-    order = _order(conds)
+    order = order_conditions(conds)
     still = (result.budget or {}).get("still_learning")
     if not order:
         return {"degenerate": False, "one_class": None, "never_predicted": [], "at_chance": [],
@@ -89,7 +79,8 @@ def model_flags(result: Report, unit: str = "block") -> dict[str, Any]:
     one_class = _one_class(prediction_shares(total), classes, "all test conditions")
     if one_class is None:
         for c in order:
-            found = _one_class(prediction_shares(conds[c][unit]["confusion"]), classes, _label(c, conds[c]))
+            found = _one_class(prediction_shares(conds[c][unit]["confusion"]), classes,
+                               condition_label(c, conds[c].get("snr_db")))
             if found is not None:
                 one_class = found
                 break
@@ -97,7 +88,7 @@ def model_flags(result: Report, unit: str = "block") -> dict[str, Any]:
     overall = bool(one_class and one_class["where"] == "all test conditions")  # then it says it all
     never = [] if overall else [classes[i] if i < len(classes) else str(i) for i in range(len(shares))
                                 if support[i] > 0 and shares[i] < NEVER_SHARE]
-    at_chance = [_label(c, conds[c]) for c in order
+    at_chance = [condition_label(c, conds[c].get("snr_db")) for c in order
                  if _includes(conds[c][unit], "ua", chance_ua(conds[c][unit]))
                  or _includes(conds[c][unit], "weighted_f1", _chance_wf1(conds[c][unit]))]
     degenerate = bool(overall or (at_chance and len(at_chance) == len(order)))

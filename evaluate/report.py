@@ -34,8 +34,8 @@ import numpy as np
 from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance
-from serwild.evaluate.document import Report
-from serwild.evaluate.figures import Interval, plot_confusions, plot_series
+from serwild.evaluate.document import Report, condition_label, order_conditions
+from serwild.evaluate.figures import plot_confusions, plot_series
 from serwild.metrics import BY_PATH, METRICS, Metric, chance_level
 
 UNITS = {"block": "Per 1 s block (the paper's unit)",
@@ -79,17 +79,6 @@ def interval_note(result: Report) -> str:
             f"in the test set, not the run-to-run variation of training.")
 
 
-def condition_label(name: str, snr_db: float | None) -> str:
-    if snr_db is None:
-        return name
-    return f"{snr_db:g} dB"
-
-
-def order_conditions(conditions: Mapping[str, float | None]) -> list[str]:
-    """Clean first, then ascending SNR (the paper's order: clean, 15, 20, 40 dB)."""
-    return sorted(conditions, key=lambda c: (conditions[c] is not None, conditions[c] or 0.0, c))
-
-
 # ----------------------------------------------------------------------------- text
 
 
@@ -122,7 +111,7 @@ def metrics_table(result: Report, unit: str) -> str:
     head = ["Test condition", "N"] + [c.column for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     conds = result.conditions
-    for name in order_conditions({c: v["snr_db"] for c, v in conds.items()}):
+    for name in order_conditions(conds):
         m = conds[name][unit]
         cells = [condition_label(name, conds[name]["snr_db"]), str(m["n"])]
         cells += [cell(m, c.path) for c in COLUMNS]
@@ -134,7 +123,7 @@ def per_class_table(result: Report, unit: str) -> str:
     head = ["Test condition", "Class", "Precision", "Recall", "F1", "Support"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     conds = result.conditions
-    for name in order_conditions({c: v["snr_db"] for c, v in conds.items()}):
+    for name in order_conditions(conds):
         for cls, s in conds[name][unit]["per_class"].items():
             lines.append(f"| {condition_label(name, conds[name]['snr_db'])} | {cls} | {s['precision']:.3f} "
                          f"| {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |")
@@ -151,7 +140,7 @@ def flag_block(result: Report) -> list[str]:
 def test_set_line(result: Report) -> str:
     """``**Test set (N per condition):** clean 165 blocks / 55 utterances; 15 dB …``."""
     conds = result.conditions
-    order = order_conditions({c: v["snr_db"] for c, v in conds.items()})
+    order = order_conditions(conds)
     return ("**Test set (N per condition):** " + "; ".join(
         f"{condition_label(c, conds[c]['snr_db'])} {conds[c]['block']['n']} blocks / "
         f"{conds[c]['utterance']['n']} utterances" for c in order) + ".")
@@ -200,7 +189,7 @@ def render_markdown(result: Report) -> str:
 def groups_section(result: Report) -> list[str]:
     """``eval.group_by``: weighted F1 and UA per value of the corpus's column, per condition (blocks)."""
     conds = result.conditions
-    order = [c for c in order_conditions({c: v.get("snr_db") for c, v in conds.items()}) if conds[c].get("groups")]
+    order = [c for c in order_conditions(conds) if conds[c].get("groups")]
     if not order:
         return []
     by = conds[order[0]]["groups"]["by"]
@@ -221,12 +210,6 @@ def groups_section(result: Report) -> list[str]:
 # ----------------------------------------------------------------------------- figures
 
 
-def ci_span(unit_metrics: Mapping[str, Any], name: str) -> Interval:
-    """The (low, high) interval of metric ``name`` in one unit's metrics, if evaluate wrote one."""
-    ci = (unit_metrics.get("ci") or {}).get(name)
-    return (float(ci["low"]), float(ci["high"])) if ci else None
-
-
 def supports(unit_metrics: Mapping[str, Any]) -> list[int]:
     """Test samples per class (in class order) of one unit's metrics."""
     return [int(c["support"]) for c in (unit_metrics.get("per_class") or {}).values()]
@@ -235,11 +218,11 @@ def supports(unit_metrics: Mapping[str, Any]) -> list[int]:
 def write_figures(result: Report, out: Path) -> None:
     """weighted_f1.png (both units, intervals, chance) and confusion.png (a panel per condition)."""
     conds = result.conditions
-    order = order_conditions({c: v["snr_db"] for c, v in conds.items()})
+    order = order_conditions(conds)
     labels = [condition_label(c, conds[c]["snr_db"]) for c in order]
     plot_series(out / "weighted_f1.png", labels,
                 {f"per {u}": [conds[c][u]["weighted"]["f1"] for c in order] for u in UNITS}, "weighted F1",
-                {f"per {u}": [ci_span(conds[c][u], "weighted_f1") for c in order] for u in UNITS},
+                {f"per {u}": [interval(conds[c][u], "weighted_f1") for c in order] for u in UNITS},
                 chance=[chance_level("weighted_f1", supports(conds[c]["block"])) for c in order])
     plot_confusions(out / "confusion.png", {lab: conds[c]["block"]["confusion"] for lab, c in zip(labels, order)},
                     result.classes)

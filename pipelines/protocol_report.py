@@ -30,7 +30,7 @@ def table(exps: Sequence[Experiment], results: Mapping[str, Mapping[str, Any]], 
     head = ["Test condition"] + [f"Exp {e.number} {t}" for e in exps for t, _ in TABLE_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = results[exps[0].base]["metrics"].conditions
-    for c in report.order_conditions({c: v["snr_db"] for c, v in first.items()}):
+    for c in report.order_conditions(first):
         cells = [report.condition_label(c, first[c]["snr_db"])]
         for e in exps:
             m = results[e.base]["metrics"].conditions[c][unit]
