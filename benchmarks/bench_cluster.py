@@ -5,9 +5,10 @@ run: seconds for each, the cluster's overhead in seconds and per cent.
     .venv/bin/python benchmarks/bench_cluster.py --nodes 3 --size tiny --rounds 1
     .venv/bin/python benchmarks/bench_cluster.py snr_db='[15]'      # any config override
 
-The cluster is the tests' (``tests.cluster.raycluster``): a head and NODES-1 worker nodes on this
-machine, separate raylets with one CPU each, all at 127.0.0.1, token authentication on; it starts
-once (timed apart) and is ended by PID at the end. Each build runs in a process of its own, into an
+The cluster is the tests' (``tests.cluster.raycluster``, root only): a head and NODES-1 worker
+nodes, each started by ``ray start`` on a host of its own (a network namespace with its own
+address), one CPU each, token authentication on; it starts once (timed apart) and is ended by PID
+at the end; the cluster's builds run on the head's host. Each build runs in a process of its own, into an
 empty folder: ``run_build`` of the same config as ``serwild build``, with ``ray.num_cpus=NODES`` (a
 local Ray, started and stopped by the build) against ``ray.address=…`` (joining the running
 cluster). Timed: the whole process, and inside it (an executor wrapper) Ray's start or join, the
@@ -21,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.faults.procs: the tests' free-port helper
-from tests.faults.procs import free_port  # noqa: E402
+sys.path.insert(0, str(REPO))  # tests.cluster.raycluster: the tests' cluster
+from tests.cluster.raycluster import ray_cluster_on_hosts  # noqa: E402
 
 RAY_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_TMPDIR",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
@@ -45,45 +44,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(REPO), **extra}
 
 
-def start_cluster(folder: Path, nodes: int) -> tuple[subprocess.Popen, dict, float]:
-    """The loopback cluster (see the module's docstring): its process, its description, seconds to start."""
-    port = free_port()
-    token = folder / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TMPDIR=str(folder),
-                    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.raycluster", str(port), str(nodes - 1)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            cwd=REPO, env=env, start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        end_session(proc)
-        raise SystemExit("the cluster did not start")
-    return proc, {**json.loads(line), "token": str(token)}, time.perf_counter() - t0
-
-
-def end_session(proc: subprocess.Popen) -> None:
-    """SIGKILL every process of the session ``proc`` leads (the cluster's), PID by PID."""
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.getsid(int(d)) == proc.pid:
-                    os.kill(int(d), signal.SIGKILL)
-            except OSError:
-                continue
-    proc.wait()
-
-
-def one_build(args: list[str], env: dict[str, str], out: Path) -> dict:
-    """A build of ``ARGS out=OUT`` in a process of its own (:func:`child`): its seconds, whole and by
-    phase, the fingerprint and the shard tasks per node."""
+def one_build(args: list[str], env: dict[str, str], out: Path, host: Any = None) -> dict:
+    """A build of ``ARGS out=OUT`` in a process of its own (:func:`child`; on ``host``, a
+    :class:`tests.cluster.raycluster.Host`, if given): its seconds, whole and by phase, the
+    fingerprint and the shard tasks per node."""
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", *args, f"out={out}"],
-                          capture_output=True, text=True, cwd=REPO, env=env, check=False)
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", *args, f"out={out}"]
+    done = subprocess.run(host.cmd(*argv) if host else argv, capture_output=True, text=True, cwd=REPO, env=env,
+                          check=False)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"build failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -140,26 +109,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from serwild.synth.corpus import write_synthetic_corpus
 
-    # A short folder: Ray's socket paths under it must fit in 107 bytes.
+    # Short folders: Ray's socket paths under them must fit in 107 bytes.
     tmp = Path(tempfile.mkdtemp(prefix="swbench", dir="/tmp"))
-    cluster = None
     try:
         write_synthetic_corpus(tmp / "corpus", size=args.size, progress=False)
         common = ["corpus.kind=iemocap", f"corpus.root={tmp / 'corpus'}", f"noise.dir={tmp / 'corpus' / 'noise'}",
                   *args.overrides]
-        cluster, info, start_s = start_cluster(tmp, args.nodes)
-        load = [os.getloadavg()[0]]
-        local_env = clean_env()
-        cluster_env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=info["token"])
-        runs: dict[str, list[dict]] = {"local": [], "cluster": []}
-        for _ in range(args.rounds):
-            runs["local"].append(one_build([*common, f"ray.num_cpus={args.nodes}"], local_env, tmp / "local"))
-            runs["cluster"].append(one_build([*common, f"ray.address={info['address']}"], cluster_env,
-                                             tmp / "cluster"))
-        load.append(os.getloadavg()[0])
+        t0 = time.perf_counter()
+        with ray_cluster_on_hosts(args.nodes - 1, Path(tempfile.mkdtemp(prefix="swray", dir="/tmp"))) as cluster:
+            start_s = time.perf_counter() - t0
+            load = [os.getloadavg()[0]]
+            cluster_env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
+            runs: dict[str, list[dict]] = {"local": [], "cluster": []}
+            for _ in range(args.rounds):
+                runs["local"].append(one_build([*common, f"ray.num_cpus={args.nodes}"], clean_env(), tmp / "local"))
+                runs["cluster"].append(one_build([*common, f"ray.address={cluster.address}"], cluster_env,
+                                                 tmp / "cluster", cluster.head))
+            load.append(os.getloadavg()[0])
     finally:
-        if cluster is not None:
-            end_session(cluster)
         shutil.rmtree(tmp, ignore_errors=True)
     report(args, runs, start_s, load)
     return 0 if len({r["fingerprint"] for rs in runs.values() for r in rs}) == 1 else 1
@@ -169,7 +136,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], start_s: float
     local, cluster = (min(runs[k], key=lambda r: r["s"]) for k in ("local", "cluster"))
     print(f"\n'{args.size}' synthetic corpus: {local['shards']} shards, {local['samples']} samples; "
           f"{os.cpu_count()} CPUs here; overrides: {' '.join(args.overrides) or '-'}")
-    print(f"cluster: {args.nodes} nodes x 1 CPU on 127.0.0.1, started in {start_s:.1f} s (not counted below)")
+    print(f"cluster: {args.nodes} nodes x 1 CPU, a host each, started in {start_s:.1f} s (not counted below)")
     print(f"{'':10s}{'whole s':>9s}{'Ray start/join + stop s':>25s}{'tasks s':>9s}   (best of {args.rounds}; all runs)")
     for name, best in (("local", local), ("cluster", cluster)):
         every = ", ".join(f"{r['s']:.1f}" for r in runs[name])

@@ -1,51 +1,160 @@
-"""A Ray cluster of separate nodes on this machine, for the cluster tests and the benchmark:
+"""A Ray cluster of separate hosts on this machine, started the way a user starts one, for the
+cluster tests and ``benchmarks/bench_cluster.py``:
 
-    python -m tests.cluster.raycluster PORT WORKERS
+    with ray_cluster_on_hosts(workers=2, folder=Path("/tmp/swrayX")) as cluster:
+        cluster.start_build(["--config", "…", f"ray.address={cluster.address}"]).wait()
 
-Ray's own :class:`ray.cluster_utils.Cluster` in this process: a head node whose GCS listens on
-127.0.0.1:PORT and WORKERS worker nodes, each node its own raylet (and agents) with one CPU,
-every node's IP 127.0.0.1. The same nodes as `ray start --head --node-ip-address=… --port=PORT
---num-cpus=1` and `ray start --address=… --node-ip-address=… --num-cpus=1` on separate hosts
-(docs/building.md, "Running on many cores and many machines"); `ray start` itself cannot make them on one
-machine: it rewrites 127.0.0.1 to the machine's network address.
-
-The environment decides the rest: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH (token
-authentication, the cluster's token), RAY_TMPDIR (Ray's session folder: not the shared /tmp/ray),
-RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (whatever Ray resolves in these processes stays 127.0.0.1).
-
-Prints one JSON line, ``{"address": "127.0.0.1:PORT", "nodes": [{"id", "raylet", "head"}, …]}``
-(raylet: the node's raylet PID), then waits until its stdin closes. Whoever started it ends it,
-and every process of its session, by PID.
+Each host is a network namespace of its own with its own address (``ip netns`` and a veth pair
+to a bridge in the head's namespace: root only), as on separate machines: the head at
+10.231.N.1, the workers at .2, .3, …, and one more host with no Ray node (a client).
+The nodes are ``ray start --head --node-ip-address=10.231.N.1 --port=6379 --num-cpus=1`` and
+``ray start --address=10.231.N.1:6379 --node-ip-address=10.231.N.k --num-cpus=1`` (token
+authentication on, each node's session folder its own), as docs/building.md tells a user.
+Nothing here uses a Ray private API or a loopback address. At the end, however it went, every
+process of each node's ``ray start`` session and of each driver is ended by PID, the namespaces
+are deleted and the folder removed. Never ``ray stop``: other jobs on this machine run Ray too.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import random
+import secrets
+import shutil
+import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from ray._private import ray_constants
-from ray.cluster_utils import Cluster
+from tests.faults import procs
 
-NODE = {"node_ip_address": "127.0.0.1", "num_cpus": 1,
-        "dashboard_agent_listen_port": None}  # None: a free port (Ray's default, 52365, may be taken)
-
-
-def start(port: int, workers: int) -> Cluster:
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=False,
-                      head_node_args={**NODE, "gcs_server_port": port, "include_dashboard": False})
-    for _ in range(workers):
-        cluster.add_node(**NODE)
-    cluster.wait_for_nodes()
-    return cluster
+PORT = 6379  # the head's GCS port: each host has its own network, so no other job's port is in the way
+RAY = str(Path(sys.executable).with_name("ray"))
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+# Variables of the test's own process that must not steer a node or a driver the way a user's shell would not.
+NOT_PASSED = (*AUTH_VARS, "RAY_ADDRESS", "RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 
 
-def describe(cluster: Cluster) -> dict:
-    return {"address": cluster.address,
-            "nodes": [{"id": node.node_id, "head": node is cluster.head_node,
-                       "raylet": node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid}
-                      for node in cluster.list_all_nodes()]}
+@dataclass(frozen=True)
+class Host:
+    ns: str  # the network namespace: this host's network
+    ip: str
+
+    def cmd(self, *argv: str) -> list[str]:
+        """``argv`` run on this host."""
+        return ["ip", "netns", "exec", self.ns, *argv]
 
 
-if __name__ == "__main__":
-    print(json.dumps(describe(start(int(sys.argv[1]), int(sys.argv[2])))), flush=True)
-    sys.stdin.read()
+@dataclass
+class RayCluster:
+    head: Host
+    workers: list[Host]
+    client: Host  # a host with no node of the cluster
+    token_path: Path
+    sessions: dict[str, int] = field(default_factory=dict)  # a node's IP → the session of its processes
+    drivers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.head.ip}:{PORT}"
+
+    def raylet(self, ip: str) -> int:
+        """The PID of the node's raylet (the one process of its session named so)."""
+        return next(p for p in procs.session_pids(self.sessions[ip]) if _argv0(p).endswith("/raylet"))
+
+    def driver_env(self, token: bool = True) -> dict[str, str]:
+        """A user's shell on a host: the cluster's token (or none), nothing else of Ray's."""
+        env = {k: v for k, v in procs.env().items() if k not in NOT_PASSED}
+        if token:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path))
+        return env
+
+    def start(self, argv: list[str], host: Host | None = None, token: bool = True) -> subprocess.Popen:
+        """``argv`` as a user runs it on ``host`` (the head's by default), in a session of its own
+        (ended at the end)."""
+        proc = subprocess.Popen((host or self.head).cmd(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=procs.REPO, env=self.driver_env(token), start_new_session=True)
+        self.drivers.append(proc)
+        return proc
+
+    def start_build(self, args: list[str], token: bool = True) -> subprocess.Popen:
+        """``serwild build ARGS`` on the head's host."""
+        return self.start([*procs.SERWILD, "build", *args], token=token)
+
+
+def _argv0(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return ""
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+
+
+def make_hosts(n: int) -> list[Host]:
+    """``n`` hosts on one network: namespaces ``sw<pid>h<k>``, the first holding the bridge."""
+    net = f"10.231.{random.SystemRandom().randrange(1, 255)}"
+    hosts = [Host(f"sw{os.getpid()}h{k}", f"{net}.{k + 1}") for k in range(n)]
+    head = hosts[0]
+    for h in hosts:
+        _ip("netns", "add", h.ns)
+        _ip("-n", h.ns, "link", "set", "lo", "up")
+    _ip("-n", head.ns, "link", "add", "br0", "type", "bridge")
+    _ip("-n", head.ns, "addr", "add", f"{head.ip}/24", "dev", "br0")
+    _ip("-n", head.ns, "link", "set", "br0", "up")
+    for k, h in enumerate(hosts[1:], 1):
+        _ip("-n", head.ns, "link", "add", f"v{k}", "type", "veth", "peer", "name", "eth0", "netns", h.ns)
+        _ip("-n", head.ns, "link", "set", f"v{k}", "master", "br0", "up")
+        _ip("-n", h.ns, "addr", "add", f"{h.ip}/24", "dev", "eth0")
+        _ip("-n", h.ns, "link", "set", "eth0", "up")
+    return hosts
+
+
+def remove_hosts(hosts: list[Host]) -> None:
+    for h in hosts:
+        subprocess.run(["ip", "netns", "del", h.ns], check=False, capture_output=True, timeout=30)
+
+
+def _ray_start(cluster: RayCluster, host: Host, folder: Path, *args: str) -> None:
+    """``ray start … --node-ip-address=HOST`` on ``host``: it returns once the node runs; the
+    node's processes stay in the session it was started in."""
+    node_folder = folder / host.ip.rsplit(".", 1)[1]  # a short path: Ray's socket paths must fit in 107 bytes
+    proc = subprocess.Popen(host.cmd(RAY, "start", *args, f"--node-ip-address={host.ip}", "--num-cpus=1",
+                                     f"--temp-dir={node_folder}", "--disable-usage-stats"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=cluster.driver_env(), start_new_session=True)
+    cluster.sessions[host.ip] = proc.pid
+    _, err = proc.communicate(timeout=180)  # three nodes starting on two busy cores
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray start on {host.ip} failed ({proc.returncode}): {err[-2000:]}")
+
+
+@contextlib.contextmanager
+def ray_cluster_on_hosts(workers: int, folder: Path) -> Iterator[RayCluster]:
+    """A head and ``workers`` worker nodes, each on a host of its own, and a client host (see the
+    module's docstring); ``folder`` (short, made by the caller) holds the token and the nodes'
+    session folders, and is removed at the end."""
+    token_path = folder / "auth_token"
+    token_path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    token_path.chmod(0o600)
+    hosts = make_hosts(workers + 2)
+    cluster = RayCluster(hosts[0], hosts[1:-1], hosts[-1], token_path)
+    try:
+        _ray_start(cluster, cluster.head, folder, "--head", f"--port={PORT}", "--include-dashboard=false")
+        for h in cluster.workers:
+            _ray_start(cluster, h, folder, f"--address={cluster.address}")
+        yield cluster
+    finally:
+        for driver in cluster.drivers:
+            procs.end_session(driver.pid)
+            driver.wait()
+        for sid in cluster.sessions.values():
+            procs.end_session(sid)
+        left = [p for sid in cluster.sessions.values() for p in procs.wait_session_gone(sid, 30)]
+        remove_hosts(hosts)
+        shutil.rmtree(folder, ignore_errors=True)
+        assert left == [], procs.describe(left)

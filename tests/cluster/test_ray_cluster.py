@@ -1,6 +1,6 @@
-"""`serwild build ray.address=…` on a real multi-node Ray cluster: a head and two worker nodes on
-this machine (separate raylets, one CPU each, all at 127.0.0.1, token authentication on), the
-build run as a user runs it, in a process of its own.
+"""`serwild build ray.address=…` on a real multi-node Ray cluster: a head and two worker nodes,
+each started by `ray start` on a host of its own (a network namespace with its own address, one
+CPU each, token authentication on), the build run as a user runs it on the head's host.
 
 - The shard tasks run on several nodes (the build's per-node record says which), and the shards
   are byte-identical to a local serial build of the same config.
@@ -9,7 +9,7 @@ build run as a user runs it, in a process of its own.
   bytes; another node wrote that shard.
 - A driver without the cluster's token, an address where nothing listens and one that never
   answers: one line naming the address, exit status 2, within the bound. The connection check
-  (ray.init in a process of its own) also wants a node of the cluster on the driver's machine.
+  (ray.init in a process of its own) also wants a node of the cluster on the driver's host.
 
 The node kill comes last: the cluster is shared by the module and has one node fewer after it.
 """
@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from serwild.atomic import TEMP_NAME, TMP_MARK
-from tests.cluster.conftest import RayCluster, raylet_children
+from tests.cluster.conftest import raylet_children
+from tests.cluster.raycluster import RayCluster
 from tests.conftest import TINY_BUILD
-from tests.faults import procs
 from tests.faults.procs import one_line
 
 pytestmark = pytest.mark.slow
@@ -66,9 +65,8 @@ def test_a_cluster_build_runs_on_several_nodes_and_matches_a_local_build(
                        BUILD_S)
     assert rc == 0, err[-3000:]
     nodes = per_node(out)
-    ids = {n["id"][:8] for n in ray_cluster.nodes}
-    assert len(nodes) >= 2 and {k.split("/")[1] for k in nodes} <= ids, (nodes, ids)
-    assert all(k.startswith("127.0.0.1/") for k in nodes)
+    ips = {h.ip for h in (ray_cluster.head, *ray_cluster.workers)}
+    assert len({k.split("/")[0] for k in nodes}) >= 2 and {k.split("/")[0] for k in nodes} <= ips, (nodes, ips)
     assert sum(nodes.values()) == len(shard_hashes(tiny_build))
     assert "shard tasks per node: " in err
     assert shard_hashes(out) == shard_hashes(tiny_build)
@@ -83,21 +81,28 @@ def refused(ray_cluster: RayCluster, tiny_corpus: Path,
     - no token: the cluster's address, from a driver without the cluster's token;
     - nobody: a port nobody listens on;
     - silent: a port that accepts connections (the kernel does, for a listening socket) and never
-      says a word, with ray.connect_timeout_s=3."""
+      says a word (a listener on the head's host), with ray.connect_timeout_s=3."""
     base = tmp_path_factory.mktemp("refused")
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        cases = {"no token": (ray_cluster.address, [], False),
-                 "nobody": (f"127.0.0.1:{procs.free_port()}", [], True),
-                 "silent": (f"127.0.0.1:{silent.getsockname()[1]}", ["ray.connect_timeout_s=3"], True)}
-        started = {name: (address, ray_cluster.start_build(
-            build_args(tiny_corpus, base / name.replace(" ", "-"), f"ray.address={address}", *extra), token=token))
-            for name, (address, extra, token) in cases.items()}
-        yield started
-        for _, proc in started.values():  # the silent port stays open until each has ended
-            if proc.returncode is None:
-                proc.communicate(timeout=BOUND_S + BUILD_S)
+    head = ray_cluster.head.ip
+    silent = ray_cluster.start([sys.executable, "-c", SILENT, head])
+    assert silent.stdout is not None
+    port = int(silent.stdout.readline())
+    cases = {"no token": (ray_cluster.address, [], False),
+             "nobody": (f"{head}:1", [], True),  # a fresh host: nothing listens on port 1
+             "silent": (f"{head}:{port}", ["ray.connect_timeout_s=3"], True)}
+    started = {name: (address, ray_cluster.start_build(
+        build_args(tiny_corpus, base / name.replace(" ", "-"), f"ray.address={address}", *extra), token=token))
+        for name, (address, extra, token) in cases.items()}
+    yield started
+    for _, proc in started.values():  # the silent port stays open until each has ended
+        if proc.returncode is None:
+            proc.communicate(timeout=BOUND_S + BUILD_S)
+
+
+# Listens on HOST (argv[1]), prints its port and never says a word, for 10 minutes at most (the
+# fixture ends it before).
+SILENT = ("import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(8); "
+          "print(s.getsockname()[1], flush=True); time.sleep(600)")
 
 
 def test_a_driver_without_the_clusters_token_is_refused_in_one_line(refused: dict) -> None:
@@ -118,24 +123,23 @@ def test_an_address_that_never_answers_ends_at_the_bound(refused: dict) -> None:
     one_line(err, rc, 2, f"ray.address {address}: no answer within 3 s")
 
 
-def test_the_probe_needs_a_node_of_the_cluster_on_this_machine(ray_cluster: RayCluster) -> None:
+def test_the_probe_needs_a_node_of_the_cluster_on_this_host(ray_cluster: RayCluster) -> None:
     """The connection check a build runs before ray.init, in a process of its own: it joins with
-    ray.init from this machine, whose node is at 127.0.0.1, and not as 127.0.0.2, where no node
-    of the cluster runs (Ray waits for such a node for a minute; a build stops its probe at
-    ray.connect_timeout_s, as this test does at 20 s)."""
-    probes = {ip: subprocess.Popen([sys.executable, "-m", "serwild.builder.raystart", ray_cluster.address, ip],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                   env=ray_cluster.driver_env(), start_new_session=True)
-              for ip in ("127.0.0.1", "127.0.0.2")}
-    ray_cluster.drivers.extend(probes.values())
+    ray.init as the head's host, and not as a host where no node of the cluster runs (Ray waits
+    for such a node for a minute; a build stops its probe at ray.connect_timeout_s, as this test
+    does at 20 s). The address is given: on one machine, Ray would otherwise find the head's
+    raylet through its socket file, which crosses network namespaces."""
+    probes = {name: ray_cluster.start([sys.executable, "-m", "serwild.builder.raystart", ray_cluster.address,
+                                       host.ip], host=host)
+              for name, host in (("node", ray_cluster.head), ("no node", ray_cluster.client))}
     said = {}
-    for ip, proc in probes.items():
+    for name, proc in probes.items():
         try:
-            said[ip] = proc.communicate(timeout=20 if ip == "127.0.0.2" else BUILD_S)[0].strip().splitlines()[-1]
+            said[name] = proc.communicate(timeout=20 if name == "no node" else BUILD_S)[0].strip().splitlines()[-1]
         except subprocess.TimeoutExpired:
-            said[ip] = "no answer"  # the fixture ends it, by its session
-    assert said["127.0.0.1"] == "ok"
-    assert said["127.0.0.2"] == "no answer" or said["127.0.0.2"].startswith("Ray could not join"), said
+            said[name] = "no answer"  # the fixture ends it, by its session
+    assert said["node"] == "ok"
+    assert said["no node"] == "no answer" or said["no node"].startswith("Ray could not join"), said
 
 
 def _shard_being_written(out: Path, raylets: list[int]) -> tuple[int, str] | None:
@@ -164,7 +168,7 @@ def test_a_node_killed_mid_build_its_task_is_retried_on_the_others(
     result to the driver itself, which is no retry at all). Ray retries the task on the nodes
     left, the build finishes with the same bytes, and that shard was written by another node."""
     out = tmp_path / "shards"
-    workers = {n["raylet"]: n["id"][:8] for n in ray_cluster.nodes if not n["head"]}
+    workers = {ray_cluster.raylet(h.ip): h.ip for h in ray_cluster.workers}
     proc = ray_cluster.start_build(build_args(tiny_corpus, out, f"ray.address={ray_cluster.address}"))
     deadline = time.monotonic() + BUILD_S
     while (writing := _shard_being_written(out, list(workers))) is None:  # mid-build, mid-shard on a worker node
@@ -180,6 +184,6 @@ def test_a_node_killed_mid_build_its_task_is_retried_on_the_others(
     assert shard_hashes(out) == shard_hashes(tiny_build)
     records = [json.loads(x) for x in (out / "build-log.jsonl").read_text().splitlines()]
     writer = [r["node"] for r in records if r.get("path") == shard]
-    assert len(writer) == 1 and not writer[0].endswith("/" + workers[raylet]), (shard, writer, workers[raylet])
+    assert len(writer) == 1 and not writer[0].startswith(workers[raylet] + "/"), (shard, writer, workers[raylet])
     assert sum(per_node(out).values()) == len(shard_hashes(tiny_build))
     assert not [p for p in out.rglob("*") if TMP_MARK in p.name]  # the dead attempt's temp shard is gone
