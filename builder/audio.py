@@ -60,11 +60,8 @@ def check_rate(sr: int) -> None:
 
 
 def read_mono(path: str | Path, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, int]:
-    """Samples ``[start, stop)`` at the file's own rate, downmixed to mono float32.
-
-    Raises AudioError for unreadable files and for NaN/Inf samples (which would otherwise
-    poison an image or a loss).
-    """
+    """Samples ``[start, stop)`` at the file's own rate, downmixed to mono float32. AudioError for unreadable files
+    and for NaN/Inf samples (which would otherwise poison an image or a loss)."""
     try:
         data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except FileNotFoundError:
@@ -101,13 +98,9 @@ def fix_length(y: np.ndarray, length: int) -> np.ndarray:
 
 def read_block(path: str | Path, block: int, native_sr: int, block_seconds: float,
                target_sr: int, segment: tuple[float, float] | None = None) -> np.ndarray:
-    """Block ``block`` of a file (or of a segment of it, in seconds) as exactly
-    ``block_seconds * target_sr`` mono samples.
-
-    Only the block's own frames are read (seek), so a shard task's memory does not grow
-    with utterance length; a short last block (``keep_tail``) is zero-padded, never filled
-    from past a segment's end.
-    """
+    """Block ``block`` of a file (or of a segment of it, in seconds) as exactly ``block_seconds * target_sr`` mono
+    samples. Only the block's own frames are read (seek), so a shard task's memory does not grow with utterance
+    length; a short last block (``keep_tail``) is zero-padded, never filled from past a segment's end."""
     n_native = int(round(block_seconds * native_sr))
     first, last = segment_frames(segment, native_sr)
     start = first + block * n_native

@@ -10,11 +10,9 @@ def power(y: np.ndarray) -> float:
 
 
 def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.ndarray, float]:
-    """``y = clean + λ·noise`` with λ set so 10·log10(P_clean / P(λ·noise)) = snr_db.
-
-    Returns ``(y, λ)``. A silent clean block gets λ = 0 (there is no speech power to set a
-    ratio against, and dividing would make NaN); silent noise raises ValueError.
-    """
+    """``(y, λ)``: ``y = clean + λ·noise`` with λ set so 10·log10(P_clean / P(λ·noise)) = snr_db. A silent clean
+    block gets λ = 0 (there is no speech power to set a ratio against, and dividing would make NaN); silent noise
+    raises ValueError."""
     if clean.shape != noise.shape:
         raise ValueError(f"clean {clean.shape} and noise {noise.shape} differ in shape")
     p_clean, p_noise = power(clean), power(noise)

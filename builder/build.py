@@ -1,12 +1,8 @@
-"""The build driver, :func:`run_build` (``serwild build``): read the corpus → scan audio (Ray
-tasks) → plan every sample (driver, seeded) → build shards (one Ray task per shard) →
-manifest.json, rejects.jsonl, README.md (the hub card). Resumes: shards already built from
-the same plan and still matching their sha256 are kept, the rest are rebuilt. One build per
-folder at a time (a lock), and a build of another config needs ``overwrite``.
-
-Where the tasks run (this process, a local Ray, a Ray cluster) is :mod:`serwild.builder.executors`.
-build-log.jsonl records every shard written (its stats and the node that wrote it) and, per run
-that wrote its shards, how many shard tasks each node ran.
+"""The build driver, :func:`run_build` (``serwild build``): corpus → scan → plan → one task per shard →
+manifest.json, rejects.jsonl, README.md (docs/building.md). One build per folder at a time (a lock), and a build of
+another config needs ``overwrite``. Where the tasks run is :mod:`serwild.builder.executors`. build-log.jsonl records
+every shard as it is written (what a resume trusts) with the node that wrote it, and per run how many shard tasks
+each node ran.
 """
 
 from __future__ import annotations
@@ -55,13 +51,8 @@ def reject_summary(path: Path) -> Counter[str]:
 
 
 def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite: bool = False) -> Path:
-    """Build (or resume) the shards described by ``cfg``; returns the build folder.
-
-    ``executor``: "ray" (local, or the cluster at ``ray.address``), "serial", or an
-    :class:`~serwild.builder.executors.Executor` of the caller's. The folder is locked for the
-    whole build (:mod:`serwild.lock`): a second build into it is refused at once. A folder
-    holding a finished build of another config is replaced only with ``overwrite``.
-    """
+    """Build (or resume) the shards described by ``cfg``; returns the build folder. ``executor``: "ray" (local, or
+    the cluster at ``ray.address``), "serial", or an :class:`~serwild.builder.executors.Executor` of the caller's."""
     refuse_remote_out(cfg.out)  # a build writes a folder; `serwild publish` uploads it
     out = Path(cfg.out)
     atomic.require_writable(out, "the build folder", "set out= to a writable folder")

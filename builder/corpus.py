@@ -1,9 +1,8 @@
-"""Corpus readers: an IEMOCAP copy (real or synthetic) or a CSV list → utterances.
+"""Corpus readers: an IEMOCAP copy (real or synthetic), a CSV list or an audiofolder → utterances (docs/corpora.md).
 
-Every input line either becomes an :class:`Utterance` or a :class:`Reject` with a reason;
-nothing is dropped silently, and nothing here raises for one bad line (only for a file that
-is not a list at all: not UTF-8, no header, a field the csv module cannot take). A recording
-listed under two paths (a hard link, a copy) is used once: the later listings are rejects.
+Every input line either becomes an :class:`Utterance` or a :class:`Reject` with a reason; nothing here raises for
+one bad line (only for a file that is not a list at all). A recording listed under two paths (a hard link, a copy)
+is used once: the later listings are rejects.
 """
 
 from __future__ import annotations
@@ -345,13 +344,10 @@ def _ms(seconds: float) -> str:
 
 
 def drop_same_audio(listed: list[tuple[str, Utterance]]) -> tuple[list[Utterance], list[Reject]]:
-    """The utterances whose file's bytes no earlier listed file has, and a reject for each later copy.
-
-    A hard link or a copy of a recording under another path is the same recording: used twice,
-    its blocks could land in train and test alike. Sizes are compared first, so only files of
-    equal size are read and hashed. Segments of one file share its path and are not copies of
-    each other (their overlaps are checked when the list is read). ``listed`` pairs each
-    utterance with the item a reject names (the utterance id, or the CSV row)."""
+    """The utterances whose file's bytes no earlier listed file has, and a reject for each later copy: a hard link
+    or a copy of a recording, used twice, could put its blocks in train and test alike. Only files of equal size are
+    hashed. Segments of one file share its path and are not copies of each other (their overlaps are checked when
+    the list is read). ``listed`` pairs each utterance with the item a reject names."""
     paths = list(dict.fromkeys(u.path for _, u in listed))  # distinct files, in listing order
     by_size: dict[int, list[str]] = {}
     for path in paths:

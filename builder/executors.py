@@ -1,7 +1,5 @@
-"""Where the build's tasks run: :func:`open_executor` gives an :class:`Executor`, whose
-``map(fn, items, desc)`` yields one :class:`Finished` per item (its result, and the node that ran
-it) as tasks finish, with a progress bar. ``serial``: every task in this process, in order.
-``ray``: one Ray task per item, on a Ray started for the build or a cluster joined for it
+"""Where the build's tasks run (:func:`open_executor`): ``serial``, every task in this process, in order, or
+``ray``, one Ray task per item, on a Ray started for the build or a cluster joined for it
 (:mod:`serwild.builder.raystart`). Ray is imported where it is used: a serial build never loads it.
 """
 

@@ -1,15 +1,10 @@
 """README.md for a finished build: the dataset card hubs read (the Hugging Face Hub, and
-``datasets.load_dataset(<build folder>, <dataset>)``), made from the manifest alone.
+``datasets.load_dataset(<build folder>, <dataset>)``), made from the manifest alone; splits: docs/publishing.md.
 
-Its YAML front matter declares one config per dataset (``ahsn``, ``aesn``) with clean ``train``
-(every CV fold) and ``test`` splits and, per noisy condition, ``train_snr15``/``test_snr15``…, and
-types every field in ``dataset_info.features``. The types matter:
-without them ``datasets`` infers the schema from a shard's first five samples, and a
-clean sample's ``null`` ``snr_db``/``noise``/``noise_gain`` types those columns ``null``, so
-the first noisy sample fails with "Couldn't cast array of type string to null".
-
-The body states what the data is, the counts, and three ways to load it (plain
-webdataset, HF ``datasets``, serwild); tests run those snippets against a real build.
+Its front matter types every field in ``dataset_info.features``. Without the types ``datasets`` infers the schema
+from a shard's first five samples, and a clean sample's ``null`` ``snr_db``/``noise``/``noise_gain`` types those
+columns ``null``, so the first noisy sample fails with "Couldn't cast array of type string to null". Tests run the
+card's load snippets against a real build.
 """
 
 from __future__ import annotations
@@ -52,11 +47,9 @@ NULLABLE_FIELDS = ("fold", "noise", "noise_gain", "noise_offset_s", "snr_db")
 
 
 def split_globs(manifest: Manifest, dataset: str) -> dict[str, str]:
-    """Hub split name → file glob (relative to the build root) for one dataset's config: ``train``,
-    ``validation`` (where built) and ``test`` are the clean blocks (every CV fold of train), each
-    noisy condition its own ``train_<cond>``, ``validation_<cond>`` and ``test_<cond>``, so
-    ``load_dataset(b, view)["train"]`` is never a mixture of clean and noisy speech and
-    ``split="test"`` is the clean test set."""
+    """Hub split name → file glob (relative to the build root) for one dataset's config: ``train``, ``validation``
+    (where built) and ``test`` are the clean blocks, each noisy condition its own ``train_<cond>``…, so
+    ``load_dataset(b, view)["train"]`` is never a mixture of clean and noisy speech."""
     globs: dict[str, str] = {}
     built = {s.split for s in manifest.shards if s.dataset == dataset}
     for part in [p for p in ("train", "validation", "test") if p in built]:
@@ -333,10 +326,8 @@ def _counts(m: Manifest) -> list[str]:
 
 
 def _load(m: Manifest, hub: bool = False) -> str:
-    """How-to-load snippets (plain webdataset, HF datasets, serwild) from card_load.md, with this
-    build's first dataset, first noisy condition and image size filled in; a test executes them.
-    The HF snippet reads the tars (card_load_hf.md) or, with ``hub``, the Parquet view
-    (card_load_hub.md)."""
+    """How-to-load snippets from card_load.md (the HF one from card_load_hf.md, or card_load_hub.md with ``hub``),
+    this build's first dataset, first noisy condition and image size filled in; a test executes them."""
     image = m.image
     conds = list(m.conditions)
     noisy = next((c for c in conds if m.conditions[c] is not None), conds[0])

@@ -1,12 +1,8 @@
 """Label sets ("views"): which corpus labels a dataset uses, under which class names, in which order.
 
-A view is a name plus an ordered class list (the order is the class index a model is trained
-on) and optional merges (``exc: hap`` counts IEMOCAP's excited as happy). ``ahsn`` and
-``aesn``, the paper's two 4-class views of IEMOCAP, are built in; any other view is written
-under ``views:`` in the config. Labels are compared by their canonical spelling
-(:func:`canonical_label`: case and the common spelled-out names folded into IEMOCAP's
-three-letter codes), so a CSV saying ``Happy`` and a view saying ``hap`` agree, while the
-class keeps the name the view gives it.
+The order of a view's classes is the class index a model is trained on; ``ahsn`` and ``aesn`` are built in, any
+other view is config (docs/corpora.md). Labels are compared by their canonical spelling (:func:`canonical_label`),
+so a CSV saying ``Happy`` and a view saying ``hap`` agree, while the class keeps the name the view gives it.
 """
 
 from __future__ import annotations

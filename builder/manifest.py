@@ -1,7 +1,5 @@
-"""Writing a build's manifest.json: the record readers check every shard against.
-
-Reading and checking it is :mod:`serwild.data.manifest` (the reader side, shared by the
-trainer, the evaluator and ``serwild verify``).
+"""Writing a build's manifest.json: the record readers check every shard against. Reading and checking it is
+:mod:`serwild.data.manifest`.
 """
 
 from __future__ import annotations

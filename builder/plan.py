@@ -1,10 +1,8 @@
-"""Plan every output sample before anything is rendered.
+"""Plan every output sample before anything is rendered (docs/building.md).
 
-The driver decides, cheaply and deterministically, which block goes to which split, fold
-and shard, and which noise file and offset each noisy copy gets (from a seed per sample).
-A shard task is then a pure function of its :class:`ShardSpec`: the same inputs and seed
-give the same bytes whatever the number of workers, and a finished shard can be skipped
-on resume by comparing its spec digest.
+The driver decides, deterministically, each block's split, fold and shard, and each noisy copy's noise file and
+offset (from a seed per sample). A shard task is then a pure function of its :class:`ShardSpec`: the same inputs and
+seed give the same bytes whatever the number of workers, and a resume skips a shard whose spec digest matches.
 """
 
 from __future__ import annotations
@@ -191,10 +189,9 @@ def speaker_folds(fraction: float) -> int:
 
 
 def test_speakers(utts: list[Utterance], fraction: float, seed: int, dataset: str = "") -> list[str]:
-    """The speakers a ``split.strategy: speaker`` build holds out for test: a seeded,
-    label-stratified group of about ``fraction`` of them (scikit-learn's StratifiedGroupKFold,
-    Lhotse's and every SER paper's speaker-independent protocol). Read from the utterance list
-    alone, so a split that cannot be made is refused before any audio is read."""
+    """The speakers a ``split.strategy: speaker`` build holds out for test (:func:`held_out_groups`: a seeded,
+    label-stratified group of about ``fraction`` of them). Read from the utterance list alone, so a split that
+    cannot be made is refused before any audio is read."""
     speakers = sorted({u.speaker for u in utts})
     n = speaker_folds(fraction)
     where = f" of dataset {dataset!r}" if dataset else ""

@@ -1,15 +1,8 @@
-"""Starting a Ray for one build, or joining a running cluster, with Ray's public ``ray.init``
-(:mod:`serwild.builder.executors` runs the tasks on it).
-
-- :func:`start_local`: a Ray on this machine, node address 127.0.0.1 (Ray's token authentication
-  on), its session folder inside the build folder.
-- :func:`join_cluster`: ``ray.init(address=…)`` from a node of a running cluster, bounded by
-  ``ray.connect_timeout_s``: a wrong address, a refused token or no node of the cluster on this
-  machine is one line naming the address.
-
-Ray owns its processes: ``ray.shutdown`` ends them, and those of a driver killed with SIGKILL end
-by themselves. This module is also the connection probe's program (``python -m
-serwild.builder.raystart ADDRESS NODE_IP``).
+"""Starting a Ray for one build (:func:`start_local`: on 127.0.0.1, its session folder in the build folder) or
+joining a running cluster (:func:`join_cluster`, bounded by ``ray.connect_timeout_s``), with Ray's public
+``ray.init``; clusters: docs/building.md. Ray owns its processes: ``ray.shutdown`` ends them, and those of a driver
+killed with SIGKILL end by themselves. This module is also the connection probe's program
+(``python -m serwild.builder.raystart ADDRESS NODE_IP``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Audio → usable 1 s blocks → "jet" spectrogram image: the one renderer.
 
-:class:`Renderer` is built from an :class:`AudioConfig` (the build's, or the copy inside a
-checkpoint) and is the only code that turns audio into images: the builder's shard tasks
-and scan use it, and so does ``serwild predict``, so a model always sees at inference
-exactly what it was trained on (torchvision keeps one preset per model for the same reason).
-
-The image: power STFT (n_fft 512, hop 62, centred) in dB relative to the block's own
-maximum, clipped at ``top_db`` below it, quantised to 256 levels and stored as a *palette*
-PNG whose palette is matplotlib's ``jet``: decoding it (PIL ``convert("RGB")``, which is what
-webdataset's ``rgb8`` does) gives exactly the RGB image matplotlib would colour, at about
-half the bytes and a quarter of the encode time of an RGB PNG. Low frequencies are at the
-bottom, as in the paper's figures.
+:class:`Renderer` (from the build's :class:`AudioConfig`, or the copy inside a checkpoint) is the only code that
+turns audio into images: the shard tasks, the scan and ``serwild predict`` use it, so a model always sees at
+inference exactly what it was trained on. The image is a *palette* PNG whose palette is the colormap: decoding it
+(PIL ``convert("RGB")``, as webdataset's ``rgb8`` does) gives exactly the RGB image matplotlib would colour, at
+about half the bytes and a quarter of the encode time of an RGB PNG.
 """
 
 from __future__ import annotations
@@ -53,12 +47,10 @@ class Renderer:
     cfg: AudioConfig
 
     def scan(self, path: str | Path, truncate: bool = False, segment: tuple[float, float] | None = None) -> BlockScan:
-        """Header + per-block silence check (the file read once). Raises AudioError when the
-        file is unreadable, has a header rate outside the bounds, is shorter than one block,
-        is silent in every block, or has more than ``audio.max_blocks_per_file`` blocks
-        (with ``truncate``, only those first blocks are scanned instead: ``dropped`` says how
-        many were left out). With ``segment`` (seconds), only that stretch counts: its
-        blocks start at its start, and a segment past the file's end is an AudioError."""
+        """Header + per-block silence check (the file read once). AudioError when the file is unreadable, has a
+        header rate outside the bounds, is shorter than one block, is silent in every block, or has more than
+        ``audio.max_blocks_per_file`` blocks (with ``truncate``, only those first blocks are scanned instead). With
+        ``segment`` (seconds), only that stretch counts."""
         info = audio.probe(path)
         first, last = audio.segment_frames(segment, info.sample_rate)
         if last is not None:

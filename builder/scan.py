@@ -1,8 +1,6 @@
-"""Scan inputs before planning: which blocks of each utterance are usable, which noise
-files can be mixed in, and why the others cannot.
-
-The plan needs exact block counts, so each file is read once here (in parallel, as Ray
-tasks over chunks of utterances); only these small records travel back to the driver.
+"""Scan inputs before planning: which blocks of each utterance are usable, which noise files can be mixed in, and
+why the others cannot. The plan needs exact block counts, so each file is read once here (Ray tasks over chunks of
+utterances); only these small records travel back to the driver.
 """
 
 from __future__ import annotations

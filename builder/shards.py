@@ -1,9 +1,7 @@
-"""One shard = one unit of work: ``build_shard(spec, out_dir, cfg) -> (ShardRecord, rejects)``, plain Python.
-
-Ray only wraps this function (see build.py); tests call it directly. The tar is written
-with the standard tarfile module (GNU format, fixed mtime, owner and mode, members in
-key order, so a rebuild is byte-identical) into a temporary name that is
-fsync'ed and renamed: a shard either exists complete under its final name or not at all.
+"""One shard = one unit of work: ``build_shard(spec, out_dir, cfg)``, plain Python (Ray only wraps it; tests call it
+directly). The tar is written with the standard tarfile module (GNU format, fixed mtime, owner and mode, members in
+key order, so a rebuild is byte-identical) into a temporary name that is fsync'ed and renamed: a shard either exists
+complete under its final name or not at all.
 """
 
 from __future__ import annotations

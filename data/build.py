@@ -1,20 +1,13 @@
-"""A published build, opened one way wherever it lives: a folder, ``file:///…``, an
-``http(s)://`` base URL (a web server, a public bucket, the HF Hub's ``…/resolve/main/``),
-``s3://bucket/prefix/`` (``gs://``, ``hf://`` with their packages).
-
-    from serwild.data import open_build
+"""A published build, opened one way wherever it lives (a folder, ``file:///…``, ``http(s)://``, ``s3://``…): what
+the trainer, the evaluator and reusers read. Locations, the cache and publishing: docs/publishing.md.
 
     build = open_build("https://huggingface.co/datasets/<user>/<repo>/resolve/main/")
-    print(build.manifest.totals)                       # manifest.json, fetched, checked, typed
     assert build.verify() == []                       # every shard streamed once: sha256 + count
     for images, labels, metas in build.loader("ahsn", "test", ["clean"], batch_size=32):
         ...                                            # (B, 3, 256, 256) normalised, (B,), dicts
 
-The trainer and the evaluator read builds through this too. Shard URLs are the manifest's
-relative paths joined to the base (never leaving it, see :mod:`serwild.data.remote`).
-
-No torch at import time: ``serwild verify`` imports this module, and must stay cheap; the
-webdataset loaders (which import torch) are imported inside :meth:`Build.loader`.
+No torch at import time: ``serwild verify`` imports this module, and must stay cheap; the webdataset loaders (which
+import torch) are imported inside :meth:`Build.loader`.
 """
 
 from __future__ import annotations
@@ -75,9 +68,8 @@ class Build:
         return shard_set(self, records)
 
     def check(self, records: Sequence[ShardRecord], full: bool = True) -> list[str]:
-        """Problems with ``records`` (empty: all good), by the one verifier (:meth:`Location.check`):
-        ``full`` streams each shard once (size, sha256, sample count; nothing written to disk),
-        otherwise sizes only (stat, HTTP HEAD, an object's info)."""
+        """Problems with ``records`` (empty: all good), by the one verifier (:meth:`Location.check`): ``full``
+        checks size, sha256 and sample count, otherwise sizes only (stat, HTTP HEAD, an object's info)."""
         return self.source.verify(list(records), full=full)
 
     def verify(self, full: bool = True) -> list[str]:
@@ -94,11 +86,9 @@ class Build:
                folds: Sequence[int] | None = None, num_workers: int = 0, as_uint8: bool = False, rank: int = 0,
                world_size: int = 1) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]]:
         """Every sample of the selection exactly once, in manifest order: batches of
-        ``(images (B, 3, 256, 256), labels (B,), metadata dicts)``. Images are normalised
-        float (ImageNet statistics), or uint8 with ``as_uint8``; the last batch may be
-        short. A shard with another sample count than the manifest's raises; a network
-        failure (after the configured retries) raises :class:`~serwild.data.fetch.RemoteError`.
-        ``rank``/``world_size`` deal shards to processes (each sees its share)."""
+        ``(images (B, 3, 256, 256), labels (B,), metadata dicts)``, the last maybe short; images are normalised, or
+        uint8 with ``as_uint8``. A shard whose sample count differs from the manifest's raises, as does a network
+        failure after the retries (:class:`~serwild.data.fetch.RemoteError`)."""
         from serwild.data.loaders import make_eval_loader  # torch: see the module docstring
 
         shards = self.shard_set(self.records(dataset, split, conditions, folds))
@@ -109,10 +99,8 @@ class Build:
 
 def open_build(location: str | os.PathLike[str] | Location | Build,
                options: RemoteOptions | None = None) -> Build:
-    """Open a build: a folder, ``file:///…``, ``http(s)://host/prefix/`` or ``s3://bucket/prefix/``;
-    reads and checks its manifest.json (one line naming the location if it is missing or
-    malformed). ``options``: timeouts and retries for network reads (default
-    :class:`~serwild.data.fetch.RemoteOptions`). A ``Location`` (from ``open_location``) is used as it is."""
+    """Open a build (a folder or a URL) and read and check its manifest.json: one line naming the location if it is
+    missing or malformed. A ``Location`` (from ``open_location``) or a ``Build`` is used as it is."""
     if isinstance(location, Build):
         return location
     source = location if isinstance(location, Location) else open_location(location, options)

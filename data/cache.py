@@ -1,13 +1,10 @@
-"""Shards of a remote build, read from a local copy: each fetched whole once
-(:func:`serwild.data.fetch.fetch`: one GET, the one retry loop), checked against the
-manifest's size and sha256 on arrival, kept for later epochs and later runs, and evicted least
-recently used once the cache passes ``remote.cache_gb``. The way MosaicML Streaming and
-webdataset's ``cache_dir`` read remote shards: a loader never parses a tar off a socket.
+"""Shards of a remote build, read from a local copy: fetched whole once, checked against the manifest's size and
+sha256 on arrival, kept, and evicted least recently used past ``remote.cache_gb`` (docs/publishing.md), so a loader
+never parses a tar off a socket.
 
-The folder (``remote.cache_dir``, else ``$SERWILD_CACHE_DIR``, else ``serwild-shards-<uid>`` in
-the system's temp folder) may be shared by every rank, loader worker and run on the machine: a copy is named by
-its sha256, written to a temp file and renamed into place, and opened before anything is
-evicted (an evicted file stays readable to whoever has it open).
+The folder may be shared by every rank, loader worker and run on the machine: a copy is named by its sha256, written
+to a temp file and renamed into place, and opened before anything is evicted (an evicted file stays readable to
+whoever has it open).
 """
 
 from __future__ import annotations
@@ -25,8 +22,7 @@ from serwild.data.fetch import Mismatch, RemoteOptions, fetch
 
 
 def cache_folder(opts: RemoteOptions) -> Path:
-    """Where ``opts`` keeps its shards: ``remote.cache_dir``, else ``$SERWILD_CACHE_DIR``, else
-    ``serwild-shards-<uid>`` in the system's temp folder."""
+    """Where ``opts`` keeps its shards."""
     folder = opts.cache_dir or os.environ.get("SERWILD_CACHE_DIR")
     return Path(folder) if folder else Path(tempfile.gettempdir()) / f"serwild-shards-{os.getuid()}"
 

@@ -1,11 +1,8 @@
-"""One definition of an epoch: which samples each rank trains on, in what order.
+"""One definition of an epoch: which samples each rank trains on, in what order (docs/training.md, "Exact epochs").
 
-The epoch's sample stream is the shards in an order drawn from (seed, epoch), followed by the
-next epoch's order; rank r takes the r-th contiguous span of ``num_batches × batch_size``
-samples of it (:func:`epoch_pieces`), shuffled in a buffer seeded from (seed, epoch, rank)
-(:func:`buffer_shuffle`). The streaming loader (:mod:`serwild.data.loaders`) reads these spans
-from the tars; the feature cache (:mod:`serwild.trainer.features`) takes the same positions
-from its rows, so both give the very same batches.
+The streaming loader (:mod:`serwild.data.loaders`) reads each rank's span (:func:`epoch_pieces`) from the tars and
+the feature cache (:mod:`serwild.trainer.features`) takes the same positions from its rows, so both give the very
+same batches.
 """
 
 from __future__ import annotations
@@ -38,16 +35,12 @@ class Piece:
 
 @dataclass(frozen=True)
 class Repeats:
-    """``train.balance: sampler``: a class-balanced epoch that stays an exact epoch.
+    """``train.balance: sampler``: a class-balanced epoch that stays an exact epoch (docs/training.md).
 
-    Class k's samples are dealt r_k = n_max / n_k times each per epoch (n_k: its training
-    samples, n_max: the largest class's), so every class fills the same share of the epoch and
-    no sample is left out. Where r_k is not whole, a sample gets ⌊r_k⌋ or ⌈r_k⌉ copies: the
-    j-th class-k sample of a shard gets ⌊(j + 1)·r_k + φ⌋ − ⌊j·r_k + φ⌋, with a phase φ drawn
-    from (seed, epoch, shard, class), so the extra copies are spread evenly and fall on other
-    samples each epoch (detectron2's RepeatFactorTrainingSampler repeats images the same way,
-    rounding at random). A shard's dealt count is therefore known before a byte of it is read,
-    ranks still take contiguous spans of one stream, and a resume continues it exactly."""
+    Class k's samples are dealt r_k = n_max / n_k times each: the j-th class-k sample of a shard gets
+    ⌊(j + 1)·r_k + φ⌋ − ⌊j·r_k + φ⌋ copies, with a phase φ drawn from (seed, epoch, shard, class), so a shard's
+    dealt count is known before a byte of it is read, ranks still take contiguous spans of one stream, and a resume
+    continues it exactly."""
 
     class_counts: tuple[tuple[int, ...], ...]  # per shard (in ShardSet order), per class index
 
@@ -95,12 +88,9 @@ def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:
 
 def epoch_pieces(counts: Sequence[int], per_rank: int, *, seed: int, epoch: int, rank: int = 0,
                  world_size: int = 1, repeats: Repeats | None = None) -> list[Piece]:
-    """What rank ``rank`` reads in ``epoch``: the span ``[rank × per_rank, (rank + 1) × per_rank)``
-    of the stream "shards in epoch's order, then in epoch + 1's, …" (sample counts ``counts``,
-    or as ``repeats`` deals them).
-
-    The spans of all ranks tile the stream: with ``per_rank × world_size`` ≥ the samples,
-    every sample is in exactly one span, and what is left over comes from the next orders."""
+    """What rank ``rank`` reads in ``epoch``: the span ``[rank × per_rank, (rank + 1) × per_rank)`` of the stream
+    "shards in epoch's order, then in epoch + 1's, …". The ranks' spans tile the stream: with
+    ``per_rank × world_size`` ≥ the samples, every sample is in exactly one span."""
     if sum(counts) <= 0:
         raise UsageError("the selected training shards hold no samples (check train.dataset, train.conditions)")
     lo, hi = rank * per_rank, (rank + 1) * per_rank

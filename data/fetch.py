@@ -1,16 +1,10 @@
-"""How serwild's bytes arrive from wherever a build lives: one whole object per try (a plain
-HTTP GET, an object store's streamed file through fsspec: s3fs, gcsfs, huggingface_hub's
-``HfFileSystem``, or a local file), with a timeout on every read (``RemoteOptions.timeout_s``),
-so a dead server cannot hang a reader, and never more bytes than the manifest lists
-(metadata: ``MAX_METADATA_BYTES``), so an endless answer is one line. A failed try is tried
-again whole after an exponential backoff (:func:`retrying`, the one retry loop); when the
-retries are spent the reader raises :class:`RemoteError`: a ``UsageError`` (the CLI prints one
-line, naming the URL) that is also an ``OSError``. S3-compatible endpoints:
-``remote.endpoint_url`` or the usual AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
-``AWS_PROFILE``…).
+"""How serwild's bytes arrive from wherever a build lives: one whole object per try (an HTTP GET, an object store's
+file through fsspec, a local file), with a timeout on every read, so a dead server cannot hang a reader, and never
+more bytes than the manifest lists (metadata: ``MAX_METADATA_BYTES``), so an endless answer is one line.
+:func:`retrying` is the one retry loop; spent retries raise :class:`RemoteError`, a ``UsageError`` (the CLI prints
+one line, naming the URL) that is also an ``OSError``. Stores and options: docs/publishing.md.
 
-No torch or webdataset here (``serwild verify`` imports this); fsspec's backends are
-imported on first use.
+No torch or webdataset here (``serwild verify`` imports this); fsspec's backends are imported on first use.
 """
 
 from __future__ import annotations
@@ -78,11 +72,8 @@ class OptionsError(UsageError, ValueError):
 
 @dataclass(frozen=True)
 class RemoteOptions:
-    """How a build is reached and how patient a reader is: the config's ``remote`` section and
-    the one options type every reader takes. ``timeout_s`` bounds every connect and every
-    read; a failed operation is tried ``1 + retries`` times, waiting ``backoff_s``, 2×, 4×…
-    (at most ``backoff_max_s``) in between. ``endpoint_url``: an S3-compatible server (empty:
-    ``AWS_ENDPOINT_URL`` or AWS itself); ``anon``: read a public bucket without credentials."""
+    """How a build is reached and how patient a reader is: the config's ``remote`` section and the one options type
+    every reader takes."""
 
     timeout_s: float = 30.0  # every connect and every read
     retries: int = 3  # per operation: a fetch that fails is tried again whole, up to this many times
@@ -258,12 +249,10 @@ def _not_found(e: BaseException) -> bool:
 
 def fetch(url: str, opts: RemoteOptions, out: BinaryIO, nbytes: int | None = None,
           limit: int = MAX_METADATA_BYTES) -> str:
-    """All of ``url`` written to ``out``, through the one retry loop; its sha256 (hex). One GET
-    per try, from the first byte (a failed try starts over: nothing is stitched together).
-    A connection cut before its Content-Length is a failed try. ``nbytes``: the size the
-    manifest lists, so an object of another size is a :class:`Mismatch` (a longer one refused at
-    the first byte past it); else at most ``limit`` bytes (metadata): an endless answer never
-    fills a disk or memory."""
+    """All of ``url`` written to ``out``, through the one retry loop; its sha256 (hex). Each try is one GET from the
+    first byte (a failed try starts over: nothing is stitched together); a connection cut before its Content-Length
+    is a failed try. ``nbytes``, the manifest's size: another size is a :class:`Mismatch` (a longer object refused
+    at the first byte past it); else at most ``limit`` bytes: an endless answer never fills a disk or memory."""
 
     def once() -> str:
         out.seek(0)

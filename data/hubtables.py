@@ -1,18 +1,10 @@
-"""The Hub's view of a build: one Parquet file per shard, with the columns an HF
-image/audio-classification dataset has at the top level.
+"""The Hub's view of a build (docs/publishing.md): one Parquet file per shard, ``hub/<shard path>.parquet``, with
+the top-level columns an HF image-classification dataset has: ``image`` (the shard's PNG bytes, unchanged),
+``label`` (a ``ClassLabel``), :data:`COLUMNS` and the corpus list's own columns.
 
-    image      the spectrogram (HF ``Image``: the shard's PNG bytes, unchanged)
-    label      HF ``ClassLabel`` with the view's class names
-    speaker, utterance, session, condition, snr_db, start_s, block, fold, noise, key
-    <extra>    each of the corpus list's own columns (text), as the list named it
-
-HF's ``webdataset`` loader names a column after a tar member's extension and decodes only a
-few (``.json`` to a dict, ``.cls`` to an int), so from the tars a label can only be nested
-(``json.class_index``) or be called ``cls``; the Hub's own datasets with top-level columns are
-Parquet. The tars stay what serwild and webdataset stream; these tables are
-written beside them (``hub/<shard path>.parquet``) by ``serwild publish``, each from its shard,
-with the HF features in the schema's metadata, so ``load_dataset`` needs no ``map`` and no
-card to type them. A table records its shard's sha256 and is rewritten only when the shard
+Not the tars, because HF's ``webdataset`` loader names a column after a tar member's extension, so from them a label
+can only be nested (``json.class_index``) or be called ``cls``. The HF features are in each table's schema metadata,
+so ``load_dataset`` needs no ``map``. A table records its shard's sha256 and is rewritten only when the shard
 changed.
 """
 
@@ -66,10 +58,9 @@ def card_features(classes: list[str], extra: list[str]) -> list[dict[str, Any]]:
 
 
 def shard_table(tar_path: str | Path, record: ShardRecord, classes: list[str], extra: list[str]) -> Any:
-    """One shard (its manifest ``record``) as an Arrow table with the Hub's columns and HF's
-    features in its metadata. Read as the loaders read it (:func:`~serwild.data.loaders.read_shards`:
-    its sample count checked; :func:`~serwild.data.loaders.sample_meta`: every sample's JSON against
-    the record and the class names), so no table says what the training data does not."""
+    """One shard (its manifest ``record``) as an Arrow table with the Hub's columns and HF's features in its
+    metadata. Read as the loaders read it (its sample count, and every sample's JSON against the record and the
+    class names), so no table says what the training data does not."""
     import pyarrow as pa  # here: only publishing needs it
 
     from serwild.data.loaders import identity, read_shards, sample_meta  # torch: publishing only
@@ -111,8 +102,8 @@ def _made_from(path: Path) -> str | None:
 
 
 def write_tables(build: str | Path, manifest: Manifest) -> tuple[int, int]:
-    """``hub/…parquet`` for every shard of the build whose table is missing or was made from
-    other bytes; returns (written, kept). Each file is written to a temp name and renamed."""
+    """``hub/…parquet`` for every shard of the build whose table is missing or was made from other bytes; returns
+    (written, kept)."""
     import pyarrow.parquet as pq
 
     root = Path(build)

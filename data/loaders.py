@@ -1,28 +1,12 @@
-"""Streaming input: manifest → shard URLs → WebDataset pipelines for training and evaluation.
+"""Streaming input: shard URLs → batches, for training (exact epochs, docs/training.md) and evaluation (each sample
+exactly once: shards dealt to ranks, then to workers).
 
-Training (``make_train_loader``) gives exact epochs, as MosaicML Streaming does: each rank
-reads its span of the epoch's shard stream (:mod:`serwild.data.epochs`), so with
-``samples_per_epoch`` = all every sample is used exactly once per epoch across ranks, plus the
-few that fill the last batches, and every rank runs the same number of full batches whatever
-the shard count (one shard for two ranks, odd sample counts, empty workers): the DDP hangs of
-webdataset issues #188/#194/#225 cannot happen. Every DataLoader worker reads its rank's
-whole stream (raw bytes, cheap) and decodes only batches ``start + w, start + w + W, …``:
-the DataLoader hands batches back worker by worker, so a rank sees the same samples in the
-same order with 0, 1 or 2 workers, and a run resumed at batch k of an epoch continues with
-exactly the batches an uninterrupted run would have had.
-
-Evaluation (``make_eval_loader``) reads each sample exactly once: shards are dealt to
-ranks, then to workers; a rank with no shard yields nothing (and returns at once).
-
-Both refuse a short or corrupt shard: a tar error, a sample that is not a PNG + JSON pair,
-or a shard whose sample count differs from the manifest's raises instead of training or
-scoring on a silently shorter set (a tar cut at a member boundary reads as valid).
-
-Shards may be URLs of a remote build (``serwild.data.open_build``: http(s)://, s3://): a
-ShardSet made from one carries what reading them takes (:class:`~serwild.data.cache.RemoteShards`),
-and both loaders read every such shard from its local copy (:mod:`serwild.data.cache`: fetched
-whole, checked by sha256, kept for later epochs). A fetch that fails after the retries raises
-:class:`~serwild.data.fetch.RemoteError`, naming the URL.
+Training: each rank reads its span of the epoch's stream (:mod:`serwild.data.epochs`), so every rank runs the same
+number of full batches whatever the shard count (the DDP hangs of webdataset issues #188/#194/#225 cannot happen).
+Every DataLoader worker reads its rank's whole stream (raw bytes, cheap) and decodes only its batches
+``start + w, start + w + W, …``: the DataLoader hands batches back worker by worker, so a rank sees the same samples
+in the same order with 0, 1 or 2 workers, and a resume at batch k continues exactly. Both loaders refuse a short or
+corrupt shard: a tar cut at a member boundary reads as valid.
 """
 
 from __future__ import annotations
@@ -76,10 +60,8 @@ class ShardSet:
 
 
 def shard_set(build: str | Path | Location | Any, records: Sequence[ShardRecord]) -> ShardSet:
-    """Manifest records (``Manifest.select``) → URLs under ``build`` + their counts.
-
-    ``build``: a folder, or a build opened by ``open_location``/``open_build`` (its shard
-    URLs are joined to its base, never leaving it; a remote one lends its options)."""
+    """Manifest records (``Manifest.select``) → URLs under ``build`` (a folder, a ``Location`` or a ``Build``; never
+    leaving its base), their counts, and what reading a remote build's shards takes."""
     source = getattr(build, "source", build)  # a Build (serwild.data.build) holds its Location
     if not isinstance(source, Location):
         source = open_location(source)
@@ -102,13 +84,9 @@ def identity(record: ShardRecord) -> dict[str, Any]:
 
 def read_shards(shards: Iterable[dict], expected: dict[str, int],
                 remote: RemoteShards | None = None) -> Iterator[dict]:
-    """Shard stream (``dict(url=…)``) → samples, raising ShardError when a shard read to its
-    end holds another number of samples than the manifest says. ``remote``: how the shards
-    of a remote build are read.
-
-    A stream cut off mid-shard closes this generator at a ``yield`` and never reaches that
-    shard's check.
-    """
+    """Shard stream (``dict(url=…)``) → samples; ShardError when a shard read to its end holds another number of
+    samples than the manifest says (a stream cut off mid-shard closes this generator at a ``yield`` and never
+    reaches that shard's check)."""
     for shard in shards:
         n, url = 0, shard["url"]
         for sample in _tar_samples(url, remote):
@@ -120,11 +98,9 @@ def read_shards(shards: Iterable[dict], expected: dict[str, int],
 
 
 def _tar_samples(url: str, remote: RemoteShards | None = None) -> Iterator[dict]:
-    """The samples of one shard, in file order; a damaged tar or a failed fetch is one line.
-
-    A local file, or a remote shard's local copy (:mod:`serwild.data.cache`), not webdataset's
-    ``gopen``, whose http opener runs curl without a read timeout; webdataset only groups the
-    tar's members into samples."""
+    """The samples of one shard, in file order; a damaged tar or a failed fetch is one line. Read from a local file
+    or a remote shard's local copy, not webdataset's ``gopen``, whose http opener runs curl without a read timeout;
+    webdataset only groups the tar's members into samples."""
     n = 0
     try:
         stream = remote.open(url) if remote is not None else open(url, "rb")  # noqa: SIM115 - closed below
@@ -185,13 +161,10 @@ def sample_meta(sample: dict, classes: Sequence[str], expect: dict[str, Any] | N
 
 def decode_sample(sample: dict, classes: Sequence[str], as_uint8: bool = False,
                   expect: dict[str, Any] | None = None) -> tuple[torch.Tensor, int, dict]:
-    """A raw sample → (image (3, 256, 256), class index, metadata), its metadata checked by
-    :func:`sample_meta`.
-
-    The image is normalised float, or uint8 when ``as_uint8`` (a GPU normalises the batch
-    on arrival: a quarter of the bytes to move). On a CPU, normalising image by image here
-    is several times faster than normalising a whole batch later (cache-sized tensors).
-    """
+    """A raw sample → (image (3, 256, 256), class index, metadata), its metadata checked by :func:`sample_meta`. The
+    image is uint8 with ``as_uint8`` (a GPU normalises the batch on arrival: a quarter of the bytes to move), else
+    normalised here: on a CPU, image by image is several times faster than a whole batch later (cache-sized
+    tensors)."""
     meta = sample_meta(sample, classes, expect)
     try:
         rgb = decode_png(sample["png"])
@@ -315,9 +288,8 @@ class EpochStream(IterableDataset):
 
 def make_train_loader(shards: ShardSet, classes: Sequence[str], batch_size: int, num_batches: int, *,
                       as_uint8: bool = False, **epoch: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of this rank's epoch from the shards' tars (:func:`epoch_loader` says which, in
-    which order, and takes the rest of the arguments): (images (B, 3, 256, 256), labels).
-    Images are normalised float, or uint8 with ``as_uint8`` (normalise them on the device)."""
+    """Batches ``(images (B, 3, 256, 256), labels)`` of this rank's epoch from the shards' tars;
+    :func:`epoch_loader` says which, in which order, and takes the rest of the arguments."""
     if not shards.urls:
         raise UsageError("no training shards selected (check train.dataset, train.conditions, cv.fold)")
     identities = dict(zip(shards.urls, shards.identities)) if shards.identities is not None else None
@@ -328,12 +300,10 @@ def epoch_loader(source: Any, batch_size: int, num_batches: int, *, seed: int, e
                  world_size: int = 1, num_workers: int = 0, prefetch_factor: int = 2, shuffle_buffer: int = 1000,
                  start_batch: int = 0, pin_memory: bool = False, repeats: Repeats | None = None,
                  began: tuple[int, int] | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches ``start_batch … num_batches - 1`` of this rank's epoch from ``source`` (a
-    :class:`TarSource`, or the feature cache), each ``batch_size`` full. The order depends on
-    (seed, epoch, rank, world_size) only: not on ``num_workers``, and a resume at ``start_batch``
-    continues it exactly. ``repeats``: deal the epoch class-balanced (``train.balance: sampler``,
-    :class:`~serwild.data.epochs.Repeats`). ``began``: (ranks, batch) of another world that began
-    this epoch (an elastic resume from a mid-epoch checkpoint): the epoch goes on as it dealt it."""
+    """Batches ``start_batch … num_batches - 1`` of this rank's epoch from ``source`` (a :class:`TarSource`, or the
+    feature cache), each ``batch_size`` full. The order depends on (seed, epoch, rank, world_size) only: not on
+    ``num_workers``, and a resume at ``start_batch`` continues it exactly. ``began``: (ranks, batch) of another
+    world that began this epoch (an elastic resume from a mid-epoch checkpoint): the epoch goes on as it dealt it."""
     if began is not None and start_batch:
         return _regrouped(source, batch_size, num_batches, began, seed=seed, epoch=epoch, rank=rank,
                           num_workers=num_workers, prefetch_factor=prefetch_factor, shuffle_buffer=shuffle_buffer,
@@ -352,13 +322,11 @@ def epoch_loader(source: Any, batch_size: int, num_batches: int, *, seed: int, e
 
 def _regrouped(source: Any, batch: int, num_batches: int, began: tuple[int, int], *, rank: int,
                **epoch: Any) -> Iterator[tuple[torch.Tensor, ...]]:
-    """This rank's share of an epoch that ``ranks`` ranks of ``old_batch`` began (the same global
-    batch as this world's, :func:`serwild.trainer.resume.continuation`): each global batch is
-    theirs, their batches side by side in rank order, and rank r takes samples
-    ``[r * batch, (r + 1) * batch)`` of it. So the epoch ends on exactly the samples and global
-    batches the old world would have trained, whatever the new world size; only the rounding of
-    the gradient's mean and the dropout masks differ. Each rank reads just the old streams its
-    span overlaps."""
+    """This rank's share of an epoch that ``ranks`` ranks of ``old_batch`` began (the same global batch as this
+    world's, :func:`serwild.trainer.resume.continuation`): each global batch is their batches side by side in rank
+    order, and rank r takes samples ``[r * batch, (r + 1) * batch)`` of it, reading just the old streams its span
+    overlaps. So the epoch ends on exactly the old world's samples and global batches; only the rounding of the
+    gradient's mean and the dropout masks differ."""
     ranks, old_batch = began
     lo, hi = rank * batch, (rank + 1) * batch
     mine = [r for r in range(ranks) if r * old_batch < hi and (r + 1) * old_batch > lo]
@@ -381,16 +349,10 @@ def make_eval_loader(urls: Sequence[str], batch_size: int, num_workers: int, ran
                      as_uint8: bool = False, pin_memory: bool = False, remote: RemoteShards | None = None,
                      identities: Sequence[dict[str, Any]] | None = None
                      ) -> Iterable[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
-    """Every sample of ``urls`` exactly once across ranks: ``(images, labels, metas)`` batches.
-
-    Shards are dealt to ranks (``urls[rank::world_size]``), then to workers; no shuffling,
-    no resampling, last batch may be short. ``counts`` (the manifest's, per URL) turns on the
-    short-shard check; ``identities`` (``ShardSet.identities``) the check that every sample
-    belongs to the record it was listed under. Images are float and normalised unless
-    ``as_uint8``. A rank with no shard yields nothing. ``classes``: the manifest's class names,
-    in index order (each sample's label is checked against them). ``remote``: what reading
-    ``urls`` takes when they are remote (``ShardSet.remote``).
-    """
+    """Every sample of ``urls`` exactly once across ranks: ``(images, labels, metas)`` batches, the last maybe
+    short; shards are dealt to ranks (``urls[rank::world_size]``), then to workers, and a rank with none yields
+    nothing. ``counts`` (the manifest's) turns on the short-shard check, ``identities`` the check that every sample
+    belongs to the record it was listed under, ``classes`` (index order) the check of its label."""
     if counts is not None and len(counts) != len(urls):
         raise ValueError("counts must give one count per url")
     if identities is not None and len(identities) != len(urls):

@@ -1,9 +1,8 @@
 """A build's manifest as its readers see it: load it, select shards, check shards against it.
 
-The manifest is the contract between the builder and every reader: a shard listed here is
-complete (its sample count and sha256 are recorded), and readers refuse shards that do not
-match it, since a tar cut at a file boundary otherwise reads as a valid, shorter shard.
-No torch here: the builder and ``serwild verify`` import this cheaply.
+A shard listed here is complete (its sample count and sha256 are recorded), and readers refuse shards that do not
+match it, since a tar cut at a file boundary otherwise reads as a valid, shorter shard (docs/building.md). No torch
+here: the builder and ``serwild verify`` import this cheaply.
 """
 
 from __future__ import annotations
@@ -128,14 +127,10 @@ _RECORD: dict[str, tuple[type, ...]] = {"path": (str,), "dataset": (str,), "spli
 
 
 def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
-    """``manifest`` if its structure is what every reader relies on, else one UsageError line
-    naming ``where`` and the first bad key: the format and fingerprint, the datasets with their
-    (distinct) classes, the conditions, each shard record's fields and types, its dataset and
-    condition listed above, and a path that stays inside the build (``safe_relpath``: no '..',
-    no absolute path), so a manifest can never make a reader open a file outside its build.
-    The optional parts readers look into (``config.split.strategy``, ``totals``) must have
-    their types when present. Checked once, here: a reader never meets a missing key later
-    (after an epoch of training, or a whole evaluation)."""
+    """``manifest`` if its structure is what every reader relies on, else one UsageError line naming ``where`` and
+    the first bad key. Every shard path must stay inside the build (``safe_relpath``: no '..', no absolute path), so
+    a manifest can never make a reader open a file outside its build. Checked once, here: a reader never meets a
+    missing key later (after an epoch of training, or a whole evaluation)."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise UsageError(f"{where}: format {found!r}, expected {FORMAT!r}")

@@ -1,23 +1,10 @@
-"""Upload a finished build so that strangers can stream it: a folder, ``file://``, ``s3://``
-or ``hf://datasets/<user>/<repo>`` (with huggingface_hub), through fsspec.
+"""Upload a finished build so that strangers can stream it: a folder, ``file://``, ``s3://`` or
+``hf://datasets/<user>/<repo>`` (with huggingface_hub), through fsspec.
 
-    publish("shards/demo", "s3://bucket/serwild/demo", options)
-
-Order is what keeps readers safe: the local build is verified first; then the shards, the
-other metadata, the hub card (README.md) and **manifest.json last**, so a reader never meets
-a manifest whose shards are not all there. A destination whose manifest describes another
-build loses that manifest before any of its shards is overwritten. A destination that holds
-files of another build (or anything else) is refused, naming one, unless ``replace=True``
-(``--replace``): then they are deleted after the old manifest and before the new shards, so
-the destination ends holding exactly this build. A folder destination is never written
-through a link it did not make, and its temp files go on any error and at the next run. A
-rerun (after a kill, a network failure) uploads only what is missing or differs: size, then
-sha256 against the manifest (the object streamed; the HF Hub: its own LFS sha256, which it
-computes; an S3 object's metadata is anyone's to write, so it is not evidence). The
-destination is then verified by streaming, as ``serwild verify`` would. ``manifest.json`` and
-``rejects.jsonl`` go out portable: the absolute paths of this machine in them (the corpus, the
-noise folder, the build) become relative to the corpus or noise folder, or their last part. No
-torch here.
+Order is what keeps readers safe: the local build is verified first; then the shards, the other metadata, the hub
+card (README.md) and **manifest.json last**, so a reader never meets a manifest whose shards are not all there; a
+destination's manifest of another build goes before any of its shards is overwritten. Reruns, ``--replace``,
+portable paths and the final check: docs/publishing.md. No torch here.
 """
 
 from __future__ import annotations

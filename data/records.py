@@ -1,8 +1,7 @@
 """What a manifest says about one shard, typed, and how a tar member names its sample.
 
-Shared by every reader in ``serwild.data`` (the verifier, the loaders), the feature cache and
-the builder (which writes these records), so that the rule "a sample's key is the member's
-file name up to its first dot" is written once. No torch here, and no import of the rest of
+Shared by every reader in ``serwild.data``, the feature cache and the builder, so that the rule "a sample's key is
+the member's file name up to its first dot" is written once. No torch here, and no import of the rest of
 ``serwild.data`` (no cycles).
 """
 

@@ -1,25 +1,10 @@
-"""Where a build lives, read one way: a folder, ``file://``, ``http(s)://``, an object store
-(``s3://``, and ``gs://``/``hf://`` where gcsfs/huggingface_hub are installed).
+"""Where a build lives, read one way (:class:`Location`): a folder, ``file://``, ``http(s)://``, an object store.
+This module knows locations and bytes; what a manifest must hold is :mod:`serwild.data.manifest`'s business.
 
-    where = open_location("s3://bucket/serwild/demo/")               # or a folder, file:///…, https://…/,
-    raw = where.read_bytes("manifest.json")
-    problems = where.verify(records)                                 # fetches each shard once
-
-What a manifest must hold is :mod:`serwild.data.manifest`'s business (``load_manifest``
-reads it through a ``Location`` and checks it): this module only knows locations and bytes.
-
-A build is a base plus the relative paths its manifest lists. ``join`` accepts only plain
-relative paths (letters, digits, ``._-`` and ``/``; no ``..``, no scheme, no absolute path, no
-backslash, no ``%``), so a manifest can never point a reader outside its base; in a folder, a
-path that is a symlink resolving outside the folder is refused too, before anything opens it.
-
-No location runs a command (webdataset's ``pipe:`` is refused with one line): a location read
-from a file someone else wrote (a checkpoint's recorded build) is as safe to open as one the
-user typed.
-
-Bytes arrive through :mod:`serwild.data.fetch` (one GET of a whole object, the one retry
-loop); shards of a remote build are checked and read from a local copy
-(:mod:`serwild.data.cache`).
+A build is a base plus the relative paths its manifest lists; ``join`` accepts only plain relative paths
+(:func:`safe_relpath`) and, in a folder, no symlink out of it, so a manifest can never point a reader outside its
+base. No location runs a command (webdataset's ``pipe:`` is refused): a location read from a file someone else wrote
+(a checkpoint's recorded build) is as safe to open as one the user typed.
 """
 
 from __future__ import annotations
@@ -132,11 +117,10 @@ class Location:
         return [self.join(r.path) for r in records]
 
     def check(self, r: ShardRecord, full: bool = True) -> str | None:
-        """None if the shard matches its record, else one line ("missing: …", "bad: …"). The
-        one verifier of every kind of build. ``full``: size, sha256 and sample count (a remote
-        shard is fetched again into the cache, :mod:`serwild.data.cache`, where a loader finds
-        it later), else the size only.
-        Network failures (after retries) raise RemoteError."""
+        """None if the shard matches its record, else one line ("missing: …", "bad: …"): the one verifier of every
+        kind of build. ``full``: size, sha256 and sample count (a remote shard is fetched again into the cache,
+        :mod:`serwild.data.cache`, where a loader finds it later), else the size only. Network failures (after
+        retries) raise RemoteError."""
         if not full or self.kind == "local":
             try:
                 n = self.size(r.path)

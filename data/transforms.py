@@ -1,12 +1,8 @@
-"""The one image transform, shared by training, evaluation and predict.
-
-Spectrogram RGB (H, W, 3) uint8 → float tensor (3, 256, 256): resized to the paper's
-256 × 256 and normalised with ImageNet's mean and std (what AlexNet's weights expect).
-No random augmentation: the paper's only augmentation is the noise mixed into the audio.
-
-The resize runs on the uint8 image (bilinear, as torchvision's ``Resize`` does on uint8
-tensors) and the normalisation is one multiply and one add in place: together about twice as fast as
-resizing in float, and it keeps the input pipeline well ahead of the model on a CPU core.
+"""The one image transform, shared by training, evaluation and predict: resized to the paper's 256 × 256 and
+normalised with ImageNet's mean and std (what AlexNet's weights expect). No random augmentation: the paper's only
+augmentation is the noise mixed into the audio. The resize runs on the uint8 image (bilinear, as torchvision's
+``Resize`` does on uint8) and the normalisation is one multiply and one add in place: together about twice as fast
+as resizing in float.
 """
 
 from __future__ import annotations
