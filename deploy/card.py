@@ -1,11 +1,8 @@
 """The model card (README.md) of an exported model, in the Hub's model-card format.
 
-YAML metadata first (``license``, ``library_name``, ``pipeline_tag``, ``tags``, ``datasets``
-when the build was published under a Hub id, ``metrics`` and a ``model-index`` with one
-result per test condition: WA, UA, weighted and macro F1 per 1 s block, each metric's name
-carrying its 95 % interval, since the model-index has no field for one), then the text:
-flags, how to use it, what it expects as input, how it was trained, its evaluation, its
-limits, the files, the versions and the paper.
+YAML metadata (with a ``model-index``: one result per test condition, per 1 s block), then the text.
+Each metric's name carries its 95 % interval, since the model-index has no field for one. What the
+card holds: docs/models.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """A trained model as a small folder anyone can load: ``serwild export RUN_DIR --out DIR``.
 
-    DIR/
-      model.safetensors   the weights (float32, no optimiser state), safetensors format
-      config.json         what a loader needs: classes (and id2label), the audio and rendering
-                          settings, the image transform; plus the build it was trained on
-                          (fingerprint, location), the training recipe and budget, versions,
-                          the evaluation summary and the model's flags; ``weights_sha256``
-      training_config.yaml  the run's whole resolved config
-      README.md           the model card, in the Hub's format (YAML metadata with a model-index
-                          of every test condition's metrics and their intervals)
-      evaluation/         the run's report folder (metrics.json, report.md, figures,
-                          predictions.csv), when the run was evaluated
-      model.onnx          with ``--onnx``: image (N, 3, 256, 256) → logits (N, K), checked
-                          against torch with onnxruntime before it is kept
-
-:func:`read_export` loads it back (``Predictor.from_pretrained``): no run folder, build or
-training state is needed. config.json is written last, so a folder without it is an
-unfinished export and is refused. Nothing is written outside ``DIR``.
+:func:`read_export` loads it back (``Predictor.from_pretrained``): no run folder, build or training
+state is needed. config.json is written last, so a folder without it is an unfinished export and is
+refused. Nothing is written outside ``DIR``, and nothing in it names a folder of this machine (an
+export is meant to be shared). The folder's files: docs/models.md.
 """
 
 from __future__ import annotations

@@ -1,30 +1,10 @@
-"""The emotion of each 1 s block of a recording, and of the whole recording.
+"""The emotion of each 1 s block of a recording, and of the whole recording: :class:`Predictor`.
 
-    from serwild.deploy import Predictor
-    model = Predictor.from_pretrained("exports/demo-augmented")   # or a run folder, or a checkpoint
-    result = model.predict_file("rec.wav")                        # result.label, .probs, .blocks
-    result = model.predict_array(samples, 16000)                  # a numpy array (or torch tensor)
-    model(["rec.wav", samples], top_k=2)       # transformers' pipeline shape: [[{"label", "score"}, …], …]
-    model.classify_batch(wavs, wav_lens)       # SpeechBrain's shape: (log-probs, score, index, labels)
-
-    serwild predict --model exports/demo-augmented rec1.wav rec2.flac … [--json]
-    serwild predict --checkpoint runs/<name>/best.pt rec.wav
-
-Any sample rate, mono or stereo (channels are averaged). Each recording is cut and rendered
-exactly as the builder renders training data (the model's ``audio`` settings: 1 s blocks
-resampled to 16 kHz, peak-normalised, the same STFT and jet colours, the same image
-transform), so the model sees what it was trained on. Silent blocks are skipped, as the
-builder skips them. Per block: the class probabilities and the most likely class; per
-recording: the class of the mean of its block logits (as ``serwild evaluate`` scores
-utterances), with its probabilities.
-
-A recording shorter than one block ("No!") is padded with silence to one block and scored;
-``padded_s`` says how much was added. A file longer than ``audio.max_blocks_per_file`` (an
-hour of blocks) is scored on its first blocks only, and the result says how many were left
-out (``dropped_blocks``). A recording that cannot be scored (unreadable, a header rate
-outside 4 kHz..384 kHz, silent, NaN samples) gets an ``error`` instead of a label; the
-others are still scored. Loading says what it loads, on stderr (``verbose=False`` to keep
-quiet).
+Each recording is cut and rendered exactly as the builder renders training data (the model's
+``audio`` settings), so the model sees what it was trained on; silent blocks are skipped, as the
+builder skips them. Unlike a build, a file longer than ``audio.max_blocks_per_file`` is scored on
+its first blocks (``dropped_blocks`` says how many were not). A recording that cannot be scored gets
+an ``error`` instead of a label; the others are still scored. Usage and output: docs/models.md.
 """
 
 from __future__ import annotations
@@ -91,11 +71,7 @@ class Recording:
 
 
 class Predictor:
-    """A trained model plus the exact renderer it was trained with.
-
-    ``source``: an exported model folder (``serwild export``), a run folder (its best.pt) or
-    a checkpoint file. ``device``: auto (a GPU when there is one), cpu or cuda.
-    """
+    """A trained model plus the exact renderer it was trained with."""
 
     def __init__(self, source: str | Path, device: str = "auto", verbose: bool = False) -> None:
         start = time.perf_counter()
@@ -161,12 +137,10 @@ class Predictor:
 
     def __call__(self, inputs: Any, top_k: int | None = None, sampling_rate: int | None = None,
                  batch_size: int = DEFAULT_BATCH) -> Any:
-        """As ``transformers``' ``pipeline("audio-classification")``: per input, ``[{"label",
-        "score"}]`` sorted by score (the whole recording's probabilities), the ``top_k`` first
-        (all classes by default). ``inputs``: a path, samples (numpy or torch, at
-        ``sampling_rate``, default the model's), a ``{"array"|"raw", "sampling_rate"}`` dict as
-        HF ``datasets`` gives it, or a list of these (then a list of lists). A recording that
-        cannot be scored raises ValueError naming it (``predict_file`` returns its ``error``)."""
+        """As ``transformers``' ``pipeline("audio-classification")``: per input (a path, samples, an HF
+        ``datasets`` audio dict, or a list of these), the whole recording's ``[{"label", "score"}]`` sorted
+        by score, the ``top_k`` first. A recording that cannot be scored raises ValueError naming it
+        (``predict_file`` returns its ``error``)."""
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         many = isinstance(inputs, list)

@@ -1,16 +1,10 @@
 """Live scoring: audio chunks in, one result per 1 s block out, as soon as the block is complete.
 
-    model = Predictor.from_pretrained("exports/demo-augmented")
-    for r in model.stream(chunks, sample_rate=16000, hop_s=0.5):
-        print(r.start_s, r.label or "silence", r.running_label, f"{r.latency_ms:.0f} ms")
-
-Chunks may be of any size (numpy or torch; 1-D, or 2-D as ``predict_array`` takes them); a
-block is cut, resampled, checked for silence and rendered exactly as ``predict_array`` does it
-for the same samples, so with ``hop_s`` equal to the block (the default) the labels are those
-``serwild predict`` gives the same recording. A silent block (below -80 dBFS) is reported as
-silence, not classified. ``running_label``: the class of the mean probabilities of the last
-``smooth`` scored blocks (what a teacher watching a live class wants: a label that does not
-flicker). ``latency_ms``: from the arrival of the chunk that completed the block to its result.
+A block is cut, resampled, checked for silence and rendered exactly as ``predict_array`` does it for
+the same samples, so with ``hop_s`` equal to the block (the default) the labels are those ``serwild
+predict`` gives the same recording. ``running_label``: the class of the mean probabilities of the last
+``smooth`` scored blocks, a label that does not flicker. ``latency_ms``: from the arrival of the chunk
+that completed the block to its result. Usage: docs/models.md.
 """
 
 from __future__ import annotations

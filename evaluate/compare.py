@@ -1,30 +1,11 @@
-"""Compare evaluated runs: weighted F1 per test condition, one series per arm, with the
-paired interval of each difference to the baseline.
+"""Compare evaluated runs: a metric per test condition, one series per arm, with the
+paired interval of each difference to the first arm (the baseline).
 
-    serwild compare runs/clean-only runs/augmented [--out DIR] [--metric weighted_f1] [--unit block]
-    serwild compare --arm clean runs/a-s0 runs/a-s1 --arm augmented runs/b-s0 runs/b-s1
-
-Reads each run's ``report/metrics.json`` (written by ``serwild evaluate``; a report folder
-or a metrics.json path works too) and writes, into ``--out`` (default
-``<first run's parent>/compare_<arm>_vs_<arm>``):
-
-    compare.png     the metric per test condition, one bar per arm, with intervals and chance
-    difference.png  the paper's Figures 4/5 claim: each arm minus the baseline per test
-                    condition, with its paired interval, against 0
-    compare.md      flags, the table (one column per arm, then each arm's difference to the
-                    first), the figures with their captions
-    compare.json    the same numbers, with the intervals and the flags
-
-and prints the table. A run whose model is degenerate (one class for ≥ 95 % of its blocks,
-or UA at chance: serwild.evaluate.health) gets a warning line, in the terminal and in compare.md.
-An arm is one run (each positional run is its own arm) or several
-(seeds, folds: shown as mean ± std). The first arm is the baseline. When every run was
-evaluated on the same test blocks (same build fingerprint, same blocks in each run's
-``logits.npz``), each difference gets a paired cluster-bootstrap interval: both arms are
-scored on the same resampled test utterances, so the difficulty they share cancels. The
-decisions come from the exact logits the evaluator scored (never from predictions.csv's
-rounded probabilities), so a paired Δ is the metrics.json difference exactly.
-:func:`compare_runs` returns the comparison (:class:`Comparison`) as well as writing it.
+A difference is paired only when every run scored the same test blocks (same build fingerprint,
+same blocks in each run's ``logits.npz``): both arms are then scored on the same resampled test
+utterances, so the difficulty they share cancels. Decisions come from the exact logits, never from
+predictions.csv's rounded probabilities, so a paired Δ is the metrics.json difference exactly.
+Outputs and how to read them: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -286,7 +267,6 @@ def compare_runs(runs: Sequence[str | Path] = (), out: str | Path | None = None,
     """Write compare.png / difference.png / compare.md / compare.json; returns what they hold.
 
     ``runs``: one arm per run (named after its folder); or ``arms``: ``{name: [runs]}``.
-    ``bootstrap`` resamples (0: no intervals), ``seed`` and ``alpha`` set the paired intervals.
     """
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r} (choose from {', '.join(sorted(METRICS))})")

@@ -1,15 +1,10 @@
 """Score a checkpoint on every test condition of its build, each condition separately.
 
-Each condition's test shards are checked against the manifest (present, size, sha256,
-sample count) and then read exactly once, split across the processes; the build may be a
-folder or a URL (``serwild.data.open_build``: file://, http(s)://, s3://), whose shards are
-streamed (the sha256 check streams each test shard once more; ``check_sha256=False`` asks
-sizes only, by HEAD, and the counts are still checked while scoring); the outputs are
-gathered and the number of distinct samples scored must equal the manifest's count, or
-the evaluation fails. Outputs that are not finite (NaN, inf) fail the evaluation. The checkpoint must come from
-this build (same manifest fingerprint and classes), so a model is never scored on samples
-it was trained on by accident.
-Writes the report folder (default ``<run dir>/report/``): see serwild.evaluate.report.
+Every test sample is scored exactly once across the ranks and the count must equal the manifest's;
+outputs that are not finite (NaN, inf) fail the evaluation. The checkpoint must come from this build
+(same manifest fingerprint and classes), so a model is never scored on samples it was trained on by
+accident. The sha256 check streams each remote test shard once more; ``check_sha256=False`` asks sizes
+only (by HEAD), and the counts are still checked while scoring. The report: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -75,9 +70,6 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path | None = None
     """Evaluate ``checkpoint`` on each test condition; returns the report folder.
 
     Runs in one process, or in every process of a torchrun job (rank 0 writes the report).
-    ``settings``: batch size, loader workers and device (default: the built-in ``eval`` section).
-    ``shards``: a build folder or URL (default: the one the checkpoint records); ``remote``:
-    timeouts and retries for a URL (default: the built-in ``remote`` section).
     """
     settings = settings or EvalConfig()
     target = open_target(checkpoint, shards, allow_other_build, remote)

@@ -1,14 +1,4 @@
-"""The report figures, drawn to be put in a paper as they are.
-
-- :func:`plot_series`: a metric per test condition, one bar per model, each bar's 95 %
-  interval as an error bar, its value above the interval's cap (never on it), chance as a
-  dashed line, the legend outside the axes.
-- :func:`plot_differences`: the paired difference of each model to the baseline per test
-  condition with its paired interval, against a line at 0: the paper's claim (its Figures
-  4/5) as a figure of its own. A filled marker is an interval that excludes 0.
-- :func:`plot_confusions`: one figure per model, a panel per test condition: colour =
-  row-normalised share (recall on the diagonal), text = that share and the block count,
-  one shared colour bar.
+"""The report figures, drawn to be put in a paper as they are (each is shown in docs/evaluation.md).
 
 No figure has a title: the caption goes under it, in the report that shows it. Figures use
 matplotlib's object API (no pyplot, no global backend state) and are written atomically.

@@ -1,29 +1,11 @@
 """Is a model's report worth reading? Flags for a model that has learnt nothing.
 
-A model that predicts one class for (nearly) every block, or one that cannot be told from
-guessing, still gets a full table with intervals; these flags say so in one visible line
-wherever its numbers are shown (``evaluate``, ``compare``, ``reproduce``, an exported card):
-
-- **one class**: the most predicted class takes at least :data:`ONE_CLASS_SHARE` (95 %) of
-  the blocks, over all test conditions together or on any single one;
-- **never predicted**: a class with test blocks that the model predicts for under
-  :data:`NEVER_SHARE` (1 %) of all blocks, over all test conditions together. A six-class
-  model that never says three of them can clear UA's chance by predicting two classes, and
-  a one-class rule misses it; this names them, as sklearn's ``classification_report`` shows a
-  zero recall;
-- **at chance**: the 95 % interval of UA (mean per-class recall) includes chance, 1/K for the
-  K classes present in the test set, or the interval of weighted F1 (the paper's headline)
-  includes its chance (:func:`serwild.metrics.chance_level`: a guess that ignores the input),
-  on some test condition.
-
-- **under-trained**: the run's loss was still falling steeply at its last epoch
-  (:func:`serwild.trainer.history.learning_note`: validation loss, or training loss without a
-  validation part); its numbers are a snapshot of a model still learning.
-
-A model is *degenerate* when it predicts one class overall, or is at chance on every test
-condition; at chance on only some conditions (a clean-trained model at 15 dB) is a finding
-about those conditions, and the warning names them. A class never predicted is always a
-warning: the model's numbers do not cover it.
+Such a model still gets a full table with intervals; these flags say so in one visible line wherever
+its numbers are shown (``evaluate``, ``compare``, ``reproduce``, an exported card). A class never
+predicted is flagged on its own: a six-class model that never says three of them can clear UA's
+chance by predicting two classes, and the one-class rule misses it. At chance on only some
+conditions (a clean-trained model at 15 dB) is a finding about those conditions, not *degenerate*.
+The rules and their wording: docs/evaluation.md ("Degenerate models are marked").
 """
 
 from __future__ import annotations
@@ -61,13 +43,7 @@ def _includes(unit: Mapping[str, Any], metric: str, chance: float) -> bool:
 
 def model_flags(result: Report, unit: str = "block") -> dict[str, Any]:
     """``{"degenerate", "one_class", "never_predicted", "at_chance", "still_learning", "messages"}``
-    for one evaluate report.
-
-    ``one_class``: ``{"class", "share", "where"}`` or None; ``never_predicted``: the classes
-    (with test blocks) predicted for under :data:`NEVER_SHARE` of the blocks; ``at_chance``: the
-    labels of the conditions whose UA or weighted-F1 interval includes chance; ``still_learning``:
-    why the run looks under-trained (from ``result.budget``), or None; ``messages``: one
-    line per finding (empty when there is nothing to say)."""
+    for one evaluate report; ``messages``: one line per finding (empty when there is nothing to say)."""
     conds = result.conditions
     classes = list(result.classes)
     order = order_conditions(conds)

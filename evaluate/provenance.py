@@ -2,16 +2,9 @@
 
 Every evaluation report, the protocol report and an exported model card carry these, so a
 table read months later still says which code, which torch and how much training made it.
-
-- :func:`versions`: serwild, torch, Python and the git revision of serwild's source tree
-  (``git describe --always`` plus ``-dirty`` when tracked files differ; ``unknown`` outside
-  a git checkout). The git calls never write: ``--no-optional-locks`` keeps them from
-  refreshing the index of a tree others may be working in.
-- :func:`training_budget`: epochs (asked for and done), samples per epoch, global and
-  per-rank batch, ranks and optimiser steps, from the checkpoint's resolved config and the
-  run's ``metrics.jsonl`` (one line per epoch: steps, samples, world size), which is what
-  actually ran whatever the config's batch means.
-- :func:`smoke_note`: the caveat a config declares with a top-level ``smoke: true``.
+The git calls never write: ``--no-optional-locks`` keeps them from refreshing the index of a
+tree others may be working in. The budget comes from the run's ``metrics.jsonl`` (what actually
+ran, whatever the config's batch means); the config only says what was asked.
 """
 
 from __future__ import annotations
@@ -95,12 +88,8 @@ def run_history(checkpoint: str | Path, config: Mapping[str, Any]) -> list[dict[
 
 def training_budget(ckpt: Checkpoint, checkpoint: str | Path | None = None,
                     history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """How much training the model had: epochs, samples per epoch, batches, ranks, steps.
-
-    From the checkpoint's config (what was asked: ``samples_per_epoch`` may be ``all`` or
-    ``clean``) and the run's history (what ran: each epoch's steps, samples and ranks). A
-    value the sources do not give is None.
-    """
+    """How much training the model had: epochs, samples per epoch, batches, ranks, steps; a value
+    neither the checkpoint's config nor the run's history gives is None."""
     config = ckpt.config or {}
     train = config.get("train") or {}
     if history is None:

@@ -1,23 +1,8 @@
-"""The report folder: metrics.json, report.md (the paper's Tables 5/6), and figures.
+"""The report folder: metrics.json, report.md (the paper's Tables 5/6), figures and the scored blocks.
 
-    <run>/report/
-      metrics.json      every number, per condition, per block and per utterance, each unit's
-                        95 % intervals under "ci" (cluster bootstrap over utterances; see
-                        "uncertainty" for how; absent with eval.bootstrap=0), the training
-                        budget, the software versions and the model's flags (serwild.evaluate.health)
-      report.md         flags, protocol, budget and versions, then the tables (rows = test
-                        conditions, columns = metrics) and the figures, each with its caption
-      confusion.png     confusion matrices, one panel per test condition (per block,
-                        row-normalised, with counts and a colour bar)
-      weighted_f1.png   weighted F1 per test condition (per block and per utterance), 95 %
-                        intervals, chance level
-      predictions.csv   every scored block: condition, utterance, block, true, predicted, and the
-                        probabilities rounded to 4 decimals, for reading
-      logits.npz        the same blocks in the same order with the model's exact float32 logits
-                        (what serwild compare pairs runs on): arrays classes, condition,
-                        utterance, block, label, logits (N × K)
-
-Figures have no titles: their captions are in report.md, under each figure.
+predictions.csv is for reading (probabilities rounded to 4 decimals); logits.npz holds the same rows
+with the exact float32 logits, plain arrays, and is what ``serwild compare`` pairs runs on. Figures
+have no titles: their captions are in report.md, under each figure. The folder: docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Honest uncertainty for classification metrics: cluster bootstrap CIs and paired differences.
 
-Why a *cluster* bootstrap: the test set is cut into 1 s blocks, and the blocks of one
-utterance share a speaker, a sentence and a recording, so their errors are strongly
-correlated. Resampling blocks as if they were independent pretends we have ~5x more
-evidence than we do and gives intervals that are far too narrow. The independent unit is
-the utterance (``groups``), so each bootstrap replicate draws whole utterances with
-replacement and keeps all of their blocks.
-
-Why confusion matrices: every metric we report is a function of the confusion matrix alone
-(serwild.metrics, which scores stacks of them), and a resampled confusion matrix is just a
-weighted sum of per-utterance confusion matrices (weight = how often the utterance was
-drawn). So we precompute a ``(groups, K, K)`` count tensor once and each replicate is one
-row of a matrix product: 1000 replicates over 400 utterances cost a few milliseconds.
-
-Intervals are plain percentile intervals. Seeds go through ``np.random.default_rng`` so the
-same seed gives the same interval, bit for bit.
+Why a *cluster* bootstrap: the blocks of one utterance share a speaker, a sentence and a recording,
+so their errors are strongly correlated; resampling blocks would pretend ~5x more evidence and give
+far too narrow intervals. Each replicate draws whole utterances (``groups``) with replacement. Every
+metric is a function of the confusion matrix, and a resampled one is a weighted sum of per-utterance
+matrices, so each replicate is one row of a matrix product (1000 over 400 utterances: milliseconds).
+Plain percentile intervals; seeds go through ``np.random.default_rng``: same seed, same interval, bit for bit.
 """
 
 from __future__ import annotations
@@ -80,12 +71,8 @@ def group_confusions(y_true: np.ndarray, y_pred: np.ndarray, codes: np.ndarray, 
 
 
 def resample_counts(rng: np.random.Generator, n_groups: int, n_resamples: int) -> np.ndarray:
-    """``(n_resamples, n_groups)``: how often each group is drawn in each replicate.
-
-    Each replicate draws ``n_groups`` groups uniformly with replacement (the classic
-    bootstrap of the independent units); counting draws with one bincount avoids
-    materialising the resampled data.
-    """
+    """``(n_resamples, n_groups)``: how often each group is drawn in each replicate (uniformly, with
+    replacement); one bincount counts the draws without materialising the resampled data."""
     draws = rng.integers(0, n_groups, size=(n_resamples, n_groups))
     offsets = np.arange(n_resamples, dtype=np.int64)[:, None] * n_groups
     return np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_groups).reshape(n_resamples, n_groups)
@@ -119,12 +106,7 @@ def _check_metric(metric: str) -> None:
 def bootstrap_ci(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, n_resamples: int = 1000, seed: int = 0,
                  alpha: float = 0.05, n_classes: int | None = None) -> dict[str, dict[str, float | int]]:
     """Cluster-bootstrap percentile CI for every metric of serwild.metrics.METRICS: whole groups
-    (utterances) are resampled.
-
-    Pass ``groups=np.arange(n)`` to get the naive per-block bootstrap. Returns
-    ``{name: {"value", "low", "high", "n_groups", "n_resamples"}}``; ``value`` is the
-    metric on the full data, ``low``/``high`` the ``alpha/2`` and ``1 - alpha/2`` quantiles.
-    """
+    (utterances) are resampled; ``groups=np.arange(n)`` gives the naive per-block bootstrap."""
     _check_settings(n_resamples, alpha)
     truth, (pred,), codes, k = _prepare(y_true, [y_pred], groups, n_classes)
     n_groups = int(codes.max()) + 1
@@ -154,13 +136,10 @@ def arm_difference_ci(y_true: ArrayLike, preds_a: Sequence[ArrayLike], preds_b: 
                       alpha: float = 0.05, n_classes: int | None = None) -> dict[str, float | bool]:
     """Paired cluster-bootstrap CI for ``mean_b(metric) - mean_a(metric)`` over the runs of two arms.
 
-    Each arm is a list of prediction vectors on the *same* test blocks (one run, or one per seed
-    or CV fold). Every replicate scores every run on the same resampled utterances (the same
-    counts for both arms: that is the pairing, so the utterance difficulty the arms share
-    cancels out of the difference, far tighter than two independent intervals) and takes the
-    difference of the two arms' means. The interval therefore covers the test-set sampling of
-    that difference, not the run-to-run spread of training (report that separately, with
-    :func:`mean_std`). ``excludes_zero`` is True when the interval lies strictly on one side of 0.
+    Each arm is a list of prediction vectors on the *same* test blocks, one per run (seed, CV fold).
+    Every replicate scores every run on the same resampled utterances: that is the pairing, so the
+    difficulty the arms share cancels (far tighter than two independent intervals). The interval covers
+    the test-set sampling of the difference, not training's run-to-run spread (report that with :func:`mean_std`).
     """
     _check_settings(n_resamples, alpha)
     _check_metric(metric)

@@ -22,11 +22,8 @@ from serwild.pipelines.reproduce import run_preset
 
 def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
              nproc: int | None = None, overwrite: bool = False) -> int:
-    """The whole demo; 0 on success. ``config`` defaults to the shipped demo.yaml.
-
-    The protocol's own steps (:func:`serwild.pipelines.reproduce.run_preset`) with the
-    :data:`~serwild.pipelines.protocol.DEMO` preset: one run per experiment on every training
-    fold, no cross-validation, ``train.dataset`` only; then the two compared, and Figure 2."""
+    """The whole demo; 0 on success: the protocol's own steps (:func:`~serwild.pipelines.reproduce.run_preset`)
+    with the :data:`~serwild.pipelines.protocol.DEMO` preset, then the two runs compared, and Figure 2."""
     config = str(config or shipped("demo.yaml"))
     t0 = time.time()
     cfg = load_config(config, overrides)

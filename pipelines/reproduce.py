@@ -1,31 +1,11 @@
-"""``serwild reproduce``: the paper's whole protocol in one command, resumable.
+"""``serwild reproduce``: the paper's whole protocol in one command, resumable (docs/evaluation.md).
 
-    serwild reproduce --config configs/protocol-tiny.yaml     # smoke size (the tests run it)
-    serwild reproduce --config configs/demo.yaml [k=v …]      # any config key can be overridden
-
-1. build the shards if the build is missing (``serwild build``; reused when the folder holds
-   a finished build of the same config);
-2. for each dataset of the build (``datasets``) and each experiment — 1: trained on clean
-   blocks only, 2: on clean + every noisy condition of the build (with as many samples per
-   epoch as experiment 1 has, unless the config sets ``train.samples_per_epoch``) — train
-   every cross-validation fold (``runs/<name>-fold<k>``), summarise them (``runs/<name>-cv``,
-   mean ± std) and test the best fold's model, as the paper does, on every test condition
-   (``runs/<name>-cv/report``, with 95 % intervals);
-3. write ONE report folder (default ``<train.run_dir>/reproduce``): per dataset the paper's
-   Table 5/6 shape (rows = test conditions; experiment 1 and 2 columns, with intervals), its
-   Figure 4/5 (the paired difference of the experiments per test condition with its
-   interval, and both experiments' bars with chance), each model's confusion figure, the
-   test-set size per condition, each model's training budget, the software versions, the
-   protocol, the CV mean ± std, and the wall time of every stage. A model that predicts one
-   class for ≥ 95 % of its blocks, or whose UA interval includes chance, is flagged at the
-   top (and on stderr); a config that declares ``smoke: true`` gets the smoke-size caveat.
-
-Run names are ``<train.name or "protocol">-<dataset>-exp<1|2>``. A second invocation
-resumes: a fold run is reused when its config.yaml is the resolved config this invocation
-would train with and its last.pt holds every epoch on this build (same manifest
-fingerprint); a half-trained one is resumed from last.pt; an evaluation is reused when its
-metrics.json is of this build, this best fold, this config and these interval settings. A
-run folder holding another config is refused (pass ``--overwrite`` to retrain it).
+Build (or reuse) → per dataset and experiment (1: clean blocks; 2: clean + every noisy condition, as
+many samples per epoch as experiment 1) train every CV fold, summarise, test the best fold's model on
+every test condition → one report folder. Resuming: a fold run is reused when its config.yaml is the
+resolved config this invocation would train with and its last.pt holds every epoch on this build (same
+manifest fingerprint); a half-trained one resumes from last.pt; an evaluation is reused when its
+metrics.json is of this build, this best fold, this config and these interval settings.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """The ASGI app of ``serwild serve``: a page, a health check, a whole-recording endpoint and a
 live WebSocket stream, all over one loaded :class:`Predictor`.
 
-Security model (docs/serving.md): without a token the server is for this machine only, and
-every request must name a loopback Host and, when a browser sends one, an Origin on the same
-host and port: a web page on another site cannot drive it (a WebSocket has no CORS, and DNS
-rebinding can point any name at 127.0.0.1). With a token, every request must carry it
-(``Authorization: Bearer T`` or ``?token=T``, the page's way: a browser's WebSocket cannot set
-headers) and Host/Origin are left to the proxy in front. No request ever names a file: an
-upload goes to a temporary file of our own naming, removed after.
-
-Limits: the request body (``max_body_bytes``, read in pieces and cut off past it), a
-recording's duration (``max_seconds``, a POST's header or a stream's running total),
-concurrent scoring connections (``max_connections``: a POST or a stream each hold one; past
-it, 503 or WebSocket close 1013 "try again later"), a stream's silence (``idle_s`` with no
-message) and its messages (``max_message_bytes``, enforced by the server's WebSocket layer).
+Without a token the server is for this machine only: every request must name a loopback Host and,
+when a browser sends one, an Origin on the same host and port, since a WebSocket has no CORS and DNS
+rebinding can point any name at 127.0.0.1. With a token, every request must carry it (``?token=T``
+too: a browser's WebSocket cannot set headers) and Host/Origin are left to the proxy in front. No
+request ever names a file. ``max_message_bytes`` is enforced by the server's WebSocket layer, not here.
+Security model and limits: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -277,11 +270,9 @@ def parse_start(text: str, settings: ServeSettings) -> StreamStart:
 
 
 async def stream_session(model: Predictor, ws: WebSocket, settings: ServeSettings) -> None:
-    """One live stream: a start message, PCM chunks, then ``{"type": "end"}`` or a disconnect.
-
-    The model runs in a thread of the stream's own (``Predictor.stream`` pulls chunks from a
-    queue as they come), so the event loop keeps reading every client while blocks are scored.
-    """
+    """One live stream: a start message, PCM chunks, then ``{"type": "end"}`` or a disconnect. The
+    model runs in a thread of the stream's own (``Predictor.stream`` pulls chunks from a queue as they
+    come), so the event loop keeps reading every client while blocks are scored."""
     limits = settings.limits
     start = await _handshake(model, ws, settings)
     if start is None:
