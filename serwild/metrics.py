@@ -1,23 +1,13 @@
 """Classification metrics, all from confusion matrices: one engine, one table of names.
 
-Every number serwild reports (WA, UA, weighted and macro P/R/F1) is a function of the
-confusion matrix ``cm[true][pred]`` alone, so each metric here maps a stack of matrices
-``(..., K, K)`` to one value per matrix ``(...)``: a report scores one matrix, validation the
-ranks' summed matrix, and the bootstrap (serwild.evaluate.uncertainty) a thousand resampled
-matrices in one call. Definitions are scikit-learn's with ``zero_division=0`` and the label
-set fixed to all K classes (the tests check every one against scikit-learn; the library does
-not import it, which cost every rank ~3.5 s):
-
-- **WA** (weighted accuracy) is plain accuracy: correct / total. It equals weighted recall.
-- **UA** (unweighted accuracy) is the mean of the per-class recalls over the classes present
-  in the truth (``balanced_accuracy_score``), the number SER papers compare on imbalanced
-  sets. (The paper's "unweighted accuracy" is WA.) ``macro_recall`` averages over all K.
-- **weighted** P/R/F1 average the per-class scores weighted by support (the paper's
-  "weighted average" columns; a class absent from the truth weighs 0); **macro** P/R/F1
-  average them over all K classes with equal weight.
-
-:data:`METRICS` is the one table of names: a report's ``ci`` entries, validation scores
-(metrics.jsonl, cv.json), ``compare --metric`` and ``train.best_metric`` all use its keys.
+Each metric maps a stack of matrices ``cm[true][pred]`` ``(..., K, K)`` to one value per matrix,
+so a report scores one matrix, validation the ranks' summed matrix, and the bootstrap a thousand
+resampled matrices in one call. Definitions are scikit-learn's with ``zero_division=0`` and all
+K labels (the tests check each against scikit-learn; the library does not import it, which cost
+every rank ~3.5 s). WA is accuracy; UA is the mean recall over the classes present in the truth
+(``balanced_accuracy_score``; the paper's "unweighted accuracy" is WA); weighted P/R/F1 weigh by
+support, macro ones equally (docs/evaluation.md). :data:`METRICS` is the one table of names
+(a report's ``ci``, validation scores, ``compare --metric``, ``train.best_metric``).
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
-"""Progress that a terminal and a log file can both hold.
-
-On a terminal, :func:`progress` is a tqdm bar (redrawn in place with ``\\r``). Anywhere else
-(nohup, Slurm, CI, a pipe), a bar would either print nothing until the end or write ``\\r``
-soup into the log, so it prints whole lines instead: one when the stage starts, one at least
-every ``LOG_EVERY_S`` seconds or every ``LOG_EVERY_FRACTION`` of the total, whichever comes
-first (done/total, rate, ETA), and one when it ends. :func:`stage` is one line naming a step.
-
-    from serwild.progress import progress, stage
-
-    stage("build", "plan: 24 shards, 480 samples")
-    with progress(len(items), "build shards", unit="shard") as bar:
-        for item in items:
-            work(item)
-            bar.update(1)
-
-Lines look like ``2025-01-31T12:00:03 serwild build: build shards: 120/480 shard (25%), 3.1 shard/s, ETA 1m56s``:
-the time says when a log last moved, and sets these lines apart from a command's one-line error
-(``serwild build: error: …``, no time), which :data:`LOG_LINE` lets a test or a script tell apart.
+"""Progress that a terminal and a log file can both hold: :func:`progress` is a tqdm bar on a
+terminal and whole lines anywhere else (nohup, Slurm, CI, a pipe: a bar would print nothing
+until the end, or ``\\r`` soup), at the start, every ``LOG_EVERY_S`` seconds or
+``LOG_EVERY_FRACTION`` of the total, and at the end; :func:`stage` is one line naming a step.
+Lines carry the time (``2025-01-31T12:00:03 serwild build: build shards: 120/480 shard (25%), …``),
+which sets them apart from a command's one-line error (:data:`LOG_LINE` tells them apart).
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
-"""torchrun, quiet: ``python -m serwild.torchrun_agent [torchrun's arguments] -m MODULE …``.
-
-The same program as ``python -m torch.distributed.run`` (same arguments, same elastic agent),
-run by :func:`serwild.torchrun.launch` for every command that starts ranks, with changes to
-what it prints and leaves behind:
-
-- the SignalException it stops with on SIGTERM/SIGINT (after stopping the ranks) ends it
-  with status 128 + signal instead of a 25-line traceback;
-- when a failed rank exited with status 2 (a user's mistake) or 3 (a full disk, a
-  non-finite loss, a rank that stopped for another's failure), which the rank has already
-  said in one line, it exits with that status;
-- any other failed rank has said why itself (its traceback, once) unless a signal killed
-  it: that gets one line; torchrun's own traceback and failure report (which repeat the
-  rank's traceback, or say no more than that line) are never printed, and the status is 1;
-- its PID is in the ranks' environment (``AGENT_ENV``), so that a rank can tell that its
-  agent died before it could ask to die with it (:func:`serwild.torchrun.follow_agent`).
+"""torchrun, quiet: ``python -m serwild.torchrun_agent [torchrun's arguments] -m MODULE …``,
+the same elastic agent as ``python -m torch.distributed.run``, run by
+:func:`serwild.torchrun.launch`. It changes only what it prints and leaves behind: a stop by
+SIGTERM/SIGINT is status 128 + signal, not a traceback; a rank's one-line failure (status 2, a
+user's mistake, or 3) is passed on as it is; any other failed rank has said why itself (a
+signal gets one line), so torchrun's own traceback and failure report are never printed
+(status 1); its PID is in the ranks' environment (``AGENT_ENV``), so a rank can tell its agent
+died (:func:`serwild.torchrun.follow_agent`).
 """
 
 from __future__ import annotations

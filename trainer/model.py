@@ -1,15 +1,10 @@
-"""torchvision AlexNet for spectrograms: weights, the replaced last layer, layer names.
+"""torchvision classifiers for spectrograms: weights, the replaced last layer, layer names.
 
-``arch`` (``train.arch``) is ``alexnet``, the paper's model (torchvision's, 57 M parameters),
-or ``tiny``: the same network (same layers, kernels, strides, module paths and paper layer
-names) at small widths (~50 k parameters), so tests and smoke runs exercise every code path
-(freezing, the feature cache, pretrained files, checkpoints, export) in milliseconds a step.
-
-``pretrained`` is ``imagenet`` (torchvision's IMAGENET1K_V1 from the torch hub cache,
-downloaded once where there is a network), ``none`` (random init) or a path to a file
-holding an AlexNet ``state_dict`` (or a checkpoint with a ``model`` entry). The last layer
-(fc8) is always replaced by a fresh ``num_classes`` layer, so ImageNet's 1000-way head or
-another dataset's head never leaks in.
+``tiny`` is AlexNet's very layers, kernels, strides and module paths at small widths (~50 k
+parameters), so tests and smoke runs exercise every code path (freezing, the feature cache,
+pretrained files, checkpoints, export) in milliseconds a step. The last layer is always
+replaced by a fresh ``num_classes`` layer, so ImageNet's or another dataset's head never
+leaks in (docs/training.md: ``train.arch`` and ``train.pretrained``).
 """
 
 from __future__ import annotations
