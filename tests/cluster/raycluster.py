@@ -4,22 +4,20 @@ cluster tests and ``benchmarks/bench_cluster.py``:
     with ray_cluster_on_hosts(workers=2, folder=Path("/tmp/swrayX")) as cluster:
         cluster.start_build(["--config", "…", f"ray.address={cluster.address}"]).wait()
 
-Each host is a network namespace of its own with its own address (``ip netns`` and a veth pair
-to a bridge in the head's namespace: root only), as on separate machines: the head at
-10.231.N.1, the workers at .2, .3, …, and one more host with no Ray node (a client).
+Each node is a host of its own (:mod:`tests.cluster.hosts`: a network namespace with its own
+address, as on separate machines): the head at 10.231.N.1, the workers at .2, .3, …, and one
+more host with no Ray node (a client).
 The nodes are ``ray start --head --node-ip-address=10.231.N.1 --port=6379 --num-cpus=1`` and
 ``ray start --address=10.231.N.1:6379 --node-ip-address=10.231.N.k --num-cpus=1`` (token
 authentication on, each node's session folder its own), as docs/building.md tells a user.
 Nothing here uses a Ray private API or a loopback address. At the end, however it went, every
 process of each node's ``ray start`` session and of each driver is ended by PID, the namespaces
-are deleted and the folder removed. Never ``ray stop``: other jobs on this machine run Ray too.
+are removed and the folder too. Never ``ray stop``: other jobs on this machine run Ray too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import random
 import secrets
 import shutil
 import subprocess
@@ -28,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.cluster.hosts import Host, make_hosts, remove_hosts
 from tests.faults import procs
 
 PORT = 6379  # the head's GCS port: each host has its own network, so no other job's port is in the way
@@ -35,16 +34,6 @@ RAY = str(Path(sys.executable).with_name("ray"))
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 # Variables of the test's own process that must not steer a node or a driver the way a user's shell would not.
 NOT_PASSED = (*AUTH_VARS, "RAY_ADDRESS", "RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-
-
-@dataclass(frozen=True)
-class Host:
-    ns: str  # the network namespace: this host's network
-    ip: str
-
-    def cmd(self, *argv: str) -> list[str]:
-        """``argv`` run on this host."""
-        return ["ip", "netns", "exec", self.ns, *argv]
 
 
 @dataclass
@@ -89,34 +78,6 @@ def _argv0(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
     except OSError:
         return ""
-
-
-def _ip(*argv: str) -> None:
-    subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
-
-
-def make_hosts(n: int) -> list[Host]:
-    """``n`` hosts on one network: namespaces ``sw<pid>h<k>``, the first holding the bridge."""
-    net = f"10.231.{random.SystemRandom().randrange(1, 255)}"
-    hosts = [Host(f"sw{os.getpid()}h{k}", f"{net}.{k + 1}") for k in range(n)]
-    head = hosts[0]
-    for h in hosts:
-        _ip("netns", "add", h.ns)
-        _ip("-n", h.ns, "link", "set", "lo", "up")
-    _ip("-n", head.ns, "link", "add", "br0", "type", "bridge")
-    _ip("-n", head.ns, "addr", "add", f"{head.ip}/24", "dev", "br0")
-    _ip("-n", head.ns, "link", "set", "br0", "up")
-    for k, h in enumerate(hosts[1:], 1):
-        _ip("-n", head.ns, "link", "add", f"v{k}", "type", "veth", "peer", "name", "eth0", "netns", h.ns)
-        _ip("-n", head.ns, "link", "set", f"v{k}", "master", "br0", "up")
-        _ip("-n", h.ns, "addr", "add", f"{h.ip}/24", "dev", "eth0")
-        _ip("-n", h.ns, "link", "set", "eth0", "up")
-    return hosts
-
-
-def remove_hosts(hosts: list[Host]) -> None:
-    for h in hosts:
-        subprocess.run(["ip", "netns", "del", h.ns], check=False, capture_output=True, timeout=30)
 
 
 def _ray_start(cluster: RayCluster, host: Host, folder: Path, *args: str) -> None:

@@ -1,11 +1,11 @@
-"""Multi-node torchrun on one machine: two "nodes" (two torchrun launchers, one rank each) meet
-over c10d rendezvous on 127.0.0.1 and train as one world.
+"""Multi-node torchrun on one machine: two nodes, each a host of its own (:mod:`tests.cluster.hosts`:
+a network namespace with its own address, and the names node0 and node1), one torchrun launcher
+and one rank each, meet over c10d rendezvous at node0:29500 and train as one world.
 
-Each node runs the documented multi-node command (read from docs/training.md) with 127.0.0.1 in place of
-the host names node0 and node1, and a free port in place of 29500 (two test sessions on one
-machine must not meet); gloo is pinned to the loopback interface (GLOO_SOCKET_IFNAME=lo). The
-paper recipe trains the tiny AlexNet from a weights file, from the feature cache in one folder
-both nodes use.
+Each node runs the documented multi-node command (read from docs/training.md) as it stands, with
+``--local-addr`` its own name as the page says; node0 hosts the rendezvous store, and gloo finds
+each host's address by its host name, as on real machines. The paper recipe trains the tiny
+AlexNet from a weights file, from the feature cache in one folder both nodes use.
 
 - Two nodes of one rank end with weights bit-identical to one node of two ranks (same seed), and
   every cache file is computed once, by one rank; the other run reuses them all, untouched.
@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ import torch
 import yaml
 
 from serwild.checkpoint import load_checkpoint
+from serwild.data.manifest import Manifest
 from serwild.trainer.features import cache_records
+from tests.cluster.hosts import Host, make_hosts, remove_hosts
 from tests.faults import procs
 from tests.trainer.conftest import weights_file  # noqa: F401 (fixture: the tiny model's weights)
 from tests.trainer.test_ddp import children
@@ -46,15 +49,23 @@ CACHE_LINE = re.compile(r"feature cache (\S+): (\d+) shard\(s\) computed, (\d+) 
 SHRANK = "the world shrank from 2 to 1 rank(s)"
 
 
-def readme_command(nnodes: str, port: int) -> list[str]:
-    """The documented multi-node ``torchrun --nnodes=<nnodes>`` command, as this machine runs it:
-    host names → 127.0.0.1, the rendezvous port 29500 → ``port``."""
+def readme_command(nnodes: str, host: Host) -> list[str]:
+    """The documented multi-node ``torchrun --nnodes=<nnodes>`` command, run on ``host`` (its
+    ``--local-addr`` the host's name, as the page says for node1)."""
     text = TRAINING_DOC.read_text().replace("\\\n", " ")
     found = [x.strip() for x in text.splitlines() if x.strip().startswith(f"torchrun --nnodes={nnodes} ")]
     assert len(found) == 1, f"docs/training.md has {len(found)} torchrun --nnodes={nnodes} commands"
-    line = found[0].replace("node0:29500", f"node0:{port}")
-    argv = shlex.split(re.sub(r"\bnode[01]\b", "127.0.0.1", line))
-    return [TORCHRUN, *argv[1:]]
+    argv = shlex.split(found[0].replace("--local-addr=node0", f"--local-addr={host.name}"))
+    return host.cmd(TORCHRUN, *argv[1:])
+
+
+@pytest.fixture
+def hosts() -> Iterator[list[Host]]:
+    made = make_hosts(2)
+    try:
+        yield made
+    finally:
+        remove_hosts(made)
 
 
 def write_config(where: Path, build: Path, weights: Path, **train: object) -> Path:
@@ -73,7 +84,7 @@ class Node:
 
     def __init__(self, cmd: list[str], cwd: Path) -> None:
         # TMPDIR: torchrun without --log-dir leaves a torchelastic_* folder there on every launch.
-        env = procs.env(GLOO_SOCKET_IFNAME="lo", TMPDIR=str(cwd / "tmp"))
+        env = procs.env(TMPDIR=str(cwd / "tmp"))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
                                      env=env, start_new_session=True)
         self.lines: list[str] = []
@@ -113,20 +124,6 @@ def nodes(*cmds: tuple[list[str], Path]):
             procs.end_session(n.proc.pid)
 
 
-def listens_on(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds a socket listening on ``port`` (the c10d rendezvous store)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                f = row.split()
-                if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A":
-                    inodes.add(f"socket:[{f[9]}]")
-    with contextlib.suppress(OSError):
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd"))
-    return False
-
-
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "last.pt").model
 
@@ -148,13 +145,12 @@ def cache_counts(err: str) -> list[tuple[int, int]]:
     return [(int(m.group(2)), int(m.group(3))) for m in CACHE_LINE.finditer(err)]
 
 
-def test_two_nodes_train_bit_identically_to_one_node_of_two_ranks(tiny_build: Path, tiny_manifest: dict,
+def test_two_nodes_train_bit_identically_to_one_node_of_two_ranks(tiny_build: Path, tiny_manifest: Manifest,
                                                                   weights_file: Path,  # noqa: F811
-                                                                  tmp_path: Path) -> None:
+                                                                  hosts: list[Host], tmp_path: Path) -> None:
     write_config(tmp_path, tiny_build, weights_file)
     shards = len(cache_records(tiny_manifest, "ahsn"))
-    cmd = readme_command("2", procs.free_port())
-    with nodes((cmd, tmp_path), (cmd, tmp_path)) as (a, b):
+    with nodes(*((readme_command("2", h), tmp_path) for h in hosts)) as (a, b):
         codes = [a.wait(), b.wait()]
     assert codes == [0, 0], a.err[-3000:] + b.err[-3000:]
     multi = tmp_path / "runs" / "multi"
@@ -175,22 +171,18 @@ def test_two_nodes_train_bit_identically_to_one_node_of_two_ranks(tiny_build: Pa
     assert_same_weights(weights(multi), weights(tmp_path / "runs" / "one-node"))
 
 
-def test_a_node_lost_mid_epoch_the_other_finishes_from_last_pt(tiny_build: Path, tiny_manifest: dict,
+def test_a_node_lost_mid_epoch_the_other_finishes_from_last_pt(tiny_build: Path, tiny_manifest: Manifest,
                                                                weights_file: Path,  # noqa: F811
-                                                               tmp_path: Path) -> None:
+                                                               hosts: list[Host], tmp_path: Path) -> None:
     """Many short steps, so that the epoch is still under way when the kill lands."""
     write_config(tmp_path, tiny_build, weights_file, epochs=1, samples_per_epoch=1000, checkpoint_every=50)
     shards = len(cache_records(tiny_manifest, "ahsn"))
-    port = procs.free_port()
-    cmd = readme_command("1:2", port)
     run = tmp_path / "runs" / "multi"
-    with nodes((cmd, tmp_path), (cmd, tmp_path)) as pair:
+    with nodes(*((readme_command("1:2", h), tmp_path) for h in hosts)) as pair:
         procs.wait_for(lambda: any("checkpoint: epoch 1 batch " in n.err for n in pair), pair[0].proc, TIMEOUT_S,
                        "a mid-epoch checkpoint")
-        # Both commands are the same: the node that won the race to host the rendezvous store
-        # must survive (its loss ends the job, as losing node0 would). Kill the other's launcher.
-        (survivor,) = [n for n in pair if listens_on(n.proc.pid, port)]
-        (lost,) = [n for n in pair if n is not survivor]
+        # node0 hosts the rendezvous store (its loss ends the job): node1 is lost, its launcher killed.
+        survivor, lost = pair
         (lost_rank,) = children(lost.proc.pid)
         (old_rank,) = children(survivor.proc.pid)
         os.kill(lost.proc.pid, signal.SIGKILL)
