@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -212,25 +210,3 @@ def lines_until(proc: subprocess.Popen, needle: str, seconds: float) -> tuple[li
     while not seen.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
         pass
     return err, reader
-
-
-def free_port() -> int:
-    """A TCP port free at 127.0.0.1 just now, below the kernel's ephemeral range, for a process that
-    binds it later (a Ray head, a torchrun rendezvous store). In between, whatever binds port 0 on
-    this machine (torchrun --standalone, Ray, a test server, other suites) is given an ephemeral
-    port, never this one: two torchrun "nodes" once met in another test's store on a port that
-    bind(0) had just handed out, and failed when that test ended."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    pick = random.SystemRandom()
-    for _ in range(500):
-        port = pick.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port below {low} at 127.0.0.1")
