@@ -64,9 +64,9 @@ def one_build(args: list[str], env: dict[str, str], out: Path, host: Any = None)
 
 def child(overrides: list[str]) -> int:
     """One build, in this process: ``run_build`` through an executor that times its phases; prints them."""
-    from serwild.builder import executors
     from serwild.builder.build import run_build
     from serwild.config import load_config
+    from serwild.processes import executors
 
     class Timed(executors.Executor):
         def __init__(self, inner: executors.Executor) -> None:

@@ -65,8 +65,8 @@ def write_wav(path: Path, minutes: float, seed: int = 0) -> Path:
 
 
 def write_checkpoint(path: Path) -> Path:
-    from serwild.checkpoint import Checkpoint, save_checkpoint
     from serwild.config import load_config, to_dict
+    from serwild.processes.checkpoint import Checkpoint, save_checkpoint
     from serwild.trainer.model import build_model
 
     cfg = load_config(None, ["train.pretrained=none"])

@@ -35,8 +35,8 @@ CHUNK_S = 0.1
 
 
 def checkpoint(path: Path, arch: str) -> Path:
-    from serwild.checkpoint import Checkpoint, save_checkpoint
     from serwild.config import load_config, to_dict
+    from serwild.processes.checkpoint import Checkpoint, save_checkpoint
     from serwild.trainer.model import build_model
 
     cfg = load_config(None, ["train.pretrained=none", f"train.arch={arch}"])

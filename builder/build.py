@@ -1,6 +1,6 @@
 """The build driver, :func:`run_build` (``serwild build``): corpus → scan → plan → one task per shard →
 manifest.json, rejects.jsonl, README.md (docs/building.md). One build per folder at a time (a lock), and a build of
-another config needs ``overwrite``. Where the tasks run is :mod:`serwild.builder.executors`. build-log.jsonl records
+another config needs ``overwrite``. Where the tasks run is :mod:`serwild.processes.executors`. build-log.jsonl records
 every shard as it is written (what a resume trusts) with the node that wrote it, and per run how many shard tasks
 each node ran.
 """
@@ -15,8 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from serwild import atomic, lock
-from serwild.builder import executors, hubcard, plan, scan
+from serwild.builder import hubcard, plan, scan
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject, read_corpus
 from serwild.builder.labels import PRESETS, resolve_views
@@ -27,6 +26,7 @@ from serwild.data.manifest import sha256_file
 from serwild.data.publish import refuse_remote_out
 from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
+from serwild.processes import atomic, executors, lock
 from serwild.progress import stage
 from serwild.synth.corpus import write_synthetic_corpus
 
@@ -52,7 +52,7 @@ def reject_summary(path: Path) -> Counter[str]:
 
 def run_build(cfg: Config, executor: str | executors.Executor = "ray", overwrite: bool = False) -> Path:
     """Build (or resume) the shards described by ``cfg``; returns the build folder. ``executor``: "ray" (local, or
-    the cluster at ``ray.address``), "serial", or an :class:`~serwild.builder.executors.Executor` of the caller's."""
+    the cluster at ``ray.address``), "serial", or an :class:`~serwild.processes.executors.Executor` of the caller's."""
     refuse_remote_out(cfg.out)  # a build writes a folder; `serwild publish` uploads it
     out = Path(cfg.out)
     atomic.require_writable(out, "the build folder", "set out= to a writable folder")

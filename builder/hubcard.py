@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from serwild import atomic
 from serwild.data import hubtables
 from serwild.data.manifest import Manifest
 from serwild.data.records import ShardRecord
+from serwild.processes import atomic
 
 # Every key of a sample's ``.json`` (builder.shards.render_sample) and its type in the card.
 # Nullable: snr_db, noise, noise_offset_s, noise_gain (clean samples) and fold (test samples);

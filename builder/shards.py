@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from serwild.atomic import atomic_write
 from serwild.builder import audio, augment
 from serwild.builder.config import AudioConfig
 from serwild.builder.corpus import Reject
@@ -24,6 +23,7 @@ from serwild.builder.render import Renderer
 from serwild.builder.scan import load_noise
 from serwild.data.manifest import sha256_file
 from serwild.data.records import ShardRecord
+from serwild.processes.atomic import atomic_write
 
 
 def build_shard(spec: ShardSpec, out_dir: str, cfg: AudioConfig) -> tuple[ShardRecord, list[dict]]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from serwild import atomic
 from serwild.data.fetch import Mismatch, RemoteOptions, fetch
+from serwild.processes import atomic
 
 
 def cache_folder(opts: RemoteOptions) -> Path:

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from serwild import atomic
 from serwild.data.manifest import Manifest
 from serwild.data.records import ShardRecord
+from serwild.processes import atomic
 
 HUB_DIR = "hub"
 SHARD_SHA = b"serwild_shard_sha256"  # schema metadata: the shard a table was made from

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serwild import atomic
 from serwild.data import hubtables
 from serwild.data.build import open_build
 from serwild.data.fetch import (
@@ -34,6 +33,7 @@ from serwild.data.fetch import (
 from serwild.data.manifest import MANIFEST, Manifest, load_manifest
 from serwild.data.remote import open_location, safe_relpath
 from serwild.errors import UsageError
+from serwild.processes import atomic
 from serwild.text import portable_json
 
 CARD = "README.md"

@@ -25,10 +25,8 @@ from typing import Any
 import torch
 import yaml
 
-from serwild import atomic
 from serwild.builder.config import AudioConfig
 from serwild.builder.hubcard import corpus_card
-from serwild.checkpoint import ARCHS, Checkpoint, load_checkpoint
 from serwild.config import ConfigError, config_from_resolved, from_dict
 from serwild.data.manifest import sha256_file
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
@@ -37,6 +35,8 @@ from serwild.errors import UsageError
 from serwild.evaluate import health, provenance
 from serwild.evaluate.document import Report, read_report
 from serwild.metrics import METRICS, VALIDATION
+from serwild.processes import atomic
+from serwild.processes.checkpoint import ARCHS, Checkpoint, load_checkpoint
 from serwild.text import class_names_problem, portable_json, portable_path
 
 FORMAT = "serwild-model/1"

@@ -24,8 +24,8 @@ from serwild.builder.render import Renderer
 from serwild.data.transforms import image_transform
 from serwild.deploy.export import Pretrained, read_pretrained
 from serwild.errors import UsageError
+from serwild.processes.distributed import pick_device
 from serwild.progress import progress, stage
-from serwild.trainer.distributed import pick_device
 from serwild.trainer.model import build_model
 from serwild.trainer.outputs import batch_outputs
 

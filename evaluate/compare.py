@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health
 from serwild.evaluate.document import Report, condition_label, order_conditions, read_report
@@ -32,6 +31,7 @@ from serwild.evaluate.report import (
 from serwild.evaluate.report import metric as get
 from serwild.evaluate.uncertainty import arm_difference_ci, mean_std
 from serwild.metrics import METRICS, chance_level, utterance_logits
+from serwild.processes import atomic
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,7 @@ import numpy as np
 import yaml
 from torch import nn
 
-from serwild import __version__, atomic, metrics
-from serwild.checkpoint import Checkpoint, OtherBuildError, check_compatible, load_checkpoint
+from serwild import __version__, metrics
 from serwild.config import Config, config_from_resolved
 from serwild.data.build import Build, open_build
 from serwild.data.fetch import RemoteOptions
@@ -33,8 +32,10 @@ from serwild.errors import UsageError
 from serwild.evaluate import health, provenance, report, uncertainty
 from serwild.evaluate.config import EvalConfig
 from serwild.evaluate.document import Report
+from serwild.processes import atomic
+from serwild.processes.checkpoint import Checkpoint, OtherBuildError, check_compatible, load_checkpoint
+from serwild.processes.distributed import Dist, all_gather_object, setup, teardown
 from serwild.progress import progress
-from serwild.trainer.distributed import Dist, all_gather_object, setup, teardown
 from serwild.trainer.model import model_from_checkpoint
 from serwild.trainer.outputs import model_outputs
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from serwild import atomic
+from serwild.processes import atomic
 
 Interval = tuple[float, float] | None  # (low, high) of a 95 % interval, or unknown
 DPI = 150

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from serwild.checkpoint import Checkpoint
+from serwild.processes.checkpoint import Checkpoint
 from serwild.trainer.history import learning_note
 
 GIT_TIMEOUT_S = 5.0

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from serwild import atomic
 from serwild.errors import UsageError
 from serwild.evaluate import health, provenance
 from serwild.evaluate.document import Report, condition_label, order_conditions
 from serwild.evaluate.figures import plot_confusions, plot_series
 from serwild.metrics import BY_PATH, METRICS, Metric, chance_level
+from serwild.processes import atomic
 
 UNITS = {"block": "Per 1 s block (the paper's unit)",
          "utterance": "Per utterance (mean of its block logits)"}

@@ -11,13 +11,13 @@ from pathlib import Path
 import webdataset as wds
 from matplotlib.figure import Figure
 
-from serwild import atomic
 from serwild.config import load_config
 from serwild.configs import shipped
 from serwild.data.manifest import load_manifest
 from serwild.evaluate.compare import compare_runs
 from serwild.pipelines.protocol import DEMO
 from serwild.pipelines.reproduce import run_preset
+from serwild.processes import atomic
 
 
 def run_demo(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

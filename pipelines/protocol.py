@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serwild import atomic
+from serwild.processes import atomic
 from serwild.trainer.preflight import RunRef
 
 EXPERIMENTS = {1: "clean", 2: "clean + noisy"}

@@ -10,12 +10,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from serwild import atomic
 from serwild.config import Config, to_dict
 from serwild.data.manifest import Manifest
 from serwild.evaluate import health, provenance, report
 from serwild.evaluate.compare import compare_runs, difference_caption, figure_caption, markdown_table, notes
 from serwild.pipelines.protocol import EXPERIMENTS, Experiment, Progress
+from serwild.processes import atomic
 from serwild.trainer.cv import KEYS as CV_KEYS
 
 # The paper's Tables 5/6 columns: accuracy and weighted P/R/F1 (per 1 s block).

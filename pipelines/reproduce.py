@@ -20,7 +20,6 @@ from typing import Any
 
 import yaml
 
-from serwild import torchrun
 from serwild.builder.build import built_identity, run_build
 from serwild.config import Config, build_identity, load_config, resolve_config_path
 from serwild.data.build import open_build
@@ -31,6 +30,7 @@ from serwild.evaluate.document import read_report
 from serwild.evaluate.evaluate import evaluate_checkpoint, uncertainty_settings
 from serwild.pipelines.protocol import PROTOCOL, Experiment, Preset, Progress
 from serwild.pipelines.protocol_report import write_protocol_report
+from serwild.processes import torchrun
 from serwild.trainer.cv import summarise
 from serwild.trainer.launch import LaunchOptions, train
 from serwild.trainer.preflight import RunRef, run_state

@@ -1,7 +1,7 @@
 """``python -m serwild`` is the same as the ``serwild`` command (torchrun's evaluation ranks run it too)."""
 
-from serwild import torchrun
 from serwild.cli import main
+from serwild.processes import torchrun
 
 code = main()
 if torchrun.is_rank():  # an evaluation rank: end as every rank does

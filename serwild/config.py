@@ -29,7 +29,6 @@ from serwild.builder.config import (
     CardConfig,
     CorpusConfig,
     NoiseConfig,
-    RayConfig,
     ShardConfig,
     SplitConfig,
     ViewConfig,
@@ -39,6 +38,7 @@ from serwild.builder.config import (
 from serwild.data.config import RemoteConfig
 from serwild.errors import UsageError
 from serwild.evaluate.config import EvalConfig
+from serwild.processes.config import RayConfig
 from serwild.text import decode_utf8
 from serwild.trainer.config import CvConfig, TrainConfig
 

@@ -25,7 +25,7 @@ from serwild.config import load_config
 from serwild.data.fetch import RemoteError
 from serwild.data.loaders import ShardError
 from serwild.errors import UsageError, said
-from serwild.torchrun import SAID_EXIT, USAGE_EXIT, exit_now, follow_agent
+from serwild.processes.torchrun import SAID_EXIT, USAGE_EXIT, exit_now, follow_agent
 from serwild.trainer.train import NonFiniteLoss
 from serwild.trainer.train import main as train_main
 

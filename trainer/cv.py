@@ -11,10 +11,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from serwild import atomic
-from serwild.checkpoint import link_checkpoint
 from serwild.errors import UsageError
 from serwild.metrics import METRICS, VALIDATION, renamed
+from serwild.processes import atomic
+from serwild.processes.checkpoint import link_checkpoint
 from serwild.trainer.history import read_jsonl
 
 KEYS = VALIDATION  # the validation scores every epoch records (serwild.metrics)

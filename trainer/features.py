@@ -34,13 +34,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from serwild.checkpoint import unreadable_reason  # one wording for every refused torch.load
 from serwild.data.epochs import Repeats
 from serwild.data.loaders import epoch_loader
 from serwild.data.manifest import Manifest
 from serwild.data.records import ShardRecord, sample_key
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
+from serwild.processes.checkpoint import unreadable_reason  # one wording for every refused torch.load
 from serwild.trainer.model import LAYER_MODULES
 
 CACHE_FORMAT = 1  # bump when the file layout or the preprocessing (data.transforms) changes: new keys

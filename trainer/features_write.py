@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from serwild.atomic import atomic_write, unwritable
 from serwild.data.loaders import make_eval_loader
 from serwild.data.records import ShardRecord
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
+from serwild.processes.atomic import atomic_write, unwritable
 from serwild.trainer.features import (
     CACHE_FORMAT,
     INFO_FILE,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from serwild import atomic
+from serwild.processes import atomic
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

@@ -11,9 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from serwild import atomic, lock, torchrun
 from serwild.config import Config, replace
 from serwild.errors import Terminated, UsageError
+from serwild.processes import atomic, lock, torchrun
 from serwild.trainer.cv import summarise
 from serwild.trainer.features import INFO_FILE, default_cache_root, resolve_feature_cache
 from serwild.trainer.model import fetch_imagenet_weights
@@ -122,7 +122,7 @@ def _launch_run(spec: Config, plan: DataPlan, opts: LaunchOptions) -> int:
     run_dir = RunRef.of(spec).dir
     check_run_dir(run_dir, opts)
     # The run folder is ours while torchrun runs: a second `serwild train` on it is refused at
-    # once; the ranks work under this lock (serwild.lock.HOLDER_ENV) instead of taking their own.
+    # once; the ranks work under this lock (serwild.processes.lock.HOLDER_ENV) instead of taking their own.
     with lock.locked(run_dir, "serwild train"):
         atomic.write_text(run_dir / "config.yaml", spec_yaml(spec, plan))
         code = torchrun.launch(torchrun.command(MODULE, rank_args(run_dir / "config.yaml", opts), opts.nproc,

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from serwild.checkpoint import ARCHS, TORCHVISION_ARCHS, Checkpoint
 from serwild.errors import UsageError
+from serwild.processes.checkpoint import ARCHS, TORCHVISION_ARCHS, Checkpoint
 
 # The paper's layer names → torchvision's module paths inside AlexNet.
 LAYER_MODULES = {
@@ -126,7 +126,7 @@ class TinyAlexNet(nn.Module):
 
 
 def new_model(arch: str = "alexnet", num_classes: int = 1000) -> nn.Module:
-    """A randomly initialised ``arch`` (one of :data:`serwild.checkpoint.ARCHS`)."""
+    """A randomly initialised ``arch`` (one of :data:`serwild.processes.checkpoint.ARCHS`)."""
     if arch == "alexnet":
         from torchvision.models import alexnet  # on demand: see imagenet_url
 
@@ -189,7 +189,7 @@ def freeze_layers(model: nn.Module, names: list[str]) -> None:
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
-    """The trained model of a loaded checkpoint (see serwild.checkpoint), in eval mode."""
+    """The trained model of a loaded checkpoint (see serwild.processes.checkpoint), in eval mode."""
     model = build_model(len(ckpt.classes), pretrained="none", arch=ckpt.arch)
     model.load_state_dict(ckpt.model)
     return model.eval()

@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 
 import yaml
 
-from serwild import atomic, lock
-from serwild.checkpoint import peek_checkpoint
 from serwild.config import Config, build_identity, config_differences, config_from_resolved, replace, to_dict
 from serwild.data.build import Build, open_build
 from serwild.data.epochs import Repeats
@@ -25,7 +23,9 @@ from serwild.data.loaders import ShardSet
 from serwild.data.manifest import Manifest
 from serwild.data.records import ShardRecord
 from serwild.errors import UsageError
-from serwild.trainer.distributed import Dist, all_gather_object
+from serwild.processes import atomic, lock
+from serwild.processes.checkpoint import peek_checkpoint
+from serwild.processes.distributed import Dist, all_gather_object
 from serwild.trainer.recipe import resolve_recipe, state_buffers
 
 T = TypeVar("T")
@@ -263,7 +263,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     """The checkpoint to resume from (None: start fresh), after checking what is there.
 
     Rank 0 only. It refuses a folder that cannot be written (one line, not an OSError from
-    deep inside), then locks the run folder (:mod:`serwild.lock`; held until ``train.main``
+    deep inside), then locks the run folder (:mod:`serwild.processes.lock`; held until ``train.main``
     ends, or the process does): under ``serwild train`` the launcher already holds that lock and
     this is a no-op; ranks started by torchrun directly take it here, so a second run on the
     same folder is refused either way. Then temp files of writers that were killed mid-save

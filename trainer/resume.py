@@ -12,11 +12,11 @@ from typing import Any
 
 from torch import nn
 
-from serwild import checkpoint as ckpt_io
 from serwild import seeds
 from serwild.config import Config
 from serwild.errors import UsageError
-from serwild.trainer.distributed import Dist, log
+from serwild.processes import checkpoint as ckpt_io
+from serwild.processes.distributed import Dist, log
 from serwild.trainer.preflight import DataPlan
 from serwild.trainer.sources import train_seed
 

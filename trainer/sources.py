@@ -13,7 +13,7 @@ from torch import nn
 from serwild.config import Config
 from serwild.data.loaders import make_eval_loader, make_train_loader
 from serwild.errors import UsageError
-from serwild.trainer.distributed import Dist, log
+from serwild.processes.distributed import Dist, log
 from serwild.trainer.features import (
     FeatureData,
     cache_records,

@@ -21,16 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from serwild import __version__, atomic, lock, seeds
-from serwild import checkpoint as ckpt_io
+from serwild import __version__, seeds
 from serwild.config import Config, to_dict
 from serwild.data.epochs import steps_per_epoch
 from serwild.data.transforms import normalise
 from serwild.errors import UsageError
 from serwild.metrics import confusion, renamed, validation_scores
-from serwild.progress import progress, stage
-from serwild.trainer.budget import Budget
-from serwild.trainer.distributed import (
+from serwild.processes import atomic, lock
+from serwild.processes import checkpoint as ckpt_io
+from serwild.processes.distributed import (
     Dist,
     all_gather_object,
     all_reduce_sum,
@@ -40,6 +39,8 @@ from serwild.trainer.distributed import (
     setup,
     teardown,
 )
+from serwild.progress import progress, stage
+from serwild.trainer.budget import Budget
 from serwild.trainer.features import FeatureData
 from serwild.trainer.history import append_jsonl, learning_note, plot_curves, read_jsonl
 from serwild.trainer.model import build_model, fetch_imagenet_weights

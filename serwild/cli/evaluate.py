@@ -26,11 +26,11 @@ import argparse
 import os
 import signal
 
-from serwild import torchrun
 from serwild.cli.options import add_config_arguments
 from serwild.config import load_config
 from serwild.errors import UsageError
 from serwild.evaluate.evaluate import evaluate_checkpoint
+from serwild.processes import torchrun
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

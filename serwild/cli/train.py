@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import argparse
 
-from serwild import torchrun
 from serwild.cli.options import add_config_arguments
 from serwild.config import load_config
+from serwild.processes import torchrun
 from serwild.trainer.launch import LaunchOptions, train
 
 

@@ -153,12 +153,12 @@ def _descendants(root: int) -> list[int]:
 
 
 def test_the_loopback_pin_still_holds_in_this_ray() -> None:
-    """serwild's one use of a Ray private API (serwild.builder.raystart.loopback_pinned): if an
+    """serwild's one use of a Ray private API (serwild.processes.raystart.loopback_pinned): if an
     upgrade of Ray moves ENABLE_RAY_CLUSTER or stops reading it where it resolves 127.0.0.1, a
     local build would listen on the network. This test says so before any user does."""
     from ray._private import ray_constants, services
 
-    from serwild.builder.raystart import loopback_pinned
+    from serwild.processes.raystart import loopback_pinned
 
     assert hasattr(ray_constants, "ENABLE_RAY_CLUSTER"), "Ray moved ENABLE_RAY_CLUSTER: fix raystart.loopback_pinned"
     with loopback_pinned():
@@ -172,7 +172,7 @@ def test_a_killed_drivers_ray_session_folder_in_tmp_goes_with_the_next_build() -
     import shutil
     import subprocess
 
-    from serwild.builder import raystart
+    from serwild.processes import raystart
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -197,8 +197,8 @@ def test_a_local_ray_listens_on_loopback_only_with_token_auth(tmp_path: Path) ->
     import ray
     from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
-    from serwild.builder import executors
     from serwild.config import load_config
+    from serwild.processes import executors
 
     with executors.open_executor("ray", load_config(None, ["ray.num_cpus=1"]).ray, tmp_path) as ex:
         [done] = list(ex.map(math.sqrt, [(16.0,)], "a task"))

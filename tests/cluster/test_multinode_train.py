@@ -32,8 +32,8 @@ import pytest
 import torch
 import yaml
 
-from serwild.checkpoint import load_checkpoint
 from serwild.data.manifest import Manifest
+from serwild.processes.checkpoint import load_checkpoint
 from serwild.trainer.features import cache_records
 from tests.cluster.hosts import Host, make_hosts, remove_hosts
 from tests.faults import procs

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from serwild.atomic import TEMP_NAME, TMP_MARK
+from serwild.processes.atomic import TEMP_NAME, TMP_MARK
 from tests.cluster.conftest import raylet_children
 from tests.cluster.raycluster import RayCluster
 from tests.conftest import TINY_BUILD
@@ -129,7 +129,7 @@ def test_the_probe_needs_a_node_of_the_cluster_on_this_host(ray_cluster: RayClus
     for such a node for a minute; a build stops its probe at ray.connect_timeout_s, as this test
     does at 20 s). The address is given: on one machine, Ray would otherwise find the head's
     raylet through its socket file, which crosses network namespaces."""
-    probes = {name: ray_cluster.start([sys.executable, "-m", "serwild.builder.raystart", ray_cluster.address,
+    probes = {name: ray_cluster.start([sys.executable, "-m", "serwild.processes.raystart", ray_cluster.address,
                                        host.ip], host=host)
               for name, host in (("node", ray_cluster.head), ("no node", ray_cluster.client))}
     said = {}

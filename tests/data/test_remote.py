@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from serwild import atomic
 from serwild.data.build import open_build
 from serwild.data.fetch import NotFound, RemoteError, RemoteOptions
 from serwild.data.manifest import MANIFEST, load_manifest
 from serwild.data.remote import Location, open_location, safe_relpath
 from serwild.errors import UsageError
+from serwild.processes import atomic
 from tests.data.server import LoopbackServer
 from tests.data.tinybuild import manifest_of, tiny_build  # noqa: F401 - fixture
 

@@ -17,11 +17,11 @@ import soundfile as sf
 import torch
 import yaml
 
-from serwild.checkpoint import load_checkpoint, save_checkpoint
 from serwild.cli import main
 from serwild.deploy.export import export_run
 from serwild.evaluate.config import EvalConfig
 from serwild.evaluate.evaluate import evaluate_checkpoint
+from serwild.processes.checkpoint import load_checkpoint, save_checkpoint
 from serwild.text import portable_json
 from tests.evaluate.conftest import CLASSES, write_checkpoint
 

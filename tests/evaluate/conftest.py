@@ -18,13 +18,13 @@ import pytest
 import torch
 import webdataset as wds
 
-from serwild.atomic import write_json
 from serwild.builder.manifest import counts_table, fingerprint
 from serwild.builder.render import encode_png
-from serwild.checkpoint import Checkpoint, save_checkpoint
 from serwild.config import load_config, to_dict
 from serwild.data.manifest import DatasetInfo, Manifest, sha256_file
 from serwild.data.records import ShardRecord
+from serwild.processes.atomic import write_json
+from serwild.processes.checkpoint import Checkpoint, save_checkpoint
 from serwild.trainer.model import build_model
 
 CLASSES = ["ang", "hap", "sad", "neu"]

@@ -15,7 +15,6 @@ import torch
 import webdataset as wds
 
 from serwild import __version__
-from serwild.checkpoint import load_checkpoint
 from serwild.cli import main
 from serwild.data.manifest import load_manifest
 from serwild.data.records import ShardRecord
@@ -24,6 +23,7 @@ from serwild.errors import UsageError
 from serwild.evaluate.config import EvalConfig
 from serwild.evaluate.evaluate import check_build, evaluate_checkpoint, merge_parts
 from serwild.evaluate.report import LOGITS_FILE, read_logits
+from serwild.processes.checkpoint import load_checkpoint
 from serwild.trainer.model import model_from_checkpoint
 from serwild.trainer.outputs import model_outputs
 from tests.evaluate.conftest import TEST_SHARDS

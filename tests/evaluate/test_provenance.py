@@ -6,8 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from serwild.checkpoint import Checkpoint
 from serwild.evaluate import provenance
+from serwild.processes.checkpoint import Checkpoint
 
 
 def test_git_version_outside_a_checkout_is_unknown(tmp_path: Path) -> None:

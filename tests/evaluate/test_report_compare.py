@@ -251,11 +251,11 @@ def test_a_star_beside_a_flagged_model_says_so() -> None:
 def test_held_out_speakers_reach_the_report_and_the_model_card() -> None:
     """A speaker-independent build's test speakers (the manifest's ``split``) are named in the
     evaluation's protocol (metrics.json), its report line and an export's model card."""
-    from serwild.checkpoint import Checkpoint
     from serwild.config import load_config
     from serwild.data.manifest import DatasetInfo, Manifest
     from serwild.deploy import card
     from serwild.evaluate.evaluate import protocol
+    from serwild.processes.checkpoint import Checkpoint
 
     manifest = Manifest(fingerprint="f", datasets={"ahsn": DatasetInfo(("a", "b"))}, conditions={"clean": None},
                         shards=(), config={"split": {"strategy": "speaker"}},

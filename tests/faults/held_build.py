@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from serwild.builder import executors
 from serwild.cli import main
+from serwild.processes import executors
 
 HELD = "held after {n} shard(s)"
 

@@ -162,7 +162,7 @@ def dead_pid() -> int:
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """A real second process holding ``folder``'s serwild lock until killed."""
-    code = ("import sys, time; from serwild import lock; lock.acquire(sys.argv[1], 'test holder'); "
+    code = ("import sys, time; from serwild.processes import lock; lock.acquire(sys.argv[1], 'test holder'); "
             "print('held', flush=True); time.sleep(600)")
     proc = start([sys.executable, "-c", code, str(folder)])
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held", proc.communicate()

@@ -186,7 +186,7 @@ def test_a_checkpoint_whose_config_asks_too_much_is_one_line(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     import torch  # here: only this test needs it
 
-    from serwild.checkpoint import Checkpoint, save_checkpoint
+    from serwild.processes.checkpoint import Checkpoint, save_checkpoint
     from tests.evaluate.conftest import write_build, write_checkpoint
 
     build = write_build(tmp_path / "shards", {"clean": (None, [2]), "snr15": (15.0, [2])})

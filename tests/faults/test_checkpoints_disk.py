@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from serwild import atomic, errors
-from serwild.checkpoint import load_checkpoint
+from serwild import errors
 from serwild.cli import main
 from serwild.errors import UsageError
+from serwild.processes import atomic
+from serwild.processes.checkpoint import load_checkpoint
 from tests.faults import procs
 from tests.faults.procs import SERWILD, full_disk, lines
 from tests.faults.test_signals_locks import build_args, corpus  # noqa: F401 (fixtures)

@@ -88,7 +88,7 @@ def test_probe_and_scan_bound_the_work_a_header_can_ask_for(tmp_path: Path) -> N
 def _checkpoint_with(tmp_path: Path, **audio_over: object) -> Path:
     import torch  # here: only the predict tests need it
 
-    from serwild.checkpoint import Checkpoint, save_checkpoint
+    from serwild.processes.checkpoint import Checkpoint, save_checkpoint
 
     build = write_build(tmp_path / "shards", {"clean": (None, [2]), "snr15": (15.0, [2])})
     path = write_checkpoint(tmp_path / "run" / "best.pt", build)
@@ -259,8 +259,8 @@ def test_ray_gives_up_naming_the_shard_and_its_first_input(tmp_path: Path) -> No
     import ray
     from ray import cloudpickle
 
-    from serwild.builder import executors
     from serwild.builder.build import describe_task
+    from serwild.processes import executors
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need not import tests/
     cfg = load_config(None, ["ray.num_cpus=1", f"out={tmp_path}"])

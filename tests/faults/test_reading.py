@@ -24,12 +24,12 @@ import soundfile as sf
 import torch
 
 from serwild.builder.manifest import fingerprint
-from serwild.checkpoint import Checkpoint, save_checkpoint
 from serwild.cli import main
 from serwild.data.fetch import MAX_METADATA_BYTES, RemoteError
 from serwild.data.manifest import Manifest
 from serwild.data.remote import open_location
 from serwild.deploy import predict as predict_mod
+from serwild.processes.checkpoint import Checkpoint, save_checkpoint
 from tests.builder.conftest import tone
 from tests.evaluate.conftest import write_build, write_checkpoint
 from tests.faults import procs

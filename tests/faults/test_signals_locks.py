@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from serwild import atomic, lock
-from serwild.builder import raystart
-from serwild.checkpoint import load_checkpoint
 from serwild.cli import main
+from serwild.processes import atomic, lock, raystart
+from serwild.processes.checkpoint import load_checkpoint
 from serwild.trainer.preflight import prepare_run_dir
 from tests.builder.conftest import make_noise, make_tree
 from tests.faults import procs

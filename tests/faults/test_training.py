@@ -232,7 +232,7 @@ def test_a_non_finite_loss_is_one_line_and_exit_1(tiny_build: Path, weights_file
                                                       "train.feature_cache_dir": tmp_path / "cache"})
     tmp = tmp_path / "tmp"  # and a whole launch writes nothing into the temp folder
     tmp.mkdir()
-    killed = subprocess.run([sys.executable, "-c", "import os; from serwild import torchrun; "
+    killed = subprocess.run([sys.executable, "-c", "import os; from serwild.processes import torchrun; "
                              "print(torchrun.scratch_folder(), flush=True); os.kill(os.getpid(), 9)"],
                             capture_output=True, text=True, timeout=60, env=procs.env(TMPDIR=str(tmp)))
     assert killed.returncode == -9 and Path(killed.stdout.strip()).is_dir()  # what a killed launcher leaves

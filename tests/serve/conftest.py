@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from serwild.builder import audio
-from serwild.checkpoint import load_checkpoint, save_checkpoint
 from serwild.data.transforms import image_transform
 from serwild.deploy.predict import Predictor
+from serwild.processes.checkpoint import load_checkpoint, save_checkpoint
 from tests.deploy.test_predict import speechlike
 from tests.evaluate.conftest import write_build, write_checkpoint
 

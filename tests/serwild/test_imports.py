@@ -1,6 +1,6 @@
 """Imports flow one way, in the order data flows: a room may import only the rooms below it.
 
-    core (serwild/*.py) ← synth ← builder;  core ← data ← builder, trainer;
+    core (serwild/*.py) ← processes ← data ← builder, trainer;  core ← synth ← builder;
     trainer ← evaluate ← pipelines ← cli;  evaluate ← deploy ← serve ← cli
 
 The one exception is by design: ``serwild.config`` composes each stage's config section
@@ -15,20 +15,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ROOM_DIRS = {"serwild": "core", "synth": "synth", "builder": "builder", "data": "data", "trainer": "trainer",
              "evaluate": "evaluate", "deploy": "deploy", "pipelines": "pipelines", "configs": "configs",
-             "serve": "serve"}
+             "serve": "serve", "processes": "processes"}
 ALLOWED = {
     "core": {"core"},
     "configs": set(),
+    "processes": {"core", "processes"},
     "synth": {"core", "synth"},
-    "data": {"core", "data"},
-    "builder": {"core", "synth", "data", "builder"},
-    "trainer": {"core", "data", "trainer"},
-    "evaluate": {"core", "data", "builder", "trainer", "evaluate"},
-    "deploy": {"core", "data", "builder", "trainer", "evaluate", "deploy"},
-    "pipelines": {"core", "synth", "data", "builder", "trainer", "evaluate", "pipelines", "configs"},
-    "serve": {"core", "data", "builder", "trainer", "deploy", "serve"},
-    "cli": {"core", "synth", "data", "builder", "trainer", "evaluate", "deploy", "pipelines", "configs", "serve",
-            "cli"},
+    "data": {"core", "processes", "data"},
+    "builder": {"core", "processes", "synth", "data", "builder"},
+    "trainer": {"core", "processes", "data", "trainer"},
+    "evaluate": {"core", "processes", "data", "builder", "trainer", "evaluate"},
+    "deploy": {"core", "processes", "data", "builder", "trainer", "evaluate", "deploy"},
+    "pipelines": {"core", "processes", "synth", "data", "builder", "trainer", "evaluate", "pipelines", "configs"},
+    "serve": {"core", "processes", "data", "builder", "trainer", "deploy", "serve"},
+    "cli": {"core", "processes", "synth", "data", "builder", "trainer", "evaluate", "deploy", "pipelines", "configs",
+            "serve", "cli"},
 }
 
 
@@ -37,7 +38,7 @@ def room_of_module(name: str) -> str | None:
     if parts[0] != "serwild":
         return None
     if len(parts) == 1 or parts[1] not in {"synth", "builder", "data", "trainer", "evaluate", "deploy",
-                                           "pipelines", "configs", "serve", "cli"}:
+                                           "pipelines", "configs", "serve", "cli", "processes"}:
         return "core"
     return parts[1]
 

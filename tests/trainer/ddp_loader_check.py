@@ -16,8 +16,8 @@ import torch
 
 from serwild.builder.labels import PRESETS
 from serwild.data.loaders import ShardSet, make_eval_loader, make_train_loader
-from serwild.torchrun import exit_now
-from serwild.trainer.distributed import all_gather_object, all_reduce_sum, setup, teardown
+from serwild.processes.distributed import all_gather_object, all_reduce_sum, setup, teardown
+from serwild.processes.torchrun import exit_now
 
 CLASSES = PRESETS["ahsn"]  # the view the test builds label by, in class-index order
 
@@ -50,4 +50,4 @@ def main(spec_path: str, out_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
-    exit_now(0)  # as serwild's ranks end (see serwild.torchrun.exit_now)
+    exit_now(0)  # as serwild's ranks end (see serwild.processes.torchrun.exit_now)

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from serwild.checkpoint import (
+from serwild.config import to_dict
+from serwild.data.manifest import Manifest
+from serwild.errors import UsageError
+from serwild.processes.checkpoint import (
     Checkpoint,
     check_compatible,
     load_checkpoint,
@@ -18,9 +21,6 @@ from serwild.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from serwild.config import to_dict
-from serwild.data.manifest import Manifest
-from serwild.errors import UsageError
 from serwild.trainer import train
 from serwild.trainer.model import build_model, model_from_checkpoint
 from tests.trainer.conftest import tiny_config

@@ -21,8 +21,8 @@ import pytest
 import torch
 import yaml
 
-from serwild.checkpoint import load_checkpoint
 from serwild.data.manifest import Manifest
+from serwild.processes.checkpoint import load_checkpoint
 from serwild.trainer.model import LAYER_MODULES, model_from_checkpoint
 from tests.faults import procs
 from tests.trainer.conftest import overrides, torchrun

@@ -360,7 +360,7 @@ def test_the_trainer_trains_the_paper_recipe_from_the_cache(tiny_build: Path, we
     one (another experiment of the same build) reuses every file; checkpoints hold the whole
     model, which evaluates like any other; validation reads the fold from the cache and scores
     every sample once, as the streamed shards do."""
-    from serwild.checkpoint import load_checkpoint
+    from serwild.processes.checkpoint import load_checkpoint
     from serwild.trainer.train import main as train_main
     from tests.trainer.conftest import tiny_config
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from serwild import torchrun
 from serwild.cli import main as cli
 from serwild.config import load_config
 from serwild.metrics import VALIDATION
+from serwild.processes import torchrun
 from serwild.trainer import launch
 from tests.trainer.conftest import overrides
 

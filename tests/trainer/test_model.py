@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from serwild.checkpoint import ARCHS
 from serwild.errors import UsageError
+from serwild.processes.checkpoint import ARCHS
 from serwild.trainer import model as model_mod
 from serwild.trainer.config import LAYERS, TrainConfig
 from serwild.trainer.model import build_model, imagenet_cache_path, layer, new_model

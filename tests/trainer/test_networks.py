@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from serwild.checkpoint import TORCHVISION_ARCHS, load_checkpoint
 from serwild.config import ConfigError, load_config
 from serwild.deploy.export import export_run
 from serwild.deploy.predict import Predictor
+from serwild.processes.checkpoint import TORCHVISION_ARCHS, load_checkpoint
 from serwild.trainer.model import build_model
 from serwild.trainer.train import main as train_main
 from tests.builder.conftest import tone

@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from serwild.cli import main as cli
-from serwild.torchrun import USAGE_EXIT
+from serwild.processes.distributed import Dist
+from serwild.processes.torchrun import USAGE_EXIT
 from serwild.trainer import sources
 from serwild.trainer.__main__ import main as rank_main
-from serwild.trainer.distributed import Dist
 from serwild.trainer.preflight import plan_data, resolve
 from tests.faults import procs
 from tests.trainer.conftest import overrides, tiny_config

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from serwild import torchrun
-from serwild.checkpoint import Checkpoint, save_checkpoint
 from serwild.config import BUILD_KEYS, Config, build_identity, config_from_resolved, load_config, to_dict
 from serwild.errors import UsageError
+from serwild.processes import torchrun
+from serwild.processes.checkpoint import Checkpoint, save_checkpoint
 from serwild.trainer import launch
 from serwild.trainer.preflight import RunRef, plan_data, resolve, run_state, spec_yaml
 

@@ -1,11 +1,11 @@
-"""torchrun, quiet: ``python -m serwild.torchrun_agent [torchrun's arguments] -m MODULE …``,
+"""torchrun, quiet: ``python -m serwild.processes.torchrun_agent [torchrun's arguments] -m MODULE …``,
 the same elastic agent as ``python -m torch.distributed.run``, run by
-:func:`serwild.torchrun.launch`. It changes only what it prints and leaves behind: a stop by
+:func:`serwild.processes.torchrun.launch`. It changes only what it prints and leaves behind: a stop by
 SIGTERM/SIGINT is status 128 + signal, not a traceback; a rank's one-line failure (status 2, a
 user's mistake, or 3) is passed on as it is; any other failed rank has said why itself (a
 signal gets one line), so torchrun's own traceback and failure report are never printed
 (status 1); its PID is in the ranks' environment (``AGENT_ENV``), so a rank can tell its agent
-died (:func:`serwild.torchrun.follow_agent`).
+died (:func:`serwild.processes.torchrun.follow_agent`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-from serwild.torchrun import AGENT_ENV, SAID_EXIT, USAGE_EXIT, exit_now
+from serwild.processes.torchrun import AGENT_ENV, SAID_EXIT, USAGE_EXIT, exit_now
 
 SAID = (USAGE_EXIT, SAID_EXIT)  # a rank exiting with one of these has said what went wrong
 EXIT_LOGGER = "torch.distributed.elastic.multiprocessing.api"  # where torchrun logs each rank's exit

@@ -1,6 +1,6 @@
 """Folder locks: one writer at a time per build folder and per run folder.
 
-A writer holds an exclusive ``fcntl.flock`` on ``<folder>/.serwild.lock``, and the file says
+A writer holds an exclusive ``fcntl.flock`` on ``<folder>/.serwild.processes.lock``, and the file says
 who it is (PID and command), so a second writer is refused at once with a line naming the
 folder and the holder.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from serwild.errors import UsageError
 
-LOCK_NAME = ".serwild.lock"
+LOCK_NAME = ".serwild.processes.lock"
 HOLDER_ENV = "SERWILD_LOCK_HOLDER"  # the PID whose locks this process (a descendant) works under
 
 

@@ -2,7 +2,7 @@
 joining a running cluster (:func:`join_cluster`, bounded by ``ray.connect_timeout_s``), with Ray's public
 ``ray.init``; clusters: docs/building.md. Ray owns its processes: ``ray.shutdown`` ends them, and those of a driver
 killed with SIGKILL end by themselves. This module is also the connection probe's program
-(``python -m serwild.builder.raystart ADDRESS NODE_IP``).
+(``python -m serwild.processes.raystart ADDRESS NODE_IP``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from serwild import atomic
 from serwild.errors import UsageError
+from serwild.processes import atomic
 
 
 def start_local(num_cpus: int | None, out: Path | None) -> Path | None:
@@ -81,7 +81,7 @@ def join_cluster(address: str, timeout_s: float) -> None:
             why = "nothing listens there" if isinstance(e, ConnectionRefusedError) else (e.strerror or str(e))
             raise UsageError(f"ray.address {address}: cannot reach a Ray cluster there ({why})") from None
     node_ip = LOOPBACK if host in (LOOPBACK, "localhost") else None
-    cmd = [sys.executable, "-m", "serwild.builder.raystart", address, node_ip or ""]
+    cmd = [sys.executable, "-m", "serwild.processes.raystart", address, node_ip or ""]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         said = (done.stdout.strip().splitlines() or [f"the connection check failed ({done.returncode})"])[-1]
@@ -145,5 +145,5 @@ def session_folder(out: Path | None) -> Path | None:
     return None
 
 
-if __name__ == "__main__":  # the probe: python -m serwild.builder.raystart ADDRESS NODE_IP
+if __name__ == "__main__":  # the probe: python -m serwild.processes.raystart ADDRESS NODE_IP
     print(probe(sys.argv[1], sys.argv[2] or None), flush=True)

@@ -2,8 +2,8 @@
 
 ``python -m torch.distributed.run --standalone --nproc-per-node N [--max-restarts R] -m MODULE …``:
 gloo on CPUs, NCCL on GPUs (chosen inside the ranks). Kept here, once, so the two launchers
-cannot drift apart. :func:`launch` runs it as :mod:`serwild.torchrun_agent` (the same torchrun,
-quiet), under this process's folder locks (:func:`serwild.lock.child_env`).
+cannot drift apart. :func:`launch` runs it as :mod:`serwild.processes.torchrun_agent` (the same torchrun,
+quiet), under this process's folder locks (:func:`serwild.processes.lock.child_env`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import tempfile
 import threading
 from typing import NoReturn
 
-from serwild import lock
-from serwild.atomic import pid_alive
 from serwild.errors import Terminated
+from serwild.processes import lock
+from serwild.processes.atomic import pid_alive
 
 
 def default_nproc() -> int:
@@ -42,7 +42,7 @@ USAGE_EXIT = 2  # a rank's one-line user error (see serwild.trainer.__main__)
 SAID_EXIT = 3  # a rank's one-line error of its surroundings or its data (a full disk, a non-finite loss)
 AGENT_ENV = "SERWILD_TORCHRUN_PID"  # torchrun's agent, as the ranks must see it (see follow_agent)
 PR_SET_PDEATHSIG = 1
-AGENT_MODULE = "serwild.torchrun_agent"  # torchrun, quiet: what launch() runs in its place
+AGENT_MODULE = "serwild.processes.torchrun_agent"  # torchrun, quiet: what launch() runs in its place
 
 
 def launch(cmd: list[str], nproc: int) -> int:
@@ -152,7 +152,7 @@ def follow_agent() -> None:
     The agent stops its ranks when it is stopped; killed outright, it cannot, and its ranks
     would go on training and writing checkpoints that nobody waits for (and that a restarted
     run then competes with). The kernel's parent-death signal (Linux prctl) covers that; the
-    agent's PID (AGENT_ENV, set by serwild.torchrun_agent) tells whether it died before prctl took
+    agent's PID (AGENT_ENV, set by serwild.processes.torchrun_agent) tells whether it died before prctl took
     effect. Ranks of a plain ``torchrun`` take their parent at this moment as the agent."""
     if not sys.platform.startswith("linux") or not is_rank():
         return

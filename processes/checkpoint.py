@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from serwild.atomic import atomic_write
 from serwild.errors import UsageError
+from serwild.processes.atomic import atomic_write
 from serwild.text import class_names_problem
 
 REQUIRED = ("model", "epoch", "config", "classes", "dataset", "manifest_fingerprint", "arch")

@@ -1,6 +1,6 @@
 """Where the build's tasks run (:func:`open_executor`): ``serial``, every task in this process, in order, or
 ``ray``, one Ray task per item, on a Ray started for the build or a cluster joined for it
-(:mod:`serwild.builder.raystart`). Ray is imported where it is used: a serial build never loads it.
+(:mod:`serwild.processes.raystart`). Ray is imported where it is used: a serial build never loads it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from serwild.builder import raystart
 from serwild.errors import UsageError, disk_full_cause
+from serwild.processes import raystart
 from serwild.progress import progress
 
 if TYPE_CHECKING:
-    from serwild.builder.config import RayConfig
+    from serwild.processes.config import RayConfig
 
 T = TypeVar("T")
 Describe = Callable[[tuple], str]  # a task's arguments → what it works on, for its one-line error
@@ -171,7 +171,7 @@ def _ray_map(fn: Callable[..., T], items: Sequence[tuple], desc: str,
 
 def _finish_tasks(pending: list) -> None:
     """Let the tasks in flight end (up to FINISH_WAIT_S) once one has failed: a task that ends
-    removes its own temp shard (:func:`serwild.atomic.atomic_write`). Not cancelled: Ray cancels
+    removes its own temp shard (:func:`serwild.processes.atomic.atomic_write`). Not cancelled: Ray cancels
     with a KeyboardInterrupt, which can land in a native callback (numba's) and crash the worker
     loudly. Results are fetched, or Ray reports each one nobody fetched as an error of its own."""
     import ray

@@ -75,7 +75,7 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False, writers_done
     """Remove the temp files that killed writers left in ``folder``; the removed paths.
 
     Only a dead writer's temps go: a live PID may be another writer at work (call this under
-    the folder's lock, :mod:`serwild.lock`, so no other serwild process writes there). PIDs
+    the folder's lock, :mod:`serwild.processes.lock`, so no other serwild process writes there). PIDs
     are per machine: on a shared file system, temps of a writer on another node look dead
     here, which the folder lock rules out too. ``writers_done``: every temp goes, for a caller
     that knows its writers are done (a build after its map: a Ray worker outlives its task).
