@@ -111,9 +111,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the refusal below says it all
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = safe_load(path, map_location)
     except Exception as e:  # any failure to read: empty or cut files, zip errors, refused objects
         raise UsageError(f"{path} is not a serwild checkpoint ({unreadable_reason(path, e)})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
@@ -127,11 +125,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return Checkpoint.from_dict(ckpt)
 
 
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` (no code in a file runs; a file holding other
+    objects is refused), its warnings quiet (e.g. "Detected pickle protocol 4": the caller's
+    refusal says it all)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
 def peek_checkpoint(path: str | Path) -> Checkpoint | None:
     """A checkpoint's fields without reading its tensors (memory-mapped, unchecked), or None where
     the file is not one: what deciding whether a run is done needs, at no cost."""
     try:
-        return Checkpoint.from_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        return Checkpoint.from_dict(safe_load(path, mmap=True))
     except Exception:  # a cut or foreign file: treated as not reusable
         return None
 

@@ -92,14 +92,10 @@ def acquire(folder: str | Path, command: str | None = None) -> FolderLock:
         if not isinstance(e, BlockingIOError):  # a file system without locks (some FUSE mounts)
             print(f"note: {folder} cannot be locked ({e.strerror}): make sure no other serwild job writes there",
                   file=sys.stderr)
-            lock = FolderLock(folder, None)
-            _HELD[_key(folder)] = lock
-            return lock
+            return _held(folder, None)
         pid, what = _wait_for_holder(folder)
         if pid is not None and str(pid) == os.environ.get(HOLDER_ENV):
-            lock = FolderLock(folder, None)  # our launcher holds it for us
-            _HELD[_key(folder)] = lock
-            return lock
+            return _held(folder, None)  # our launcher holds it for us
         who = f"PID {pid}" + (f" ({what})" if what else "") if pid is not None else "another process"
         raise LockedError(f"{folder} is in use by {who}: wait for it to finish or stop it, then try again") from None
     text = f"{os.getpid()}\n{command or ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}\n"
@@ -109,8 +105,12 @@ def acquire(folder: str | Path, command: str | None = None) -> FolderLock:
     except OSError as e:  # a full disk, say: name the file
         os.close(fd)
         raise OSError(e.errno, e.strerror, str(folder / LOCK_NAME)) from None
-    lock = FolderLock(folder, fd)
-    _HELD[_key(folder)] = lock
+    return _held(folder, fd)
+
+
+def _held(folder: Path, fd: int | None) -> FolderLock:
+    """``folder``'s lock (``fd``: its flocked file; None: held by no file of ours), counted held."""
+    lock = _HELD[_key(folder)] = FolderLock(folder, fd)
     return lock
 
 

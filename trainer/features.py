@@ -25,7 +25,6 @@ import hashlib
 import itertools
 import json
 import tarfile
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from serwild.data.manifest import Manifest
 from serwild.data.records import ShardRecord, sample_key
 from serwild.data.transforms import IMAGE_SIZE, MEAN, STD
 from serwild.errors import UsageError
-from serwild.processes.checkpoint import unreadable_reason  # one wording for every refused torch.load
+from serwild.processes.checkpoint import safe_load, unreadable_reason  # one wording for every refused torch.load
 from serwild.trainer.model import LAYER_MODULES
 
 CACHE_FORMAT = 1  # bump when the file layout or the preprocessing (data.transforms) changes: new keys
@@ -189,9 +188,7 @@ def read_cache_file(path: Path) -> dict[str, Any]:
     tensors and plain data is ``hostile`` (refused without running them). Never torch's advice
     to retry with ``weights_only=False``, which would run them."""
     try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = safe_load(path, mmap=True)
     except Exception as e:  # empty or cut files, zip errors, refused objects
         why = unreadable_reason(path, e)
         raise CacheFileError(path, f"is unreadable ({why})", why.startswith(HOSTILE)) from None

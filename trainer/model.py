@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from serwild.errors import UsageError
-from serwild.processes.checkpoint import ARCHS, TORCHVISION_ARCHS, Checkpoint
+from serwild.processes.checkpoint import ARCHS, TORCHVISION_ARCHS, Checkpoint, safe_load, unreadable_reason
 
 # The paper's layer names → torchvision's module paths inside AlexNet.
 LAYER_MODULES = {
@@ -68,12 +68,12 @@ def fetch_imagenet_weights(progress: bool = False) -> Path:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = safe_load(path)
     except FileNotFoundError:
         raise UsageError(f"pretrained weights file {path} does not exist "
                          f"(train.pretrained is imagenet, none or a path)") from None
-    except Exception as e:
-        raise UsageError(f"cannot read pretrained weights {path}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # never torch's advice to load it with weights_only=False
+        raise UsageError(f"cannot read pretrained weights {path}: {unreadable_reason(path, e)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # one of our checkpoints
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
