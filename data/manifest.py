@@ -145,6 +145,8 @@ def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
         problem = class_names_problem(d.get("classes") if isinstance(d, dict) else None)
         if problem is not None:
             raise UsageError(f"{where}: datasets.{str(name)[:80]}.classes {problem}")
+        if not isinstance(d.get("empty_classes") or {}, dict):
+            raise UsageError(f"{where}: datasets.{str(name)[:80]}.empty_classes must map a part to its classes")
     if not isinstance(conditions, dict) or not conditions:
         raise UsageError(f"{where}: 'conditions' must map each condition to its SNR (null for clean)")
     for name, snr in conditions.items():
@@ -188,7 +190,8 @@ def _check_record(i: int, r: Any, where: str, datasets: dict, conditions: dict) 
 
 
 def _check_optional_parts(manifest: dict[str, Any], where: str) -> None:
-    """``config`` (with ``split`` and its ``strategy``) and ``totals``: absent, or of the type readers expect."""
+    """``config`` (with ``split`` and its ``strategy``), ``totals`` and the other optional parts the
+    typed :class:`Manifest` holds: absent, or of the type readers expect."""
     config = manifest.get("config", {})
     if not isinstance(config, dict):
         raise UsageError(f"{where}: 'config' must be a mapping (the build's resolved config), got "
@@ -204,6 +207,12 @@ def _check_optional_parts(manifest: dict[str, Any], where: str) -> None:
     for key, v in totals.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise UsageError(f"{where}: totals.{key} must be a count, got {v!r}")
+    for key in ("image", "counts", "versions", "split"):
+        if not isinstance(manifest.get(key) or {}, dict):
+            raise UsageError(f"{where}: '{key}' must be a mapping, got {type(manifest[key]).__name__}")
+    extra = manifest.get("extra_columns") or []
+    if not isinstance(extra, list) or not all(isinstance(c, str) for c in extra):
+        raise UsageError(f"{where}: 'extra_columns' must be a list of column names, got {extra!r:.80}")
 
 
 def sha256_file(path: str | Path) -> str:

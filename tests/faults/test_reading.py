@@ -207,8 +207,12 @@ def test_an_endless_manifest_is_cut_at_the_cap() -> None:
     (lambda m: m["config"]["split"].update(strategy=3), ("config.split.strategy",)),
     (lambda m: m.update(totals={"samples": "5"}), ("totals.samples",)),
     (lambda m: m["datasets"]["ahsn"]["classes"].append("ang"), ("datasets.ahsn.classes", "'ang'")),
+    (lambda m: m["datasets"]["ahsn"].update(empty_classes=["hap"]), ("datasets.ahsn.empty_classes",)),
+    (lambda m: m.update(extra_columns="speaker"), ("'extra_columns'",)),
+    (lambda m: m.update(image=[257, 259]), ("'image'",)),
+    (lambda m: m["shards"][0].update(class_counts={"ang": -1}), ("shard record 0", "'class_counts'")),
 ], ids=["no-fingerprint", "fingerprint-int", "config-str", "split-list", "strategy-int", "totals-str",
-        "duplicate-class"])
+        "duplicate-class", "empty-classes-list", "extra-columns-str", "image-list", "class-counts-negative"])
 def test_verify_refuses_a_manifest_field_readers_rely_on(built: tuple[Path, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str], edit, needles) -> None:
     build = shutil.copytree(built[0], tmp_path / "shards")
