@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -204,6 +204,21 @@ def _counted(items: Iterable[T], read: list[int]) -> Iterator[T]:
         yield item
 
 
+class Source(Protocol):
+    """What :class:`EpochStream` reads: per shard, its manifest count, a name for errors, its samples in
+    order, a sample's class index (the balanced sampler's input) and the item a batch collates."""
+
+    counts: list[int]
+
+    def name(self, shard: int) -> str: ...
+
+    def samples(self, shard: int) -> Iterator[Any]: ...
+
+    def label(self, sample: Any) -> int: ...
+
+    def item(self, sample: Any) -> tuple[torch.Tensor, int, Any] | tuple[torch.Tensor, int]: ...
+
+
 class TarSource:
     """The shards' tars as a training loader's source: what :class:`EpochStream` reads from each
     shard, how it labels a sample (the balanced sampler's input) and decodes it. The feature
@@ -229,7 +244,7 @@ class EpochStream(IterableDataset):
     """One rank's batches of one epoch from a source (see the module docstring). Picklable for
     spawned workers."""
 
-    def __init__(self, source: Any, pieces: list[Piece], batch_size: int, batches: range, shuffle_buffer: int,
+    def __init__(self, source: Source, pieces: list[Piece], batch_size: int, batches: range, shuffle_buffer: int,
                  shuffle_seed: int, repeats: tuple[Repeats, int] | None = None) -> None:
         self.source, self.pieces = source, pieces
         self.batch_size, self.batches = batch_size, batches
@@ -296,7 +311,7 @@ def make_train_loader(shards: ShardSet, classes: Sequence[str], batch_size: int,
     return epoch_loader(TarSource(shards, _Decode(classes, as_uint8, identities)), batch_size, num_batches, **epoch)
 
 
-def epoch_loader(source: Any, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
+def epoch_loader(source: Source, batch_size: int, num_batches: int, *, seed: int, epoch: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, prefetch_factor: int = 2, shuffle_buffer: int = 1000,
                  start_batch: int = 0, pin_memory: bool = False, repeats: Repeats | None = None,
                  began: tuple[int, int] | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -320,7 +335,7 @@ def epoch_loader(source: Any, batch_size: int, num_batches: int, *, seed: int, e
                       worker_init_fn=_WorkerInit(), generator=torch.Generator().manual_seed(0))
 
 
-def _regrouped(source: Any, batch: int, num_batches: int, began: tuple[int, int], *, rank: int,
+def _regrouped(source: Source, batch: int, num_batches: int, began: tuple[int, int], *, rank: int,
                **epoch: Any) -> Iterator[tuple[torch.Tensor, ...]]:
     """This rank's share of an epoch that ``ranks`` ranks of ``old_batch`` began (the same global batch as this
     world's, :func:`serwild.trainer.resume.continuation`): each global batch is their batches side by side in rank
